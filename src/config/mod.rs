@@ -1,0 +1,419 @@
+//! Configuration: the file as written ([`raw`]), checked key by key ([`schema`]), turned into
+//! the typed [`Config`] by [`validate`], and written back by [`writeback`].
+
+pub mod duration;
+pub mod raw;
+pub mod schema;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::{format_duration, parse_duration};
+
+/// One problem in a config file, located at a line and column (both 1-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in one config file; never empty.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    pub(crate) fn single(file: &Path, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            line: 1,
+            col: 1,
+            message: message.into(),
+        }])
+    }
+}
+
+/// The validated configuration: every value checked, every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub tls: TlsConfig,
+    /// Pools by name (sorted, so iteration order is stable).
+    pub pools: BTreeMap<String, PoolConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// Non-fatal findings (for example a certificate expiring soon), shown by `veer check`.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub workers: usize,
+    pub tls_listen: Vec<SocketAddr>,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            workers: 0,
+            tls_listen: Vec::new(),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 65536,
+            max_connections: 10000,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token_env: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            token_env: "VEER_ADMIN_TOKEN".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsConfig {
+    pub certificates: Vec<CertConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbKind {
+    RoundRobin,
+    LeastRequest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    H1,
+    H2,
+    H2c,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub sni: Option<String>,
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub backends: Vec<BackendConfig>,
+    pub lb: LbKind,
+    pub connect_timeout: Duration,
+    pub protocol: Protocol,
+    pub tls: Option<UpstreamTls>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub circuit_breaker: BreakerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Inclusive range of statuses that count as a pass.
+    pub expect_status: (u16, u16),
+    /// Random extra delay per probe, as a fraction of `interval`; 0 in tests.
+    pub jitter: f64,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: "/health".into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            expect_status: (200, 399),
+            jitter: 0.1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// 0 disables the breaker.
+    pub consecutive_failures: u32,
+    pub open_for: Duration,
+    pub half_open_requests: u32,
+    /// 0 = unlimited.
+    pub max_concurrent_requests: u32,
+    /// Count a non-zero `grpc-status` as a failure.
+    pub grpc_status_failures: bool,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            consecutive_failures: 5,
+            open_for: Duration::from_secs(10),
+            half_open_requests: 1,
+            max_concurrent_requests: 0,
+            grpc_status_failures: false,
+        }
+    }
+}
+
+/// A host pattern of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Any,
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`.
+    Suffix(String),
+}
+
+impl HostPattern {
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(h) => h.eq_ignore_ascii_case(host),
+            HostPattern::Suffix(s) => {
+                host.len() > s.len()
+                    && host.as_bytes()[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+            }
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Any => f.write_str("*"),
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    None,
+    Cookie(String),
+    Header(String),
+    ClientIp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Override {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Total tries, the first one included.
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub idempotent_only: bool,
+    pub budget_percent: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 2,
+            backoff: Duration::from_millis(25),
+            idempotent_only: true,
+            budget_percent: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    pub path_prefix: String,
+    /// Pool name and relative weight, sorted by pool name.
+    pub split: Vec<(String, u32)>,
+    pub sticky: Sticky,
+    pub override_: Option<Override>,
+    pub fallback: bool,
+    pub retry: RetryConfig,
+    pub rollout: Option<RolloutConfig>,
+}
+
+impl RouteConfig {
+    pub fn weight_of(&self, pool: &str) -> Option<u32> {
+        self.split.iter().find(|(p, _)| p == pool).map(|(_, w)| *w)
+    }
+}
+
+/// Where a rollout stands, as written back into the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutState {
+    Pending,
+    Progressing,
+    Paused,
+    AwaitingApproval,
+    Succeeded,
+    RolledBack,
+}
+
+impl RolloutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Pending => "pending",
+            RolloutState::Progressing => "progressing",
+            RolloutState::Paused => "paused",
+            RolloutState::AwaitingApproval => "awaiting_approval",
+            RolloutState::Succeeded => "succeeded",
+            RolloutState::RolledBack => "rolled_back",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => RolloutState::Pending,
+            "progressing" => RolloutState::Progressing,
+            "paused" => RolloutState::Paused,
+            "awaiting_approval" => RolloutState::AwaitingApproval,
+            "succeeded" => RolloutState::Succeeded,
+            "rolled_back" => RolloutState::RolledBack,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, RolloutState::Succeeded | RolloutState::RolledBack)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    pub to: String,
+    pub steps: Vec<u32>,
+    pub step_interval: Duration,
+    pub min_requests: u64,
+    pub max_error_rate: f64,
+    pub max_p99: Duration,
+    pub approval: bool,
+    pub approval_timeout: Duration,
+    pub notify_url: Option<String>,
+    /// Persisted progress: `None` when the file has none (a new rollout).
+    pub state: Option<RolloutState>,
+    /// Persisted index into `steps`.
+    pub step: Option<usize>,
+}
+
+impl RolloutConfig {
+    /// The definition without the persisted progress: a change here starts a new rollout.
+    pub fn definition_eq(&self, other: &RolloutConfig) -> bool {
+        self.to == other.to
+            && self.steps == other.steps
+            && self.step_interval == other.step_interval
+            && self.min_requests == other.min_requests
+            && self.max_error_rate == other.max_error_rate
+            && self.max_p99 == other.max_p99
+            && self.approval == other.approval
+            && self.approval_timeout == other.approval_timeout
+            && self.notify_url == other.notify_url
+    }
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::single(path, format!("cannot read config file: {e}")))?;
+        Config::parse(path, &text)
+    }
+
+    /// Validate config text; `path` is only used to name the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        validate::validate(path, text)
+    }
+
+    pub fn route(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+
+    pub fn route_mut(&mut self, name: &str) -> Option<&mut RouteConfig> {
+        self.routes.iter_mut().find(|r| r.name == name)
+    }
+
+    /// One line for `veer check`.
+    pub fn summary(&self) -> String {
+        let backends: usize = self.pools.values().map(|p| p.backends.len()).sum();
+        format!(
+            "{} route(s), {} pool(s), {} backend(s), listening on {}",
+            self.routes.len(),
+            self.pools.len(),
+            backends,
+            self.server
+                .listen
+                .iter()
+                .chain(self.server.tls_listen.iter())
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}

@@ -1,0 +1,182 @@
+//! The config file as written: serde structs with `deny_unknown_fields` and spans kept, so
+//! validation can point at the line and column of every value it rejects.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+/// A value with its byte range in the file.
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: Option<S<RawServer>>,
+    #[serde(default)]
+    pub admin: Option<S<RawAdmin>>,
+    #[serde(default)]
+    pub tls: Option<S<RawTls>>,
+    #[serde(default)]
+    pub pools: Option<BTreeMap<String, S<RawPool>>>,
+    #[serde(default)]
+    pub routes: Option<S<Vec<S<RawRoute>>>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<S<Vec<S<String>>>>,
+    pub workers: Option<S<i64>>,
+    pub tls_listen: Option<S<Vec<S<String>>>>,
+    pub header_read_timeout: Option<S<String>>,
+    pub request_timeout: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub max_header_bytes: Option<S<i64>>,
+    pub max_connections: Option<S<i64>>,
+    pub drain_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<S<String>>,
+    pub token_env: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub certificates: Option<Vec<S<RawCert>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCert {
+    pub cert: S<String>,
+    pub key: S<String>,
+}
+
+/// Spans do not survive serde's untagged enums, so the variants hold plain values and errors
+/// point at the whole entry.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawBackend {
+    Addr(String),
+    Table(RawBackendTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackendTable {
+    pub addr: String,
+    pub weight: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawUpstreamTls {
+    Enabled(bool),
+    Table(RawUpstreamTlsTable),
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTlsTable {
+    pub ca: Option<String>,
+    pub sni: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub backends: S<Vec<S<RawBackend>>>,
+    pub lb: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+    pub protocol: Option<S<String>>,
+    pub tls: Option<S<RawUpstreamTls>>,
+    pub ca: Option<S<String>>,
+    pub sni: Option<S<String>>,
+    pub insecure_skip_verify: Option<bool>,
+    pub health_check: Option<S<RawHealthCheck>>,
+    pub circuit_breaker: Option<S<RawBreaker>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Option<S<String>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub healthy_threshold: Option<S<i64>>,
+    pub unhealthy_threshold: Option<S<i64>>,
+    pub expect_status: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub consecutive_failures: Option<S<i64>>,
+    pub open_for: Option<S<String>>,
+    pub half_open_requests: Option<S<i64>>,
+    pub max_concurrent_requests: Option<S<i64>>,
+    pub grpc_status_failures: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: S<String>,
+    pub hosts: Option<S<Vec<S<String>>>>,
+    pub path_prefix: Option<S<String>>,
+    pub split: BTreeMap<String, S<i64>>,
+    pub sticky: Option<S<RawSticky>>,
+    #[serde(rename = "override")]
+    pub override_: Option<S<RawOverride>>,
+    pub fallback: Option<bool>,
+    pub retry: Option<S<RawRetry>>,
+    pub rollout: Option<S<RawRollout>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub cookie: Option<S<String>>,
+    pub header: Option<S<String>>,
+    pub client_ip: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverride {
+    pub header: Option<S<String>>,
+    pub cookie: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<S<i64>>,
+    pub backoff: Option<S<String>>,
+    pub idempotent_only: Option<bool>,
+    pub budget_percent: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    pub to: S<String>,
+    pub steps: S<Vec<S<i64>>>,
+    pub step_interval: Option<S<String>>,
+    pub min_requests: Option<S<i64>>,
+    pub max_error_rate: Option<S<f64>>,
+    pub max_p99: Option<S<String>>,
+    pub approval: Option<bool>,
+    pub approval_timeout: Option<S<String>>,
+    pub notify_url: Option<S<String>>,
+    /// Written back by veer: where the rollout stands, so a restart resumes there.
+    pub state: Option<S<String>>,
+    /// Written back by veer: the index into `steps` reached.
+    pub step: Option<S<i64>>,
+}

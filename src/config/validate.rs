@@ -1,0 +1,682 @@
+//! Raw config → typed [`Config`], collecting every problem with its line and column.
+
+use super::raw::*;
+use super::*;
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn at(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+
+    fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, col) = self.at(span.start);
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, v: &Option<S<String>>, field: &str, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(s.get_ref()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.err(s.span(), format!("{field}: {e}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn int(&mut self, v: &Option<S<i64>>, field: &str, min: i64, max: i64, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(s) if (min..=max).contains(s.get_ref()) => *s.get_ref() as u64,
+            Some(s) => {
+                self.err(
+                    s.span(),
+                    format!("{field}: {} is out of range {min}..={max}", s.get_ref()),
+                );
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, s: &str, span: Range<usize>, field: &str) -> Option<SocketAddr> {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    span,
+                    format!("{field}: invalid address {s:?}; expected IP:PORT like \"127.0.0.1:8080\""),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Validate config text. `file` names the file in errors.
+pub fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let mut cx = Ctx {
+        file,
+        text,
+        errors: Vec::new(),
+    };
+    // Syntax and every unknown key first.
+    match toml_edit::ImDocument::parse(text) {
+        Ok(doc) => {
+            for u in super::schema::unknown_keys(&doc) {
+                let place = if u.path.is_empty() {
+                    "at the top level".to_string()
+                } else {
+                    format!("in [{}]", u.path)
+                };
+                let hint = if u.expected.is_empty() {
+                    String::new()
+                } else {
+                    format!("; expected one of: {}", u.expected.join(", "))
+                };
+                cx.err(u.offset..u.offset, format!("unknown key {:?} {place}{hint}", u.key));
+            }
+        }
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            cx.err(span, format!("invalid TOML: {}", first_line(e.message())));
+            return Err(ConfigErrors(cx.errors));
+        }
+    }
+    if !cx.errors.is_empty() {
+        return Err(ConfigErrors(cx.errors));
+    }
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            cx.err(span, first_line(e.message()).to_string());
+            return Err(ConfigErrors(cx.errors));
+        }
+    };
+    let config = build(&mut cx, raw);
+    if cx.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(cx.errors))
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.trim().lines().next().unwrap_or("")
+}
+
+fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
+    let server = build_server(cx, raw.server);
+    let admin = build_admin(cx, raw.admin);
+    let tls = TlsConfig {
+        certificates: raw
+            .tls
+            .and_then(|t| t.into_inner().certificates)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| {
+                let c = c.into_inner();
+                CertConfig {
+                    cert: PathBuf::from(c.cert.into_inner()),
+                    key: PathBuf::from(c.key.into_inner()),
+                }
+            })
+            .collect(),
+    };
+    if !server.tls_listen.is_empty() && tls.certificates.is_empty() {
+        cx.err(0..0, "server.tls_listen is set but [[tls.certificates]] is empty");
+    }
+
+    let mut pools = BTreeMap::new();
+    match raw.pools {
+        None => cx.err(0..0, "no [pools.*] defined; at least one pool is required"),
+        Some(p) => {
+            for (name, pool) in p {
+                let span = pool.span();
+                if let Some(pc) = build_pool(cx, &name, span, pool) {
+                    pools.insert(name, pc);
+                }
+            }
+        }
+    }
+
+    let mut routes = Vec::new();
+    match raw.routes {
+        None => cx.err(0..0, "no [[routes]] defined; at least one route is required"),
+        Some(r) => {
+            let mut names = HashSet::new();
+            let mut matchers: HashSet<(String, String)> = HashSet::new();
+            for route in r.into_inner() {
+                let span = route.span();
+                let route = route.into_inner();
+                let name_span = route.name.span();
+                if let Some(rc) = build_route(cx, span.clone(), route, &pools) {
+                    if !names.insert(rc.name.clone()) {
+                        cx.err(name_span, format!("routes: duplicate route name {:?}", rc.name));
+                    }
+                    for h in &rc.hosts {
+                        let key = (h.to_string().to_ascii_lowercase(), rc.path_prefix.clone());
+                        if !matchers.insert(key) {
+                            cx.err(
+                                span.clone(),
+                                format!(
+                                    "routes: route {:?} has the same host {:?} and path_prefix {:?} as an earlier route",
+                                    rc.name, h.to_string(), rc.path_prefix
+                                ),
+                            );
+                        }
+                    }
+                    routes.push(rc);
+                }
+            }
+        }
+    }
+
+    Config {
+        server,
+        admin,
+        tls,
+        pools,
+        routes,
+        warnings: Vec::new(),
+    }
+}
+
+fn build_server(cx: &mut Ctx<'_>, raw: Option<S<RawServer>>) -> ServerConfig {
+    let d = ServerConfig::default();
+    let Some(raw) = raw else { return d };
+    let raw = raw.into_inner();
+    let addrs = |cx: &mut Ctx<'_>, v: Option<S<Vec<S<String>>>>, field: &str, default: Vec<SocketAddr>| {
+        match v {
+            None => default,
+            Some(list) => list
+                .into_inner()
+                .into_iter()
+                .filter_map(|a| cx.addr(a.get_ref(), a.span(), field))
+                .collect(),
+        }
+    };
+    let listen = addrs(cx, raw.listen, "server.listen", d.listen.clone());
+    let tls_listen = addrs(cx, raw.tls_listen, "server.tls_listen", Vec::new());
+    ServerConfig {
+        listen,
+        tls_listen,
+        workers: cx.int(&raw.workers, "server.workers", 0, 1024, 0) as usize,
+        header_read_timeout: cx.duration(&raw.header_read_timeout, "server.header_read_timeout", d.header_read_timeout),
+        request_timeout: cx.duration(&raw.request_timeout, "server.request_timeout", d.request_timeout),
+        idle_timeout: cx.duration(&raw.idle_timeout, "server.idle_timeout", d.idle_timeout),
+        max_header_bytes: cx.int(&raw.max_header_bytes, "server.max_header_bytes", 1024, 16 << 20, 65536) as usize,
+        max_connections: cx.int(&raw.max_connections, "server.max_connections", 1, 10_000_000, 10000) as usize,
+        drain_timeout: cx.duration(&raw.drain_timeout, "server.drain_timeout", d.drain_timeout),
+    }
+}
+
+fn build_admin(cx: &mut Ctx<'_>, raw: Option<S<RawAdmin>>) -> AdminConfig {
+    let d = AdminConfig::default();
+    let Some(raw) = raw else { return d };
+    let raw = raw.into_inner();
+    let listen = match &raw.listen {
+        None => d.listen,
+        Some(s) => cx.addr(s.get_ref(), s.span(), "admin.listen").unwrap_or(d.listen),
+    };
+    let token_env = match raw.token_env {
+        None => d.token_env,
+        Some(s) if s.get_ref().is_empty() => {
+            cx.err(s.span(), "admin.token_env: must not be empty");
+            d.token_env
+        }
+        Some(s) => s.into_inner(),
+    };
+    AdminConfig { listen, token_env }
+}
+
+fn build_pool(cx: &mut Ctx<'_>, name: &str, span: Range<usize>, raw: S<RawPool>) -> Option<PoolConfig> {
+    let field = |f: &str| format!("pools.{name}.{f}");
+    let raw = raw.into_inner();
+    let mut ok = true;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        cx.err(span.clone(), format!("pools: invalid pool name {name:?}; use letters, digits, '-' and '_'"));
+        ok = false;
+    }
+    let mut backends = Vec::new();
+    let mut seen = HashSet::new();
+    let list_span = raw.backends.span();
+    for b in raw.backends.into_inner() {
+        let bspan = b.span();
+        let (addr, weight) = match b.into_inner() {
+            RawBackend::Addr(a) => (a, 1),
+            RawBackend::Table(t) => (t.addr, t.weight.unwrap_or(1)),
+        };
+        let Some(a) = cx.addr(&addr, bspan.clone(), &field("backends")) else {
+            ok = false;
+            continue;
+        };
+        if !(1..=10_000).contains(&weight) {
+            cx.err(bspan.clone(), format!("{}: weight {weight} of {addr} is out of range 1..=10000", field("backends")));
+            ok = false;
+        }
+        if !seen.insert(a) {
+            cx.err(bspan, format!("{}: backend {addr} is listed twice", field("backends")));
+            ok = false;
+        }
+        backends.push(BackendConfig { addr: a, weight: weight.clamp(1, 10_000) as u32 });
+    }
+    if backends.is_empty() && ok {
+        cx.err(list_span, format!("{}: a pool needs at least one backend", field("backends")));
+        ok = false;
+    }
+    let lb = match raw.lb.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+        None | Some(("round_robin", _)) => LbKind::RoundRobin,
+        Some(("least_request", _)) => LbKind::LeastRequest,
+        Some((other, sp)) => {
+            cx.err(sp, format!("{}: unknown balancer {other:?}; expected \"round_robin\" or \"least_request\"", field("lb")));
+            LbKind::RoundRobin
+        }
+    };
+    let connect_timeout = cx.duration(&raw.connect_timeout, &field("connect_timeout"), Duration::from_secs(1));
+    let protocol = match raw.protocol.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+        None | Some(("h1", _)) => Protocol::H1,
+        Some(("h2", _)) => Protocol::H2,
+        Some(("h2c", _)) => Protocol::H2c,
+        Some((other, sp)) => {
+            cx.err(sp, format!("{}: unknown protocol {other:?}; expected \"h1\", \"h2\" or \"h2c\"", field("protocol")));
+            Protocol::H1
+        }
+    };
+    let tls_span = raw.tls.as_ref().map(|t| t.span());
+    let mut tls = match raw.tls.map(|t| t.into_inner()) {
+        None | Some(RawUpstreamTls::Enabled(false)) => None,
+        Some(RawUpstreamTls::Enabled(true)) => Some(UpstreamTls::default()),
+        Some(RawUpstreamTls::Table(t)) => Some(UpstreamTls {
+            ca: t.ca.map(PathBuf::from),
+            sni: t.sni,
+            insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+        }),
+    };
+    if raw.ca.is_some() || raw.sni.is_some() || raw.insecure_skip_verify.is_some() {
+        match tls.as_mut() {
+            Some(t) => {
+                if let Some(ca) = raw.ca {
+                    t.ca = Some(PathBuf::from(ca.into_inner()));
+                }
+                if let Some(sni) = raw.sni {
+                    t.sni = Some(sni.into_inner());
+                }
+                if let Some(v) = raw.insecure_skip_verify {
+                    t.insecure_skip_verify = v;
+                }
+            }
+            None => cx.err(
+                tls_span.unwrap_or(span.clone()),
+                format!("{}: ca, sni and insecure_skip_verify need tls = true", field("tls")),
+            ),
+        }
+    }
+    if protocol == Protocol::H2 && tls.is_none() {
+        cx.err(span.clone(), format!("{}: protocol \"h2\" needs tls = true (use \"h2c\" for cleartext HTTP/2)", field("protocol")));
+    }
+    if let Some(ca) = tls.as_ref().and_then(|t| t.ca.as_ref()) {
+        if let Err(e) = std::fs::metadata(resolve(cx.file, ca)) {
+            cx.err(span.clone(), format!("{}: cannot read CA file {}: {e}", field("ca"), ca.display()));
+        }
+    }
+    let health_check = raw.health_check.map(|h| {
+        let h = h.into_inner();
+        let d = HealthCheckConfig::default();
+        let path = match h.path {
+            None => d.path.clone(),
+            Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
+            Some(p) => {
+                cx.err(p.span(), format!("{}: path {:?} must start with '/'", field("health_check.path"), p.get_ref()));
+                d.path.clone()
+            }
+        };
+        let expect_status = match &h.expect_status {
+            None => d.expect_status,
+            Some(s) => match parse_status_range(s.get_ref()) {
+                Some(r) => r,
+                None => {
+                    cx.err(s.span(), format!("{}: invalid status range {:?}; expected like \"200-399\" or \"200\"", field("health_check.expect_status"), s.get_ref()));
+                    d.expect_status
+                }
+            },
+        };
+        HealthCheckConfig {
+            path,
+            interval: cx.duration(&h.interval, &field("health_check.interval"), d.interval),
+            timeout: cx.duration(&h.timeout, &field("health_check.timeout"), d.timeout),
+            healthy_threshold: cx.int(&h.healthy_threshold, &field("health_check.healthy_threshold"), 1, 1000, 2) as u32,
+            unhealthy_threshold: cx.int(&h.unhealthy_threshold, &field("health_check.unhealthy_threshold"), 1, 1000, 3) as u32,
+            expect_status,
+            jitter: d.jitter,
+        }
+    });
+    let circuit_breaker = match raw.circuit_breaker {
+        None => BreakerConfig::default(),
+        Some(b) => {
+            let b = b.into_inner();
+            let d = BreakerConfig::default();
+            BreakerConfig {
+                consecutive_failures: cx.int(&b.consecutive_failures, &field("circuit_breaker.consecutive_failures"), 0, 1_000_000, 5) as u32,
+                open_for: cx.duration(&b.open_for, &field("circuit_breaker.open_for"), d.open_for),
+                half_open_requests: cx.int(&b.half_open_requests, &field("circuit_breaker.half_open_requests"), 1, 1_000_000, 1) as u32,
+                max_concurrent_requests: cx.int(&b.max_concurrent_requests, &field("circuit_breaker.max_concurrent_requests"), 0, 100_000_000, 0) as u32,
+                grpc_status_failures: b.grpc_status_failures.unwrap_or(false),
+            }
+        }
+    };
+    ok.then(|| PoolConfig {
+        name: name.to_string(),
+        backends,
+        lb,
+        connect_timeout,
+        protocol,
+        tls,
+        health_check,
+        circuit_breaker,
+    })
+}
+
+/// Paths in the config are relative to the config file's folder.
+pub fn resolve(config_file: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config_file.parent().map(|d| d.join(p)).unwrap_or_else(|| p.to_path_buf())
+    }
+}
+
+fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let a: u16 = a.trim().parse().ok()?;
+    let b: u16 = b.trim().parse().ok()?;
+    ((100..=599).contains(&a) && (100..=599).contains(&b) && a <= b).then_some((a, b))
+}
+
+fn build_route(
+    cx: &mut Ctx<'_>,
+    span: Range<usize>,
+    raw: RawRoute,
+    pools: &BTreeMap<String, PoolConfig>,
+) -> Option<RouteConfig> {
+    let name = raw.name.get_ref().clone();
+    let field = |f: &str| format!("routes.{name}.{f}");
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+        cx.err(raw.name.span(), format!("routes: invalid route name {name:?}; use letters, digits, '-', '_' and '.'"));
+    }
+    let hosts = match raw.hosts {
+        None => vec![HostPattern::Any],
+        Some(h) => {
+            let hspan = h.span();
+            let list: Vec<HostPattern> = h
+                .into_inner()
+                .into_iter()
+                .filter_map(|h| {
+                    let s = h.get_ref().trim().to_ascii_lowercase();
+                    if s == "*" {
+                        Some(HostPattern::Any)
+                    } else if let Some(rest) = s.strip_prefix("*.") {
+                        if rest.is_empty() || rest.contains('*') {
+                            cx.err(h.span(), format!("{}: invalid host pattern {:?}", field("hosts"), h.get_ref()));
+                            None
+                        } else {
+                            Some(HostPattern::Suffix(format!(".{rest}")))
+                        }
+                    } else if s.is_empty() || s.contains('*') || s.contains('/') {
+                        cx.err(h.span(), format!("{}: invalid host pattern {:?}; use an exact name, \"*.example.com\" or \"*\"", field("hosts"), h.get_ref()));
+                        None
+                    } else {
+                        Some(HostPattern::Exact(s))
+                    }
+                })
+                .collect();
+            if list.is_empty() {
+                cx.err(hspan, format!("{}: needs at least one host (\"*\" matches all)", field("hosts")));
+            }
+            list
+        }
+    };
+    let path_prefix = match raw.path_prefix {
+        None => "/".to_string(),
+        Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
+        Some(p) => {
+            cx.err(p.span(), format!("{}: {:?} must start with '/'", field("path_prefix"), p.get_ref()));
+            "/".to_string()
+        }
+    };
+    let split_span = raw.split.values().next().map(|w| w.span()).unwrap_or(span.clone());
+    let mut split = Vec::new();
+    for (pool, w) in raw.split {
+        // Keys carry no span through serde; point at the weight, on the same line.
+        if !pools.contains_key(&pool) {
+            let known: Vec<&str> = pools.keys().map(|s| s.as_str()).collect();
+            cx.err(w.span(), format!("{}: pool {:?} does not exist (pools: {})", field("split"), pool, known.join(", ")));
+        }
+        if !(0..=1_000_000).contains(w.get_ref()) {
+            cx.err(w.span(), format!("{}: weight {} of {:?} must be a non-negative integer up to 1000000", field("split"), w.get_ref(), pool));
+        }
+        split.push((pool, (*w.get_ref()).clamp(0, 1_000_000) as u32));
+    }
+    if split.is_empty() {
+        cx.err(split_span, format!("{}: names no pool", field("split")));
+    } else if split.iter().all(|(_, w)| *w == 0) {
+        cx.err(split_span, format!("{}: all weights are zero; at least one pool needs a positive weight", field("split")));
+    }
+    let sticky = match raw.sticky {
+        None => Sticky::None,
+        Some(s) => {
+            let sp = s.span();
+            let s = s.into_inner();
+            let n = s.cookie.is_some() as u8 + s.header.is_some() as u8 + s.client_ip.unwrap_or(false) as u8;
+            if n > 1 {
+                cx.err(sp, format!("{}: choose one of cookie, header or client_ip", field("sticky")));
+            }
+            if let Some(c) = s.cookie {
+                if !valid_token(c.get_ref()) {
+                    cx.err(c.span(), format!("{}: invalid cookie name {:?}", field("sticky.cookie"), c.get_ref()));
+                }
+                Sticky::Cookie(c.into_inner())
+            } else if let Some(h) = s.header {
+                if http::HeaderName::from_bytes(h.get_ref().as_bytes()).is_err() {
+                    cx.err(h.span(), format!("{}: invalid header name {:?}", field("sticky.header"), h.get_ref()));
+                }
+                Sticky::Header(h.into_inner().to_ascii_lowercase())
+            } else if s.client_ip.unwrap_or(false) {
+                Sticky::ClientIp
+            } else {
+                Sticky::None
+            }
+        }
+    };
+    let override_ = raw.override_.map(|o| {
+        let o = o.into_inner();
+        if let Some(h) = &o.header {
+            if http::HeaderName::from_bytes(h.get_ref().as_bytes()).is_err() {
+                cx.err(h.span(), format!("{}: invalid header name {:?}", field("override.header"), h.get_ref()));
+            }
+        }
+        if let Some(c) = &o.cookie {
+            if !valid_token(c.get_ref()) {
+                cx.err(c.span(), format!("{}: invalid cookie name {:?}", field("override.cookie"), c.get_ref()));
+            }
+        }
+        Override {
+            header: o.header.map(|h| h.into_inner().to_ascii_lowercase()),
+            cookie: o.cookie.map(|c| c.into_inner()),
+        }
+    });
+    let retry = match raw.retry {
+        None => RetryConfig::default(),
+        Some(r) => {
+            let r = r.into_inner();
+            let d = RetryConfig::default();
+            RetryConfig {
+                attempts: cx.int(&r.attempts, &field("retry.attempts"), 1, 10, 2) as u32,
+                backoff: cx.duration(&r.backoff, &field("retry.backoff"), d.backoff),
+                idempotent_only: r.idempotent_only.unwrap_or(true),
+                budget_percent: cx.int(&r.budget_percent, &field("retry.budget_percent"), 0, 100, 20) as u32,
+            }
+        }
+    };
+    let rollout = raw.rollout.map(|r| {
+        let r = r.into_inner();
+        if !split.iter().any(|(p, _)| p == r.to.get_ref()) {
+            cx.err(r.to.span(), format!("{}: pool {:?} is not in the route's split", field("rollout.to"), r.to.get_ref()));
+        }
+        if split.len() != 2 {
+            cx.err(r.to.span(), format!("{}: a rollout needs a split of exactly two pools (the baseline and `to`)", field("rollout")));
+        }
+        let steps_span = r.steps.span();
+        let steps: Vec<u32> = r.steps.into_inner().into_iter().map(|s| {
+            if !(0..=100).contains(s.get_ref()) {
+                cx.err(s.span(), format!("{}: {} is not a percentage 0..=100", field("rollout.steps"), s.get_ref()));
+            }
+            (*s.get_ref()).clamp(0, 100) as u32
+        }).collect();
+        if steps.is_empty() {
+            cx.err(steps_span.clone(), format!("{}: needs at least one step", field("rollout.steps")));
+        } else if steps.windows(2).any(|w| w[0] >= w[1]) {
+            cx.err(steps_span.clone(), format!("{}: steps must increase", field("rollout.steps")));
+        }
+        let max_error_rate = match r.max_error_rate {
+            None => 0.01,
+            Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                cx.err(v.span(), format!("{}: {} is not a rate between 0 and 1", field("rollout.max_error_rate"), v.get_ref()));
+                0.01
+            }
+        };
+        let state = r.state.as_ref().and_then(|s| {
+            let st = RolloutState::parse(s.get_ref());
+            if st.is_none() {
+                cx.err(s.span(), format!("{}: unknown state {:?}", field("rollout.state"), s.get_ref()));
+            }
+            st
+        });
+        let step = match &r.step {
+            None => None,
+            Some(s) if *s.get_ref() >= 0 && (*s.get_ref() as usize) < steps.len().max(1) => Some(*s.get_ref() as usize),
+            Some(s) => {
+                cx.err(s.span(), format!("{}: step index {} is outside steps", field("rollout.step"), s.get_ref()));
+                None
+            }
+        };
+        RolloutConfig {
+            to: r.to.into_inner(),
+            steps,
+            step_interval: cx.duration(&r.step_interval, &field("rollout.step_interval"), Duration::from_secs(60)),
+            min_requests: cx.int(&r.min_requests, &field("rollout.min_requests"), 0, i64::MAX, 100),
+            max_error_rate,
+            max_p99: cx.duration(&r.max_p99, &field("rollout.max_p99"), Duration::from_millis(500)),
+            approval: r.approval.unwrap_or(false),
+            approval_timeout: cx.duration(&r.approval_timeout, &field("rollout.approval_timeout"), Duration::from_secs(1800)),
+            notify_url: r.notify_url.map(|u| u.into_inner()).filter(|u| !u.is_empty()),
+            state,
+            step,
+        }
+    });
+    let _ = span;
+    Some(RouteConfig {
+        name,
+        hosts,
+        path_prefix,
+        split,
+        sticky,
+        override_,
+        fallback: raw.fallback.unwrap_or(true),
+        retry,
+        rollout,
+    })
+}
+
+fn valid_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(text: &str) -> Vec<String> {
+        match validate(Path::new("t.toml"), text) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const OK: &str = r#"
+[pools.blue]
+backends = ["127.0.0.1:9001", { addr = "127.0.0.1:9002", weight = 2 }]
+[pools.green]
+backends = ["127.0.0.1:9101"]
+[[routes]]
+name = "web"
+split = { blue = 90, green = 10 }
+"#;
+
+    #[test]
+    fn minimal_config_is_valid() {
+        let c = validate(Path::new("t.toml"), OK).unwrap();
+        assert_eq!(c.pools["blue"].backends[1].weight, 2);
+        assert_eq!(c.routes[0].split, vec![("blue".into(), 90), ("green".into(), 10)]);
+        assert_eq!(c.routes[0].hosts, vec![HostPattern::Any]);
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_position() {
+        let e = errs(&format!("[server]\nlisten = [\"127.0.0.1:1\"]\nbogus = 1\n{OK}\n[admin]\nnope = 2\n"));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].starts_with("t.toml:3:1: unknown key \"bogus\""), "{e:?}");
+        assert!(e[1].contains("unknown key \"nope\""), "{e:?}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let text = r#"
+[server]
+request_timeout = "3 parsecs"
+listen = ["localhost-ish"]
+[pools.blue]
+backends = ["127.0.0.1:9001"]
+[[routes]]
+name = "web"
+split = { blue = 0, red = 0 }
+[[routes]]
+name = "web"
+split = { blue = 1 }
+"#;
+        let e = errs(text);
+        assert!(e.iter().any(|e| e.starts_with("t.toml:3:19:") && e.contains("request_timeout")), "{e:?}");
+        assert!(e.iter().any(|e| e.starts_with("t.toml:4:11:") && e.contains("invalid address")), "{e:?}");
+        assert!(e.iter().any(|e| e.contains("pool \"red\" does not exist")), "{e:?}");
+        assert!(e.iter().any(|e| e.contains("all weights are zero")), "{e:?}");
+        assert!(e.iter().any(|e| e.contains("duplicate route name")), "{e:?}");
+        assert!(e.iter().any(|e| e.contains("same host")), "{e:?}");
+    }
+
+    #[test]
+    fn host_patterns_match() {
+        assert!(HostPattern::Suffix(".example.com".into()).matches("a.example.com"));
+        assert!(!HostPattern::Suffix(".example.com".into()).matches("example.com"));
+        assert!(HostPattern::Exact("a.com".into()).matches("A.com"));
+    }
+}

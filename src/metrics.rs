@@ -1,0 +1,186 @@
+//! Prometheus metrics (SPEC §5). Request counts are plain atomics on the request path, folded
+//! into the Prometheus counters at scrape time, so serving a request never takes the
+//! `MetricVec` lock. Label values come only from config names and status codes, so random
+//! paths cannot grow the series.
+
+use crate::upstream::{Backend, Registry};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Counts of responses by status code for one (route, pool, backend).
+#[derive(Debug)]
+pub struct CodeCounters {
+    counts: Box<[AtomicU64]>,
+}
+
+impl Default for CodeCounters {
+    fn default() -> Self {
+        CodeCounters {
+            counts: (0..500).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl CodeCounters {
+    pub fn inc(&self, status: u16) {
+        let i = (status.clamp(100, 599) - 100) as usize;
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The metric handles a route in one snapshot uses.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    /// Per pool (split order).
+    pub duration: Vec<Histogram>,
+    /// Per pool, per backend (pool order), plus one last entry for "no backend".
+    pub codes: Vec<Vec<Arc<CodeCounters>>>,
+    pub retries: IntCounter,
+}
+
+type CodeKey = (String, String, String);
+
+/// All of veer's metrics.
+pub struct Metrics {
+    pub registry: prometheus::Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    healthy: IntGaugeVec,
+    breaker_state: IntGaugeVec,
+    pub breaker_trips: IntCounterVec,
+    retries: IntCounterVec,
+    pub route_weight: IntGaugeVec,
+    draining: IntGaugeVec,
+    pub reloads: IntCounterVec,
+    pub rollout_step: IntGaugeVec,
+    pub rollouts: IntCounterVec,
+    codes: Mutex<HashMap<CodeKey, Arc<CodeCounters>>>,
+    exported_backends: Mutex<HashSet<(String, String)>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &prometheus::Registry, c: T) -> T {
+    r.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = prometheus::Registry::new();
+        let counter = |n: &str, h: &str, l: &[&str]| reg(&r, IntCounterVec::new(Opts::new(n, h), l).unwrap());
+        let gauge = |n: &str, h: &str, l: &[&str]| reg(&r, IntGaugeVec::new(Opts::new(n, h), l).unwrap());
+        Metrics {
+            requests: counter("veer_requests_total", "Requests answered, by route, pool, backend and status code.", &["route", "pool", "backend", "code"]),
+            duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("veer_request_duration_seconds", "Time until the upstream's response headers, by route and pool.")
+                        .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                    &["route", "pool"],
+                )
+                .unwrap(),
+            ),
+            in_flight: gauge("veer_upstream_in_flight", "Requests in flight to a backend.", &["pool", "backend"]),
+            healthy: gauge("veer_backend_healthy", "1 when the backend takes traffic by its health checks.", &["pool", "backend"]),
+            breaker_state: gauge("veer_circuit_breaker_state", "Circuit breaker: 0 closed, 1 open, 2 half-open.", &["pool", "backend"]),
+            breaker_trips: counter("veer_circuit_breaker_trips_total", "Times a backend's breaker opened.", &["pool", "backend"]),
+            retries: counter("veer_retries_total", "Requests retried on another backend.", &["route"]),
+            route_weight: gauge("veer_route_weight", "Current split weight of a pool in a route.", &["route", "pool"]),
+            draining: gauge("veer_backend_draining", "1 while a backend drains.", &["pool", "backend"]),
+            reloads: counter("veer_config_reloads_total", "Config reloads by result.", &["result"]),
+            rollout_step: gauge("veer_rollout_step", "Current rollout step index of a route (-1 when none).", &["route"]),
+            rollouts: counter("veer_rollouts_total", "Finished rollouts by result.", &["route", "result"]),
+            registry: r,
+            codes: Mutex::new(HashMap::new()),
+            exported_backends: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Handles for a route over its pools' backends; called when a snapshot is built.
+    pub fn route_metrics(&self, route: &str, pools: &[Arc<crate::upstream::Pool>]) -> RouteMetrics {
+        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut per_pool = Vec::with_capacity(pools.len());
+        for p in pools {
+            let labels = p.backends.iter().map(|b| &*b.addr_label).chain(std::iter::once(""));
+            let list = labels
+                .map(|backend| {
+                    codes
+                        .entry((route.to_string(), p.name.to_string(), backend.to_string()))
+                        .or_default()
+                        .clone()
+                })
+                .collect();
+            per_pool.push(list);
+        }
+        RouteMetrics {
+            duration: pools.iter().map(|p| self.duration.with_label_values(&[route, &p.name])).collect(),
+            codes: per_pool,
+            retries: self.retries.with_label_values(&[route]),
+        }
+    }
+
+    fn sync(&self, registry: &Registry) {
+        {
+            let codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+            for ((route, pool, backend), c) in codes.iter() {
+                for (i, n) in c.counts.iter().enumerate() {
+                    let n = n.load(Ordering::Relaxed);
+                    if n == 0 {
+                        continue;
+                    }
+                    let code = (i + 100).to_string();
+                    let counter = self.requests.with_label_values(&[route, pool, backend, &code]);
+                    let prev = counter.get();
+                    if n > prev {
+                        counter.inc_by(n - prev);
+                    }
+                }
+            }
+        }
+        let backends = registry.all();
+        let mut now = HashSet::new();
+        for b in &backends {
+            self.set_backend(b);
+            now.insert((b.id.pool.to_string(), b.addr_label.to_string()));
+        }
+        let mut exported = self.exported_backends.lock().unwrap_or_else(|e| e.into_inner());
+        for (pool, addr) in exported.difference(&now) {
+            for g in [&self.in_flight, &self.healthy, &self.breaker_state, &self.draining] {
+                let _ = g.remove_label_values(&[pool, addr]);
+            }
+        }
+        *exported = now;
+    }
+
+    fn set_backend(&self, b: &Backend) {
+        let l = [&*b.id.pool, &*b.addr_label];
+        self.in_flight.with_label_values(&l).set(b.in_flight() as i64);
+        self.healthy.with_label_values(&l).set(b.is_healthy() as i64);
+        self.breaker_state.with_label_values(&l).set(b.breaker.state() as u8 as i64);
+        self.draining.with_label_values(&l).set(b.is_draining() as i64);
+    }
+
+    /// The text exposition, current as of now.
+    pub fn render(&self, registry: &Registry) -> String {
+        self.sync(registry);
+        let mut buf = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

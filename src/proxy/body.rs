@@ -1,0 +1,77 @@
+//! The response body veer sends downstream: an upstream body streamed through (holding the
+//! backend lease until it ends), or a small body veer made itself.
+
+use crate::upstream::Lease;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Errors while streaming a response body.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A downstream response body.
+#[derive(Debug)]
+pub enum ProxyBody {
+    Upstream { body: Incoming, lease: Option<Lease> },
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        ProxyBody::Full(Some(b.into()))
+    }
+    pub fn empty() -> Self {
+        ProxyBody::Full(None)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("backend closed by drain timeout")]
+struct DrainCut;
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream { body, lease } => {
+                if lease.as_ref().is_some_and(|l| l.backend.closed.is_cancelled()) {
+                    lease.take();
+                    return Poll::Ready(Some(Err(Box::new(DrainCut))));
+                }
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(None) => {
+                        // Done: the backend's in-flight count drops now, not when hyper
+                        // gets round to dropping the body.
+                        lease.take();
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        lease.take();
+                        Poll::Ready(Some(Err(Box::new(e))))
+                    }
+                    other => other.map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BodyError))),
+                }
+            }
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ProxyBody::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}

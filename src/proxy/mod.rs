@@ -1,0 +1,380 @@
+//! The request path: accept loop and connections ([`server`]), header rewriting
+//! ([`headers`]), the downstream body ([`body`]) and the forwarding logic (here).
+//!
+//! Per request: one snapshot load, route match, pool by sticky bucket and split, backend by
+//! the pool's balancer, then forward with retries on a different backend where safe.
+
+pub mod body;
+pub mod headers;
+pub mod server;
+
+use crate::config::{Protocol, Sticky};
+use crate::routing::{bucket_of, split::rendezvous, Route};
+use crate::runtime::{Runtime, Snapshot};
+use crate::upstream::client::{BodySlot, UpBody};
+use crate::upstream::{Backend, Lease};
+use body::ProxyBody;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What the request path knows about the downstream connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// "http" or "https".
+    pub scheme: &'static str,
+}
+
+/// Why veer answered itself instead of relaying an upstream answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No route matches.
+    NoRoute,
+    /// Request malformed in a way hyper let through.
+    BadRequest,
+    /// Nothing usable in the chosen pools.
+    NoBackend,
+    /// Upstream broke the protocol, reset, or could not be reached.
+    BadGateway,
+    /// Upstream did not answer in time.
+    Timeout,
+}
+
+impl Failure {
+    fn status(self) -> StatusCode {
+        match self {
+            Failure::NoRoute => StatusCode::NOT_FOUND,
+            Failure::BadRequest => StatusCode::BAD_REQUEST,
+            Failure::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::BadGateway => StatusCode::BAD_GATEWAY,
+            Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Failure::NoRoute => "no route for this host and path\n",
+            Failure::BadRequest => "bad request\n",
+            Failure::NoBackend => "no backend available\n",
+            Failure::BadGateway => "bad gateway\n",
+            Failure::Timeout => "upstream timed out\n",
+        }
+    }
+
+    pub fn response(self) -> Response<ProxyBody> {
+        let mut r = Response::new(ProxyBody::full(self.message()));
+        *r.status_mut() = self.status();
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if self == Failure::NoBackend {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Handle one downstream request end to end.
+pub async fn handle(rt: &Runtime, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let snap = rt.snapshot();
+    // HTTP/2 carries the host in :authority; HTTP/1.1 in Host (required there).
+    let host_value = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let host = match &host_value {
+        Some(v) => match v.to_str() {
+            Ok(s) => s.to_string(),
+            Err(_) => return Failure::BadRequest.response(),
+        },
+        None if req.version() == Version::HTTP_11 => return Failure::BadRequest.response(),
+        None => String::new(),
+    };
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return Failure::BadRequest.response();
+    }
+    let host = crate::routing::normalize_host(&host).into_owned();
+    let Some(route) = snap.router.find(&host, req.uri().path()).cloned() else {
+        return Failure::NoRoute.response();
+    };
+
+    // Which pool: forced by override, else the user's bucket under today's weights.
+    let mut new_cookie = None;
+    let bucket = match &route.config.sticky {
+        Sticky::None => route.state.next_bucket(),
+        Sticky::Cookie(name) => match headers::cookie(req.headers(), name) {
+            Some(v) if !v.is_empty() => bucket_of(v.as_bytes()),
+            _ => {
+                let id = format!("{:032x}", rand::random::<u128>());
+                let b = bucket_of(id.as_bytes());
+                new_cookie = Some(format!("{name}={id}; Path=/; HttpOnly; SameSite=Lax"));
+                b
+            }
+        },
+        Sticky::Header(name) => match req.headers().get(name.as_str()) {
+            Some(v) if !v.is_empty() => bucket_of(v.as_bytes()),
+            _ => client_ip_bucket(conn),
+        },
+        Sticky::ClientIp => client_ip_bucket(conn),
+    };
+    let forced = route.config.override_.as_ref().and_then(|o| {
+        let name = o
+            .header
+            .as_ref()
+            .and_then(|h| req.headers().get(h.as_str()).and_then(|v| v.to_str().ok()))
+            .or_else(|| o.cookie.as_ref().and_then(|c| headers::cookie(req.headers(), c)))?;
+        route.pool_index(name.trim())
+    });
+    let pool_idx = forced.unwrap_or_else(|| route.table.pool_of(bucket));
+
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut resp, pending) =
+        forward(rt, &snap, &route, conn, req, pool_idx, bucket, host_value, upgrade).await;
+    if let (Some(down), Some(p)) = (down_upgrade, pending) {
+        tunnel(down, p);
+    }
+    if let Some(c) = new_cookie {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    resp
+}
+
+fn client_ip_bucket(conn: &ConnInfo) -> u32 {
+    match conn.peer.ip() {
+        std::net::IpAddr::V4(a) => bucket_of(&a.octets()),
+        std::net::IpAddr::V6(a) => bucket_of(&a.octets()),
+    }
+}
+
+/// Take a backend lease for this request: the chosen pool first, then (with `fallback`)
+/// the route's other weighted pools in the bucket's rendezvous order.
+fn pick(route: &Route, pool_idx: usize, bucket: u32, tried: &[usize]) -> Option<(usize, Lease)> {
+    if let Some(l) = route.pools[pool_idx].pick(tried) {
+        return Some((pool_idx, l));
+    }
+    if !route.config.fallback {
+        return None;
+    }
+    let names: Vec<&str> = route.pools.iter().map(|p| &*p.name).collect();
+    let mut weights = route.weights.clone();
+    weights[pool_idx] = 0;
+    while let Some(i) = rendezvous(bucket, &names, &weights, pool_idx) {
+        if let Some(l) = route.pools[i].pick(tried) {
+            return Some((i, l));
+        }
+        weights[i] = 0;
+    }
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    rt: &Runtime,
+    snap: &Snapshot,
+    route: &Arc<Route>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    pool_idx: usize,
+    bucket: u32,
+    host_value: Option<HeaderValue>,
+    upgrade: bool,
+) -> (Response<ProxyBody>, Option<PendingTunnel>) {
+    let (mut parts, body) = req.into_parts();
+    let retry = &route.config.retry;
+    let idempotent = is_idempotent(&parts.method);
+    let had_te = parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let h2_upstream = route.pools.iter().any(|p| p.config.protocol != Protocol::H1);
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade, h2_upstream);
+    if had_te {
+        // Never forward both framings: the body is re-framed by the upstream client.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    // veer answers 100-continue itself when it starts reading the body.
+    parts.headers.remove(header::EXPECT);
+    if parts.headers.get(header::HOST).is_none() {
+        if let Some(h) = &host_value {
+            parts.headers.insert(header::HOST, h.clone());
+        }
+    }
+    headers::add_forwarded(&mut parts.headers, conn.peer.ip(), conn.scheme, host_value.as_ref());
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let slot = BodySlot::new(body);
+    route.state.deposit(retry.budget_percent);
+    let timeout = snap.config.server.request_timeout;
+
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_failure = Failure::NoBackend;
+    let mut last_pool = pool_idx;
+    for attempt in 1..=retry.attempts {
+        if attempt > 1 {
+            // Retries are paid for from the route's budget, so a failing pool cannot double
+            // its own load.
+            if !route.state.withdraw() {
+                break;
+            }
+            route.metrics.retries.inc();
+            let base = retry.backoff.as_secs_f64() * 2f64.powi(attempt as i32 - 2);
+            let jittered = base * (0.5 + rand::random::<f64>() * 0.5);
+            if jittered > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(jittered)).await;
+            }
+        }
+        let Some((pidx, mut lease)) = pick(route, pool_idx, bucket, &tried) else {
+            break;
+        };
+        last_pool = pidx;
+        let backend = lease.backend.clone();
+        tried.push(crate::upstream::pool::backend_key(&backend));
+        let client = backend.client();
+        let uri = Uri::builder()
+            .scheme(client.scheme)
+            .authority(client.authority.clone())
+            .path_and_query(path_and_query.as_str())
+            .build();
+        let Ok(uri) = uri else {
+            return (Failure::BadRequest.response(), None);
+        };
+        let mut up = Request::new(UpBody::from_slot(&slot));
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri;
+        *up.headers_mut() = parts.headers.clone();
+        *up.version_mut() = match backend.pool_config().protocol {
+            Protocol::H1 => Version::HTTP_11,
+            _ => Version::HTTP_2,
+        };
+        if *up.version_mut() == Version::HTTP_2 {
+            up.headers_mut().remove(header::HOST);
+        }
+        let started = Instant::now();
+        // A drain that reaches its timeout cuts what is still waiting on the backend.
+        let result = tokio::select! {
+            r = tokio::time::timeout(timeout, client.client.request(up)) => match r {
+                Ok(Ok(r)) => Outcome::Response(r),
+                Ok(Err(e)) => Outcome::Error(Some(e)),
+                Err(_) => Outcome::Timeout,
+            },
+            _ = backend.closed.cancelled() => Outcome::Error(None),
+        };
+        let body_taken = slot.as_ref().is_some_and(|s| s.is_taken());
+        let can_retry_any = attempt < retry.attempts && !body_taken;
+        let can_retry_idem = can_retry_any && (idempotent || !retry.idempotent_only);
+        match result {
+            Outcome::Response(resp) => {
+                let status = resp.status();
+                let failed = status.is_server_error();
+                lease.record(!failed);
+                route.metrics.duration[pidx].observe(started.elapsed().as_secs_f64());
+                if matches!(status.as_u16(), 502..=504) && can_retry_idem {
+                    count(route, pidx, &backend, status.as_u16());
+                    last_failure = Failure::BadGateway;
+                    continue;
+                }
+                count(route, pidx, &backend, status.as_u16());
+                return relay(resp, lease, upgrade);
+            }
+            Outcome::Error(e) => {
+                lease.record(false);
+                let connect = e.as_ref().is_some_and(|e| e.is_connect());
+                tracing::debug!(backend = %backend.id, error = ?e, "upstream request failed");
+                count(route, pidx, &backend, 502);
+                last_failure = Failure::BadGateway;
+                if (connect && can_retry_any) || can_retry_idem {
+                    continue;
+                }
+                return (Failure::BadGateway.response(), None);
+            }
+            Outcome::Timeout => {
+                lease.record(false);
+                count(route, pidx, &backend, 504);
+                last_failure = Failure::Timeout;
+                if can_retry_idem {
+                    continue;
+                }
+                return (Failure::Timeout.response(), None);
+            }
+        }
+    }
+    if last_failure == Failure::NoBackend {
+        let none = route.metrics.codes[last_pool].last();
+        if let Some(c) = none {
+            c.inc(503);
+        }
+    }
+    (last_failure.response(), None)
+}
+
+enum Outcome {
+    Response(Response<Incoming>),
+    /// `None`: cut by a drain timeout.
+    Error(Option<hyper_util::client::legacy::Error>),
+    Timeout,
+}
+
+fn count(route: &Route, pool: usize, backend: &Arc<Backend>, status: u16) {
+    let pool_ref = &route.pools[pool];
+    if let Some(i) = pool_ref.backends.iter().position(|b| Arc::ptr_eq(b, backend)) {
+        route.metrics.codes[pool][i].inc(status);
+    }
+}
+
+/// Turn the upstream response into the downstream one.
+fn relay(mut resp: Response<Incoming>, lease: Lease, upgrade: bool) -> (Response<ProxyBody>, Option<PendingTunnel>) {
+    let switching = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let on = switching.then(|| hyper::upgrade::on(&mut resp));
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, switching, false);
+    match on {
+        // The lease travels with the tunnel: the backend is busy until the tunnel closes.
+        Some(upstream) => (
+            Response::from_parts(parts, ProxyBody::empty()),
+            Some(PendingTunnel { upstream, lease }),
+        ),
+        None => (
+            Response::from_parts(parts, ProxyBody::Upstream { body, lease: Some(lease) }),
+            None,
+        ),
+    }
+}
+
+/// The upstream side of an accepted upgrade, waiting for the downstream side.
+struct PendingTunnel {
+    upstream: hyper::upgrade::OnUpgrade,
+    lease: Lease,
+}
+
+/// Join the two upgraded connections and copy bytes both ways until either side closes.
+fn tunnel(down: hyper::upgrade::OnUpgrade, p: PendingTunnel) {
+    tokio::spawn(async move {
+        let PendingTunnel { upstream, lease } = p;
+        let (down, up) = match tokio::try_join!(down, upstream) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut down = hyper_util::rt::TokioIo::new(down);
+        let mut up = hyper_util::rt::TokioIo::new(up);
+        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        drop(lease);
+    });
+}

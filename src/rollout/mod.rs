@@ -1,0 +1,1 @@
+//! Progressive rollouts (filled in by the rollout work, issue 6).

@@ -1,0 +1,135 @@
+//! The weighted split over sticky buckets.
+//!
+//! A user's key hashes (fixed seed) into one of [`BUCKETS`] buckets; a table built once per
+//! snapshot maps each bucket to a pool. With two pools the table gives the second pool the
+//! lowest buckets up to its exact share, so raising a pool's weight only moves users into it.
+//! With more pools, weighted rendezvous hashing keeps the same property (a pool's score rises
+//! with its weight alone), at the price of a split exact only in expectation.
+
+/// Number of sticky buckets.
+pub const BUCKETS: u32 = 10_000;
+
+const SEED: u64 = 0x7665_6572_5f62_6b74; // "veer_bkt"
+
+/// 64-bit FNV-1a with a fixed seed and a final avalanche, stable across builds and versions.
+pub fn hash64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ SEED;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    mix(h)
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The bucket of a sticky key.
+pub fn bucket_of(key: &[u8]) -> u32 {
+    (hash64(key) % BUCKETS as u64) as u32
+}
+
+/// Bucket → pool index, for one route's weights.
+#[derive(Debug, Clone)]
+pub struct SplitTable {
+    table: Box<[u8]>,
+}
+
+impl SplitTable {
+    /// `pools` are the pool names (for rendezvous scores), `weights` their weights.
+    pub fn new(pools: &[&str], weights: &[u32]) -> Self {
+        let n = weights.len();
+        let total: u64 = weights.iter().map(|&w| w as u64).sum();
+        let mut table = vec![0u8; BUCKETS as usize].into_boxed_slice();
+        if n == 2 && total > 0 {
+            let share = ((weights[1] as u64 * BUCKETS as u64 + total / 2) / total) as u32;
+            for (b, slot) in table.iter_mut().enumerate() {
+                *slot = if position(b as u32) < share { 1 } else { 0 };
+            }
+        } else if n > 2 {
+            for (b, slot) in table.iter_mut().enumerate() {
+                *slot = rendezvous(b as u32, pools, weights, usize::MAX).unwrap_or(0) as u8;
+            }
+        }
+        SplitTable { table }
+    }
+
+    /// The pool index of a bucket.
+    pub fn pool_of(&self, bucket: u32) -> usize {
+        self.table[(bucket % BUCKETS) as usize] as usize
+    }
+}
+
+/// A fixed permutation of the buckets, so that a pool's share is not one contiguous run of
+/// hash values (keeps the split honest even for keys that hash alike).
+fn position(bucket: u32) -> u32 {
+    // 7919 is prime and coprime with 10,000: a bijection on 0..10,000.
+    (bucket as u64 * 7919 % BUCKETS as u64) as u32
+}
+
+/// Weighted rendezvous: the pool with the highest `w / -ln(u)` wins; `skip` is left out.
+pub fn rendezvous(bucket: u32, pools: &[&str], weights: &[u32], skip: usize) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for (i, (&p, &w)) in pools.iter().zip(weights).enumerate() {
+        if w == 0 || i == skip {
+            continue;
+        }
+        let mut key = Vec::with_capacity(p.len() + 4);
+        key.extend_from_slice(p.as_bytes());
+        key.extend_from_slice(&bucket.to_le_bytes());
+        let u = ((hash64(&key) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let score = w as f64 / -u.ln();
+        if best.is_none_or(|(_, s)| score > s) {
+            best = Some((i, score));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(t: &SplitTable, pool: usize) -> u32 {
+        (0..BUCKETS).filter(|&b| t.pool_of(b) == pool).count() as u32
+    }
+
+    #[test]
+    fn two_pools_exact_and_monotone() {
+        let t10 = SplitTable::new(&["blue", "green"], &[90, 10]);
+        assert_eq!(share(&t10, 1), 1000);
+        let t25 = SplitTable::new(&["blue", "green"], &[75, 25]);
+        assert_eq!(share(&t25, 1), 2500);
+        for b in 0..BUCKETS {
+            if t10.pool_of(b) == 1 {
+                assert_eq!(t25.pool_of(b), 1, "bucket {b} left green when green grew");
+            }
+        }
+        let all = SplitTable::new(&["blue", "green"], &[0, 100]);
+        assert_eq!(share(&all, 1), BUCKETS);
+    }
+
+    #[test]
+    fn three_pools_monotone() {
+        let a = SplitTable::new(&["a", "b", "c"], &[50, 30, 20]);
+        let b = SplitTable::new(&["a", "b", "c"], &[50, 60, 20]);
+        for k in 0..BUCKETS {
+            if a.pool_of(k) == 1 {
+                assert_eq!(b.pool_of(k), 1);
+            } else if b.pool_of(k) != 1 {
+                assert_eq!(a.pool_of(k), b.pool_of(k), "bucket moved between others");
+            }
+        }
+        let s = share(&a, 0) as f64 / BUCKETS as f64;
+        assert!((0.47..0.53).contains(&s), "{s}");
+    }
+
+    #[test]
+    fn buckets_are_stable() {
+        assert_eq!(bucket_of(b"user-1"), bucket_of(b"user-1"));
+        assert_ne!(bucket_of(b"user-1"), bucket_of(b"user-2"));
+    }
+}

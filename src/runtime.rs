@@ -1,0 +1,179 @@
+//! The live state of a running veer: the current [`Snapshot`] (one `ArcSwap` load per
+//! request), the backend [`Registry`], metrics, and the one way to change config: [`Runtime::apply`].
+
+use crate::config::{Config, RouteConfig};
+use crate::metrics::Metrics;
+use crate::routing::{Route, RouteState, Router, SplitTable};
+use crate::upstream::registry::{BackendChanges, RegistryError};
+use crate::upstream::{Pool, Registry};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a request needs, immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub loaded_at: SystemTime,
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub pools: HashMap<Arc<str>, Arc<Pool>>,
+}
+
+/// What applying a config changed.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ApplyReport {
+    pub version: u64,
+    pub routes_added: Vec<String>,
+    pub routes_removed: Vec<String>,
+    /// Routes whose split changed: name → new weights.
+    pub weights_changed: HashMap<String, HashMap<String, u32>>,
+    #[serde(flatten)]
+    pub backends: BackendChanges,
+}
+
+/// The running proxy's shared state.
+#[derive(Debug)]
+pub struct Runtime {
+    snapshot: ArcSwap<Snapshot>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// The config file, when there is one (not in `veer demo`).
+    pub config_path: Option<PathBuf>,
+    route_states: Mutex<HashMap<String, Arc<RouteState>>>,
+    version: AtomicU64,
+    ready: AtomicBool,
+    /// Cancelled when graceful shutdown begins.
+    pub shutdown: CancellationToken,
+    /// Serialises config changes (file reloads, API writes, rollout steps).
+    pub change_lock: tokio::sync::Mutex<()>,
+}
+
+impl Runtime {
+    /// Build the runtime with its first config. Must be called inside a tokio runtime.
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, RegistryError> {
+        let base = config_path
+            .as_ref()
+            .and_then(|p| p.parent().map(|d| d.to_path_buf()));
+        let registry = Arc::new(Registry::new(base));
+        let metrics = Arc::new(Metrics::new());
+        let route_states = Mutex::new(HashMap::new());
+        let empty = Snapshot {
+            version: 0,
+            loaded_at: SystemTime::now(),
+            config: Arc::new(config.clone()),
+            router: Router::default(),
+            pools: HashMap::new(),
+        };
+        let rt = Arc::new(Runtime {
+            snapshot: ArcSwap::from_pointee(empty),
+            registry,
+            metrics,
+            config_path,
+            route_states,
+            version: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
+            change_lock: tokio::sync::Mutex::new(()),
+        });
+        rt.build_and_swap(config, None)?;
+        Ok(rt)
+    }
+
+    /// The current snapshot (for one request, or one admin call).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.snapshot.load().config.clone()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.shutdown.is_cancelled()
+    }
+
+    pub fn set_ready(&self, on: bool) {
+        self.ready.store(on, Ordering::Release);
+    }
+
+    /// Make `config` live atomically. Backends that stay keep their state; removed ones drain.
+    /// Callers that also write the file hold [`Runtime::change_lock`].
+    pub fn apply(&self, config: Config) -> Result<ApplyReport, RegistryError> {
+        let old = self.config();
+        self.build_and_swap(config, Some(&old))
+    }
+
+    fn build_and_swap(&self, config: Config, old: Option<&Config>) -> Result<ApplyReport, RegistryError> {
+        self.registry.check_clients(&config)?;
+        let (pools, backends) = self.registry.sync(&config, old)?;
+        let mut states = self.route_states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes = Vec::with_capacity(config.routes.len());
+        let mut report = ApplyReport {
+            backends,
+            ..Default::default()
+        };
+        for rc in &config.routes {
+            let state = states.entry(rc.name.clone()).or_default().clone();
+            routes.push(Arc::new(self.build_route(rc, &pools, state)));
+            match old.and_then(|o| o.route(&rc.name)) {
+                None if old.is_some() => report.routes_added.push(rc.name.clone()),
+                Some(o) if o.split != rc.split => {
+                    report
+                        .weights_changed
+                        .insert(rc.name.clone(), rc.split.iter().cloned().collect());
+                }
+                _ => {}
+            }
+        }
+        if let Some(old) = old {
+            for r in &old.routes {
+                if config.route(&r.name).is_none() {
+                    report.routes_removed.push(r.name.clone());
+                    let _ = self.metrics.route_weight.remove_label_values(&[&r.name, ""]);
+                }
+            }
+        }
+        states.retain(|name, _| config.route(name).is_some());
+        drop(states);
+        let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
+        report.version = version;
+        self.snapshot.store(Arc::new(Snapshot {
+            version,
+            loaded_at: SystemTime::now(),
+            config: Arc::new(config),
+            router: Router::new(routes),
+            pools,
+        }));
+        Ok(report)
+    }
+
+    fn build_route(&self, rc: &RouteConfig, pools: &HashMap<Arc<str>, Arc<Pool>>, state: Arc<RouteState>) -> Route {
+        let route_pools: Vec<Arc<Pool>> = rc
+            .split
+            .iter()
+            .map(|(p, _)| pools[p.as_str()].clone())
+            .collect();
+        let weights: Vec<u32> = rc.split.iter().map(|(_, w)| *w).collect();
+        let names: Vec<&str> = rc.split.iter().map(|(p, _)| p.as_str()).collect();
+        for (p, w) in &rc.split {
+            self.metrics
+                .route_weight
+                .with_label_values(&[&rc.name, p])
+                .set(*w as i64);
+        }
+        Route {
+            name: rc.name.as_str().into(),
+            config: Arc::new(rc.clone()),
+            table: SplitTable::new(&names, &weights),
+            metrics: self.metrics.route_metrics(&rc.name, &route_pools),
+            pools: route_pools,
+            weights,
+            state,
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! One backend: its identity and the state that outlives config reloads.
+
+use crate::breaker::Gate;
+use crate::config::PoolConfig;
+use crate::upstream::client::UpstreamClient;
+use arc_swap::ArcSwap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// A backend is the pair (pool, address): the same address in two pools is two backends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId {
+    pub pool: Arc<str>,
+    pub addr: SocketAddr,
+}
+
+impl fmt::Display for BackendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.pool, self.addr)
+    }
+}
+
+/// Active health as last judged by the checker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Health {
+    Unknown = 0,
+    Healthy = 1,
+    Unhealthy = 2,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// Per-backend state: counters are atomics, read by the request path without a lock.
+pub struct Backend {
+    pub id: BackendId,
+    /// The address as a string, for metric labels and JSON.
+    pub addr_label: Arc<str>,
+    in_flight: AtomicU32,
+    health: AtomicU8,
+    /// Whether the pool has an active health check (otherwise health does not gate traffic).
+    checked: AtomicBool,
+    draining: AtomicBool,
+    /// Set when a reload removed the backend; it drains and is then dropped.
+    removed: AtomicBool,
+    /// Bulkhead limit (0 = unlimited).
+    max_concurrent: AtomicU32,
+    pub breaker: Gate,
+    /// Notified when in-flight reaches zero, so a drain can finish early.
+    idle: Notify,
+    /// Cancelled when the backend is finally closed: cuts what is left in flight and stops
+    /// its background tasks.
+    pub closed: CancellationToken,
+    client: ArcSwap<UpstreamClient>,
+    /// The current config of the backend's pool; background tasks read it on each round.
+    pool_config: ArcSwap<PoolConfig>,
+    /// State shared by the pool's backends across reloads (breaker ejection count).
+    pub pool_shared: Arc<PoolShared>,
+}
+
+/// Pool-wide state that outlives snapshots.
+#[derive(Debug, Default)]
+pub struct PoolShared {
+    /// Backends whose breaker is open or half-open now.
+    pub ejected: AtomicU32,
+    /// Backends in the pool now (not counting removed ones).
+    pub size: AtomicU32,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("id", &self.id)
+            .field("in_flight", &self.in_flight())
+            .field("health", &self.health())
+            .field("breaker", &self.breaker.state())
+            .field("draining", &self.is_draining())
+            .finish()
+    }
+}
+
+impl Backend {
+    pub fn new(
+        id: BackendId,
+        client: UpstreamClient,
+        pool_config: Arc<PoolConfig>,
+        pool_shared: Arc<PoolShared>,
+    ) -> Self {
+        Backend {
+            pool_config: ArcSwap::new(pool_config),
+            pool_shared,
+            addr_label: id.addr.to_string().into(),
+            id,
+            in_flight: AtomicU32::new(0),
+            health: AtomicU8::new(Health::Unknown as u8),
+            checked: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            max_concurrent: AtomicU32::new(0),
+            breaker: Gate::default(),
+            idle: Notify::new(),
+            closed: CancellationToken::new(),
+            client: ArcSwap::from_pointee(client),
+        }
+    }
+
+    pub fn pool_config(&self) -> Arc<PoolConfig> {
+        self.pool_config.load_full()
+    }
+
+    pub(crate) fn set_pool_config(&self, c: Arc<PoolConfig>) {
+        self.pool_config.store(c);
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn health(&self) -> Health {
+        match self.health.load(Ordering::Acquire) {
+            1 => Health::Healthy,
+            2 => Health::Unhealthy,
+            _ => Health::Unknown,
+        }
+    }
+
+    /// Set by the health checker. Returns the previous value.
+    pub fn set_health(&self, h: Health) -> Health {
+        match self.health.swap(h as u8, Ordering::AcqRel) {
+            1 => Health::Healthy,
+            2 => Health::Unhealthy,
+            _ => Health::Unknown,
+        }
+    }
+
+    pub fn is_checked(&self) -> bool {
+        self.checked.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_checked(&self, on: bool) {
+        self.checked.store(on, Ordering::Relaxed);
+    }
+
+    /// Healthy by the checker's account (or no checker configured).
+    pub fn is_healthy(&self) -> bool {
+        !self.is_checked() || self.health() == Health::Healthy
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Release);
+        if on && self.in_flight() == 0 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
+        self.set_draining(true);
+    }
+
+    pub(crate) fn set_max_concurrent(&self, n: u32) {
+        self.max_concurrent.store(n, Ordering::Relaxed);
+    }
+
+    pub fn max_concurrent(&self) -> u32 {
+        self.max_concurrent.load(Ordering::Relaxed)
+    }
+
+    /// May new requests go here (ignoring the bulkhead)?
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.is_draining() && self.breaker.is_passable()
+    }
+
+    pub fn client(&self) -> Arc<UpstreamClient> {
+        self.client.load_full()
+    }
+
+    /// Replace the client; the old one's idle connections close when its last user is done.
+    pub fn set_client(&self, c: UpstreamClient) {
+        self.client.store(Arc::new(c));
+    }
+
+    /// Try to start a request here: checks availability, the bulkhead and the breaker.
+    pub fn try_lease(self: &Arc<Self>) -> Option<Lease> {
+        if !self.is_healthy() || self.is_draining() {
+            return None;
+        }
+        let max = self.max_concurrent();
+        let prev = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if max > 0 && prev >= max {
+            self.end_one();
+            return None;
+        }
+        match self.breaker.try_acquire() {
+            Some(trial) => Some(Lease {
+                backend: self.clone(),
+                trial,
+                recorded: false,
+            }),
+            None => {
+                self.end_one();
+                None
+            }
+        }
+    }
+
+    fn end_one(&self) {
+        let prev = self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if prev == 1 && self.is_draining() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Wait until nothing is in flight (for draining).
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A request's hold on a backend: counts in-flight until dropped, carries the breaker trial.
+#[derive(Debug)]
+pub struct Lease {
+    pub backend: Arc<Backend>,
+    trial: bool,
+    recorded: bool,
+}
+
+impl Lease {
+    /// Report the outcome to the breaker (once).
+    pub fn record(&mut self, success: bool) {
+        if !self.recorded {
+            self.recorded = true;
+            self.backend.breaker.record(success, self.trial);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.recorded && self.trial {
+            // A trial that never produced an outcome must not wedge the half-open state.
+            self.backend.breaker.release_trial();
+        }
+        self.backend.end_one();
+    }
+}

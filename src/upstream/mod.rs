@@ -1,0 +1,12 @@
+//! Backends and pools: identity and per-backend state ([`backend`]), the runtime pool and its
+//! balancers ([`pool`]), the upstream HTTP client ([`client`]) and the registry that keeps
+//! per-backend state across reloads and drains what a reload removes ([`registry`]).
+
+pub mod backend;
+pub mod client;
+pub mod pool;
+pub mod registry;
+
+pub use backend::{Backend, BackendId, Health, Lease};
+pub use pool::Pool;
+pub use registry::Registry;

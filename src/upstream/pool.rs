@@ -1,0 +1,162 @@
+//! A pool as the request path sees it: an immutable list of backends plus the balancer.
+
+use super::{Backend, Lease};
+use crate::config::{LbKind, PoolConfig};
+use rand::Rng;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A pool in one config snapshot. Backends are shared with the [`super::Registry`].
+#[derive(Debug)]
+pub struct Pool {
+    pub name: Arc<str>,
+    pub config: Arc<PoolConfig>,
+    pub backends: Vec<Arc<Backend>>,
+    /// Smooth weighted round-robin order (nginx's algorithm), computed once per snapshot so
+    /// picking is one atomic increment.
+    rr_order: Vec<u32>,
+    rr_next: AtomicUsize,
+}
+
+impl Pool {
+    pub fn new(config: Arc<PoolConfig>, backends: Vec<Arc<Backend>>) -> Self {
+        let weights: Vec<u32> = config.backends.iter().map(|b| b.weight).collect();
+        Pool {
+            name: config.name.as_str().into(),
+            rr_order: smooth_wrr_order(&weights),
+            rr_next: AtomicUsize::new(rand::thread_rng().gen_range(0..weights.len().max(1))),
+            config,
+            backends,
+        }
+    }
+
+    /// Is any backend able to take a request now?
+    pub fn has_available(&self) -> bool {
+        self.backends.iter().any(|b| b.is_available() && !bulkhead_full(b))
+    }
+
+    /// Is any backend healthy (for swap's safety check)?
+    pub fn has_healthy(&self) -> bool {
+        self.backends
+            .iter()
+            .any(|b| b.is_healthy() && !b.is_draining())
+    }
+
+    /// Pick a backend and take a lease on it, skipping those in `exclude` (already tried).
+    pub fn pick(&self, exclude: &[usize]) -> Option<Lease> {
+        let skip = |b: &Arc<Backend>| exclude.contains(&backend_key(b));
+        match self.config.lb {
+            LbKind::RoundRobin => self.pick_rr(&skip),
+            LbKind::LeastRequest => self.pick_p2c(&skip).or_else(|| self.pick_rr(&skip)),
+        }
+    }
+
+    fn pick_rr(&self, skip: &dyn Fn(&Arc<Backend>) -> bool) -> Option<Lease> {
+        let n = self.rr_order.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.rr_next.fetch_add(1, Ordering::Relaxed);
+        // Walk the order from our slot; weighted order means at most `n` steps to see all.
+        for i in 0..n {
+            let b = &self.backends[self.rr_order[(start + i) % n] as usize];
+            if skip(b) {
+                continue;
+            }
+            if let Some(l) = b.try_lease() {
+                return Some(l);
+            }
+        }
+        None
+    }
+
+    /// Power of two choices on in-flight, weighted: lower in_flight/weight wins.
+    fn pick_p2c(&self, skip: &dyn Fn(&Arc<Backend>) -> bool) -> Option<Lease> {
+        let n = self.backends.len();
+        if n == 1 {
+            let b = &self.backends[0];
+            return if skip(b) { None } else { b.try_lease() };
+        }
+        let mut rng = rand::thread_rng();
+        for _ in 0..3 {
+            let a = rng.gen_range(0..n);
+            let mut b = rng.gen_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (ba, bb) = (&self.backends[a], &self.backends[b]);
+            let ok_a = !skip(ba) && ba.is_available();
+            let ok_b = !skip(bb) && bb.is_available();
+            let first = match (ok_a, ok_b) {
+                (true, true) => {
+                    let la = (ba.in_flight() as u64 + 1) * self.config.backends[b].weight as u64;
+                    let lb = (bb.in_flight() as u64 + 1) * self.config.backends[a].weight as u64;
+                    if la <= lb {
+                        ba
+                    } else {
+                        bb
+                    }
+                }
+                (true, false) => ba,
+                (false, true) => bb,
+                (false, false) => continue,
+            };
+            if let Some(l) = first.try_lease() {
+                return Some(l);
+            }
+        }
+        None
+    }
+}
+
+/// A cheap identity for "already tried" lists (the address of the shared state).
+pub fn backend_key(b: &Arc<Backend>) -> usize {
+    Arc::as_ptr(b) as usize
+}
+
+fn bulkhead_full(b: &Backend) -> bool {
+    let m = b.max_concurrent();
+    m > 0 && b.in_flight() >= m
+}
+
+/// nginx's smooth weighted round robin, unrolled into one period of picks.
+pub fn smooth_wrr_order(weights: &[u32]) -> Vec<u32> {
+    // Reduce by the gcd so the period stays short.
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    let w: Vec<i64> = weights.iter().map(|&x| (x / g) as i64).collect();
+    let total: i64 = w.iter().sum();
+    let mut current = vec![0i64; w.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..w.len() {
+            current[i] += w[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        order.push(best as u32);
+    }
+    order
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_order_interleaves() {
+        assert_eq!(smooth_wrr_order(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_wrr_order(&[2, 2]), vec![0, 1]);
+        assert_eq!(smooth_wrr_order(&[1]), vec![0]);
+    }
+}

@@ -1,0 +1,244 @@
+//! The registry of backends keyed by identity: per-backend state survives reloads for backends
+//! that stay; backends a reload removes are drained and then closed (sozu's Normal → Closing →
+//! Closed lifecycle).
+
+use super::backend::PoolShared;
+use super::client::UpstreamClient;
+use super::{Backend, BackendId, Health, Pool};
+use crate::config::{Config, PoolConfig};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What a rebuild changed among backends.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BackendChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// All backends, current and draining. Touched by reloads and the admin API, never by requests.
+#[derive(Debug)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+    /// Background tasks (health, breaker, drains), stopped at shutdown.
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+    /// Folder of the config file, for relative TLS paths.
+    pub base: Option<PathBuf>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    backends: BTreeMap<BackendId, Arc<Backend>>,
+    /// Removed by a reload, still finishing in-flight requests.
+    draining: Vec<Arc<Backend>>,
+    pools: HashMap<Arc<str>, Arc<PoolShared>>,
+}
+
+/// Errors applying pools to the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("pool {pool}: {source}")]
+    Client {
+        pool: String,
+        #[source]
+        source: super::client::ClientError,
+    },
+}
+
+impl Registry {
+    pub fn new(base: Option<PathBuf>) -> Self {
+        Registry {
+            inner: Mutex::new(Inner::default()),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            base,
+        }
+    }
+
+    /// Check that every pool's client can be built (TLS material readable), without applying.
+    pub fn check_clients(&self, config: &Config) -> Result<(), RegistryError> {
+        for pc in config.pools.values() {
+            let addr = pc.backends[0].addr;
+            UpstreamClient::new(addr, pc, self.base.as_deref()).map_err(|e| {
+                RegistryError::Client {
+                    pool: pc.name.clone(),
+                    source: e,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Make the registry match `config`: reuse backends that stay, create new ones, drain the
+    /// removed. Returns the runtime pools for a new snapshot and what changed.
+    pub fn sync(
+        self: &Arc<Self>,
+        config: &Config,
+        old: Option<&Config>,
+    ) -> Result<(HashMap<Arc<str>, Arc<Pool>>, BackendChanges), RegistryError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changes = BackendChanges::default();
+        let mut pools = HashMap::new();
+        let mut keep = BTreeMap::new();
+        for pc in config.pools.values() {
+            let pc_arc = Arc::new(pc.clone());
+            let name: Arc<str> = pc.name.as_str().into();
+            let shared = inner.pools.entry(name.clone()).or_default().clone();
+            shared.size.store(pc.backends.len() as u32, Ordering::Relaxed);
+            let old_pc = old.and_then(|o| o.pools.get(&pc.name));
+            let transport_changed = old_pc.is_some_and(|o| {
+                o.protocol != pc.protocol || o.tls != pc.tls || o.connect_timeout != pc.connect_timeout
+            });
+            let mut list = Vec::with_capacity(pc.backends.len());
+            for bc in &pc.backends {
+                let id = BackendId {
+                    pool: name.clone(),
+                    addr: bc.addr,
+                };
+                let backend = match inner.backends.remove(&id) {
+                    Some(b) => {
+                        if transport_changed {
+                            b.set_client(self.client(bc.addr, pc)?);
+                        }
+                        b
+                    }
+                    None => {
+                        changes.added.push(id.to_string());
+                        let b = Arc::new(Backend::new(
+                            id.clone(),
+                            self.client(bc.addr, pc)?,
+                            pc_arc.clone(),
+                            shared.clone(),
+                        ));
+                        crate::breaker::spawn(&b, &self.tasks);
+                        b
+                    }
+                };
+                self.configure(&backend, &pc_arc, old.is_some());
+                keep.insert(id, backend.clone());
+                list.push(backend);
+            }
+            pools.insert(name, Arc::new(Pool::new(pc_arc, list)));
+        }
+        // What is left was removed by this config.
+        let removed = std::mem::replace(&mut inner.backends, keep);
+        for (id, b) in removed {
+            changes.removed.push(id.to_string());
+            b.mark_removed();
+            inner.draining.push(b.clone());
+            self.spawn_drain(b, config.server.drain_timeout);
+        }
+        inner
+            .pools
+            .retain(|name, _| config.pools.contains_key(name.as_ref()));
+        Ok((pools, changes))
+    }
+
+    fn client(&self, addr: std::net::SocketAddr, pc: &PoolConfig) -> Result<UpstreamClient, RegistryError> {
+        UpstreamClient::new(addr, pc, self.base.as_deref()).map_err(|e| RegistryError::Client {
+            pool: pc.name.clone(),
+            source: e,
+        })
+    }
+
+    /// Apply the pool's settings to a backend; start or stop its health checker.
+    fn configure(&self, b: &Arc<Backend>, pc: &Arc<PoolConfig>, reloading: bool) {
+        let had_checks = b.is_checked();
+        b.set_pool_config(pc.clone());
+        b.breaker.set_threshold(pc.circuit_breaker.consecutive_failures);
+        b.set_max_concurrent(pc.circuit_breaker.max_concurrent_requests);
+        match (&pc.health_check, had_checks) {
+            (Some(_), false) => {
+                // A backend that was serving when checks were switched on keeps serving until
+                // the first verdict; a brand-new one waits for its first pass.
+                if reloading && b.health() == Health::Unknown && b.in_flight() > 0 {
+                    b.set_health(Health::Healthy);
+                }
+                b.set_checked(true);
+                crate::health::spawn(b, &self.tasks);
+            }
+            (None, true) => {
+                b.set_checked(false);
+                b.set_health(Health::Unknown);
+            }
+            _ => {}
+        }
+    }
+
+    /// Drain a backend: wait for its in-flight requests (bounded by `timeout`), then close it.
+    fn spawn_drain(self: &Arc<Self>, b: Arc<Backend>, timeout: Duration) {
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            let waited = tokio::time::timeout(timeout, b.wait_idle()).await;
+            if waited.is_err() {
+                tracing::warn!(backend = %b.id, in_flight = b.in_flight(), "drain timeout reached; cutting remaining requests");
+            } else {
+                tracing::info!(backend = %b.id, "backend drained");
+            }
+            b.closed.cancel();
+            let mut inner = me.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.draining.retain(|x| !Arc::ptr_eq(x, &b));
+        });
+    }
+
+    /// Drain (or undrain) a backend that stays in the config. After a drain completes its
+    /// pooled connections are closed by swapping in a fresh client.
+    pub fn set_draining(self: &Arc<Self>, pool: &str, addr: std::net::SocketAddr, on: bool, timeout: Duration) -> bool {
+        let Some(b) = self.get(pool, addr) else {
+            return false;
+        };
+        let was = b.is_draining();
+        b.set_draining(on);
+        if on && !was {
+            let me = self.clone();
+            self.tasks.spawn(async move {
+                let _ = tokio::time::timeout(timeout, b.wait_idle()).await;
+                if b.is_draining() {
+                    let pc = b.pool_config();
+                    if let Ok(c) = me.client(b.id.addr, &pc) {
+                        b.set_client(c);
+                    }
+                    tracing::info!(backend = %b.id, "backend drained; connections closed");
+                }
+            });
+        }
+        true
+    }
+
+    pub fn get(&self, pool: &str, addr: std::net::SocketAddr) -> Option<Arc<Backend>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .backends
+            .get(&BackendId {
+                pool: pool.into(),
+                addr,
+            })
+            .cloned()
+    }
+
+    /// Every backend: current ones in id order, then those still draining after removal.
+    pub fn all(&self) -> Vec<Arc<Backend>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .backends
+            .values()
+            .chain(inner.draining.iter())
+            .cloned()
+            .collect()
+    }
+
+    /// Stop background tasks and cut everything (after graceful shutdown).
+    pub fn close_all(&self) {
+        self.shutdown.cancel();
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for b in inner.backends.values().chain(inner.draining.iter()) {
+            b.closed.cancel();
+        }
+    }
+}
