@@ -1,0 +1,332 @@
+//! Test harness: real upstream servers and a real veer on 127.0.0.1:0, spoken to over sockets.
+//! Shared by every integration test file (`mod support;`).
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub type BoxResp = Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>;
+type Handler = Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = BoxResp> + Send>> + Send + Sync>;
+
+/// A running test upstream.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Requests seen (all paths).
+    pub hits: Arc<AtomicUsize>,
+    pub stop: CancellationToken,
+}
+
+impl Upstream {
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A full response body from bytes.
+pub fn body(b: impl Into<Bytes>) -> http_body_util::combinators::BoxBody<Bytes, hyper::Error> {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A response with a status and text.
+pub fn respond(status: u16, text: impl Into<Bytes>) -> BoxResp {
+    let mut r = Response::new(body(text));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r
+}
+
+/// Start an upstream with a custom async handler.
+pub async fn upstream_with<F, Fut>(f: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = BoxResp> + Send + 'static,
+{
+    let handler: Handler = Arc::new(move |req| Box::pin(f(req)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    upstream_on(listener, handler).await
+}
+
+/// Start an upstream on a given listener (to restart one on the same port).
+pub async fn upstream_on(listener: TcpListener, handler: Handler) -> Upstream {
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let (h2, s2) = (hits.clone(), stop.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                _ = s2.cancelled() => return,
+            };
+            let handler = handler.clone();
+            let hits = h2.clone();
+            let stop = s2.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    let h = handler.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+    });
+    Upstream { addr, hits, stop }
+}
+
+/// An upstream answering 200 with `name` on every path (and `/health`).
+pub async fn upstream(name: &'static str) -> Upstream {
+    upstream_with(move |_req| async move { respond(200, name) }).await
+}
+
+/// An address where nothing listens (bound then closed).
+pub async fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A veer started in-process from config text.
+pub struct Veer {
+    pub running: Option<veer::app::Running>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Veer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+    pub fn rt(&self) -> &Arc<veer::runtime::Runtime> {
+        &self.running.as_ref().unwrap().rt
+    }
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// Config text with `listen` and admin on port 0 prepended unless the text has a `[server]`
+/// or `[admin]` of its own.
+pub fn with_listeners(config: &str) -> String {
+    let mut out = String::new();
+    if !config.contains("[server]") {
+        out.push_str("[server]\nlisten = [\"127.0.0.1:0\"]\n");
+    }
+    if !config.contains("[admin]") {
+        out.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    }
+    out.push_str(config);
+    out
+}
+
+/// Start veer in this process from config text (listeners on port 0 added when absent).
+pub async fn start_veer(config: &str) -> Veer {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("veer.toml");
+    std::fs::write(&path, with_listeners(config)).unwrap();
+    start_veer_file(dir, path).await
+}
+
+/// Start veer from a config file already written.
+pub async fn start_veer_file(dir: tempfile::TempDir, path: PathBuf) -> Veer {
+    let config = veer::config::Config::load(&path).unwrap_or_else(|e| panic!("config invalid:\n{e}"));
+    let running = veer::app::start(config, Some(path.clone())).await.expect("veer starts");
+    Veer {
+        addr: running.listen[0],
+        admin: running.admin,
+        running: Some(running),
+        dir,
+        config_path: path,
+    }
+}
+
+/// A pooled HTTP/1.1 client for tests.
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A collected response.
+#[derive(Debug)]
+pub struct Got {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Send a request and collect the answer.
+pub async fn send(req: Request<Full<Bytes>>) -> Got {
+    let resp = tokio::time::timeout(Duration::from_secs(30), client().request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    Got {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// GET a URL.
+pub async fn get(url: &str) -> Got {
+    send(Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// GET with extra headers.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Got {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Send raw bytes on a fresh TCP connection and read until the peer closes or `wait` passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Wait (polling, bounded) until `f` is true.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
+    let start = std::time::Instant::now();
+    while !f() {
+        if start.elapsed() > timeout {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The `veer` binary built by cargo for integration tests.
+pub fn veer_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_veer")
+}
+
+/// A veer child process.
+pub struct VeerProcess {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub stderr: Arc<std::sync::Mutex<String>>,
+}
+
+impl VeerProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+    pub fn signal(&self, sig: &str) {
+        std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+/// Run `veer run --config PATH` and wait for its announcement line.
+pub async fn spawn_veer(path: &std::path::Path) -> VeerProcess {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(veer_bin())
+        .args(["run", "--config"])
+        .arg(path)
+        .env("VEER_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let log2 = log.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut tx = Some(tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("veer: proxy=") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(line.clone());
+                }
+            }
+            let mut l = log2.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let line = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("veer did not start in time")
+        .expect("veer exited before announcing");
+    // veer: proxy=http://A[,…] admin=http://B
+    let proxy = line.split("proxy=http://").nth(1).unwrap().split([',', ' ']).next().unwrap();
+    let admin = line.split("admin=http://").nth(1).unwrap().trim();
+    VeerProcess {
+        child,
+        addr: proxy.parse().unwrap(),
+        admin: admin.parse().unwrap(),
+        stderr: log,
+    }
+}
+
+/// Peak resident set size (VmHWM) of a process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
