@@ -5,6 +5,7 @@ pub mod duration;
 pub mod raw;
 pub mod schema;
 pub mod validate;
+pub mod writeback;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,0 +1,138 @@
+//! Writing changes back into the config file with `toml_edit`, keeping comments and layout:
+//! read → edit the document → validate the result → temp file + fsync + rename.
+//! If any step fails, the file and the live config are unchanged.
+
+use super::{Config, ConfigErrors};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use toml_edit::DocumentMut;
+
+/// Errors writing the config file back.
+#[derive(Debug, thiserror::Error)]
+pub enum WritebackError {
+    #[error("no config file to write to")]
+    NoFile,
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml_edit::TomlError,
+    },
+    #[error("{0}")]
+    Edit(String),
+    #[error("the change would make the config invalid:\n{0}")]
+    Invalid(#[from] ConfigErrors),
+}
+
+/// Edit the config file at `path` with `f`, validate, and atomically replace it.
+/// Returns the new validated config (not yet applied).
+pub fn edit_file<F>(path: &Path, f: F) -> Result<Config, WritebackError>
+where
+    F: FnOnce(&mut DocumentMut) -> Result<(), WritebackError>,
+{
+    // Follow a symlink (Kubernetes-style) so we replace the real file, not the link.
+    let real = std::fs::canonicalize(path).map_err(|e| WritebackError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let text = std::fs::read_to_string(&real).map_err(|e| WritebackError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let mut doc: DocumentMut = text.parse().map_err(|e| WritebackError::Parse {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    f(&mut doc)?;
+    let new_text = doc.to_string();
+    let config = Config::parse(path, &new_text)?;
+    write_atomic(&real, new_text.as_bytes()).map_err(|e| WritebackError::Write {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Ok(config)
+}
+
+/// Replace `path` with `data`: write a temp file beside it, fsync, rename, fsync the folder.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("config");
+    // Fail early (and leave nothing behind) when the file itself is read-only.
+    let meta = std::fs::metadata(path)?;
+    if meta.permissions().readonly() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "config file is read-only",
+        ));
+    }
+    let tmp = dir.join(format!(".{name}.veer-tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.set_permissions(meta.permissions())?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The `[[routes]]` table named `route`, for editing.
+pub fn route_table<'a>(doc: &'a mut DocumentMut, route: &str) -> Result<&'a mut toml_edit::Table, WritebackError> {
+    let routes = doc
+        .get_mut("routes")
+        .and_then(|r| r.as_array_of_tables_mut())
+        .ok_or_else(|| WritebackError::Edit("the config has no [[routes]]".into()))?;
+    routes
+        .iter_mut()
+        .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(route))
+        .ok_or_else(|| WritebackError::Edit(format!("no route named {route:?}")))
+}
+
+/// Set a route's split, keeping the inline-table style when the file uses it.
+pub fn set_split(doc: &mut DocumentMut, route: &str, split: &[(String, u32)]) -> Result<(), WritebackError> {
+    let t = route_table(doc, route)?;
+    let mut inline = toml_edit::InlineTable::new();
+    for (p, w) in split {
+        inline.insert(p, toml_edit::Value::from(*w as i64));
+    }
+    match t.get_mut("split") {
+        Some(toml_edit::Item::Table(tab)) => {
+            tab.clear();
+            for (p, w) in split {
+                tab.insert(p, toml_edit::value(*w as i64));
+            }
+        }
+        Some(item) => {
+            // Keep the comment that trails the value.
+            let decor = item.as_value().map(|v| v.decor().clone());
+            let mut v = toml_edit::Value::InlineTable(inline);
+            if let Some(d) = decor {
+                *v.decor_mut() = d;
+            }
+            *item = toml_edit::Item::Value(v);
+        }
+        None => {
+            t.insert("split", toml_edit::Item::Value(toml_edit::Value::InlineTable(inline)));
+        }
+    }
+    Ok(())
+}
