@@ -1,4 +1,5 @@
-//! `veer demo`: two demo pools on loopback and the proxy in front at 90/10.
+//! `veer demo`: two demo pools on loopback and the proxy in front at 90/10; with
+//! `--rollout`, a canary rollout of green instead (see `docs/rollout.md`).
 
 use crate::config::Config;
 use bytes::Bytes;
@@ -32,9 +33,24 @@ impl DemoBackend {
 
 /// Start a demo backend on an ephemeral loopback port.
 pub async fn start_backend(colour: &'static str, name: String) -> std::io::Result<DemoBackend> {
+    start_backend_sharing(colour, name, Arc::new(AtomicU32::new(0))).await
+}
+
+/// Start `count` demo backends named `{colour}-1`… that share one failure share, so
+/// `POST /fail?rate=…` to any of them (for example through the proxy with
+/// `x-veer-pool: green`) sets it for the whole pool.
+pub async fn start_pool(colour: &'static str, count: usize) -> std::io::Result<Vec<DemoBackend>> {
+    let fail = Arc::new(AtomicU32::new(0));
+    let mut out = Vec::with_capacity(count);
+    for i in 1..=count {
+        out.push(start_backend_sharing(colour, format!("{colour}-{i}"), fail.clone()).await?);
+    }
+    Ok(out)
+}
+
+async fn start_backend_sharing(colour: &'static str, name: String, fail: Arc<AtomicU32>) -> std::io::Result<DemoBackend> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let fail = Arc::new(AtomicU32::new(0));
     let f2 = fail.clone();
     let n2 = name.clone();
     tokio::spawn(async move {
@@ -90,7 +106,25 @@ fn demo_answer(colour: &str, name: &str, fail: &AtomicU32, req: Request<Incoming
 
 /// The demo's config text, with its backends and listen addresses filled in.
 pub fn demo_config(listen: SocketAddr, admin: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr]) -> String {
+    demo_config_with(listen, admin, blue, green, false)
+}
+
+/// The `[routes.rollout]` of `veer demo --rollout`: quick steps, so a walk from 5% to 100%
+/// takes under a minute with a little traffic.
+pub const DEMO_ROLLOUT: &str = r#"
+[routes.rollout]
+to = "green"
+steps = [5, 25, 50, 100]
+step_interval = "10s"
+min_requests = 20
+max_error_rate = 0.05
+max_p99 = "250ms"
+"#;
+
+/// The demo's config text; with `rollout`, green starts at 0% and is rolled out.
+pub fn demo_config_with(listen: SocketAddr, admin: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr], rollout: bool) -> String {
     let list = |v: &[SocketAddr]| v.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+    let (b, g) = if rollout { (100, 0) } else { (90, 10) };
     format!(
         r#"[server]
 listen = ["{listen}"]
@@ -112,16 +146,38 @@ interval = "1s"
 
 [[routes]]
 name = "web"
-split = {{ blue = 90, green = 10 }}
+split = {{ blue = {b}, green = {g} }}
 sticky = {{ cookie = "veer_id" }}
 override = {{ header = "x-veer-pool", cookie = "veer_pool" }}
-"#,
+{rollout}"#,
         blue = list(blue),
         green = list(green),
+        rollout = if rollout { DEMO_ROLLOUT } else { "" },
     )
 }
 
 /// Build and validate the demo config.
 pub fn config(listen: SocketAddr, admin: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr]) -> Config {
-    Config::parse(Path::new("<demo>"), &demo_config(listen, admin, blue, green)).expect("the demo config is valid")
+    config_with(listen, admin, blue, green, false)
+}
+
+/// Build and validate the demo config, with or without the rollout of green.
+pub fn config_with(listen: SocketAddr, admin: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr], rollout: bool) -> Config {
+    Config::parse(Path::new("<demo>"), &demo_config_with(listen, admin, blue, green, rollout)).expect("the demo config is valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_configs_are_valid() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let plain = config(a, a, &[a], &[a]);
+        assert!(plain.routes[0].rollout.is_none());
+        let r = config_with(a, a, &[a], &[a], true);
+        let ro = r.routes[0].rollout.as_ref().expect("rollout");
+        assert_eq!(ro.steps, vec![5, 25, 50, 100]);
+        assert_eq!(r.routes[0].weight_of("green"), Some(0));
+    }
 }

@@ -15,6 +15,7 @@
 //! - [`health`], [`breaker`]: background tasks that decide; the request path only reads gates.
 //! - [`proxy`]: listeners, connections, forwarding, header rewriting, retries.
 //! - [`admin`]: admin API, status page, metrics endpoint. [`metrics`]: Prometheus.
+//! - [`client`]: the admin API client behind `veer status`, `split`, `swap`, `drain`, `reload`.
 //! - [`rollout`]: the progressive rollout controller.
 //! - [`tls`]: certificates for HTTPS listeners and TLS to upstreams.
 //! - [`app`]: start and graceful shutdown of a whole veer. [`demo`]: `veer demo`.
@@ -27,6 +28,7 @@
 pub mod admin;
 pub mod app;
 pub mod breaker;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod health;

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use veer::config::Config;
 
 #[derive(Parser, Debug)]
-#[command(name = "veer", version, about = "A traffic-shifting reverse proxy for blue/green and canary releases")]
+#[command(
+    name = "veer",
+    version,
+    about = "A traffic-shifting reverse proxy for blue/green and canary releases"
+)]
 struct Cli {
     /// Config file (same as `veer run --config FILE`).
     #[arg(long, global = false)]
@@ -38,7 +42,119 @@ enum Command {
         /// Admin listen address.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: std::net::SocketAddr,
+        /// Start green at 0% and roll it out (5 → 25 → 50 → 100%, 10 s steps); see docs/rollout.md.
+        #[arg(long)]
+        rollout: bool,
     },
+    /// Show routes, splits, rollouts and every backend's health, breaker, in-flight and draining.
+    Status {
+        #[command(flatten)]
+        api: AdminOpts,
+    },
+    /// Set a route's split: `veer split web blue=90 green=10`.
+    Split {
+        /// Route name.
+        route: String,
+        /// POOL=WEIGHT pairs (relative non-negative integer weights).
+        #[arg(required = true, value_name = "POOL=WEIGHT", value_parser = parse_weight)]
+        weights: Vec<(String, u32)>,
+        #[command(flatten)]
+        api: AdminOpts,
+    },
+    /// Exchange the weights of a route's two pools (blue/green slot swap).
+    Swap {
+        /// Route name.
+        route: String,
+        /// Swap even when the pool gaining traffic has no healthy backend.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        api: AdminOpts,
+    },
+    /// Drain one backend: no new requests; in-flight ones finish.
+    Drain {
+        pool: String,
+        /// Backend address, HOST:PORT as in the config.
+        addr: String,
+        #[command(flatten)]
+        api: AdminOpts,
+    },
+    /// Put a drained backend back into service.
+    Undrain {
+        pool: String,
+        /// Backend address, HOST:PORT as in the config.
+        addr: String,
+        #[command(flatten)]
+        api: AdminOpts,
+    },
+    /// Reload the config file now.
+    Reload {
+        #[command(flatten)]
+        api: AdminOpts,
+    },
+    /// Drive a route's progressive rollout.
+    Rollout {
+        /// Route name.
+        route: String,
+        action: RolloutAction,
+        #[command(flatten)]
+        api: AdminOpts,
+    },
+}
+
+/// Where the admin API is and how to print its answers.
+#[derive(clap::Args, Debug)]
+struct AdminOpts {
+    /// Admin API URL. The bearer token is read from VEER_ADMIN_TOKEN.
+    #[arg(long, env = "VEER_ADMIN", value_name = "URL", default_value = veer::client::DEFAULT_ADMIN)]
+    admin: String,
+    /// Print the API's JSON answer (for scripts).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum RolloutAction {
+    /// Start (or restart) the route's rollout from its first step.
+    Start,
+    /// Hold at the current step.
+    Pause,
+    /// Continue a paused rollout.
+    Resume,
+    /// Let a rollout waiting for approval take its next step.
+    Approve,
+    /// Send all traffic to the new pool now.
+    Promote,
+    /// Roll back: all traffic to the baseline.
+    Abort,
+}
+
+impl RolloutAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Start => "start",
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Approve => "approve",
+            RolloutAction::Promote => "promote",
+            RolloutAction::Abort => "abort",
+        }
+    }
+}
+
+fn parse_weight(s: &str) -> Result<(String, u32), String> {
+    let (pool, w) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected POOL=WEIGHT, got {s:?}"))?;
+    let pool = pool.trim();
+    if pool.is_empty() {
+        return Err(format!("expected POOL=WEIGHT, got {s:?}"));
+    }
+    let w = w
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("weight of {pool} must be a non-negative integer, got {w:?}"))?;
+    Ok((pool.to_string(), w))
 }
 
 fn main() -> ExitCode {
@@ -46,9 +162,12 @@ fn main() -> ExitCode {
     let result = match (cli.command, cli.config) {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
         (Some(Command::Check { config }), _) => return check(&config),
-        (Some(Command::Demo { listen, admin }), _) => demo(listen, admin),
+        (Some(Command::Demo { listen, admin, rollout }), _) => demo(listen, admin, rollout),
+        (Some(cmd), _) => admin_command(cmd),
         (None, None) => {
-            eprintln!("veer: nothing to do; try `veer demo`, `veer run --config FILE` or `veer --help`");
+            eprintln!(
+                "veer: nothing to do; try `veer demo`, `veer run --config FILE` or `veer --help`"
+            );
             return ExitCode::from(2);
         }
     };
@@ -80,7 +199,9 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
     if workers > 0 {
         b.worker_threads(workers);
     }
-    b.enable_all().build().context("cannot start the tokio runtime")
+    b.enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
 }
 
 fn check(path: &PathBuf) -> ExitCode {
@@ -130,7 +251,11 @@ fn announce(running: &veer::app::Running) {
         .map(|a| format!("http://{a}"))
         .chain(running.tls_listen.iter().map(|a| format!("https://{a}")))
         .collect();
-    eprintln!("veer: proxy={} admin=http://{}", urls.join(","), running.admin);
+    eprintln!(
+        "veer: proxy={} admin=http://{}",
+        urls.join(","),
+        running.admin
+    );
 }
 
 async fn wait_for_signal(running: &veer::app::Running) -> Result<()> {
@@ -149,34 +274,54 @@ async fn wait_for_signal(running: &veer::app::Running) -> Result<()> {
     }
 }
 
-fn demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr) -> Result<()> {
+fn demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr, rollout: bool) -> Result<()> {
     init_logging();
     let rt = runtime(0)?;
     rt.block_on(async move {
-        let mut blue = Vec::new();
-        let mut green = Vec::new();
-        for i in 1..=2 {
-            blue.push(veer::demo::start_backend("blue", format!("blue-{i}")).await?);
-            green.push(veer::demo::start_backend("green", format!("green-{i}")).await?);
-        }
+        // Each pool shares one failure share: `POST /fail?rate=…` sets it for the pool.
+        let blue = veer::demo::start_pool("blue", 2).await?;
+        let green = veer::demo::start_pool("green", 2).await?;
         let addrs = |v: &[veer::demo::DemoBackend]| v.iter().map(|b| b.addr).collect::<Vec<_>>();
         // Fall back to free ports when the defaults are taken.
         let listen = free_or_ephemeral(listen);
         let admin = free_or_ephemeral(admin);
-        let config = veer::demo::config(listen, admin, &addrs(&blue), &addrs(&green));
+        let config = veer::demo::config_with(listen, admin, &addrs(&blue), &addrs(&green), rollout);
         let running = veer::app::start(config, None).await?;
         let url = format!("http://{}", running.listen[0]);
-        println!("veer demo is running: blue and green pools, 90/10 split, sticky cookie veer_id\n");
+        println!(
+            "veer demo is running: blue and green pools, 90/10 split, sticky cookie veer_id\n"
+        );
         println!("  proxy:        {url}/");
         println!("  status page:  http://{}/", running.admin);
         println!("  status API:   http://{}/api/status", running.admin);
         println!("  metrics:      http://{}/metrics", running.admin);
-        println!("  blue:         {}", blue.iter().map(|b| format!("{} {}", b.name, b.addr)).collect::<Vec<_>>().join(", "));
-        println!("  green:        {}", green.iter().map(|b| format!("{} {}", b.name, b.addr)).collect::<Vec<_>>().join(", "));
+        println!(
+            "  blue:         {}",
+            blue.iter()
+                .map(|b| format!("{} {}", b.name, b.addr))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "  green:        {}",
+            green
+                .iter()
+                .map(|b| format!("{} {}", b.name, b.addr))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         println!("\nTry:");
         println!("  for i in $(seq 20); do curl -s {url}/; done | sort | uniq -c");
         println!("  curl -s -H 'x-veer-pool: green' {url}/        # force a pool");
-        println!("  curl -s -c /tmp/veer.jar -b /tmp/veer.jar {url}/   # sticky: same answer every time");
+        println!(
+            "  curl -s -c /tmp/veer.jar -b /tmp/veer.jar {url}/   # sticky: same answer every time"
+        );
+        if rollout {
+            println!("\nRollout of green: 5 → 25 → 50 → 100%, 10 s steps (docs/rollout.md):");
+            println!("  while :; do curl -s -o /dev/null {url}/; done      # traffic for the gate");
+            println!("  curl -s http://{}/api/status | jq '.routes[0].rollout'", running.admin);
+            println!("  curl -s -X POST -H 'x-veer-pool: green' '{url}/fail?rate=0.2'   # make green fail 20%");
+        }
         println!("\nPress Ctrl-C to stop.");
         wait_for_signal(&running).await?;
         running.shutdown().await;
@@ -188,5 +333,90 @@ fn free_or_ephemeral(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     match std::net::TcpListener::bind(addr) {
         Ok(_) => addr,
         Err(_) => std::net::SocketAddr::new(addr.ip(), 0),
+    }
+}
+
+/// Run one admin-API client command and print its answer.
+fn admin_command(cmd: Command) -> Result<()> {
+    use veer::client::{self, AdminClient};
+    let api = match &cmd {
+        Command::Status { api }
+        | Command::Split { api, .. }
+        | Command::Swap { api, .. }
+        | Command::Drain { api, .. }
+        | Command::Undrain { api, .. }
+        | Command::Reload { api }
+        | Command::Rollout { api, .. } => api,
+        Command::Run { .. } | Command::Check { .. } | Command::Demo { .. } => {
+            bail!("not an admin command")
+        }
+    };
+    let token = std::env::var("VEER_ADMIN_TOKEN").ok();
+    let c = AdminClient::new(&api.admin, token.clone())?;
+    let json = api.json;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let result = rt.block_on(async {
+        match &cmd {
+            Command::Status { .. } => c.status().await.map(|v| (client::render_status(&v), v)),
+            Command::Split { route, weights, .. } => c
+                .split(route, weights)
+                .await
+                .map(|v| (client::render_split(route, &v), v)),
+            Command::Swap { route, force, .. } => c
+                .swap(route, *force)
+                .await
+                .map(|v| (client::render_split(route, &v), v)),
+            Command::Drain { pool, addr, .. } => c.drain(pool, addr, true).await.map(|v| {
+                (
+                    format!("{pool} {addr}: draining; in-flight requests finish, no new ones\n"),
+                    v,
+                )
+            }),
+            Command::Undrain { pool, addr, .. } => c
+                .drain(pool, addr, false)
+                .await
+                .map(|v| (format!("{pool} {addr}: back in service\n"), v)),
+            Command::Reload { .. } => c.reload().await.map(|v| (client::render_reload(&v), v)),
+            Command::Rollout { route, action, .. } => c
+                .rollout(route, action.as_str())
+                .await
+                .map(|v| (client::render_rollout_answer(route, action.as_str(), &v), v)),
+            Command::Run { .. } | Command::Check { .. } | Command::Demo { .. } => {
+                unreachable!("filtered above")
+            }
+        }
+    });
+    match result {
+        Ok((human, v)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+                );
+            } else {
+                print!("{human}");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if json {
+                if let client::ClientError::Api { body, .. } = &e {
+                    // Scripts get the API's error document on stdout as well as the exit code.
+                    println!("{body}");
+                }
+            }
+            if e.status() == Some(http::StatusCode::UNAUTHORIZED) {
+                let hint = if token.as_deref().is_some_and(|t| !t.is_empty()) {
+                    "the token in VEER_ADMIN_TOKEN was refused"
+                } else {
+                    "set VEER_ADMIN_TOKEN to the admin token"
+                };
+                bail!("{e}; {hint}");
+            }
+            Err(e.into())
+        }
     }
 }

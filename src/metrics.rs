@@ -61,6 +61,8 @@ pub struct Metrics {
     pub rollouts: IntCounterVec,
     codes: Mutex<HashMap<CodeKey, Arc<CodeCounters>>>,
     exported_backends: Mutex<HashSet<(String, String)>>,
+    /// Route → pools of its split, as last exported in `veer_route_weight`.
+    exported_routes: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -70,7 +72,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &prometheus::Registry, c: T) -> T {
-    r.register(Box::new(c.clone())).expect("metric names are unique");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
@@ -83,33 +86,159 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let r = prometheus::Registry::new();
-        let counter = |n: &str, h: &str, l: &[&str]| reg(&r, IntCounterVec::new(Opts::new(n, h), l).unwrap());
-        let gauge = |n: &str, h: &str, l: &[&str]| reg(&r, IntGaugeVec::new(Opts::new(n, h), l).unwrap());
-        Metrics {
-            requests: counter("veer_requests_total", "Requests answered, by route, pool, backend and status code.", &["route", "pool", "backend", "code"]),
+        let counter =
+            |n: &str, h: &str, l: &[&str]| reg(&r, IntCounterVec::new(Opts::new(n, h), l).unwrap());
+        let gauge =
+            |n: &str, h: &str, l: &[&str]| reg(&r, IntGaugeVec::new(Opts::new(n, h), l).unwrap());
+        let m = Metrics {
+            requests: counter(
+                "veer_requests_total",
+                "Requests answered, by route, pool, backend and status code.",
+                &["route", "pool", "backend", "code"],
+            ),
             duration: reg(
                 &r,
                 HistogramVec::new(
-                    HistogramOpts::new("veer_request_duration_seconds", "Time until the upstream's response headers, by route and pool.")
-                        .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                    HistogramOpts::new(
+                        "veer_request_duration_seconds",
+                        "Time until the upstream's response headers, by route and pool.",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 30.0,
+                    ]),
                     &["route", "pool"],
                 )
                 .unwrap(),
             ),
-            in_flight: gauge("veer_upstream_in_flight", "Requests in flight to a backend.", &["pool", "backend"]),
-            healthy: gauge("veer_backend_healthy", "1 when the backend takes traffic by its health checks.", &["pool", "backend"]),
-            breaker_state: gauge("veer_circuit_breaker_state", "Circuit breaker: 0 closed, 1 open, 2 half-open.", &["pool", "backend"]),
-            breaker_trips: counter("veer_circuit_breaker_trips_total", "Times a backend's breaker opened.", &["pool", "backend"]),
-            retries: counter("veer_retries_total", "Requests retried on another backend.", &["route"]),
-            route_weight: gauge("veer_route_weight", "Current split weight of a pool in a route.", &["route", "pool"]),
-            draining: gauge("veer_backend_draining", "1 while a backend drains.", &["pool", "backend"]),
-            reloads: counter("veer_config_reloads_total", "Config reloads by result.", &["result"]),
-            rollout_step: gauge("veer_rollout_step", "Current rollout step index of a route (-1 when none).", &["route"]),
-            rollouts: counter("veer_rollouts_total", "Finished rollouts by result.", &["route", "result"]),
+            in_flight: gauge(
+                "veer_upstream_in_flight",
+                "Requests in flight to a backend.",
+                &["pool", "backend"],
+            ),
+            healthy: gauge(
+                "veer_backend_healthy",
+                "1 when the backend takes traffic by its health checks.",
+                &["pool", "backend"],
+            ),
+            breaker_state: gauge(
+                "veer_circuit_breaker_state",
+                "Circuit breaker: 0 closed, 1 open, 2 half-open.",
+                &["pool", "backend"],
+            ),
+            breaker_trips: counter(
+                "veer_circuit_breaker_trips_total",
+                "Times a backend's breaker opened.",
+                &["pool", "backend"],
+            ),
+            retries: counter(
+                "veer_retries_total",
+                "Requests retried on another backend.",
+                &["route"],
+            ),
+            route_weight: gauge(
+                "veer_route_weight",
+                "Current split weight of a pool in a route.",
+                &["route", "pool"],
+            ),
+            draining: gauge(
+                "veer_backend_draining",
+                "1 while a backend drains.",
+                &["pool", "backend"],
+            ),
+            reloads: counter(
+                "veer_config_reloads_total",
+                "Config reloads by result.",
+                &["result"],
+            ),
+            rollout_step: gauge(
+                "veer_rollout_step",
+                "Current rollout step index of a route (-1 when none).",
+                &["route"],
+            ),
+            rollouts: counter(
+                "veer_rollouts_total",
+                "Finished rollouts by result.",
+                &["route", "result"],
+            ),
             registry: r,
             codes: Mutex::new(HashMap::new()),
             exported_backends: Mutex::new(HashSet::new()),
+            exported_routes: Mutex::new(HashMap::new()),
+        };
+        // Counters start at zero so dashboards and alerts see them before the first event.
+        for result in ["success", "failure"] {
+            m.reloads.with_label_values(&[result]);
         }
+        m
+    }
+
+    /// Bring the per-route series in line with a config about to go live: every route's
+    /// weights, a rollout step of -1 and zeroed rollout counters for routes seen for the first
+    /// time, and no series left for routes or split pools that are gone.
+    pub fn routes_changed(&self, config: &crate::config::Config) {
+        let mut exported = self
+            .exported_routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut now: HashMap<String, Vec<String>> = HashMap::new();
+        for rc in &config.routes {
+            for (p, w) in &rc.split {
+                self.route_weight
+                    .with_label_values(&[&rc.name, p])
+                    .set(i64::from(*w));
+            }
+            let pools: Vec<String> = rc.split.iter().map(|(p, _)| p.clone()).collect();
+            match exported.get(&rc.name) {
+                Some(old) => {
+                    for gone in old.iter().filter(|p| !pools.contains(p)) {
+                        let _ = self.route_weight.remove_label_values(&[&rc.name, gone]);
+                    }
+                }
+                None => {
+                    // The rollout controller owns the step from here on.
+                    self.rollout_step.with_label_values(&[&rc.name]).set(-1);
+                    for result in ["succeeded", "rolled_back"] {
+                        self.rollouts.with_label_values(&[&rc.name, result]);
+                    }
+                    self.retries.with_label_values(&[&rc.name]);
+                }
+            }
+            now.insert(rc.name.clone(), pools);
+        }
+        let removed: Vec<(&String, &Vec<String>)> = exported
+            .iter()
+            .filter(|(r, _)| !now.contains_key(*r))
+            .collect();
+        if !removed.is_empty() {
+            let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+            for (route, pools) in removed {
+                for p in pools {
+                    let _ = self.route_weight.remove_label_values(&[route, p]);
+                    let _ = self.duration.remove_label_values(&[route, p]);
+                }
+                let _ = self.rollout_step.remove_label_values(&[route]);
+                let _ = self.retries.remove_label_values(&[route]);
+                for result in ["succeeded", "rolled_back"] {
+                    let _ = self.rollouts.remove_label_values(&[route, result]);
+                }
+                codes.retain(|(r, pool, backend), c| {
+                    if r != route {
+                        return true;
+                    }
+                    for (i, n) in c.counts.iter().enumerate() {
+                        if n.load(Ordering::Relaxed) > 0 {
+                            let code = (i + 100).to_string();
+                            let _ = self
+                                .requests
+                                .remove_label_values(&[r, pool, backend, &code]);
+                        }
+                    }
+                    false
+                });
+            }
+        }
+        *exported = now;
     }
 
     /// Handles for a route over its pools' backends; called when a snapshot is built.
@@ -117,7 +246,11 @@ impl Metrics {
         let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
         let mut per_pool = Vec::with_capacity(pools.len());
         for p in pools {
-            let labels = p.backends.iter().map(|b| &*b.addr_label).chain(std::iter::once(""));
+            let labels = p
+                .backends
+                .iter()
+                .map(|b| &*b.addr_label)
+                .chain(std::iter::once(""));
             let list = labels
                 .map(|backend| {
                     codes
@@ -129,7 +262,10 @@ impl Metrics {
             per_pool.push(list);
         }
         RouteMetrics {
-            duration: pools.iter().map(|p| self.duration.with_label_values(&[route, &p.name])).collect(),
+            duration: pools
+                .iter()
+                .map(|p| self.duration.with_label_values(&[route, &p.name]))
+                .collect(),
             codes: per_pool,
             retries: self.retries.with_label_values(&[route]),
         }
@@ -145,7 +281,9 @@ impl Metrics {
                         continue;
                     }
                     let code = (i + 100).to_string();
-                    let counter = self.requests.with_label_values(&[route, pool, backend, &code]);
+                    let counter = self
+                        .requests
+                        .with_label_values(&[route, pool, backend, &code]);
                     let prev = counter.get();
                     if n > prev {
                         counter.inc_by(n - prev);
@@ -159,21 +297,40 @@ impl Metrics {
             self.set_backend(b);
             now.insert((b.id.pool.to_string(), b.addr_label.to_string()));
         }
-        let mut exported = self.exported_backends.lock().unwrap_or_else(|e| e.into_inner());
+        let mut exported = self
+            .exported_backends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for (pool, addr) in exported.difference(&now) {
-            for g in [&self.in_flight, &self.healthy, &self.breaker_state, &self.draining] {
+            for g in [
+                &self.in_flight,
+                &self.healthy,
+                &self.breaker_state,
+                &self.draining,
+            ] {
                 let _ = g.remove_label_values(&[pool, addr]);
             }
+            let _ = self.breaker_trips.remove_label_values(&[pool, addr]);
         }
         *exported = now;
     }
 
     fn set_backend(&self, b: &Backend) {
         let l = [&*b.id.pool, &*b.addr_label];
-        self.in_flight.with_label_values(&l).set(b.in_flight() as i64);
-        self.healthy.with_label_values(&l).set(b.is_healthy() as i64);
-        self.breaker_state.with_label_values(&l).set(b.breaker.state() as u8 as i64);
-        self.draining.with_label_values(&l).set(b.is_draining() as i64);
+        self.in_flight
+            .with_label_values(&l)
+            .set(b.in_flight() as i64);
+        self.healthy
+            .with_label_values(&l)
+            .set(b.is_healthy() as i64);
+        self.breaker_state
+            .with_label_values(&l)
+            .set(b.breaker.state() as u8 as i64);
+        self.draining
+            .with_label_values(&l)
+            .set(b.is_draining() as i64);
+        // Exists (at zero) before the first trip.
+        self.breaker_trips.with_label_values(&l);
     }
 
     /// The text exposition, current as of now.

@@ -51,6 +51,11 @@ pub struct Runtime {
     pub shutdown: CancellationToken,
     /// Serialises config changes (file reloads, API writes, rollout steps).
     pub change_lock: tokio::sync::Mutex<()>,
+    /// The proxy listeners (set by `app::start`), so a reload from any trigger can apply
+    /// `server.listen`. Weak: the listeners hold the runtime.
+    pub listeners: std::sync::OnceLock<std::sync::Weak<crate::app::Listeners>>,
+    /// Rollout controllers, started and stopped as configs go live.
+    pub rollouts: crate::rollout::Rollouts,
 }
 
 impl Runtime {
@@ -59,8 +64,8 @@ impl Runtime {
         let base = config_path
             .as_ref()
             .and_then(|p| p.parent().map(|d| d.to_path_buf()));
-        let registry = Arc::new(Registry::new(base));
         let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(base).with_trips_metric(metrics.breaker_trips.clone()));
         let route_states = Mutex::new(HashMap::new());
         let empty = Snapshot {
             version: 0,
@@ -79,7 +84,10 @@ impl Runtime {
             ready: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             change_lock: tokio::sync::Mutex::new(()),
+            listeners: std::sync::OnceLock::new(),
+            rollouts: crate::rollout::Rollouts::default(),
         });
+        rt.rollouts.bind(&rt);
         rt.build_and_swap(config, None)?;
         Ok(rt)
     }
@@ -134,12 +142,12 @@ impl Runtime {
             for r in &old.routes {
                 if config.route(&r.name).is_none() {
                     report.routes_removed.push(r.name.clone());
-                    let _ = self.metrics.route_weight.remove_label_values(&[&r.name, ""]);
                 }
             }
         }
         states.retain(|name, _| config.route(name).is_some());
         drop(states);
+        self.metrics.routes_changed(&config);
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
         report.version = version;
         self.snapshot.store(Arc::new(Snapshot {
@@ -149,6 +157,8 @@ impl Runtime {
             router: Router::new(routes),
             pools,
         }));
+        // Rollouts follow the config that is now live (new, changed or removed definitions).
+        self.rollouts.sync(old, &self.config());
         Ok(report)
     }
 
@@ -160,12 +170,6 @@ impl Runtime {
             .collect();
         let weights: Vec<u32> = rc.split.iter().map(|(_, w)| *w).collect();
         let names: Vec<&str> = rc.split.iter().map(|(p, _)| p.as_str()).collect();
-        for (p, w) in &rc.split {
-            self.metrics
-                .route_weight
-                .with_label_values(&[&rc.name, p])
-                .set(*w as i64);
-        }
         Route {
             name: rc.name.as_str().into(),
             config: Arc::new(rc.clone()),

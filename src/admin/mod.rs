@@ -1,5 +1,7 @@
 //! The admin listener: liveness and readiness, Prometheus metrics, the status API and page.
 
+pub mod api;
+pub mod rollout;
 pub mod status;
 
 use crate::app::Listeners;
@@ -16,11 +18,14 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-type AdminResponse = Response<Full<Bytes>>;
+/// Every admin answer: small, fully buffered.
+pub type AdminResponse = Response<Full<Bytes>>;
 
 /// Serve the admin API until `stop`.
 pub async fn serve(rt: Arc<Runtime>, listeners: Arc<Listeners>, listener: TcpListener, stop: CancellationToken) {
     let _ = _bind;
+    // Without a token the API is open only to this machine.
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
@@ -32,7 +37,7 @@ pub async fn serve(rt: Arc<Runtime>, listeners: Arc<Listeners>, listener: TcpLis
             let svc = service_fn(move |req| {
                 let rt = rt.clone();
                 let listeners = listeners.clone();
-                async move { Ok::<_, Infallible>(route(&rt, &listeners, req).await) }
+                async move { Ok::<_, Infallible>(route(&rt, &listeners, loopback, req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -61,9 +66,16 @@ fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Admi
     r
 }
 
-async fn route(rt: &Arc<Runtime>, _listeners: &Arc<Listeners>, req: Request<Incoming>) -> AdminResponse {
+async fn route(rt: &Arc<Runtime>, _listeners: &Arc<Listeners>, loopback: bool, req: Request<Incoming>) -> AdminResponse {
     let path = req.uri().path().to_string();
+    if path == "/api" || path.starts_with("/api/") {
+        if let Err(denied) = api::authorize(rt, req.headers(), loopback) {
+            return denied;
+        }
+        return api_route(rt, req).await;
+    }
     match (req.method(), path.as_str()) {
+        (&Method::GET, "/") => status::page(),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => {
             if rt.is_ready() {
@@ -77,8 +89,46 @@ async fn route(rt: &Arc<Runtime>, _listeners: &Arc<Listeners>, req: Request<Inco
             "text/plain; version=0.0.4",
             rt.metrics.render(&rt.registry),
         ),
-        (&Method::GET, "/api/status") => json(StatusCode::OK, &status::status_json(rt)),
-        _ if path.starts_with("/api/") => error(StatusCode::NOT_FOUND, format!("no such endpoint: {} {}", req.method(), path)),
         _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// The `/api/*` endpoints (SPEC §3), after the token check. Path segments are
+/// percent-decoded; a known path with the wrong method gets 405.
+async fn api_route(rt: &Arc<Runtime>, req: Request<Incoming>) -> AdminResponse {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let segs: Vec<String> = path
+        .trim_start_matches("/api")
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .split('/')
+        .map(api::percent_decode)
+        .collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let allowed = match segs.as_slice() {
+        ["status"] => Method::GET,
+        ["routes", _, "split"] => Method::PUT,
+        ["routes", _, "swap"] | ["routes", _, "rollout", _] | ["reload"] => Method::POST,
+        ["pools", _, "backends", _, "drain" | "undrain"] => Method::POST,
+        _ => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}")),
+    };
+    if method != allowed {
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, format!("{path} takes {allowed}, not {method}"));
+        if let Ok(v) = HeaderValue::from_str(allowed.as_str()) {
+            r.headers_mut().insert(header::ALLOW, v);
+        }
+        return r;
+    }
+    match segs.as_slice() {
+        ["status"] => json(StatusCode::OK, &status::status_json(rt)),
+        ["routes", route, "split"] => api::put_split(rt, route, req.into_body()).await,
+        ["routes", route, "swap"] => api::swap(rt, route, &query).await,
+        // Progressive rollouts: start, pause, resume, approve, promote, abort.
+        ["routes", route, "rollout", action] => rollout::handle(rt, route, action, &query).await,
+        ["pools", pool, "backends", addr, op] => api::drain(rt, pool, addr, *op == "drain"),
+        ["reload"] => api::reload(rt).await,
+        _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}")),
     }
 }

@@ -1,8 +1,44 @@
 //! The `/api/status` document (SPEC §3).
 
 use crate::runtime::Runtime;
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
 use serde_json::{json, Map, Value};
 use std::time::UNIX_EPOCH;
+
+/// The status page for people (`GET /`): one self-contained HTML file that polls
+/// `/api/status` every second and asks for the admin token when the API wants one.
+const PAGE: &str = include_str!("page.html");
+
+/// `GET /`: the status page.
+pub fn page() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
+    *r.status_mut() = StatusCode::OK;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Everything is inline and the page only talks to this admin API; nothing else may load.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
 
 /// Routes, splits, rollouts and every backend's state, as JSON.
 pub fn status_json(rt: &Runtime) -> Value {
@@ -17,13 +53,14 @@ pub fn status_json(rt: &Runtime) -> Value {
         .routes
         .iter()
         .map(|r| {
-            let split: Map<String, Value> = r.split.iter().map(|(p, w)| (p.clone(), json!(w))).collect();
+            let split: Map<String, Value> =
+                r.split.iter().map(|(p, w)| (p.clone(), json!(w))).collect();
             json!({
                 "name": r.name,
                 "hosts": r.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
                 "path_prefix": r.path_prefix,
                 "split": split,
-                "rollout": Value::Null,
+                "rollout": crate::rollout::status_json(rt, &r.name),
             })
         })
         .collect();

@@ -3,6 +3,7 @@
 
 pub mod duration;
 pub mod raw;
+pub mod reload;
 pub mod schema;
 pub mod validate;
 pub mod writeback;
@@ -207,6 +208,8 @@ pub struct BreakerConfig {
     pub max_concurrent_requests: u32,
     /// Count a non-zero `grpc-status` as a failure.
     pub grpc_status_failures: bool,
+    /// Random extra open time per trip, as a fraction of it; 0 in tests.
+    pub jitter: f64,
 }
 
 impl Default for BreakerConfig {
@@ -217,6 +220,7 @@ impl Default for BreakerConfig {
             half_open_requests: 1,
             max_concurrent_requests: 0,
             grpc_status_failures: false,
+            jitter: 0.1,
         }
     }
 }

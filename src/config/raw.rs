@@ -15,10 +15,11 @@ pub struct RawConfig {
     pub server: Option<S<RawServer>>,
     #[serde(default)]
     pub admin: Option<S<RawAdmin>>,
+    /// Not spanned: toml cannot span a table that only `[[tls.certificates]]` creates.
     #[serde(default)]
-    pub tls: Option<S<RawTls>>,
+    pub tls: Option<RawTls>,
     #[serde(default)]
-    pub pools: Option<BTreeMap<String, S<RawPool>>>,
+    pub pools: Option<BTreeMap<S<String>, S<RawPool>>>,
     #[serde(default)]
     pub routes: Option<S<Vec<S<RawRoute>>>>,
 }
@@ -130,7 +131,8 @@ pub struct RawRoute {
     pub name: S<String>,
     pub hosts: Option<S<Vec<S<String>>>>,
     pub path_prefix: Option<S<String>>,
-    pub split: BTreeMap<String, S<i64>>,
+    /// Keys keep their spans so an unknown pool is pointed at by name.
+    pub split: S<BTreeMap<S<String>, S<i64>>>,
     pub sticky: Option<S<RawSticky>>,
     #[serde(rename = "override")]
     pub override_: Option<S<RawOverride>>,

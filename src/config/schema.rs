@@ -1,4 +1,6 @@
-//! A walk over the parsed TOML that finds *every* unknown key (serde stops at the first one).
+//! A walk over the parsed TOML that finds *every* unknown key, wrongly typed value and missing
+//! required key, each with its byte offset. serde stops at the first problem; this walk does
+//! not, so `veer check` can list them all at once.
 
 use toml_edit::{Item, Value};
 
@@ -8,76 +10,85 @@ pub enum Shape {
     Table(&'static [(&'static str, Shape)]),
     /// A table whose keys are names chosen by the user, each value of one shape.
     Map(&'static Shape),
-    /// An array whose elements have this shape (non-table elements are left to serde).
+    /// An array whose elements have this shape (an array of tables included).
     Array(&'static Shape),
-    /// A scalar, or anything serde will check.
-    Leaf,
-    /// Either a scalar or a table with these keys.
-    LeafOrTable(&'static [(&'static str, Shape)]),
+    Str,
+    /// A duration string like "2s" (parsed later; here only its type is checked).
+    Dur,
+    Int,
+    Bool,
+    /// A number; an integer is accepted too.
+    Float,
+    /// Either a string or a table with these keys.
+    StrOrTable(&'static [(&'static str, Shape)]),
+    /// Either a boolean or a table with these keys.
+    BoolOrTable(&'static [(&'static str, Shape)]),
+    /// A key that must be present, of this shape.
+    Required(&'static Shape),
 }
 
 use Shape::*;
 
 const HEALTH: &[(&str, Shape)] = &[
-    ("path", Leaf),
-    ("interval", Leaf),
-    ("timeout", Leaf),
-    ("healthy_threshold", Leaf),
-    ("unhealthy_threshold", Leaf),
-    ("expect_status", Leaf),
+    ("path", Str),
+    ("interval", Dur),
+    ("timeout", Dur),
+    ("healthy_threshold", Int),
+    ("unhealthy_threshold", Int),
+    ("expect_status", Str),
 ];
 const BREAKER: &[(&str, Shape)] = &[
-    ("consecutive_failures", Leaf),
-    ("open_for", Leaf),
-    ("half_open_requests", Leaf),
-    ("max_concurrent_requests", Leaf),
-    ("grpc_status_failures", Leaf),
+    ("consecutive_failures", Int),
+    ("open_for", Dur),
+    ("half_open_requests", Int),
+    ("max_concurrent_requests", Int),
+    ("grpc_status_failures", Bool),
 ];
-const BACKEND: &[(&str, Shape)] = &[("addr", Leaf), ("weight", Leaf)];
-const UPSTREAM_TLS: &[(&str, Shape)] = &[("ca", Leaf), ("sni", Leaf), ("insecure_skip_verify", Leaf)];
+const BACKEND: &[(&str, Shape)] = &[("addr", Required(&Str)), ("weight", Int)];
+const UPSTREAM_TLS: &[(&str, Shape)] = &[("ca", Str), ("sni", Str), ("insecure_skip_verify", Bool)];
 const POOL: &[(&str, Shape)] = &[
-    ("backends", Array(&LeafOrTable(BACKEND))),
-    ("lb", Leaf),
-    ("connect_timeout", Leaf),
-    ("protocol", Leaf),
-    ("tls", LeafOrTable(UPSTREAM_TLS)),
-    ("ca", Leaf),
-    ("sni", Leaf),
-    ("insecure_skip_verify", Leaf),
+    ("backends", Required(&Array(&StrOrTable(BACKEND)))),
+    ("lb", Str),
+    ("connect_timeout", Dur),
+    ("protocol", Str),
+    ("tls", BoolOrTable(UPSTREAM_TLS)),
+    ("ca", Str),
+    ("sni", Str),
+    ("insecure_skip_verify", Bool),
     ("health_check", Table(HEALTH)),
     ("circuit_breaker", Table(BREAKER)),
 ];
 const ROLLOUT: &[(&str, Shape)] = &[
-    ("to", Leaf),
-    ("steps", Leaf),
-    ("step_interval", Leaf),
-    ("min_requests", Leaf),
-    ("max_error_rate", Leaf),
-    ("max_p99", Leaf),
-    ("approval", Leaf),
-    ("approval_timeout", Leaf),
-    ("notify_url", Leaf),
-    ("state", Leaf),
-    ("step", Leaf),
+    ("to", Required(&Str)),
+    ("steps", Required(&Array(&Int))),
+    ("step_interval", Dur),
+    ("min_requests", Int),
+    ("max_error_rate", Float),
+    ("max_p99", Dur),
+    ("approval", Bool),
+    ("approval_timeout", Dur),
+    ("notify_url", Str),
+    ("state", Str),
+    ("step", Int),
 ];
 const ROUTE: &[(&str, Shape)] = &[
-    ("name", Leaf),
-    ("hosts", Leaf),
-    ("path_prefix", Leaf),
-    ("split", Map(&Leaf)),
+    ("name", Required(&Str)),
+    ("hosts", Array(&Str)),
+    ("path_prefix", Str),
+    ("split", Required(&Map(&Int))),
     (
         "sticky",
-        Table(&[("cookie", Leaf), ("header", Leaf), ("client_ip", Leaf)]),
+        Table(&[("cookie", Str), ("header", Str), ("client_ip", Bool)]),
     ),
-    ("override", Table(&[("header", Leaf), ("cookie", Leaf)])),
-    ("fallback", Leaf),
+    ("override", Table(&[("header", Str), ("cookie", Str)])),
+    ("fallback", Bool),
     (
         "retry",
         Table(&[
-            ("attempts", Leaf),
-            ("backoff", Leaf),
-            ("idempotent_only", Leaf),
-            ("budget_percent", Leaf),
+            ("attempts", Int),
+            ("backoff", Dur),
+            ("idempotent_only", Bool),
+            ("budget_percent", Int),
         ]),
     ),
     ("rollout", Table(ROLLOUT)),
@@ -87,104 +98,333 @@ pub const ROOT: Shape = Table(&[
     (
         "server",
         Table(&[
-            ("listen", Leaf),
-            ("workers", Leaf),
-            ("tls_listen", Leaf),
-            ("header_read_timeout", Leaf),
-            ("request_timeout", Leaf),
-            ("idle_timeout", Leaf),
-            ("max_header_bytes", Leaf),
-            ("max_connections", Leaf),
-            ("drain_timeout", Leaf),
+            ("listen", Array(&Str)),
+            ("workers", Int),
+            ("tls_listen", Array(&Str)),
+            ("header_read_timeout", Dur),
+            ("request_timeout", Dur),
+            ("idle_timeout", Dur),
+            ("max_header_bytes", Int),
+            ("max_connections", Int),
+            ("drain_timeout", Dur),
         ]),
     ),
-    ("admin", Table(&[("listen", Leaf), ("token_env", Leaf)])),
+    ("admin", Table(&[("listen", Str), ("token_env", Str)])),
     (
         "tls",
-        Table(&[("certificates", Array(&Table(&[("cert", Leaf), ("key", Leaf)])))]),
+        Table(&[(
+            "certificates",
+            Array(&Table(&[("cert", Required(&Str)), ("key", Required(&Str))])),
+        )]),
     ),
     ("pools", Map(&Table(POOL))),
     ("routes", Array(&Table(ROUTE))),
 ]);
 
-/// An unknown key: its dotted path and byte offset.
-pub struct UnknownKey {
-    pub path: String,
-    pub key: String,
+/// One problem found by the walk: where it starts and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaError {
     pub offset: usize,
-    pub expected: Vec<&'static str>,
+    pub message: String,
 }
 
-/// Collect every key the schema does not know.
-pub fn unknown_keys(doc: &toml_edit::ImDocument<&str>) -> Vec<UnknownKey> {
-    let mut out = Vec::new();
-    walk_table_like(doc.as_table(), &ROOT, "", &mut out);
-    out
+/// Collect every unknown key, wrongly typed value and missing required key.
+pub fn check(doc: &toml_edit::ImDocument<&str>) -> Vec<SchemaError> {
+    let mut w = Walker { out: Vec::new() };
+    w.table_like(doc.as_table(), table_fields(&ROOT), "", 0);
+    w.out
 }
 
-fn walk_table_like(
-    t: &dyn toml_edit::TableLike,
-    shape: &Shape,
-    path: &str,
-    out: &mut Vec<UnknownKey>,
-) {
-    let (fields, map_of): (&[(&str, Shape)], Option<&Shape>) = match shape {
-        Table(f) | LeafOrTable(f) => (f, None),
-        Map(inner) => (&[], Some(inner)),
-        _ => return,
-    };
-    for (k, item) in t.iter() {
-        let child_path = if path.is_empty() {
-            k.to_string()
-        } else {
-            format!("{path}.{k}")
-        };
-        let child_shape = match map_of {
-            Some(inner) => Some(inner),
-            None => fields.iter().find(|(n, _)| *n == k).map(|(_, s)| s),
-        };
-        match child_shape {
-            Some(s) => walk_item(item, s, &child_path, out),
-            None => {
-                let offset = t
-                    .get_key_value(k)
-                    .and_then(|(key, _)| key.span())
-                    .map(|r| r.start)
-                    .unwrap_or(0);
-                out.push(UnknownKey {
-                    path: path.to_string(),
-                    key: k.to_string(),
-                    offset,
-                    expected: fields.iter().map(|(n, _)| *n).collect(),
-                });
+struct Walker {
+    out: Vec<SchemaError>,
+}
+
+fn table_fields(shape: &Shape) -> &'static [(&'static str, Shape)] {
+    match shape {
+        Table(f) | StrOrTable(f) | BoolOrTable(f) => f,
+        _ => &[],
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// What a value is, for "expected X, found Y".
+fn kind_of_value(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date-time",
+        Value::Array(_) => "an array",
+        Value::InlineTable(_) => "a table",
+    }
+}
+
+fn kind_of_item(i: &Item) -> &'static str {
+    match i {
+        Item::None => "nothing",
+        Item::Value(v) => kind_of_value(v),
+        Item::Table(_) => "a table",
+        Item::ArrayOfTables(_) => "an array of tables",
+    }
+}
+
+fn expected(shape: &Shape) -> &'static str {
+    match shape {
+        Table(_) => "a table",
+        Map(_) => "a table",
+        Array(inner) => match inner {
+            Table(_) => "an array of tables",
+            Str | Dur => "an array of strings",
+            Int => "an array of integers",
+            _ => "an array",
+        },
+        Str => "a string",
+        Dur => "a duration string like \"250ms\", \"2s\" or \"1m\"",
+        Int => "an integer",
+        Bool => "a boolean (true or false)",
+        Float => "a number",
+        StrOrTable(_) => "a string or a table",
+        BoolOrTable(_) => "a boolean or a table",
+        Required(inner) => expected(inner),
+    }
+}
+
+/// The closest known key, when the unknown one looks like a typo of it.
+fn suggestion<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4) && *d < k.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+impl Walker {
+    fn push(&mut self, offset: usize, message: String) {
+        self.out.push(SchemaError { offset, message });
+    }
+
+    /// Check the keys of a table against `fields`. `at` locates the table itself (for a
+    /// missing required key).
+    fn table_like(
+        &mut self,
+        t: &dyn toml_edit::TableLike,
+        fields: &'static [(&'static str, Shape)],
+        path: &str,
+        at: usize,
+    ) {
+        for (k, item) in t.iter() {
+            let key_offset = t
+                .get_key_value(k)
+                .and_then(|(key, _)| key.span())
+                .map_or(at, |r| r.start);
+            match fields.iter().find(|(n, _)| *n == k) {
+                Some((_, shape)) => self.item(item, shape, &join(path, k), key_offset),
+                None => {
+                    let place = if path.is_empty() {
+                        "at the top level".to_string()
+                    } else {
+                        format!("in [{path}]")
+                    };
+                    let known: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
+                    let hint = match suggestion(k, &known) {
+                        Some(s) => format!("; did you mean {s:?}?"),
+                        None => format!("; expected one of: {}", known.join(", ")),
+                    };
+                    self.push(key_offset, format!("unknown key {k:?} {place}{hint}"));
+                }
             }
+        }
+        for (name, shape) in fields {
+            if matches!(shape, Required(_)) && !t.contains_key(name) {
+                let place = if path.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in [{path}]")
+                };
+                self.push(at, format!("missing required key {name:?}{place}"));
+            }
+        }
+    }
+
+    /// Check a map of user-chosen names, each of shape `inner`.
+    fn map(&mut self, t: &dyn toml_edit::TableLike, inner: &'static Shape, path: &str) {
+        for (k, item) in t.iter() {
+            let key_offset = t
+                .get_key_value(k)
+                .and_then(|(key, _)| key.span())
+                .map_or(0, |r| r.start);
+            self.item(item, inner, &join(path, k), key_offset);
+        }
+    }
+
+    /// Check one value found under a key; `key_offset` is where that key stands.
+    fn item(&mut self, item: &Item, shape: &'static Shape, path: &str, key_offset: usize) {
+        let shape = match shape {
+            Required(inner) => inner,
+            s => s,
+        };
+        let here = item.span().map_or(key_offset, |r| r.start);
+        match (item, shape) {
+            (Item::Table(t), Table(f)) => {
+                self.table_like(t, f, path, here_or(t.span(), key_offset))
+            }
+            (Item::Table(t), Map(inner)) => self.map(t, inner, path),
+            (Item::ArrayOfTables(a), Array(Table(f))) => {
+                for (i, t) in a.iter().enumerate() {
+                    let label = element_label(path, i, t.get("name").and_then(|n| n.as_str()));
+                    self.table_like(t, f, &label, here_or(t.span(), key_offset));
+                }
+            }
+            (Item::Value(v), _) => self.value(v, shape, path, here),
+            (other, _) => self.push(
+                here,
+                format!(
+                    "{path}: expected {}, found {}",
+                    expected(shape),
+                    kind_of_item(other)
+                ),
+            ),
+        }
+    }
+
+    fn value(&mut self, v: &Value, shape: &'static Shape, path: &str, at: usize) {
+        let shape = match shape {
+            Required(inner) => inner,
+            s => s,
+        };
+        let ok = match (v, shape) {
+            (Value::InlineTable(t), Table(f) | StrOrTable(f) | BoolOrTable(f)) => {
+                self.table_like(t, f, path, at);
+                true
+            }
+            (Value::InlineTable(t), Map(inner)) => {
+                self.map(t, inner, path);
+                true
+            }
+            (Value::Array(a), Array(inner)) => {
+                for (i, e) in a.iter().enumerate() {
+                    let name = match e {
+                        Value::InlineTable(t) => t.get("name").and_then(|n| n.as_str()),
+                        _ => None,
+                    };
+                    let label = element_label(path, i, name);
+                    let at = e.span().map_or(at, |r| r.start);
+                    self.value(e, inner, &label, at);
+                }
+                true
+            }
+            (Value::String(_), Str | Dur | StrOrTable(_)) => true,
+            (Value::Integer(_), Int | Float) => true,
+            (Value::Float(_), Float) => true,
+            (Value::Boolean(_), Bool | BoolOrTable(_)) => true,
+            _ => false,
+        };
+        if !ok {
+            self.push(
+                at,
+                format!(
+                    "{path}: expected {}, found {}",
+                    expected(shape),
+                    kind_of_value(v)
+                ),
+            );
         }
     }
 }
 
-fn walk_item(item: &Item, shape: &Shape, path: &str, out: &mut Vec<UnknownKey>) {
-    match (item, shape) {
-        (Item::Table(t), Table(_) | Map(_) | LeafOrTable(_)) => walk_table_like(t, shape, path, out),
-        (Item::ArrayOfTables(a), Array(inner)) => {
-            for (i, t) in a.iter().enumerate() {
-                walk_table_like(t, inner, &format!("{path}[{i}]"), out);
-            }
-        }
-        (Item::Value(v), _) => walk_value(v, shape, path, out),
-        _ => {}
+fn here_or(span: Option<std::ops::Range<usize>>, fallback: usize) -> usize {
+    span.map_or(fallback, |r| r.start)
+}
+
+/// `routes.web` for a named route (as validation names it), else `routes[2]`.
+fn element_label(path: &str, i: usize, name: Option<&str>) -> String {
+    match name {
+        Some(n) if !n.is_empty() => format!("{path}.{n}"),
+        _ => format!("{path}[{i}]"),
     }
 }
 
-fn walk_value(v: &Value, shape: &Shape, path: &str, out: &mut Vec<UnknownKey>) {
-    match (v, shape) {
-        (Value::InlineTable(t), Table(_) | Map(_) | LeafOrTable(_)) => {
-            walk_table_like(t, shape, path, out)
-        }
-        (Value::Array(a), Array(inner)) => {
-            for (i, e) in a.iter().enumerate() {
-                walk_value(e, inner, &format!("{path}[{i}]"), out);
-            }
-        }
-        _ => {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(text: &str) -> Vec<(usize, String)> {
+        let doc = toml_edit::ImDocument::parse(text).unwrap();
+        check(&doc)
+            .into_iter()
+            .map(|e| (e.offset, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn types_and_required_keys() {
+        let e = errs("[server]\nworkers = \"two\"\n[[routes]]\nsplit = { a = \"x\" }\n");
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert_eq!(
+            e[0],
+            (
+                19,
+                "server.workers: expected an integer, found a string".into()
+            )
+        );
+        assert!(
+            e[1].1.starts_with("routes[0].split.a: expected an integer"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e[2],
+            (25, "missing required key \"name\" in [routes[0]]".into())
+        );
+    }
+
+    #[test]
+    fn typo_gets_a_suggestion() {
+        let e = errs("[server]\nworkerz = 1\n");
+        assert_eq!(
+            e[0].1,
+            "unknown key \"workerz\" in [server]; did you mean \"workers\"?"
+        );
+    }
+
+    #[test]
+    fn backends_accept_strings_and_tables() {
+        let e = errs(
+            "[pools.a]\nbackends = [\"x\", { addr = \"y\", weight = 2 }, { weight = \"z\" }, 5]\n",
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].1
+                .starts_with("pools.a.backends[2].weight: expected an integer"),
+            "{e:?}"
+        );
+        assert!(e[1].1.starts_with("missing required key \"addr\""), "{e:?}");
+        assert!(
+            e[2].1
+                .starts_with("pools.a.backends[3]: expected a string or a table"),
+            "{e:?}"
+        );
     }
 }

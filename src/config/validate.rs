@@ -2,7 +2,7 @@
 
 use super::raw::*;
 use super::*;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 
 struct Ctx<'a> {
@@ -28,6 +28,13 @@ impl Ctx<'_> {
             col,
             message: message.into(),
         });
+    }
+
+    /// The errors in file order (a stable sort keeps same-place errors as found).
+    fn sorted(&mut self) -> ConfigErrors {
+        let mut errors = std::mem::take(&mut self.errors);
+        errors.sort_by_key(|e| (e.line, e.col));
+        ConfigErrors(errors)
     }
 
     fn duration(&mut self, v: &Option<S<String>>, field: &str, default: Duration) -> Duration {
@@ -63,7 +70,9 @@ impl Ctx<'_> {
             Err(_) => {
                 self.err(
                     span,
-                    format!("{field}: invalid address {s:?}; expected IP:PORT like \"127.0.0.1:8080\""),
+                    format!(
+                        "{field}: invalid address {s:?}; expected IP:PORT like \"127.0.0.1:8080\""
+                    ),
                 );
                 None
             }
@@ -78,45 +87,38 @@ pub fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         text,
         errors: Vec::new(),
     };
-    // Syntax and every unknown key first.
+    // Syntax first; then every unknown key, wrong type and missing key at once.
     match toml_edit::ImDocument::parse(text) {
         Ok(doc) => {
-            for u in super::schema::unknown_keys(&doc) {
-                let place = if u.path.is_empty() {
-                    "at the top level".to_string()
-                } else {
-                    format!("in [{}]", u.path)
-                };
-                let hint = if u.expected.is_empty() {
-                    String::new()
-                } else {
-                    format!("; expected one of: {}", u.expected.join(", "))
-                };
-                cx.err(u.offset..u.offset, format!("unknown key {:?} {place}{hint}", u.key));
+            for e in super::schema::check(&doc) {
+                cx.err(e.offset..e.offset, e.message);
             }
         }
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            cx.err(span, format!("invalid TOML: {}", first_line(e.message())));
+            cx.err(span, format!("invalid TOML: {}", toml_message(e.message())));
             return Err(ConfigErrors(cx.errors));
         }
     }
     if !cx.errors.is_empty() {
-        return Err(ConfigErrors(cx.errors));
+        // Values of the wrong type cannot be built into a config, so meaning is checked
+        // once the shape is right.
+        return Err(cx.sorted());
     }
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
         Err(e) => {
+            // The schema walk should have caught everything serde rejects; keep its word.
             let span = e.span().unwrap_or(0..0);
             cx.err(span, first_line(e.message()).to_string());
-            return Err(ConfigErrors(cx.errors));
+            return Err(cx.sorted());
         }
     };
     let config = build(&mut cx, raw);
     if cx.errors.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigErrors(cx.errors))
+        Err(cx.sorted())
     }
 }
 
@@ -124,13 +126,28 @@ fn first_line(s: &str) -> &str {
     s.trim().lines().next().unwrap_or("")
 }
 
+/// toml_edit's parse message on one line: "invalid array, expected `]`".
+fn toml_message(s: &str) -> String {
+    s.trim()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let server = build_server(cx, raw.server);
     let admin = build_admin(cx, raw.admin);
+    let cert_spans: Vec<Range<usize>> = raw
+        .tls
+        .as_ref()
+        .and_then(|t| t.certificates.as_ref())
+        .map_or_else(Vec::new, |v| v.iter().map(|c| c.span()).collect());
     let tls = TlsConfig {
         certificates: raw
             .tls
-            .and_then(|t| t.into_inner().certificates)
+            .and_then(|t| t.certificates)
             .unwrap_or_default()
             .into_iter()
             .map(|c| {
@@ -143,7 +160,10 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
             .collect(),
     };
     if !server.tls_listen.is_empty() && tls.certificates.is_empty() {
-        cx.err(0..0, "server.tls_listen is set but [[tls.certificates]] is empty");
+        cx.err(
+            0..0,
+            "server.tls_listen is set but [[tls.certificates]] is empty",
+        );
     }
 
     let mut pools = BTreeMap::new();
@@ -151,7 +171,8 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         None => cx.err(0..0, "no [pools.*] defined; at least one pool is required"),
         Some(p) => {
             for (name, pool) in p {
-                let span = pool.span();
+                let span = name.span();
+                let name = name.into_inner();
                 if let Some(pc) = build_pool(cx, &name, span, pool) {
                     pools.insert(name, pc);
                 }
@@ -161,28 +182,47 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
 
     let mut routes = Vec::new();
     match raw.routes {
-        None => cx.err(0..0, "no [[routes]] defined; at least one route is required"),
+        None => cx.err(
+            0..0,
+            "no [[routes]] defined; at least one route is required",
+        ),
         Some(r) => {
-            let mut names = HashSet::new();
-            let mut matchers: HashSet<(String, String)> = HashSet::new();
+            let mut names: HashMap<String, usize> = HashMap::new();
+            let mut matchers: HashMap<(String, String), String> = HashMap::new();
             for route in r.into_inner() {
                 let span = route.span();
                 let route = route.into_inner();
                 let name_span = route.name.span();
+                // Each host as written, with its place, for the duplicate check below.
+                let hosts: Vec<(String, Range<usize>)> = match &route.hosts {
+                    Some(h) => h
+                        .get_ref()
+                        .iter()
+                        .map(|h| (h.get_ref().trim().to_ascii_lowercase(), h.span()))
+                        .collect(),
+                    None => vec![("*".to_string(), name_span.clone())],
+                };
                 if let Some(rc) = build_route(cx, span.clone(), route, &pools) {
-                    if !names.insert(rc.name.clone()) {
-                        cx.err(name_span, format!("routes: duplicate route name {:?}", rc.name));
+                    if let Some(first) = names.get(&rc.name) {
+                        let msg = format!(
+                            "routes: duplicate route name {:?} (first defined on line {first})",
+                            rc.name
+                        );
+                        cx.err(name_span.clone(), msg);
+                    } else {
+                        let line = cx.at(name_span.start).0;
+                        names.insert(rc.name.clone(), line);
                     }
-                    for h in &rc.hosts {
-                        let key = (h.to_string().to_ascii_lowercase(), rc.path_prefix.clone());
-                        if !matchers.insert(key) {
-                            cx.err(
-                                span.clone(),
-                                format!(
-                                    "routes: route {:?} has the same host {:?} and path_prefix {:?} as an earlier route",
-                                    rc.name, h.to_string(), rc.path_prefix
-                                ),
+                    for (host, host_span) in hosts {
+                        let key = (host, rc.path_prefix.clone());
+                        if let Some(other) = matchers.get(&key) {
+                            let msg = format!(
+                                "routes.{}: host {:?} with path_prefix {:?} is already routed by route {:?}",
+                                rc.name, key.0, rc.path_prefix, other
                             );
+                            cx.err(host_span, msg);
+                        } else {
+                            matchers.insert(key, rc.name.clone());
                         }
                     }
                     routes.push(rc);
@@ -191,13 +231,23 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         }
     }
 
+    // Certificate files: readable, key matching, valid now (expiring soon is a warning).
+    let mut warnings = Vec::new();
+    if !tls.certificates.is_empty() {
+        let (errors, soon) = crate::tls::check_certificates(&tls, cx.file);
+        for (i, msg) in errors {
+            cx.err(cert_spans.get(i).cloned().unwrap_or(0..0), msg);
+        }
+        warnings = soon;
+    }
+
     Config {
         server,
         admin,
         tls,
         pools,
         routes,
-        warnings: Vec::new(),
+        warnings,
     }
 }
 
@@ -205,27 +255,48 @@ fn build_server(cx: &mut Ctx<'_>, raw: Option<S<RawServer>>) -> ServerConfig {
     let d = ServerConfig::default();
     let Some(raw) = raw else { return d };
     let raw = raw.into_inner();
-    let addrs = |cx: &mut Ctx<'_>, v: Option<S<Vec<S<String>>>>, field: &str, default: Vec<SocketAddr>| {
-        match v {
-            None => default,
-            Some(list) => list
-                .into_inner()
-                .into_iter()
-                .filter_map(|a| cx.addr(a.get_ref(), a.span(), field))
-                .collect(),
-        }
-    };
+    let addrs =
+        |cx: &mut Ctx<'_>, v: Option<S<Vec<S<String>>>>, field: &str, default: Vec<SocketAddr>| {
+            match v {
+                None => default,
+                Some(list) => list
+                    .into_inner()
+                    .into_iter()
+                    .filter_map(|a| cx.addr(a.get_ref(), a.span(), field))
+                    .collect(),
+            }
+        };
     let listen = addrs(cx, raw.listen, "server.listen", d.listen.clone());
     let tls_listen = addrs(cx, raw.tls_listen, "server.tls_listen", Vec::new());
     ServerConfig {
         listen,
         tls_listen,
         workers: cx.int(&raw.workers, "server.workers", 0, 1024, 0) as usize,
-        header_read_timeout: cx.duration(&raw.header_read_timeout, "server.header_read_timeout", d.header_read_timeout),
-        request_timeout: cx.duration(&raw.request_timeout, "server.request_timeout", d.request_timeout),
+        header_read_timeout: cx.duration(
+            &raw.header_read_timeout,
+            "server.header_read_timeout",
+            d.header_read_timeout,
+        ),
+        request_timeout: cx.duration(
+            &raw.request_timeout,
+            "server.request_timeout",
+            d.request_timeout,
+        ),
         idle_timeout: cx.duration(&raw.idle_timeout, "server.idle_timeout", d.idle_timeout),
-        max_header_bytes: cx.int(&raw.max_header_bytes, "server.max_header_bytes", 1024, 16 << 20, 65536) as usize,
-        max_connections: cx.int(&raw.max_connections, "server.max_connections", 1, 10_000_000, 10000) as usize,
+        max_header_bytes: cx.int(
+            &raw.max_header_bytes,
+            "server.max_header_bytes",
+            1024,
+            16 << 20,
+            65536,
+        ) as usize,
+        max_connections: cx.int(
+            &raw.max_connections,
+            "server.max_connections",
+            1,
+            10_000_000,
+            10000,
+        ) as usize,
         drain_timeout: cx.duration(&raw.drain_timeout, "server.drain_timeout", d.drain_timeout),
     }
 }
@@ -236,7 +307,9 @@ fn build_admin(cx: &mut Ctx<'_>, raw: Option<S<RawAdmin>>) -> AdminConfig {
     let raw = raw.into_inner();
     let listen = match &raw.listen {
         None => d.listen,
-        Some(s) => cx.addr(s.get_ref(), s.span(), "admin.listen").unwrap_or(d.listen),
+        Some(s) => cx
+            .addr(s.get_ref(), s.span(), "admin.listen")
+            .unwrap_or(d.listen),
     };
     let token_env = match raw.token_env {
         None => d.token_env,
@@ -249,17 +322,28 @@ fn build_admin(cx: &mut Ctx<'_>, raw: Option<S<RawAdmin>>) -> AdminConfig {
     AdminConfig { listen, token_env }
 }
 
-fn build_pool(cx: &mut Ctx<'_>, name: &str, span: Range<usize>, raw: S<RawPool>) -> Option<PoolConfig> {
+fn build_pool(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    span: Range<usize>,
+    raw: S<RawPool>,
+) -> Option<PoolConfig> {
     let field = |f: &str| format!("pools.{name}.{f}");
     let raw = raw.into_inner();
-    let mut ok = true;
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        cx.err(span.clone(), format!("pools: invalid pool name {name:?}; use letters, digits, '-' and '_'"));
-        ok = false;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        cx.err(
+            span.clone(),
+            format!("pools: invalid pool name {name:?}; use letters, digits, '-' and '_'"),
+        );
     }
     let mut backends = Vec::new();
     let mut seen = HashSet::new();
     let list_span = raw.backends.span();
+    let listed = raw.backends.get_ref().len();
     for b in raw.backends.into_inner() {
         let bspan = b.span();
         let (addr, weight) = match b.into_inner() {
@@ -267,38 +351,69 @@ fn build_pool(cx: &mut Ctx<'_>, name: &str, span: Range<usize>, raw: S<RawPool>)
             RawBackend::Table(t) => (t.addr, t.weight.unwrap_or(1)),
         };
         let Some(a) = cx.addr(&addr, bspan.clone(), &field("backends")) else {
-            ok = false;
             continue;
         };
         if !(1..=10_000).contains(&weight) {
-            cx.err(bspan.clone(), format!("{}: weight {weight} of {addr} is out of range 1..=10000", field("backends")));
-            ok = false;
+            cx.err(
+                bspan.clone(),
+                format!(
+                    "{}: weight {weight} of {addr} is out of range 1..=10000",
+                    field("backends")
+                ),
+            );
         }
         if !seen.insert(a) {
-            cx.err(bspan, format!("{}: backend {addr} is listed twice", field("backends")));
-            ok = false;
+            cx.err(
+                bspan,
+                format!("{}: backend {addr} is listed twice", field("backends")),
+            );
         }
-        backends.push(BackendConfig { addr: a, weight: weight.clamp(1, 10_000) as u32 });
+        backends.push(BackendConfig {
+            addr: a,
+            weight: weight.clamp(1, 10_000) as u32,
+        });
     }
-    if backends.is_empty() && ok {
-        cx.err(list_span, format!("{}: a pool needs at least one backend", field("backends")));
-        ok = false;
+    if listed == 0 {
+        cx.err(
+            list_span,
+            format!("{}: a pool needs at least one backend", field("backends")),
+        );
     }
     let lb = match raw.lb.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
         None | Some(("round_robin", _)) => LbKind::RoundRobin,
         Some(("least_request", _)) => LbKind::LeastRequest,
         Some((other, sp)) => {
-            cx.err(sp, format!("{}: unknown balancer {other:?}; expected \"round_robin\" or \"least_request\"", field("lb")));
+            cx.err(
+                sp,
+                format!(
+                    "{}: unknown balancer {other:?}; expected \"round_robin\" or \"least_request\"",
+                    field("lb")
+                ),
+            );
             LbKind::RoundRobin
         }
     };
-    let connect_timeout = cx.duration(&raw.connect_timeout, &field("connect_timeout"), Duration::from_secs(1));
-    let protocol = match raw.protocol.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+    let connect_timeout = cx.duration(
+        &raw.connect_timeout,
+        &field("connect_timeout"),
+        Duration::from_secs(1),
+    );
+    let protocol = match raw
+        .protocol
+        .as_ref()
+        .map(|s| (s.get_ref().as_str(), s.span()))
+    {
         None | Some(("h1", _)) => Protocol::H1,
         Some(("h2", _)) => Protocol::H2,
         Some(("h2c", _)) => Protocol::H2c,
         Some((other, sp)) => {
-            cx.err(sp, format!("{}: unknown protocol {other:?}; expected \"h1\", \"h2\" or \"h2c\"", field("protocol")));
+            cx.err(
+                sp,
+                format!(
+                    "{}: unknown protocol {other:?}; expected \"h1\", \"h2\" or \"h2c\"",
+                    field("protocol")
+                ),
+            );
             Protocol::H1
         }
     };
@@ -327,16 +442,28 @@ fn build_pool(cx: &mut Ctx<'_>, name: &str, span: Range<usize>, raw: S<RawPool>)
             }
             None => cx.err(
                 tls_span.unwrap_or(span.clone()),
-                format!("{}: ca, sni and insecure_skip_verify need tls = true", field("tls")),
+                format!(
+                    "{}: ca, sni and insecure_skip_verify need tls = true",
+                    field("tls")
+                ),
             ),
         }
     }
     if protocol == Protocol::H2 && tls.is_none() {
-        cx.err(span.clone(), format!("{}: protocol \"h2\" needs tls = true (use \"h2c\" for cleartext HTTP/2)", field("protocol")));
+        cx.err(
+            span.clone(),
+            format!(
+                "{}: protocol \"h2\" needs tls = true (use \"h2c\" for cleartext HTTP/2)",
+                field("protocol")
+            ),
+        );
     }
     if let Some(ca) = tls.as_ref().and_then(|t| t.ca.as_ref()) {
         if let Err(e) = std::fs::metadata(resolve(cx.file, ca)) {
-            cx.err(span.clone(), format!("{}: cannot read CA file {}: {e}", field("ca"), ca.display()));
+            cx.err(
+                span.clone(),
+                format!("{}: cannot read CA file {}: {e}", field("ca"), ca.display()),
+            );
         }
     }
     let health_check = raw.health_check.map(|h| {
@@ -376,15 +503,36 @@ fn build_pool(cx: &mut Ctx<'_>, name: &str, span: Range<usize>, raw: S<RawPool>)
             let b = b.into_inner();
             let d = BreakerConfig::default();
             BreakerConfig {
-                consecutive_failures: cx.int(&b.consecutive_failures, &field("circuit_breaker.consecutive_failures"), 0, 1_000_000, 5) as u32,
+                consecutive_failures: cx.int(
+                    &b.consecutive_failures,
+                    &field("circuit_breaker.consecutive_failures"),
+                    0,
+                    1_000_000,
+                    5,
+                ) as u32,
                 open_for: cx.duration(&b.open_for, &field("circuit_breaker.open_for"), d.open_for),
-                half_open_requests: cx.int(&b.half_open_requests, &field("circuit_breaker.half_open_requests"), 1, 1_000_000, 1) as u32,
-                max_concurrent_requests: cx.int(&b.max_concurrent_requests, &field("circuit_breaker.max_concurrent_requests"), 0, 100_000_000, 0) as u32,
+                half_open_requests: cx.int(
+                    &b.half_open_requests,
+                    &field("circuit_breaker.half_open_requests"),
+                    1,
+                    1_000_000,
+                    1,
+                ) as u32,
+                max_concurrent_requests: cx.int(
+                    &b.max_concurrent_requests,
+                    &field("circuit_breaker.max_concurrent_requests"),
+                    0,
+                    100_000_000,
+                    0,
+                ) as u32,
                 grpc_status_failures: b.grpc_status_failures.unwrap_or(false),
+                jitter: d.jitter,
             }
         }
     };
-    ok.then(|| PoolConfig {
+    // A pool with errors is still returned so that routes naming it are not reported as
+    // naming a missing pool; its errors are already recorded.
+    Some(PoolConfig {
         name: name.to_string(),
         backends,
         lb,
@@ -401,7 +549,10 @@ pub fn resolve(config_file: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        config_file.parent().map(|d| d.join(p)).unwrap_or_else(|| p.to_path_buf())
+        config_file
+            .parent()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|| p.to_path_buf())
     }
 }
 
@@ -420,8 +571,15 @@ fn build_route(
 ) -> Option<RouteConfig> {
     let name = raw.name.get_ref().clone();
     let field = |f: &str| format!("routes.{name}.{f}");
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-        cx.err(raw.name.span(), format!("routes: invalid route name {name:?}; use letters, digits, '-', '_' and '.'"));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        cx.err(
+            raw.name.span(),
+            format!("routes: invalid route name {name:?}; use letters, digits, '-', '_' and '.'"),
+        );
     }
     let hosts = match raw.hosts {
         None => vec![HostPattern::Any],
@@ -450,7 +608,13 @@ fn build_route(
                 })
                 .collect();
             if list.is_empty() {
-                cx.err(hspan, format!("{}: needs at least one host (\"*\" matches all)", field("hosts")));
+                cx.err(
+                    hspan,
+                    format!(
+                        "{}: needs at least one host (\"*\" matches all)",
+                        field("hosts")
+                    ),
+                );
             }
             list
         }
@@ -459,45 +623,103 @@ fn build_route(
         None => "/".to_string(),
         Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
         Some(p) => {
-            cx.err(p.span(), format!("{}: {:?} must start with '/'", field("path_prefix"), p.get_ref()));
+            cx.err(
+                p.span(),
+                format!(
+                    "{}: {:?} must start with '/'",
+                    field("path_prefix"),
+                    p.get_ref()
+                ),
+            );
             "/".to_string()
         }
     };
-    let split_span = raw.split.values().next().map(|w| w.span()).unwrap_or(span.clone());
+    let table_span = raw.split.span();
+    let split_span = raw
+        .split
+        .get_ref()
+        .values()
+        .next()
+        .map_or(table_span.clone(), |w| w.span());
     let mut split = Vec::new();
-    for (pool, w) in raw.split {
-        // Keys carry no span through serde; point at the weight, on the same line.
+    for (pool, w) in raw.split.into_inner() {
+        let pool_span = pool.span();
+        let pool = pool.into_inner();
         if !pools.contains_key(&pool) {
             let known: Vec<&str> = pools.keys().map(|s| s.as_str()).collect();
-            cx.err(w.span(), format!("{}: pool {:?} does not exist (pools: {})", field("split"), pool, known.join(", ")));
+            cx.err(
+                pool_span,
+                format!(
+                    "{}: pool {:?} does not exist (pools: {})",
+                    field("split"),
+                    pool,
+                    known.join(", ")
+                ),
+            );
         }
         if !(0..=1_000_000).contains(w.get_ref()) {
-            cx.err(w.span(), format!("{}: weight {} of {:?} must be a non-negative integer up to 1000000", field("split"), w.get_ref(), pool));
+            cx.err(
+                w.span(),
+                format!(
+                    "{}: weight {} of {:?} must be a non-negative integer up to 1000000",
+                    field("split"),
+                    w.get_ref(),
+                    pool
+                ),
+            );
         }
         split.push((pool, (*w.get_ref()).clamp(0, 1_000_000) as u32));
     }
     if split.is_empty() {
-        cx.err(split_span, format!("{}: names no pool", field("split")));
+        cx.err(table_span, format!("{}: names no pool", field("split")));
     } else if split.iter().all(|(_, w)| *w == 0) {
-        cx.err(split_span, format!("{}: all weights are zero; at least one pool needs a positive weight", field("split")));
+        cx.err(
+            split_span,
+            format!(
+                "{}: all weights are zero; at least one pool needs a positive weight",
+                field("split")
+            ),
+        );
     }
     let sticky = match raw.sticky {
         None => Sticky::None,
         Some(s) => {
             let sp = s.span();
             let s = s.into_inner();
-            let n = s.cookie.is_some() as u8 + s.header.is_some() as u8 + s.client_ip.unwrap_or(false) as u8;
+            let n = s.cookie.is_some() as u8
+                + s.header.is_some() as u8
+                + s.client_ip.unwrap_or(false) as u8;
             if n > 1 {
-                cx.err(sp, format!("{}: choose one of cookie, header or client_ip", field("sticky")));
+                cx.err(
+                    sp,
+                    format!(
+                        "{}: choose one of cookie, header or client_ip",
+                        field("sticky")
+                    ),
+                );
             }
             if let Some(c) = s.cookie {
                 if !valid_token(c.get_ref()) {
-                    cx.err(c.span(), format!("{}: invalid cookie name {:?}", field("sticky.cookie"), c.get_ref()));
+                    cx.err(
+                        c.span(),
+                        format!(
+                            "{}: invalid cookie name {:?}",
+                            field("sticky.cookie"),
+                            c.get_ref()
+                        ),
+                    );
                 }
                 Sticky::Cookie(c.into_inner())
             } else if let Some(h) = s.header {
                 if http::HeaderName::from_bytes(h.get_ref().as_bytes()).is_err() {
-                    cx.err(h.span(), format!("{}: invalid header name {:?}", field("sticky.header"), h.get_ref()));
+                    cx.err(
+                        h.span(),
+                        format!(
+                            "{}: invalid header name {:?}",
+                            field("sticky.header"),
+                            h.get_ref()
+                        ),
+                    );
                 }
                 Sticky::Header(h.into_inner().to_ascii_lowercase())
             } else if s.client_ip.unwrap_or(false) {
@@ -511,12 +733,26 @@ fn build_route(
         let o = o.into_inner();
         if let Some(h) = &o.header {
             if http::HeaderName::from_bytes(h.get_ref().as_bytes()).is_err() {
-                cx.err(h.span(), format!("{}: invalid header name {:?}", field("override.header"), h.get_ref()));
+                cx.err(
+                    h.span(),
+                    format!(
+                        "{}: invalid header name {:?}",
+                        field("override.header"),
+                        h.get_ref()
+                    ),
+                );
             }
         }
         if let Some(c) = &o.cookie {
             if !valid_token(c.get_ref()) {
-                cx.err(c.span(), format!("{}: invalid cookie name {:?}", field("override.cookie"), c.get_ref()));
+                cx.err(
+                    c.span(),
+                    format!(
+                        "{}: invalid cookie name {:?}",
+                        field("override.cookie"),
+                        c.get_ref()
+                    ),
+                );
             }
         }
         Override {
@@ -533,63 +769,144 @@ fn build_route(
                 attempts: cx.int(&r.attempts, &field("retry.attempts"), 1, 10, 2) as u32,
                 backoff: cx.duration(&r.backoff, &field("retry.backoff"), d.backoff),
                 idempotent_only: r.idempotent_only.unwrap_or(true),
-                budget_percent: cx.int(&r.budget_percent, &field("retry.budget_percent"), 0, 100, 20) as u32,
+                budget_percent: cx.int(
+                    &r.budget_percent,
+                    &field("retry.budget_percent"),
+                    0,
+                    100,
+                    20,
+                ) as u32,
             }
         }
     };
     let rollout = raw.rollout.map(|r| {
         let r = r.into_inner();
         if !split.iter().any(|(p, _)| p == r.to.get_ref()) {
-            cx.err(r.to.span(), format!("{}: pool {:?} is not in the route's split", field("rollout.to"), r.to.get_ref()));
+            cx.err(
+                r.to.span(),
+                format!(
+                    "{}: pool {:?} is not in the route's split",
+                    field("rollout.to"),
+                    r.to.get_ref()
+                ),
+            );
         }
         if split.len() != 2 {
-            cx.err(r.to.span(), format!("{}: a rollout needs a split of exactly two pools (the baseline and `to`)", field("rollout")));
+            cx.err(
+                r.to.span(),
+                format!(
+                    "{}: a rollout needs a split of exactly two pools (the baseline and `to`)",
+                    field("rollout")
+                ),
+            );
         }
         let steps_span = r.steps.span();
-        let steps: Vec<u32> = r.steps.into_inner().into_iter().map(|s| {
-            if !(0..=100).contains(s.get_ref()) {
-                cx.err(s.span(), format!("{}: {} is not a percentage 0..=100", field("rollout.steps"), s.get_ref()));
-            }
-            (*s.get_ref()).clamp(0, 100) as u32
-        }).collect();
+        let steps: Vec<u32> = r
+            .steps
+            .into_inner()
+            .into_iter()
+            .map(|s| {
+                if !(0..=100).contains(s.get_ref()) {
+                    cx.err(
+                        s.span(),
+                        format!(
+                            "{}: {} is not a percentage 0..=100",
+                            field("rollout.steps"),
+                            s.get_ref()
+                        ),
+                    );
+                }
+                (*s.get_ref()).clamp(0, 100) as u32
+            })
+            .collect();
         if steps.is_empty() {
-            cx.err(steps_span.clone(), format!("{}: needs at least one step", field("rollout.steps")));
+            cx.err(
+                steps_span.clone(),
+                format!("{}: needs at least one step", field("rollout.steps")),
+            );
         } else if steps.windows(2).any(|w| w[0] >= w[1]) {
-            cx.err(steps_span.clone(), format!("{}: steps must increase", field("rollout.steps")));
+            cx.err(
+                steps_span.clone(),
+                format!("{}: steps must increase", field("rollout.steps")),
+            );
         }
         let max_error_rate = match r.max_error_rate {
             None => 0.01,
             Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
             Some(v) => {
-                cx.err(v.span(), format!("{}: {} is not a rate between 0 and 1", field("rollout.max_error_rate"), v.get_ref()));
+                cx.err(
+                    v.span(),
+                    format!(
+                        "{}: {} is not a rate between 0 and 1",
+                        field("rollout.max_error_rate"),
+                        v.get_ref()
+                    ),
+                );
                 0.01
             }
         };
         let state = r.state.as_ref().and_then(|s| {
             let st = RolloutState::parse(s.get_ref());
             if st.is_none() {
-                cx.err(s.span(), format!("{}: unknown state {:?}", field("rollout.state"), s.get_ref()));
+                cx.err(
+                    s.span(),
+                    format!(
+                        "{}: unknown state {:?}",
+                        field("rollout.state"),
+                        s.get_ref()
+                    ),
+                );
             }
             st
         });
         let step = match &r.step {
             None => None,
-            Some(s) if *s.get_ref() >= 0 && (*s.get_ref() as usize) < steps.len().max(1) => Some(*s.get_ref() as usize),
+            Some(s) if *s.get_ref() >= 0 && (*s.get_ref() as usize) < steps.len().max(1) => {
+                Some(*s.get_ref() as usize)
+            }
             Some(s) => {
-                cx.err(s.span(), format!("{}: step index {} is outside steps", field("rollout.step"), s.get_ref()));
+                cx.err(
+                    s.span(),
+                    format!(
+                        "{}: step index {} is outside steps",
+                        field("rollout.step"),
+                        s.get_ref()
+                    ),
+                );
                 None
             }
         };
         RolloutConfig {
             to: r.to.into_inner(),
             steps,
-            step_interval: cx.duration(&r.step_interval, &field("rollout.step_interval"), Duration::from_secs(60)),
-            min_requests: cx.int(&r.min_requests, &field("rollout.min_requests"), 0, i64::MAX, 100),
+            step_interval: cx.duration(
+                &r.step_interval,
+                &field("rollout.step_interval"),
+                Duration::from_secs(60),
+            ),
+            min_requests: cx.int(
+                &r.min_requests,
+                &field("rollout.min_requests"),
+                0,
+                i64::MAX,
+                100,
+            ),
             max_error_rate,
-            max_p99: cx.duration(&r.max_p99, &field("rollout.max_p99"), Duration::from_millis(500)),
+            max_p99: cx.duration(
+                &r.max_p99,
+                &field("rollout.max_p99"),
+                Duration::from_millis(500),
+            ),
             approval: r.approval.unwrap_or(false),
-            approval_timeout: cx.duration(&r.approval_timeout, &field("rollout.approval_timeout"), Duration::from_secs(1800)),
-            notify_url: r.notify_url.map(|u| u.into_inner()).filter(|u| !u.is_empty()),
+            approval_timeout: cx.duration(
+                &r.approval_timeout,
+                &field("rollout.approval_timeout"),
+                Duration::from_secs(1800),
+            ),
+            notify_url: r
+                .notify_url
+                .map(|u| u.into_inner())
+                .filter(|u| !u.is_empty()),
             state,
             step,
         }
@@ -609,7 +926,9 @@ fn build_route(
 }
 
 fn valid_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
@@ -637,15 +956,23 @@ split = { blue = 90, green = 10 }
     fn minimal_config_is_valid() {
         let c = validate(Path::new("t.toml"), OK).unwrap();
         assert_eq!(c.pools["blue"].backends[1].weight, 2);
-        assert_eq!(c.routes[0].split, vec![("blue".into(), 90), ("green".into(), 10)]);
+        assert_eq!(
+            c.routes[0].split,
+            vec![("blue".into(), 90), ("green".into(), 10)]
+        );
         assert_eq!(c.routes[0].hosts, vec![HostPattern::Any]);
     }
 
     #[test]
     fn every_unknown_key_is_reported_with_position() {
-        let e = errs(&format!("[server]\nlisten = [\"127.0.0.1:1\"]\nbogus = 1\n{OK}\n[admin]\nnope = 2\n"));
+        let e = errs(&format!(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\nbogus = 1\n{OK}\n[admin]\nnope = 2\n"
+        ));
         assert_eq!(e.len(), 2, "{e:?}");
-        assert!(e[0].starts_with("t.toml:3:1: unknown key \"bogus\""), "{e:?}");
+        assert!(
+            e[0].starts_with("t.toml:3:1: unknown key \"bogus\""),
+            "{e:?}"
+        );
         assert!(e[1].contains("unknown key \"nope\""), "{e:?}");
     }
 
@@ -665,12 +992,32 @@ name = "web"
 split = { blue = 1 }
 "#;
         let e = errs(text);
-        assert!(e.iter().any(|e| e.starts_with("t.toml:3:19:") && e.contains("request_timeout")), "{e:?}");
-        assert!(e.iter().any(|e| e.starts_with("t.toml:4:11:") && e.contains("invalid address")), "{e:?}");
-        assert!(e.iter().any(|e| e.contains("pool \"red\" does not exist")), "{e:?}");
-        assert!(e.iter().any(|e| e.contains("all weights are zero")), "{e:?}");
-        assert!(e.iter().any(|e| e.contains("duplicate route name")), "{e:?}");
-        assert!(e.iter().any(|e| e.contains("same host")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("t.toml:3:19:") && e.contains("request_timeout")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("t.toml:4:11:") && e.contains("invalid address")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|e| e.contains("pool \"red\" does not exist")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|e| e.contains("all weights are zero")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|e| e.contains("duplicate route name")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|e| e.contains("is already routed by")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -42,27 +42,72 @@ pub fn edit_file<F>(path: &Path, f: F) -> Result<Config, WritebackError>
 where
     F: FnOnce(&mut DocumentMut) -> Result<(), WritebackError>,
 {
+    let edit = prepare_edit(path, f)?;
+    edit.write()?;
+    Ok(edit.config)
+}
+
+/// An edit computed and validated but not yet written, so a caller can check that the new
+/// config can be applied (listeners bind, TLS loads) before the file changes.
+#[derive(Debug)]
+pub struct PreparedEdit {
+    /// The path as configured (used in messages).
+    pub path: PathBuf,
+    /// The file actually replaced (the symlink target, if any).
+    pub real: PathBuf,
+    /// The text before the edit, to put back if applying fails after the write.
+    pub original: String,
+    pub text: String,
+    /// The validated config of the edited text.
+    pub config: Config,
+}
+
+impl PreparedEdit {
+    /// Atomically replace the file with the edited text.
+    pub fn write(&self) -> Result<(), WritebackError> {
+        write_atomic(&self.real, self.text.as_bytes()).map_err(|e| WritebackError::Write {
+            path: self.path.clone(),
+            source: e,
+        })
+    }
+
+    /// Put the original text back (after a write whose config could not be applied).
+    pub fn restore(&self) -> Result<(), WritebackError> {
+        write_atomic(&self.real, self.original.as_bytes()).map_err(|e| WritebackError::Write {
+            path: self.path.clone(),
+            source: e,
+        })
+    }
+}
+
+/// Read the config file, edit it with `f` and validate the result, writing nothing.
+pub fn prepare_edit<F>(path: &Path, f: F) -> Result<PreparedEdit, WritebackError>
+where
+    F: FnOnce(&mut DocumentMut) -> Result<(), WritebackError>,
+{
     // Follow a symlink (Kubernetes-style) so we replace the real file, not the link.
     let real = std::fs::canonicalize(path).map_err(|e| WritebackError::Read {
         path: path.to_path_buf(),
         source: e,
     })?;
-    let text = std::fs::read_to_string(&real).map_err(|e| WritebackError::Read {
+    let original = std::fs::read_to_string(&real).map_err(|e| WritebackError::Read {
         path: path.to_path_buf(),
         source: e,
     })?;
-    let mut doc: DocumentMut = text.parse().map_err(|e| WritebackError::Parse {
+    let mut doc: DocumentMut = original.parse().map_err(|e| WritebackError::Parse {
         path: path.to_path_buf(),
         source: e,
     })?;
     f(&mut doc)?;
-    let new_text = doc.to_string();
-    let config = Config::parse(path, &new_text)?;
-    write_atomic(&real, new_text.as_bytes()).map_err(|e| WritebackError::Write {
+    let text = doc.to_string();
+    let config = Config::parse(path, &text)?;
+    Ok(PreparedEdit {
         path: path.to_path_buf(),
-        source: e,
-    })?;
-    Ok(config)
+        real,
+        original,
+        text,
+        config,
+    })
 }
 
 /// Replace `path` with `data`: write a temp file beside it, fsync, rename, fsync the folder.
@@ -77,7 +122,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
             "config file is read-only",
         ));
     }
-    let tmp = dir.join(format!(".{name}.veer-tmp-{}", std::process::id()));
+    // Unique per process and call, so concurrent writers never share a temp file.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.veer-tmp-{}-{seq}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.set_permissions(meta.permissions())?;

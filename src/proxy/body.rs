@@ -50,8 +50,21 @@ impl Body for ProxyBody {
                         Poll::Ready(None)
                     }
                     Poll::Ready(Some(Err(e))) => {
+                        // A response cut short fails a gRPC call still waiting for its
+                        // trailers (a no-op for a response already judged).
+                        if let Some(l) = lease.as_mut() {
+                            l.record(false);
+                        }
                         lease.take();
                         Poll::Ready(Some(Err(Box::new(e))))
+                    }
+                    Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                        // gRPC's status arrives here; judged only when the verdict was
+                        // deferred to the trailers (`Lease::record` counts once).
+                        if let (Some(l), Some(t)) = (lease.as_mut(), frame.trailers_ref()) {
+                            l.record(crate::upstream::client::grpc_ok(t));
+                        }
+                        Poll::Ready(Some(Ok(frame)))
                     }
                     other => other.map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BodyError))),
                 }

@@ -11,7 +11,7 @@ pub mod server;
 use crate::config::{Protocol, Sticky};
 use crate::routing::{bucket_of, split::rendezvous, Route};
 use crate::runtime::{Runtime, Snapshot};
-use crate::upstream::client::{BodySlot, UpBody};
+use crate::upstream::client::{BodySlot, GrpcVerdict, UpBody};
 use crate::upstream::{Backend, Lease};
 use body::ProxyBody;
 use http::header::{self, HeaderValue};
@@ -224,6 +224,9 @@ async fn forward(
     let mut tried: Vec<usize> = Vec::new();
     let mut last_failure = Failure::NoBackend;
     let mut last_pool = pool_idx;
+    // A retryable upstream answer (502/503/504) is kept until a retry is really sent, so when
+    // none can be (no budget, no other backend) the client gets that answer, not veer's own.
+    let mut held: Option<(Response<Incoming>, Lease)> = None;
     for attempt in 1..=retry.attempts {
         if attempt > 1 {
             // Retries are paid for from the route's budget, so a failing pool cannot double
@@ -231,7 +234,6 @@ async fn forward(
             if !route.state.withdraw() {
                 break;
             }
-            route.metrics.retries.inc();
             let base = retry.backoff.as_secs_f64() * 2f64.powi(attempt as i32 - 2);
             let jittered = base * (0.5 + rand::random::<f64>() * 0.5);
             if jittered > 0.0 {
@@ -239,15 +241,32 @@ async fn forward(
             }
         }
         let Some((pidx, mut lease)) = pick(route, pool_idx, bucket, &tried) else {
+            if attempt > 1 {
+                route.state.refund();
+            }
             break;
         };
+        if attempt > 1 {
+            route.metrics.retries.inc();
+        }
+        held = None;
         last_pool = pidx;
         let backend = lease.backend.clone();
         tried.push(crate::upstream::pool::backend_key(&backend));
         let client = backend.client();
+        // HTTP/2 has no Host header: the downstream host travels as :authority, as Host does
+        // over HTTP/1.1 (the connector dials the backend whatever the URI names).
+        let authority = match (client.http2, &host_value) {
+            (true, Some(h)) => h
+                .to_str()
+                .ok()
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .unwrap_or_else(|| client.authority.clone()),
+            _ => client.authority.clone(),
+        };
         let uri = Uri::builder()
             .scheme(client.scheme)
-            .authority(client.authority.clone())
+            .authority(authority)
             .path_and_query(path_and_query.as_str())
             .build();
         let Ok(uri) = uri else {
@@ -257,38 +276,47 @@ async fn forward(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = parts.headers.clone();
-        *up.version_mut() = match backend.pool_config().protocol {
-            Protocol::H1 => Version::HTTP_11,
-            _ => Version::HTTP_2,
-        };
+        *up.version_mut() = if client.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
         if *up.version_mut() == Version::HTTP_2 {
             up.headers_mut().remove(header::HOST);
         }
         let started = Instant::now();
         // A drain that reaches its timeout cuts what is still waiting on the backend.
+        let cut = backend.cut_token();
         let result = tokio::select! {
             r = tokio::time::timeout(timeout, client.client.request(up)) => match r {
                 Ok(Ok(r)) => Outcome::Response(r),
                 Ok(Err(e)) => Outcome::Error(Some(e)),
                 Err(_) => Outcome::Timeout,
             },
-            _ = backend.closed.cancelled() => Outcome::Error(None),
+            _ = cut.cancelled() => Outcome::Error(None),
         };
+        // Retry rules: a request whose body started streaming is never sent again; a connect
+        // failure is retried for any method (nothing reached a backend); a reset before the
+        // answer for idempotent methods, or when the body was never sent (the backend did not
+        // get the whole request); a 502/503/504 or timeout for idempotent methods only (unless
+        // `idempotent_only = false`), because the backend may have acted on the request.
         let body_taken = slot.as_ref().is_some_and(|s| s.is_taken());
+        let body_unsent = slot.is_some() && !body_taken;
         let can_retry_any = attempt < retry.attempts && !body_taken;
         let can_retry_idem = can_retry_any && (idempotent || !retry.idempotent_only);
         match result {
             Outcome::Response(resp) => {
                 let status = resp.status();
-                let failed = status.is_server_error();
-                lease.record(!failed);
+                // gRPC statuses count only where the pool says so; most come in the trailers,
+                // judged by the body as they pass.
+                let grpc = crate::upstream::client::grpc_verdict(&backend, resp.headers());
+                let failed = status.is_server_error() || grpc == GrpcVerdict::Failed;
+                if grpc != GrpcVerdict::AtTrailers {
+                    lease.record(!failed);
+                }
                 route.metrics.duration[pidx].observe(started.elapsed().as_secs_f64());
+                count(route, pidx, &backend, status.as_u16());
+                rollout_observe(route, pidx, failed, started);
                 if matches!(status.as_u16(), 502..=504) && can_retry_idem {
-                    count(route, pidx, &backend, status.as_u16());
-                    last_failure = Failure::BadGateway;
+                    held = Some((resp, lease));
                     continue;
                 }
-                count(route, pidx, &backend, status.as_u16());
                 return relay(resp, lease, upgrade);
             }
             Outcome::Error(e) => {
@@ -296,8 +324,10 @@ async fn forward(
                 let connect = e.as_ref().is_some_and(|e| e.is_connect());
                 tracing::debug!(backend = %backend.id, error = ?e, "upstream request failed");
                 count(route, pidx, &backend, 502);
+                rollout_observe(route, pidx, true, started);
                 last_failure = Failure::BadGateway;
-                if (connect && can_retry_any) || can_retry_idem {
+                let reset_retryable = e.is_some() && body_unsent;
+                if ((connect || reset_retryable) && can_retry_any) || can_retry_idem {
                     continue;
                 }
                 return (Failure::BadGateway.response(), None);
@@ -305,6 +335,7 @@ async fn forward(
             Outcome::Timeout => {
                 lease.record(false);
                 count(route, pidx, &backend, 504);
+                rollout_observe(route, pidx, true, started);
                 last_failure = Failure::Timeout;
                 if can_retry_idem {
                     continue;
@@ -312,6 +343,9 @@ async fn forward(
                 return (Failure::Timeout.response(), None);
             }
         }
+    }
+    if let Some((resp, lease)) = held {
+        return relay(resp, lease, upgrade);
     }
     if last_failure == Failure::NoBackend {
         let none = route.metrics.codes[last_pool].last();
@@ -327,6 +361,13 @@ enum Outcome {
     /// `None`: cut by a drain timeout.
     Error(Option<hyper_util::client::legacy::Error>),
     Timeout,
+}
+
+/// Feed the route's running rollout step, if any (atomics only).
+fn rollout_observe(route: &Route, pool: usize, failed: bool, started: Instant) {
+    if route.config.rollout.is_some() {
+        crate::rollout::observe(&route.state.rollout, &route.pools[pool].name, failed, started.elapsed());
+    }
 }
 
 fn count(route: &Route, pool: usize, backend: &Arc<Backend>, status: u16) {

@@ -2,21 +2,26 @@
 //! listeners, HTTP/1.1 and HTTP/2 by ALPN on TLS listeners; slow-client limits; graceful
 //! shutdown (keep-alive clients told to close, HTTP/2 GOAWAY, in-flight requests finish).
 
+use super::body::{BodyError, ProxyBody};
 use super::{handle, ConnInfo};
 use crate::config::ServerConfig;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -118,56 +123,210 @@ async fn serve_stream(rt: Arc<Runtime>, stream: TcpStream, peer: SocketAddr, tra
     }
 }
 
-/// Activity of one connection, for the idle timeout.
+/// What one connection is doing, for its timeouts: the request path and the IO wrapper
+/// update it with atomics; the connection's own loop turns it into a deadline.
 struct Activity {
+    /// Requests being handled, counted until their response body has been sent.
     active: AtomicU32,
-    /// Milliseconds since `start` of the last request start or end.
+    /// Milliseconds since `start` of the last request end (or the start).
     last: AtomicU64,
+    /// Milliseconds since `start`, plus one, when bytes of a request head began to arrive
+    /// on an idle connection; 0 while no head is being read.
+    head_since: AtomicU64,
+    /// Wakes the connection loop when its deadline may have moved earlier.
+    changed: Notify,
     start: Instant,
 }
 
 impl Activity {
-    fn touch(&self) {
-        self.last.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    fn new() -> Self {
+        Activity {
+            active: AtomicU32::new(0),
+            last: AtomicU64::new(0),
+            // A new connection owes us its first request head within header_read_timeout.
+            head_since: AtomicU64::new(1),
+            changed: Notify::new(),
+            start: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// The next deadline: none while requests run; header_read_timeout from the first byte
+    /// of a head; idle_timeout from the last request otherwise.
+    fn deadline(&self, header_read: Duration, idle: Duration) -> Option<(Instant, Expiry)> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let head = self.head_since.load(Ordering::Acquire);
+        if head > 0 {
+            let at = self.start + Duration::from_millis(head - 1) + header_read;
+            return Some((at, Expiry::Head));
+        }
+        let at = self.start + Duration::from_millis(self.last.load(Ordering::Acquire)) + idle;
+        Some((at, Expiry::Idle))
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// A request head took too long (slowloris): the connection is dropped.
+    Head,
+    /// No request for idle_timeout: the connection is closed gracefully.
+    Idle,
+}
+
+/// Counts a request as active from the moment hyper hands it over until its response body
+/// has been sent (or dropped).
 struct ActiveGuard(Arc<Activity>);
+
+impl ActiveGuard {
+    fn new(a: &Arc<Activity>) -> Self {
+        a.head_since.store(0, Ordering::Release);
+        a.active.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(a.clone())
+    }
+}
+
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        let a = &self.0;
+        a.last.store(a.now_ms(), Ordering::Release);
+        if a.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            a.changed.notify_one();
+        }
     }
 }
 
-/// Serve one connection until it ends, is idle too long, or shutdown asks it to close.
+/// The downstream response body, holding the request's [`ActiveGuard`] until it ends.
+struct Tracked {
+    inner: ProxyBody,
+    _guard: ActiveGuard,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The connection's IO, watched for the first bytes of each HTTP/1.1 request head (so the
+/// header timeout runs from the first byte, and an idle keep-alive connection is governed by
+/// idle_timeout alone). HTTP/2 connections, recognised by their preface, are not watched:
+/// their frames (pings, window updates) are not request heads.
+struct Watched<I> {
+    io: I,
+    activity: Arc<Activity>,
+    /// Bytes of the HTTP/2 preface matched so far; `PREFACE_NO` once it cannot be HTTP/2.
+    preface: u8,
+}
+
+const PREFACE_NO: u8 = u8::MAX;
+
+impl<I> Watched<I> {
+    fn saw(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if self.preface != PREFACE_NO && (self.preface as usize) < H2_PREFACE.len() {
+            let at = self.preface as usize;
+            let n = data.len().min(H2_PREFACE.len() - at);
+            if data[..n] == H2_PREFACE[at..at + n] {
+                self.preface += n as u8;
+                if self.preface as usize == H2_PREFACE.len() {
+                    self.activity.head_since.store(0, Ordering::Release);
+                    self.activity.changed.notify_one();
+                }
+                return;
+            }
+            self.preface = PREFACE_NO;
+        }
+        if self.preface != PREFACE_NO {
+            return; // HTTP/2
+        }
+        let a = &self.activity;
+        if a.active.load(Ordering::Acquire) == 0 && a.head_since.load(Ordering::Acquire) == 0 {
+            a.head_since.store(a.now_ms() + 1, Ordering::Release);
+            a.changed.notify_one();
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            let me = &mut *self;
+            me.saw(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Serve one connection until it ends, is idle too long, is too slow sending a request head,
+/// or shutdown asks it to close.
 pub async fn serve_connection<I>(rt: Arc<Runtime>, io: I, info: ConnInfo, settings: &ServerConfig, closing: CancellationToken)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity {
-        active: AtomicU32::new(0),
-        last: AtomicU64::new(0),
-        start: Instant::now(),
-    });
+    let activity = Arc::new(Activity::new());
     let act = activity.clone();
     let info = Arc::new(info);
+    let peer = info.peer;
     let service = service_fn(move |req| {
         let rt = rt.clone();
         let info = info.clone();
-        act.active.fetch_add(1, Ordering::Relaxed);
-        let guard = ActiveGuard(act.clone());
+        let guard = ActiveGuard::new(&act);
         async move {
             let resp = handle(&rt, &info, req).await;
-            drop(guard);
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _guard: guard }))
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        // Enforced by the loop below from the first byte of a head; hyper's own timer would
+        // also run while a keep-alive connection is idle and cut it short of idle_timeout.
+        .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -176,17 +335,28 @@ where
         .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)));
+    let io = Watched {
+        io,
+        activity: activity.clone(),
+        preface: 0,
+    };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let idle = settings.idle_timeout;
+    let (header_read, idle) = (settings.header_read_timeout, settings.idle_timeout);
     let mut shutting = false;
     loop {
-        let last = Duration::from_millis(activity.last.load(Ordering::Relaxed));
-        let idle_deadline = activity.start + last + idle;
+        let deadline = activity.deadline(header_read, idle);
+        // A slow head is cut even during shutdown; idleness only matters before it.
+        let armed = match deadline {
+            Some((_, Expiry::Head)) => true,
+            Some((_, Expiry::Idle)) => !shutting,
+            None => false,
+        };
+        let at = deadline.map_or_else(Instant::now, |(at, _)| at);
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
-                    tracing::debug!(peer = %info_peer(&activity, &closing), error = %e, "connection ended with error");
+                    tracing::debug!(%peer, error = %e, "connection ended with error");
                 }
                 return;
             }
@@ -194,19 +364,21 @@ where
                 shutting = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep_until(idle_deadline), if !shutting => {
-                let last_now = Duration::from_millis(activity.last.load(Ordering::Relaxed));
-                if activity.active.load(Ordering::Relaxed) == 0 && last_now == last {
-                    shutting = true;
-                    conn.as_mut().graceful_shutdown();
-                } else if activity.active.load(Ordering::Relaxed) > 0 {
-                    activity.touch();
+            _ = activity.changed.notified() => {}
+            _ = tokio::time::sleep_until(at), if armed => {
+                // Re-read: a request may have started since the deadline was computed.
+                match activity.deadline(header_read, idle) {
+                    Some((at, Expiry::Head)) if at <= Instant::now() => {
+                        tracing::debug!(%peer, "request head not received in time; closing");
+                        return;
+                    }
+                    Some((at, Expiry::Idle)) if at <= Instant::now() && !shutting => {
+                        shutting = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ => {}
                 }
             }
         }
     }
-}
-
-fn info_peer(_a: &Activity, _c: &CancellationToken) -> &'static str {
-    "downstream"
 }

@@ -1,1 +1,342 @@
-//! Progressive rollouts (filled in by the rollout work, issue 6).
+//! Progressive rollouts: a route's `[routes.rollout]` walks the `to` pool's share of the
+//! traffic through `steps`, judging a gate at each one, and rolls back on its own when the
+//! new pool misbehaves (SPEC §2, §3, §5).
+//!
+//! - [`stats`]: per-step counters the request path feeds (atomics only) through the route's
+//!   [`StatsSlot`] — see [`observe`].
+//! - [`gate`]: the verdict at the end of a step, and the fail-fast rule during it.
+//! - [`controller`]: one background task per route with a rollout: the state machine, the
+//!   clock (tokio time, so tests drive it with paused time), operator actions.
+//! - [`persist`]: progress written into the config file (split, `state`, `step`).
+//! - [`notify`]: events POSTed to `notify_url`.
+//!
+//! [`Rollouts`] (in the [`Runtime`]) keeps the controllers: [`Rollouts::sync`] runs every
+//! time a config is made live, starts a controller for a new or changed `[routes.rollout]`
+//! (resuming from the persisted `state`/`step` when veer starts), keeps the running one when
+//! only the persisted progress changed, and stops the ones whose rollout is gone.
+//!
+//! In `/api/status` a route's `rollout` is `{"state", "step" (index into steps), "weight"
+//! (percent on `to`), "gate": {…figures, verdict, reason…}}` ([`status_json`]).
+
+pub mod controller;
+pub mod gate;
+pub mod notify;
+pub mod persist;
+pub mod stats;
+
+use crate::config::{Config, RolloutConfig, RolloutState};
+use crate::runtime::Runtime;
+use serde_json::{json, Value};
+use stats::{Figures, SideFigures, StepStats};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Where the request path finds the current step's statistics (empty unless a step runs).
+pub type StatsSlot = arc_swap::ArcSwapOption<StepStats>;
+
+/// Count one upstream attempt for the route's rollout, if a step is running: the request
+/// path's whole part in rollouts.
+#[inline]
+pub fn observe(slot: &StatsSlot, pool: &str, failed: bool, elapsed: Duration) {
+    if let Some(s) = &*slot.load() {
+        s.record(pool, failed, elapsed);
+    }
+}
+
+/// An operator action (`POST /api/routes/{route}/rollout/{action}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Pause,
+    Resume,
+    Approve,
+    Promote,
+    Abort,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "start" => Action::Start,
+            "pause" => Action::Pause,
+            "resume" => Action::Resume,
+            "approve" => Action::Approve,
+            "promote" => Action::Promote,
+            "abort" => Action::Abort,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Approve => "approve",
+            Action::Promote => "promote",
+            Action::Abort => "abort",
+        }
+    }
+}
+
+/// Why an action was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("no route named {0:?}")]
+    UnknownRoute(String),
+    #[error("route {0:?} has no [routes.rollout]")]
+    NoRollout(String),
+    #[error("unknown rollout action {0:?}: use start, pause, resume, approve, promote or abort")]
+    UnknownAction(String),
+    /// The action does not fit the rollout's state.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the change was not made: {0}")]
+    Commit(#[source] controller::CommitError),
+    #[error("the rollout controller of route {0:?} is not running")]
+    Stopped(String),
+}
+
+impl ActionError {
+    /// The HTTP status for the admin API.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            ActionError::UnknownRoute(_) | ActionError::NoRollout(_) => http::StatusCode::NOT_FOUND,
+            ActionError::UnknownAction(_) => http::StatusCode::BAD_REQUEST,
+            ActionError::Conflict(_) | ActionError::Commit(_) | ActionError::Stopped(_) => http::StatusCode::CONFLICT,
+        }
+    }
+}
+
+/// A rollout's state as the controller publishes it.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub def: Arc<RolloutConfig>,
+    pub baseline: String,
+    pub state: RolloutState,
+    /// Index into `steps`.
+    pub step: usize,
+    pub step_started: Option<Instant>,
+    pub approval_deadline: Option<Instant>,
+    /// The running step's statistics (read live for the status).
+    pub stats: Option<Arc<StepStats>>,
+    /// Figures kept from the last judgement once the step's statistics are gone (the failing
+    /// figures of a rollback).
+    pub figures: Option<Figures>,
+    /// The last gate verdict: `waiting`, `passed` or `failed`.
+    pub verdict: Option<&'static str>,
+    /// Why the rollout waits, failed, or ended.
+    pub reason: Option<String>,
+}
+
+impl Status {
+    /// The weight (percent of traffic on `to`) the rollout's state stands for.
+    pub fn target_weight(&self) -> Option<u32> {
+        match self.state {
+            RolloutState::Succeeded => Some(100),
+            RolloutState::RolledBack => Some(0),
+            RolloutState::Pending => None,
+            _ => self.def.steps.get(self.step).copied(),
+        }
+    }
+}
+
+struct Command {
+    action: Action,
+    reply: oneshot::Sender<Result<Status, ActionError>>,
+}
+
+/// The running controller of one route.
+struct Handle {
+    def: RolloutConfig,
+    cancel: CancellationToken,
+    cmd: mpsc::Sender<Command>,
+    status: watch::Receiver<Status>,
+}
+
+/// How a controller begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A new or changed rollout: from the first step.
+    Fresh,
+    /// veer (re)started: where the config file says the rollout stood.
+    Resume {
+        state: Option<RolloutState>,
+        step: Option<usize>,
+    },
+}
+
+/// The rollout controllers of a runtime, by route name.
+#[derive(Default)]
+pub struct Rollouts {
+    rt: OnceLock<Weak<Runtime>>,
+    handles: Mutex<HashMap<String, Handle>>,
+}
+
+impl std::fmt::Debug for Rollouts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rollouts")
+    }
+}
+
+impl Rollouts {
+    /// Tie to the runtime (before its first config is applied).
+    pub fn bind(&self, rt: &Arc<Runtime>) {
+        let _ = self.rt.set(Arc::downgrade(rt));
+    }
+
+    /// Called after `new` went live (`old` was live before; `None` at startup): start,
+    /// restart or stop controllers as the `[routes.rollout]` definitions changed.
+    pub fn sync(&self, old: Option<&Config>, new: &Config) {
+        let Some(rt) = self.rt.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            tracing::error!("rollouts need a tokio runtime; not started");
+            return;
+        }
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        for rc in &new.routes {
+            let Some(def) = &rc.rollout else { continue };
+            let start = match handles.get(&rc.name) {
+                Some(h) if h.def.definition_eq(def) => continue,
+                Some(_) => Start::Fresh,
+                None => match old {
+                    Some(o) if !o.route(&rc.name).and_then(|r| r.rollout.as_ref()).is_some_and(|d| d.definition_eq(def)) => {
+                        Start::Fresh
+                    }
+                    _ => Start::Resume {
+                        state: def.state,
+                        step: def.step,
+                    },
+                },
+            };
+            if let Some(h) = handles.remove(&rc.name) {
+                tracing::info!(route = %rc.name, "rollout definition changed; starting it anew");
+                h.cancel.cancel();
+            }
+            handles.insert(rc.name.clone(), controller::spawn(&rt, rc, def, start));
+        }
+        handles.retain(|name, h| {
+            let keep = new.route(name).is_some_and(|r| r.rollout.is_some());
+            if !keep {
+                tracing::info!(route = %name, "rollout removed from the config; controller stopped");
+                h.cancel.cancel();
+                let _ = rt.metrics.rollout_step.remove_label_values(&[name]);
+            }
+            keep
+        });
+    }
+
+    /// The published status of a route's rollout.
+    pub fn status(&self, route: &str) -> Option<Status> {
+        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        handles.get(route).map(|h| h.status.borrow().clone())
+    }
+
+    /// Follow a route's rollout status (changes on every transition).
+    pub fn watch(&self, route: &str) -> Option<watch::Receiver<Status>> {
+        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        handles.get(route).map(|h| h.status.clone())
+    }
+
+    /// Run an operator action and return the status after it.
+    pub async fn act(&self, rt: &Runtime, route: &str, action: &str) -> Result<Status, ActionError> {
+        let config = rt.config();
+        let rc = config
+            .route(route)
+            .ok_or_else(|| ActionError::UnknownRoute(route.to_string()))?;
+        if rc.rollout.is_none() {
+            return Err(ActionError::NoRollout(route.to_string()));
+        }
+        let action = Action::parse(action).ok_or_else(|| ActionError::UnknownAction(action.to_string()))?;
+        let cmd = {
+            let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+            handles
+                .get(route)
+                .map(|h| h.cmd.clone())
+                .ok_or_else(|| ActionError::Stopped(route.to_string()))?
+        };
+        let (tx, rx) = oneshot::channel();
+        cmd.send(Command { action, reply: tx })
+            .await
+            .map_err(|_| ActionError::Stopped(route.to_string()))?;
+        rx.await.map_err(|_| ActionError::Stopped(route.to_string()))?
+    }
+}
+
+/// The current step's statistics of a route (what the request path feeds), if a step runs.
+pub fn stats(rt: &Runtime, route: &str) -> Option<Arc<StepStats>> {
+    rt.snapshot().router.get(route)?.state.rollout.load_full()
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn side_json(f: &SideFigures) -> Value {
+    json!({
+        "requests": f.requests,
+        "errors": f.failures,
+        "error_rate": f.error_rate(),
+        "p99_ms": f.p99.map(ms),
+        "slow": f.slow,
+    })
+}
+
+/// The gate figures of a step as JSON (for the status and events).
+pub fn figures_json(def: &RolloutConfig, f: &Figures) -> Value {
+    let mut c = f.canary;
+    // Keep the estimated p99 on the side of the exact verdict (the estimate is within 12.5%).
+    if let Some(p) = c.p99 {
+        c.p99 = Some(if c.slow > gate::slow_allowed(c.requests) {
+            p.max(def.max_p99 + Duration::from_micros(1))
+        } else {
+            p.min(def.max_p99)
+        });
+    }
+    let mut v = side_json(&c);
+    v["baseline"] = side_json(&f.baseline);
+    v
+}
+
+/// The `rollout` object of a route in `/api/status`: `null` without a rollout.
+pub fn status_json(rt: &Runtime, route: &str) -> Value {
+    let Some(s) = rt.rollouts.status(route) else {
+        return Value::Null;
+    };
+    let snap = rt.snapshot();
+    let weight = snap.config.route(route).and_then(|rc| {
+        let total: u64 = rc.split.iter().map(|(_, w)| *w as u64).sum();
+        let w = rc.weight_of(&s.def.to)? as u64;
+        Some(if total == 0 { 0 } else { (w * 100 + total / 2) / total })
+    });
+    let now = Instant::now();
+    let def = &s.def;
+    let healthy = snap.pools.get(def.to.as_str()).map(|p| p.has_healthy());
+    let figures = s.stats.as_ref().map(|st| st.figures()).or(s.figures);
+    let mut gate = figures.map(|f| figures_json(def, &f)).unwrap_or_else(|| json!({}));
+    gate["min_requests"] = json!(def.min_requests);
+    gate["max_error_rate"] = json!(def.max_error_rate);
+    gate["max_p99_ms"] = json!(ms(def.max_p99));
+    gate["healthy"] = json!(healthy);
+    gate["verdict"] = json!(s.verdict.unwrap_or(if s.stats.is_some() { "pending" } else { "none" }));
+    gate["reason"] = json!(s.reason);
+    json!({
+        "state": s.state.as_str(),
+        "step": s.step,
+        "steps": def.steps,
+        "weight": weight,
+        "to": def.to,
+        "baseline": s.baseline,
+        "approval": def.approval,
+        "step_interval_ms": ms(def.step_interval),
+        "step_elapsed_ms": s.step_started.map(|t| ms(now.saturating_duration_since(t))),
+        "approval_remaining_ms": s.approval_deadline.map(|t| ms(t.saturating_duration_since(now))),
+        "gate": gate,
+    })
+}

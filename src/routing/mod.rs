@@ -38,6 +38,8 @@ pub struct RouteState {
     seq: AtomicU64,
     /// Retry budget in thousandths of a retry.
     budget: AtomicI64,
+    /// The running rollout step's statistics, fed by the request path (empty without one).
+    pub rollout: crate::rollout::StatsSlot,
 }
 
 /// Retries always allowed in reserve, so a quiet route can still retry.
@@ -50,6 +52,7 @@ impl Default for RouteState {
         RouteState {
             seq: AtomicU64::new(0),
             budget: AtomicI64::new(BUDGET_MIN_RESERVE),
+            rollout: Default::default(),
         }
     }
 }
@@ -73,6 +76,11 @@ impl RouteState {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                 (b < BUDGET_CAP).then_some((b + add).min(BUDGET_CAP))
             });
+    }
+
+    /// Give back a retry taken with [`RouteState::withdraw`] that could not be sent.
+    pub fn refund(&self) {
+        self.budget.fetch_add(1000, Ordering::Relaxed);
     }
 
     /// Take one retry from the budget, if there is one.

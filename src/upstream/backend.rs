@@ -6,7 +6,7 @@ use crate::upstream::client::UpstreamClient;
 use arc_swap::ArcSwap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,11 @@ pub struct Backend {
     health: AtomicU8,
     /// Whether the pool has an active health check (otherwise health does not gate traffic).
     checked: AtomicBool,
+    /// Generation of the health checker: a checker whose generation is not current stops, so
+    /// switching checks off and on again never leaves two checkers running.
+    health_epoch: AtomicU64,
+    /// Wakes the health checker when its config changed (new interval, path, or checks off).
+    pub(crate) health_wake: Notify,
     draining: AtomicBool,
     /// Set when a reload removed the backend; it drains and is then dropped.
     removed: AtomicBool,
@@ -63,6 +68,9 @@ pub struct Backend {
     /// Cancelled when the backend is finally closed: cuts what is left in flight and stops
     /// its background tasks.
     pub closed: CancellationToken,
+    /// Cancelled to cut the requests waiting on this backend (a child of `closed`; replaced
+    /// after use, so a backend drained by the API and later undrained serves again).
+    cut: ArcSwap<CancellationToken>,
     client: ArcSwap<UpstreamClient>,
     /// The current config of the backend's pool; background tasks read it on each round.
     pool_config: ArcSwap<PoolConfig>,
@@ -98,6 +106,7 @@ impl Backend {
         pool_config: Arc<PoolConfig>,
         pool_shared: Arc<PoolShared>,
     ) -> Self {
+        let closed = CancellationToken::new();
         Backend {
             pool_config: ArcSwap::new(pool_config),
             pool_shared,
@@ -106,12 +115,15 @@ impl Backend {
             in_flight: AtomicU32::new(0),
             health: AtomicU8::new(Health::Unknown as u8),
             checked: AtomicBool::new(false),
+            health_epoch: AtomicU64::new(0),
+            health_wake: Notify::new(),
             draining: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             max_concurrent: AtomicU32::new(0),
             breaker: Gate::default(),
             idle: Notify::new(),
-            closed: CancellationToken::new(),
+            cut: ArcSwap::from_pointee(closed.child_token()),
+            closed,
             client: ArcSwap::from_pointee(client),
         }
     }
@@ -153,6 +165,18 @@ impl Backend {
         self.checked.store(on, Ordering::Relaxed);
     }
 
+    /// The current health checker generation.
+    pub(crate) fn health_epoch(&self) -> u64 {
+        self.health_epoch.load(Ordering::Acquire)
+    }
+
+    /// Retire the running health checker (if any) and return the next generation.
+    pub(crate) fn next_health_epoch(&self) -> u64 {
+        let e = self.health_epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.health_wake.notify_waiters();
+        e
+    }
+
     /// Healthy by the checker's account (or no checker configured).
     pub fn is_healthy(&self) -> bool {
         !self.is_checked() || self.health() == Health::Healthy
@@ -189,6 +213,17 @@ impl Backend {
     /// May new requests go here (ignoring the bulkhead)?
     pub fn is_available(&self) -> bool {
         self.is_healthy() && !self.is_draining() && self.breaker.is_passable()
+    }
+
+    /// The signal that cuts requests waiting on this backend (drain timeout or close).
+    pub fn cut_token(&self) -> Arc<CancellationToken> {
+        self.cut.load_full()
+    }
+
+    /// Cut every request now waiting on this backend (a drain reached its timeout).
+    pub fn cut_in_flight(&self) {
+        let old = self.cut.swap(Arc::new(self.closed.child_token()));
+        old.cancel();
     }
 
     pub fn client(&self) -> Arc<UpstreamClient> {

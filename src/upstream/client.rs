@@ -1,15 +1,25 @@
 //! The upstream HTTP client: a pooled hyper-util client per backend (so draining a backend can
-//! close exactly its connections), and [`UpBody`], a request body that can be handed to a second
-//! backend when the first never took it (connect failure).
+//! close exactly its connections) speaking the pool's protocol (HTTP/1.1, HTTP/2 over TLS by
+//! ALPN, or h2c) with optional TLS; and [`UpBody`], a request body that can be handed to a
+//! second backend when the first never took it (connect failure).
+//!
+//! The connector always dials the backend's own address, whatever host the request URI names,
+//! and presents a fixed TLS server name (the pool's `sni`, else the backend IP), so URIs can
+//! carry the name the backend expects without any DNS lookup.
 
 use crate::config::{PoolConfig, Protocol};
+use crate::upstream::Backend;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
+use http::HeaderMap;
+use http::Uri;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper_rustls::FixedServerNameResolver;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +30,33 @@ use std::time::Duration;
 /// veer never sends a request on a connection the backend is about to close.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
-pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub type Connector = hyper_rustls::HttpsConnector<Dial>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// TCP to one backend's address, whatever host and port the request URI names: the URI
+/// carries the name the backend expects (and TLS uses the pool's fixed server name), never a
+/// place to look up.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    http: HttpConnector,
+    target: Uri,
+}
+
+impl tower::Service<Uri> for Dial {
+    type Response = <HttpConnector as tower::Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, _dst: Uri) -> Self::Future {
+        let connecting = self.http.call(self.target.clone());
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
+}
 
 /// The client for one backend, and how to address it.
 #[derive(Debug, Clone)]
@@ -28,8 +64,11 @@ pub struct UpstreamClient {
     pub client: Client<Connector, UpBody>,
     /// `http` or `https`.
     pub scheme: &'static str,
-    /// The authority written into upstream request URIs.
+    /// The authority written into upstream request URIs that have no better one: the pool's
+    /// `sni` with the backend's port, else the backend address.
     pub authority: http::uri::Authority,
+    /// The pool speaks HTTP/2 (`h2` or `h2c`).
+    pub http2: bool,
 }
 
 /// Errors building a client (TLS material).
@@ -43,6 +82,8 @@ pub enum ClientError {
     },
     #[error("CA file {0} holds no usable certificate")]
     EmptyCa(String),
+    #[error("sni {0:?} is not a valid DNS name")]
+    BadSni(String),
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
 }
@@ -59,33 +100,101 @@ impl UpstreamClient {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(pool.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
+        let target = format!("http://{addr}")
+            .parse()
+            .map_err(|_| ClientError::BadSni(addr.to_string()))?;
+        let dial = Dial { http, target };
         let tls = crate::tls::upstream_client_config(pool, base)?;
+        let name = crate::tls::upstream_server_name(pool, addr)?;
+        // ALPN offers exactly the pool's protocol.
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
-            .https_or_http();
-        let connector = match pool.protocol {
-            Protocol::H1 => builder.enable_http1().wrap_connector(http),
-            Protocol::H2 | Protocol::H2c => builder.enable_http2().wrap_connector(http),
+            .https_or_http()
+            .with_server_name_resolver(FixedServerNameResolver::new(name));
+        let http2 = pool.protocol != Protocol::H1;
+        let connector = if http2 {
+            builder.enable_http2().wrap_connector(dial)
+        } else {
+            builder.enable_http1().wrap_connector(dial)
         };
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(1024)
             .timer(TokioTimer::new());
-        if pool.protocol != Protocol::H1 {
+        if http2 {
+            // h2c is prior knowledge; h2 over TLS was agreed by ALPN.
             b.http2_only(true)
                 .http2_adaptive_window(true)
-                .http2_keep_alive_interval(Duration::from_secs(30));
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .http2_keep_alive_while_idle(false);
         }
         let authority = match pool.tls.as_ref().and_then(|t| t.sni.as_ref()) {
-            Some(_) | None => addr.to_string().parse().expect("socket address is an authority"),
-        };
+            Some(sni) => format!("{sni}:{}", addr.port()).parse(),
+            None => addr.to_string().parse(),
+        }
+        .map_err(|_| ClientError::BadSni(addr.to_string()))?;
         Ok(UpstreamClient {
             client: b.build(connector),
             scheme: if pool.tls.is_some() { "https" } else { "http" },
             authority,
+            http2,
         })
     }
+
+    /// Check that a pool's client can be built (TLS material readable) and warn when its
+    /// backends' certificates go unverified. Called once per pool at every config load.
+    pub fn check(pool: &PoolConfig, base: Option<&std::path::Path>) -> Result<(), ClientError> {
+        UpstreamClient::new(pool.backends[0].addr, pool, base)?;
+        if pool.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+            tracing::warn!(
+                pool = %pool.name,
+                "insecure_skip_verify = true: backend TLS certificates are NOT verified"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How a response counts for the circuit breaker under the pool's gRPC rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcVerdict {
+    /// Not gRPC, or the pool does not count gRPC statuses: judge by HTTP status.
+    NotCounted,
+    /// A trailers-only answer: its `grpc-status` is in the headers.
+    Failed,
+    Ok,
+    /// The status comes in the trailers: judge when they arrive.
+    AtTrailers,
+}
+
+/// Judge a response's headers under the rule of the backend's pool (`grpc_status_failures`).
+pub fn grpc_verdict(backend: &Backend, headers: &HeaderMap) -> GrpcVerdict {
+    let is_grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    // The content type first: plain HTTP never loads the pool config.
+    if !is_grpc || !backend.pool_config().circuit_breaker.grpc_status_failures {
+        return GrpcVerdict::NotCounted;
+    }
+    match headers.get("grpc-status") {
+        Some(_) if grpc_ok(headers) => GrpcVerdict::Ok,
+        Some(_) => GrpcVerdict::Failed,
+        None => GrpcVerdict::AtTrailers,
+    }
+}
+
+/// Is the `grpc-status` in these trailers (or trailers-only headers) a success? The codes
+/// that count as failures are those that map to an HTTP 5xx (UNKNOWN, DEADLINE_EXCEEDED,
+/// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS), the same rule as for plain HTTP: a
+/// client's bad argument or a missing entity says nothing about the backend's health.
+pub fn grpc_ok(trailers: &HeaderMap) -> bool {
+    let code = trailers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    // A missing or garbled status is a protocol failure.
+    !matches!(code, None | Some(2 | 4 | 12 | 13 | 14 | 15))
 }
 
 /// The downstream body waiting to be sent upstream. Shared between attempts: the first attempt

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use prometheus::IntCounterVec;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,6 +31,8 @@ pub struct Registry {
     pub shutdown: CancellationToken,
     /// Folder of the config file, for relative TLS paths.
     pub base: Option<PathBuf>,
+    /// `veer_circuit_breaker_trips_total`, when metrics are kept.
+    trips: Option<IntCounterVec>,
 }
 
 #[derive(Debug, Default)]
@@ -58,14 +61,20 @@ impl Registry {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             base,
+            trips: None,
         }
+    }
+
+    /// Count breaker trips into this counter (labels pool, backend).
+    pub fn with_trips_metric(mut self, trips: IntCounterVec) -> Self {
+        self.trips = Some(trips);
+        self
     }
 
     /// Check that every pool's client can be built (TLS material readable), without applying.
     pub fn check_clients(&self, config: &Config) -> Result<(), RegistryError> {
         for pc in config.pools.values() {
-            let addr = pc.backends[0].addr;
-            UpstreamClient::new(addr, pc, self.base.as_deref()).map_err(|e| {
+            UpstreamClient::check(pc, self.base.as_deref()).map_err(|e| {
                 RegistryError::Client {
                     pool: pc.name.clone(),
                     source: e,
@@ -101,6 +110,7 @@ impl Registry {
                     pool: name.clone(),
                     addr: bc.addr,
                 };
+                let mut fresh = false;
                 let backend = match inner.backends.remove(&id) {
                     Some(b) => {
                         if transport_changed {
@@ -109,6 +119,7 @@ impl Registry {
                         b
                     }
                     None => {
+                        fresh = true;
                         changes.added.push(id.to_string());
                         let b = Arc::new(Backend::new(
                             id.clone(),
@@ -116,11 +127,15 @@ impl Registry {
                             pc_arc.clone(),
                             shared.clone(),
                         ));
-                        crate::breaker::spawn(&b, &self.tasks);
+                        let trips = self
+                            .trips
+                            .as_ref()
+                            .map(|t| t.with_label_values(&[&*b.id.pool, &*b.addr_label]));
+                        crate::breaker::spawn(&b, &self.tasks, trips);
                         b
                     }
                 };
-                self.configure(&backend, &pc_arc, old.is_some());
+                self.configure(&backend, &pc_arc, fresh);
                 keep.insert(id, backend.clone());
                 list.push(backend);
             }
@@ -147,25 +162,35 @@ impl Registry {
         })
     }
 
-    /// Apply the pool's settings to a backend; start or stop its health checker.
-    fn configure(&self, b: &Arc<Backend>, pc: &Arc<PoolConfig>, reloading: bool) {
+    /// Apply the pool's settings to a backend; start or stop its health checker. `fresh`: the
+    /// backend was just created (it has never served).
+    fn configure(&self, b: &Arc<Backend>, pc: &Arc<PoolConfig>, fresh: bool) {
         let had_checks = b.is_checked();
+        let old_pc = b.pool_config();
         b.set_pool_config(pc.clone());
         b.breaker.set_threshold(pc.circuit_breaker.consecutive_failures);
         b.set_max_concurrent(pc.circuit_breaker.max_concurrent_requests);
+        if !fresh && old_pc.circuit_breaker != pc.circuit_breaker {
+            // Let the breaker task see a switched-off breaker at once.
+            b.breaker.wake.notify_one();
+        }
         match (&pc.health_check, had_checks) {
             (Some(_), false) => {
                 // A backend that was serving when checks were switched on keeps serving until
-                // the first verdict; a brand-new one waits for its first pass.
-                if reloading && b.health() == Health::Unknown && b.in_flight() > 0 {
-                    b.set_health(Health::Healthy);
-                }
+                // the checker says otherwise; a brand-new one waits for its first pass.
+                b.set_health(if fresh { Health::Unknown } else { Health::Healthy });
                 b.set_checked(true);
                 crate::health::spawn(b, &self.tasks);
             }
             (None, true) => {
                 b.set_checked(false);
+                // Retire the checker now, so a probe still running cannot write a verdict.
+                b.next_health_epoch();
                 b.set_health(Health::Unknown);
+            }
+            (Some(new), true) if old_pc.health_check.as_ref() != Some(new) => {
+                // New interval or path: probe with it now rather than after the old interval.
+                b.health_wake.notify_waiters();
             }
             _ => {}
         }
@@ -182,6 +207,8 @@ impl Registry {
                 tracing::info!(backend = %b.id, "backend drained");
             }
             b.closed.cancel();
+            // Close its pooled connections now, even if an old snapshot still holds the backend.
+            me.close_connections(&b);
             let mut inner = me.inner.lock().unwrap_or_else(|e| e.into_inner());
             inner.draining.retain(|x| !Arc::ptr_eq(x, &b));
         });
@@ -196,19 +223,37 @@ impl Registry {
         let was = b.is_draining();
         b.set_draining(on);
         if on && !was {
+            tracing::info!(backend = %b.id, in_flight = b.in_flight(), "backend draining");
             let me = self.clone();
             self.tasks.spawn(async move {
-                let _ = tokio::time::timeout(timeout, b.wait_idle()).await;
-                if b.is_draining() {
-                    let pc = b.pool_config();
-                    if let Ok(c) = me.client(b.id.addr, &pc) {
-                        b.set_client(c);
-                    }
-                    tracing::info!(backend = %b.id, "backend drained; connections closed");
+                let waited = tokio::select! {
+                    r = tokio::time::timeout(timeout, b.wait_idle()) => r,
+                    _ = b.closed.cancelled() => return,
+                };
+                if !b.is_draining() {
+                    return; // undrained meanwhile
                 }
+                if waited.is_err() {
+                    tracing::warn!(backend = %b.id, in_flight = b.in_flight(), "drain timeout reached; cutting remaining requests");
+                    b.cut_in_flight();
+                }
+                me.close_connections(&b);
+                tracing::info!(backend = %b.id, "backend drained; connections closed");
             });
+        } else if !on && was {
+            tracing::info!(backend = %b.id, "backend undrained");
         }
         true
+    }
+
+    /// Drop a backend's pooled connections by giving it a fresh client; connections still
+    /// carrying a response close when that response ends.
+    fn close_connections(&self, b: &Backend) {
+        let pc = b.pool_config();
+        match self.client(b.id.addr, &pc) {
+            Ok(c) => b.set_client(c),
+            Err(e) => tracing::warn!(backend = %b.id, error = %e, "cannot rebuild client to close connections"),
+        }
     }
 
     pub fn get(&self, pool: &str, addr: std::net::SocketAddr) -> Option<Arc<Backend>> {

@@ -22,7 +22,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub type BoxResp = Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>;
-type Handler = Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = BoxResp> + Send>> + Send + Sync>;
+type Handler =
+    Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = BoxResp> + Send>> + Send + Sync>;
 
 /// A running test upstream.
 pub struct Upstream {
@@ -161,8 +162,11 @@ pub async fn start_veer(config: &str) -> Veer {
 
 /// Start veer from a config file already written.
 pub async fn start_veer_file(dir: tempfile::TempDir, path: PathBuf) -> Veer {
-    let config = veer::config::Config::load(&path).unwrap_or_else(|e| panic!("config invalid:\n{e}"));
-    let running = veer::app::start(config, Some(path.clone())).await.expect("veer starts");
+    let config =
+        veer::config::Config::load(&path).unwrap_or_else(|e| panic!("config invalid:\n{e}"));
+    let running = veer::app::start(config, Some(path.clone()))
+        .await
+        .expect("veer starts");
     Veer {
         addr: running.listen[0],
         admin: running.admin,
@@ -199,7 +203,12 @@ pub async fn send(req: Request<Full<Bytes>>) -> Got {
         .expect("request failed");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     Got {
         status,
         headers,
@@ -311,7 +320,13 @@ pub async fn spawn_veer(path: &std::path::Path) -> VeerProcess {
         .expect("veer did not start in time")
         .expect("veer exited before announcing");
     // veer: proxy=http://A[,…] admin=http://B
-    let proxy = line.split("proxy=http://").nth(1).unwrap().split([',', ' ']).next().unwrap();
+    let proxy = line
+        .split("proxy=http://")
+        .nth(1)
+        .unwrap()
+        .split([',', ' '])
+        .next()
+        .unwrap();
     let admin = line.split("admin=http://").nth(1).unwrap().trim();
     VeerProcess {
         child,

@@ -1,0 +1,310 @@
+//! The admin API's control endpoints (SPEC §3): bearer-token auth for `/api/*`, route splits,
+//! slot swaps, backend drain/undrain and reloads. Config changes go through
+//! [`reload::change`]: written back into the file first, then applied, or nothing changes.
+
+use super::{error, json, AdminResponse};
+use crate::config::reload::{self, ChangeError, ReloadError, Trigger};
+use crate::config::writeback::{self, WritebackError};
+use crate::config::ConfigErrors;
+use crate::runtime::Runtime;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Map, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Largest request body the API reads (a split is a few bytes).
+const MAX_BODY: usize = 64 * 1024;
+/// Largest weight a split accepts (as the config does).
+const MAX_WEIGHT: u64 = 1_000_000;
+
+/// Check the bearer token of an `/api/*` call. The token is read from the environment variable
+/// the live config names, so a reload that changes `token_env` takes effect. Without a token
+/// the API is open only on a loopback admin listener (startup refuses the rest; this covers a
+/// token variable changed by reload).
+pub fn authorize(rt: &Runtime, headers: &HeaderMap, admin_loopback: bool) -> Result<(), AdminResponse> {
+    let env = rt.config().admin.token_env.clone();
+    let Some(token) = std::env::var(&env).ok().filter(|t| !t.is_empty()) else {
+        if admin_loopback {
+            return Ok(());
+        }
+        return Err(unauthorized(format!(
+            "the admin API is locked: no token in the {env} environment variable and the admin listener is not loopback"
+        )));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+    match given {
+        None => Err(unauthorized("missing bearer token (Authorization: Bearer <token>)")),
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(unauthorized("wrong bearer token")),
+    }
+}
+
+fn unauthorized(msg: impl std::fmt::Display) -> AdminResponse {
+    let mut r = error(StatusCode::UNAUTHORIZED, msg);
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"veer\""));
+    r
+}
+
+/// Compare without an early exit, so the time taken does not tell how much of a guess was
+/// right. It depends only on the secret's length.
+pub fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
+    let mut acc = u8::from(given.len() != secret.len());
+    for (i, s) in secret.iter().enumerate() {
+        acc |= given.get(i).copied().unwrap_or(0) ^ s;
+    }
+    std::hint::black_box(acc) == 0
+}
+
+/// Decode `%XX` escapes in a path segment (route names and `[v6]:port` addresses).
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Is `name` set in the query string (`name`, `name=true`, `name=1`)?
+pub fn query_flag(query: &str, name: &str) -> bool {
+    query.split('&').any(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
+        k == name && matches!(v, "true" | "1" | "yes" | "")
+    })
+}
+
+fn errors_json(status: StatusCode, msg: impl std::fmt::Display, errors: &ConfigErrors) -> AdminResponse {
+    let list: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+    json(status, &json!({ "error": msg.to_string(), "errors": list }))
+}
+
+fn change_error(e: ChangeError) -> AdminResponse {
+    match &e {
+        ChangeError::Invalid(errors) => errors_json(StatusCode::BAD_REQUEST, &e, errors),
+        ChangeError::FileInvalid(errors) => errors_json(StatusCode::CONFLICT, &e, errors),
+        ChangeError::File(WritebackError::Invalid(errors)) => errors_json(StatusCode::BAD_REQUEST, &e, errors),
+        ChangeError::File(_) | ChangeError::Apply(_) => {
+            tracing::warn!("admin API change refused: {e}");
+            error(StatusCode::CONFLICT, format!("{e}; nothing was changed"))
+        }
+    }
+}
+
+fn split_json(split: &[(String, u32)]) -> Value {
+    Value::Object(split.iter().map(|(p, w)| (p.clone(), json!(w))).collect::<Map<_, _>>())
+}
+
+/// The route's split as it is live now.
+fn split_answer(rt: &Runtime, route: &str, changed: bool) -> AdminResponse {
+    let snap = rt.snapshot();
+    let split = snap.config.route(route).map(|r| split_json(&r.split)).unwrap_or(Value::Null);
+    json(
+        StatusCode::OK,
+        &json!({ "route": route, "split": split, "changed": changed, "version": snap.version }),
+    )
+}
+
+async fn read_json(body: Incoming) -> Result<Value, AdminResponse> {
+    let bytes: Bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Err(error(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"))),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+/// `PUT /api/routes/{route}/split`: body `{pool: weight, …}` replaces the route's split.
+pub async fn put_split(rt: &Arc<Runtime>, route: &str, body: Incoming) -> AdminResponse {
+    let config = rt.config();
+    if config.route(route).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no route named {route:?}"));
+    }
+    let v = match read_json(body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(obj) = v.as_object() else {
+        return error(StatusCode::BAD_REQUEST, "the body must be a JSON object of pool name to weight, like {\"blue\": 90, \"green\": 10}");
+    };
+    let mut split = Vec::with_capacity(obj.len());
+    for (pool, w) in obj {
+        if !config.pools.contains_key(pool) {
+            let known: Vec<&str> = config.pools.keys().map(String::as_str).collect();
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("pool {pool:?} does not exist (pools: {})", known.join(", ")),
+            );
+        }
+        match w.as_u64() {
+            Some(w) if w <= MAX_WEIGHT => split.push((pool.clone(), w as u32)),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("weight of {pool:?} must be a non-negative integer up to {MAX_WEIGHT}, not {w}"),
+                )
+            }
+        }
+    }
+    if split.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "the split names no pool");
+    }
+    if split.iter().all(|(_, w)| *w == 0) {
+        return error(StatusCode::BAD_REQUEST, "all weights are zero; at least one pool needs a positive weight");
+    }
+    // The typed config keeps splits sorted by pool name.
+    split.sort();
+    let route_name = route.to_string();
+    let for_mem = split.clone();
+    let result = reload::change(
+        rt,
+        |doc| writeback::set_split(doc, route, &split),
+        move |c| {
+            if let Some(r) = c.route_mut(&route_name) {
+                r.split = for_mem;
+            }
+        },
+    )
+    .await;
+    match result {
+        Ok(r) => split_answer(rt, route, r.changed),
+        Err(e) => change_error(e),
+    }
+}
+
+/// `POST /api/routes/{route}/swap[?force=true]`: exchange the weights of the route's two
+/// pools. Refused when the pool that gains traffic has no healthy backend, unless forced.
+pub async fn swap(rt: &Arc<Runtime>, route: &str, query: &str) -> AdminResponse {
+    let force = query_flag(query, "force");
+    // Decide under the change lock, so two swaps in a row never read the same weights.
+    let lock = rt.change_lock.lock().await;
+    let snap = rt.snapshot();
+    let Some(rc) = snap.config.route(route) else {
+        return error(StatusCode::NOT_FOUND, format!("no route named {route:?}"));
+    };
+    let [(a, wa), (b, wb)] = rc.split.as_slice() else {
+        return error(
+            StatusCode::CONFLICT,
+            format!("route {route:?} splits over {} pool(s); a swap needs exactly two", rc.split.len()),
+        );
+    };
+    if wa == wb {
+        return split_answer(rt, route, false);
+    }
+    let gaining = if wb > wa { a } else { b };
+    let healthy = snap.pools.get(gaining.as_str()).is_some_and(|p| p.has_healthy());
+    if !healthy && !force {
+        return error(
+            StatusCode::CONFLICT,
+            format!("pool {gaining:?} has no healthy backend to take the traffic; use ?force=true to swap anyway"),
+        );
+    }
+    let split = vec![(a.clone(), *wb), (b.clone(), *wa)];
+    let gaining = gaining.clone();
+    let route_name = route.to_string();
+    let for_mem = split.clone();
+    let result = reload::change_locked(
+        rt,
+        &lock,
+        |doc| writeback::set_split(doc, route, &split),
+        move |c| {
+            if let Some(r) = c.route_mut(&route_name) {
+                r.split = for_mem;
+            }
+        },
+    );
+    drop(lock);
+    match result {
+        Ok(r) => {
+            tracing::info!(route, gaining = %gaining, force, "slots swapped through the admin API");
+            split_answer(rt, route, r.changed)
+        }
+        Err(e) => change_error(e),
+    }
+}
+
+/// `POST /api/pools/{pool}/backends/{addr}/drain` (or `undrain`). Drain state is runtime
+/// only: it survives reloads for backends that stay, not a restart.
+pub fn drain(rt: &Arc<Runtime>, pool: &str, addr: &str, on: bool) -> AdminResponse {
+    let config = rt.config();
+    if !config.pools.contains_key(pool) {
+        return error(StatusCode::NOT_FOUND, format!("no pool named {pool:?}"));
+    }
+    let Ok(sa) = addr.parse::<SocketAddr>() else {
+        return error(StatusCode::BAD_REQUEST, format!("{addr:?} is not a backend address (IP:PORT)"));
+    };
+    if !rt.registry.set_draining(pool, sa, on, config.server.drain_timeout) {
+        return error(StatusCode::NOT_FOUND, format!("pool {pool:?} has no backend {sa}"));
+    }
+    tracing::info!(pool, backend = %sa, draining = on, "backend {} through the admin API", if on { "draining" } else { "restored" });
+    json(
+        StatusCode::ACCEPTED,
+        &json!({ "pool": pool, "backend": sa.to_string(), "draining": on }),
+    )
+}
+
+/// `POST /api/reload`: reload the config file now.
+pub async fn reload(rt: &Arc<Runtime>) -> AdminResponse {
+    match reload::reload(rt, Trigger::Api).await {
+        Ok(r) => json(StatusCode::OK, &serde_json::to_value(&r).unwrap_or(Value::Null)),
+        Err(e) => {
+            let errors: Vec<String> = match &e {
+                ReloadError::Invalid(errors) => errors.0.iter().map(|x| x.to_string()).collect(),
+                other => vec![other.to_string()],
+            };
+            let status = match e {
+                ReloadError::NoFile => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            json(status, &json!({ "error": e.to_string(), "errors": errors }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"secret-and-more", b"secret"));
+        assert!(!constant_time_eq(b"sec", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("%5B%3A%3A1%5D:80"), "[::1]:80");
+        assert_eq!(percent_decode("web"), "web");
+        assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
+    }
+
+    #[test]
+    fn force_flag() {
+        assert!(query_flag("force=true", "force"));
+        assert!(query_flag("a=b&force", "force"));
+        assert!(query_flag("force=1", "force"));
+        assert!(!query_flag("force=false", "force"));
+        assert!(!query_flag("", "force"));
+    }
+}

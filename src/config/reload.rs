@@ -1,0 +1,403 @@
+//! Taking config changes live: the file watcher, SIGHUP and `POST /api/reload` all end in
+//! [`reload`]; API edits go through [`change`] (write back, then apply). Every path validates
+//! fully first and holds [`Runtime::change_lock`], so a bad file or a failed write changes
+//! nothing, and changes are applied one at a time.
+//!
+//! The watcher watches the file's *folder*, not the file: an editor that saves by rename, a
+//! `mv` into place, and a Kubernetes ConfigMap update (the `..data` symlink flipped to a new
+//! folder) all replace the file's inode, which a watch on the file itself would miss. Events
+//! are debounced and the content is hashed, so a burst of events or a rewrite with the same
+//! text does nothing.
+
+use super::writeback::{self, WritebackError};
+use super::{Config, ConfigErrors};
+use crate::app::{ListenerChanges, Listeners, StagedListeners, StartError};
+use crate::runtime::{ApplyReport, Runtime};
+use crate::upstream::registry::RegistryError;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::MutexGuard;
+use toml_edit::DocumentMut;
+
+/// Quiet time after the last file event before the file is read: editors and `kubectl`
+/// produce bursts of events for one logical change.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// What asked for a reload (for logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    File,
+    Signal,
+    Api,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::File => "file change",
+            Trigger::Signal => "SIGHUP",
+            Trigger::Api => "admin API",
+        }
+    }
+}
+
+/// What a reload or an API change did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadReport {
+    /// False when the new config equals the live one (nothing was swapped).
+    pub changed: bool,
+    #[serde(flatten)]
+    pub applied: ApplyReport,
+    #[serde(flatten)]
+    pub listeners: ListenerChanges,
+}
+
+/// Why a validated config could not be made live (the old one stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Listeners(#[from] StartError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("veer was started without a config file; there is nothing to reload")]
+    NoFile,
+    #[error("the config file is invalid; the old config stays live")]
+    Invalid(#[source] ConfigErrors),
+    #[error("cannot apply the new config; the old config stays live: {0}")]
+    Apply(#[from] ApplyError),
+}
+
+/// Why a change through the API changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The edit itself would make the config invalid (the request is at fault).
+    #[error("the change would make the config invalid")]
+    Invalid(#[source] ConfigErrors),
+    /// The file on disk does not validate even without the edit: fix or reload it first.
+    #[error("the config file on disk is invalid; fix it before changing it through the API")]
+    FileInvalid(#[source] ConfigErrors),
+    /// Reading, parsing or writing the file failed.
+    #[error(transparent)]
+    File(WritebackError),
+    #[error("cannot apply the change: {0}")]
+    Apply(#[from] ApplyError),
+}
+
+/// A config checked against what must happen before it goes live (clients build, new
+/// listeners bind, certificates load), holding what was prepared.
+pub struct Staged {
+    config: Config,
+    listeners: Option<(Arc<Listeners>, StagedListeners)>,
+}
+
+/// Prepare `config` without changing anything live. Needs the change lock.
+pub fn stage(rt: &Runtime, config: Config, _lock: &MutexGuard<'_, ()>) -> Result<Staged, ApplyError> {
+    rt.registry.check_clients(&config)?;
+    let listeners = match rt.listeners.get().and_then(|w| w.upgrade()) {
+        Some(l) => {
+            let staged = l.stage(&config, rt.config_path.as_deref())?;
+            Some((l, staged))
+        }
+        None => None,
+    };
+    Ok(Staged { config, listeners })
+}
+
+/// Make a staged config live: one snapshot swap (requests in flight keep the snapshot they
+/// started with), then listeners start and stop. Needs the change lock.
+pub fn commit(rt: &Runtime, staged: Staged, _lock: &MutexGuard<'_, ()>) -> Result<ReloadReport, ApplyError> {
+    let applied = rt.apply(staged.config)?;
+    let listeners = match staged.listeners {
+        Some((l, s)) => l.commit(s),
+        None => ListenerChanges::default(),
+    };
+    Ok(ReloadReport {
+        changed: true,
+        applied,
+        listeners,
+    })
+}
+
+fn unchanged(rt: &Runtime) -> ReloadReport {
+    ReloadReport {
+        changed: false,
+        applied: ApplyReport {
+            version: rt.snapshot().version,
+            ..ApplyReport::default()
+        },
+        listeners: ListenerChanges::default(),
+    }
+}
+
+/// Reload the config file now (SIGHUP, `POST /api/reload`). A config equal to the live one
+/// is not swapped in, but certificates are re-read (so SIGHUP rotates them).
+pub async fn reload(rt: &Arc<Runtime>, trigger: Trigger) -> Result<ReloadReport, ReloadError> {
+    let Some(path) = rt.config_path.clone() else {
+        tracing::warn!(trigger = trigger.as_str(), "reload asked for, but veer runs without a config file");
+        return Err(ReloadError::NoFile);
+    };
+    let lock = rt.change_lock.lock().await;
+    let text = read(&path);
+    reload_locked(rt, &path, text, trigger, false, &lock)
+}
+
+fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| ConfigErrors::single(path, format!("cannot read config file: {e}")))
+}
+
+/// Validate and apply `text` (the file's content, or why it could not be read). Counts the
+/// result in `veer_config_reloads_total` and logs it, except that with `quiet_if_same` a
+/// config equal to the live one is neither counted nor logged (the watcher seeing a
+/// write-back, a comment edit, or a rewrite with the same settings).
+fn reload_locked(
+    rt: &Runtime,
+    path: &Path,
+    text: Result<String, ConfigErrors>,
+    trigger: Trigger,
+    quiet_if_same: bool,
+    lock: &MutexGuard<'_, ()>,
+) -> Result<ReloadReport, ReloadError> {
+    let parsed = text.and_then(|t| Config::parse(path, &t)).map_err(ReloadError::Invalid);
+    let same = matches!(&parsed, Ok(c) if *c == *rt.config());
+    if same && quiet_if_same {
+        tracing::debug!(file = %path.display(), "config file changed; same config, nothing to do");
+        return Ok(unchanged(rt));
+    }
+    let result = parsed.and_then(|config| {
+        if same {
+            // Same config: swap nothing, but re-read what lives outside the file
+            // (certificates), so SIGHUP rotates them.
+            if let Some(l) = rt.listeners.get().and_then(|w| w.upgrade()) {
+                let staged = l.stage(&config, Some(path)).map_err(ApplyError::from)?;
+                l.commit(staged);
+            }
+            return Ok(unchanged(rt));
+        }
+        let staged = stage(rt, config, lock)?;
+        Ok(commit(rt, staged, lock)?)
+    });
+    record(rt, trigger, &result);
+    result
+}
+
+/// Count and log a reload's outcome.
+fn record(rt: &Runtime, trigger: Trigger, result: &Result<ReloadReport, ReloadError>) {
+    let how = trigger.as_str();
+    match result {
+        Ok(r) => {
+            rt.metrics.reloads.with_label_values(&["success"]).inc();
+            if r.changed {
+                tracing::info!(
+                    trigger = how,
+                    version = r.applied.version,
+                    routes_added = ?r.applied.routes_added,
+                    routes_removed = ?r.applied.routes_removed,
+                    weights_changed = ?r.applied.weights_changed,
+                    backends_added = ?r.applied.backends.added,
+                    backends_removed = ?r.applied.backends.removed,
+                    listeners_added = ?r.listeners.listeners_added,
+                    listeners_removed = ?r.listeners.listeners_removed,
+                    "config reloaded"
+                );
+            } else {
+                tracing::info!(trigger = how, "config reloaded; nothing changed");
+            }
+        }
+        Err(e) => {
+            rt.metrics.reloads.with_label_values(&["failure"]).inc();
+            if let ReloadError::Invalid(errors) = e {
+                for err in &errors.0 {
+                    tracing::error!("{err}");
+                }
+            }
+            tracing::error!(trigger = how, "config reload failed: {e}");
+        }
+    }
+}
+
+/// Change the config through the file: edit it (`edit_doc`), validate, check the result can
+/// go live, write it back atomically, then apply. Without a config file (the demo) the live
+/// config is edited in memory (`edit_mem`) instead. If anything fails, nothing changes.
+pub async fn change<D, M>(rt: &Arc<Runtime>, edit_doc: D, edit_mem: M) -> Result<ReloadReport, ChangeError>
+where
+    D: FnOnce(&mut DocumentMut) -> Result<(), WritebackError>,
+    M: FnOnce(&mut Config),
+{
+    let lock = rt.change_lock.lock().await;
+    change_locked(rt, &lock, edit_doc, edit_mem)
+}
+
+/// [`change`] for a caller that already holds the change lock (to decide on the live state
+/// and change it in one step).
+pub fn change_locked<D, M>(rt: &Runtime, lock: &MutexGuard<'_, ()>, edit_doc: D, edit_mem: M) -> Result<ReloadReport, ChangeError>
+where
+    D: FnOnce(&mut DocumentMut) -> Result<(), WritebackError>,
+    M: FnOnce(&mut Config),
+{
+    let Some(path) = rt.config_path.clone() else {
+        let mut config = (*rt.config()).clone();
+        edit_mem(&mut config);
+        let staged = stage(rt, config, lock)?;
+        return Ok(commit(rt, staged, lock)?);
+    };
+    let edit = match writeback::prepare_edit(&path, edit_doc) {
+        Ok(e) => e,
+        Err(WritebackError::Invalid(errors)) => {
+            // Blame the request only when the file was fine without it.
+            return Err(match Config::load(&path) {
+                Ok(_) => ChangeError::Invalid(errors),
+                Err(file_errors) => ChangeError::FileInvalid(file_errors),
+            });
+        }
+        Err(e) => return Err(ChangeError::File(e)),
+    };
+    if edit.config == *rt.config() && edit.text == edit.original {
+        return Ok(unchanged(rt));
+    }
+    let staged = stage(rt, edit.config.clone(), lock)?;
+    // The write is the commit point: if it fails, the staged listeners are dropped unused.
+    edit.write().map_err(ChangeError::File)?;
+    match commit(rt, staged, lock) {
+        Ok(r) => {
+            tracing::info!(file = %path.display(), version = r.applied.version, "config changed through the admin API and written back");
+            Ok(r)
+        }
+        Err(e) => {
+            if let Err(re) = edit.restore() {
+                tracing::error!("cannot restore {} after a failed apply: {re}", path.display());
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Watch the config file and reload it when its content changes, until shutdown.
+pub async fn watch(rt: Arc<Runtime>, path: PathBuf) {
+    let path = std::path::absolute(&path).unwrap_or(path);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let handler = move |res: notify::Result<notify::Event>| match res {
+        Ok(ev) if relevant(&ev.kind) => {
+            // Full means a wake-up is already pending: that one will read the file.
+            let _ = tx.try_send(());
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "config file watch error"),
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config file; polling it every second instead");
+            None
+        }
+    };
+    let mut watched: Vec<PathBuf> = Vec::new();
+    if let Some(w) = watcher.as_mut() {
+        rewatch(w, &path, &mut watched);
+    }
+    // Check once at start: the file may have changed since it was loaded.
+    let mut last: Option<u64> = None;
+    check(&rt, &path, &mut last).await;
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = rt.shutdown.cancelled() => return,
+            ev = rx.recv(), if watcher.is_some() => if ev.is_none() { return },
+            _ = poll.tick(), if watcher.is_none() => {}
+        }
+        // Debounce: wait for a quiet spell.
+        loop {
+            tokio::select! {
+                _ = rt.shutdown.cancelled() => return,
+                r = tokio::time::timeout(DEBOUNCE, rx.recv()) => match r {
+                    Ok(Some(())) => continue,
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+        check(&rt, &path, &mut last).await;
+        if let Some(w) = watcher.as_mut() {
+            rewatch(w, &path, &mut watched);
+        }
+    }
+}
+
+/// Reading a file produces open/close events; only changes matter (and reacting to our own
+/// reads would loop).
+fn relevant(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// Watch the folder of the path and, when it is a symlink, the folder of its target too (the
+/// target of a ConfigMap's `..data` link moves on every update, so this is redone each time).
+fn rewatch(w: &mut notify::RecommendedWatcher, path: &Path, watched: &mut Vec<PathBuf>) {
+    use notify::Watcher;
+    let mut want: Vec<PathBuf> = Vec::new();
+    if let Some(d) = path.parent() {
+        want.push(d.to_path_buf());
+    }
+    if let Some(d) = std::fs::canonicalize(path).ok().and_then(|r| r.parent().map(Path::to_path_buf)) {
+        if !want.contains(&d) {
+            want.push(d);
+        }
+    }
+    watched.retain(|d| {
+        let keep = want.contains(d);
+        if !keep {
+            // Fails harmlessly when the folder is already gone (its watch went with it).
+            let _ = w.unwatch(d);
+        }
+        keep
+    });
+    for d in want {
+        if watched.contains(&d) {
+            continue;
+        }
+        match w.watch(&d, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => watched.push(d),
+            Err(e) => tracing::warn!(dir = %d.display(), error = %e, "cannot watch config folder"),
+        }
+    }
+}
+
+fn hash(text: &Result<String, ConfigErrors>) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    match text {
+        Ok(t) => t.hash(&mut h),
+        // Unreadable counts as one content, so a missing file is reported once.
+        Err(_) => u64::MAX.hash(&mut h),
+    }
+    h.finish()
+}
+
+/// Reload when the content differs from what this watcher saw last and the config it
+/// describes differs from the live one (a write-back by the API changes the text but not
+/// the config, and is not reloaded again).
+async fn check(rt: &Arc<Runtime>, path: &Path, last: &mut Option<u64>) {
+    let lock = rt.change_lock.lock().await;
+    let text = read(path);
+    let h = hash(&text);
+    if *last == Some(h) {
+        return;
+    }
+    *last = Some(h);
+    if text.is_err() && !path.exists() {
+        // Deleted, or mid-replacement by a tool that unlinks first: not a config to judge.
+        // The event that brings the file back reloads it.
+        tracing::warn!(file = %path.display(), "config file is gone; the live config stays");
+        return;
+    }
+    let _ = reload_locked(rt, path, text, Trigger::File, true, &lock);
+}

@@ -1,0 +1,662 @@
+//! One route's rollout controller: a background task that owns the rollout's state machine.
+//!
+//! ```text
+//!  pending ──start──▶ progressing(step k) ──gate passes──▶ progressing(k+1) … ──last passes──▶ succeeded
+//!                         │   ▲      │ approval = true: awaiting_approval ──approve──▶ k+1
+//!                     pause│   │resume └──── gate fails / fail fast / approval timeout / abort ──▶ rolled_back
+//!                         ▼   │
+//!                        paused            promote (any running state) ──▶ succeeded
+//! ```
+//!
+//! Every transition that changes what traffic does, or what a restart must resume, is written
+//! back first (split + `state` + `step`, under the runtime's change lock) and only then made
+//! live; if the file cannot be written the transition does not happen (an automatic advance
+//! is retried at the next check), except a rollback, which always takes effect in memory:
+//! safety first. The clock is tokio's, so tests drive it with paused time.
+
+use super::gate::{self, Verdict};
+use super::notify::{Event, Notifier};
+use super::persist::{self, Progress};
+use super::stats::{Figures, StepStats};
+use super::{figures_json, Action, ActionError, Command, Handle, Start, Status};
+use crate::config::reload::{self, ChangeError};
+use crate::config::writeback::WritebackError;
+use crate::config::{format_duration, RolloutConfig, RolloutState, RouteConfig};
+use crate::runtime::Runtime;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Why a change could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Change(#[from] ChangeError),
+    #[error(transparent)]
+    Edit(#[from] WritebackError),
+    #[error("cannot apply the config: {0}")]
+    Apply(#[from] crate::upstream::registry::RegistryError),
+    #[error("the rollout was replaced by a newer definition")]
+    Superseded,
+    #[error("veer is shutting down")]
+    Gone,
+}
+
+/// Start the controller task for `route`.
+pub(super) fn spawn(rt: &Arc<Runtime>, route: &RouteConfig, def: &RolloutConfig, start: Start) -> Handle {
+    let def = Arc::new(def.clone());
+    let baseline = route
+        .split
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .find(|p| *p != def.to)
+        .unwrap_or_default()
+        .to_string();
+    let cancel = CancellationToken::new();
+    let (state, step) = match start {
+        Start::Fresh => (RolloutState::Pending, 0),
+        Start::Resume { state, step } => (state.unwrap_or(RolloutState::Pending), step.unwrap_or(0)),
+    };
+    let status = Status {
+        def: def.clone(),
+        baseline: baseline.clone(),
+        state,
+        step,
+        step_started: None,
+        approval_deadline: None,
+        stats: None,
+        figures: None,
+        verdict: None,
+        reason: None,
+    };
+    let (status_tx, status_rx) = watch::channel(status);
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let tick = (def.step_interval / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let c = Controller {
+        rt: Arc::downgrade(rt),
+        shutdown: rt.shutdown.clone(),
+        notifier: Notifier::start(def.notify_url.as_deref(), rt.shutdown.clone()),
+        route: route.name.clone(),
+        def: def.clone(),
+        baseline,
+        cancel: cancel.clone(),
+        status: status_tx,
+        state,
+        step,
+        paused_from: None,
+        step_started: Instant::now(),
+        approval_deadline: None,
+        stats: None,
+        figures: None,
+        verdict: None,
+        reason: None,
+        next_check: None,
+        pending_start: false,
+        passed_logged: false,
+        tick,
+    };
+    tokio::spawn(c.run(start, cmd_rx));
+    Handle {
+        def: (*def).clone(),
+        cancel,
+        cmd: cmd_tx,
+        status: status_rx,
+    }
+}
+
+struct Controller {
+    rt: Weak<Runtime>,
+    shutdown: CancellationToken,
+    cancel: CancellationToken,
+    notifier: Notifier,
+    route: String,
+    def: Arc<RolloutConfig>,
+    baseline: String,
+    status: watch::Sender<Status>,
+    state: RolloutState,
+    step: usize,
+    /// What a pause interrupted, so resume goes back to it.
+    paused_from: Option<RolloutState>,
+    step_started: Instant,
+    approval_deadline: Option<Instant>,
+    stats: Option<Arc<StepStats>>,
+    figures: Option<Figures>,
+    verdict: Option<&'static str>,
+    reason: Option<String>,
+    next_check: Option<Instant>,
+    /// A fresh start could not be written yet; retried at each check.
+    pending_start: bool,
+    /// The running step's pass was already reported (its advance may be retried).
+    passed_logged: bool,
+    tick: Duration,
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Controller {
+    async fn run(mut self, start: Start, mut cmds: mpsc::Receiver<Command>) {
+        self.begin(start).await;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                _ = self.shutdown.cancelled() => break,
+                cmd = cmds.recv() => match cmd {
+                    Some(c) => {
+                        let r = self.act(c.action).await;
+                        let _ = c.reply.send(r);
+                    }
+                    None => break,
+                },
+                _ = sleep_until_opt(self.next_check) => self.check().await,
+            }
+        }
+        self.install_stats(None);
+    }
+
+    fn weight_of_step(&self, step: usize) -> u32 {
+        self.def.steps.get(step).copied().unwrap_or(0)
+    }
+
+    fn last_step(&self) -> usize {
+        self.def.steps.len().saturating_sub(1)
+    }
+
+    async fn begin(&mut self, start: Start) {
+        let (state, step) = match start {
+            Start::Fresh | Start::Resume { state: None, .. } => (None, 0),
+            Start::Resume { state: Some(s), step } => (Some(s), step.unwrap_or(0).min(self.last_step())),
+        };
+        self.step = step;
+        match state {
+            None => {
+                self.pending_start = true;
+                self.start_fresh().await;
+            }
+            Some(RolloutState::Progressing) => {
+                tracing::info!(route = %self.route, step, weight = self.weight_of_step(step), "resuming rollout");
+                // The file already says where we are; make sure the split agrees.
+                if let Err(e) = self.enter_step(step, "resumed", true).await {
+                    tracing::error!(route = %self.route, error = %e, "cannot resume rollout step; will retry");
+                    self.state = RolloutState::Progressing;
+                    self.next_check = Some(Instant::now() + self.tick);
+                    self.publish();
+                }
+            }
+            Some(RolloutState::AwaitingApproval) => {
+                tracing::info!(route = %self.route, step, "rollout resumes awaiting approval");
+                self.state = RolloutState::AwaitingApproval;
+                self.await_approval(false);
+            }
+            Some(s) => {
+                if s == RolloutState::Paused {
+                    tracing::info!(route = %self.route, step, "rollout resumes paused");
+                }
+                self.state = s;
+                self.publish();
+            }
+        }
+    }
+
+    async fn start_fresh(&mut self) {
+        match self.enter_step(0, "started", false).await {
+            Ok(()) => self.pending_start = false,
+            Err(CommitError::Superseded | CommitError::Gone) => {}
+            Err(e) => {
+                if self.reason.as_deref() != Some(&e.to_string()) {
+                    tracing::error!(route = %self.route, error = %e, "cannot start rollout; retrying");
+                }
+                self.reason = Some(e.to_string());
+                self.next_check = Some(Instant::now() + self.tick.max(Duration::from_millis(500)));
+                self.publish();
+            }
+        }
+    }
+
+    /// Publish the status and the step gauge.
+    fn publish(&self) {
+        let active = matches!(
+            self.state,
+            RolloutState::Progressing | RolloutState::Paused | RolloutState::AwaitingApproval
+        );
+        if let Some(rt) = self.rt.upgrade() {
+            rt.metrics
+                .rollout_step
+                .with_label_values(&[&self.route])
+                .set(if active { self.step as i64 } else { -1 });
+        }
+        self.status.send_replace(Status {
+            def: self.def.clone(),
+            baseline: self.baseline.clone(),
+            state: self.state,
+            step: self.step,
+            step_started: (self.state == RolloutState::Progressing).then_some(self.step_started),
+            approval_deadline: self.approval_deadline.filter(|_| self.state == RolloutState::AwaitingApproval),
+            stats: self.stats.clone(),
+            figures: self.figures,
+            verdict: self.verdict,
+            reason: self.reason.clone(),
+        });
+    }
+
+    /// Log and notify one event.
+    fn emit(&self, event: &'static str, verdict: Option<&'static str>, figures: Option<&Figures>) {
+        let weight = match self.state {
+            RolloutState::Succeeded => 100,
+            RolloutState::RolledBack | RolloutState::Pending => 0,
+            _ => self.weight_of_step(self.step),
+        };
+        let gate = figures.map(|f| figures_json(&self.def, f));
+        let reason = self.reason.clone();
+        let (requests, errors, p99) = figures
+            .map(|f| (f.canary.requests, f.canary.failures, f.canary.p99.map(format_duration)))
+            .unwrap_or_default();
+        let p99 = p99.unwrap_or_default();
+        let reason_s = reason.as_deref().unwrap_or("");
+        match (event, verdict) {
+            ("rolled_back", _) | ("gate", Some("failed")) => tracing::warn!(
+                route = %self.route, event, state = self.state.as_str(), step = self.step, weight,
+                to = %self.def.to, requests, errors, p99 = %p99, reason = reason_s, "rollout"
+            ),
+            _ => tracing::info!(
+                route = %self.route, event, state = self.state.as_str(), step = self.step, weight,
+                to = %self.def.to, verdict = verdict.unwrap_or(""), requests, errors, p99 = %p99,
+                reason = reason_s, "rollout"
+            ),
+        }
+        self.notifier.send(Event {
+            route: self.route.clone(),
+            event,
+            state: self.state.as_str(),
+            step: self.step,
+            weight,
+            to: self.def.to.clone(),
+            baseline: self.baseline.clone(),
+            verdict,
+            reason,
+            gate,
+            time_ms: Event::now_ms(),
+        });
+    }
+
+    /// Put `stats` in the route's slot (or clear it when it still holds ours).
+    fn install_stats(&mut self, stats: Option<Arc<StepStats>>) {
+        let Some(rt) = self.rt.upgrade() else { return };
+        let snap = rt.snapshot();
+        let Some(route) = snap.router.get(&self.route) else { return };
+        match &stats {
+            Some(s) => route.state.rollout.store(Some(s.clone())),
+            None => {
+                if let Some(ours) = &self.stats {
+                    let ours = Some(ours.clone());
+                    route.state.rollout.compare_and_swap(&ours, None);
+                }
+            }
+        }
+        self.stats = stats;
+    }
+
+    /// Write the progress back (file, or memory without one) and make it live.
+    async fn commit(&self, weight: u32, state: RolloutState, step: usize, force: bool) -> Result<(), CommitError> {
+        let rt = self.rt.upgrade().ok_or(CommitError::Gone)?;
+        let guard = rt.change_lock.lock().await;
+        if self.cancel.is_cancelled() {
+            return Err(CommitError::Superseded);
+        }
+        let live = rt.config();
+        let rc = live.route(&self.route).ok_or(CommitError::Superseded)?;
+        if !rc.rollout.as_ref().is_some_and(|d| d.definition_eq(&self.def)) {
+            return Err(CommitError::Superseded);
+        }
+        let split: Vec<(String, u32)> = rc
+            .split
+            .iter()
+            .map(|(p, _)| (p.clone(), if *p == self.def.to { weight } else { 100 - weight }))
+            .collect();
+        let progress = Progress { split, state, step };
+        let route = self.route.as_str();
+        let result = reload::change_locked(
+            &rt,
+            &guard,
+            |doc| persist::edit_doc(doc, route, &progress),
+            |c| {
+                // The route and its rollout were checked above, under the same lock.
+                let _ = persist::edit_config(c, route, &progress);
+            },
+        );
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if force => {
+                tracing::error!(route, error = %e, "cannot write the rollout's progress to the config file; applying it in memory only");
+                let mut c = (*live).clone();
+                persist::edit_config(&mut c, route, &progress)?;
+                rt.apply(c)?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn pool_healthy(&self) -> bool {
+        self.rt
+            .upgrade()
+            .and_then(|rt| rt.snapshot().pools.get(self.def.to.as_str()).map(|p| p.has_healthy()))
+            .unwrap_or(false)
+    }
+
+    fn schedule(&mut self) {
+        let now = Instant::now();
+        let mut next = now + self.tick;
+        match self.state {
+            RolloutState::Progressing => {
+                let end = self.step_started + self.def.step_interval;
+                if now < end {
+                    next = next.min(end);
+                }
+            }
+            RolloutState::AwaitingApproval => {
+                if let Some(d) = self.approval_deadline {
+                    next = next.min(d.max(now));
+                }
+            }
+            RolloutState::Pending if self.pending_start => {
+                next = now + self.tick.max(Duration::from_millis(500));
+            }
+            _ => {
+                self.next_check = None;
+                return;
+            }
+        }
+        self.next_check = Some(next);
+    }
+
+    /// Set the weight of step `k` and start its clock and statistics.
+    async fn enter_step(&mut self, k: usize, event: &'static str, resumed: bool) -> Result<(), CommitError> {
+        let weight = self.weight_of_step(k);
+        let needs_write = !resumed || !self.split_matches(weight, RolloutState::Progressing, k);
+        if needs_write {
+            self.commit(weight, RolloutState::Progressing, k, false).await?;
+        }
+        self.state = RolloutState::Progressing;
+        self.step = k;
+        self.paused_from = None;
+        self.step_started = Instant::now();
+        self.approval_deadline = None;
+        self.figures = None;
+        self.verdict = None;
+        self.reason = None;
+        self.passed_logged = false;
+        let stats = Arc::new(StepStats::new(&self.def.to, &self.baseline, self.def.max_p99));
+        self.install_stats(Some(stats));
+        self.schedule();
+        self.publish();
+        self.emit(event, None, None);
+        Ok(())
+    }
+
+    /// Does the live config already show this progress?
+    fn split_matches(&self, weight: u32, state: RolloutState, step: usize) -> bool {
+        let Some(rt) = self.rt.upgrade() else { return false };
+        let live = rt.config();
+        live.route(&self.route).is_some_and(|rc| {
+            let total: u32 = rc.split.iter().map(|(_, w)| *w).sum();
+            rc.weight_of(&self.def.to).is_some_and(|w| w * 100 == weight * total.max(1))
+                && rc.rollout.as_ref().is_some_and(|r| r.state == Some(state) && r.step == Some(step))
+        })
+    }
+
+    /// Enter `awaiting_approval` at the current step (already written); `emit` the event.
+    fn await_approval(&mut self, emit: bool) {
+        self.state = RolloutState::AwaitingApproval;
+        self.approval_deadline = Some(Instant::now() + self.def.approval_timeout);
+        self.reason = Some(format!(
+            "step {} ({}%) passed; approve the next step within {}",
+            self.step,
+            self.weight_of_step(self.step),
+            format_duration(self.def.approval_timeout)
+        ));
+        // Keep watching the pool while waiting: a breach still rolls back.
+        if self.stats.is_none() {
+            let stats = Arc::new(StepStats::new(&self.def.to, &self.baseline, self.def.max_p99));
+            self.install_stats(Some(stats));
+        }
+        self.schedule();
+        self.publish();
+        if emit {
+            self.emit("awaiting_approval", None, None);
+        }
+    }
+
+    async fn check(&mut self) {
+        let now = Instant::now();
+        match self.state {
+            RolloutState::Pending if self.pending_start => self.start_fresh().await,
+            RolloutState::Progressing => {
+                let Some(stats) = self.stats.clone() else {
+                    // A resume whose write failed: try again.
+                    if let Err(e) = self.enter_step(self.step, "resumed", true).await {
+                        tracing::debug!(route = %self.route, error = %e, "resume retry failed");
+                        self.schedule();
+                    }
+                    return;
+                };
+                let f = stats.figures();
+                if let Some(reason) = gate::fail_fast(&self.def, &f, &self.def.to) {
+                    self.verdict = Some("failed");
+                    self.roll_back(reason, Some(f), true).await.ok();
+                    return;
+                }
+                if now >= self.step_started + self.def.step_interval {
+                    match gate::judge(&self.def, &f, self.pool_healthy(), &self.def.to) {
+                        Verdict::Pass => {
+                            if !self.passed_logged {
+                                self.passed_logged = true;
+                                self.verdict = Some("passed");
+                                self.reason = None;
+                                self.emit("gate", Some("passed"), Some(&f));
+                            }
+                            self.advance(f).await;
+                        }
+                        Verdict::Fail(reason) => {
+                            self.verdict = Some("failed");
+                            self.roll_back(reason, Some(f), true).await.ok();
+                            return;
+                        }
+                        Verdict::Wait(reason) => {
+                            let first = self.verdict != Some("waiting");
+                            self.verdict = Some("waiting");
+                            self.reason = Some(reason);
+                            if first {
+                                self.emit("gate", Some("waiting"), Some(&f));
+                            }
+                            self.publish();
+                        }
+                    }
+                }
+                if self.state == RolloutState::Progressing {
+                    self.schedule();
+                }
+            }
+            RolloutState::AwaitingApproval => {
+                if let Some(stats) = self.stats.clone() {
+                    let f = stats.figures();
+                    if let Some(reason) = gate::fail_fast(&self.def, &f, &self.def.to) {
+                        self.verdict = Some("failed");
+                        self.roll_back(reason, Some(f), true).await.ok();
+                        return;
+                    }
+                }
+                if self.approval_deadline.is_some_and(|d| now >= d) {
+                    let reason = format!(
+                        "approval not given within {}",
+                        format_duration(self.def.approval_timeout)
+                    );
+                    let f = self.stats.as_ref().map(|s| s.figures());
+                    self.roll_back(reason, f, true).await.ok();
+                    return;
+                }
+                self.schedule();
+            }
+            _ => self.next_check = None,
+        }
+    }
+
+    /// The step passed: next step, approval, or success.
+    async fn advance(&mut self, f: Figures) {
+        let result = if self.step >= self.last_step() {
+            self.succeed("the last step passed".into(), Some(f)).await
+        } else if self.def.approval {
+            match self
+                .commit(self.weight_of_step(self.step), RolloutState::AwaitingApproval, self.step, false)
+                .await
+            {
+                Ok(()) => {
+                    self.figures = Some(f);
+                    self.await_approval(true);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            self.enter_step(self.step + 1, "step", false).await
+        };
+        if let Err(e) = result {
+            // Hold at this step; the next check judges again and retries.
+            let msg = format!("step passed but cannot advance: {e}");
+            if self.reason.as_deref() != Some(msg.as_str()) {
+                tracing::error!(route = %self.route, error = %e, "rollout cannot advance; holding at the current step");
+                self.reason = Some(msg);
+                self.publish();
+            }
+        }
+    }
+
+    async fn succeed(&mut self, reason: String, f: Option<Figures>) -> Result<(), CommitError> {
+        let last = self.last_step();
+        self.commit(100, RolloutState::Succeeded, last, false).await?;
+        self.state = RolloutState::Succeeded;
+        self.step = last;
+        self.finish(reason, f, "succeeded");
+        Ok(())
+    }
+
+    /// Roll back: all traffic to the baseline. `force`: take effect in memory even when the
+    /// file cannot be written (automatic rollbacks); operator aborts follow the API rule.
+    async fn roll_back(&mut self, reason: String, f: Option<Figures>, force: bool) -> Result<(), CommitError> {
+        if let Err(e) = self.commit(0, RolloutState::RolledBack, self.step, force).await {
+            if force {
+                tracing::error!(route = %self.route, error = %e, "rollback could not be applied");
+            }
+            return Err(e);
+        }
+        self.state = RolloutState::RolledBack;
+        self.finish(reason, f, "rolled_back");
+        Ok(())
+    }
+
+    fn finish(&mut self, reason: String, f: Option<Figures>, result: &'static str) {
+        self.figures = f.or(self.figures);
+        self.reason = Some(reason);
+        self.approval_deadline = None;
+        self.paused_from = None;
+        self.install_stats(None);
+        self.next_check = None;
+        if let Some(rt) = self.rt.upgrade() {
+            rt.metrics.rollouts.with_label_values(&[&self.route, result]).inc();
+        }
+        self.publish();
+        self.emit(result, None, self.figures.as_ref());
+    }
+
+    fn conflict(&self, what: &str) -> ActionError {
+        ActionError::Conflict(format!(
+            "cannot {what}: the rollout of route {:?} is {}",
+            self.route,
+            self.state.as_str()
+        ))
+    }
+
+    async fn act(&mut self, action: Action) -> Result<Status, ActionError> {
+        use RolloutState::*;
+        let running = matches!(self.state, Progressing | Paused | AwaitingApproval);
+        match action {
+            Action::Start => {
+                if running {
+                    return Err(self.conflict("start (abort it first)"));
+                }
+                self.pending_start = false;
+                self.enter_step(0, "started", false).await.map_err(ActionError::Commit)?;
+            }
+            Action::Pause => {
+                if !matches!(self.state, Progressing | AwaitingApproval) {
+                    return Err(self.conflict("pause"));
+                }
+                self.commit(self.weight_of_step(self.step), Paused, self.step, false)
+                    .await
+                    .map_err(ActionError::Commit)?;
+                self.paused_from = Some(self.state);
+                self.state = Paused;
+                self.figures = self.stats.as_ref().map(|s| s.figures()).or(self.figures);
+                self.install_stats(None);
+                self.reason = Some("paused by operator".into());
+                self.next_check = None;
+                self.publish();
+                self.emit("paused", None, None);
+            }
+            Action::Resume => {
+                if self.state != Paused {
+                    return Err(self.conflict("resume"));
+                }
+                if self.paused_from == Some(AwaitingApproval) {
+                    self.commit(self.weight_of_step(self.step), AwaitingApproval, self.step, false)
+                        .await
+                        .map_err(ActionError::Commit)?;
+                    self.await_approval(false);
+                    self.emit("resumed", None, None);
+                } else {
+                    // The step starts over: a full interval of fresh statistics.
+                    self.enter_step(self.step, "resumed", false)
+                        .await
+                        .map_err(ActionError::Commit)?;
+                }
+            }
+            Action::Approve => {
+                if self.state != AwaitingApproval {
+                    return Err(self.conflict("approve"));
+                }
+                let next = (self.step + 1).min(self.last_step());
+                self.commit(self.weight_of_step(next), Progressing, next, false)
+                    .await
+                    .map_err(ActionError::Commit)?;
+                self.emit("approved", None, None);
+                self.enter_step(next, "step", true).await.map_err(ActionError::Commit)?;
+            }
+            Action::Promote => {
+                if !(running || self.state == Pending) {
+                    return Err(self.conflict("promote (start it again first)"));
+                }
+                let f = self.stats.as_ref().map(|s| s.figures());
+                self.succeed("promoted by operator".into(), f)
+                    .await
+                    .map_err(ActionError::Commit)?;
+            }
+            Action::Abort => {
+                if !(running || self.state == Pending) {
+                    return Err(self.conflict("abort"));
+                }
+                let f = self.stats.as_ref().map(|s| s.figures()).or(self.figures);
+                self.roll_back("aborted by operator".into(), f, false)
+                    .await
+                    .map_err(ActionError::Commit)?;
+            }
+        }
+        Ok(self.status.borrow().clone())
+    }
+}

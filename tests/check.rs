@@ -1,0 +1,419 @@
+//! `veer check --config FILE` run as the real binary: every shipped example passes with a
+//! one-line summary, and each kind of bad config gives its exact `FILE:LINE:COL: message`
+//! lines (every problem, in file order) and exit code 1.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Exit code and the non-empty output lines (stdout, then stderr).
+fn check_path(path: &Path) -> (i32, Vec<String>) {
+    let out = Command::new(support::veer_bin())
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .expect("run veer check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    (out.status.code().unwrap_or(-1), lines)
+}
+
+/// Check `text` written to a fresh file; the expected lines use `F` for the file's path.
+fn assert_errors(text: &str, expected: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("veer.toml");
+    std::fs::write(&path, text).unwrap();
+    let (code, lines) = check_path(&path);
+    let f = path.display().to_string();
+    let expected: Vec<String> = expected.iter().map(|e| format!("{f}:{e}")).collect();
+    assert_eq!(lines, expected, "for config:\n{text}");
+    assert_eq!(code, 1, "exit code for an invalid config");
+}
+
+/// A valid base: two pools and one route. Tests append to or edit it.
+const BASE: &str = r#"[pools.blue]
+backends = ["127.0.0.1:9001"]
+[pools.green]
+backends = ["127.0.0.1:9002"]
+[[routes]]
+name = "web"
+split = { blue = 90, green = 10 }
+"#;
+
+#[test]
+fn every_shipped_config_passes_with_a_one_line_summary() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.iter().any(|f| f.ends_with("example.toml")),
+        "config/example.toml is missing"
+    );
+    assert!(
+        files.len() >= 3,
+        "expected the annotated example and smaller ones: {files:?}"
+    );
+    for f in files {
+        let (code, lines) = check_path(&f);
+        assert_eq!(code, 0, "{} failed: {lines:?}", f.display());
+        assert_eq!(
+            lines.len(),
+            1,
+            "{}: want one summary line: {lines:?}",
+            f.display()
+        );
+        let want = format!("{}: ok: ", f.display());
+        assert!(lines[0].starts_with(&want), "{lines:?}");
+        assert!(
+            lines[0].contains("route(s)") && lines[0].contains("pool(s)"),
+            "{lines:?}"
+        );
+    }
+}
+
+#[test]
+fn example_covers_every_key() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"))
+        .unwrap();
+    // The [[tls.certificates]] block is commented out (its files must exist to pass check).
+    let keys = [
+        "listen",
+        "workers",
+        "tls_listen",
+        "header_read_timeout",
+        "request_timeout",
+        "idle_timeout",
+        "max_header_bytes",
+        "max_connections",
+        "drain_timeout",
+        "token_env",
+        "tls.certificates",
+        "cert",
+        "key",
+        "backends",
+        "weight",
+        "lb",
+        "connect_timeout",
+        "protocol",
+        "tls",
+        "health_check",
+        "path",
+        "interval",
+        "timeout",
+        "healthy_threshold",
+        "unhealthy_threshold",
+        "expect_status",
+        "circuit_breaker",
+        "consecutive_failures",
+        "open_for",
+        "half_open_requests",
+        "max_concurrent_requests",
+        "name",
+        "hosts",
+        "path_prefix",
+        "split",
+        "sticky",
+        "override",
+        "fallback",
+        "retry",
+        "attempts",
+        "backoff",
+        "idempotent_only",
+        "budget_percent",
+        "routes.rollout",
+        "to",
+        "steps",
+        "step_interval",
+        "min_requests",
+        "max_error_rate",
+        "max_p99",
+        "approval",
+        "approval_timeout",
+        "notify_url",
+    ];
+    for k in keys {
+        let set = [
+            format!("{k} ="),
+            format!("{k} = "),
+            format!("[{k}]"),
+            format!("[[{k}]]"),
+            format!(".{k}]"),
+            format!("{k}:"),
+        ];
+        assert!(
+            set.iter().any(|s| text.contains(s.as_str()))
+                || text.contains(&format!("{{ {k} ="))
+                || text.contains(&format!(", {k} =")),
+            "config/example.toml does not show {k:?}"
+        );
+    }
+}
+
+#[test]
+fn missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nope.toml");
+    let (code, lines) = check_path(&path);
+    assert_eq!(code, 1);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let want = format!("{}:1:1: cannot read config file: ", path.display());
+    assert!(lines[0].starts_with(&want), "{lines:?}");
+}
+
+#[test]
+fn invalid_toml() {
+    // The missing `]` is found where the next table starts.
+    assert_errors(
+        "[pools.blue]\nbackends = [\"127.0.0.1:9001\"\n[[routes]]\n",
+        &["3:1: invalid TOML: invalid array, expected `]`"],
+    );
+    assert_errors(
+        "[server]\nworkers = = 2\n",
+        &["2:11: invalid TOML: invalid string, expected `\"`, `'`"],
+    );
+}
+
+#[test]
+fn unknown_key() {
+    assert_errors(
+        &format!("[server]\nlisten = [\"127.0.0.1:8080\"]\nworkerz = 2\n{BASE}"),
+        &["3:1: unknown key \"workerz\" in [server]; did you mean \"workers\"?"],
+    );
+    assert_errors(
+        &format!("{BASE}colour = \"blue\"\n"),
+        &["8:1: unknown key \"colour\" in [routes.web]; expected one of: name, hosts, path_prefix, split, sticky, override, fallback, retry, rollout"],
+    );
+}
+
+#[test]
+fn several_unknown_keys_are_all_reported_in_file_order() {
+    let text = r#"[server]
+listen = ["127.0.0.1:8080"]
+liste = ["127.0.0.1:8081"]
+[admin]
+token = "secret"
+[pools.blue]
+backends = ["127.0.0.1:9001", { addr = "127.0.0.1:9002", wieght = 2 }]
+[pools.blue.health_check]
+paht = "/health"
+[[routes]]
+name = "web"
+split = { blue = 1 }
+retry = { attempts = 2, backof = "25ms" }
+surprise = true
+"#;
+    assert_errors(
+        text,
+        &[
+            "3:1: unknown key \"liste\" in [server]; did you mean \"listen\"?",
+            "5:1: unknown key \"token\" in [admin]; expected one of: listen, token_env",
+            "7:58: unknown key \"wieght\" in [pools.blue.backends[1]]; did you mean \"weight\"?",
+            "9:1: unknown key \"paht\" in [pools.blue.health_check]; did you mean \"path\"?",
+            "13:25: unknown key \"backof\" in [routes.web.retry]; did you mean \"backoff\"?",
+            "14:1: unknown key \"surprise\" in [routes.web]; expected one of: name, hosts, path_prefix, split, sticky, override, fallback, retry, rollout",
+        ],
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let text = format!(
+        "[server]\nrequest_timeout = \"3 parsecs\"\nidle_timeout = \"60\"\n{BASE}[routes.retry]\nbackoff = \"soon\"\n"
+    );
+    assert_errors(
+        &text,
+        &[
+            "2:19: server.request_timeout: unknown unit \" parsecs\" in duration \"3 parsecs\"; use ms, s, m or h",
+            "3:16: server.idle_timeout: duration \"60\" has no unit; write \"60s\" or \"60ms\"",
+            "12:11: routes.web.retry.backoff: invalid duration \"soon\"; expected a number and a unit (ms, s, m, h), like \"250ms\"",
+        ],
+    );
+}
+
+#[test]
+fn bad_address() {
+    let text = r#"[server]
+listen = ["127.0.0.1:8080", "localhost:80"]
+[admin]
+listen = "127.0.0.1"
+[pools.blue]
+backends = ["127.0.0.1:9001", { addr = "10.0.0.300:80" }]
+[[routes]]
+name = "web"
+split = { blue = 1 }
+"#;
+    assert_errors(
+        text,
+        &[
+            "2:29: server.listen: invalid address \"localhost:80\"; expected IP:PORT like \"127.0.0.1:8080\"",
+            "4:10: admin.listen: invalid address \"127.0.0.1\"; expected IP:PORT like \"127.0.0.1:8080\"",
+            "6:31: pools.blue.backends: invalid address \"10.0.0.300:80\"; expected IP:PORT like \"127.0.0.1:8080\"",
+        ],
+    );
+}
+
+#[test]
+fn split_naming_a_pool_that_does_not_exist() {
+    let text = BASE.replace(
+        "split = { blue = 90, green = 10 }",
+        "split = { blue = 90, gren = 10 }",
+    );
+    assert_errors(
+        &text,
+        &["7:22: routes.web.split: pool \"gren\" does not exist (pools: blue, green)"],
+    );
+}
+
+#[test]
+fn weights_all_zero() {
+    let text = BASE.replace(
+        "split = { blue = 90, green = 10 }",
+        "split = { blue = 0, green = 0 }",
+    );
+    assert_errors(
+        &text,
+        &["7:18: routes.web.split: all weights are zero; at least one pool needs a positive weight"],
+    );
+    // A backend weight of zero is out of range too.
+    let text = BASE.replace(
+        "backends = [\"127.0.0.1:9001\"]",
+        "backends = [{ addr = \"127.0.0.1:9001\", weight = 0 }]",
+    );
+    assert_errors(
+        &text,
+        &["2:13: pools.blue.backends: weight 0 of 127.0.0.1:9001 is out of range 1..=10000"],
+    );
+}
+
+#[test]
+fn duplicate_route_names() {
+    let text = format!(
+        "{BASE}[[routes]]\nname = \"web\"\npath_prefix = \"/api\"\nsplit = {{ green = 1 }}\n"
+    );
+    assert_errors(
+        &text,
+        &["9:8: routes: duplicate route name \"web\" (first defined on line 6)"],
+    );
+}
+
+#[test]
+fn two_routes_with_the_same_host_and_prefix() {
+    let text = r#"[pools.blue]
+backends = ["127.0.0.1:9001"]
+[[routes]]
+name = "a"
+hosts = ["shop.example.com", "*.example.com"]
+path_prefix = "/api"
+split = { blue = 1 }
+[[routes]]
+name = "b"
+hosts = ["www.example.com", "Shop.Example.com"]
+path_prefix = "/api"
+split = { blue = 1 }
+[[routes]]
+name = "c"
+split = { blue = 1 }
+[[routes]]
+name = "d"
+hosts = ["*"]
+path_prefix = "/"
+split = { blue = 1 }
+"#;
+    assert_errors(
+        text,
+        &[
+            "10:29: routes.b: host \"shop.example.com\" with path_prefix \"/api\" is already routed by route \"a\"",
+            "18:10: routes.d: host \"*\" with path_prefix \"/\" is already routed by route \"c\"",
+        ],
+    );
+}
+
+#[test]
+fn type_errors_point_at_the_value() {
+    let text = format!(
+        "[server]\nworkers = \"two\"\nmax_connections = 1.5\n{BASE}fallback = \"yes\"\nhosts = \"*\"\n"
+    );
+    assert_errors(
+        &text,
+        &[
+            "2:11: server.workers: expected an integer, found a string",
+            "3:19: server.max_connections: expected an integer, found a float",
+            "11:12: routes.web.fallback: expected a boolean (true or false), found a string",
+            "12:9: routes.web.hosts: expected an array of strings, found a string",
+        ],
+    );
+    let text = BASE.replace(
+        "backends = [\"127.0.0.1:9001\"]",
+        "backends = [\"127.0.0.1:9001\", 9002]\nconnect_timeout = 1",
+    );
+    assert_errors(
+        &text,
+        &[
+            "2:31: pools.blue.backends[1]: expected a string or a table, found an integer",
+            "3:19: pools.blue.connect_timeout: expected a duration string like \"250ms\", \"2s\" or \"1m\", found an integer",
+        ],
+    );
+}
+
+#[test]
+fn missing_required_keys() {
+    let text = "[pools.blue]\nlb = \"round_robin\"\n[[routes]]\nsplit = { blue = 1 }\n";
+    assert_errors(
+        text,
+        &[
+            "1:1: missing required key \"backends\" in [pools.blue]",
+            "3:1: missing required key \"name\" in [routes[0]]",
+        ],
+    );
+    assert_errors(
+        "",
+        &[
+            "1:1: no [pools.*] defined; at least one pool is required",
+            "1:1: no [[routes]] defined; at least one route is required",
+        ],
+    );
+}
+
+#[test]
+fn problems_across_sections_are_all_reported() {
+    let text = r#"[server]
+header_read_timeout = "ten seconds"
+max_header_bytes = 10
+[pools.blue]
+backends = ["127.0.0.1:9001", "127.0.0.1:9001"]
+lb = "random"
+[pools.blue.health_check]
+expect_status = "ok"
+[[routes]]
+name = "web"
+path_prefix = "api"
+split = { blue = 1, red = 1 }
+sticky = { cookie = "veer id" }
+"#;
+    assert_errors(
+        text,
+        &[
+            "2:23: server.header_read_timeout: invalid duration \"ten seconds\"; expected a number and a unit (ms, s, m, h), like \"250ms\"",
+            "3:20: server.max_header_bytes: 10 is out of range 1024..=16777216",
+            "5:31: pools.blue.backends: backend 127.0.0.1:9001 is listed twice",
+            "6:6: pools.blue.lb: unknown balancer \"random\"; expected \"round_robin\" or \"least_request\"",
+            "8:17: pools.blue.health_check.expect_status: invalid status range \"ok\"; expected like \"200-399\" or \"200\"",
+            "11:15: routes.web.path_prefix: \"api\" must start with '/'",
+            "12:21: routes.web.split: pool \"red\" does not exist (pools: blue)",
+            "13:21: routes.web.sticky.cookie: invalid cookie name \"veer id\"",
+        ],
+    );
+}

@@ -1,0 +1,429 @@
+//! The status page at admin `GET /`, in a real headless Chromium driven over the DevTools
+//! protocol: it renders every route's split and every backend, follows a weight change within
+//! 2 s, shows in-flight requests live, and asks for the admin token when the API wants one.
+//!
+//! Needs Debian's `chromium` (or `VEER_CHROMIUM=/path/to/chrome`). Without it these tests fail
+//! with a message saying so. `VEER_SCREENSHOT=FILE.png` saves a screenshot of the page.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Find the browser, or fail saying how to get one.
+fn chromium_path() -> PathBuf {
+    if let Ok(p) = std::env::var("VEER_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in [
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ] {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "the status page test needs a headless browser, and none was found on PATH: \
+         install Debian's chromium (`apt-get install -y chromium`) or set VEER_CHROMIUM"
+    );
+}
+
+/// A headless Chromium showing one page, driven over its DevTools websocket.
+struct Browser {
+    child: tokio::process::Child,
+    _profile: tempfile::TempDir,
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next_id: u64,
+}
+
+impl Browser {
+    async fn open(url: &str) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let child = tokio::process::Command::new(chromium_path())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--window-size=1280,900",
+                "--remote-debugging-port=0",
+                "--remote-allow-origins=*",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start chromium ({}): {e}", chromium_path().display())
+            });
+
+        // Chromium writes its DevTools port into the profile once it listens.
+        let port_file = profile.path().join("DevToolsActivePort");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port: u16 = loop {
+            if let Some(p) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+            {
+                break p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromium did not open its DevTools port within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let ws_url = loop {
+            let list = get(&format!("http://127.0.0.1:{port}/json/list")).await;
+            let targets: Value = serde_json::from_str(&list.body).unwrap_or(Value::Null);
+            let page = targets.as_array().and_then(|a| {
+                a.iter()
+                    .find(|t| {
+                        t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.starts_with(url))
+                    })
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
+            });
+            if let Some(ws) = page {
+                break ws;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromium never showed {url}: {}",
+                list.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+            .await
+            .expect("connect to the page's DevTools websocket");
+        Browser {
+            child,
+            _profile: profile,
+            ws,
+            next_id: 0,
+        }
+    }
+
+    /// Call a DevTools method and wait for its result (events in between are skipped).
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = json!({ "id": id, "method": method, "params": params }).to_string();
+        self.ws
+            .send(Message::Text(msg))
+            .await
+            .expect("send to DevTools");
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(m) = self.ws.next().await {
+                if let Ok(Message::Text(t)) = m {
+                    let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                    if v["id"] == id {
+                        return v;
+                    }
+                }
+            }
+            panic!("DevTools websocket closed");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("DevTools did not answer {method}"));
+        if let Some(e) = answer.get("error") {
+            panic!("DevTools {method} failed: {e}");
+        }
+        answer["result"].clone()
+    }
+
+    /// Evaluate a JavaScript expression in the page and return its value.
+    async fn eval(&mut self, expr: &str) -> Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": expr, "returnByValue": true, "awaitPromise": true }),
+            )
+            .await;
+        if let Some(ex) = r.get("exceptionDetails") {
+            panic!("page script failed: {expr}: {ex}");
+        }
+        r["result"]["value"].clone()
+    }
+
+    /// Poll `expr` until `ok` holds; return the value and how long it took.
+    async fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        expr: &str,
+        ok: impl Fn(&Value) -> bool,
+    ) -> (Value, Duration) {
+        let start = Instant::now();
+        loop {
+            let v = self.eval(expr).await;
+            if ok(&v) {
+                return (v, start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                let text = self
+                    .eval("document.body ? document.body.innerText : ''")
+                    .await;
+                panic!("timed out after {timeout:?} waiting for {what}; last value {v}; page text:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Save a PNG screenshot when `VEER_SCREENSHOT` names a file.
+    async fn maybe_screenshot(&mut self, suffix: &str) {
+        let Ok(path) = std::env::var("VEER_SCREENSHOT") else {
+            return;
+        };
+        let r = self
+            .call(
+                "Page.captureScreenshot",
+                json!({ "format": "png", "captureBeyondViewport": true }),
+            )
+            .await;
+        let png = base64_decode(r["data"].as_str().unwrap_or(""));
+        let path = if suffix.is_empty() {
+            path
+        } else {
+            path.replace(".png", &format!("-{suffix}.png"))
+        };
+        std::fs::write(&path, png).unwrap();
+    }
+
+    async fn close(mut self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.call("Browser.close", json!({})),
+        )
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        let _ = self.child.start_kill();
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes().filter_map(val) {
+        acc = (acc << 6) | u32::from(c);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// The pool weights of a route's bar, as the page shows them.
+const WEB_WEIGHTS: &str = r#"JSON.stringify([...document.querySelectorAll('[data-route="web"] .bar [data-pool]')]
+    .map(e => e.dataset.pool + "=" + e.dataset.weight))"#;
+
+async fn two_pools(slow_release: Arc<tokio::sync::Notify>) -> (Veer, Vec<Upstream>) {
+    let blue = upstream("blue").await;
+    let green = upstream("green").await;
+    let slow = upstream_with(move |_req| {
+        let r = slow_release.clone();
+        async move {
+            r.notified().await;
+            respond(200, "slow")
+        }
+    })
+    .await;
+    let config = format!(
+        r#"
+[pools.blue]
+backends = ["{}"]
+[pools.green]
+backends = ["{}"]
+[pools.batch]
+backends = ["{}"]
+
+[[routes]]
+name = "web"
+hosts = ["*"]
+path_prefix = "/"
+split = {{ blue = 90, green = 10 }}
+
+[[routes]]
+name = "reports"
+hosts = ["*"]
+path_prefix = "/reports"
+split = {{ batch = 1 }}
+"#,
+        blue.addr, green.addr, slow.addr
+    );
+    (start_veer(&config).await, vec![blue, green, slow])
+}
+
+#[tokio::test]
+async fn page_renders_routes_and_follows_a_weight_change() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (veer, ups) = two_pools(release.clone()).await;
+    let page = get(&veer.admin_url("/")).await;
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    // Self-contained: nothing loaded from anywhere else.
+    for external in ["src=\"http", "href=\"http", "@import", "url(http"] {
+        assert!(
+            !page.body.contains(external),
+            "page loads an external asset: {external}"
+        );
+    }
+
+    let mut b = Browser::open(&veer.admin_url("/")).await;
+    let (weights, _) = b
+        .wait_for(
+            "the web route's bar",
+            Duration::from_secs(15),
+            WEB_WEIGHTS,
+            |v| v != "[]",
+        )
+        .await;
+    assert_eq!(weights, "[\"blue=90\",\"green=10\"]");
+    let text = b.eval("document.body.innerText").await;
+    let text = text.as_str().unwrap();
+    for needle in [
+        "web", "reports", "blue", "green", "batch", "90%", "10%", "healthy", "closed",
+    ] {
+        assert!(text.contains(needle), "page lacks {needle:?}:\n{text}");
+    }
+    for u in &ups {
+        assert!(
+            text.contains(&u.addr.to_string()),
+            "page lacks backend {}:\n{text}",
+            u.addr
+        );
+    }
+    b.maybe_screenshot("").await;
+
+    // A weight change shows within 2 s.
+    let rt = veer.rt().clone();
+    let mut c = (*rt.config()).clone();
+    c.route_mut("web").unwrap().split = vec![("blue".into(), 25), ("green".into(), 75)];
+    rt.apply(c).expect("apply");
+    let (_, took) = b
+        .wait_for("the new split", Duration::from_secs(2), WEB_WEIGHTS, |v| {
+            v == "[\"blue=25\",\"green=75\"]"
+        })
+        .await;
+    assert!(took <= Duration::from_secs(2), "took {took:?}");
+
+    // In-flight requests show live.
+    let url = veer.url("/reports/q3");
+    let pending = tokio::spawn(async move { get(&url).await });
+    let slow = ups[2].addr.to_string();
+    let in_flight = format!(
+        r#"(document.querySelector('[data-pool-card="batch"] [data-backend="{slow}"] td:nth-child(5)') || {{}}).textContent"#
+    );
+    b.wait_for("in-flight 1", Duration::from_secs(3), &in_flight, |v| {
+        v == "1"
+    })
+    .await;
+    release.notify_one();
+    assert_eq!(pending.await.unwrap().status, 200);
+    b.wait_for("in-flight 0", Duration::from_secs(3), &in_flight, |v| {
+        v == "0"
+    })
+    .await;
+    b.close().await;
+    veer.shutdown().await;
+}
+
+#[tokio::test]
+async fn page_asks_for_the_token_and_then_shows_the_status() {
+    let env = "VEER_STATUS_PAGE_TEST_TOKEN";
+    // Only this test reads this variable.
+    std::env::set_var(env, "s3cret-token");
+    let up = upstream("blue").await;
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"{env}\"\n[pools.blue]\nbackends = [\"{}\"]\n[[routes]]\nname = \"web\"\nsplit = {{ blue = 1 }}\n",
+        up.addr
+    );
+    let veer = start_veer(&config).await;
+    assert_eq!(
+        get(&veer.admin_url("/api/status")).await.status,
+        401,
+        "the admin API should want the token"
+    );
+    // The page itself is public; only its data needs the token.
+    assert_eq!(get(&veer.admin_url("/")).await.status, 200);
+
+    let mut b = Browser::open(&veer.admin_url("/")).await;
+    let login_shown = "!document.getElementById('login').hidden";
+    b.wait_for(
+        "the token prompt",
+        Duration::from_secs(15),
+        login_shown,
+        |v| v == true,
+    )
+    .await;
+    assert_eq!(
+        b.eval("document.querySelectorAll('[data-route]').length")
+            .await,
+        0
+    );
+    b.maybe_screenshot("login").await;
+
+    // A wrong token is refused and asked for again.
+    let submit = |t: &str| {
+        format!(
+            "document.getElementById('token').value = {t:?}; \
+             document.getElementById('login-form').requestSubmit(); true"
+        )
+    };
+    b.eval(&submit("wrong")).await;
+    b.wait_for(
+        "the refusal",
+        Duration::from_secs(5),
+        "document.getElementById('login-err').textContent",
+        |v| v.as_str().is_some_and(|s| s.contains("refused")),
+    )
+    .await;
+
+    b.eval(&submit("s3cret-token")).await;
+    b.wait_for("the routes", Duration::from_secs(5), WEB_WEIGHTS, |v| {
+        v == "[\"blue=1\"]"
+    })
+    .await;
+    assert_eq!(b.eval(login_shown).await, false);
+    assert_eq!(
+        b.eval("sessionStorage.getItem('veer-admin-token')").await,
+        "s3cret-token"
+    );
+    b.close().await;
+    veer.shutdown().await;
+}
