@@ -25,8 +25,7 @@ export VEER_CMD_PREFIX="env VEER_WORKERS=1 VEER_LOG=warn"
 
 # compare.sh fills in @LISTEN@, @B1@ and @B2@. The health endpoint is any path: the nginx
 # backends answer 200 everywhere.
-RESILIENCE=$(mktemp /tmp/veer-bench-resilience.XXXX.toml)
-trap 'rm -f "$RESILIENCE"' EXIT
+RESILIENCE=$(mktemp /tmp/veer-bench-resilience.XXXX)
 cat >"$RESILIENCE" <<'EOF'
 [server]
 listen = ["@LISTEN@"]
@@ -58,16 +57,60 @@ name = "bench"
 split = { blue = 90, green = 10 }
 EOF
 
-run() {
-  echo "=== $1: $ROUNDS rounds x ${SECS}s, $CONNS connections ==="
-  bash "$COMPARE" "$ROUNDS" "$SECS" "$CONNS"
+# One compare.sh run; its per-round lines ("ROUND NAME RPS P50 P99 CPU_US ...") are also kept,
+# tagged with the mode, for the summary.
+RESULTS=$(mktemp /tmp/veer-bench-results.XXXX)
+trap 'rm -f "$RESILIENCE" "$RESULTS"' EXIT
+run() { # MODE ROUNDS [template]
+  local mode=$1 rounds=$2
+  echo "=== $mode: $rounds round(s) x ${SECS}s, $CONNS connections ==="
+  VEER_CONFIG_TEMPLATE=${3:-} bash "$COMPARE" "$rounds" "$SECS" "$CONNS" | tee /dev/stderr |
+    awk -v m="$mode" '$1 ~ /^[0-9]+$/ && $3 ~ /^[0-9.]+$/ {print m, $0}' >>"$RESULTS"
 }
 case "$MODE" in
-  plain) run plain ;;
-  resilience) VEER_CONFIG_TEMPLATE=$RESILIENCE run "resilience (health checks + breakers)" ;;
+  plain) run plain "$ROUNDS" ;;
+  resilience) run resilience "$ROUNDS" "$RESILIENCE" ;;
   both)
-    run plain
-    VEER_CONFIG_TEMPLATE=$RESILIENCE run "resilience (health checks + breakers)"
+    # Alternate the two modes round by round so machine drift hits both alike.
+    for _ in $(seq "$ROUNDS"); do
+      run plain 1
+      run resilience 1 "$RESILIENCE"
+    done
     ;;
   *) echo "unknown mode $MODE (plain, resilience or both)" >&2; exit 2 ;;
-esac
+esac 2>&1
+
+echo "=== summary: medians over all rounds, wrk -t1 -c$CONNS -d${SECS}s ==="
+python3 - "$RESULTS" <<'PY'
+import re, statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+def ms(s):
+    m = re.match(r'([\d.]+)(us|ms|s)', s); v = float(m.group(1))
+    return v / 1000 if m.group(2) == 'us' else v * 1000 if m.group(2) == 's' else v
+med = {}
+for mode in dict.fromkeys(r[0] for r in rows):
+    for name in dict.fromkeys(r[2] for r in rows if r[0] == mode):
+        rr = [r for r in rows if r[0] == mode and r[2] == name]
+        med[mode, name] = dict(n=len(rr), rps=statistics.median(float(r[3]) for r in rr),
+                               p50=statistics.median(ms(r[4]) for r in rr),
+                               p99=statistics.median(ms(r[5]) for r in rr),
+                               cpu=statistics.median(float(r[6]) for r in rr))
+print(f"{'mode':11s} {'target':8s} {'rounds':>6s} {'req/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'cpu/req us':>10s}")
+for (mode, name), m in med.items():
+    cpu = f"{m['cpu']:10.2f}" if name != 'direct' else f"{'-':>10s}"
+    print(f"{mode:11s} {name:8s} {m['n']:6d} {m['rps']:9.0f} {m['p50']:7.3f} {m['p99']:7.3f} {cpu}")
+for mode in dict.fromkeys(k[0] for k in med):
+    v = med.get((mode, 'veer'))
+    if not v: continue
+    for other in ('haproxy', 'nginx', 'caddy'):
+        o = med.get((mode, other))
+        if o:
+            print(f"{mode}: veer/{other}: rps {v['rps']/o['rps']:.2f}  p99 {v['p99']/o['p99']:.2f}  cpu/req {v['cpu']/o['cpu']:.2f}")
+p, r = med.get(('plain', 'veer')), med.get(('resilience', 'veer'))
+if p and r:
+    print(f"veer resilience/plain: rps {r['rps']/p['rps']:.3f}  cpu/req {r['cpu']/p['cpu']:.3f}  p99 {r['p99']/p['p99']:.3f}")
+    # Against HAProxy in the same runs, which cancels drift between rounds.
+    hp, hr = med.get(('plain', 'haproxy')), med.get(('resilience', 'haproxy'))
+    if hp and hr:
+        print(f"  normalised by haproxy in the same runs: rps {(r['rps']/hr['rps'])/(p['rps']/hp['rps']):.3f}  cpu/req {(r['cpu']/hr['cpu'])/(p['cpu']/hp['cpu']):.3f}")
+PY

@@ -444,6 +444,12 @@ pub fn render_split(route: &str, v: &Value) -> String {
 
 /// `veer reload`: what the reload changed.
 pub fn render_reload(v: &Value) -> String {
+    if v["changed"] == Value::Bool(false) {
+        return match v["version"].as_u64() {
+            Some(n) => format!("reloaded: no changes (config v{n} stays live)\n"),
+            None => "reloaded: no changes\n".to_string(),
+        };
+    }
     let mut out = match v["version"].as_u64() {
         Some(n) => format!("reloaded: config v{n}\n"),
         None => "reloaded\n".to_string(),
@@ -463,6 +469,8 @@ pub fn render_reload(v: &Value) -> String {
     list("routes removed", "routes_removed", &mut out);
     list("backends added", "added", &mut out);
     list("backends removed (draining)", "removed", &mut out);
+    list("listeners added", "listeners_added", &mut out);
+    list("listeners removed", "listeners_removed", &mut out);
     if let Some(w) = v["weights_changed"].as_object() {
         for (route, split) in w {
             changed = true;
@@ -482,17 +490,24 @@ pub fn render_rollout_answer(route: &str, action: &str, v: &Value) -> String {
     } else {
         v
     };
-    if ro["state"].is_string() {
-        let mut parts = vec![text(&ro["state"])];
-        for s in [step_text(ro), weight_text(ro), detail_text(ro)] {
-            if !s.is_empty() && s != "-" {
-                parts.push(s);
-            }
-        }
-        format!("{route}: rollout {}\n", parts.join(", "))
-    } else {
-        format!("{route}: rollout {action}: ok\n")
+    if !ro["state"].is_string() {
+        return format!("{route}: rollout {action}: ok\n");
     }
+    let mut line = format!("{route}: rollout {}", text(&ro["state"]));
+    let step = step_text(ro);
+    if step != "-" {
+        line.push_str(&format!(" at step {step}"));
+    }
+    let weight = weight_text(ro);
+    if weight != "-" {
+        line.push_str(&format!(" ({weight})"));
+    }
+    let detail = detail_text(ro);
+    if detail != "-" {
+        line.push_str(&format!("; {detail}"));
+    }
+    line.push('\n');
+    line
 }
 
 /// A JSON scalar as plain text (strings without quotes, null as `-`).
@@ -597,7 +612,7 @@ fn detail_text(ro: &Value) -> String {
         if let Some(gate) = g.as_object() {
             let figures: Vec<String> = gate
                 .iter()
-                .filter(|(_, v)| !v.is_object() && !v.is_array() && !v.is_null())
+                .filter(|(k, v)| !v.is_object() && !v.is_array() && !v.is_null() && *k != "reason")
                 .map(|(k, v)| format!("{k}={}", text(v)))
                 .collect();
             if !figures.is_empty() {
@@ -785,6 +800,16 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(1_709_210_096), "2024-02-29 12:34:56 UTC");
         assert_eq!(ago(125), "2m 5s");
+        let ro = serde_json::json!({"state": "paused", "step": 0, "steps": [5, 100], "to": "green", "weight": 5,
+                                    "gate": {"reason": "paused by operator"}});
+        assert_eq!(
+            render_rollout_answer("web", "pause", &ro),
+            "web: rollout paused at step 1/2 (green 5%); paused by operator\n"
+        );
+        assert_eq!(
+            render_rollout_answer("web", "pause", &Value::Null),
+            "web: rollout pause: ok\n"
+        );
         assert_eq!(
             render_split("web", &serde_json::json!({"blue": 1, "green": 1})),
             "web: blue=1 (50%)  green=1 (50%)\n"
@@ -792,6 +817,22 @@ mod tests {
         assert_eq!(
             render_reload(&serde_json::json!({"version": 2})),
             "reloaded: config v2\n  no changes\n"
+        );
+        assert_eq!(
+            render_reload(&serde_json::json!({"changed": false, "version": 2})),
+            "reloaded: no changes (config v2 stays live)\n"
+        );
+        let v = serde_json::json!({
+            "changed": true, "version": 3, "routes_added": ["api"], "routes_removed": [],
+            "weights_changed": {"web": {"blue": 60, "green": 40}},
+            "added": ["green/127.0.0.1:9101"], "removed": ["blue/127.0.0.1:9002"],
+            "listeners_added": ["http://127.0.0.1:8081"], "listeners_removed": []
+        });
+        assert_eq!(
+            render_reload(&v),
+            "reloaded: config v3\n  routes added: api\n  backends added: green/127.0.0.1:9101\n  \
+             backends removed (draining): blue/127.0.0.1:9002\n  listeners added: http://127.0.0.1:8081\n  \
+             split of web: blue=60 (60%)  green=40 (40%)\n"
         );
     }
 }

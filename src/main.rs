@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use veer::config::Config;
 
@@ -204,7 +204,7 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
         .context("cannot start the tokio runtime")
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
             for w in &c.warnings {

@@ -720,6 +720,52 @@ async fn websocket_echo_through_the_proxy() {
     let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(m.into_data(), big);
     ws.close(None).await.unwrap();
+    drop(ws);
+    veer.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_tunnel_counts_as_a_connection_and_is_cut_by_a_drain() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let up = ws_echo_upstream().await;
+    let veer = start_veer(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 1\n\
+         [pools.ws]\nbackends = [\"{up}\"]\n[[routes]]\nname = \"ws\"\nsplit = {{ ws = 1 }}\n",
+    ))
+    .await;
+    let tcp = TcpStream::connect(veer.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/chat", veer.addr), tcp)
+        .await
+        .unwrap();
+    ws.send(Message::text("one")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap(), "one");
+    // The tunnel holds the only connection slot.
+    let mut other = TcpStream::connect(veer.addr).await.unwrap();
+    other.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(400), read_response(&mut other)).await;
+    assert!(waited.is_err(), "served beside an open tunnel with max_connections = 1");
+    // Draining the backend cuts the tunnel at the drain timeout.
+    let started = Instant::now();
+    veer.rt().registry.set_draining("ws", up, true, Duration::from_millis(300));
+    let end = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(m)) if m.is_close() => return,
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "tunnel still open after the drain timeout");
+    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+    // The slot is free again: the waiting connection is served (503: its only backend drains).
+    let (head, _) = tokio::time::timeout(Duration::from_secs(3), read_response(&mut other))
+        .await
+        .expect("slot not released when the tunnel ended")
+        .unwrap();
+    assert_eq!(status_of(&head), 503, "{head}");
     veer.shutdown().await;
 }
 
@@ -747,11 +793,17 @@ async fn malformed_requests_get_400_and_never_reach_the_upstream() {
         // HTTP/1.1 without Host, and with two.
         b"GET / HTTP/1.1\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: evil.example/x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: user@app\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: app app\r\n\r\n",
         b"POST / HTTP/1.0\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     ];
     for req in bad {
+        let started = Instant::now();
         let resp = raw(veer.addr, req, Duration::from_secs(3)).await;
         assert_eq!(status_of(&resp), 400, "{:?} got {resp:?}", String::from_utf8_lossy(req));
+        // `raw` reads until the peer closes: the connection is not kept after a 400.
+        assert!(started.elapsed() < Duration::from_secs(2), "kept open after 400: {:?}", String::from_utf8_lossy(req));
     }
     assert_eq!(up.hits(), 0, "a malformed request reached the upstream");
     // And a good one on the same proxy does reach it.
@@ -955,7 +1007,7 @@ async fn keep_alive_outlives_header_read_timeout_while_idle() {
     let up = upstream("app").await;
     let veer = start_veer(&one_pool(
         up.addr,
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"5s\"\n",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nheader_read_timeout = \"200ms\"\nidle_timeout = \"5s\"\n",
     ))
     .await;
     let mut s = TcpStream::connect(veer.addr).await.unwrap();
@@ -965,7 +1017,7 @@ async fn keep_alive_outlives_header_read_timeout_while_idle() {
         assert_eq!(status_of(&head), 200);
         assert_eq!(body, b"app");
         // Idle between requests for longer than header_read_timeout, within idle_timeout.
-        tokio::time::sleep(Duration::from_millis(900)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
     }
     veer.shutdown().await;
 }
@@ -1037,5 +1089,87 @@ async fn h2c_prior_knowledge_downstream() {
         assert_eq!(echoed_get(&seen, "host"), [veer.addr.to_string().as_str()], "{body}");
         assert_eq!(echoed_get(&seen, "x-forwarded-host"), [veer.addr.to_string().as_str()]);
     }
+    veer.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_drain_timeout_cuts_a_stalled_response_body() {
+    use futures_util::StreamExt;
+    let up = upstream_with(|_req| async {
+        // One chunk, then silence: a long poll or an event stream.
+        let s = futures_util::stream::once(async { Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from_static(b"first"))) })
+            .chain(futures_util::stream::pending());
+        http::Response::new(BodyExt::boxed(http_body_util::StreamBody::new(s)))
+    })
+    .await;
+    let veer = start_veer(&one_pool(up.addr, "")).await;
+    let resp = client()
+        .request(Request::get(veer.url("/events")).body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first");
+    let backend = veer.rt().registry.get("app", up.addr).unwrap();
+    assert_eq!(backend.in_flight(), 1);
+    let started = Instant::now();
+    veer.rt().registry.set_draining("app", up.addr, true, Duration::from_millis(300));
+    let next = tokio::time::timeout(Duration::from_secs(3), body.frame()).await;
+    assert!(next.is_ok(), "stalled body not cut by the drain timeout");
+    assert!(!matches!(next, Ok(Some(Ok(_)))), "{next:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+    eventually("lease released", Duration::from_secs(2), || backend.in_flight() == 0).await;
+    veer.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_upload_is_not_cut_by_request_timeout() {
+    // request_timeout runs until the response headers once the request is sent; an upload
+    // still arriving is not a slow upstream.
+    let up = counting_upstream().await;
+    let veer = start_veer(&one_pool(
+        up.addr,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nrequest_timeout = \"400ms\"\n",
+    ))
+    .await;
+    let mut s = TcpStream::connect(veer.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\n").await.unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        s.write_all(b"x").await.unwrap();
+    }
+    let (head, body) = tokio::time::timeout(Duration::from_secs(5), read_response(&mut s))
+        .await
+        .unwrap()
+        .expect("a response");
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(body, b"10");
+    veer.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stalled_upload_gets_408_and_does_not_count_against_the_backend() {
+    let up = counting_upstream().await;
+    let veer = start_veer(&one_pool(
+        up.addr,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nrequest_timeout = \"200ms\"\n",
+    ))
+    .await;
+    let backend = veer.rt().registry.get("app", up.addr).unwrap();
+    // As many stalled uploads as the breaker's consecutive_failures (5).
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(veer.addr).await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\nhalf").await.unwrap();
+        let started = Instant::now();
+        let (head, _) = tokio::time::timeout(Duration::from_secs(5), read_response(&mut s))
+            .await
+            .expect("a stalled upload is never answered")
+            .expect("closed without an answer");
+        assert_eq!(status_of(&head), 408, "{head}");
+        assert!(started.elapsed() >= Duration::from_millis(180), "{:?}", started.elapsed());
+    }
+    assert_eq!(backend.breaker.state().as_str(), "closed", "slow clients tripped the backend's breaker");
+    assert_eq!(get(&veer.url("/")).await.status, 200);
     veer.shutdown().await;
 }

@@ -252,7 +252,9 @@ async fn under_load_reloads_and_swaps_fail_no_request() {
     let configs = [
         with_listeners(&two_pools(&[b1.addr, b2.addr], &[g1.addr, g2.addr], 70, 30)),
         with_listeners(&two_pools(&[b1.addr, b3.addr], &[g1.addr, g3.addr], 30, 70)),
-        with_listeners(&two_pools(&[b1.addr, b2.addr, b3.addr], &[g2.addr, g3.addr], 50, 50)),
+        // Whole pools replaced (a deploy to new addresses).
+        with_listeners(&two_pools(&[b2.addr], &[g2.addr], 50, 50)),
+        with_listeners(&two_pools(&[b1.addr, b2.addr, b3.addr], &[g3.addr], 60, 40)),
     ];
     let v = start_veer(&configs[0]).await;
     let url: http::Uri = v.url("/load").parse().unwrap();

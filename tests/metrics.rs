@@ -220,7 +220,7 @@ async fn every_spec_metric_and_label_after_traffic() {
             "histogram",
             &["pool", "route"],
         ),
-        ("veerupstream_in_flight", "gauge", &["backend", "pool"]),
+        ("veer_upstream_in_flight", "gauge", &["backend", "pool"]),
         ("veer_backend_healthy", "gauge", &["backend", "pool"]),
         ("veer_circuit_breaker_state", "gauge", &["backend", "pool"]),
         (
@@ -295,7 +295,7 @@ async fn every_spec_metric_and_label_after_traffic() {
     assert_eq!(b("veer_backend_healthy", "sick", &sick), 0.0);
     assert_eq!(b("veer_circuit_breaker_state", "blue", &blue), 0.0);
     assert_eq!(b("veer_backend_draining", "green", &green), 0.0);
-    assert_eq!(b("veerupstream_in_flight", "blue", &blue), 0.0);
+    assert_eq!(b("veer_upstream_in_flight", "blue", &blue), 0.0);
     assert_eq!(b("veer_circuit_breaker_trips_total", "dead", &dead), 0.0);
 
     // Routes: weights from the config; no rollout; counters exported from zero.
@@ -348,7 +348,7 @@ async fn in_flight_gauge_follows_a_slow_request() {
     let labels = [("pool", "slow"), ("backend", addr.as_str())];
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        if scrape(&veer).await.get("veerupstream_in_flight", &labels) == Some(1.0) {
+        if scrape(&veer).await.get("veer_upstream_in_flight", &labels) == Some(1.0) {
             break;
         }
         assert!(
@@ -360,7 +360,7 @@ async fn in_flight_gauge_follows_a_slow_request() {
     release.notify_one();
     assert_eq!(pending.await.unwrap().status, 200);
     assert_eq!(
-        scrape(&veer).await.value("veerupstream_in_flight", &labels),
+        scrape(&veer).await.value("veer_upstream_in_flight", &labels),
         0.0
     );
     veer.shutdown().await;
@@ -451,7 +451,7 @@ async fn random_paths_and_hosts_add_no_series() {
 
 #[tokio::test]
 async fn series_follow_the_config() {
-    let (veer, ups, _dead) = setup().await;
+    let (veer, _ups, _dead) = setup().await;
     let rt = veer.rt().clone();
     assert_eq!(get(&veer.url("/broken")).await.status, 502);
     let m = scrape(&veer).await;

@@ -154,18 +154,25 @@ impl Browser {
         answer["result"].clone()
     }
 
-    /// Evaluate a JavaScript expression in the page and return its value.
-    async fn eval(&mut self, expr: &str) -> Value {
+    /// Evaluate a JavaScript expression in the page: its value, or the exception it threw.
+    async fn try_eval(&mut self, expr: &str) -> Result<Value, Value> {
         let r = self
             .call(
                 "Runtime.evaluate",
                 json!({ "expression": expr, "returnByValue": true, "awaitPromise": true }),
             )
             .await;
-        if let Some(ex) = r.get("exceptionDetails") {
-            panic!("page script failed: {expr}: {ex}");
+        match r.get("exceptionDetails") {
+            Some(ex) => Err(ex.clone()),
+            None => Ok(r["result"]["value"].clone()),
         }
-        r["result"]["value"].clone()
+    }
+
+    /// Evaluate a JavaScript expression in the page and return its value.
+    async fn eval(&mut self, expr: &str) -> Value {
+        self.try_eval(expr)
+            .await
+            .unwrap_or_else(|ex| panic!("page script failed: {expr}: {ex}"))
     }
 
     /// Poll `expr` until `ok` holds; return the value and how long it took.
@@ -178,7 +185,8 @@ impl Browser {
     ) -> (Value, Duration) {
         let start = Instant::now();
         loop {
-            let v = self.eval(expr).await;
+            // Until the page has loaded, its elements are missing and the expression may throw.
+            let v = self.try_eval(expr).await.unwrap_or(Value::Null);
             if ok(&v) {
                 return (v, start.elapsed());
             }
@@ -424,6 +432,86 @@ async fn page_asks_for_the_token_and_then_shows_the_status() {
         b.eval("sessionStorage.getItem('veer-admin-token')").await,
         "s3cret-token"
     );
+    b.close().await;
+    veer.shutdown().await;
+}
+
+#[tokio::test]
+async fn page_shows_rollout_progress_and_backend_trouble() {
+    let blue = upstream("blue").await;
+    let green = upstream("green").await;
+    let spare = upstream("spare").await;
+    let dead = dead_addr().await;
+    let config = format!(
+        r#"
+[pools.blue]
+backends = ["{}", "{}"]
+[pools.green]
+backends = ["{}", "{dead}"]
+[pools.green.health_check]
+path = "/"
+interval = "100ms"
+timeout = "100ms"
+healthy_threshold = 1
+unhealthy_threshold = 1
+
+[[routes]]
+name = "web"
+split = {{ blue = 95, green = 5 }}
+[routes.rollout]
+to = "green"
+steps = [5, 25, 50, 100]
+step_interval = "1h"
+min_requests = 1000
+"#,
+        blue.addr, spare.addr, green.addr
+    );
+    let veer = start_veer(&config).await;
+    let drained = send(
+        http::Request::post(
+            veer.admin_url(&format!("/api/pools/blue/backends/{}/drain", spare.addr)),
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(drained.status, 202, "{}", drained.body);
+
+    let mut b = Browser::open(&veer.admin_url("/")).await;
+    let rollout = r#"(document.querySelector('[data-route="web"] [data-rollout]') || {dataset: {}}).dataset.rollout"#;
+    b.wait_for("the rollout", Duration::from_secs(15), rollout, |v| {
+        v == "progressing"
+    })
+    .await;
+    // The first of four steps is the current one.
+    let current =
+        "(document.querySelector('[data-route=\"web\"] .step.now') || {dataset: {}}).dataset.step";
+    b.wait_for("the current step", Duration::from_secs(5), current, |v| {
+        v == "0"
+    })
+    .await;
+    let dead_row =
+        format!(r#"(document.querySelector('[data-backend="{dead}"]') || {{}}).innerText"#);
+    b.wait_for(
+        "the dead backend marked unhealthy",
+        Duration::from_secs(5),
+        &dead_row,
+        |v| v.as_str().is_some_and(|t| t.contains("unhealthy")),
+    )
+    .await;
+    let text = b.eval("document.body.innerText").await;
+    let text = text.as_str().unwrap();
+    for needle in [
+        "Rollout",
+        "progressing",
+        "green at 5%",
+        "requests",
+        "1 of 2 taking traffic",
+        "draining",
+    ] {
+        assert!(text.contains(needle), "page lacks {needle:?}:\n{text}");
+    }
+    b.maybe_screenshot("rollout").await;
     b.close().await;
     veer.shutdown().await;
 }

@@ -861,14 +861,16 @@ fn build_route(
         });
         let step = match &r.step {
             None => None,
-            Some(s) if *s.get_ref() >= 0 && (*s.get_ref() as usize) < steps.len().max(1) => {
-                Some(*s.get_ref() as usize)
+            // Written by veer. Editing `steps` to fewer entries may leave it past the end:
+            // that is a changed definition, which starts anew, so clamp rather than refuse.
+            Some(s) if *s.get_ref() >= 0 => {
+                Some((*s.get_ref() as usize).min(steps.len().saturating_sub(1)))
             }
             Some(s) => {
                 cx.err(
                     s.span(),
                     format!(
-                        "{}: step index {} is outside steps",
+                        "{}: step index {} is negative",
                         field("rollout.step"),
                         s.get_ref()
                     ),

@@ -5,8 +5,10 @@ use crate::upstream::Lease;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Errors while streaming a response body.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -14,11 +16,25 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// A downstream response body.
 #[derive(Debug)]
 pub enum ProxyBody {
-    Upstream { body: Incoming, lease: Option<Lease> },
+    Upstream {
+        body: Incoming,
+        lease: Option<Lease>,
+        /// Armed the first time the upstream makes us wait: resolves when a drain timeout
+        /// or shutdown cuts the backend. Lazy, so a response that arrives whole costs nothing.
+        cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    },
     Full(Option<Bytes>),
 }
 
 impl ProxyBody {
+    /// Stream an upstream body, holding the backend lease until it ends.
+    pub fn upstream(body: Incoming, lease: Lease) -> Self {
+        ProxyBody::Upstream {
+            body,
+            lease: Some(lease),
+            cut: None,
+        }
+    }
     pub fn full(b: impl Into<Bytes>) -> Self {
         ProxyBody::Full(Some(b.into()))
     }
@@ -37,12 +53,24 @@ impl Body for ProxyBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, lease } => {
-                if lease.as_ref().is_some_and(|l| l.backend.closed.is_cancelled()) {
-                    lease.take();
-                    return Poll::Ready(Some(Err(Box::new(DrainCut))));
+            ProxyBody::Upstream { body, lease, cut } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                // Only a response that makes us wait needs watching for a drain cut; the
+                // watch is armed once, on the first wait.
+                if polled.is_pending() {
+                    if let Some(l) = lease.as_ref() {
+                        let c = cut.get_or_insert_with(|| {
+                            Box::pin(CancellationToken::clone(&l.backend.cut_token()).cancelled_owned())
+                        });
+                        if c.as_mut().poll(cx).is_ready() {
+                            lease.take();
+                            cut.take();
+                            return Poll::Ready(Some(Err(Box::new(DrainCut))));
+                        }
+                    }
+                    return Poll::Pending;
                 }
-                match Pin::new(body).poll_frame(cx) {
+                match polled {
                     Poll::Ready(None) => {
                         // Done: the backend's in-flight count drops now, not when hyper
                         // gets round to dropping the body.

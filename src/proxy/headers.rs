@@ -76,14 +76,23 @@ static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Append the client to `X-Forwarded-For`; set `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, scheme: &'static str, host: Option<&HeaderValue>) {
-    let ip = client.to_string();
-    let joined: Option<String> = {
-        let prior: Vec<&str> = h.get_all(&XFF).iter().filter_map(|v| v.to_str().ok()).collect();
-        (!prior.is_empty()).then(|| format!("{}, {ip}", prior.join(", ")))
-    };
-    let xff = HeaderValue::from_str(joined.as_deref().unwrap_or(&ip))
-        .unwrap_or_else(|_| HeaderValue::from_str(&ip).expect("an IP is a header value"));
-    h.insert(XFF.clone(), xff);
+    use std::fmt::Write;
+    // One string, one allocation: prior hops (all X-Forwarded-For lines, in order), then us.
+    let mut xff = String::with_capacity(48);
+    for v in h.get_all(&XFF) {
+        if let Ok(s) = v.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                xff.push_str(s);
+                xff.push_str(", ");
+            }
+        }
+    }
+    // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; log them as a.b.c.d.
+    let _ = write!(xff, "{}", client.to_canonical());
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        h.insert(XFF.clone(), v);
+    }
     h.insert(XFP.clone(), HeaderValue::from_static(scheme));
     if let Some(host) = host {
         h.insert(XFH.clone(), host.clone());
@@ -117,6 +126,19 @@ mod tests {
         strip_hop_by_hop(&mut h, false, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn forwarded_for_joins_every_prior_line() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.2, 10.0.0.3".parse().unwrap());
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        add_forwarded(&mut h, mapped, "https", Some(&HeaderValue::from_static("a.example")));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "a.example");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum Failure {
     BadGateway,
     /// Upstream did not answer in time.
     Timeout,
+    /// The client's request body stopped arriving.
+    ClientTimeout,
 }
 
 impl Failure {
@@ -53,6 +55,7 @@ impl Failure {
             Failure::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             Failure::BadGateway => StatusCode::BAD_GATEWAY,
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -63,6 +66,7 @@ impl Failure {
             Failure::NoBackend => "no backend available\n",
             Failure::BadGateway => "bad gateway\n",
             Failure::Timeout => "upstream timed out\n",
+            Failure::ClientTimeout => "request body not received in time\n",
         }
     }
 
@@ -71,8 +75,16 @@ impl Failure {
         *r.status_mut() = self.status();
         let h = r.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        if self == Failure::NoBackend {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            Failure::NoBackend => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // After a malformed request or a body cut short, the connection's framing can no
+            // longer be trusted.
+            Failure::BadRequest | Failure::ClientTimeout => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         r
     }
@@ -94,18 +106,16 @@ pub async fn handle(rt: &Runtime, conn: &ConnInfo, mut req: Request<Incoming>) -
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let host = match &host_value {
-        Some(v) => match v.to_str() {
-            Ok(s) => s.to_string(),
-            Err(_) => return Failure::BadRequest.response(),
-        },
+    let raw_host = match &host_value {
+        Some(v) if valid_host(v.as_bytes()) => v.to_str().unwrap_or_default(),
+        Some(_) => return Failure::BadRequest.response(),
         None if req.version() == Version::HTTP_11 => return Failure::BadRequest.response(),
-        None => String::new(),
+        None => "",
     };
-    if req.headers().get_all(header::HOST).iter().count() > 1 {
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
         return Failure::BadRequest.response();
     }
-    let host = crate::routing::normalize_host(&host).into_owned();
+    let host = crate::routing::normalize_host(raw_host);
     let Some(route) = snap.router.find(&host, req.uri().path()).cloned() else {
         return Failure::NoRoute.response();
     };
@@ -154,8 +164,15 @@ pub async fn handle(rt: &Runtime, conn: &ConnInfo, mut req: Request<Incoming>) -
     resp
 }
 
+/// A Host is a name or an IP literal with an optional port: anything else (spaces, `/`, `@`,
+/// control bytes) is a malformed request, never forwarded.
+fn valid_host(h: &[u8]) -> bool {
+    h.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
+}
+
 fn client_ip_bucket(conn: &ConnInfo) -> u32 {
-    match conn.peer.ip() {
+    match conn.peer.ip().to_canonical() {
         std::net::IpAddr::V4(a) => bucket_of(&a.octets()),
         std::net::IpAddr::V6(a) => bucket_of(&a.octets()),
     }
@@ -212,11 +229,12 @@ async fn forward(
         }
     }
     headers::add_forwarded(&mut parts.headers, conn.peer.ip(), conn.scheme, host_value.as_ref());
+    // Shared bytes: cloning it per attempt copies nothing.
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let slot = BodySlot::new(body);
     route.state.deposit(retry.budget_percent);
     let timeout = snap.config.server.request_timeout;
@@ -267,7 +285,7 @@ async fn forward(
         let uri = Uri::builder()
             .scheme(client.scheme)
             .authority(authority)
-            .path_and_query(path_and_query.as_str())
+            .path_and_query(path_and_query.clone())
             .build();
         let Ok(uri) = uri else {
             return (Failure::BadRequest.response(), None);
@@ -284,11 +302,11 @@ async fn forward(
         // A drain that reaches its timeout cuts what is still waiting on the backend.
         let cut = backend.cut_token();
         let result = tokio::select! {
-            r = tokio::time::timeout(timeout, client.client.request(up)) => match r {
-                Ok(Ok(r)) => Outcome::Response(r),
-                Ok(Err(e)) => Outcome::Error(Some(e)),
-                Err(_) => Outcome::Timeout,
+            r = client.client.request(up) => match r {
+                Ok(r) => Outcome::Response(r),
+                Err(e) => Outcome::Error(Some(e)),
             },
+            late = upstream_deadline(slot.as_deref(), timeout) => late,
             _ = cut.cancelled() => Outcome::Error(None),
         };
         // Retry rules: a request whose body started streaming is never sent again; a connect
@@ -342,6 +360,11 @@ async fn forward(
                 }
                 return (Failure::Timeout.response(), None);
             }
+            Outcome::ClientStalled => {
+                // The client stopped sending its body: no fault of the backend's.
+                count(route, pidx, &backend, 408);
+                return (Failure::ClientTimeout.response(), None);
+            }
         }
     }
     if let Some((resp, lease)) = held {
@@ -361,6 +384,35 @@ enum Outcome {
     /// `None`: cut by a drain timeout.
     Error(Option<hyper_util::client::legacy::Error>),
     Timeout,
+    /// The client's request body stopped arriving.
+    ClientStalled,
+}
+
+/// `request_timeout` counts from the end of the request body: an upload still arriving keeps
+/// the clock from starting, as long as each stretch of `timeout` brings more of it. A body
+/// stalled on the client is the client's failure; on a backend not reading it, the backend's.
+async fn upstream_deadline(slot: Option<&BodySlot>, timeout: Duration) -> Outcome {
+    let Some(s) = slot else {
+        tokio::time::sleep(timeout).await;
+        return Outcome::Timeout;
+    };
+    loop {
+        let seen = s.progress();
+        tokio::select! {
+            _ = s.sent() => {
+                tokio::time::sleep(timeout).await;
+                return Outcome::Timeout;
+            }
+            _ = tokio::time::sleep(timeout) => {
+                if !s.is_taken() {
+                    return Outcome::Timeout; // never got as far as sending the body
+                }
+                if s.progress() == seen {
+                    return if s.waiting_on_client() { Outcome::ClientStalled } else { Outcome::Timeout };
+                }
+            }
+        }
+    }
 }
 
 /// Feed the route's running rollout step, if any (atomics only).
@@ -390,7 +442,7 @@ fn relay(mut resp: Response<Incoming>, lease: Lease, upgrade: bool) -> (Response
             Some(PendingTunnel { upstream, lease }),
         ),
         None => (
-            Response::from_parts(parts, ProxyBody::Upstream { body, lease: Some(lease) }),
+            Response::from_parts(parts, ProxyBody::upstream(body, lease)),
             None,
         ),
     }
@@ -415,7 +467,12 @@ fn tunnel(down: hyper::upgrade::OnUpgrade, p: PendingTunnel) {
         };
         let mut down = hyper_util::rt::TokioIo::new(down);
         let mut up = hyper_util::rt::TokioIo::new(up);
-        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        // A tunnel is in flight like any request: a drain timeout or shutdown cuts it.
+        let cut = lease.backend.cut_token();
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+            _ = cut.cancelled() => tracing::debug!(backend = %lease.backend.id, "tunnel cut"),
+        }
         drop(lease);
     });
 }

@@ -15,7 +15,7 @@ use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -133,7 +133,10 @@ struct Activity {
     /// Milliseconds since `start`, plus one, when bytes of a request head began to arrive
     /// on an idle connection; 0 while no head is being read.
     head_since: AtomicU64,
-    /// Wakes the connection loop when its deadline may have moved earlier.
+    /// False once the connection's socket is dropped; after an upgrade that is when the
+    /// tunnel ends.
+    io_open: AtomicBool,
+    /// Wakes the connection loop when its deadline may have moved earlier, or the socket closed.
     changed: Notify,
     start: Instant,
 }
@@ -145,6 +148,7 @@ impl Activity {
             last: AtomicU64::new(0),
             // A new connection owes us its first request head within header_read_timeout.
             head_since: AtomicU64::new(1),
+            io_open: AtomicBool::new(true),
             changed: Notify::new(),
             start: Instant::now(),
         }
@@ -267,6 +271,13 @@ impl<I> Watched<I> {
     }
 }
 
+impl<I> Drop for Watched<I> {
+    fn drop(&mut self) {
+        self.activity.io_open.store(false, Ordering::Release);
+        self.activity.changed.notify_one();
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
@@ -340,8 +351,8 @@ where
         activity: activity.clone(),
         preface: 0,
     };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
+    // Boxed so it can be dropped on completion, to tell an upgraded socket from a closed one.
+    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     let (header_read, idle) = (settings.header_read_timeout, settings.idle_timeout);
     let mut shutting = false;
     loop {
@@ -358,7 +369,7 @@ where
                 if let Err(e) = res {
                     tracing::debug!(%peer, error = %e, "connection ended with error");
                 }
-                return;
+                break;
             }
             _ = closing.cancelled(), if !shutting => {
                 shutting = true;
@@ -380,5 +391,11 @@ where
                 }
             }
         }
+    }
+    drop(conn);
+    // An upgraded connection lives on as a tunnel: it still counts against max_connections
+    // and graceful shutdown waits for it (the tunnel is cut at drain timeout).
+    while activity.io_open.load(Ordering::Acquire) {
+        activity.changed.notified().await;
     }
 }

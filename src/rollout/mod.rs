@@ -313,7 +313,7 @@ pub fn status_json(rt: &Runtime, route: &str) -> Value {
     let weight = snap.config.route(route).and_then(|rc| {
         let total: u64 = rc.split.iter().map(|(_, w)| *w as u64).sum();
         let w = rc.weight_of(&s.def.to)? as u64;
-        Some(if total == 0 { 0 } else { (w * 100 + total / 2) / total })
+        Some((w * 100 + total / 2).checked_div(total).unwrap_or(0))
     });
     let now = Instant::now();
     let def = &s.def;

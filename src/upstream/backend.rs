@@ -237,7 +237,10 @@ impl Backend {
 
     /// Try to start a request here: checks availability, the bulkhead and the breaker.
     pub fn try_lease(self: &Arc<Self>) -> Option<Lease> {
-        if !self.is_healthy() || self.is_draining() {
+        // A backend removed by a reload is in no newer snapshot, so only requests that loaded
+        // the older one (just before the swap) can still reach it; they may use it until it
+        // is closed, so a reload that replaces a whole pool never turns them into 503s.
+        if !self.is_healthy() || (self.is_draining() && (!self.is_removed() || self.closed.is_cancelled())) {
             return None;
         }
         let max = self.max_concurrent();

@@ -22,9 +22,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Idle pooled connections are retired before a typical backend keep-alive timeout (60 s), so
 /// veer never sends a request on a connection the backend is about to close.
@@ -203,6 +205,12 @@ pub fn grpc_ok(trailers: &HeaderMap) -> bool {
 pub struct BodySlot {
     slot: ArrayQueue<Incoming>,
     hint: SizeHint,
+    /// Progress of the upload, so request_timeout can start when the body has been sent
+    /// and a stalled client can be told from a slow backend.
+    progress: AtomicU64,
+    done: AtomicBool,
+    waiting_on_client: AtomicBool,
+    done_wake: Notify,
 }
 
 impl BodySlot {
@@ -214,12 +222,49 @@ impl BodySlot {
         let hint = body.size_hint();
         let slot = ArrayQueue::new(1);
         let _ = slot.push(body);
-        Some(Arc::new(BodySlot { slot, hint }))
+        Some(Arc::new(BodySlot {
+            slot,
+            hint,
+            progress: AtomicU64::new(0),
+            done: AtomicBool::new(false),
+            waiting_on_client: AtomicBool::new(false),
+            done_wake: Notify::new(),
+        }))
     }
 
     /// Has an attempt taken (started streaming) the body?
     pub fn is_taken(&self) -> bool {
         self.slot.is_empty()
+    }
+
+    /// Frames of the body sent so far.
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Acquire)
+    }
+
+    /// Was the last poll of the body left waiting for the client (rather than the backend
+    /// not reading)?
+    pub fn waiting_on_client(&self) -> bool {
+        self.waiting_on_client.load(Ordering::Acquire)
+    }
+
+    /// Wait until the whole body has been handed to the upstream connection.
+    pub async fn sent(&self) {
+        loop {
+            let woken = self.done_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    fn mark_done(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) {
+            self.done_wake.notify_waiters();
+        }
     }
 }
 
@@ -253,15 +298,32 @@ impl Body for UpBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         if this.body.is_none() {
-            match this.slot.take().and_then(|s| s.slot.pop()) {
+            match this.slot.as_ref().and_then(|s| s.slot.pop()) {
                 Some(b) => this.body = Some(b),
-                None => return Poll::Ready(None),
+                None => {
+                    this.slot = None;
+                    return Poll::Ready(None);
+                }
             }
         }
-        match this.body.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
+        let Some(b) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *b).poll_frame(cx);
+        if let Some(s) = &this.slot {
+            s.waiting_on_client.store(polled.is_pending(), Ordering::Release);
+            match &polled {
+                Poll::Ready(Some(Ok(_))) => {
+                    s.progress.fetch_add(1, Ordering::AcqRel);
+                    if b.is_end_stream() {
+                        s.mark_done();
+                    }
+                }
+                Poll::Ready(_) => s.mark_done(),
+                Poll::Pending => {}
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -275,7 +337,7 @@ impl Body for UpBody {
     fn size_hint(&self) -> SizeHint {
         match (&self.body, &self.slot) {
             (Some(b), _) => b.size_hint(),
-            (None, Some(s)) => s.hint.clone(),
+            (None, Some(s)) => s.hint,
             (None, None) => SizeHint::with_exact(0),
         }
     }

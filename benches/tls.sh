@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# HTTPS + HTTP/2 benchmark: h2load over TLS 1.3 with HTTP/2 (ALPN h2) against veer, HAProxy and
+# nginx side by side, one worker each, on loopback, all with the same certificate (ECDSA P-256,
+# SNI bench.test), the same TLS 1.3 cipher, and forwarding 90/10 over HTTP/1.1 to the same two
+# nginx backends. Rounds alternate the targets so machine drift hits all alike. Reports the
+# medians of requests/s, p99 latency and proxy CPU time per request, and veer's ratios to the
+# others; quote the ratios, never one round's absolute figure.
+#
+# Usage: benches/tls.sh [rounds=3] [seconds=5] [connections=32] [streams=10]
+# Needs: apt-get install -y nghttp2-client haproxy nginx openssl python3
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}; SECS=${2:-5}; CONNS=${3:-32}; STREAMS=${4:-10}
+for tool in h2load haproxy nginx openssl curl python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y nghttp2-client haproxy nginx openssl curl python3" >&2; exit 1; }
+done
+cargo build --release --quiet
+VEER_BIN=$PWD/target/release/veer
+
+W=$(mktemp -d /tmp/veer-tls-bench.XXXX)
+B1=127.0.0.1:18181; B2=127.0.0.1:18182
+HOST=bench.test
+CIPHER=TLS_AES_128_GCM_SHA256
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$W"; }
+trap cleanup EXIT
+
+# One certificate for all three proxies.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj "/CN=$HOST" -addext "subjectAltName=DNS:$HOST" \
+  -keyout "$W/bench.key" -out "$W/bench.crt" 2>/dev/null
+cat "$W/bench.crt" "$W/bench.key" >"$W/bench.pem" # HAProxy wants both in one file
+
+# Backends: one nginx worker, two ports, a tiny static body.
+cat >"$W/backend.conf" <<EOF
+daemon off; worker_processes 1; pid $W/backend.pid; error_log $W/backend.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen $B1; location / { return 200 "hello from b1\n"; } }
+  server { listen $B2; location / { return 200 "hello from b2\n"; } } }
+EOF
+nginx -c "$W/backend.conf" -p "$W" & pids+=($!)
+
+declare -A ppid port
+cat >"$W/haproxy.cfg" <<EOF
+global
+  maxconn 8000
+  nbthread 1
+  ssl-default-bind-ciphersuites $CIPHER
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 50s
+  timeout server 50s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:18190 ssl crt $W/bench.pem alpn h2,http/1.1
+  default_backend be
+backend be
+  balance roundrobin
+  server b1 $B1 weight 90
+  server b2 $B2 weight 10
+EOF
+haproxy -f "$W/haproxy.cfg" -db >"$W/haproxy.log" 2>&1 & pids+=($!); ppid[haproxy]=$!; port[haproxy]=18190
+
+cat >"$W/nginx-proxy.conf" <<EOF
+daemon off; worker_processes 1; pid $W/proxy.pid; error_log $W/proxy.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; http2_max_requests 1000000;
+  upstream be { server $B1 weight=90; server $B2 weight=10; keepalive 128; }
+  server { listen 127.0.0.1:18191 ssl http2;
+    ssl_certificate $W/bench.crt; ssl_certificate_key $W/bench.key;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_conf_command Ciphersuites $CIPHER;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOF
+nginx -c "$W/nginx-proxy.conf" -p "$W" & pids+=($!); ppid[nginx]=$!; port[nginx]=18191
+
+cat >"$W/veer.toml" <<EOF
+[server]
+listen = ["127.0.0.1:18192"]
+tls_listen = ["127.0.0.1:18193"]
+workers = 1
+[admin]
+listen = "127.0.0.1:18194"
+[[tls.certificates]]
+cert = "bench.crt"
+key = "bench.key"
+[pools.blue]
+backends = ["$B1"]
+[pools.green]
+backends = ["$B2"]
+[[routes]]
+name = "bench"
+split = { blue = 90, green = 10 }
+EOF
+env VEER_LOG=warn "$VEER_BIN" run --config "$W/veer.toml" >"$W/veer.log" 2>&1 & pids+=($!); ppid[veer]=$!; port[veer]=18193
+
+sleep 1.5
+targets="haproxy nginx veer"
+for name in $targets; do
+  p=${port[$name]}
+  got=$(curl -sk --http2 --resolve "$HOST:$p:127.0.0.1" -o /dev/null -w '%{http_code} %{http_version}' "https://$HOST:$p/")
+  [ "$got" = "200 2" ] || { echo "$name on :$p answered '$got' (want 200 over HTTP/2)"; cat "$W"/*.log "$W"/*.err 2>/dev/null | tail -20; exit 1; }
+done
+
+cputicks() { # utime+stime of a process (all its threads) and its children, in clock ticks
+  local t=0 p
+  for p in $1 $(pgrep -P "$1"); do [ -r /proc/$p/stat ] && t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done
+  echo $t; }
+
+echo "round target req/s p50_ms p99_ms cpu_us_per_req"
+: >"$W/results"
+for r in $(seq "$ROUNDS"); do
+  for name in $targets; do
+    p=${port[$name]}; pid=${ppid[$name]}
+    c0=$(cputicks "$pid")
+    out=$(h2load -t1 -c"$CONNS" -m"$STREAMS" -D"$SECS" --tls13-ciphers=$CIPHER \
+      --connect-to=127.0.0.1:$p --log-file="$W/$name.lat" "https://$HOST:$p/" 2>&1)
+    c1=$(cputicks "$pid")
+    rps=$(echo "$out" | awk '/^finished in/ {gsub(",","",$4); print $4}')
+    ok=$(echo "$out" | awk '/^requests:/ {print $8}')
+    failed=$(echo "$out" | awk '/^requests:/ {print $10+$12+$14}')
+    proto=$(echo "$out" | awk '/Application protocol:/ {print $3}')
+    [ "$proto" = h2 ] || { echo "$name: h2load did not negotiate h2:"; echo "$out"; exit 1; }
+    read -r p50 p99 < <(python3 - "$W/$name.lat" <<'PY'
+import sys
+d = sorted(int(l.split()[2]) for l in open(sys.argv[1]) if l.strip())
+q = lambda f: d[min(len(d) - 1, int(f * len(d)))] / 1000
+print(f"{q(0.50):.3f} {q(0.99):.3f}")
+PY
+)
+    # The 32 handshakes are part of the run (no warm-up), as they are part of the CPU count.
+    us=$(python3 -c "print(round(($c1-$c0)*1e6/$(getconf CLK_TCK)/max(1,${ok:-0}),2))")
+    echo "$r $name $rps $p50 $p99 $us ${failed:+failed=$failed}" | tee -a "$W/results"
+  done
+done
+
+echo "--- medians over $ROUNDS rounds: h2load -t1 -c$CONNS -m$STREAMS -D${SECS}s, TLS 1.3 $CIPHER, HTTP/2"
+python3 - "$W/results" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+med = {}
+for n in dict.fromkeys(r[1] for r in rows):
+    rr = [r for r in rows if r[1] == n]
+    med[n] = [statistics.median(float(r[i]) for r in rr) for i in (2, 3, 4, 5)]
+    print(f"{n:8s} req/s={med[n][0]:9.0f}  p50={med[n][1]:.3f}ms  p99={med[n][2]:.3f}ms  cpu/req={med[n][3]:.2f}us")
+for o in ('haproxy', 'nginx'):
+    if 'veer' in med and o in med:
+        v, x = med['veer'], med[o]
+        print(f"veer/{o}: req/s {v[0]/x[0]:.2f}  p99 {v[2]/x[2]:.2f}  cpu/req {v[3]/x[3]:.2f}")
+PY
