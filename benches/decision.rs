@@ -91,19 +91,32 @@ fn decision(c: &mut Criterion) {
     let mut g = c.benchmark_group("route");
     for (label, host, path) in [
         ("exact_host_root", "www.example.com", "/index.html"),
-        ("exact_host_longest_prefix", "www.example.com", "/api/v2/users/42"),
+        (
+            "exact_host_longest_prefix",
+            "www.example.com",
+            "/api/v2/users/42",
+        ),
         ("suffix_host", "acme.example.com", "/static/app.js"),
         ("catch_all", "unknown.test", "/healthz"),
     ] {
-        assert!(router.find(host, path).is_some(), "{host}{path} has a route");
+        assert!(
+            router.find(host, path).is_some(),
+            "{host}{path} has a route"
+        );
         g.bench_function(label, |b| {
-            b.iter(|| router.find(black_box(host), black_box(path)).map(|r| r.weights.len()))
+            b.iter(|| {
+                router
+                    .find(black_box(host), black_box(path))
+                    .map(|r| r.weights.len())
+            })
         });
     }
     g.bench_function("normalize_host_and_find", |b| {
         b.iter(|| {
             let host = veer::routing::normalize_host(black_box("WWW.Example.com:8080"));
-            router.find(&host, black_box("/api/v2/x")).map(|r| r.weights.len())
+            router
+                .find(&host, black_box("/api/v2/x"))
+                .map(|r| r.weights.len())
         })
     });
     g.finish();
@@ -112,7 +125,10 @@ fn decision(c: &mut Criterion) {
     let shop = router.get("shop").expect("shop route").clone();
     let mut g = c.benchmark_group("split");
     g.bench_function("sticky_cookie_bucket_and_table", |b| {
-        b.iter(|| web.table.pool_of(bucket_of(black_box(b"3f2a9c0d4e5b6a7182930a1b2c3d4e5f"))))
+        b.iter(|| {
+            web.table
+                .pool_of(bucket_of(black_box(b"3f2a9c0d4e5b6a7182930a1b2c3d4e5f")))
+        })
     });
     g.bench_function("unsticky_sequence_and_table", |b| {
         b.iter(|| web.table.pool_of(web.state.next_bucket()))
@@ -155,7 +171,9 @@ fn decision(c: &mut Criterion) {
                 .router
                 .find(black_box("www.example.com"), black_box("/products/42"))
                 .expect("route");
-            let pool = route.table.pool_of(bucket_of(black_box(b"3f2a9c0d4e5b6a71")));
+            let pool = route
+                .table
+                .pool_of(bucket_of(black_box(b"3f2a9c0d4e5b6a71")));
             let mut lease = route.pools[pool].pick(&[]).expect("a backend");
             lease.record(true);
         })

@@ -7,6 +7,7 @@
 # others; quote the ratios, never one round's absolute figure.
 #
 # Usage: benches/tls.sh [rounds=3] [seconds=5] [connections=32] [streams=10]
+# Env:   VEER_BIN=path   a veer binary to use instead of building target/release/veer
 # Needs: apt-get install -y nghttp2-client haproxy nginx openssl python3
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,8 +15,10 @@ ROUNDS=${1:-3}; SECS=${2:-5}; CONNS=${3:-32}; STREAMS=${4:-10}
 for tool in h2load haproxy nginx openssl curl python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y nghttp2-client haproxy nginx openssl curl python3" >&2; exit 1; }
 done
-cargo build --release --quiet
-VEER_BIN=$PWD/target/release/veer
+if [ -z "${VEER_BIN:-}" ]; then
+  cargo build --release --quiet
+  VEER_BIN=$PWD/target/release/veer
+fi
 
 W=$(mktemp -d /tmp/veer-tls-bench.XXXX)
 B1=127.0.0.1:18181; B2=127.0.0.1:18182
@@ -67,7 +70,7 @@ haproxy -f "$W/haproxy.cfg" -db >"$W/haproxy.log" 2>&1 & pids+=($!); ppid[haprox
 cat >"$W/nginx-proxy.conf" <<EOF
 daemon off; worker_processes 1; pid $W/proxy.pid; error_log $W/proxy.err;
 events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; http2_max_requests 1000000;
+http { access_log off; keepalive_requests 1000000;
   upstream be { server $B1 weight=90; server $B2 weight=10; keepalive 128; }
   server { listen 127.0.0.1:18191 ssl http2;
     ssl_certificate $W/bench.crt; ssl_certificate_key $W/bench.key;

@@ -48,14 +48,20 @@ pub async fn start_pool(colour: &'static str, count: usize) -> std::io::Result<V
     Ok(out)
 }
 
-async fn start_backend_sharing(colour: &'static str, name: String, fail: Arc<AtomicU32>) -> std::io::Result<DemoBackend> {
+async fn start_backend_sharing(
+    colour: &'static str,
+    name: String,
+    fail: Arc<AtomicU32>,
+) -> std::io::Result<DemoBackend> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let f2 = fail.clone();
     let n2 = name.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let fail = f2.clone();
             let name = n2.clone();
             tokio::spawn(async move {
@@ -78,7 +84,12 @@ async fn start_backend_sharing(colour: &'static str, name: String, fail: Arc<Ato
     })
 }
 
-fn demo_answer(colour: &str, name: &str, fail: &AtomicU32, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn demo_answer(
+    colour: &str,
+    name: &str,
+    fail: &AtomicU32,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path == "/health" {
         return Response::new(Full::new(Bytes::from_static(b"ok\n")));
@@ -91,21 +102,36 @@ fn demo_answer(colour: &str, name: &str, fail: &AtomicU32, req: Request<Incoming
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0);
         fail.store((rate.clamp(0.0, 1.0) * 1000.0) as u32, Ordering::Relaxed);
-        return Response::new(Full::new(Bytes::from(format!("{name}: failing {:.0}% of requests\n", rate * 100.0))));
+        return Response::new(Full::new(Bytes::from(format!(
+            "{name}: failing {:.0}% of requests\n",
+            rate * 100.0
+        ))));
     }
     let per_mille = fail.load(Ordering::Relaxed);
     if per_mille > 0 && rand::random::<u32>() % 1000 < per_mille {
-        let mut r = Response::new(Full::new(Bytes::from(format!("{colour} {name}: injected failure\n"))));
+        let mut r = Response::new(Full::new(Bytes::from(format!(
+            "{colour} {name}: injected failure\n"
+        ))));
         *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         return r;
     }
-    let mut r = Response::new(Full::new(Bytes::from(format!("hello from {colour} ({name})\n"))));
-    r.headers_mut().insert("x-served-by", http::HeaderValue::from_str(name).unwrap_or(http::HeaderValue::from_static("demo")));
+    let mut r = Response::new(Full::new(Bytes::from(format!(
+        "hello from {colour} ({name})\n"
+    ))));
+    r.headers_mut().insert(
+        "x-served-by",
+        http::HeaderValue::from_str(name).unwrap_or(http::HeaderValue::from_static("demo")),
+    );
     r
 }
 
 /// The demo's config text, with its backends and listen addresses filled in.
-pub fn demo_config(listen: SocketAddr, admin: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr]) -> String {
+pub fn demo_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    blue: &[SocketAddr],
+    green: &[SocketAddr],
+) -> String {
     demo_config_with(listen, admin, blue, green, false)
 }
 
@@ -122,8 +148,19 @@ max_p99 = "250ms"
 "#;
 
 /// The demo's config text; with `rollout`, green starts at 0% and is rolled out.
-pub fn demo_config_with(listen: SocketAddr, admin: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr], rollout: bool) -> String {
-    let list = |v: &[SocketAddr]| v.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+pub fn demo_config_with(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    blue: &[SocketAddr],
+    green: &[SocketAddr],
+    rollout: bool,
+) -> String {
+    let list = |v: &[SocketAddr]| {
+        v.iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let (b, g) = if rollout { (100, 0) } else { (90, 10) };
     format!(
         r#"[server]
@@ -157,13 +194,28 @@ override = {{ header = "x-veer-pool", cookie = "veer_pool" }}
 }
 
 /// Build and validate the demo config.
-pub fn config(listen: SocketAddr, admin: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr]) -> Config {
+pub fn config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    blue: &[SocketAddr],
+    green: &[SocketAddr],
+) -> Config {
     config_with(listen, admin, blue, green, false)
 }
 
 /// Build and validate the demo config, with or without the rollout of green.
-pub fn config_with(listen: SocketAddr, admin: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr], rollout: bool) -> Config {
-    Config::parse(Path::new("<demo>"), &demo_config_with(listen, admin, blue, green, rollout)).expect("the demo config is valid")
+pub fn config_with(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    blue: &[SocketAddr],
+    green: &[SocketAddr],
+    rollout: bool,
+) -> Config {
+    Config::parse(
+        Path::new("<demo>"),
+        &demo_config_with(listen, admin, blue, green, rollout),
+    )
+    .expect("the demo config is valid")
 }
 
 #[cfg(test)]

@@ -162,7 +162,14 @@ fn main() -> ExitCode {
     let result = match (cli.command, cli.config) {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
         (Some(Command::Check { config }), _) => return check(&config),
-        (Some(Command::Demo { listen, admin, rollout }), _) => demo(listen, admin, rollout),
+        (
+            Some(Command::Demo {
+                listen,
+                admin,
+                rollout,
+            }),
+            _,
+        ) => demo(listen, admin, rollout),
         (Some(cmd), _) => admin_command(cmd),
         (None, None) => {
             eprintln!(
@@ -288,9 +295,8 @@ fn demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr, rollout: bool
         let config = veer::demo::config_with(listen, admin, &addrs(&blue), &addrs(&green), rollout);
         let running = veer::app::start(config, None).await?;
         let url = format!("http://{}", running.listen[0]);
-        println!(
-            "veer demo is running: blue and green pools, 90/10 split, sticky cookie veer_id\n"
-        );
+        let split = if rollout { "green rolling out from 0%" } else { "90/10 split" };
+        println!("veer demo is running: blue and green pools, {split}, sticky cookie veer_id\n");
         println!("  proxy:        {url}/");
         println!("  status page:  http://{}/", running.admin);
         println!("  status API:   http://{}/api/status", running.admin);

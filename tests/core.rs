@@ -28,8 +28,12 @@ fn blue_green(blue: SocketAddr, green: SocketAddr, split: &str, route_extra: &st
 /// Send `n` GETs spread over 8 concurrent keep-alive clients; count answers by body.
 async fn count_bodies(url: &str, n: usize, headers: &[(&str, &str)]) -> HashMap<String, usize> {
     let client = client();
-    let headers: Arc<Vec<(String, String)>> =
-        Arc::new(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    let headers: Arc<Vec<(String, String)>> = Arc::new(
+        headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
     let tasks: Vec<_> = (0..8)
         .map(|t| {
             let client = client.clone();
@@ -43,10 +47,15 @@ async fn count_bodies(url: &str, n: usize, headers: &[(&str, &str)]) -> HashMap<
                     for (k, v) in headers.iter() {
                         b = b.header(k, v);
                     }
-                    let resp = client.request(b.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+                    let resp = client
+                        .request(b.body(Full::new(Bytes::new())).unwrap())
+                        .await
+                        .unwrap();
                     assert_eq!(resp.status(), 200);
                     let body = resp.into_body().collect().await.unwrap().to_bytes();
-                    *counts.entry(String::from_utf8_lossy(&body).into_owned()).or_default() += 1;
+                    *counts
+                        .entry(String::from_utf8_lossy(&body).into_owned())
+                        .or_default() += 1;
                 }
                 counts
             })
@@ -98,7 +107,10 @@ fn echoed(body: &str) -> Vec<(String, String)> {
 }
 
 fn echoed_get<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    h.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    h.iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 /// An upstream counting the request body bytes it receives, answering with the count.
@@ -134,7 +146,9 @@ async fn raw_upstream(reply: RawReply) -> (SocketAddr, Arc<Mutex<Vec<String>>>) 
     let h2 = heads.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             let heads = h2.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -224,7 +238,9 @@ async fn read_response(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
         }
         return Some((head, buf[head_end..].to_vec()));
     }
-    let want: usize = header_in(&lower, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let want: usize = header_in(&lower, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     while buf.len() - head_end < want {
         match s.read(&mut chunk).await {
             Ok(0) | Err(_) => return None,
@@ -252,7 +268,10 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
 }
 
 fn status_of(raw: &str) -> u16 {
-    raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -278,10 +297,19 @@ async fn forwards_to_the_only_pool() {
 #[tokio::test]
 async fn split_ratio_without_stickiness_is_exact() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(blue.addr, green.addr, "{ blue = 90, green = 10 }", "")).await;
+    let veer = start_veer(&blue_green(
+        blue.addr,
+        green.addr,
+        "{ blue = 90, green = 10 }",
+        "",
+    ))
+    .await;
     let counts = count_bodies(&veer.url("/"), 4000, &[]).await;
     let g = share(&counts, "green");
-    assert!((0.07..=0.13).contains(&g), "green share {g:.4} ({counts:?})");
+    assert!(
+        (0.07..=0.13).contains(&g),
+        "green share {g:.4} ({counts:?})"
+    );
     assert_eq!(counts.values().sum::<usize>(), 4000);
     veer.shutdown().await;
 }
@@ -299,7 +327,10 @@ async fn split_ratio_with_sticky_cookie_for_new_users() {
     // Every request comes without the cookie: each is a new user with a random id.
     let counts = count_bodies(&veer.url("/"), 4000, &[]).await;
     let g = share(&counts, "green");
-    assert!((0.07..=0.13).contains(&g), "green share {g:.4} ({counts:?})");
+    assert!(
+        (0.07..=0.13).contains(&g),
+        "green share {g:.4} ({counts:?})"
+    );
     veer.shutdown().await;
 }
 
@@ -307,7 +338,13 @@ async fn split_ratio_with_sticky_cookie_for_new_users() {
 async fn sticky_cookie_pins_users_and_weight_changes_only_move_users_in() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
     let sticky = "sticky = { cookie = \"veer_id\" }";
-    let veer = start_veer(&blue_green(blue.addr, green.addr, "{ blue = 90, green = 10 }", sticky)).await;
+    let veer = start_veer(&blue_green(
+        blue.addr,
+        green.addr,
+        "{ blue = 90, green = 10 }",
+        sticky,
+    ))
+    .await;
     let client = client();
     let pool_of = |user: String| {
         let client = client.clone();
@@ -318,7 +355,10 @@ async fn sticky_cookie_pins_users_and_weight_changes_only_move_users_in() {
                 .body(Full::new(Bytes::new()))
                 .unwrap();
             let resp = client.request(req).await.unwrap();
-            assert!(resp.headers().get("set-cookie").is_none(), "cookie present: none set");
+            assert!(
+                resp.headers().get("set-cookie").is_none(),
+                "cookie present: none set"
+            );
             let b = resp.into_body().collect().await.unwrap().to_bytes();
             String::from_utf8_lossy(&b).into_owned()
         }
@@ -327,14 +367,26 @@ async fn sticky_cookie_pins_users_and_weight_changes_only_move_users_in() {
     let mut before = Vec::new();
     for u in &users {
         let p = pool_of(u.clone()).await;
-        assert_eq!(pool_of(u.clone()).await, p, "{u} changed pool between two requests");
+        assert_eq!(
+            pool_of(u.clone()).await,
+            p,
+            "{u} changed pool between two requests"
+        );
         before.push(p);
     }
     let green_before = before.iter().filter(|p| *p == "green").count();
-    assert!((30..=90).contains(&green_before), "green users at 10%: {green_before}");
+    assert!(
+        (30..=90).contains(&green_before),
+        "green users at 10%: {green_before}"
+    );
 
     // Raise green: users move into green, never out of it.
-    let text = with_listeners(&blue_green(blue.addr, green.addr, "{ blue = 50, green = 50 }", sticky));
+    let text = with_listeners(&blue_green(
+        blue.addr,
+        green.addr,
+        "{ blue = 50, green = 50 }",
+        sticky,
+    ));
     let cfg = veer::config::Config::parse(&veer.config_path, &text).unwrap();
     veer.rt().apply(cfg).unwrap();
     let mut after = Vec::new();
@@ -346,13 +398,27 @@ async fn sticky_cookie_pins_users_and_weight_changes_only_move_users_in() {
         after.push(p);
     }
     let green_after = after.iter().filter(|p| *p == "green").count();
-    assert!((240..=360).contains(&green_after), "green users at 50%: {green_after}");
+    assert!(
+        (240..=360).contains(&green_after),
+        "green users at 50%: {green_after}"
+    );
 
     // Back to 90/10: the pool follows from the bucket, so everyone is where they began.
-    let text = with_listeners(&blue_green(blue.addr, green.addr, "{ blue = 90, green = 10 }", sticky));
-    veer.rt().apply(veer::config::Config::parse(&veer.config_path, &text).unwrap()).unwrap();
+    let text = with_listeners(&blue_green(
+        blue.addr,
+        green.addr,
+        "{ blue = 90, green = 10 }",
+        sticky,
+    ));
+    veer.rt()
+        .apply(veer::config::Config::parse(&veer.config_path, &text).unwrap())
+        .unwrap();
     for (u, b) in users.iter().zip(&before) {
-        assert_eq!(&pool_of(u.clone()).await, b, "{u} not back in its pool after rollback");
+        assert_eq!(
+            &pool_of(u.clone()).await,
+            b,
+            "{u} not back in its pool after rollback"
+        );
     }
     veer.shutdown().await;
 }
@@ -369,11 +435,17 @@ async fn sticky_cookie_is_set_when_missing_and_then_honoured() {
     .await;
     for _ in 0..10 {
         let first = get(&veer.url("/")).await;
-        let set = first.header("set-cookie").expect("a cookie is set when missing").to_string();
+        let set = first
+            .header("set-cookie")
+            .expect("a cookie is set when missing")
+            .to_string();
         let (pair, attrs) = set.split_once("; ").unwrap();
         let (name, id) = pair.split_once('=').unwrap();
         assert_eq!(name, "veer_id");
-        assert!(id.len() >= 16 && id.bytes().all(|b| b.is_ascii_alphanumeric()), "id {id:?}");
+        assert!(
+            id.len() >= 16 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "id {id:?}"
+        );
         assert_eq!(attrs, "Path=/; HttpOnly; SameSite=Lax");
         for _ in 0..5 {
             let again = get_with(&veer.url("/x"), &[("cookie", pair)]).await;
@@ -400,10 +472,16 @@ async fn sticky_by_header() {
         let a = get_with(&veer.url("/"), &[("x-user-id", &id)]).await;
         let b = get_with(&veer.url("/other"), &[("x-user-id", &id)]).await;
         assert_eq!(a.body, b.body, "user {id} moved");
-        assert!(a.header("set-cookie").is_none(), "no cookie for header stickiness");
+        assert!(
+            a.header("set-cookie").is_none(),
+            "no cookie for header stickiness"
+        );
         green_users += usize::from(a.body == "green");
     }
-    assert!((60..=140).contains(&green_users), "green users {green_users}/200");
+    assert!(
+        (60..=140).contains(&green_users),
+        "green users {green_users}/200"
+    );
     veer.shutdown().await;
 }
 
@@ -412,7 +490,9 @@ async fn get_from(src: [u8; 4], proxy: SocketAddr) -> String {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(SocketAddr::from((src, 0))).unwrap();
     let mut s = sock.connect(proxy).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
     let (head, body) = read_response(&mut s).await.expect("a response");
     assert_eq!(status_of(&head), 200, "{head}");
     String::from_utf8(body).unwrap()
@@ -432,7 +512,11 @@ async fn sticky_by_client_ip() {
     for last in 2..62u8 {
         let a = get_from([127, 0, 0, last], veer.addr).await;
         for _ in 0..3 {
-            assert_eq!(get_from([127, 0, 0, last], veer.addr).await, a, "127.0.0.{last} moved");
+            assert_eq!(
+                get_from([127, 0, 0, last], veer.addr).await,
+                a,
+                "127.0.0.{last} moved"
+            );
         }
         *seen.entry(a).or_default() += 1;
     }
@@ -459,7 +543,11 @@ async fn override_by_header_and_cookie_forces_the_pool() {
     let by_cookie = count_bodies(&url, 50, &[("cookie", "a=b; veer_pool=green")]).await;
     assert_eq!(by_cookie.get("green"), Some(&50), "{by_cookie:?}");
     // The header wins over the cookie; an unknown pool name is ignored.
-    let both = get_with(&url, &[("x-veer-pool", "blue"), ("cookie", "veer_pool=green")]).await;
+    let both = get_with(
+        &url,
+        &[("x-veer-pool", "blue"), ("cookie", "veer_pool=green")],
+    )
+    .await;
     assert_eq!(both.body, "blue");
     let unknown = get_with(&url, &[("x-veer-pool", "purple")]).await;
     assert_eq!((unknown.status, unknown.body.as_str()), (200, "blue"));
@@ -557,22 +645,52 @@ async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_set() {
         "upgrade",
         "transfer-encoding",
     ] {
-        assert!(echoed_get(&seen, gone).is_empty(), "{gone} reached the upstream: {body}");
+        assert!(
+            echoed_get(&seen, gone).is_empty(),
+            "{gone} reached the upstream: {body}"
+        );
     }
-    assert_eq!(echoed_get(&seen, "host"), ["shop.example.com:8080"], "Host kept");
+    assert_eq!(
+        echoed_get(&seen, "host"),
+        ["shop.example.com:8080"],
+        "Host kept"
+    );
     assert_eq!(echoed_get(&seen, "x-keep"), ["yes"]);
-    assert_eq!(echoed_get(&seen, "x-forwarded-for"), ["10.0.0.1, 10.0.0.2, 127.0.0.1"]);
-    assert_eq!(echoed_get(&seen, "x-forwarded-proto"), ["http"], "set, not trusted from the client");
-    assert_eq!(echoed_get(&seen, "x-forwarded-host"), ["shop.example.com:8080"]);
+    assert_eq!(
+        echoed_get(&seen, "x-forwarded-for"),
+        ["10.0.0.1, 10.0.0.2, 127.0.0.1"]
+    );
+    assert_eq!(
+        echoed_get(&seen, "x-forwarded-proto"),
+        ["http"],
+        "set, not trusted from the client"
+    );
+    assert_eq!(
+        echoed_get(&seen, "x-forwarded-host"),
+        ["shop.example.com:8080"]
+    );
 
     // Response side, through a keep-alive client.
     let got = get(&veer.url("/")).await;
     assert_eq!(got.status, 200);
-    for gone in ["x-resp-hop", "keep-alive", "proxy-agent", "trailer", "upgrade"] {
-        assert!(got.headers.get(gone).is_none(), "{gone} reached the client: {:?}", got.headers);
+    for gone in [
+        "x-resp-hop",
+        "keep-alive",
+        "proxy-agent",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(
+            got.headers.get(gone).is_none(),
+            "{gone} reached the client: {:?}",
+            got.headers
+        );
     }
     assert!(
-        got.headers.get_all("connection").iter().all(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive")),
+        got.headers
+            .get_all("connection")
+            .iter()
+            .all(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive")),
         "upstream's Connection leaked: {:?}",
         got.headers
     );
@@ -596,16 +714,22 @@ async fn expect_100_continue_does_not_stall() {
     .await;
     let mut s = TcpStream::connect(veer.addr).await.unwrap();
     let started = Instant::now();
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
     // A client waits for 100 Continue before sending the body; veer must send it promptly.
     let (interim, _) = tokio::time::timeout(Duration::from_secs(3), read_response(&mut s))
         .await
         .expect("no 100 Continue: the upload stalls")
         .expect("connection closed");
     assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
-    assert!(started.elapsed() < Duration::from_secs(1), "100 Continue took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "100 Continue took {:?}",
+        started.elapsed()
+    );
     s.write_all(b"hello world").await.unwrap();
     let (head, body) = tokio::time::timeout(Duration::from_secs(5), read_response(&mut s))
         .await
@@ -626,7 +750,10 @@ async fn expect_100_continue_does_not_stall() {
 
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_never_forwarded_with_both() {
-    let (addr, heads) = raw_upstream(RawReply::Bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")).await;
+    let (addr, heads) = raw_upstream(RawReply::Bytes(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    ))
+    .await;
     let veer = start_veer(&format!(
         "[pools.app]\nbackends = [\"{addr}\"]\n[[routes]]\nname = \"web\"\nsplit = {{ app = 1 }}\n",
     ))
@@ -643,13 +770,20 @@ async fn content_length_with_transfer_encoding_is_never_forwarded_with_both() {
         forwarded += usize::from(status == 200);
     }
     let seen = heads.lock().unwrap().clone();
-    assert_eq!(seen.len(), forwarded, "a request answered 400 still reached the upstream");
+    assert_eq!(
+        seen.len(),
+        forwarded,
+        "a request answered 400 still reached the upstream"
+    );
     for h in &seen {
         let lower = h.to_ascii_lowercase();
         let (head, body) = lower.split_once("\r\n\r\n").unwrap();
         let te = header_in(head, "transfer-encoding");
         let cl = header_in(head, "content-length");
-        assert!(!(te.is_some() && cl.is_some()), "forwarded with both framings:\n{h}");
+        assert!(
+            !(te.is_some() && cl.is_some()),
+            "forwarded with both framings:\n{h}"
+        );
         // What arrives is the chunked body, intact.
         if te.is_some() {
             assert!(body.contains("hello"), "{h}");
@@ -664,7 +798,11 @@ async fn content_length_with_transfer_encoding_is_never_forwarded_with_both() {
     )
     .await;
     assert_eq!(status_of(&resp), 400, "{resp}");
-    assert_eq!(heads.lock().unwrap().len(), before, "a request with bad framing reached the upstream");
+    assert_eq!(
+        heads.lock().unwrap().len(),
+        before,
+        "a request with bad framing reached the upstream"
+    );
     veer.shutdown().await;
 }
 
@@ -680,12 +818,12 @@ async fn ws_echo_upstream() -> SocketAddr {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
                 while let Some(Ok(m)) = ws.next().await {
-                    if m.is_text() || m.is_binary() {
-                        if ws.send(m).await.is_err() {
-                            return;
-                        }
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
                     }
                 }
             });
@@ -713,11 +851,19 @@ async fn websocket_echo_through_the_proxy() {
     .expect("handshake failed");
     assert_eq!(resp.status(), 101);
     ws.send(Message::text("hello through veer")).await.unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(m.into_text().unwrap(), "hello through veer");
     let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     ws.send(Message::binary(big.clone())).await.unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(m.into_data(), big);
     ws.close(None).await.unwrap();
     drop(ws);
@@ -739,15 +885,26 @@ async fn websocket_tunnel_counts_as_a_connection_and_is_cut_by_a_drain() {
         .await
         .unwrap();
     ws.send(Message::text("one")).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap(), "one");
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_text().unwrap(),
+        "one"
+    );
     // The tunnel holds the only connection slot.
     let mut other = TcpStream::connect(veer.addr).await.unwrap();
-    other.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await.unwrap();
+    other
+        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
     let waited = tokio::time::timeout(Duration::from_millis(400), read_response(&mut other)).await;
-    assert!(waited.is_err(), "served beside an open tunnel with max_connections = 1");
+    assert!(
+        waited.is_err(),
+        "served beside an open tunnel with max_connections = 1"
+    );
     // Draining the backend cuts the tunnel at the drain timeout.
     let started = Instant::now();
-    veer.rt().registry.set_draining("ws", up, true, Duration::from_millis(300));
+    veer.rt()
+        .registry
+        .set_draining("ws", up, true, Duration::from_millis(300));
     let end = tokio::time::timeout(Duration::from_secs(3), async {
         loop {
             match ws.next().await {
@@ -759,7 +916,11 @@ async fn websocket_tunnel_counts_as_a_connection_and_is_cut_by_a_drain() {
     })
     .await;
     assert!(end.is_ok(), "tunnel still open after the drain timeout");
-    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
     // The slot is free again: the waiting connection is served (503: its only backend drains).
     let (head, _) = tokio::time::timeout(Duration::from_secs(3), read_response(&mut other))
         .await
@@ -801,9 +962,18 @@ async fn malformed_requests_get_400_and_never_reach_the_upstream() {
     for req in bad {
         let started = Instant::now();
         let resp = raw(veer.addr, req, Duration::from_secs(3)).await;
-        assert_eq!(status_of(&resp), 400, "{:?} got {resp:?}", String::from_utf8_lossy(req));
+        assert_eq!(
+            status_of(&resp),
+            400,
+            "{:?} got {resp:?}",
+            String::from_utf8_lossy(req)
+        );
         // `raw` reads until the peer closes: the connection is not kept after a 400.
-        assert!(started.elapsed() < Duration::from_secs(2), "kept open after 400: {:?}", String::from_utf8_lossy(req));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "kept open after 400: {:?}",
+            String::from_utf8_lossy(req)
+        );
     }
     assert_eq!(up.hits(), 0, "a malformed request reached the upstream");
     // And a good one on the same proxy does reach it.
@@ -825,7 +995,9 @@ async fn oversized_request_head_gets_431() {
     let resp = raw(veer.addr, req.as_bytes(), Duration::from_secs(3)).await;
     assert_eq!(status_of(&resp), 431, "{resp:.200}");
     // Many small headers adding up count the same.
-    let many: String = (0..1000).map(|i| format!("X-H{i}: {}\r\n", "b".repeat(20))).collect();
+    let many: String = (0..1000)
+        .map(|i| format!("X-H{i}: {}\r\n", "b".repeat(20)))
+        .collect();
     let req = format!("GET / HTTP/1.1\r\nHost: app\r\n{many}\r\n");
     let resp = raw(veer.addr, req.as_bytes(), Duration::from_secs(3)).await;
     assert_eq!(status_of(&resp), 431, "{resp:.200}");
@@ -842,19 +1014,33 @@ async fn upstream_that_closes_without_answering_gives_502() {
     let veer = start_veer(&one_pool(addr, "")).await;
     let got = get(&veer.url("/")).await;
     assert_eq!(got.status, 502, "{}", got.body);
-    assert!(!heads.lock().unwrap().is_empty(), "the upstream was reached");
-    let post = send(Request::post(veer.url("/")).body(Full::new(Bytes::from_static(b"x"))).unwrap()).await;
+    assert!(
+        !heads.lock().unwrap().is_empty(),
+        "the upstream was reached"
+    );
+    let post = send(
+        Request::post(veer.url("/"))
+            .body(Full::new(Bytes::from_static(b"x")))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(post.status, 502);
     veer.shutdown().await;
 }
 
 #[tokio::test]
 async fn upstream_answering_garbage_gives_502() {
-    let (addr, _) = raw_upstream(RawReply::Bytes(b"SSH-2.0-OpenSSH_9.0\r\nnot http at all\r\n\r\n")).await;
+    let (addr, _) = raw_upstream(RawReply::Bytes(
+        b"SSH-2.0-OpenSSH_9.0\r\nnot http at all\r\n\r\n",
+    ))
+    .await;
     let veer = start_veer(&one_pool(addr, "")).await;
     let got = get(&veer.url("/")).await;
     assert_eq!(got.status, 502, "{}", got.body);
-    let (addr, _) = raw_upstream(RawReply::Bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 20\r\n\r\nabc")).await;
+    let (addr, _) = raw_upstream(RawReply::Bytes(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 20\r\n\r\nabc",
+    ))
+    .await;
     let veer2 = start_veer(&one_pool(addr, "")).await;
     let got = get(&veer2.url("/")).await;
     assert_eq!(got.status, 502, "{}", got.body);
@@ -869,14 +1055,24 @@ async fn unreachable_upstream_gives_502() {
     let started = Instant::now();
     let got = get(&veer.url("/")).await;
     assert_eq!(got.status, 502);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     veer.shutdown().await;
 }
 
 #[tokio::test]
 async fn no_available_backend_gives_503_with_retry_after_at_once() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(blue.addr, green.addr, "{ blue = 90, green = 10 }", "")).await;
+    let veer = start_veer(&blue_green(
+        blue.addr,
+        green.addr,
+        "{ blue = 90, green = 10 }",
+        "",
+    ))
+    .await;
     let reg = &veer.rt().registry;
     // Fallback: with blue drained, its share goes to green.
     assert!(reg.set_draining("blue", blue.addr, true, Duration::from_secs(1)));
@@ -888,7 +1084,11 @@ async fn no_available_backend_gives_503_with_retry_after_at_once() {
     let got = get(&veer.url("/")).await;
     assert_eq!(got.status, 503, "{}", got.body);
     assert!(got.header("retry-after").is_some(), "{:?}", got.headers);
-    assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
     // Undrained: served again.
     assert!(reg.set_draining("green", green.addr, false, Duration::from_secs(1)));
     assert_eq!(get(&veer.url("/")).await.body, "green");
@@ -905,7 +1105,9 @@ async fn no_fallback_means_503_for_the_chosen_pool() {
         "fallback = false\nsticky = { header = \"x-user\" }",
     ))
     .await;
-    veer.rt().registry.set_draining("green", green.addr, true, Duration::from_secs(1));
+    veer.rt()
+        .registry
+        .set_draining("green", green.addr, true, Duration::from_secs(1));
     let mut codes = HashMap::<u16, usize>::new();
     for i in 0..100 {
         let got = get_with(&veer.url("/"), &[("x-user", &format!("u{i}"))]).await;
@@ -937,7 +1139,10 @@ async fn slow_upstream_gives_504_after_request_timeout() {
     let got = get(&veer.url("/")).await;
     let took = started.elapsed();
     assert_eq!(got.status, 504, "{}", got.body);
-    assert!(took >= Duration::from_millis(280) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(280) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
     veer.shutdown().await;
 }
 
@@ -955,7 +1160,9 @@ async fn slowloris_is_dropped_after_header_read_timeout() {
     // Trickles a header line every 100 ms, never finishing the head.
     let mut s = TcpStream::connect(veer.addr).await.unwrap();
     let started = Instant::now();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n")
+        .await
+        .unwrap();
     let mut got = Vec::new();
     let closed = loop {
         if started.elapsed() > Duration::from_secs(5) {
@@ -975,12 +1182,20 @@ async fn slowloris_is_dropped_after_header_read_timeout() {
     assert!(closed, "slowloris still connected after {took:?}");
     let text = String::from_utf8_lossy(&got);
     assert!(text.is_empty() || status_of(&text) == 408, "{text}");
-    assert!(took >= Duration::from_millis(400) && took < Duration::from_millis(2000), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
 
     // A client that connects and says nothing is dropped on the same clock.
     let mut s = TcpStream::connect(veer.addr).await.unwrap();
-    let took = closed_within(&mut s, Duration::from_secs(5)).await.expect("silent client kept");
-    assert!(took >= Duration::from_millis(400) && took < Duration::from_millis(2000), "{took:?}");
+    let took = closed_within(&mut s, Duration::from_secs(5))
+        .await
+        .expect("silent client kept");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
     assert_eq!(up.hits(), 0);
     veer.shutdown().await;
 }
@@ -994,11 +1209,18 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     ))
     .await;
     let mut s = TcpStream::connect(veer.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
     let (head, _) = read_response(&mut s).await.unwrap();
     assert_eq!(status_of(&head), 200);
-    let took = closed_within(&mut s, Duration::from_secs(5)).await.expect("idle connection kept");
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(2000), "{took:?}");
+    let took = closed_within(&mut s, Duration::from_secs(5))
+        .await
+        .expect("idle connection kept");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
     veer.shutdown().await;
 }
 
@@ -1012,8 +1234,12 @@ async fn keep_alive_outlives_header_read_timeout_while_idle() {
     .await;
     let mut s = TcpStream::connect(veer.addr).await.unwrap();
     for _ in 0..2 {
-        s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await.unwrap();
-        let (head, body) = read_response(&mut s).await.expect("keep-alive connection closed early");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut s)
+            .await
+            .expect("keep-alive connection closed early");
         assert_eq!(status_of(&head), 200);
         assert_eq!(body, b"app");
         // Idle between requests for longer than header_read_timeout, within idle_timeout.
@@ -1041,7 +1267,10 @@ async fn max_connections_makes_extra_connections_wait() {
     let mut c3 = TcpStream::connect(veer.addr).await.unwrap();
     c3.write_all(req).await.unwrap();
     let waited = tokio::time::timeout(Duration::from_millis(500), read_response(&mut c3)).await;
-    assert!(waited.is_err(), "third connection served over max_connections: {waited:?}");
+    assert!(
+        waited.is_err(),
+        "third connection served over max_connections: {waited:?}"
+    );
     // One closes: the third is served.
     drop(c1);
     let (head, _) = tokio::time::timeout(Duration::from_secs(3), read_response(&mut c3))
@@ -1086,8 +1315,15 @@ async fn h2c_prior_knowledge_downstream() {
         // The upstream gets HTTP/1.1 with a Host taken from :authority.
         assert!(body.starts_with(&format!("GET /h2/{i} HTTP/1.1")), "{body}");
         let seen = echoed(&body);
-        assert_eq!(echoed_get(&seen, "host"), [veer.addr.to_string().as_str()], "{body}");
-        assert_eq!(echoed_get(&seen, "x-forwarded-host"), [veer.addr.to_string().as_str()]);
+        assert_eq!(
+            echoed_get(&seen, "host"),
+            [veer.addr.to_string().as_str()],
+            "{body}"
+        );
+        assert_eq!(
+            echoed_get(&seen, "x-forwarded-host"),
+            [veer.addr.to_string().as_str()]
+        );
     }
     veer.shutdown().await;
 }
@@ -1097,14 +1333,20 @@ async fn a_drain_timeout_cuts_a_stalled_response_body() {
     use futures_util::StreamExt;
     let up = upstream_with(|_req| async {
         // One chunk, then silence: a long poll or an event stream.
-        let s = futures_util::stream::once(async { Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from_static(b"first"))) })
-            .chain(futures_util::stream::pending());
+        let s = futures_util::stream::once(async {
+            Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from_static(b"first")))
+        })
+        .chain(futures_util::stream::pending());
         http::Response::new(BodyExt::boxed(http_body_util::StreamBody::new(s)))
     })
     .await;
     let veer = start_veer(&one_pool(up.addr, "")).await;
     let resp = client()
-        .request(Request::get(veer.url("/events")).body(Full::new(Bytes::new())).unwrap())
+        .request(
+            Request::get(veer.url("/events"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -1114,12 +1356,21 @@ async fn a_drain_timeout_cuts_a_stalled_response_body() {
     let backend = veer.rt().registry.get("app", up.addr).unwrap();
     assert_eq!(backend.in_flight(), 1);
     let started = Instant::now();
-    veer.rt().registry.set_draining("app", up.addr, true, Duration::from_millis(300));
+    veer.rt()
+        .registry
+        .set_draining("app", up.addr, true, Duration::from_millis(300));
     let next = tokio::time::timeout(Duration::from_secs(3), body.frame()).await;
     assert!(next.is_ok(), "stalled body not cut by the drain timeout");
     assert!(!matches!(next, Ok(Some(Ok(_)))), "{next:?}");
-    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
-    eventually("lease released", Duration::from_secs(2), || backend.in_flight() == 0).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    eventually("lease released", Duration::from_secs(2), || {
+        backend.in_flight() == 0
+    })
+    .await;
     veer.shutdown().await;
 }
 
@@ -1134,7 +1385,9 @@ async fn a_slow_upload_is_not_cut_by_request_timeout() {
     ))
     .await;
     let mut s = TcpStream::connect(veer.addr).await.unwrap();
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\n").await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(120)).await;
         s.write_all(b"x").await.unwrap();
@@ -1160,16 +1413,63 @@ async fn a_stalled_upload_gets_408_and_does_not_count_against_the_backend() {
     // As many stalled uploads as the breaker's consecutive_failures (5).
     for _ in 0..5 {
         let mut s = TcpStream::connect(veer.addr).await.unwrap();
-        s.write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\nhalf").await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\nhalf")
+            .await
+            .unwrap();
         let started = Instant::now();
         let (head, _) = tokio::time::timeout(Duration::from_secs(5), read_response(&mut s))
             .await
             .expect("a stalled upload is never answered")
             .expect("closed without an answer");
         assert_eq!(status_of(&head), 408, "{head}");
-        assert!(started.elapsed() >= Duration::from_millis(180), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(180),
+            "{:?}",
+            started.elapsed()
+        );
     }
-    assert_eq!(backend.breaker.state().as_str(), "closed", "slow clients tripped the backend's breaker");
+    assert_eq!(
+        backend.breaker.state().as_str(),
+        "closed",
+        "slow clients tripped the backend's breaker"
+    );
     assert_eq!(get(&veer.url("/")).await.status, 200);
+    veer.shutdown().await;
+}
+
+#[tokio::test]
+async fn head_requests_keep_the_upstream_length() {
+    let up = upstream("0123456789").await;
+    let veer = start_veer(&one_pool(up.addr, "")).await;
+    let resp = raw(
+        veer.addr,
+        b"HEAD / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let lower = resp.to_ascii_lowercase();
+    let (head, body) = lower.split_once("\r\n\r\n").unwrap();
+    assert_eq!(header_in(head, "content-length"), Some("10"), "{resp}");
+    assert!(body.is_empty(), "a HEAD answer has no body: {body:?}");
+    veer.shutdown().await;
+}
+
+#[tokio::test]
+async fn h2c_uploads_stream() {
+    let up = counting_upstream().await;
+    let veer = start_veer(&one_pool(up.addr, "")).await;
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let payload = Bytes::from(vec![7u8; 8 * 1024 * 1024]);
+    let resp = client
+        .request(Request::post(veer.url("/up")).body(Full::new(payload)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, (8 * 1024 * 1024).to_string());
     veer.shutdown().await;
 }

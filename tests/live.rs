@@ -695,3 +695,25 @@ async fn reload_with_an_unbindable_listener_changes_nothing() {
     drop(taken);
     v.shutdown().await;
 }
+
+/// Without a config file (as in `veer demo`) API changes apply in memory; reload has nothing
+/// to read.
+#[tokio::test]
+async fn without_a_file_changes_apply_in_memory() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let text = with_listeners(&two_pools(&[blue.addr], &[green.addr], 1, 0));
+    let config = veer::config::Config::parse(Path::new("demo.toml"), &text).unwrap();
+    let running = veer::app::start(config, None).await.unwrap();
+    let (admin, url) = (running.admin, format!("http://{}/", running.listen[0]));
+    assert!(answers(&url, "blue").await);
+    let g = api(admin, "PUT", "/api/routes/web/split", r#"{"blue": 0, "green": 5}"#, None).await;
+    assert_eq!(g.status, 200, "{}", g.body);
+    assert!(answers(&url, "green").await);
+    let g = api(admin, "POST", "/api/routes/web/swap", "", None).await;
+    assert_eq!(json(&g)["split"], serde_json::json!({"blue": 5, "green": 0}));
+    assert!(answers(&url, "blue").await);
+    let g = api(admin, "POST", "/api/reload", "", None).await;
+    assert_eq!(g.status, 409, "{}", g.body);
+    assert!(json(&g)["error"].as_str().unwrap().contains("without a config file"));
+    running.shutdown().await;
+}

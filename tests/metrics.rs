@@ -360,7 +360,9 @@ async fn in_flight_gauge_follows_a_slow_request() {
     release.notify_one();
     assert_eq!(pending.await.unwrap().status, 200);
     assert_eq!(
-        scrape(&veer).await.value("veer_upstream_in_flight", &labels),
+        scrape(&veer)
+            .await
+            .value("veer_upstream_in_flight", &labels),
         0.0
     );
     veer.shutdown().await;

@@ -51,14 +51,17 @@ async fn two_upstreams() -> (Upstream, Upstream) {
 /// Wait (tokio time, so paused tests jump) until the rollout's status satisfies `pred`.
 async fn wait_status(rt: &Runtime, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
     let mut rx = rt.rollouts.watch("web").expect("route web has a rollout");
-    let got = match tokio::time::timeout(Duration::from_secs(3600), rx.wait_for(|s| pred(s))).await {
+    let got = match tokio::time::timeout(Duration::from_secs(3600), rx.wait_for(|s| pred(s))).await
+    {
         Ok(Ok(s)) => Some(s.clone()),
         _ => None,
     };
     got.unwrap_or_else(|| {
         panic!(
             "timed out waiting for: {what}; status: {:?}",
-            rt.rollouts.status("web").map(|s| (s.state, s.step, s.reason))
+            rt.rollouts
+                .status("web")
+                .map(|s| (s.state, s.step, s.reason))
         )
     })
 }
@@ -76,7 +79,11 @@ async fn wait_state(rt: &Runtime, state: RolloutState) -> Status {
 
 /// The live weight of green in route web.
 fn green_weight(rt: &Runtime) -> u32 {
-    rt.config().route("web").unwrap().weight_of("green").unwrap()
+    rt.config()
+        .route("web")
+        .unwrap()
+        .weight_of("green")
+        .unwrap()
 }
 
 /// Feed `n` attempts to `pool` into the running step: every `fail_every`-th fails.
@@ -135,7 +142,11 @@ async fn healthy_canary_walks_every_step_writes_each_one_and_succeeds() {
     for (k, w) in [5u32, 25, 50, 100].into_iter().enumerate() {
         let s = wait_step(&rt, k).await;
         assert_eq!(green_weight(&rt), w, "live split at step {k}");
-        assert_eq!(file_progress(&v), (w, Some(RolloutState::Progressing), Some(k)), "file at step {k}");
+        assert_eq!(
+            file_progress(&v),
+            (w, Some(RolloutState::Progressing), Some(k)),
+            "file at step {k}"
+        );
         assert_eq!(s.target_weight(), Some(w));
         // Enough healthy, fast traffic; the baseline's figures are kept beside.
         feed(&rt, "green", 150, 0, 10 * MS);
@@ -153,12 +164,26 @@ async fn healthy_canary_walks_every_step_writes_each_one_and_succeeds() {
     assert_eq!(s.step, 3);
     assert_eq!(green_weight(&rt), 100);
     assert_eq!(rt.config().route("web").unwrap().weight_of("blue"), Some(0));
-    assert_eq!(file_progress(&v), (100, Some(RolloutState::Succeeded), Some(3)));
+    assert_eq!(
+        file_progress(&v),
+        (100, Some(RolloutState::Succeeded), Some(3))
+    );
     // The request path no longer feeds anything.
     assert!(veer::rollout::stats(&rt, "web").is_none());
     let m = rt.metrics.render(&rt.registry);
-    assert_eq!(metric(&m, "veer_rollouts_total", &["route=\"web\"", "result=\"succeeded\""]), Some(1.0), "{m}");
-    assert_eq!(metric(&m, "veer_rollout_step", &["route=\"web\""]), Some(-1.0));
+    assert_eq!(
+        metric(
+            &m,
+            "veer_rollouts_total",
+            &["route=\"web\"", "result=\"succeeded\""]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "veer_rollout_step", &["route=\"web\""]),
+        Some(-1.0)
+    );
     v.shutdown().await;
 }
 
@@ -172,12 +197,22 @@ async fn failing_canary_rolls_back_at_the_first_step_and_stays_rolled_back() {
     let before = tokio::time::Instant::now();
     feed(&rt, "green", 100, 10, 10 * MS);
     let s = wait_state(&rt, RolloutState::RolledBack).await;
-    assert!(before.elapsed() <= Duration::from_secs(1), "fail fast took {:?}", before.elapsed());
+    assert!(
+        before.elapsed() <= Duration::from_secs(1),
+        "fail fast took {:?}",
+        before.elapsed()
+    );
     assert_eq!(s.step, 0);
     let reason = s.reason.clone().unwrap();
-    assert!(reason.contains("error rate 10%") && reason.contains("fail fast"), "{reason}");
+    assert!(
+        reason.contains("error rate 10%") && reason.contains("fail fast"),
+        "{reason}"
+    );
     assert_eq!(green_weight(&rt), 0);
-    assert_eq!(file_progress(&v), (0, Some(RolloutState::RolledBack), Some(0)));
+    assert_eq!(
+        file_progress(&v),
+        (0, Some(RolloutState::RolledBack), Some(0))
+    );
     // The failing figures stay in the status.
     let st = veer::rollout::status_json(&rt, "web");
     assert_eq!(st["state"], "rolled_back");
@@ -189,14 +224,26 @@ async fn failing_canary_rolls_back_at_the_first_step_and_stays_rolled_back() {
 
     // Stays rolled back: time passes, and reloading the (unchanged) file does not restart it.
     tokio::time::sleep(Duration::from_secs(600)).await;
-    veer::config::reload::reload(&rt, veer::config::reload::Trigger::Api).await.ok();
+    veer::config::reload::reload(&rt, veer::config::reload::Trigger::Api)
+        .await
+        .ok();
     let c = Config::load(&v.config_path).unwrap();
     rt.apply(c).unwrap();
     tokio::time::sleep(Duration::from_secs(120)).await;
-    assert_eq!(rt.rollouts.status("web").unwrap().state, RolloutState::RolledBack);
+    assert_eq!(
+        rt.rollouts.status("web").unwrap().state,
+        RolloutState::RolledBack
+    );
     assert_eq!(green_weight(&rt), 0);
     let m = rt.metrics.render(&rt.registry);
-    assert_eq!(metric(&m, "veer_rollouts_total", &["route=\"web\"", "result=\"rolled_back\""]), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            "veer_rollouts_total",
+            &["route=\"web\"", "result=\"rolled_back\""]
+        ),
+        Some(1.0)
+    );
     v.shutdown().await;
 }
 
@@ -211,10 +258,20 @@ async fn errors_within_the_limit_pass_and_just_over_it_fail_at_the_step_end() {
     wait_step(&rt, 1).await;
     feed(&rt, "green", 200, 50, 10 * MS); // 2%: over, but not certain before the end
     tokio::time::sleep(Duration::from_secs(58)).await;
-    assert_eq!(rt.rollouts.status("web").unwrap().state, RolloutState::Progressing);
+    assert_eq!(
+        rt.rollouts.status("web").unwrap().state,
+        RolloutState::Progressing
+    );
     let s = wait_state(&rt, RolloutState::RolledBack).await;
     assert_eq!(s.step, 1);
-    assert!(s.reason.as_deref().unwrap().starts_with("error rate 2% over 1%"), "{:?}", s.reason);
+    assert!(
+        s.reason
+            .as_deref()
+            .unwrap()
+            .starts_with("error rate 2% over 1%"),
+        "{:?}",
+        s.reason
+    );
     v.shutdown().await;
 }
 
@@ -228,9 +285,16 @@ async fn slow_canary_rolls_back_on_p99() {
     feed(&rt, "green", 197, 0, 20 * MS);
     feed(&rt, "green", 3, 0, 800 * MS);
     tokio::time::sleep(Duration::from_secs(58)).await;
-    assert_eq!(rt.rollouts.status("web").unwrap().state, RolloutState::Progressing);
+    assert_eq!(
+        rt.rollouts.status("web").unwrap().state,
+        RolloutState::Progressing
+    );
     let s = wait_state(&rt, RolloutState::RolledBack).await;
-    assert!(s.reason.as_deref().unwrap().contains("p99 over 500ms"), "{:?}", s.reason);
+    assert!(
+        s.reason.as_deref().unwrap().contains("p99 over 500ms"),
+        "{:?}",
+        s.reason
+    );
     let st = veer::rollout::status_json(&rt, "web");
     assert_eq!(st["gate"]["slow"], 3);
     assert!(st["gate"]["p99_ms"].as_f64().unwrap() > 500.0, "{st}");
@@ -247,7 +311,11 @@ async fn slow_canary_rolls_back_on_p99() {
     feed(&rt, "green", 20, 0, 2000 * MS);
     let s = wait_state(&rt, RolloutState::RolledBack).await;
     assert!(before.elapsed() <= Duration::from_secs(1));
-    assert!(s.reason.as_deref().unwrap().contains("fail fast"), "{:?}", s.reason);
+    assert!(
+        s.reason.as_deref().unwrap().contains("fail fast"),
+        "{:?}",
+        s.reason
+    );
     v.shutdown().await;
 }
 
@@ -270,7 +338,11 @@ async fn low_traffic_waits_instead_of_passing() {
     let before = tokio::time::Instant::now();
     feed(&rt, "green", 50, 0, 10 * MS);
     wait_step(&rt, 1).await;
-    assert!(before.elapsed() <= Duration::from_secs(2), "{:?}", before.elapsed());
+    assert!(
+        before.elapsed() <= Duration::from_secs(2),
+        "{:?}",
+        before.elapsed()
+    );
     v.shutdown().await;
 }
 
@@ -288,15 +360,29 @@ async fn approval_is_awaited_and_given() {
     let s = wait_state(&rt, RolloutState::AwaitingApproval).await;
     assert_eq!(s.step, 0);
     assert_eq!(green_weight(&rt), 5, "the weight stays until approved");
-    assert_eq!(file_progress(&v), (5, Some(RolloutState::AwaitingApproval), Some(0)));
+    assert_eq!(
+        file_progress(&v),
+        (5, Some(RolloutState::AwaitingApproval), Some(0))
+    );
     // Waiting a long time (within approval_timeout) changes nothing.
     tokio::time::sleep(Duration::from_secs(600)).await;
-    assert_eq!(rt.rollouts.status("web").unwrap().state, RolloutState::AwaitingApproval);
-    assert!(veer::rollout::status_json(&rt, "web")["approval_remaining_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        rt.rollouts.status("web").unwrap().state,
+        RolloutState::AwaitingApproval
+    );
+    assert!(
+        veer::rollout::status_json(&rt, "web")["approval_remaining_ms"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
     let s = act(&rt, "approve").await.unwrap();
     assert_eq!((s.state, s.step), (RolloutState::Progressing, 1));
     assert_eq!(green_weight(&rt), 25);
-    assert_eq!(file_progress(&v), (25, Some(RolloutState::Progressing), Some(1)));
+    assert_eq!(
+        file_progress(&v),
+        (25, Some(RolloutState::Progressing), Some(1))
+    );
     v.shutdown().await;
 }
 
@@ -311,7 +397,10 @@ async fn approval_not_given_in_time_rolls_back() {
     tokio::time::sleep(Duration::from_secs(61)).await;
     wait_state(&rt, RolloutState::AwaitingApproval).await;
     tokio::time::sleep(Duration::from_secs(9 * 60)).await;
-    assert_eq!(rt.rollouts.status("web").unwrap().state, RolloutState::AwaitingApproval);
+    assert_eq!(
+        rt.rollouts.status("web").unwrap().state,
+        RolloutState::AwaitingApproval
+    );
     tokio::time::sleep(Duration::from_secs(61)).await;
     let s = wait_state(&rt, RolloutState::RolledBack).await;
     assert_eq!(s.reason.as_deref(), Some("approval not given within 10m"));
@@ -329,7 +418,10 @@ async fn pause_holds_the_step_and_resume_runs_it_again() {
     let s = act(&rt, "pause").await.unwrap();
     assert_eq!(s.state, RolloutState::Paused);
     assert_eq!(file_progress(&v), (5, Some(RolloutState::Paused), Some(0)));
-    assert!(veer::rollout::stats(&rt, "web").is_none(), "nothing is judged while paused");
+    assert!(
+        veer::rollout::stats(&rt, "web").is_none(),
+        "nothing is judged while paused"
+    );
     tokio::time::sleep(Duration::from_secs(3600)).await;
     let s = rt.rollouts.status("web").unwrap();
     assert_eq!((s.state, s.step), (RolloutState::Paused, 0));
@@ -359,11 +451,21 @@ async fn promote_goes_straight_to_100() {
     assert_eq!(s.state, RolloutState::Succeeded);
     assert_eq!(s.reason.as_deref(), Some("promoted by operator"));
     assert_eq!(green_weight(&rt), 100);
-    assert_eq!(file_progress(&v), (100, Some(RolloutState::Succeeded), Some(3)));
+    assert_eq!(
+        file_progress(&v),
+        (100, Some(RolloutState::Succeeded), Some(3))
+    );
     assert_eq!(act(&rt, "promote").await.unwrap_err().status(), 409);
     assert_eq!(act(&rt, "pause").await.unwrap_err().status(), 409);
     let m = rt.metrics.render(&rt.registry);
-    assert_eq!(metric(&m, "veer_rollouts_total", &["route=\"web\"", "result=\"succeeded\""]), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            "veer_rollouts_total",
+            &["route=\"web\"", "result=\"succeeded\""]
+        ),
+        Some(1.0)
+    );
     v.shutdown().await;
 }
 
@@ -376,12 +478,19 @@ async fn abort_rolls_back_and_start_runs_it_again() {
     feed(&rt, "green", 100, 0, 10 * MS);
     tokio::time::sleep(Duration::from_secs(61)).await;
     wait_step(&rt, 1).await;
-    assert_eq!(act(&rt, "start").await.unwrap_err().status(), 409, "already running");
+    assert_eq!(
+        act(&rt, "start").await.unwrap_err().status(),
+        409,
+        "already running"
+    );
     let s = act(&rt, "abort").await.unwrap();
     assert_eq!((s.state, s.step), (RolloutState::RolledBack, 1));
     assert_eq!(s.reason.as_deref(), Some("aborted by operator"));
     assert_eq!(green_weight(&rt), 0);
-    assert_eq!(file_progress(&v), (0, Some(RolloutState::RolledBack), Some(1)));
+    assert_eq!(
+        file_progress(&v),
+        (0, Some(RolloutState::RolledBack), Some(1))
+    );
     assert_eq!(act(&rt, "abort").await.unwrap_err().status(), 409);
     assert_eq!(act(&rt, "resume").await.unwrap_err().status(), 409);
     // A new attempt starts from the first step.
@@ -389,8 +498,18 @@ async fn abort_rolls_back_and_start_runs_it_again() {
     assert_eq!((s.state, s.step), (RolloutState::Progressing, 0));
     assert_eq!(green_weight(&rt), 5);
     let m = rt.metrics.render(&rt.registry);
-    assert_eq!(metric(&m, "veer_rollouts_total", &["route=\"web\"", "result=\"rolled_back\""]), Some(1.0));
-    assert_eq!(metric(&m, "veer_rollout_step", &["route=\"web\""]), Some(0.0));
+    assert_eq!(
+        metric(
+            &m,
+            "veer_rollouts_total",
+            &["route=\"web\"", "result=\"rolled_back\""]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "veer_rollout_step", &["route=\"web\""]),
+        Some(0.0)
+    );
     v.shutdown().await;
 }
 
@@ -405,15 +524,27 @@ async fn a_restart_mid_rollout_resumes_at_the_same_step() {
         tokio::time::sleep(Duration::from_secs(61)).await;
     }
     wait_step(&rt, 2).await;
-    assert_eq!(file_progress(&v), (50, Some(RolloutState::Progressing), Some(2)));
+    assert_eq!(
+        file_progress(&v),
+        (50, Some(RolloutState::Progressing), Some(2))
+    );
     drop(rt);
-    let Veer { running, dir, config_path, .. } = v;
+    let Veer {
+        running,
+        dir,
+        config_path,
+        ..
+    } = v;
     running.unwrap().shutdown().await;
 
     let v = start_veer_file(dir, config_path).await;
     let rt = v.rt().clone();
     let s = rt.rollouts.status("web").unwrap();
-    assert_eq!((s.state, s.step), (RolloutState::Progressing, 2), "resumed, never earlier or later");
+    assert_eq!(
+        (s.state, s.step),
+        (RolloutState::Progressing, 2),
+        "resumed, never earlier or later"
+    );
     wait_step(&rt, 2).await;
     assert_eq!(green_weight(&rt), 50);
     feed(&rt, "green", 100, 0, 10 * MS);
@@ -426,12 +557,20 @@ async fn a_restart_mid_rollout_resumes_at_the_same_step() {
     drop(rt);
 
     // A finished rollout stays finished across a restart.
-    let Veer { running, dir, config_path, .. } = v;
+    let Veer {
+        running,
+        dir,
+        config_path,
+        ..
+    } = v;
     running.unwrap().shutdown().await;
     let v = start_veer_file(dir, config_path).await;
     let rt = v.rt().clone();
     tokio::time::sleep(Duration::from_secs(300)).await;
-    assert_eq!(rt.rollouts.status("web").unwrap().state, RolloutState::Succeeded);
+    assert_eq!(
+        rt.rollouts.status("web").unwrap().state,
+        RolloutState::Succeeded
+    );
     assert_eq!(green_weight(&rt), 100);
     v.shutdown().await;
 }
@@ -446,7 +585,12 @@ async fn a_restart_while_awaiting_approval_keeps_waiting() {
     tokio::time::sleep(Duration::from_secs(61)).await;
     wait_state(&rt, RolloutState::AwaitingApproval).await;
     drop(rt);
-    let Veer { running, dir, config_path, .. } = v;
+    let Veer {
+        running,
+        dir,
+        config_path,
+        ..
+    } = v;
     running.unwrap().shutdown().await;
     let v = start_veer_file(dir, config_path).await;
     let rt = v.rt().clone();
@@ -468,7 +612,10 @@ async fn reload_keeps_a_finished_rollout_and_a_changed_definition_starts_anew() 
     // Unchanged definition: nothing restarts (the persisted progress is not a change).
     rt.apply(Config::load(&v.config_path).unwrap()).unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(rt.rollouts.status("web").unwrap().state, RolloutState::Succeeded);
+    assert_eq!(
+        rt.rollouts.status("web").unwrap().state,
+        RolloutState::Succeeded
+    );
     assert_eq!(green_weight(&rt), 100);
 
     // A changed definition (new steps) starts from its first step, whatever the file's
@@ -480,7 +627,10 @@ async fn reload_keeps_a_finished_rollout_and_a_changed_definition_starts_anew() 
     let s = wait_step(&rt, 0).await;
     assert_eq!(s.def.steps, vec![10, 100]);
     assert_eq!(green_weight(&rt), 10);
-    assert_eq!(file_progress(&v), (10, Some(RolloutState::Progressing), Some(0)));
+    assert_eq!(
+        file_progress(&v),
+        (10, Some(RolloutState::Progressing), Some(0))
+    );
 
     // Removing the rollout stops the controller and leaves the split as it is.
     let text = std::fs::read_to_string(&v.config_path).unwrap();
@@ -497,10 +647,18 @@ async fn reload_keeps_a_finished_rollout_and_a_changed_definition_starts_anew() 
 #[tokio::test(start_paused = true)]
 async fn a_pending_rollout_waits_for_start() {
     let (b, g) = two_upstreams().await;
-    let v = start_veer(&config(b.addr, g.addr, &format!("{GATE}state = \"pending\"\n"))).await;
+    let v = start_veer(&config(
+        b.addr,
+        g.addr,
+        &format!("{GATE}state = \"pending\"\n"),
+    ))
+    .await;
     let rt = v.rt().clone();
     tokio::time::sleep(Duration::from_secs(600)).await;
-    assert_eq!(rt.rollouts.status("web").unwrap().state, RolloutState::Pending);
+    assert_eq!(
+        rt.rollouts.status("web").unwrap().state,
+        RolloutState::Pending
+    );
     assert_eq!(green_weight(&rt), 0);
     assert_eq!(act(&rt, "pause").await.unwrap_err().status(), 409);
     act(&rt, "start").await.unwrap();
@@ -523,7 +681,10 @@ async fn without_a_config_file_the_rollout_lives_in_memory() {
     wait_step(&rt, 1).await;
     assert_eq!(green_weight(&rt), 25);
     let ro = rt.config().route("web").unwrap().rollout.clone().unwrap();
-    assert_eq!((ro.state, ro.step), (Some(RolloutState::Progressing), Some(1)));
+    assert_eq!(
+        (ro.state, ro.step),
+        (Some(RolloutState::Progressing), Some(1))
+    );
     drop(rt);
     running.shutdown().await;
 }
@@ -533,15 +694,23 @@ async fn without_a_config_file_the_rollout_lives_in_memory() {
 // ---------------------------------------------------------------------------------------
 
 /// Send requests from `n` concurrent clients until `stop`; counts answers by status.
-fn traffic(url: String, n: usize, stop: tokio_util::sync::CancellationToken) -> Arc<Mutex<std::collections::HashMap<u16, usize>>> {
+fn traffic(
+    url: String,
+    n: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> Arc<Mutex<std::collections::HashMap<u16, usize>>> {
     let seen = Arc::new(Mutex::new(std::collections::HashMap::new()));
     for _ in 0..n {
         let (url, stop, seen) = (url.clone(), stop.clone(), seen.clone());
         tokio::spawn(async move {
             let c = client();
             while !stop.is_cancelled() {
-                let req = Request::get(url.as_str()).body(Full::new(Bytes::new())).unwrap();
-                if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(5), c.request(req)).await {
+                let req = Request::get(url.as_str())
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                if let Ok(Ok(r)) =
+                    tokio::time::timeout(Duration::from_secs(5), c.request(req)).await
+                {
                     let status = r.status().as_u16();
                     let _ = http_body_util::BodyExt::collect(r.into_body()).await;
                     *seen.lock().unwrap().entry(status).or_default() += 1;
@@ -581,7 +750,12 @@ max_p99 = "1s"
     })
     .await
     .expect("the rollout finishes");
-    assert_eq!(outcome.state, RolloutState::Succeeded, "{:?}", outcome.reason);
+    assert_eq!(
+        outcome.state,
+        RolloutState::Succeeded,
+        "{:?}",
+        outcome.reason
+    );
     assert_eq!(weights, vec![5, 25, 50, 100]);
     // Now everything goes to green.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -589,10 +763,18 @@ max_p99 = "1s"
     let green_before = g.hits();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.cancel();
-    assert_eq!(b.hits(), blue_before, "blue still gets traffic after success");
+    assert_eq!(
+        b.hits(),
+        blue_before,
+        "blue still gets traffic after success"
+    );
     assert!(g.hits() > green_before);
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), vec![200], "{seen:?}");
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "{seen:?}"
+    );
     v.shutdown().await;
 }
 
@@ -623,19 +805,36 @@ max_error_rate = 0.01
     wait_step(&rt, 0).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let _seen = traffic(v.url("/"), 4, stop.clone());
-    let s = tokio::time::timeout(Duration::from_secs(20), wait_state(&rt, RolloutState::RolledBack))
-        .await
-        .expect("rolled back by fail fast");
+    let s = tokio::time::timeout(
+        Duration::from_secs(20),
+        wait_state(&rt, RolloutState::RolledBack),
+    )
+    .await
+    .expect("rolled back by fail fast");
     assert_eq!(s.step, 0);
-    assert!(s.reason.as_deref().unwrap().contains("fail fast"), "{:?}", s.reason);
+    assert!(
+        s.reason.as_deref().unwrap().contains("fail fast"),
+        "{:?}",
+        s.reason
+    );
     // Everyone is back on blue at once, and stays there.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let green_hits = green.hits();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
-    assert_eq!(green.hits(), green_hits, "green still gets traffic after the rollback");
-    assert_eq!(rt.rollouts.status("web").unwrap().state, RolloutState::RolledBack);
-    assert_eq!(file_progress(&v), (0, Some(RolloutState::RolledBack), Some(0)));
+    assert_eq!(
+        green.hits(),
+        green_hits,
+        "green still gets traffic after the rollback"
+    );
+    assert_eq!(
+        rt.rollouts.status("web").unwrap().state,
+        RolloutState::RolledBack
+    );
+    assert_eq!(
+        file_progress(&v),
+        (0, Some(RolloutState::RolledBack), Some(0))
+    );
     v.shutdown().await;
 }
 
@@ -674,15 +873,24 @@ approval = true
         // Each step passes, then waits for approval: the weight holds while we look.
         let s = tokio::time::timeout(
             Duration::from_secs(10),
-            wait_status(&rt, "awaiting approval", |s| s.state == RolloutState::AwaitingApproval && s.step == k),
+            wait_status(&rt, "awaiting approval", |s| {
+                s.state == RolloutState::AwaitingApproval && s.step == k
+            }),
         )
         .await
         .expect("step passes");
         assert_eq!(s.step, k);
         let now = on_green(&v).await;
-        assert!(now.is_superset(&prev), "step {k}: a user left green: {:?}", prev.difference(&now).collect::<Vec<_>>());
+        assert!(
+            now.is_superset(&prev),
+            "step {k}: a user left green: {:?}",
+            prev.difference(&now).collect::<Vec<_>>()
+        );
         let share = now.len() * 100 / users.len();
-        assert!(share.abs_diff(w) <= 6, "step {k}: {share}% of users on green, expected about {w}%");
+        assert!(
+            share.abs_diff(w) <= 6,
+            "step {k}: {share}% of users on green, expected about {w}%"
+        );
         prev = now;
         // The same user twice: the same answer.
         let u = &users[*prev.iter().next().unwrap()];
@@ -692,7 +900,11 @@ approval = true
     wait_step(&rt, 3).await;
     act(&rt, "abort").await.unwrap();
     let now = on_green(&v).await;
-    assert!(now.is_empty(), "after rollback {} users still on green", now.len());
+    assert!(
+        now.is_empty(),
+        "after rollback {} users still on green",
+        now.len()
+    );
     v.shutdown().await;
 }
 
@@ -709,8 +921,14 @@ async fn notify_hook_receives_the_events_and_is_retried() {
             if calls.fetch_add(1, Ordering::SeqCst) == 0 {
                 return respond(503, "not yet");
             }
-            let body = http_body_util::BodyExt::collect(req.into_body()).await.unwrap().to_bytes();
-            events.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            events
+                .lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).unwrap());
             respond(204, "")
         }
     })
@@ -725,10 +943,16 @@ notify_url = "http://{}/hook"
     );
     let v = start_veer(&config(b.addr, g.addr, &extra)).await;
     let rt = v.rt().clone();
-    tokio::time::timeout(Duration::from_secs(10), wait_state(&rt, RolloutState::Succeeded))
-        .await
-        .unwrap();
-    eventually("all events delivered", Duration::from_secs(10), || events.lock().unwrap().len() >= 5).await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        wait_state(&rt, RolloutState::Succeeded),
+    )
+    .await
+    .unwrap();
+    eventually("all events delivered", Duration::from_secs(10), || {
+        events.lock().unwrap().len() >= 5
+    })
+    .await;
     let events = events.lock().unwrap().clone();
     let kinds: Vec<(String, u64, Option<String>)> = events
         .iter()
@@ -748,7 +972,10 @@ notify_url = "http://{}/hook"
         ("succeeded".to_string(), 1, None),
     ];
     assert_eq!(kinds, want, "{events:#?}");
-    assert!(calls.load(Ordering::SeqCst) >= 6, "the failed delivery was retried");
+    assert!(
+        calls.load(Ordering::SeqCst) >= 6,
+        "the failed delivery was retried"
+    );
     for e in &events {
         assert_eq!(e["route"], "web");
         assert_eq!(e["to"], "green");
@@ -771,16 +998,20 @@ async fn an_unreachable_notify_hook_never_blocks_the_rollout() {
     );
     let v = start_veer(&config(b.addr, g.addr, &extra)).await;
     let rt = v.rt().clone();
-    tokio::time::timeout(Duration::from_secs(5), wait_state(&rt, RolloutState::Succeeded))
-        .await
-        .expect("the rollout does not wait for its notifications");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        wait_state(&rt, RolloutState::Succeeded),
+    )
+    .await
+    .expect("the rollout does not wait for its notifications");
     v.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_and_status_over_the_admin_api() {
     let (b, g) = two_upstreams().await;
-    let text = config(b.addr, g.addr, GATE).replace("step_interval = \"1m\"", "step_interval = \"1h\"")
+    let text = config(b.addr, g.addr, GATE)
+        .replace("step_interval = \"1m\"", "step_interval = \"1h\"")
         + "\n[[routes]]\nname = \"plain\"\npath_prefix = \"/plain\"\nsplit = { blue = 1 }\n";
     let v = start_veer(&text).await;
     let rt = v.rt().clone();
@@ -798,7 +1029,12 @@ async fn actions_and_status_over_the_admin_api() {
     assert!(json(&r)["error"].as_str().unwrap().contains("progressing"));
 
     let st = json(&get(&v.admin_url("/api/status")).await);
-    let web = st["routes"].as_array().unwrap().iter().find(|r| r["name"] == "web").unwrap();
+    let web = st["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "web")
+        .unwrap();
     let ro = &web["rollout"];
     assert_eq!(ro["state"], "progressing");
     assert_eq!(ro["step"], 0);
@@ -809,7 +1045,12 @@ async fn actions_and_status_over_the_admin_api() {
     assert_eq!(ro["gate"]["max_p99_ms"], 500.0);
     assert_eq!(ro["gate"]["verdict"], "pending");
     assert_eq!(web["split"]["green"], 5);
-    let plain = st["routes"].as_array().unwrap().iter().find(|r| r["name"] == "plain").unwrap();
+    let plain = st["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "plain")
+        .unwrap();
     assert_eq!(plain["rollout"], Value::Null);
 
     // Real traffic shows up in the gate figures.
@@ -817,7 +1058,10 @@ async fn actions_and_status_over_the_admin_api() {
         assert_eq!(get(&v.url("/")).await.status, 200);
     }
     let st = veer::rollout::status_json(&rt, "web");
-    let (canary, base) = (st["gate"]["requests"].as_u64().unwrap(), st["gate"]["baseline"]["requests"].as_u64().unwrap());
+    let (canary, base) = (
+        st["gate"]["requests"].as_u64().unwrap(),
+        st["gate"]["baseline"]["requests"].as_u64().unwrap(),
+    );
     assert_eq!(canary + base, 40, "{st}");
     assert!((1..=4).contains(&canary), "about 5% of 40 requests: {st}");
     assert!(st["gate"]["p99_ms"].as_f64().unwrap() > 0.0);
@@ -827,8 +1071,18 @@ async fn actions_and_status_over_the_admin_api() {
     let body = json(&r);
     assert_eq!(body["rollout"]["state"], "paused");
     assert_eq!(body["action"], "pause");
-    assert_eq!(post(&v.admin_url("/api/routes/web/rollout/pause")).await.status, 409);
-    assert_eq!(post(&v.admin_url("/api/routes/web/rollout/resume")).await.status, 200);
+    assert_eq!(
+        post(&v.admin_url("/api/routes/web/rollout/pause"))
+            .await
+            .status,
+        409
+    );
+    assert_eq!(
+        post(&v.admin_url("/api/routes/web/rollout/resume"))
+            .await
+            .status,
+        200
+    );
     let r = post(&v.admin_url("/api/routes/web/rollout/promote")).await;
     assert_eq!(json(&r)["rollout"]["state"], "succeeded");
     assert_eq!(json(&r)["rollout"]["weight"], 100);
@@ -836,15 +1090,27 @@ async fn actions_and_status_over_the_admin_api() {
     assert_eq!(r.status, 409, "{}", r.body);
 
     let m = get(&v.admin_url("/metrics")).await.body;
-    assert_eq!(metric(&m, "veer_rollouts_total", &["route=\"web\"", "result=\"succeeded\""]), Some(1.0), "{m}");
-    assert_eq!(metric(&m, "veer_rollout_step", &["route=\"web\""]), Some(-1.0));
+    assert_eq!(
+        metric(
+            &m,
+            "veer_rollouts_total",
+            &["route=\"web\"", "result=\"succeeded\""]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "veer_rollout_step", &["route=\"web\""]),
+        Some(-1.0)
+    );
     v.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_config_file_refuses_actions_but_never_a_rollback() {
     let (b, g) = two_upstreams().await;
-    let text = config(b.addr, g.addr, GATE).replace("step_interval = \"1m\"", "step_interval = \"1h\"");
+    let text =
+        config(b.addr, g.addr, GATE).replace("step_interval = \"1m\"", "step_interval = \"1h\"");
     let v = start_veer(&text).await;
     let rt = v.rt().clone();
     wait_step(&rt, 0).await;
@@ -854,12 +1120,18 @@ async fn an_unwritable_config_file_refuses_actions_but_never_a_rollback() {
     // An operator action that cannot be written changes nothing.
     let r = post(&v.admin_url("/api/routes/web/rollout/pause")).await;
     assert_eq!(r.status, 409, "{}", r.body);
-    assert_eq!(rt.rollouts.status("web").unwrap().state, RolloutState::Progressing);
+    assert_eq!(
+        rt.rollouts.status("web").unwrap().state,
+        RolloutState::Progressing
+    );
     // A failing canary is still rolled back (in memory), for safety.
     feed(&rt, "green", 100, 1, MS);
-    tokio::time::timeout(Duration::from_secs(5), wait_state(&rt, RolloutState::RolledBack))
-        .await
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        wait_state(&rt, RolloutState::RolledBack),
+    )
+    .await
+    .unwrap();
     assert_eq!(green_weight(&rt), 0);
     assert_eq!(file_progress(&v).0, 5, "the file could not be written");
     #[allow(clippy::permissions_set_readonly_false)]
@@ -872,7 +1144,14 @@ async fn an_unwritable_config_file_refuses_actions_but_never_a_rollback() {
 async fn demo_with_rollout_starts_a_canary_of_green() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut child = tokio::process::Command::new(veer_bin())
-        .args(["demo", "--rollout", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args([
+            "demo",
+            "--rollout",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
         .env("VEER_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -882,7 +1161,9 @@ async fn demo_with_rollout_starts_a_canary_of_green() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut status_url = None;
     let mut proxy_url = None;
-    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await {
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await
+    {
         if let Some(u) = line.trim().strip_prefix("proxy:") {
             proxy_url = Some(u.trim().to_string());
         }
@@ -891,7 +1172,10 @@ async fn demo_with_rollout_starts_a_canary_of_green() {
             break;
         }
     }
-    let (status_url, proxy_url) = (status_url.expect("demo prints its status URL"), proxy_url.unwrap());
+    let (status_url, proxy_url) = (
+        status_url.expect("demo prints its status URL"),
+        proxy_url.unwrap(),
+    );
     let mut ro = Value::Null;
     for _ in 0..100 {
         let st = json(&get(&status_url).await);
@@ -904,7 +1188,16 @@ async fn demo_with_rollout_starts_a_canary_of_green() {
     assert_eq!(ro["state"], "progressing", "{ro}");
     assert_eq!(ro["weight"], 5);
     assert_eq!(ro["to"], "green");
-    // The green pool can be told to fail, through the proxy, for the whole pool.
+    // Once green's health checks pass, it can be told to fail, through the proxy, for the
+    // whole pool.
+    for _ in 0..200 {
+        let st = json(&get(&status_url).await);
+        let green = st["pools"]["green"]["backends"].as_array().unwrap().clone();
+        if green.iter().all(|b| b["health"] == "healthy") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let r = send(
         Request::post(format!("{proxy_url}fail?rate=1"))
             .header("x-veer-pool", "green")
@@ -918,4 +1211,37 @@ async fn demo_with_rollout_starts_a_canary_of_green() {
         assert_eq!(r.status, 500, "both green backends fail: {}", r.body);
     }
     let _ = child.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_canary_is_rolled_back_and_clients_never_notice() {
+    let blue = upstream("blue").await;
+    let dead = dead_addr().await;
+    let extra = r#"steps = [50, 100]
+step_interval = "300ms"
+min_requests = 20
+"#;
+    let v = start_veer(&config(blue.addr, dead, extra)).await;
+    let rt = v.rt().clone();
+    wait_step(&rt, 0).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let seen = traffic(v.url("/"), 2, stop.clone());
+    let s = tokio::time::timeout(
+        Duration::from_secs(10),
+        wait_state(&rt, RolloutState::RolledBack),
+    )
+    .await
+    .expect("rolled back");
+    stop.cancel();
+    // Connect failures to green were retried on blue: every client got an answer.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "{seen:?}"
+    );
+    let st = veer::rollout::status_json(&rt, "web");
+    assert!(st["gate"]["errors"].as_u64().unwrap() >= 5, "{st}");
+    assert!(s.reason.is_some());
+    v.shutdown().await;
 }

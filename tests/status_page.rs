@@ -349,6 +349,7 @@ async fn page_renders_routes_and_follows_a_weight_change() {
         })
         .await;
     assert!(took <= Duration::from_secs(2), "took {took:?}");
+    eprintln!("status page showed the weight change after {took:?}");
 
     // In-flight requests show live.
     let url = veer.url("/reports/q3");

@@ -858,6 +858,55 @@ async fn upstream_tls_verifies_against_the_ca_and_sni() {
 }
 
 #[tokio::test]
+async fn health_checks_speak_the_pools_tls_and_protocol() {
+    let ca = Ca::new();
+    let (c, k) = ca.leaf(&["backend.test"]);
+    let (tls_addr, _stop) = tls_upstream(&c, &k).await;
+    // An h2c backend that fails anything but HTTP/2.
+    let h2c = upstream_with(|req| async move {
+        respond(
+            if req.version() == Version::HTTP_2 {
+                200
+            } else {
+                505
+            },
+            "h2c",
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "ca.pem", &ca.pem());
+    let check =
+        "interval = \"100ms\"\ntimeout = \"1s\"\nhealthy_threshold = 1\nunhealthy_threshold = 1";
+    let config = format!(
+        "[pools.tls]\nbackends = [\"{tls_addr}\"]\nprotocol = \"h2\"\ntls = {{ ca = \"ca.pem\", sni = \"backend.test\" }}\n\
+         [pools.tls.health_check]\npath = \"/health\"\n{check}\n\
+         [pools.h2c]\nbackends = [\"{}\"]\nprotocol = \"h2c\"\n[pools.h2c.health_check]\npath = \"/health\"\n{check}\n\
+         [[routes]]\nname = \"tls\"\nhosts = [\"tls.test\"]\nsplit = {{ tls = 100 }}\n\
+         [[routes]]\nname = \"h2c\"\nhosts = [\"h2c.test\"]\nsplit = {{ h2c = 100 }}\n",
+        h2c.addr
+    );
+    let v = start_in(dir, &config).await;
+    let rt = v.veer.rt().clone();
+    eventually(
+        "both backends pass their checks",
+        Duration::from_secs(5),
+        || {
+            rt.registry
+                .all()
+                .iter()
+                .all(|b| b.health() == veer::upstream::Health::Healthy)
+        },
+    )
+    .await;
+    let got = get_with(&v.veer.url("/"), &[("host", "tls.test")]).await;
+    assert_eq!((got.status, got.body.as_str()), (200, "secure HTTP/2.0"));
+    let got = get_with(&v.veer.url("/"), &[("host", "h2c.test")]).await;
+    assert_eq!((got.status, got.body.as_str()), (200, "h2c"));
+    v.veer.shutdown().await;
+}
+
+#[tokio::test]
 async fn h2c_upstream_gets_http2_with_the_downstream_authority() {
     let up = echo_upstream().await;
     let v = start_veer(&format!(

@@ -129,20 +129,23 @@ impl Gate {
 
     pub(crate) fn open(&self) {
         self.permits.store(0, Ordering::Release);
-        self.state.store(BreakerState::Open as u8, Ordering::Release);
+        self.state
+            .store(BreakerState::Open as u8, Ordering::Release);
     }
 
     pub(crate) fn half_open(&self, permits: u32) {
         self.trial_ok.store(0, Ordering::Release);
         self.trial_failed.store(0, Ordering::Release);
         self.permits.store(permits, Ordering::Release);
-        self.state.store(BreakerState::HalfOpen as u8, Ordering::Release);
+        self.state
+            .store(BreakerState::HalfOpen as u8, Ordering::Release);
     }
 
     pub(crate) fn close(&self) {
         self.failures.store(0, Ordering::Release);
         self.permits.store(0, Ordering::Release);
-        self.state.store(BreakerState::Closed as u8, Ordering::Release);
+        self.state
+            .store(BreakerState::Closed as u8, Ordering::Release);
     }
 
     /// (successful trials, failed trials) since half-open began.
@@ -197,7 +200,9 @@ pub fn max_ejected(size: u32) -> u32 {
 fn try_eject(pool: &PoolShared) -> bool {
     let cap = max_ejected(pool.size.load(std::sync::atomic::Ordering::Relaxed));
     pool.ejected
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| (e < cap).then_some(e + 1))
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+            (e < cap).then_some(e + 1)
+        })
         .is_ok()
 }
 
@@ -251,7 +256,11 @@ async fn run(b: Arc<Backend>, trips_metric: Option<IntCounter>) {
             tracing::debug!(backend = %b.id, "breaker would open but half the pool is already ejected");
             continue;
         }
-        trips = decayed(trips, closed_since.elapsed(), b.pool_config().circuit_breaker.open_for) + 1;
+        trips = decayed(
+            trips,
+            closed_since.elapsed(),
+            b.pool_config().circuit_breaker.open_for,
+        ) + 1;
         loop {
             // Open: no requests for the (grown) open time.
             gate.open();

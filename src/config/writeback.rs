@@ -184,3 +184,40 @@ pub fn set_split(doc: &mut DocumentMut, route: &str, split: &[(String, u32)]) ->
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "# top\n[pools.blue]\nbackends = [\"127.0.0.1:9001\"]\n[pools.green]\nbackends = [\"127.0.0.1:9002\"]\n\n[[routes]]\nname = \"web\"\n[routes.split]  # as a table\nblue = 9  # most\ngreen = 1\n";
+
+    #[test]
+    fn set_split_keeps_a_split_table_and_comments() {
+        let mut doc: DocumentMut = TEXT.parse().unwrap();
+        set_split(&mut doc, "web", &[("blue".into(), 1), ("green".into(), 9)]).unwrap();
+        let out = doc.to_string();
+        assert!(out.starts_with("# top\n"), "{out}");
+        assert!(out.contains("[routes.split]  # as a table"), "{out}");
+        let c = Config::parse(Path::new("t.toml"), &out).unwrap();
+        assert_eq!(c.routes[0].split, vec![("blue".into(), 1), ("green".into(), 9)]);
+    }
+
+    #[test]
+    fn prepare_writes_nothing_until_asked_and_restore_puts_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("veer.toml");
+        std::fs::write(&path, TEXT).unwrap();
+        let edit = prepare_edit(&path, |d| set_split(d, "web", &[("blue".into(), 0), ("green".into(), 1)])).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), TEXT);
+        edit.write().unwrap();
+        assert_ne!(std::fs::read_to_string(&path).unwrap(), TEXT);
+        edit.restore().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), TEXT);
+        // An edit that breaks the config is refused before anything is written.
+        let bad = prepare_edit(&path, |d| set_split(d, "web", &[("red".into(), 1)]));
+        assert!(matches!(bad, Err(WritebackError::Invalid(_))));
+        let missing = prepare_edit(&path, |d| set_split(d, "nope", &[("blue".into(), 1)]));
+        assert!(matches!(missing, Err(WritebackError::Edit(_))));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), TEXT);
+    }
+}

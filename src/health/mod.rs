@@ -8,7 +8,7 @@
 //! A backend that has never passed takes no traffic; its first pass makes it healthy at once
 //! (Envoy does the same for new hosts), after that the thresholds apply.
 
-use crate::config::{HealthCheckConfig, Protocol};
+use crate::config::HealthCheckConfig;
 use crate::upstream::client::UpBody;
 use crate::upstream::{Backend, Health};
 use http::header::{self, HeaderValue};
@@ -50,7 +50,12 @@ impl Tracker {
     }
 
     /// Feed one probe result; returns the new health when it changes.
-    pub fn observe(&mut self, current: Health, pass: bool, hc: &HealthCheckConfig) -> Option<Health> {
+    pub fn observe(
+        &mut self,
+        current: Health,
+        pass: bool,
+        hc: &HealthCheckConfig,
+    ) -> Option<Health> {
         if pass {
             self.passes = self.passes.saturating_add(1);
             self.failures = 0;
@@ -63,7 +68,9 @@ impl Tracker {
         let next = match current {
             _ if first_pass => Health::Healthy,
             Health::Unhealthy if self.passes >= hc.healthy_threshold => Health::Healthy,
-            Health::Healthy | Health::Unknown if self.failures >= hc.unhealthy_threshold => Health::Unhealthy,
+            Health::Healthy | Health::Unknown if self.failures >= hc.unhealthy_threshold => {
+                Health::Unhealthy
+            }
             h => h,
         };
         (next != current).then_some(next)
@@ -97,12 +104,17 @@ pub async fn probe(b: &Backend, hc: &HealthCheckConfig) -> Result<(), ProbeError
     *req.uri_mut() = uri;
     req.headers_mut()
         .insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-    *req.version_mut() = match b.pool_config().protocol {
-        Protocol::H1 => Version::HTTP_11,
-        Protocol::H2 | Protocol::H2c => Version::HTTP_2,
+    *req.version_mut() = if client.http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
     };
     let exchange = async {
-        let resp = client.client.request(req).await.map_err(ProbeError::Request)?;
+        let resp = client
+            .client
+            .request(req)
+            .await
+            .map_err(ProbeError::Request)?;
         let status = resp.status().as_u16();
         // Read a small body to its end so the connection goes back to the pool; a large one
         // is dropped (that connection closes, which is fine for a probe).
@@ -166,8 +178,12 @@ async fn run(b: Arc<Backend>, epoch: u64) {
         if let Some(next) = tracker.observe(current, result.is_ok(), hc) {
             b.set_health(next);
             match (&result, next) {
-                (Err(e), _) => tracing::warn!(backend = %b.id, from = current.as_str(), to = next.as_str(), reason = %e, "backend health changed"),
-                (Ok(()), _) => tracing::info!(backend = %b.id, from = current.as_str(), to = next.as_str(), "backend health changed"),
+                (Err(e), _) => {
+                    tracing::warn!(backend = %b.id, from = current.as_str(), to = next.as_str(), reason = %e, "backend health changed")
+                }
+                (Ok(()), _) => {
+                    tracing::info!(backend = %b.id, from = current.as_str(), to = next.as_str(), "backend health changed")
+                }
             }
         }
         let delay = next_delay(hc);
@@ -229,14 +245,21 @@ mod tests {
     fn thresholds_apply_after_the_first_pass() {
         let c = hc(2, 3);
         assert_eq!(
-            run(K, &[true, false, false, true, false, false, false, true, true], &c),
+            run(
+                K,
+                &[true, false, false, true, false, false, false, true, true],
+                &c
+            ),
             vec![H, H, H, H, H, H, U, U, H]
         );
     }
 
     #[test]
     fn one_failure_between_passes_resets_the_count() {
-        assert_eq!(run(U, &[true, false, true, true], &hc(2, 1)), vec![U, U, U, H]);
+        assert_eq!(
+            run(U, &[true, false, true, true], &hc(2, 1)),
+            vec![U, U, U, H]
+        );
     }
 
     #[test]

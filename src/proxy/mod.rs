@@ -199,6 +199,22 @@ fn pick(route: &Route, pool_idx: usize, bucket: u32, tried: &[usize]) -> Option<
     None
 }
 
+/// A request that chose its route on a snapshot a reload has just replaced can find that
+/// snapshot's backends already draining: take the backend from the live snapshot instead
+/// (same route and pool, by name), so a reload never turns into a 503.
+fn pick_live(rt: &Runtime, snap: &Snapshot, route: &Route, pool_idx: usize, bucket: u32) -> Option<(usize, Lease)> {
+    let live = rt.snapshot();
+    if live.version == snap.version {
+        return None;
+    }
+    let live_route = live.router.get(&route.name)?;
+    let j = live_route.pool_index(&route.pools[pool_idx].name)?;
+    let (k, lease) = pick(live_route, j, bucket, &[])?;
+    // Accounted under the request's own route, by pool name.
+    let i = route.pool_index(&live_route.pools[k].name)?;
+    Some((i, lease))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     rt: &Runtime,
@@ -258,7 +274,9 @@ async fn forward(
                 tokio::time::sleep(Duration::from_secs_f64(jittered)).await;
             }
         }
-        let Some((pidx, mut lease)) = pick(route, pool_idx, bucket, &tried) else {
+        let picked = pick(route, pool_idx, bucket, &tried)
+            .or_else(|| if attempt == 1 { pick_live(rt, snap, route, pool_idx, bucket) } else { None });
+        let Some((pidx, mut lease)) = picked else {
             if attempt > 1 {
                 route.state.refund();
             }
@@ -418,7 +436,8 @@ async fn upstream_deadline(slot: Option<&BodySlot>, timeout: Duration) -> Outcom
 /// Feed the route's running rollout step, if any (atomics only).
 fn rollout_observe(route: &Route, pool: usize, failed: bool, started: Instant) {
     if route.config.rollout.is_some() {
-        crate::rollout::observe(&route.state.rollout, &route.pools[pool].name, failed, started.elapsed());
+        let name = &route.pools[pool].name;
+        crate::rollout::observe(&route.state.rollout, name, failed, started.elapsed());
     }
 }
 

@@ -136,7 +136,7 @@ struct Activity {
     /// False once the connection's socket is dropped; after an upgrade that is when the
     /// tunnel ends.
     io_open: AtomicBool,
-    /// Wakes the connection loop when its deadline may have moved earlier, or the socket closed.
+    /// Wakes the connection task when the socket is dropped (the end of a tunnel).
     changed: Notify,
     start: Instant,
 }
@@ -198,9 +198,7 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let a = &self.0;
         a.last.store(a.now_ms(), Ordering::Release);
-        if a.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            a.changed.notify_one();
-        }
+        a.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -254,7 +252,6 @@ impl<I> Watched<I> {
                 self.preface += n as u8;
                 if self.preface as usize == H2_PREFACE.len() {
                     self.activity.head_since.store(0, Ordering::Release);
-                    self.activity.changed.notify_one();
                 }
                 return;
             }
@@ -266,7 +263,6 @@ impl<I> Watched<I> {
         let a = &self.activity;
         if a.active.load(Ordering::Acquire) == 0 && a.head_since.load(Ordering::Acquire) == 0 {
             a.head_since.store(a.now_ms() + 1, Ordering::Release);
-            a.changed.notify_one();
         }
     }
 }
@@ -354,16 +350,20 @@ where
     // Boxed so it can be dropped on completion, to tell an upgraded socket from a closed one.
     let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     let (header_read, idle) = (settings.header_read_timeout, settings.idle_timeout);
+    // The loop is never woken per request (that would cost a timer re-arm each time): it
+    // looks again at least every `check`, which is soon enough to arm each deadline exactly,
+    // since none falls less than `check` after what starts it.
+    let check = header_read.min(idle);
+    let timer = tokio::time::sleep(check);
+    tokio::pin!(timer);
     let mut shutting = false;
     loop {
-        let deadline = activity.deadline(header_read, idle);
-        // A slow head is cut even during shutdown; idleness only matters before it.
-        let armed = match deadline {
-            Some((_, Expiry::Head)) => true,
-            Some((_, Expiry::Idle)) => !shutting,
-            None => false,
+        let now = Instant::now();
+        let at = match activity.deadline(header_read, idle) {
+            Some((at, _)) => at.min(now + check),
+            None => now + check,
         };
-        let at = deadline.map_or_else(Instant::now, |(at, _)| at);
+        timer.as_mut().reset(at);
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
@@ -375,10 +375,10 @@ where
                 shutting = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = activity.changed.notified() => {}
-            _ = tokio::time::sleep_until(at), if armed => {
+            _ = timer.as_mut() => {
                 // Re-read: a request may have started since the deadline was computed.
                 match activity.deadline(header_read, idle) {
+                    // A slow head is cut even during shutdown.
                     Some((at, Expiry::Head)) if at <= Instant::now() => {
                         tracing::debug!(%peer, "request head not received in time; closing");
                         return;

@@ -45,7 +45,12 @@ pub enum CommitError {
 }
 
 /// Start the controller task for `route`.
-pub(super) fn spawn(rt: &Arc<Runtime>, route: &RouteConfig, def: &RolloutConfig, start: Start) -> Handle {
+pub(super) fn spawn(
+    rt: &Arc<Runtime>,
+    route: &RouteConfig,
+    def: &RolloutConfig,
+    start: Start,
+) -> Handle {
     let def = Arc::new(def.clone());
     let baseline = route
         .split
@@ -57,7 +62,9 @@ pub(super) fn spawn(rt: &Arc<Runtime>, route: &RouteConfig, def: &RolloutConfig,
     let cancel = CancellationToken::new();
     let (state, step) = match start {
         Start::Fresh => (RolloutState::Pending, 0),
-        Start::Resume { state, step } => (state.unwrap_or(RolloutState::Pending), step.unwrap_or(0)),
+        Start::Resume { state, step } => {
+            (state.unwrap_or(RolloutState::Pending), step.unwrap_or(0))
+        }
     };
     let status = Status {
         def: def.clone(),
@@ -172,7 +179,10 @@ impl Controller {
     async fn begin(&mut self, start: Start) {
         let (state, step) = match start {
             Start::Fresh | Start::Resume { state: None, .. } => (None, 0),
-            Start::Resume { state: Some(s), step } => (Some(s), step.unwrap_or(0).min(self.last_step())),
+            Start::Resume {
+                state: Some(s),
+                step,
+            } => (Some(s), step.unwrap_or(0).min(self.last_step())),
         };
         self.step = step;
         match state {
@@ -181,8 +191,8 @@ impl Controller {
                 self.start_fresh().await;
             }
             Some(RolloutState::Progressing) => {
-                tracing::info!(route = %self.route, step, weight = self.weight_of_step(step), "resuming rollout");
-                // The file already says where we are; make sure the split agrees.
+                // The file already says where we are; make sure the split agrees. (The
+                // "resumed" event logs it.)
                 if let Err(e) = self.enter_step(step, "resumed", true).await {
                     tracing::error!(route = %self.route, error = %e, "cannot resume rollout step; will retry");
                     self.state = RolloutState::Progressing;
@@ -238,7 +248,9 @@ impl Controller {
             state: self.state,
             step: self.step,
             step_started: (self.state == RolloutState::Progressing).then_some(self.step_started),
-            approval_deadline: self.approval_deadline.filter(|_| self.state == RolloutState::AwaitingApproval),
+            approval_deadline: self
+                .approval_deadline
+                .filter(|_| self.state == RolloutState::AwaitingApproval),
             stats: self.stats.clone(),
             figures: self.figures,
             verdict: self.verdict,
@@ -255,21 +267,42 @@ impl Controller {
         };
         let gate = figures.map(|f| figures_json(&self.def, f));
         let reason = self.reason.clone();
-        let (requests, errors, p99) = figures
-            .map(|f| (f.canary.requests, f.canary.failures, f.canary.p99.map(format_duration)))
+        let (step, steps, to) = (self.step + 1, self.def.steps.len(), &self.def.to);
+        let figs = figures
+            .map(|f| {
+                let c = &f.canary;
+                let p99 = c.p99.map(format_duration).unwrap_or_else(|| "-".into());
+                format!(
+                    "{} requests to {to}, {} failed ({}), p99 {p99}",
+                    c.requests,
+                    c.failures,
+                    gate::pct(c.error_rate())
+                )
+            })
             .unwrap_or_default();
-        let p99 = p99.unwrap_or_default();
-        let reason_s = reason.as_deref().unwrap_or("");
-        match (event, verdict) {
-            ("rolled_back", _) | ("gate", Some("failed")) => tracing::warn!(
-                route = %self.route, event, state = self.state.as_str(), step = self.step, weight,
-                to = %self.def.to, requests, errors, p99 = %p99, reason = reason_s, "rollout"
+        let why = reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        let msg = match event {
+            "started" | "step" | "resumed" => {
+                format!("rollout {event}: step {step}/{steps}, {to} at {weight}%")
+            }
+            "gate" => format!(
+                "rollout gate {} at step {step}/{steps} ({figs}){why}",
+                verdict.unwrap_or("")
             ),
-            _ => tracing::info!(
-                route = %self.route, event, state = self.state.as_str(), step = self.step, weight,
-                to = %self.def.to, verdict = verdict.unwrap_or(""), requests, errors, p99 = %p99,
-                reason = reason_s, "rollout"
+            "succeeded" => format!("rollout succeeded, {to} at 100%{why}"),
+            "rolled_back" => format!(
+                "rollout rolled back at step {step}/{steps}, all traffic to {}{why} ({figs})",
+                self.baseline
             ),
+            _ => format!("rollout {event} at step {step}/{steps}, {to} at {weight}%{why}"),
+        };
+        if event == "rolled_back" || verdict == Some("failed") {
+            tracing::warn!(route = %self.route, event, step = self.step, weight, "{msg}");
+        } else {
+            tracing::info!(route = %self.route, event, step = self.step, weight, "{msg}");
         }
         self.notifier.send(Event {
             route: self.route.clone(),
@@ -290,7 +323,9 @@ impl Controller {
     fn install_stats(&mut self, stats: Option<Arc<StepStats>>) {
         let Some(rt) = self.rt.upgrade() else { return };
         let snap = rt.snapshot();
-        let Some(route) = snap.router.get(&self.route) else { return };
+        let Some(route) = snap.router.get(&self.route) else {
+            return;
+        };
         match &stats {
             Some(s) => route.state.rollout.store(Some(s.clone())),
             None => {
@@ -304,7 +339,13 @@ impl Controller {
     }
 
     /// Write the progress back (file, or memory without one) and make it live.
-    async fn commit(&self, weight: u32, state: RolloutState, step: usize, force: bool) -> Result<(), CommitError> {
+    async fn commit(
+        &self,
+        weight: u32,
+        state: RolloutState,
+        step: usize,
+        force: bool,
+    ) -> Result<(), CommitError> {
         let rt = self.rt.upgrade().ok_or(CommitError::Gone)?;
         let guard = rt.change_lock.lock().await;
         if self.cancel.is_cancelled() {
@@ -312,13 +353,26 @@ impl Controller {
         }
         let live = rt.config();
         let rc = live.route(&self.route).ok_or(CommitError::Superseded)?;
-        if !rc.rollout.as_ref().is_some_and(|d| d.definition_eq(&self.def)) {
+        if !rc
+            .rollout
+            .as_ref()
+            .is_some_and(|d| d.definition_eq(&self.def))
+        {
             return Err(CommitError::Superseded);
         }
         let split: Vec<(String, u32)> = rc
             .split
             .iter()
-            .map(|(p, _)| (p.clone(), if *p == self.def.to { weight } else { 100 - weight }))
+            .map(|(p, _)| {
+                (
+                    p.clone(),
+                    if *p == self.def.to {
+                        weight
+                    } else {
+                        100 - weight
+                    },
+                )
+            })
             .collect();
         let progress = Progress { split, state, step };
         let route = self.route.as_str();
@@ -347,7 +401,12 @@ impl Controller {
     fn pool_healthy(&self) -> bool {
         self.rt
             .upgrade()
-            .and_then(|rt| rt.snapshot().pools.get(self.def.to.as_str()).map(|p| p.has_healthy()))
+            .and_then(|rt| {
+                rt.snapshot()
+                    .pools
+                    .get(self.def.to.as_str())
+                    .map(|p| super::can_serve(p))
+            })
             .unwrap_or(false)
     }
 
@@ -378,11 +437,17 @@ impl Controller {
     }
 
     /// Set the weight of step `k` and start its clock and statistics.
-    async fn enter_step(&mut self, k: usize, event: &'static str, resumed: bool) -> Result<(), CommitError> {
+    async fn enter_step(
+        &mut self,
+        k: usize,
+        event: &'static str,
+        resumed: bool,
+    ) -> Result<(), CommitError> {
         let weight = self.weight_of_step(k);
         let needs_write = !resumed || !self.split_matches(weight, RolloutState::Progressing, k);
         if needs_write {
-            self.commit(weight, RolloutState::Progressing, k, false).await?;
+            self.commit(weight, RolloutState::Progressing, k, false)
+                .await?;
         }
         self.state = RolloutState::Progressing;
         self.step = k;
@@ -393,7 +458,11 @@ impl Controller {
         self.verdict = None;
         self.reason = None;
         self.passed_logged = false;
-        let stats = Arc::new(StepStats::new(&self.def.to, &self.baseline, self.def.max_p99));
+        let stats = Arc::new(StepStats::new(
+            &self.def.to,
+            &self.baseline,
+            self.def.max_p99,
+        ));
         self.install_stats(Some(stats));
         self.schedule();
         self.publish();
@@ -403,12 +472,18 @@ impl Controller {
 
     /// Does the live config already show this progress?
     fn split_matches(&self, weight: u32, state: RolloutState, step: usize) -> bool {
-        let Some(rt) = self.rt.upgrade() else { return false };
+        let Some(rt) = self.rt.upgrade() else {
+            return false;
+        };
         let live = rt.config();
         live.route(&self.route).is_some_and(|rc| {
             let total: u32 = rc.split.iter().map(|(_, w)| *w).sum();
-            rc.weight_of(&self.def.to).is_some_and(|w| w * 100 == weight * total.max(1))
-                && rc.rollout.as_ref().is_some_and(|r| r.state == Some(state) && r.step == Some(step))
+            rc.weight_of(&self.def.to)
+                .is_some_and(|w| w * 100 == weight * total.max(1))
+                && rc
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|r| r.state == Some(state) && r.step == Some(step))
         })
     }
 
@@ -424,7 +499,11 @@ impl Controller {
         ));
         // Keep watching the pool while waiting: a breach still rolls back.
         if self.stats.is_none() {
-            let stats = Arc::new(StepStats::new(&self.def.to, &self.baseline, self.def.max_p99));
+            let stats = Arc::new(StepStats::new(
+                &self.def.to,
+                &self.baseline,
+                self.def.max_p99,
+            ));
             self.install_stats(Some(stats));
         }
         self.schedule();
@@ -449,8 +528,7 @@ impl Controller {
                 };
                 let f = stats.figures();
                 if let Some(reason) = gate::fail_fast(&self.def, &f, &self.def.to) {
-                    self.verdict = Some("failed");
-                    self.roll_back(reason, Some(f), true).await.ok();
+                    self.gate_failed(reason, f).await;
                     return;
                 }
                 if now >= self.step_started + self.def.step_interval {
@@ -465,8 +543,7 @@ impl Controller {
                             self.advance(f).await;
                         }
                         Verdict::Fail(reason) => {
-                            self.verdict = Some("failed");
-                            self.roll_back(reason, Some(f), true).await.ok();
+                            self.gate_failed(reason, f).await;
                             return;
                         }
                         Verdict::Wait(reason) => {
@@ -488,8 +565,7 @@ impl Controller {
                 if let Some(stats) = self.stats.clone() {
                     let f = stats.figures();
                     if let Some(reason) = gate::fail_fast(&self.def, &f, &self.def.to) {
-                        self.verdict = Some("failed");
-                        self.roll_back(reason, Some(f), true).await.ok();
+                        self.gate_failed(reason, f).await;
                         return;
                     }
                 }
@@ -508,13 +584,26 @@ impl Controller {
         }
     }
 
+    /// The gate failed (at the step's end or by fail fast): report it, then roll back.
+    async fn gate_failed(&mut self, reason: String, f: Figures) {
+        self.verdict = Some("failed");
+        self.reason = Some(reason.clone());
+        self.emit("gate", Some("failed"), Some(&f));
+        self.roll_back(reason, Some(f), true).await.ok();
+    }
+
     /// The step passed: next step, approval, or success.
     async fn advance(&mut self, f: Figures) {
         let result = if self.step >= self.last_step() {
             self.succeed("the last step passed".into(), Some(f)).await
         } else if self.def.approval {
             match self
-                .commit(self.weight_of_step(self.step), RolloutState::AwaitingApproval, self.step, false)
+                .commit(
+                    self.weight_of_step(self.step),
+                    RolloutState::AwaitingApproval,
+                    self.step,
+                    false,
+                )
                 .await
             {
                 Ok(()) => {
@@ -540,7 +629,8 @@ impl Controller {
 
     async fn succeed(&mut self, reason: String, f: Option<Figures>) -> Result<(), CommitError> {
         let last = self.last_step();
-        self.commit(100, RolloutState::Succeeded, last, false).await?;
+        self.commit(100, RolloutState::Succeeded, last, false)
+            .await?;
         self.state = RolloutState::Succeeded;
         self.step = last;
         self.finish(reason, f, "succeeded");
@@ -549,8 +639,16 @@ impl Controller {
 
     /// Roll back: all traffic to the baseline. `force`: take effect in memory even when the
     /// file cannot be written (automatic rollbacks); operator aborts follow the API rule.
-    async fn roll_back(&mut self, reason: String, f: Option<Figures>, force: bool) -> Result<(), CommitError> {
-        if let Err(e) = self.commit(0, RolloutState::RolledBack, self.step, force).await {
+    async fn roll_back(
+        &mut self,
+        reason: String,
+        f: Option<Figures>,
+        force: bool,
+    ) -> Result<(), CommitError> {
+        if let Err(e) = self
+            .commit(0, RolloutState::RolledBack, self.step, force)
+            .await
+        {
             if force {
                 tracing::error!(route = %self.route, error = %e, "rollback could not be applied");
             }
@@ -569,7 +667,10 @@ impl Controller {
         self.install_stats(None);
         self.next_check = None;
         if let Some(rt) = self.rt.upgrade() {
-            rt.metrics.rollouts.with_label_values(&[&self.route, result]).inc();
+            rt.metrics
+                .rollouts
+                .with_label_values(&[&self.route, result])
+                .inc();
         }
         self.publish();
         self.emit(result, None, self.figures.as_ref());
@@ -592,7 +693,9 @@ impl Controller {
                     return Err(self.conflict("start (abort it first)"));
                 }
                 self.pending_start = false;
-                self.enter_step(0, "started", false).await.map_err(ActionError::Commit)?;
+                self.enter_step(0, "started", false)
+                    .await
+                    .map_err(ActionError::Commit)?;
             }
             Action::Pause => {
                 if !matches!(self.state, Progressing | AwaitingApproval) {
@@ -615,9 +718,14 @@ impl Controller {
                     return Err(self.conflict("resume"));
                 }
                 if self.paused_from == Some(AwaitingApproval) {
-                    self.commit(self.weight_of_step(self.step), AwaitingApproval, self.step, false)
-                        .await
-                        .map_err(ActionError::Commit)?;
+                    self.commit(
+                        self.weight_of_step(self.step),
+                        AwaitingApproval,
+                        self.step,
+                        false,
+                    )
+                    .await
+                    .map_err(ActionError::Commit)?;
                     self.await_approval(false);
                     self.emit("resumed", None, None);
                 } else {
@@ -636,7 +744,9 @@ impl Controller {
                     .await
                     .map_err(ActionError::Commit)?;
                 self.emit("approved", None, None);
-                self.enter_step(next, "step", true).await.map_err(ActionError::Commit)?;
+                self.enter_step(next, "step", true)
+                    .await
+                    .map_err(ActionError::Commit)?;
             }
             Action::Promote => {
                 if !(running || self.state == Pending) {

@@ -2,7 +2,8 @@
 //!
 //! At the end of `step_interval` the step is judged on everything the rolled-out pool saw in
 //! the step: it passes when the pool had at least `min_requests` requests, an error rate of at
-//! most `max_error_rate`, a p99 latency of at most `max_p99`, and still has a healthy backend.
+//! most `max_error_rate`, a p99 latency of at most `max_p99`, and still has a healthy backend
+//! (health-checked or unchecked, not draining, breaker not open).
 //! Fewer requests: the step waits (and is judged as soon as they arrive).
 //!
 //! p99 ≤ `max_p99` is decided exactly, without the histogram: with `n` requests the
@@ -47,7 +48,9 @@ pub fn slow_allowed(n: u64) -> u64 {
 pub fn judge(def: &RolloutConfig, f: &Figures, healthy: bool, to: &str) -> Verdict {
     let c = &f.canary;
     if !healthy {
-        return Verdict::Fail(format!("pool {to} has no healthy backend"));
+        return Verdict::Fail(format!(
+            "pool {to} has no backend that can take traffic (healthy, not draining, breaker not open)"
+        ));
     }
     if c.requests < def.min_requests {
         return Verdict::Wait(format!(
@@ -138,7 +141,11 @@ pub fn significant(k: u64, n: u64, p: f64) -> bool {
 /// Kullback–Leibler divergence of Bernoulli(q) from Bernoulli(p), 0 < p < 1.
 fn kl(q: f64, p: f64) -> f64 {
     let a = if q > 0.0 { q * (q / p).ln() } else { 0.0 };
-    let b = if q < 1.0 { (1.0 - q) * ((1.0 - q) / (1.0 - p)).ln() } else { 0.0 };
+    let b = if q < 1.0 {
+        (1.0 - q) * ((1.0 - q) / (1.0 - p)).ln()
+    } else {
+        0.0
+    };
     a + b
 }
 
@@ -192,11 +199,19 @@ mod tests {
     #[test]
     fn judge_waits_passes_fails() {
         let d = def(100, 0.01);
-        assert!(matches!(judge(&d, &fig(99, 0, 0, 0), true, "green"), Verdict::Wait(r) if r.contains("99 of 100")));
+        assert!(
+            matches!(judge(&d, &fig(99, 0, 0, 0), true, "green"), Verdict::Wait(r) if r.contains("99 of 100"))
+        );
         assert_eq!(judge(&d, &fig(100, 1, 1, 0), true, "green"), Verdict::Pass);
-        assert!(matches!(judge(&d, &fig(100, 2, 0, 0), true, "green"), Verdict::Fail(r) if r.contains("error rate 2%")));
-        assert!(matches!(judge(&d, &fig(100, 0, 2, 0), true, "green"), Verdict::Fail(r) if r.contains("p99")));
-        assert!(matches!(judge(&d, &fig(1000, 0, 0, 0), false, "green"), Verdict::Fail(r) if r.contains("healthy")));
+        assert!(
+            matches!(judge(&d, &fig(100, 2, 0, 0), true, "green"), Verdict::Fail(r) if r.contains("error rate 2%"))
+        );
+        assert!(
+            matches!(judge(&d, &fig(100, 0, 2, 0), true, "green"), Verdict::Fail(r) if r.contains("p99"))
+        );
+        assert!(
+            matches!(judge(&d, &fig(1000, 0, 0, 0), false, "green"), Verdict::Fail(r) if r.contains("healthy"))
+        );
     }
 
     #[test]
@@ -212,16 +227,23 @@ mod tests {
     fn fail_fast_needs_evidence() {
         let d = def(100, 0.01);
         // 10% failing: certain once enough requests are in.
-        assert!(fail_fast(&d, &fig(50, 5, 0, 0), "green").is_none(), "below min_requests");
+        assert!(
+            fail_fast(&d, &fig(50, 5, 0, 0), "green").is_none(),
+            "below min_requests"
+        );
         assert!(fail_fast(&d, &fig(100, 10, 0, 0), "green").is_some());
         // 2% on 100 requests fails the gate at the end, but is not yet certain.
         assert!(fail_fast(&d, &fig(100, 2, 0, 0), "green").is_none());
         assert!(fail_fast(&d, &fig(100, 6, 0, 0), "green").is_none());
         assert!(fail_fast(&d, &fig(100, 7, 0, 0), "green").is_some());
         // A run of min_requests failures.
-        assert!(fail_fast(&d, &fig(100, 100, 0, 100), "green").unwrap().contains("last 100"));
+        assert!(fail_fast(&d, &fig(100, 100, 0, 100), "green")
+            .unwrap()
+            .contains("last 100"));
         // Slow requests: 10% slow is certain, 2% is not.
-        assert!(fail_fast(&d, &fig(200, 0, 20, 0), "green").unwrap().contains("p99"));
+        assert!(fail_fast(&d, &fig(200, 0, 20, 0), "green")
+            .unwrap()
+            .contains("p99"));
         assert!(fail_fast(&d, &fig(200, 0, 4, 0), "green").is_none());
         // Zero tolerance: one failure is a certain breach.
         assert!(fail_fast(&def(10, 0.0), &fig(10, 1, 0, 0), "green").is_some());

@@ -107,7 +107,9 @@ impl ActionError {
         match self {
             ActionError::UnknownRoute(_) | ActionError::NoRollout(_) => http::StatusCode::NOT_FOUND,
             ActionError::UnknownAction(_) => http::StatusCode::BAD_REQUEST,
-            ActionError::Conflict(_) | ActionError::Commit(_) | ActionError::Stopped(_) => http::StatusCode::CONFLICT,
+            ActionError::Conflict(_) | ActionError::Commit(_) | ActionError::Stopped(_) => {
+                http::StatusCode::CONFLICT
+            }
         }
     }
 }
@@ -206,7 +208,12 @@ impl Rollouts {
                 Some(h) if h.def.definition_eq(def) => continue,
                 Some(_) => Start::Fresh,
                 None => match old {
-                    Some(o) if !o.route(&rc.name).and_then(|r| r.rollout.as_ref()).is_some_and(|d| d.definition_eq(def)) => {
+                    Some(o)
+                        if !o
+                            .route(&rc.name)
+                            .and_then(|r| r.rollout.as_ref())
+                            .is_some_and(|d| d.definition_eq(def)) =>
+                    {
                         Start::Fresh
                     }
                     _ => Start::Resume {
@@ -245,7 +252,12 @@ impl Rollouts {
     }
 
     /// Run an operator action and return the status after it.
-    pub async fn act(&self, rt: &Runtime, route: &str, action: &str) -> Result<Status, ActionError> {
+    pub async fn act(
+        &self,
+        rt: &Runtime,
+        route: &str,
+        action: &str,
+    ) -> Result<Status, ActionError> {
         let config = rt.config();
         let rc = config
             .route(route)
@@ -253,7 +265,8 @@ impl Rollouts {
         if rc.rollout.is_none() {
             return Err(ActionError::NoRollout(route.to_string()));
         }
-        let action = Action::parse(action).ok_or_else(|| ActionError::UnknownAction(action.to_string()))?;
+        let action =
+            Action::parse(action).ok_or_else(|| ActionError::UnknownAction(action.to_string()))?;
         let cmd = {
             let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
             handles
@@ -265,8 +278,19 @@ impl Rollouts {
         cmd.send(Command { action, reply: tx })
             .await
             .map_err(|_| ActionError::Stopped(route.to_string()))?;
-        rx.await.map_err(|_| ActionError::Stopped(route.to_string()))?
+        rx.await
+            .map_err(|_| ActionError::Stopped(route.to_string()))?
     }
+}
+
+/// Can the pool take traffic at all: a backend that is healthy (or unchecked), not draining,
+/// and whose breaker is not open? The gate fails a step whose pool cannot.
+pub fn can_serve(pool: &crate::upstream::Pool) -> bool {
+    pool.backends.iter().any(|b| {
+        b.is_healthy()
+            && !b.is_draining()
+            && b.breaker.state() != crate::breaker::BreakerState::Open
+    })
 }
 
 /// The current step's statistics of a route (what the request path feeds), if a step runs.
@@ -317,14 +341,19 @@ pub fn status_json(rt: &Runtime, route: &str) -> Value {
     });
     let now = Instant::now();
     let def = &s.def;
-    let healthy = snap.pools.get(def.to.as_str()).map(|p| p.has_healthy());
+    let healthy = snap.pools.get(def.to.as_str()).map(|p| can_serve(p));
     let figures = s.stats.as_ref().map(|st| st.figures()).or(s.figures);
-    let mut gate = figures.map(|f| figures_json(def, &f)).unwrap_or_else(|| json!({}));
+    let mut gate = figures
+        .map(|f| figures_json(def, &f))
+        .unwrap_or_else(|| json!({}));
     gate["min_requests"] = json!(def.min_requests);
     gate["max_error_rate"] = json!(def.max_error_rate);
     gate["max_p99_ms"] = json!(ms(def.max_p99));
     gate["healthy"] = json!(healthy);
-    gate["verdict"] = json!(s.verdict.unwrap_or(if s.stats.is_some() { "pending" } else { "none" }));
+    gate["verdict"] =
+        json!(s
+            .verdict
+            .unwrap_or(if s.stats.is_some() { "pending" } else { "none" }));
     gate["reason"] = json!(s.reason);
     json!({
         "state": s.state.as_str(),

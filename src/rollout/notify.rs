@@ -138,7 +138,10 @@ async fn deliver(uri: http::Uri, mut rx: mpsc::Receiver<Event>, stop: Cancellati
                 .method(Method::POST)
                 .uri(uri.clone())
                 .header(header::CONTENT_TYPE, "application/json")
-                .header(header::USER_AGENT, concat!("veer/", env!("CARGO_PKG_VERSION")))
+                .header(
+                    header::USER_AGENT,
+                    concat!("veer/", env!("CARGO_PKG_VERSION")),
+                )
                 .body(Full::new(body.clone()));
             let Ok(req) = req else { break };
             let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, client.request(req)).await;

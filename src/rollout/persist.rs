@@ -29,7 +29,11 @@ pub fn edit_doc(doc: &mut DocumentMut, route: &str, p: &Progress) -> Result<(), 
             r.insert("state", state);
             r.insert("step", step);
         }
-        _ => return Err(WritebackError::Edit(format!("route {route:?} has no [routes.rollout] table"))),
+        _ => {
+            return Err(WritebackError::Edit(format!(
+                "route {route:?} has no [routes.rollout] table"
+            )))
+        }
     }
     Ok(())
 }
@@ -88,15 +92,24 @@ state = "progressing" # written by veer
         };
         edit_doc(&mut doc, "web", &p).unwrap();
         let out = doc.to_string();
-        assert!(out.contains("split = { blue = 50, green = 50 } # the split"), "{out}");
-        assert!(out.contains("state = \"paused\" # written by veer"), "{out}");
+        assert!(
+            out.contains("split = { blue = 50, green = 50 } # the split"),
+            "{out}"
+        );
+        assert!(
+            out.contains("state = \"paused\" # written by veer"),
+            "{out}"
+        );
         assert!(out.contains("step = 1"), "{out}");
 
         let inline = "[[routes]]\nname = \"web\"\nsplit = { blue = 1, green = 0 }\nrollout = { to = \"green\", steps = [100] }\n";
         let mut doc: DocumentMut = inline.parse().unwrap();
         edit_doc(&mut doc, "web", &p).unwrap();
         let out = doc.to_string();
-        assert!(out.contains("state = \"paused\"") && out.contains("step = 1"), "{out}");
+        assert!(
+            out.contains("state = \"paused\"") && out.contains("step = 1"),
+            "{out}"
+        );
 
         let none = "[[routes]]\nname = \"web\"\nsplit = { blue = 1, green = 0 }\n";
         let mut doc: DocumentMut = none.parse().unwrap();

@@ -83,7 +83,11 @@ impl Side {
 
     /// A consistent-enough copy of the counters (each read once).
     pub fn figures(&self) -> SideFigures {
-        let hist: Vec<u64> = self.hist.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let hist: Vec<u64> = self
+            .hist
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
         let in_hist: u64 = hist.iter().sum();
         // Nearest rank: the ceil(0.99 n)-th smallest latency.
         let p99 = (in_hist > 0).then(|| {
@@ -187,13 +191,18 @@ mod tests {
     #[test]
     fn buckets_are_monotone_and_tight() {
         let mut last = 0;
-        for us in [1u64, 2, 3, 7, 8, 9, 15, 16, 100, 1000, 12_345, 500_000, 10_000_000] {
+        for us in [
+            1u64, 2, 3, 7, 8, 9, 15, 16, 100, 1000, 12_345, 500_000, 10_000_000,
+        ] {
             let b = bucket(us);
             assert!(b >= last, "{us}");
             last = b;
             let up = bucket_upper(b);
             assert!(up >= us, "{us} above its bucket's bound {up}");
-            assert!(up as f64 <= us as f64 * 1.13 + 1.0, "{us}: bound {up} too loose");
+            assert!(
+                up as f64 <= us as f64 * 1.13 + 1.0,
+                "{us}: bound {up} too loose"
+            );
         }
         assert_eq!(bucket(u64::MAX), BUCKETS - 1);
     }
@@ -212,7 +221,10 @@ mod tests {
         assert_eq!(f.canary.failures, 20);
         assert_eq!(f.canary.slow, 10);
         let p99 = f.canary.p99.unwrap();
-        assert!(p99 >= Duration::from_millis(10) && p99 < Duration::from_millis(12), "{p99:?}");
+        assert!(
+            p99 >= Duration::from_millis(10) && p99 < Duration::from_millis(12),
+            "{p99:?}"
+        );
         assert_eq!(f.baseline.requests, 1);
         assert_eq!(f.baseline.streak, 1);
         for _ in 0..20 {

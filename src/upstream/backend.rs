@@ -240,7 +240,9 @@ impl Backend {
         // A backend removed by a reload is in no newer snapshot, so only requests that loaded
         // the older one (just before the swap) can still reach it; they may use it until it
         // is closed, so a reload that replaces a whole pool never turns them into 503s.
-        if !self.is_healthy() || (self.is_draining() && (!self.is_removed() || self.closed.is_cancelled())) {
+        if !self.is_healthy()
+            || (self.is_draining() && (!self.is_removed() || self.closed.is_cancelled()))
+        {
             return None;
         }
         let max = self.max_concurrent();

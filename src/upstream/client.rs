@@ -311,7 +311,8 @@ impl Body for UpBody {
         };
         let polled = Pin::new(&mut *b).poll_frame(cx);
         if let Some(s) = &this.slot {
-            s.waiting_on_client.store(polled.is_pending(), Ordering::Release);
+            s.waiting_on_client
+                .store(polled.is_pending(), Ordering::Release);
             match &polled {
                 Poll::Ready(Some(Ok(_))) => {
                     s.progress.fetch_add(1, Ordering::AcqRel);

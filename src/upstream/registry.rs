@@ -6,14 +6,21 @@ use super::backend::PoolShared;
 use super::client::UpstreamClient;
 use super::{Backend, BackendId, Health, Pool};
 use crate::config::{Config, PoolConfig};
+use prometheus::IntCounterVec;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use prometheus::IntCounterVec;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// The runtime pools of one snapshot, by name.
+pub type RuntimePools = HashMap<Arc<str>, Arc<Pool>>;
+
+/// How long a backend removed by a reload stays open for requests that loaded the snapshot
+/// from before the reload (they pick within microseconds of loading it).
+const REMOVAL_GRACE: Duration = Duration::from_millis(250);
 
 /// What a rebuild changed among backends.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -74,11 +81,9 @@ impl Registry {
     /// Check that every pool's client can be built (TLS material readable), without applying.
     pub fn check_clients(&self, config: &Config) -> Result<(), RegistryError> {
         for pc in config.pools.values() {
-            UpstreamClient::check(pc, self.base.as_deref()).map_err(|e| {
-                RegistryError::Client {
-                    pool: pc.name.clone(),
-                    source: e,
-                }
+            UpstreamClient::check(pc, self.base.as_deref()).map_err(|e| RegistryError::Client {
+                pool: pc.name.clone(),
+                source: e,
             })?;
         }
         Ok(())
@@ -90,7 +95,7 @@ impl Registry {
         self: &Arc<Self>,
         config: &Config,
         old: Option<&Config>,
-    ) -> Result<(HashMap<Arc<str>, Arc<Pool>>, BackendChanges), RegistryError> {
+    ) -> Result<(RuntimePools, BackendChanges), RegistryError> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut changes = BackendChanges::default();
         let mut pools = HashMap::new();
@@ -99,10 +104,14 @@ impl Registry {
             let pc_arc = Arc::new(pc.clone());
             let name: Arc<str> = pc.name.as_str().into();
             let shared = inner.pools.entry(name.clone()).or_default().clone();
-            shared.size.store(pc.backends.len() as u32, Ordering::Relaxed);
+            shared
+                .size
+                .store(pc.backends.len() as u32, Ordering::Relaxed);
             let old_pc = old.and_then(|o| o.pools.get(&pc.name));
             let transport_changed = old_pc.is_some_and(|o| {
-                o.protocol != pc.protocol || o.tls != pc.tls || o.connect_timeout != pc.connect_timeout
+                o.protocol != pc.protocol
+                    || o.tls != pc.tls
+                    || o.connect_timeout != pc.connect_timeout
             });
             let mut list = Vec::with_capacity(pc.backends.len());
             for bc in &pc.backends {
@@ -155,7 +164,11 @@ impl Registry {
         Ok((pools, changes))
     }
 
-    fn client(&self, addr: std::net::SocketAddr, pc: &PoolConfig) -> Result<UpstreamClient, RegistryError> {
+    fn client(
+        &self,
+        addr: std::net::SocketAddr,
+        pc: &PoolConfig,
+    ) -> Result<UpstreamClient, RegistryError> {
         UpstreamClient::new(addr, pc, self.base.as_deref()).map_err(|e| RegistryError::Client {
             pool: pc.name.clone(),
             source: e,
@@ -168,7 +181,8 @@ impl Registry {
         let had_checks = b.is_checked();
         let old_pc = b.pool_config();
         b.set_pool_config(pc.clone());
-        b.breaker.set_threshold(pc.circuit_breaker.consecutive_failures);
+        b.breaker
+            .set_threshold(pc.circuit_breaker.consecutive_failures);
         b.set_max_concurrent(pc.circuit_breaker.max_concurrent_requests);
         if !fresh && old_pc.circuit_breaker != pc.circuit_breaker {
             // Let the breaker task see a switched-off breaker at once.
@@ -178,7 +192,11 @@ impl Registry {
             (Some(_), false) => {
                 // A backend that was serving when checks were switched on keeps serving until
                 // the checker says otherwise; a brand-new one waits for its first pass.
-                b.set_health(if fresh { Health::Unknown } else { Health::Healthy });
+                b.set_health(if fresh {
+                    Health::Unknown
+                } else {
+                    Health::Healthy
+                });
                 b.set_checked(true);
                 crate::health::spawn(b, &self.tasks);
             }
@@ -200,7 +218,20 @@ impl Registry {
     fn spawn_drain(self: &Arc<Self>, b: Arc<Backend>, timeout: Duration) {
         let me = self.clone();
         self.tasks.spawn(async move {
-            let waited = tokio::time::timeout(timeout, b.wait_idle()).await;
+            // Requests that loaded the snapshot from before the reload may still lease this
+            // backend for a moment (see `Backend::try_lease`); close it only once they had
+            // the chance and it is idle.
+            let grace_end = tokio::time::Instant::now() + REMOVAL_GRACE;
+            let idle_after_grace = async {
+                loop {
+                    b.wait_idle().await;
+                    if tokio::time::Instant::now() >= grace_end {
+                        break;
+                    }
+                    tokio::time::sleep_until(grace_end).await;
+                }
+            };
+            let waited = tokio::time::timeout(timeout.max(REMOVAL_GRACE), idle_after_grace).await;
             if waited.is_err() {
                 tracing::warn!(backend = %b.id, in_flight = b.in_flight(), "drain timeout reached; cutting remaining requests");
             } else {
@@ -216,7 +247,13 @@ impl Registry {
 
     /// Drain (or undrain) a backend that stays in the config. After a drain completes its
     /// pooled connections are closed by swapping in a fresh client.
-    pub fn set_draining(self: &Arc<Self>, pool: &str, addr: std::net::SocketAddr, on: bool, timeout: Duration) -> bool {
+    pub fn set_draining(
+        self: &Arc<Self>,
+        pool: &str,
+        addr: std::net::SocketAddr,
+        on: bool,
+        timeout: Duration,
+    ) -> bool {
         let Some(b) = self.get(pool, addr) else {
             return false;
         };
@@ -252,7 +289,9 @@ impl Registry {
         let pc = b.pool_config();
         match self.client(b.id.addr, &pc) {
             Ok(c) => b.set_client(c),
-            Err(e) => tracing::warn!(backend = %b.id, error = %e, "cannot rebuild client to close connections"),
+            Err(e) => {
+                tracing::warn!(backend = %b.id, error = %e, "cannot rebuild client to close connections")
+            }
         }
     }
 
