@@ -1465,7 +1465,11 @@ async fn h2c_uploads_stream() {
             .build_http();
     let payload = Bytes::from(vec![7u8; 8 * 1024 * 1024]);
     let resp = client
-        .request(Request::post(veer.url("/up")).body(Full::new(payload)).unwrap())
+        .request(
+            Request::post(veer.url("/up"))
+                .body(Full::new(payload))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
