@@ -8,6 +8,7 @@
 #
 # Usage: benches/tls.sh [rounds=3] [seconds=5] [connections=32] [streams=10]
 # Env:   VEER_BIN=path   a veer binary to use instead of building target/release/veer
+#        VEER_BIN_B=path a second veer binary run beside the first as "veer-b" (A/B a change)
 # Needs: apt-get install -y nghttp2-client haproxy nginx openssl python3
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -98,9 +99,14 @@ name = "bench"
 split = { blue = 90, green = 10 }
 EOF
 env VEER_LOG=warn "$VEER_BIN" run --config "$W/veer.toml" >"$W/veer.log" 2>&1 & pids+=($!); ppid[veer]=$!; port[veer]=18193
+targets="haproxy nginx veer"
+if [ -n "${VEER_BIN_B:-}" ]; then
+  sed -e 's/18192/18195/' -e 's/18193/18196/' -e 's/18194/18197/' "$W/veer.toml" >"$W/veer-b.toml"
+  env VEER_LOG=warn "$VEER_BIN_B" run --config "$W/veer-b.toml" >"$W/veer-b.log" 2>&1 & pids+=($!); ppid[veer-b]=$!; port[veer-b]=18196
+  targets="$targets veer-b"
+fi
 
 sleep 1.5
-targets="haproxy nginx veer"
 for name in $targets; do
   p=${port[$name]}
   got=$(curl -sk --http2 --resolve "$HOST:$p:127.0.0.1" -o /dev/null -w '%{http_code} %{http_version}' "https://$HOST:$p/")
@@ -148,8 +154,9 @@ for n in dict.fromkeys(r[1] for r in rows):
     rr = [r for r in rows if r[1] == n]
     med[n] = [statistics.median(float(r[i]) for r in rr) for i in (2, 3, 4, 5)]
     print(f"{n:8s} req/s={med[n][0]:9.0f}  p50={med[n][1]:.3f}ms  p99={med[n][2]:.3f}ms  cpu/req={med[n][3]:.2f}us")
-for o in ('haproxy', 'nginx'):
-    if 'veer' in med and o in med:
-        v, x = med['veer'], med[o]
-        print(f"veer/{o}: req/s {v[0]/x[0]:.2f}  p99 {v[2]/x[2]:.2f}  cpu/req {v[3]/x[3]:.2f}")
+for me in ('veer', 'veer-b'):
+    for o in ('haproxy', 'nginx', 'veer'):
+        if me in med and o in med and me != o:
+            v, x = med[me], med[o]
+            print(f"{me}/{o}: req/s {v[0]/x[0]:.2f}  p99 {v[2]/x[2]:.2f}  cpu/req {v[3]/x[3]:.2f}")
 PY

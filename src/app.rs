@@ -83,7 +83,11 @@ fn listen_label((addr, tls): &ListenKey) -> String {
 impl Listeners {
     /// Bind the listeners `config` adds and load its TLS certificates, changing nothing yet.
     /// `config_file` resolves relative certificate paths.
-    pub fn stage(&self, config: &Config, config_file: Option<&Path>) -> Result<StagedListeners, StartError> {
+    pub fn stage(
+        &self,
+        config: &Config,
+        config_file: Option<&Path>,
+    ) -> Result<StagedListeners, StartError> {
         let tls = if config.server.tls_listen.is_empty() {
             None
         } else {
@@ -103,7 +107,10 @@ impl Listeners {
             if live.contains_key(key) || fresh.iter().any(|(k, _)| k == key) {
                 continue;
             }
-            let l = bind(key.0).map_err(|e| StartError::Bind { addr: key.0, source: e })?;
+            let l = bind(key.0).map_err(|e| StartError::Bind {
+                addr: key.0,
+                source: e,
+            })?;
             fresh.push((*key, l));
         }
         Ok(StagedListeners {
@@ -146,7 +153,13 @@ impl Listeners {
                 _ => Transport::Plain,
             };
             tracing::info!(addr = %bound, tls = key.1, "listening");
-            self.tasks.spawn(accept_loop(self.rt.clone(), l, transport, self.conns.clone(), stop.clone()));
+            self.tasks.spawn(accept_loop(
+                self.rt.clone(),
+                l,
+                transport,
+                self.conns.clone(),
+                stop.clone(),
+            ));
             live.insert(key, (bound, stop));
             changes.listeners_added.push(listen_label(&key));
         }
@@ -154,7 +167,11 @@ impl Listeners {
     }
 
     /// Make the set of listeners match the config. Returns the bound addresses (plain, tls).
-    pub fn ensure(&self, config: &Config, config_file: Option<&Path>) -> Result<(Vec<SocketAddr>, Vec<SocketAddr>), StartError> {
+    pub fn ensure(
+        &self,
+        config: &Config,
+        config_file: Option<&Path>,
+    ) -> Result<(Vec<SocketAddr>, Vec<SocketAddr>), StartError> {
         let staged = self.stage(config, config_file)?;
         self.commit(staged);
         Ok(self.bound())
@@ -171,7 +188,10 @@ impl Listeners {
                 .filter_map(|a| live.get(&(*a, tls)).map(|(bound, _)| *bound))
                 .collect()
         };
-        (pick(&config.server.listen, false), pick(&config.server.tls_listen, true))
+        (
+            pick(&config.server.listen, false),
+            pick(&config.server.tls_listen, true),
+        )
     }
 
     /// Follow a `max_connections` change. Raising adds permits at once; lowering takes back
@@ -259,9 +279,15 @@ pub async fn start(config: Config, path: Option<PathBuf>) -> Result<Running, Sta
 }
 
 /// [`start`] with options.
-pub async fn start_with(config: Config, path: Option<PathBuf>, opts: StartOptions) -> Result<Running, StartError> {
+pub async fn start_with(
+    config: Config,
+    path: Option<PathBuf>,
+    opts: StartOptions,
+) -> Result<Running, StartError> {
     let admin_addr = config.admin.listen;
-    let token = std::env::var(&config.admin.token_env).ok().filter(|t| !t.is_empty());
+    let token = std::env::var(&config.admin.token_env)
+        .ok()
+        .filter(|t| !t.is_empty());
     if token.is_none() && !admin_addr.ip().is_loopback() {
         return Err(StartError::NoToken {
             addr: admin_addr,
@@ -285,15 +311,28 @@ pub async fn start_with(config: Config, path: Option<PathBuf>, opts: StartOption
     });
     let _ = rt.listeners.set(Arc::downgrade(&listeners));
     let (listen, tls_listen) = listeners.ensure(&config, path.as_deref())?;
-    let admin_listener = bind(admin_addr).map_err(|e| StartError::Bind { addr: admin_addr, source: e })?;
+    let admin_listener = bind(admin_addr).map_err(|e| StartError::Bind {
+        addr: admin_addr,
+        source: e,
+    })?;
     let admin = admin_listener.local_addr().unwrap_or(admin_addr);
     let admin_stop = CancellationToken::new();
-    tasks.spawn(crate::admin::serve(rt.clone(), listeners.clone(), admin_listener, admin_stop.clone()));
+    tasks.spawn(crate::admin::serve(
+        rt.clone(),
+        listeners.clone(),
+        admin_listener,
+        admin_stop.clone(),
+    ));
     if let Some(path) = path.filter(|_| opts.watch_config) {
         tasks.spawn(crate::config::reload::watch(rt.clone(), path));
     }
     let weak = Arc::downgrade(&listeners);
-    crate::tls::spawn_watcher(rt.clone(), move || weak.upgrade()?.tls_config(), &tasks, rt.shutdown.clone());
+    crate::tls::spawn_watcher(
+        rt.clone(),
+        move || weak.upgrade()?.tls_config(),
+        &tasks,
+        rt.shutdown.clone(),
+    );
     rt.set_ready(true);
     tracing::info!(%admin, "admin API listening");
     Ok(Running {
@@ -317,8 +356,14 @@ impl Running {
         self.listeners.stop_all();
         self.conns.closing.cancel();
         self.conns.tracker.close();
-        if tokio::time::timeout(drain, self.conns.tracker.wait()).await.is_err() {
-            tracing::warn!(?drain, "drain timeout reached; closing remaining connections");
+        if tokio::time::timeout(drain, self.conns.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drain,
+                "drain timeout reached; closing remaining connections"
+            );
         }
         self.rt.registry.close_all();
         self.admin_stop.cancel();

@@ -20,17 +20,17 @@ const MAX_BODY: usize = 64 * 1024;
 /// Largest weight a split accepts (as the config does).
 const MAX_WEIGHT: u64 = 1_000_000;
 
-/// Check the bearer token of an `/api/*` call. The token is read from the environment variable
+/// Check the bearer token of an `/api/*` call: `Some(401 answer)` when it is refused. The token is read from the environment variable
 /// the live config names, so a reload that changes `token_env` takes effect. Without a token
 /// the API is open only on a loopback admin listener (startup refuses the rest; this covers a
 /// token variable changed by reload).
-pub fn authorize(rt: &Runtime, headers: &HeaderMap, admin_loopback: bool) -> Result<(), AdminResponse> {
+pub fn authorize(rt: &Runtime, headers: &HeaderMap, admin_loopback: bool) -> Option<AdminResponse> {
     let env = rt.config().admin.token_env.clone();
     let Some(token) = std::env::var(&env).ok().filter(|t| !t.is_empty()) else {
         if admin_loopback {
-            return Ok(());
+            return None;
         }
-        return Err(unauthorized(format!(
+        return Some(unauthorized(format!(
             "the admin API is locked: no token in the {env} environment variable and the admin listener is not loopback"
         )));
     };
@@ -42,16 +42,20 @@ pub fn authorize(rt: &Runtime, headers: &HeaderMap, admin_loopback: bool) -> Res
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         });
     match given {
-        None => Err(unauthorized("missing bearer token (Authorization: Bearer <token>)")),
-        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(unauthorized("wrong bearer token")),
+        None => Some(unauthorized(
+            "missing bearer token (Authorization: Bearer <token>)",
+        )),
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => None,
+        Some(_) => Some(unauthorized("wrong bearer token")),
     }
 }
 
 fn unauthorized(msg: impl std::fmt::Display) -> AdminResponse {
     let mut r = error(StatusCode::UNAUTHORIZED, msg);
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"veer\""));
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"veer\""),
+    );
     r
 }
 
@@ -93,7 +97,11 @@ pub fn query_flag(query: &str, name: &str) -> bool {
     })
 }
 
-fn errors_json(status: StatusCode, msg: impl std::fmt::Display, errors: &ConfigErrors) -> AdminResponse {
+fn errors_json(
+    status: StatusCode,
+    msg: impl std::fmt::Display,
+    errors: &ConfigErrors,
+) -> AdminResponse {
     let list: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
     json(status, &json!({ "error": msg.to_string(), "errors": list }))
 }
@@ -102,7 +110,9 @@ fn change_error(e: ChangeError) -> AdminResponse {
     match &e {
         ChangeError::Invalid(errors) => errors_json(StatusCode::BAD_REQUEST, &e, errors),
         ChangeError::FileInvalid(errors) => errors_json(StatusCode::CONFLICT, &e, errors),
-        ChangeError::File(WritebackError::Invalid(errors)) => errors_json(StatusCode::BAD_REQUEST, &e, errors),
+        ChangeError::File(WritebackError::Invalid(errors)) => {
+            errors_json(StatusCode::BAD_REQUEST, &e, errors)
+        }
         ChangeError::File(_) | ChangeError::Apply(_) => {
             tracing::warn!("admin API change refused: {e}");
             error(StatusCode::CONFLICT, format!("{e}; nothing was changed"))
@@ -111,25 +121,35 @@ fn change_error(e: ChangeError) -> AdminResponse {
 }
 
 fn split_json(split: &[(String, u32)]) -> Value {
-    Value::Object(split.iter().map(|(p, w)| (p.clone(), json!(w))).collect::<Map<_, _>>())
+    Value::Object(
+        split
+            .iter()
+            .map(|(p, w)| (p.clone(), json!(w)))
+            .collect::<Map<_, _>>(),
+    )
 }
 
 /// The route's split as it is live now.
 fn split_answer(rt: &Runtime, route: &str, changed: bool) -> AdminResponse {
     let snap = rt.snapshot();
-    let split = snap.config.route(route).map(|r| split_json(&r.split)).unwrap_or(Value::Null);
+    let split = snap
+        .config
+        .route(route)
+        .map(|r| split_json(&r.split))
+        .unwrap_or(Value::Null);
     json(
         StatusCode::OK,
         &json!({ "route": route, "split": split, "changed": changed, "version": snap.version }),
     )
 }
 
-async fn read_json(body: Incoming) -> Result<Value, AdminResponse> {
+/// The body as JSON, or why not (for a 400).
+async fn read_json(body: Incoming) -> Result<Value, String> {
     let bytes: Bytes = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return Err(error(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"))),
+        Err(e) => return Err(format!("cannot read the request body: {e}")),
     };
-    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
 /// `PUT /api/routes/{route}/split`: body `{pool: weight, …}` replaces the route's split.
@@ -140,7 +160,7 @@ pub async fn put_split(rt: &Arc<Runtime>, route: &str, body: Incoming) -> AdminR
     }
     let v = match read_json(body).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let Some(obj) = v.as_object() else {
         return error(StatusCode::BAD_REQUEST, "the body must be a JSON object of pool name to weight, like {\"blue\": 90, \"green\": 10}");
@@ -159,7 +179,9 @@ pub async fn put_split(rt: &Arc<Runtime>, route: &str, body: Incoming) -> AdminR
             _ => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    format!("weight of {pool:?} must be a non-negative integer up to {MAX_WEIGHT}, not {w}"),
+                    format!(
+                    "weight of {pool:?} must be a non-negative integer up to {MAX_WEIGHT}, not {w}"
+                ),
                 )
             }
         }
@@ -168,7 +190,10 @@ pub async fn put_split(rt: &Arc<Runtime>, route: &str, body: Incoming) -> AdminR
         return error(StatusCode::BAD_REQUEST, "the split names no pool");
     }
     if split.iter().all(|(_, w)| *w == 0) {
-        return error(StatusCode::BAD_REQUEST, "all weights are zero; at least one pool needs a positive weight");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "all weights are zero; at least one pool needs a positive weight",
+        );
     }
     // The typed config keeps splits sorted by pool name.
     split.sort();
@@ -203,14 +228,20 @@ pub async fn swap(rt: &Arc<Runtime>, route: &str, query: &str) -> AdminResponse 
     let [(a, wa), (b, wb)] = rc.split.as_slice() else {
         return error(
             StatusCode::CONFLICT,
-            format!("route {route:?} splits over {} pool(s); a swap needs exactly two", rc.split.len()),
+            format!(
+                "route {route:?} splits over {} pool(s); a swap needs exactly two",
+                rc.split.len()
+            ),
         );
     };
     if wa == wb {
         return split_answer(rt, route, false);
     }
     let gaining = if wb > wa { a } else { b };
-    let healthy = snap.pools.get(gaining.as_str()).is_some_and(|p| p.has_healthy());
+    let healthy = snap
+        .pools
+        .get(gaining.as_str())
+        .is_some_and(|p| p.has_healthy());
     if !healthy && !force {
         return error(
             StatusCode::CONFLICT,
@@ -249,10 +280,19 @@ pub fn drain(rt: &Arc<Runtime>, pool: &str, addr: &str, on: bool) -> AdminRespon
         return error(StatusCode::NOT_FOUND, format!("no pool named {pool:?}"));
     }
     let Ok(sa) = addr.parse::<SocketAddr>() else {
-        return error(StatusCode::BAD_REQUEST, format!("{addr:?} is not a backend address (IP:PORT)"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{addr:?} is not a backend address (IP:PORT)"),
+        );
     };
-    if !rt.registry.set_draining(pool, sa, on, config.server.drain_timeout) {
-        return error(StatusCode::NOT_FOUND, format!("pool {pool:?} has no backend {sa}"));
+    if !rt
+        .registry
+        .set_draining(pool, sa, on, config.server.drain_timeout)
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("pool {pool:?} has no backend {sa}"),
+        );
     }
     tracing::info!(pool, backend = %sa, draining = on, "backend {} through the admin API", if on { "draining" } else { "restored" });
     json(
@@ -264,7 +304,10 @@ pub fn drain(rt: &Arc<Runtime>, pool: &str, addr: &str, on: bool) -> AdminRespon
 /// `POST /api/reload`: reload the config file now.
 pub async fn reload(rt: &Arc<Runtime>) -> AdminResponse {
     match reload::reload(rt, Trigger::Api).await {
-        Ok(r) => json(StatusCode::OK, &serde_json::to_value(&r).unwrap_or(Value::Null)),
+        Ok(r) => json(
+            StatusCode::OK,
+            &serde_json::to_value(&r).unwrap_or(Value::Null),
+        ),
         Err(e) => {
             let errors: Vec<String> = match &e {
                 ReloadError::Invalid(errors) => errors.0.iter().map(|x| x.to_string()).collect(),

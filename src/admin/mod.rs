@@ -22,7 +22,12 @@ use tokio_util::sync::CancellationToken;
 pub type AdminResponse = Response<Full<Bytes>>;
 
 /// Serve the admin API until `stop`.
-pub async fn serve(rt: Arc<Runtime>, listeners: Arc<Listeners>, listener: TcpListener, stop: CancellationToken) {
+pub async fn serve(
+    rt: Arc<Runtime>,
+    listeners: Arc<Listeners>,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
     let _ = _bind;
     // Without a token the API is open only to this machine.
     let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
@@ -50,7 +55,10 @@ pub async fn serve(rt: Arc<Runtime>, listeners: Arc<Listeners>, listener: TcpLis
 pub fn json(status: StatusCode, v: &serde_json::Value) -> AdminResponse {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -62,14 +70,20 @@ pub fn error(status: StatusCode, msg: impl std::fmt::Display) -> AdminResponse {
 fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> AdminResponse {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     r
 }
 
-async fn route(rt: &Arc<Runtime>, _listeners: &Arc<Listeners>, loopback: bool, req: Request<Incoming>) -> AdminResponse {
+async fn route(
+    rt: &Arc<Runtime>,
+    _listeners: &Arc<Listeners>,
+    loopback: bool,
+    req: Request<Incoming>,
+) -> AdminResponse {
     let path = req.uri().path().to_string();
     if path == "/api" || path.starts_with("/api/") {
-        if let Err(denied) = api::authorize(rt, req.headers(), loopback) {
+        if let Some(denied) = api::authorize(rt, req.headers(), loopback) {
             return denied;
         }
         return api_route(rt, req).await;
@@ -112,10 +126,18 @@ async fn api_route(rt: &Arc<Runtime>, req: Request<Incoming>) -> AdminResponse {
         ["routes", _, "split"] => Method::PUT,
         ["routes", _, "swap"] | ["routes", _, "rollout", _] | ["reload"] => Method::POST,
         ["pools", _, "backends", _, "drain" | "undrain"] => Method::POST,
-        _ => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}")),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {method} {path}"),
+            )
+        }
     };
     if method != allowed {
-        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, format!("{path} takes {allowed}, not {method}"));
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{path} takes {allowed}, not {method}"),
+        );
         if let Ok(v) = HeaderValue::from_str(allowed.as_str()) {
             r.headers_mut().insert(header::ALLOW, v);
         }
@@ -129,6 +151,9 @@ async fn api_route(rt: &Arc<Runtime>, req: Request<Incoming>) -> AdminResponse {
         ["routes", route, "rollout", action] => rollout::handle(rt, route, action, &query).await,
         ["pools", pool, "backends", addr, op] => api::drain(rt, pool, addr, *op == "drain"),
         ["reload"] => api::reload(rt).await,
-        _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}")),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {method} {path}"),
+        ),
     }
 }

@@ -98,7 +98,11 @@ pub struct Staged {
 }
 
 /// Prepare `config` without changing anything live. Needs the change lock.
-pub fn stage(rt: &Runtime, config: Config, _lock: &MutexGuard<'_, ()>) -> Result<Staged, ApplyError> {
+pub fn stage(
+    rt: &Runtime,
+    config: Config,
+    _lock: &MutexGuard<'_, ()>,
+) -> Result<Staged, ApplyError> {
     rt.registry.check_clients(&config)?;
     let listeners = match rt.listeners.get().and_then(|w| w.upgrade()) {
         Some(l) => {
@@ -112,7 +116,18 @@ pub fn stage(rt: &Runtime, config: Config, _lock: &MutexGuard<'_, ()>) -> Result
 
 /// Make a staged config live: one snapshot swap (requests in flight keep the snapshot they
 /// started with), then listeners start and stop. Needs the change lock.
-pub fn commit(rt: &Runtime, staged: Staged, _lock: &MutexGuard<'_, ()>) -> Result<ReloadReport, ApplyError> {
+pub fn commit(
+    rt: &Runtime,
+    staged: Staged,
+    _lock: &MutexGuard<'_, ()>,
+) -> Result<ReloadReport, ApplyError> {
+    let old = rt.config();
+    if old.admin.listen != staged.config.admin.listen {
+        tracing::warn!(old = %old.admin.listen, new = %staged.config.admin.listen, "admin.listen changes take effect at the next restart");
+    }
+    if old.server.workers != staged.config.server.workers {
+        tracing::warn!("server.workers changes take effect at the next restart");
+    }
     let applied = rt.apply(staged.config)?;
     let listeners = match staged.listeners {
         Some((l, s)) => l.commit(s),
@@ -140,7 +155,10 @@ fn unchanged(rt: &Runtime) -> ReloadReport {
 /// is not swapped in, but certificates are re-read (so SIGHUP rotates them).
 pub async fn reload(rt: &Arc<Runtime>, trigger: Trigger) -> Result<ReloadReport, ReloadError> {
     let Some(path) = rt.config_path.clone() else {
-        tracing::warn!(trigger = trigger.as_str(), "reload asked for, but veer runs without a config file");
+        tracing::warn!(
+            trigger = trigger.as_str(),
+            "reload asked for, but veer runs without a config file"
+        );
         return Err(ReloadError::NoFile);
     };
     let lock = rt.change_lock.lock().await;
@@ -149,7 +167,8 @@ pub async fn reload(rt: &Arc<Runtime>, trigger: Trigger) -> Result<ReloadReport,
 }
 
 fn read(path: &Path) -> Result<String, ConfigErrors> {
-    std::fs::read_to_string(path).map_err(|e| ConfigErrors::single(path, format!("cannot read config file: {e}")))
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::single(path, format!("cannot read config file: {e}")))
 }
 
 /// Validate and apply `text` (the file's content, or why it could not be read). Counts the
@@ -164,7 +183,9 @@ fn reload_locked(
     quiet_if_same: bool,
     lock: &MutexGuard<'_, ()>,
 ) -> Result<ReloadReport, ReloadError> {
-    let parsed = text.and_then(|t| Config::parse(path, &t)).map_err(ReloadError::Invalid);
+    let parsed = text
+        .and_then(|t| Config::parse(path, &t))
+        .map_err(ReloadError::Invalid);
     let same = matches!(&parsed, Ok(c) if *c == *rt.config());
     if same && quiet_if_same {
         tracing::debug!(file = %path.display(), "config file changed; same config, nothing to do");
@@ -225,7 +246,11 @@ fn record(rt: &Runtime, trigger: Trigger, result: &Result<ReloadReport, ReloadEr
 /// Change the config through the file: edit it (`edit_doc`), validate, check the result can
 /// go live, write it back atomically, then apply. Without a config file (the demo) the live
 /// config is edited in memory (`edit_mem`) instead. If anything fails, nothing changes.
-pub async fn change<D, M>(rt: &Arc<Runtime>, edit_doc: D, edit_mem: M) -> Result<ReloadReport, ChangeError>
+pub async fn change<D, M>(
+    rt: &Arc<Runtime>,
+    edit_doc: D,
+    edit_mem: M,
+) -> Result<ReloadReport, ChangeError>
 where
     D: FnOnce(&mut DocumentMut) -> Result<(), WritebackError>,
     M: FnOnce(&mut Config),
@@ -236,7 +261,12 @@ where
 
 /// [`change`] for a caller that already holds the change lock (to decide on the live state
 /// and change it in one step).
-pub fn change_locked<D, M>(rt: &Runtime, lock: &MutexGuard<'_, ()>, edit_doc: D, edit_mem: M) -> Result<ReloadReport, ChangeError>
+pub fn change_locked<D, M>(
+    rt: &Runtime,
+    lock: &MutexGuard<'_, ()>,
+    edit_doc: D,
+    edit_mem: M,
+) -> Result<ReloadReport, ChangeError>
 where
     D: FnOnce(&mut DocumentMut) -> Result<(), WritebackError>,
     M: FnOnce(&mut Config),
@@ -271,7 +301,10 @@ where
         }
         Err(e) => {
             if let Err(re) = edit.restore() {
-                tracing::error!("cannot restore {} after a failed apply: {re}", path.display());
+                tracing::error!(
+                    "cannot restore {} after a failed apply: {re}",
+                    path.display()
+                );
             }
             Err(e.into())
         }
@@ -348,7 +381,10 @@ fn rewatch(w: &mut notify::RecommendedWatcher, path: &Path, watched: &mut Vec<Pa
     if let Some(d) = path.parent() {
         want.push(d.to_path_buf());
     }
-    if let Some(d) = std::fs::canonicalize(path).ok().and_then(|r| r.parent().map(Path::to_path_buf)) {
+    if let Some(d) = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|r| r.parent().map(Path::to_path_buf))
+    {
         if !want.contains(&d) {
             want.push(d);
         }

@@ -113,7 +113,10 @@ where
 /// Replace `path` with `data`: write a temp file beside it, fsync, rename, fsync the folder.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("config");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("config");
     // Fail early (and leave nothing behind) when the file itself is read-only.
     let meta = std::fs::metadata(path)?;
     if meta.permissions().readonly() {
@@ -144,7 +147,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// The `[[routes]]` table named `route`, for editing.
-pub fn route_table<'a>(doc: &'a mut DocumentMut, route: &str) -> Result<&'a mut toml_edit::Table, WritebackError> {
+pub fn route_table<'a>(
+    doc: &'a mut DocumentMut,
+    route: &str,
+) -> Result<&'a mut toml_edit::Table, WritebackError> {
     let routes = doc
         .get_mut("routes")
         .and_then(|r| r.as_array_of_tables_mut())
@@ -156,7 +162,11 @@ pub fn route_table<'a>(doc: &'a mut DocumentMut, route: &str) -> Result<&'a mut 
 }
 
 /// Set a route's split, keeping the inline-table style when the file uses it.
-pub fn set_split(doc: &mut DocumentMut, route: &str, split: &[(String, u32)]) -> Result<(), WritebackError> {
+pub fn set_split(
+    doc: &mut DocumentMut,
+    route: &str,
+    split: &[(String, u32)],
+) -> Result<(), WritebackError> {
     let t = route_table(doc, route)?;
     let mut inline = toml_edit::InlineTable::new();
     for (p, w) in split {
@@ -179,7 +189,10 @@ pub fn set_split(doc: &mut DocumentMut, route: &str, split: &[(String, u32)]) ->
             *item = toml_edit::Item::Value(v);
         }
         None => {
-            t.insert("split", toml_edit::Item::Value(toml_edit::Value::InlineTable(inline)));
+            t.insert(
+                "split",
+                toml_edit::Item::Value(toml_edit::Value::InlineTable(inline)),
+            );
         }
     }
     Ok(())
@@ -199,7 +212,10 @@ mod tests {
         assert!(out.starts_with("# top\n"), "{out}");
         assert!(out.contains("[routes.split]  # as a table"), "{out}");
         let c = Config::parse(Path::new("t.toml"), &out).unwrap();
-        assert_eq!(c.routes[0].split, vec![("blue".into(), 1), ("green".into(), 9)]);
+        assert_eq!(
+            c.routes[0].split,
+            vec![("blue".into(), 1), ("green".into(), 9)]
+        );
     }
 
     #[test]
@@ -207,7 +223,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("veer.toml");
         std::fs::write(&path, TEXT).unwrap();
-        let edit = prepare_edit(&path, |d| set_split(d, "web", &[("blue".into(), 0), ("green".into(), 1)])).unwrap();
+        let edit = prepare_edit(&path, |d| {
+            set_split(d, "web", &[("blue".into(), 0), ("green".into(), 1)])
+        })
+        .unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), TEXT);
         edit.write().unwrap();
         assert_ne!(std::fs::read_to_string(&path).unwrap(), TEXT);
