@@ -242,9 +242,10 @@ fn run(path: PathBuf) -> Result<()> {
     init_logging();
     let rt = runtime(config.server.workers)?;
     rt.block_on(async move {
+        let mut signals = Signals::install()?;
         let running = veer::app::start(config, Some(path.clone())).await?;
         announce(&running);
-        wait_for_signal(&running).await?;
+        signals.wait(&running).await;
         tracing::info!("shutting down");
         running.shutdown().await;
         Ok(())
@@ -265,17 +266,33 @@ fn announce(running: &veer::app::Running) {
     );
 }
 
-async fn wait_for_signal(running: &veer::app::Running) -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                veer::app::reload_from_signal(&running.rt).await;
+/// Signal streams, installed before veer announces itself so an early SIGHUP or SIGTERM
+/// is handled rather than killing the process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Reload on SIGHUP; return on SIGTERM or SIGINT.
+    async fn wait(&mut self, running: &veer::app::Running) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    veer::app::reload_from_signal(&running.rt).await;
+                }
             }
         }
     }
@@ -293,6 +310,7 @@ fn demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr, rollout: bool
         let listen = free_or_ephemeral(listen);
         let admin = free_or_ephemeral(admin);
         let config = veer::demo::config_with(listen, admin, &addrs(&blue), &addrs(&green), rollout);
+        let mut signals = Signals::install()?;
         let running = veer::app::start(config, None).await?;
         let url = format!("http://{}", running.listen[0]);
         let split = if rollout { "green rolling out from 0%" } else { "90/10 split" };
@@ -329,7 +347,7 @@ fn demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr, rollout: bool
             println!("  curl -s -X POST -H 'x-veer-pool: green' '{url}/fail?rate=0.2'   # make green fail 20%");
         }
         println!("\nPress Ctrl-C to stop.");
-        wait_for_signal(&running).await?;
+        signals.wait(&running).await;
         running.shutdown().await;
         Ok(())
     })
