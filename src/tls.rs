@@ -291,7 +291,23 @@ pub fn server_config(
     config_file: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs = load_all(&config.tls, config_file)?;
+    warn_expiring(&config.tls, config_file, &certs);
     build_server_config(&certs, None)
+}
+
+/// Log a warning for each certificate in use that expires within [`EXPIRY_WARNING`], at every
+/// load, so a running veer says so and not only `veer check`.
+fn warn_expiring(tls: &TlsConfig, config_file: &Path, certs: &[LoadedCert]) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for ((path, _), c) in cert_paths(tls, config_file).iter().zip(certs) {
+        let left = c.not_after - now;
+        if left < EXPIRY_WARNING.as_secs() as i64 {
+            let days = left / 86400;
+            tracing::warn!(cert = %path.display(), days, "TLS certificate expires soon");
+        }
+    }
 }
 
 fn build_server_config(
@@ -349,6 +365,7 @@ pub fn reload(
     config_file: &Path,
 ) -> Result<(), TlsError> {
     let certs = load_all(&config.tls, config_file)?;
+    warn_expiring(&config.tls, config_file, &certs);
     let old = swap.load_full();
     swap.store(build_server_config(&certs, Some(&old))?);
     Ok(())
@@ -398,7 +415,8 @@ where
             let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&cfg, &f)).await else {
                 continue;
             };
-            let same_paths = now.len() == loaded.len() && now.iter().zip(&loaded).all(|(a, b)| a.0 == b.0);
+            let same_paths =
+                now.len() == loaded.len() && now.iter().zip(&loaded).all(|(a, b)| a.0 == b.0);
             if now == loaded || !same_paths {
                 loaded = now.clone();
                 seen = now;
@@ -416,7 +434,7 @@ where
                     rt.metrics.reloads.with_label_values(&["success"]).inc();
                 }
                 Ok(Err(e)) => {
-                    tracing::error!(error = %e, "TLS certificate reload failed; keeping the certificates in use");
+                    tracing::error!(error = %e, "TLS certificate reload failed; old ones stay");
                     rt.metrics.reloads.with_label_values(&["failure"]).inc();
                 }
                 Err(_) => continue,
