@@ -60,12 +60,12 @@ EOF
 # One compare.sh run; its per-round lines ("ROUND NAME RPS P50 P99 CPU_US ...") are also kept,
 # tagged with the mode, for the summary.
 RESULTS=$(mktemp /tmp/veer-bench-results.XXXX)
-trap 'rm -f "$RESILIENCE" "$RESULTS"' EXIT
+trap 'rm -f "$RESILIENCE" "$RESULTS" "$RESULTS.run"' EXIT
 run() { # MODE ROUNDS [template]
   local mode=$1 rounds=$2
   echo "=== $mode: $rounds round(s) x ${SECS}s, $CONNS connections ==="
-  VEER_CONFIG_TEMPLATE=${3:-} bash "$COMPARE" "$rounds" "$SECS" "$CONNS" | tee /dev/stderr |
-    awk -v m="$mode" '$1 ~ /^[0-9]+$/ && $3 ~ /^[0-9.]+$/ {print m, $0}' >>"$RESULTS"
+  VEER_CONFIG_TEMPLATE=${3:-} bash "$COMPARE" "$rounds" "$SECS" "$CONNS" | tee "$RESULTS.run"
+  awk -v m="$mode" '$1 ~ /^[0-9]+$/ && $3 ~ /^[0-9.]+$/ {print m, $0}' "$RESULTS.run" >>"$RESULTS"
 }
 case "$MODE" in
   plain) run plain "$ROUNDS" ;;
@@ -78,8 +78,10 @@ case "$MODE" in
     done
     ;;
   *) echo "unknown mode $MODE (plain, resilience or both)" >&2; exit 2 ;;
-esac 2>&1
+esac
 
+echo "=== every round (mode, round, target, req/s, p50, p99, cpu/req us) ==="
+cat "$RESULTS"
 echo "=== summary: medians over all rounds, wrk -t1 -c$CONNS -d${SECS}s ==="
 python3 - "$RESULTS" <<'PY'
 import re, statistics, sys
