@@ -1,5 +1,5 @@
 //! `veer demo`: two demo pools on loopback and the proxy in front at 90/10; with
-//! `--rollout`, a canary rollout of green instead (see `docs/rollout.md`).
+//! `--rollout`, a canary rollout of green instead (see the README, "Canary releases").
 
 use crate::config::Config;
 use bytes::Bytes;

@@ -47,7 +47,7 @@ enum Command {
         /// Admin listen address.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: std::net::SocketAddr,
-        /// Start green at 0% and roll it out (5 → 25 → 50 → 100%, 10 s steps); see docs/rollout.md.
+        /// Start green at 0% and roll it out (5 → 25 → 50 → 100%, 10 s steps); see the README, "Canary releases".
         #[arg(long)]
         rollout: bool,
     },
@@ -352,7 +352,7 @@ fn demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr, rollout: bool
             "  curl -s -c /tmp/veer.jar -b /tmp/veer.jar {url}/   # sticky: same answer every time"
         );
         if rollout {
-            println!("\nRollout of green: 5 → 25 → 50 → 100%, 10 s steps (docs/rollout.md):");
+            println!("\nRollout of green: 5 → 25 → 50 → 100%, 10 s steps (README, "Canary releases"):");
             println!("  while :; do curl -s -o /dev/null {url}/; done      # traffic for the gate");
             println!("  curl -s http://{}/api/status | jq '.routes[0].rollout'", running.admin);
             println!("  curl -s -X POST -H 'x-veer-pool: green' '{url}/fail?rate=0.2'   # make green fail 20%");
