@@ -10,6 +10,7 @@
 #   both        plain, then resilience (the default)
 # Needs: apt-get install -y wrk haproxy nginx caddy
 # Env:   COMPARE=path/to/compare.sh (default ../shared/bench/compare.sh, beside the repo)
+#        NO_BUILD=1 to skip `cargo build --release`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-both}; ROUNDS=${2:-3}; SECS=${3:-5}; CONNS=${4:-64}
@@ -19,7 +20,8 @@ for tool in wrk haproxy nginx caddy curl python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y wrk haproxy nginx caddy" >&2; exit 1; }
 done
 
-cargo build --release --quiet
+# NO_BUILD=1 measures the release binary already built.
+[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet
 export VEER_BIN=target/release/veer
 export VEER_CMD_PREFIX="env VEER_WORKERS=1 VEER_LOG=warn"
 

@@ -352,7 +352,7 @@ fn demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr, rollout: bool
             "  curl -s -c /tmp/veer.jar -b /tmp/veer.jar {url}/   # sticky: same answer every time"
         );
         if rollout {
-            println!("\nRollout of green: 5 → 25 → 50 → 100%, 10 s steps (README, "Canary releases"):");
+            println!("\nRollout of green: 5 → 25 → 50 → 100%, 10 s steps (README, Canary releases):");
             println!("  while :; do curl -s -o /dev/null {url}/; done      # traffic for the gate");
             println!("  curl -s http://{}/api/status | jq '.routes[0].rollout'", running.admin);
             println!("  curl -s -X POST -H 'x-veer-pool: green' '{url}/fail?rate=0.2'   # make green fail 20%");
