@@ -65,7 +65,8 @@ impl Runtime {
             .as_ref()
             .and_then(|p| p.parent().map(|d| d.to_path_buf()));
         let metrics = Arc::new(Metrics::new());
-        let registry = Arc::new(Registry::new(base).with_trips_metric(metrics.breaker_trips.clone()));
+        let registry =
+            Arc::new(Registry::new(base).with_trips_metric(metrics.breaker_trips.clone()));
         let route_states = Mutex::new(HashMap::new());
         let empty = Snapshot {
             version: 0,
@@ -116,7 +117,11 @@ impl Runtime {
         self.build_and_swap(config, Some(&old))
     }
 
-    fn build_and_swap(&self, config: Config, old: Option<&Config>) -> Result<ApplyReport, RegistryError> {
+    fn build_and_swap(
+        &self,
+        config: Config,
+        old: Option<&Config>,
+    ) -> Result<ApplyReport, RegistryError> {
         self.registry.check_clients(&config)?;
         let (pools, backends) = self.registry.sync(&config, old)?;
         let mut states = self.route_states.lock().unwrap_or_else(|e| e.into_inner());
@@ -162,7 +167,12 @@ impl Runtime {
         Ok(report)
     }
 
-    fn build_route(&self, rc: &RouteConfig, pools: &HashMap<Arc<str>, Arc<Pool>>, state: Arc<RouteState>) -> Route {
+    fn build_route(
+        &self,
+        rc: &RouteConfig,
+        pools: &HashMap<Arc<str>, Arc<Pool>>,
+        state: Arc<RouteState>,
+    ) -> Route {
         let route_pools: Vec<Arc<Pool>> = rc
             .split
             .iter()

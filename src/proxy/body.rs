@@ -51,7 +51,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ProxyBody::Upstream { body, lease, cut } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
@@ -60,7 +63,9 @@ impl Body for ProxyBody {
                 if polled.is_pending() {
                     if let Some(l) = lease.as_ref() {
                         let c = cut.get_or_insert_with(|| {
-                            Box::pin(CancellationToken::clone(&l.backend.cut_token()).cancelled_owned())
+                            Box::pin(
+                                CancellationToken::clone(&l.backend.cut_token()).cancelled_owned(),
+                            )
                         });
                         if c.as_mut().poll(cx).is_ready() {
                             lease.take();

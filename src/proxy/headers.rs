@@ -33,7 +33,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool
     let te_trailers = keep_te_trailers
         && h.get(header::TE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
     for n in named {
         h.remove(n);
     }
@@ -65,8 +68,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool
 pub fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
         && h.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
         })
 }
 
@@ -75,7 +80,12 @@ static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Append the client to `X-Forwarded-For`; set `X-Forwarded-Proto` and `X-Forwarded-Host`.
-pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, scheme: &'static str, host: Option<&HeaderValue>) {
+pub fn add_forwarded(
+    h: &mut HeaderMap,
+    client: IpAddr,
+    scheme: &'static str,
+    host: Option<&HeaderValue>,
+) {
     use std::fmt::Write;
     // One string, one allocation: prior hops (all X-Forwarded-For lines, in order), then us.
     let mut xff = String::with_capacity(48);
@@ -134,8 +144,16 @@ mod tests {
         h.append("x-forwarded-for", "10.0.0.1".parse().unwrap());
         h.append("x-forwarded-for", "10.0.0.2, 10.0.0.3".parse().unwrap());
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        add_forwarded(&mut h, mapped, "https", Some(&HeaderValue::from_static("a.example")));
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7");
+        add_forwarded(
+            &mut h,
+            mapped,
+            "https",
+            Some(&HeaderValue::from_static("a.example")),
+        );
+        assert_eq!(
+            h["x-forwarded-for"],
+            "10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7"
+        );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.example");

@@ -74,7 +74,10 @@ impl Failure {
         let mut r = Response::new(ProxyBody::full(self.message()));
         *r.status_mut() = self.status();
         let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         match self {
             Failure::NoBackend => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -98,7 +101,11 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 /// Handle one downstream request end to end.
-pub async fn handle(rt: &Runtime, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let snap = rt.snapshot();
     // HTTP/2 carries the host in :authority; HTTP/1.1 in Host (required there).
     let host_value = req.headers().get(header::HOST).cloned().or_else(|| {
@@ -144,15 +151,21 @@ pub async fn handle(rt: &Runtime, conn: &ConnInfo, mut req: Request<Incoming>) -
             .header
             .as_ref()
             .and_then(|h| req.headers().get(h.as_str()).and_then(|v| v.to_str().ok()))
-            .or_else(|| o.cookie.as_ref().and_then(|c| headers::cookie(req.headers(), c)))?;
+            .or_else(|| {
+                o.cookie
+                    .as_ref()
+                    .and_then(|c| headers::cookie(req.headers(), c))
+            })?;
         route.pool_index(name.trim())
     });
     let pool_idx = forced.unwrap_or_else(|| route.table.pool_of(bucket));
 
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut resp, pending) =
-        forward(rt, &snap, &route, conn, req, pool_idx, bucket, host_value, upgrade).await;
+    let (mut resp, pending) = forward(
+        rt, &snap, &route, conn, req, pool_idx, bucket, host_value, upgrade,
+    )
+    .await;
     if let (Some(down), Some(p)) = (down_upgrade, pending) {
         tunnel(down, p);
     }
@@ -202,7 +215,13 @@ fn pick(route: &Route, pool_idx: usize, bucket: u32, tried: &[usize]) -> Option<
 /// A request that chose its route on a snapshot a reload has just replaced can find that
 /// snapshot's backends already draining: take the backend from the live snapshot instead
 /// (same route and pool, by name), so a reload never turns into a 503.
-fn pick_live(rt: &Runtime, snap: &Snapshot, route: &Route, pool_idx: usize, bucket: u32) -> Option<(usize, Lease)> {
+fn pick_live(
+    rt: &Runtime,
+    snap: &Snapshot,
+    route: &Route,
+    pool_idx: usize,
+    bucket: u32,
+) -> Option<(usize, Lease)> {
     let live = rt.snapshot();
     if live.version == snap.version {
         return None;
@@ -231,7 +250,10 @@ async fn forward(
     let retry = &route.config.retry;
     let idempotent = is_idempotent(&parts.method);
     let had_te = parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let h2_upstream = route.pools.iter().any(|p| p.config.protocol != Protocol::H1);
+    let h2_upstream = route
+        .pools
+        .iter()
+        .any(|p| p.config.protocol != Protocol::H1);
     headers::strip_hop_by_hop(&mut parts.headers, upgrade, h2_upstream);
     if had_te {
         // Never forward both framings: the body is re-framed by the upstream client.
@@ -244,7 +266,12 @@ async fn forward(
             parts.headers.insert(header::HOST, h.clone());
         }
     }
-    headers::add_forwarded(&mut parts.headers, conn.peer.ip(), conn.scheme, host_value.as_ref());
+    headers::add_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        conn.scheme,
+        host_value.as_ref(),
+    );
     // Shared bytes: cloning it per attempt copies nothing.
     let path_and_query = parts
         .uri
@@ -274,8 +301,13 @@ async fn forward(
                 tokio::time::sleep(Duration::from_secs_f64(jittered)).await;
             }
         }
-        let picked = pick(route, pool_idx, bucket, &tried)
-            .or_else(|| if attempt == 1 { pick_live(rt, snap, route, pool_idx, bucket) } else { None });
+        let picked = pick(route, pool_idx, bucket, &tried).or_else(|| {
+            if attempt == 1 {
+                pick_live(rt, snap, route, pool_idx, bucket)
+            } else {
+                None
+            }
+        });
         let Some((pidx, mut lease)) = picked else {
             if attempt > 1 {
                 route.state.refund();
@@ -312,7 +344,11 @@ async fn forward(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = parts.headers.clone();
-        *up.version_mut() = if client.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        *up.version_mut() = if client.http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
         if *up.version_mut() == Version::HTTP_2 {
             up.headers_mut().remove(header::HOST);
         }
@@ -443,13 +479,21 @@ fn rollout_observe(route: &Route, pool: usize, failed: bool, started: Instant) {
 
 fn count(route: &Route, pool: usize, backend: &Arc<Backend>, status: u16) {
     let pool_ref = &route.pools[pool];
-    if let Some(i) = pool_ref.backends.iter().position(|b| Arc::ptr_eq(b, backend)) {
+    if let Some(i) = pool_ref
+        .backends
+        .iter()
+        .position(|b| Arc::ptr_eq(b, backend))
+    {
         route.metrics.codes[pool][i].inc(status);
     }
 }
 
 /// Turn the upstream response into the downstream one.
-fn relay(mut resp: Response<Incoming>, lease: Lease, upgrade: bool) -> (Response<ProxyBody>, Option<PendingTunnel>) {
+fn relay(
+    mut resp: Response<Incoming>,
+    lease: Lease,
+    upgrade: bool,
+) -> (Response<ProxyBody>, Option<PendingTunnel>) {
     let switching = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let on = switching.then(|| hyper::upgrade::on(&mut resp));
     let (mut parts, body) = resp.into_parts();

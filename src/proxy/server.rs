@@ -101,19 +101,32 @@ pub async fn accept_loop(
     }
 }
 
-async fn serve_stream(rt: Arc<Runtime>, stream: TcpStream, peer: SocketAddr, transport: Transport, closing: CancellationToken) {
+async fn serve_stream(
+    rt: Arc<Runtime>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    closing: CancellationToken,
+) {
     let settings = rt.config().server.clone();
     match transport {
         Transport::Plain => {
-            let info = ConnInfo { peer, scheme: "http" };
+            let info = ConnInfo {
+                peer,
+                scheme: "http",
+            };
             serve_connection(rt, stream, info, &settings, closing).await
         }
         Transport::Tls(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg.load_full());
             // The handshake counts against the header read timeout: a silent client is dropped.
-            match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await {
+            match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await
+            {
                 Ok(Ok(tls)) => {
-                    let info = ConnInfo { peer, scheme: "https" };
+                    let info = ConnInfo {
+                        peer,
+                        scheme: "https",
+                    };
                     serve_connection(rt, tls, info, &settings, closing).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -212,7 +225,10 @@ impl Body for Tracked {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -275,7 +291,11 @@ impl<I> Drop for Watched<I> {
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
@@ -287,7 +307,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_write_vectored(
@@ -310,8 +334,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 
 /// Serve one connection until it ends, is idle too long, is too slow sending a request head,
 /// or shutdown asks it to close.
-pub async fn serve_connection<I>(rt: Arc<Runtime>, io: I, info: ConnInfo, settings: &ServerConfig, closing: CancellationToken)
-where
+pub async fn serve_connection<I>(
+    rt: Arc<Runtime>,
+    io: I,
+    info: ConnInfo,
+    settings: &ServerConfig,
+    closing: CancellationToken,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
@@ -324,7 +353,10 @@ where
         let guard = ActiveGuard::new(&act);
         async move {
             let resp = handle(&rt, &info, req).await;
-            Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _guard: guard }))
+            Ok::<_, Infallible>(resp.map(|inner| Tracked {
+                inner,
+                _guard: guard,
+            }))
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -32,7 +32,9 @@ impl Pool {
 
     /// Is any backend able to take a request now?
     pub fn has_available(&self) -> bool {
-        self.backends.iter().any(|b| b.is_available() && !bulkhead_full(b))
+        self.backends
+            .iter()
+            .any(|b| b.is_available() && !bulkhead_full(b))
     }
 
     /// Is any backend healthy (for swap's safety check)?
