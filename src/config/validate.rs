@@ -459,10 +459,15 @@ fn build_pool(
         );
     }
     if let Some(ca) = tls.as_ref().and_then(|t| t.ca.as_ref()) {
-        if let Err(e) = std::fs::metadata(resolve(cx.file, ca)) {
+        let path = resolve(cx.file, ca);
+        if let Err(e) = std::fs::metadata(&path) {
             cx.err(
                 span.clone(),
-                format!("{}: cannot read CA file {}: {e}", field("ca"), ca.display()),
+                format!(
+                    "{}: cannot read CA file {}: {e}",
+                    field("ca"),
+                    path.display()
+                ),
             );
         }
     }
