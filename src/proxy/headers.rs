@@ -12,49 +12,85 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// Is this header for this hop only, whatever `Connection` says?
+fn is_fixed_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "keep-alive"
+    ) || name.starts_with("proxy-")
+}
+
 /// Remove hop-by-hop headers: the fixed set, `Keep-Alive`, every `Proxy-*`, and whatever
 /// `Connection` names. With `upgrade`, `Connection: upgrade` and `Upgrade` are kept.
 /// With `keep_te_trailers`, `TE: trailers` is kept (gRPC over HTTP/2 needs it).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool) {
-    let mut named: Vec<HeaderName> = Vec::new();
-    for v in h.get_all(header::CONNECTION) {
-        if let Ok(s) = v.to_str() {
-            for name in s.split(',') {
-                let name = name.trim();
-                if upgrade && name.eq_ignore_ascii_case("upgrade") {
-                    continue;
-                }
-                if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                    named.push(n);
-                }
-            }
+    // One look at the names decides: most requests carry none of these, and only the names
+    // present are removed (each removal hashes the name).
+    let (mut fixed, mut keep_alive, mut proxy) = ([false; 6], false, false);
+    for k in h.keys() {
+        let s = k.as_str();
+        if !is_fixed_hop(s) {
+            continue;
+        }
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            fixed[i] = true;
+        } else if s == "keep-alive" {
+            keep_alive = true;
+        } else {
+            proxy = true;
         }
     }
+    // Connection is the only way to name more hop-by-hop headers, so without any of the
+    // fixed set present (and no upgrade to mark) there is nothing to do.
+    if !upgrade && !keep_alive && !proxy && !fixed.contains(&true) {
+        return;
+    }
     let te_trailers = keep_te_trailers
+        && fixed[1]
         && h.get(header::TE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             });
-    for n in named {
-        h.remove(n);
+    if fixed[0] {
+        // Values are shared bytes: cloning them copies nothing (and rarely is there more
+        // than one, so the rest stays unallocated).
+        let mut values = h.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let rest: Vec<HeaderValue> = values.cloned().collect();
+        for v in first.iter().chain(rest.iter()) {
+            let Ok(s) = v.to_str() else { continue };
+            for name in s.split(',') {
+                let name = name.trim();
+                if upgrade && name.eq_ignore_ascii_case("upgrade") {
+                    continue;
+                }
+                // By &str: matched case-insensitively without allocating; an invalid name
+                // matches nothing.
+                h.remove(name);
+            }
+        }
     }
-    for n in &HOP_BY_HOP {
-        if upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
+    for (n, present) in HOP_BY_HOP.iter().zip(fixed) {
+        if !present || (upgrade && (n == header::CONNECTION || n == header::UPGRADE)) {
             continue;
         }
         h.remove(n);
     }
-    h.remove("keep-alive");
-    // Any other Proxy-* header is for this hop only.
-    let proxy: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for k in proxy {
-        h.remove(k);
+    if keep_alive {
+        h.remove("keep-alive");
+    }
+    if proxy {
+        // Any other Proxy-* header is for this hop only.
+        let names: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for k in names {
+            h.remove(k);
+        }
     }
     if upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -79,29 +115,45 @@ static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Append the client to `X-Forwarded-For`; set `X-Forwarded-Proto` and `X-Forwarded-Host`.
+/// The client's address as an `X-Forwarded-For` entry, made once per connection. A
+/// dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; they are logged as a.b.c.d.
+pub fn client_ip_value(client: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    // The longest IPv6 text is 45 bytes: no allocation but the value's own.
+    let mut buf = [0u8; 64];
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{}", client.to_canonical());
+    let n = 64 - w.len();
+    HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Append the client (see [`client_ip_value`]) to `X-Forwarded-For`; set
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub fn add_forwarded(
     h: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     scheme: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    use std::fmt::Write;
-    // One string, one allocation: prior hops (all X-Forwarded-For lines, in order), then us.
-    let mut xff = String::with_capacity(48);
-    for v in h.get_all(&XFF) {
-        if let Ok(s) = v.to_str() {
-            let s = s.trim();
-            if !s.is_empty() {
-                xff.push_str(s);
-                xff.push_str(", ");
+    if h.contains_key(&XFF) {
+        // One string, one allocation: prior hops (all X-Forwarded-For lines, in order), then us.
+        let mut xff = String::with_capacity(48);
+        for v in h.get_all(&XFF) {
+            if let Ok(s) = v.to_str() {
+                let s = s.trim();
+                if !s.is_empty() {
+                    xff.push_str(s);
+                    xff.push_str(", ");
+                }
             }
         }
-    }
-    // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; log them as a.b.c.d.
-    let _ = write!(xff, "{}", client.to_canonical());
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        h.insert(XFF.clone(), v);
+        xff.push_str(client.to_str().unwrap_or_default());
+        if let Ok(v) = HeaderValue::try_from(xff) {
+            h.insert(XFF.clone(), v);
+        }
+    } else {
+        // No prior hops: the connection's own value, shared, not copied.
+        h.insert(XFF.clone(), client.clone());
     }
     h.insert(XFP.clone(), HeaderValue::from_static(scheme));
     if let Some(host) = host {
@@ -139,6 +191,67 @@ mod tests {
     }
 
     #[test]
+    fn nothing_hop_by_hop_leaves_headers_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "a.example".parse().unwrap());
+        h.insert("x-proxyish", "1".parse().unwrap());
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false, true);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn connection_names_any_case_and_upgrade_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Upgrade, X-Secret".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        strip_hop_by_hop(&mut h, true, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+
+        // An upgrade answer without Connection still gets one.
+        let mut h = HeaderMap::new();
+        strip_hop_by_hop(&mut h, true, false);
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn te_trailers_kept_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert("te", "gzip, Trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h, false, true);
+        assert_eq!(h["te"], "trailers");
+        let mut h = HeaderMap::new();
+        h.insert("te", "gzip".parse().unwrap());
+        strip_hop_by_hop(&mut h, false, true);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarded_for_without_prior_hops() {
+        let mut h = HeaderMap::new();
+        add_forwarded(
+            &mut h,
+            &client_ip_value("2001:db8::1".parse().unwrap()),
+            "http",
+            None,
+        );
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("x-forwarded-host"));
+        let v = client_ip_value(
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(v, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
+    }
+
+    #[test]
     fn forwarded_for_joins_every_prior_line() {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", "10.0.0.1".parse().unwrap());
@@ -146,7 +259,7 @@ mod tests {
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         add_forwarded(
             &mut h,
-            mapped,
+            &client_ip_value(mapped),
             "https",
             Some(&HeaderValue::from_static("a.example")),
         );

@@ -28,6 +28,18 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// "http" or "https".
     pub scheme: &'static str,
+    /// The peer's address as an `X-Forwarded-For` entry, formatted once per connection.
+    pub client_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, scheme: &'static str) -> Self {
+        ConnInfo {
+            peer,
+            scheme,
+            client_ip: headers::client_ip_value(peer.ip()),
+        }
+    }
 }
 
 /// Why veer answered itself instead of relaying an upstream answer.
@@ -234,6 +246,9 @@ fn pick_live(
     Some((i, lease))
 }
 
+/// The most backends one request tries (validation caps `retry.attempts` at 10).
+const MAX_TRIED: usize = 10;
+
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     rt: &Runtime,
@@ -268,7 +283,7 @@ async fn forward(
     }
     headers::add_forwarded(
         &mut parts.headers,
-        conn.peer.ip(),
+        &conn.client_ip,
         conn.scheme,
         host_value.as_ref(),
     );
@@ -282,7 +297,12 @@ async fn forward(
     route.state.deposit(retry.budget_percent);
     let timeout = snap.config.server.request_timeout;
 
-    let mut tried: Vec<usize> = Vec::new();
+    // Backends already tried, so a retry goes elsewhere. Validation caps attempts at 10; a
+    // fixed array keeps this off the heap.
+    let mut tried = [0usize; MAX_TRIED];
+    let mut n_tried = 0;
+    // The downstream host as an HTTP/2 :authority, parsed on first need.
+    let mut h2_authority: Option<Option<http::uri::Authority>> = None;
     let mut last_failure = Failure::NoBackend;
     let mut last_pool = pool_idx;
     // A retryable upstream answer (502/503/504) is kept until a retry is really sent, so when
@@ -301,7 +321,7 @@ async fn forward(
                 tokio::time::sleep(Duration::from_secs_f64(jittered)).await;
             }
         }
-        let picked = pick(route, pool_idx, bucket, &tried).or_else(|| {
+        let picked = pick(route, pool_idx, bucket, &tried[..n_tried]).or_else(|| {
             if attempt == 1 {
                 pick_live(rt, snap, route, pool_idx, bucket)
             } else {
@@ -320,43 +340,58 @@ async fn forward(
         held = None;
         last_pool = pidx;
         let backend = lease.backend.clone();
-        tried.push(crate::upstream::pool::backend_key(&backend));
-        let client = backend.client();
+        if let Some(t) = tried.get_mut(n_tried) {
+            *t = crate::upstream::pool::backend_key(&backend);
+            n_tried += 1;
+        }
+        let client = backend.client_guard();
         // HTTP/2 has no Host header: the downstream host travels as :authority, as Host does
         // over HTTP/1.1 (the connector dials the backend whatever the URI names).
         let authority = match (client.http2, &host_value) {
-            (true, Some(h)) => h
-                .to_str()
-                .ok()
-                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            (true, Some(h)) => h2_authority
+                .get_or_insert_with(|| {
+                    h.to_str()
+                        .ok()
+                        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                })
+                .clone()
                 .unwrap_or_else(|| client.authority.clone()),
             _ => client.authority.clone(),
         };
-        let uri = Uri::builder()
-            .scheme(client.scheme)
-            .authority(authority)
-            .path_and_query(path_and_query.clone())
-            .build();
-        let Ok(uri) = uri else {
+        // Built from parts: nothing is parsed again.
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(match client.scheme {
+            "https" => http::uri::Scheme::HTTPS,
+            _ => http::uri::Scheme::HTTP,
+        });
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(path_and_query.clone());
+        let Ok(uri) = Uri::from_parts(uri) else {
             return (Failure::BadRequest.response(), None);
         };
         let mut up = Request::new(UpBody::from_slot(&slot));
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
-        *up.headers_mut() = parts.headers.clone();
-        *up.version_mut() = if client.http2 {
-            Version::HTTP_2
+        // The last possible attempt needs no copy kept for a retry.
+        *up.headers_mut() = if attempt == retry.attempts {
+            std::mem::take(&mut parts.headers)
         } else {
-            Version::HTTP_11
+            parts.headers.clone()
         };
-        if *up.version_mut() == Version::HTTP_2 {
+        if client.http2 {
+            *up.version_mut() = Version::HTTP_2;
             up.headers_mut().remove(header::HOST);
+        } else {
+            *up.version_mut() = Version::HTTP_11;
         }
         let started = Instant::now();
+        // The request future owns what it needs: the client guard is not held across an await.
+        let request = client.client.request(up);
+        drop(client);
         // A drain that reaches its timeout cuts what is still waiting on the backend.
         let cut = backend.cut_token();
         let result = tokio::select! {
-            r = client.client.request(up) => match r {
+            r = request => match r {
                 Ok(r) => Outcome::Response(r),
                 Err(e) => Outcome::Error(Some(e)),
             },

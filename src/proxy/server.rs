@@ -111,10 +111,7 @@ async fn serve_stream(
     let settings = rt.config().server.clone();
     match transport {
         Transport::Plain => {
-            let info = ConnInfo {
-                peer,
-                scheme: "http",
-            };
+            let info = ConnInfo::new(peer, "http");
             serve_connection(rt, stream, info, &settings, closing).await
         }
         Transport::Tls(cfg) => {
@@ -123,10 +120,7 @@ async fn serve_stream(
             match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await
             {
                 Ok(Ok(tls)) => {
-                    let info = ConnInfo {
-                        peer,
-                        scheme: "https",
-                    };
+                    let info = ConnInfo::new(peer, "https");
                     serve_connection(rt, tls, info, &settings, closing).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -345,14 +339,15 @@ pub async fn serve_connection<I>(
 {
     let activity = Arc::new(Activity::new());
     let act = activity.clone();
-    let info = Arc::new(info);
     let peer = info.peer;
+    // One shared context: one reference count per request, not one per field.
+    let ctx = Arc::new((rt, info));
     let service = service_fn(move |req| {
-        let rt = rt.clone();
-        let info = info.clone();
+        let ctx = ctx.clone();
         let guard = ActiveGuard::new(&act);
         async move {
-            let resp = handle(&rt, &info, req).await;
+            let (rt, info) = &*ctx;
+            let resp = handle(rt, info, req).await;
             Ok::<_, Infallible>(resp.map(|inner| Tracked {
                 inner,
                 _guard: guard,

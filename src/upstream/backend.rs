@@ -230,6 +230,12 @@ impl Backend {
         self.client.load_full()
     }
 
+    /// The client without taking a reference count, for the request path: not to be held
+    /// across an await.
+    pub fn client_guard(&self) -> arc_swap::Guard<Arc<UpstreamClient>> {
+        self.client.load()
+    }
+
     /// Replace the client; the old one's idle connections close when its last user is done.
     pub fn set_client(&self, c: UpstreamClient) {
         self.client.store(Arc::new(c));
