@@ -126,6 +126,9 @@ pub const ROOT: Shape = Table(&[
 pub struct SchemaError {
     pub offset: usize,
     pub message: String,
+    /// For an unknown `key = value`: the bytes from the key to the end of the value, which
+    /// validation may blank out to go on and check the rest of the file.
+    pub unknown_pair: Option<std::ops::Range<usize>>,
 }
 
 /// Collect every unknown key, wrongly typed value and missing required key.
@@ -223,7 +226,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 impl Walker {
     fn push(&mut self, offset: usize, message: String) {
-        self.out.push(SchemaError { offset, message });
+        self.out.push(SchemaError {
+            offset,
+            message,
+            unknown_pair: None,
+        });
     }
 
     /// Check the keys of a table against `fields`. `at` locates the table itself (for a
@@ -254,6 +261,9 @@ impl Walker {
                         None => format!("; expected one of: {}", known.join(", ")),
                     };
                     self.push(key_offset, format!("unknown key {k:?} {place}{hint}"));
+                    if let (Item::Value(v), Some(last)) = (item, self.out.last_mut()) {
+                        last.unknown_pair = v.span().map(|r| key_offset..r.end);
+                    }
                 }
             }
         }

@@ -88,9 +88,15 @@ pub fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         errors: Vec::new(),
     };
     // Syntax first; then every unknown key, wrong type and missing key at once.
+    let mut blanks = Vec::new();
+    let mut only_unknown_pairs = true;
     match toml_edit::ImDocument::parse(text) {
         Ok(doc) => {
             for e in super::schema::check(&doc) {
+                match e.unknown_pair.filter(|r| own_lines(text, r)) {
+                    Some(r) => blanks.push(r),
+                    None => only_unknown_pairs = false,
+                }
                 cx.err(e.offset..e.offset, e.message);
             }
         }
@@ -100,11 +106,28 @@ pub fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             return Err(ConfigErrors(cx.errors));
         }
     }
-    if !cx.errors.is_empty() {
+    if !cx.errors.is_empty() && !only_unknown_pairs {
         // Values of the wrong type cannot be built into a config, so meaning is checked
         // once the shape is right.
         return Err(cx.sorted());
     }
+    // Unknown `key = value` lines are blanked with spaces (offsets and lines unchanged), so
+    // the rest of the file is still checked and every problem is reported in one go.
+    let cleaned;
+    let text = if blanks.is_empty() {
+        text
+    } else {
+        let mut bytes = text.as_bytes().to_vec();
+        for r in &blanks {
+            for b in &mut bytes[r.clone()] {
+                if *b != b'\n' {
+                    *b = b' ';
+                }
+            }
+        }
+        cleaned = String::from_utf8_lossy(&bytes).into_owned();
+        cleaned.as_str()
+    };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
         Err(e) => {
@@ -120,6 +143,19 @@ pub fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     } else {
         Err(cx.sorted())
     }
+}
+
+/// Does `r` cover whole lines of its own (only blanks before it, only blanks or a comment
+/// after it)? Then blanking it leaves valid TOML.
+fn own_lines(text: &str, r: &Range<usize>) -> bool {
+    if r.end > text.len() || !text.is_char_boundary(r.start) || !text.is_char_boundary(r.end) {
+        return false;
+    }
+    let before = &text[..r.start];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let after = &text[r.end..];
+    let rest = after.split('\n').next().unwrap_or("").trim_start();
+    before[line_start..].trim().is_empty() && (rest.is_empty() || rest.starts_with('#'))
 }
 
 fn first_line(s: &str) -> &str {
