@@ -5,10 +5,8 @@ use crate::upstream::Lease;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Errors while streaming a response body.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -19,9 +17,6 @@ pub enum ProxyBody {
     Upstream {
         body: Incoming,
         lease: Option<Lease>,
-        /// Armed the first time the upstream makes us wait: resolves when a drain timeout
-        /// or shutdown cuts the backend. Lazy, so a response that arrives whole costs nothing.
-        cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     },
     Full(Option<Bytes>),
 }
@@ -32,7 +27,6 @@ impl ProxyBody {
         ProxyBody::Upstream {
             body,
             lease: Some(lease),
-            cut: None,
         }
     }
     pub fn full(b: impl Into<Bytes>) -> Self {
@@ -43,10 +37,6 @@ impl ProxyBody {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("backend closed by drain timeout")]
-struct DrainCut;
-
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -56,23 +46,11 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, lease, cut } => {
+            ProxyBody::Upstream { body, lease } => {
+                // A drain timeout cuts the backend's connection, which ends this body with an
+                // error: nothing to watch here.
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                // Only a response that makes us wait needs watching for a drain cut; the
-                // watch is armed once, on the first wait.
                 if polled.is_pending() {
-                    if let Some(l) = lease.as_ref() {
-                        let c = cut.get_or_insert_with(|| {
-                            Box::pin(
-                                CancellationToken::clone(&l.backend.cut_token()).cancelled_owned(),
-                            )
-                        });
-                        if c.as_mut().poll(cx).is_ready() {
-                            lease.take();
-                            cut.take();
-                            return Poll::Ready(Some(Err(Box::new(DrainCut))));
-                        }
-                    }
                     return Poll::Pending;
                 }
                 match polled {

@@ -388,15 +388,14 @@ async fn forward(
         // The request future owns what it needs: the client guard is not held across an await.
         let request = client.client.request(up);
         drop(client);
-        // A drain that reaches its timeout cuts what is still waiting on the backend.
-        let cut = backend.cut_token();
+        // A drain that reaches its timeout cuts the backend's connections: the request then
+        // fails like any broken exchange (see `CutSet`), with no per-request watcher.
         let result = tokio::select! {
             r = request => match r {
                 Ok(r) => Outcome::Response(r),
                 Err(e) => Outcome::Error(Some(e)),
             },
             late = upstream_deadline(slot.as_deref(), timeout) => late,
-            _ = cut.cancelled() => Outcome::Error(None),
         };
         // Retry rules: a request whose body started streaming is never sent again; a connect
         // failure is retried for any method (nothing reached a backend); a reset before the
@@ -565,12 +564,9 @@ fn tunnel(down: hyper::upgrade::OnUpgrade, p: PendingTunnel) {
         };
         let mut down = hyper_util::rt::TokioIo::new(down);
         let mut up = hyper_util::rt::TokioIo::new(up);
-        // A tunnel is in flight like any request: a drain timeout or shutdown cuts it.
-        let cut = lease.backend.cut_token();
-        tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
-            _ = cut.cancelled() => tracing::debug!(backend = %lease.backend.id, "tunnel cut"),
-        }
+        // A tunnel is in flight like any request: a drain timeout or shutdown cuts the
+        // backend connection under it, which ends the copy.
+        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
         drop(lease);
     });
 }

@@ -68,9 +68,6 @@ pub struct Backend {
     /// Cancelled when the backend is finally closed: cuts what is left in flight and stops
     /// its background tasks.
     pub closed: CancellationToken,
-    /// Cancelled to cut the requests waiting on this backend (a child of `closed`; replaced
-    /// after use, so a backend drained by the API and later undrained serves again).
-    cut: ArcSwap<CancellationToken>,
     client: ArcSwap<UpstreamClient>,
     /// The current config of the backend's pool; background tasks read it on each round.
     pool_config: ArcSwap<PoolConfig>,
@@ -122,7 +119,6 @@ impl Backend {
             max_concurrent: AtomicU32::new(0),
             breaker: Gate::default(),
             idle: Notify::new(),
-            cut: ArcSwap::from_pointee(closed.child_token()),
             closed,
             client: ArcSwap::from_pointee(client),
         }
@@ -215,15 +211,12 @@ impl Backend {
         self.is_healthy() && !self.is_draining() && self.breaker.is_passable()
     }
 
-    /// The signal that cuts requests waiting on this backend (drain timeout or close).
-    pub fn cut_token(&self) -> Arc<CancellationToken> {
-        self.cut.load_full()
-    }
-
-    /// Cut every request now waiting on this backend (a drain reached its timeout).
+    /// Cut every request now on this backend (a drain reached its timeout, or shutdown):
+    /// its connections fail at once, so requests waiting on them, streaming bodies and
+    /// tunnels end. The request path pays nothing for this: the cut lives in the connections.
+    /// The registry swaps in a fresh client afterwards, so an undrained backend serves again.
     pub fn cut_in_flight(&self) {
-        let old = self.cut.swap(Arc::new(self.closed.child_token()));
-        old.cancel();
+        self.client().cuts.cut_all();
     }
 
     pub fn client(&self) -> Arc<UpstreamClient> {

@@ -38,15 +38,18 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// TCP to one backend's address, whatever host and port the request URI names: the URI
 /// carries the name the backend expects (and TLS uses the pool's fixed server name), never a
-/// place to look up.
+/// place to look up. Every connection is registered in the client's [`CutSet`].
 #[derive(Debug, Clone)]
 pub struct Dial {
     http: HttpConnector,
     target: Uri,
+    cuts: Arc<CutSet>,
 }
 
+type TcpIo = <HttpConnector as tower::Service<Uri>>::Response;
+
 impl tower::Service<Uri> for Dial {
-    type Response = <HttpConnector as tower::Service<Uri>>::Response;
+    type Response = CutIo<TcpIo>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -56,7 +59,127 @@ impl tower::Service<Uri> for Dial {
 
     fn call(&mut self, _dst: Uri) -> Self::Future {
         let connecting = self.http.call(self.target.clone());
-        Box::pin(async move { connecting.await.map_err(Into::into) })
+        let cuts = self.cuts.clone();
+        Box::pin(async move {
+            let io = connecting.await?;
+            Ok(CutIo {
+                inner: io,
+                flag: cuts.register(),
+            })
+        })
+    }
+}
+
+/// The connections of one backend's client, so a drain that reaches its timeout can cut
+/// every request still on them at once. The request path never touches the list: it is
+/// locked only when a connection is made and when a drain cuts.
+#[derive(Debug, Default)]
+pub struct CutSet {
+    cut: AtomicBool,
+    conns: std::sync::Mutex<Vec<std::sync::Weak<CutFlag>>>,
+}
+
+/// One connection's cut signal: a flag and the waker of the task driving the connection.
+#[derive(Debug, Default)]
+pub struct CutFlag {
+    cut: AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl CutSet {
+    fn register(&self) -> Arc<CutFlag> {
+        let flag = Arc::new(CutFlag::default());
+        flag.cut
+            .store(self.cut.load(Ordering::Acquire), Ordering::Release);
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|w| w.strong_count() > 0);
+        conns.push(Arc::downgrade(&flag));
+        flag
+    }
+
+    /// Fail every connection of this client (and any it makes from now on): requests waiting
+    /// on them get an error, streaming bodies and tunnels end.
+    pub fn cut_all(&self) {
+        self.cut.store(true, Ordering::Release);
+        let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|e| e.into_inner()));
+        for flag in conns.iter().filter_map(|w| w.upgrade()) {
+            flag.cut.store(true, Ordering::Release);
+            flag.waker.wake();
+        }
+    }
+}
+
+/// A backend connection that fails at once when its client is cut.
+#[derive(Debug)]
+pub struct CutIo<T> {
+    inner: T,
+    flag: Arc<CutFlag>,
+}
+
+impl<T> CutIo<T> {
+    fn check(&self) -> std::io::Result<()> {
+        if self.flag.cut.load(Ordering::Acquire) {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "backend connection cut by drain timeout",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for CutIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        // Whoever waits to read is whom a cut must wake (an atomic register, no lock).
+        self.flag.waker.register(cx.waker());
+        self.check()?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for CutIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check()?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check()?;
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.check()?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: hyper_util::client::legacy::connect::Connection>
+    hyper_util::client::legacy::connect::Connection for CutIo<T>
+{
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.inner.connected()
     }
 }
 
@@ -71,6 +194,8 @@ pub struct UpstreamClient {
     pub authority: http::uri::Authority,
     /// The pool speaks HTTP/2 (`h2` or `h2c`).
     pub http2: bool,
+    /// Every connection this client made, for cutting them at a drain timeout.
+    pub cuts: Arc<CutSet>,
 }
 
 /// Errors building a client (TLS material).
@@ -105,7 +230,12 @@ impl UpstreamClient {
         let target = format!("http://{addr}")
             .parse()
             .map_err(|_| ClientError::BadSni(addr.to_string()))?;
-        let dial = Dial { http, target };
+        let cuts = Arc::new(CutSet::default());
+        let dial = Dial {
+            http,
+            target,
+            cuts: cuts.clone(),
+        };
         let tls = crate::tls::upstream_client_config(pool, base)?;
         let name = crate::tls::upstream_server_name(pool, addr)?;
         // ALPN offers exactly the pool's protocol.
@@ -141,6 +271,7 @@ impl UpstreamClient {
             scheme: if pool.tls.is_some() { "https" } else { "http" },
             authority,
             http2,
+            cuts,
         })
     }
 

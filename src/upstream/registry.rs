@@ -234,6 +234,7 @@ impl Registry {
             let waited = tokio::time::timeout(timeout.max(REMOVAL_GRACE), idle_after_grace).await;
             if waited.is_err() {
                 tracing::warn!(backend = %b.id, in_flight = b.in_flight(), "drain timeout reached; cutting remaining requests");
+                b.cut_in_flight();
             } else {
                 tracing::info!(backend = %b.id, "backend drained");
             }
@@ -322,6 +323,7 @@ impl Registry {
         self.shutdown.cancel();
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for b in inner.backends.values().chain(inner.draining.iter()) {
+            b.cut_in_flight();
             b.closed.cancel();
         }
     }
