@@ -393,7 +393,7 @@ async fn forward(
         let result = tokio::select! {
             r = request => match r {
                 Ok(r) => Outcome::Response(r),
-                Err(e) => Outcome::Error(Some(e)),
+                Err(e) => Outcome::Error(e),
             },
             late = upstream_deadline(slot.as_deref(), timeout) => late,
         };
@@ -427,12 +427,12 @@ async fn forward(
             }
             Outcome::Error(e) => {
                 lease.record(false);
-                let connect = e.as_ref().is_some_and(|e| e.is_connect());
+                let connect = e.is_connect();
                 tracing::debug!(backend = %backend.id, error = ?e, "upstream request failed");
                 count(route, pidx, &backend, 502);
                 rollout_observe(route, pidx, true, started);
                 last_failure = Failure::BadGateway;
-                let reset_retryable = e.is_some() && body_unsent;
+                let reset_retryable = body_unsent;
                 if ((connect || reset_retryable) && can_retry_any) || can_retry_idem {
                     continue;
                 }
@@ -469,8 +469,8 @@ async fn forward(
 
 enum Outcome {
     Response(Response<Incoming>),
-    /// `None`: cut by a drain timeout.
-    Error(Option<hyper_util::client::legacy::Error>),
+    /// A failed exchange (also a connection cut by a drain timeout).
+    Error(hyper_util::client::legacy::Error),
     Timeout,
     /// The client's request body stopped arriving.
     ClientStalled,

@@ -458,16 +458,20 @@ impl Controller {
         self.verdict = None;
         self.reason = None;
         self.passed_logged = false;
-        let stats = Arc::new(StepStats::new(
-            &self.def.to,
-            &self.baseline,
-            self.def.max_p99,
-        ));
-        self.install_stats(Some(stats));
+        self.install_stats(Some(self.fresh_stats()));
         self.schedule();
         self.publish();
         self.emit(event, None, None);
         Ok(())
+    }
+
+    /// Empty statistics for a new step (or an approval wait) of this rollout.
+    fn fresh_stats(&self) -> Arc<StepStats> {
+        Arc::new(StepStats::new(
+            &self.def.to,
+            &self.baseline,
+            self.def.max_p99,
+        ))
     }
 
     /// Does the live config already show this progress?
@@ -499,12 +503,7 @@ impl Controller {
         ));
         // Keep watching the pool while waiting: a breach still rolls back.
         if self.stats.is_none() {
-            let stats = Arc::new(StepStats::new(
-                &self.def.to,
-                &self.baseline,
-                self.def.max_p99,
-            ));
-            self.install_stats(Some(stats));
+            self.install_stats(Some(self.fresh_stats()));
         }
         self.schedule();
         self.publish();
