@@ -101,7 +101,10 @@ enum Command {
     Rollout {
         /// Route name.
         route: String,
-        action: RolloutAction,
+        /// start (from the first step), pause, resume, approve (the next step), promote
+        /// (all traffic to the new pool now) or abort (roll back).
+        #[arg(value_parser = parse_action, value_name = "ACTION")]
+        action: veer::rollout::Action,
         #[command(flatten)]
         api: AdminOpts,
     },
@@ -118,33 +121,11 @@ struct AdminOpts {
     json: bool,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum RolloutAction {
-    /// Start (or restart) the route's rollout from its first step.
-    Start,
-    /// Hold at the current step.
-    Pause,
-    /// Continue a paused rollout.
-    Resume,
-    /// Let a rollout waiting for approval take its next step.
-    Approve,
-    /// Send all traffic to the new pool now.
-    Promote,
-    /// Roll back: all traffic to the baseline.
-    Abort,
-}
-
-impl RolloutAction {
-    fn as_str(self) -> &'static str {
-        match self {
-            RolloutAction::Start => "start",
-            RolloutAction::Pause => "pause",
-            RolloutAction::Resume => "resume",
-            RolloutAction::Approve => "approve",
-            RolloutAction::Promote => "promote",
-            RolloutAction::Abort => "abort",
-        }
-    }
+/// The library's rollout actions, as the CLI spells them.
+fn parse_action(s: &str) -> Result<veer::rollout::Action, String> {
+    veer::rollout::Action::parse(s).ok_or_else(|| {
+        format!("unknown action {s:?}; use start, pause, resume, approve, promote or abort")
+    })
 }
 
 fn parse_weight(s: &str) -> Result<(String, u32), String> {
