@@ -340,6 +340,7 @@ async fn forward(
         held = None;
         last_pool = pidx;
         let backend = lease.backend.clone();
+        let backend_slot = lease.slot;
         if let Some(t) = tried.get_mut(n_tried) {
             *t = crate::upstream::pool::backend_key(&backend);
             n_tried += 1;
@@ -417,7 +418,7 @@ async fn forward(
                     lease.record(!failed);
                 }
                 route.metrics.duration[pidx].observe(started.elapsed().as_secs_f64());
-                count(route, pidx, &backend, status.as_u16());
+                count(route, pidx, &backend, backend_slot, status.as_u16());
                 rollout_observe(route, pidx, failed, started);
                 if matches!(status.as_u16(), 502..=504) && can_retry_idem {
                     held = Some((resp, lease));
@@ -429,7 +430,7 @@ async fn forward(
                 lease.record(false);
                 let connect = e.is_connect();
                 tracing::debug!(backend = %backend.id, error = ?e, "upstream request failed");
-                count(route, pidx, &backend, 502);
+                count(route, pidx, &backend, backend_slot, 502);
                 rollout_observe(route, pidx, true, started);
                 last_failure = Failure::BadGateway;
                 let reset_retryable = body_unsent;
@@ -440,7 +441,7 @@ async fn forward(
             }
             Outcome::Timeout => {
                 lease.record(false);
-                count(route, pidx, &backend, 504);
+                count(route, pidx, &backend, backend_slot, 504);
                 rollout_observe(route, pidx, true, started);
                 last_failure = Failure::Timeout;
                 if can_retry_idem {
@@ -450,7 +451,7 @@ async fn forward(
             }
             Outcome::ClientStalled => {
                 // The client stopped sending its body: no fault of the backend's.
-                count(route, pidx, &backend, 408);
+                count(route, pidx, &backend, backend_slot, 408);
                 return (Failure::ClientTimeout.response(), None);
             }
         }
@@ -511,13 +512,15 @@ fn rollout_observe(route: &Route, pool: usize, failed: bool, started: Instant) {
     }
 }
 
-fn count(route: &Route, pool: usize, backend: &Arc<Backend>, status: u16) {
-    let pool_ref = &route.pools[pool];
-    if let Some(i) = pool_ref
-        .backends
-        .iter()
-        .position(|b| Arc::ptr_eq(b, backend))
-    {
+fn count(route: &Route, pool: usize, backend: &Arc<Backend>, slot: usize, status: u16) {
+    let backends = &route.pools[pool].backends;
+    // The lease's slot is right unless the backend came from a newer snapshot (`pick_live`).
+    let i = if backends.get(slot).is_some_and(|b| Arc::ptr_eq(b, backend)) {
+        Some(slot)
+    } else {
+        backends.iter().position(|b| Arc::ptr_eq(b, backend))
+    };
+    if let Some(i) = i {
         route.metrics.codes[pool][i].inc(status);
     }
 }

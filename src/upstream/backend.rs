@@ -253,6 +253,7 @@ impl Backend {
         match self.breaker.try_acquire() {
             Some(trial) => Some(Lease {
                 backend: self.clone(),
+                slot: 0,
                 trial,
                 recorded: false,
             }),
@@ -288,6 +289,8 @@ impl Backend {
 #[derive(Debug)]
 pub struct Lease {
     pub backend: Arc<Backend>,
+    /// The backend's index in the pool that leased it (for per-backend counters).
+    pub slot: usize,
     trial: bool,
     recorded: bool,
 }

@@ -61,11 +61,13 @@ impl Pool {
         let start = self.rr_next.fetch_add(1, Ordering::Relaxed);
         // Walk the order from our slot; weighted order means at most `n` steps to see all.
         for i in 0..n {
-            let b = &self.backends[self.rr_order[(start + i) % n] as usize];
+            let slot = self.rr_order[(start + i) % n] as usize;
+            let b = &self.backends[slot];
             if skip(b) {
                 continue;
             }
-            if let Some(l) = b.try_lease() {
+            if let Some(mut l) = b.try_lease() {
+                l.slot = slot;
                 return Some(l);
             }
         }
@@ -89,21 +91,22 @@ impl Pool {
             let (ba, bb) = (&self.backends[a], &self.backends[b]);
             let ok_a = !skip(ba) && ba.is_available();
             let ok_b = !skip(bb) && bb.is_available();
-            let first = match (ok_a, ok_b) {
+            let slot = match (ok_a, ok_b) {
                 (true, true) => {
                     let la = (ba.in_flight() as u64 + 1) * self.config.backends[b].weight as u64;
                     let lb = (bb.in_flight() as u64 + 1) * self.config.backends[a].weight as u64;
                     if la <= lb {
-                        ba
+                        a
                     } else {
-                        bb
+                        b
                     }
                 }
-                (true, false) => ba,
-                (false, true) => bb,
+                (true, false) => a,
+                (false, true) => b,
                 (false, false) => continue,
             };
-            if let Some(l) = first.try_lease() {
+            if let Some(mut l) = self.backends[slot].try_lease() {
+                l.slot = slot;
                 return Some(l);
             }
         }
