@@ -85,7 +85,7 @@ pub enum ProbeError {
     #[error("status {0} outside {1}-{2}")]
     Status(u16, u16, u16),
     #[error("request failed: {0}")]
-    Request(#[source] hyper_util::client::legacy::Error),
+    Request(#[source] crate::upstream::client::UpstreamError),
     #[error("invalid probe URI: {0}")]
     Uri(#[source] http::Error),
 }
@@ -110,22 +110,25 @@ pub async fn probe(b: &Backend, hc: &HealthCheckConfig) -> Result<(), ProbeError
         Version::HTTP_11
     };
     let exchange = async {
-        let resp = client
-            .client
-            .request(req)
-            .await
-            .map_err(ProbeError::Request)?;
+        let (resp, mut checkin) = client.send(req).await.map_err(ProbeError::Request)?;
         let status = resp.status().as_u16();
         // Read a small body to its end so the connection goes back to the pool; a large one
         // is dropped (that connection closes, which is fine for a probe).
         let mut body = resp.into_body();
         let mut read = 0usize;
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Some(d) = frame.data_ref() {
-                read += d.len();
-                if read > MAX_PROBE_BODY {
+        loop {
+            match body.frame().await {
+                None => {
+                    checkin.release();
                     break;
                 }
+                Some(Ok(frame)) => {
+                    read += frame.data_ref().map_or(0, |d| d.len());
+                    if read > MAX_PROBE_BODY {
+                        break;
+                    }
+                }
+                Some(Err(_)) => break,
             }
         }
         Ok(status)

@@ -1,6 +1,7 @@
 //! The response body veer sends downstream: an upstream body streamed through (holding the
 //! backend lease until it ends), or a small body veer made itself.
 
+use crate::upstream::client::Checkin;
 use crate::upstream::Lease;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -16,6 +17,8 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ProxyBody {
     Upstream {
         body: Incoming,
+        /// The connection the body comes on, given back to its pool at the body's end.
+        checkin: Checkin,
         lease: Option<Lease>,
     },
     Full(Option<Bytes>),
@@ -23,9 +26,15 @@ pub enum ProxyBody {
 
 impl ProxyBody {
     /// Stream an upstream body, holding the backend lease until it ends.
-    pub fn upstream(body: Incoming, lease: Lease) -> Self {
+    pub fn upstream(body: Incoming, mut checkin: Checkin, lease: Lease) -> Self {
+        // An empty body is never polled (the server sees its end at once): the connection
+        // is free now.
+        if body.is_end_stream() {
+            checkin.release();
+        }
         ProxyBody::Upstream {
             body,
+            checkin,
             lease: Some(lease),
         }
     }
@@ -46,7 +55,11 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, lease } => {
+            ProxyBody::Upstream {
+                body,
+                checkin,
+                lease,
+            } => {
                 // A drain timeout cuts the backend's connection, which ends this body with an
                 // error: nothing to watch here.
                 let polled = Pin::new(&mut *body).poll_frame(cx);
@@ -57,6 +70,7 @@ impl Body for ProxyBody {
                     Poll::Ready(None) => {
                         // Done: the backend's in-flight count drops now, not when hyper
                         // gets round to dropping the body.
+                        checkin.release();
                         lease.take();
                         Poll::Ready(None)
                     }
@@ -67,6 +81,7 @@ impl Body for ProxyBody {
                             l.record(false);
                         }
                         lease.take();
+                        checkin.forget();
                         Poll::Ready(Some(Err(Box::new(e))))
                     }
                     Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
@@ -77,7 +92,14 @@ impl Body for ProxyBody {
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    other => other.map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BodyError))),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        // A server that sees the end after this frame never polls again.
+                        if body.is_end_stream() {
+                            checkin.release();
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
             }
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),

@@ -11,7 +11,7 @@ pub mod server;
 use crate::config::{Protocol, Sticky};
 use crate::routing::{bucket_of, split::rendezvous, Route};
 use crate::runtime::{Runtime, Snapshot};
-use crate::upstream::client::{BodySlot, GrpcVerdict, UpBody};
+use crate::upstream::client::{BodySlot, Checkin, GrpcVerdict, UpBody, UpstreamError};
 use crate::upstream::{Backend, Lease};
 use body::ProxyBody;
 use http::header::{self, HeaderValue};
@@ -307,7 +307,7 @@ async fn forward(
     let mut last_pool = pool_idx;
     // A retryable upstream answer (502/503/504) is kept until a retry is really sent, so when
     // none can be (no budget, no other backend) the client gets that answer, not veer's own.
-    let mut held: Option<(Response<Incoming>, Lease)> = None;
+    let mut held: Option<(Response<Incoming>, Checkin, Lease)> = None;
     for attempt in 1..=retry.attempts {
         if attempt > 1 {
             // Retries are paid for from the route's budget, so a failing pool cannot double
@@ -387,13 +387,13 @@ async fn forward(
         }
         let started = Instant::now();
         // The request future owns what it needs: the client guard is not held across an await.
-        let request = client.client.request(up);
+        let request = client.send(up);
         drop(client);
         // A drain that reaches its timeout cuts the backend's connections: the request then
         // fails like any broken exchange (see `CutSet`), with no per-request watcher.
         let result = tokio::select! {
             r = request => match r {
-                Ok(r) => Outcome::Response(r),
+                Ok((r, c)) => Outcome::Response(r, c),
                 Err(e) => Outcome::Error(e),
             },
             late = upstream_deadline(slot.as_deref(), timeout) => late,
@@ -408,7 +408,7 @@ async fn forward(
         let can_retry_any = attempt < retry.attempts && !body_taken;
         let can_retry_idem = can_retry_any && (idempotent || !retry.idempotent_only);
         match result {
-            Outcome::Response(resp) => {
+            Outcome::Response(resp, checkin) => {
                 let status = resp.status();
                 // gRPC statuses count only where the pool says so; most come in the trailers,
                 // judged by the body as they pass.
@@ -421,10 +421,10 @@ async fn forward(
                 count(route, pidx, &backend, backend_slot, status.as_u16());
                 rollout_observe(route, pidx, failed, started);
                 if matches!(status.as_u16(), 502..=504) && can_retry_idem {
-                    held = Some((resp, lease));
+                    held = Some((resp, checkin, lease));
                     continue;
                 }
-                return relay(resp, lease, upgrade);
+                return relay(resp, checkin, lease, upgrade);
             }
             Outcome::Error(e) => {
                 lease.record(false);
@@ -456,8 +456,8 @@ async fn forward(
             }
         }
     }
-    if let Some((resp, lease)) = held {
-        return relay(resp, lease, upgrade);
+    if let Some((resp, checkin, lease)) = held {
+        return relay(resp, checkin, lease, upgrade);
     }
     if last_failure == Failure::NoBackend {
         let none = route.metrics.codes[last_pool].last();
@@ -469,9 +469,9 @@ async fn forward(
 }
 
 enum Outcome {
-    Response(Response<Incoming>),
+    Response(Response<Incoming>, Checkin),
     /// A failed exchange (also a connection cut by a drain timeout).
-    Error(hyper_util::client::legacy::Error),
+    Error(UpstreamError),
     Timeout,
     /// The client's request body stopped arriving.
     ClientStalled,
@@ -528,6 +528,7 @@ fn count(route: &Route, pool: usize, backend: &Arc<Backend>, slot: usize, status
 /// Turn the upstream response into the downstream one.
 fn relay(
     mut resp: Response<Incoming>,
+    mut checkin: Checkin,
     lease: Lease,
     upgrade: bool,
 ) -> (Response<ProxyBody>, Option<PendingTunnel>) {
@@ -537,12 +538,15 @@ fn relay(
     headers::strip_hop_by_hop(&mut parts.headers, switching, false);
     match on {
         // The lease travels with the tunnel: the backend is busy until the tunnel closes.
-        Some(upstream) => (
-            Response::from_parts(parts, ProxyBody::empty()),
-            Some(PendingTunnel { upstream, lease }),
-        ),
+        Some(upstream) => {
+            checkin.forget(); // the connection is the tunnel now
+            (
+                Response::from_parts(parts, ProxyBody::empty()),
+                Some(PendingTunnel { upstream, lease }),
+            )
+        }
         None => (
-            Response::from_parts(parts, ProxyBody::upstream(body, lease)),
+            Response::from_parts(parts, ProxyBody::upstream(body, checkin, lease)),
             None,
         ),
     }

@@ -8,11 +8,13 @@ use crate::config::ServerConfig;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
 use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -345,16 +347,21 @@ pub async fn serve_connection<I>(
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         let guard = ActiveGuard::new(&act);
-        async move {
-            let (rt, info) = &*ctx;
-            let resp = handle(rt, info, req).await;
-            Ok::<_, Infallible>(resp.map(|inner| Tracked {
-                inner,
-                _guard: guard,
-            }))
-        }
+        // Boxed: the request's future is a few KiB, and hyper and the executor move what the
+        // service returns several times; a box is one copy.
+        let fut: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> =
+            Box::pin(async move {
+                let (rt, info) = &*ctx;
+                let resp = handle(rt, info, req).await;
+                Ok::<_, Infallible>(resp.map(|inner| Tracked {
+                    inner,
+                    _guard: guard,
+                }))
+            });
+        fut
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let streams = StreamExec::default();
+    let mut builder = auto::Builder::new(streams.clone());
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -375,7 +382,12 @@ pub async fn serve_connection<I>(
         preface: 0,
     };
     // Boxed so it can be dropped on completion, to tell an upgraded socket from a closed one.
-    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    let mut conn = Box::pin(Driven {
+        conn: Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service)),
+        ended: None,
+        exec: streams,
+        running: FuturesUnordered::new(),
+    });
     let (header_read, idle) = (settings.header_read_timeout, settings.idle_timeout);
     // The loop is never woken per request (that would cost a timer re-arm each time): it
     // looks again at least every `check`, which is soon enough to arm each deadline exactly,
@@ -400,7 +412,9 @@ pub async fn serve_connection<I>(
             }
             _ = closing.cancelled(), if !shutting => {
                 shutting = true;
-                conn.as_mut().graceful_shutdown();
+                if let Some(c) = conn.as_mut().conn() {
+                    c.graceful_shutdown();
+                }
             }
             _ = timer.as_mut() => {
                 // Re-read: a request may have started since the deadline was computed.
@@ -412,7 +426,9 @@ pub async fn serve_connection<I>(
                     }
                     Some((at, Expiry::Idle)) if at <= Instant::now() && !shutting => {
                         shutting = true;
-                        conn.as_mut().graceful_shutdown();
+                        if let Some(c) = conn.as_mut().conn() {
+                            c.graceful_shutdown();
+                        }
                     }
                     _ => {}
                 }
@@ -424,5 +440,73 @@ pub async fn serve_connection<I>(
     // and graceful shutdown waits for it (the tunnel is cut at drain timeout).
     while activity.io_open.load(Ordering::Acquire) {
         activity.changed.notified().await;
+    }
+}
+
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The executor hyper hands each HTTP/2 stream to: streams run inside their connection's own
+/// task (see [`Driven`]) instead of one spawned task each, which saves a task allocation, a
+/// trip through the scheduler and several copies of the stream's future per request. A
+/// connection's streams then share one thread, as in HAProxy and nginx; connections still
+/// spread over the workers.
+#[derive(Clone, Default)]
+struct StreamExec(Arc<crossbeam_queue::SegQueue<StreamFuture>>);
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        // Called from within the connection's poll, which takes the new stream right after.
+        self.0.push(Box::pin(fut));
+    }
+}
+
+/// A connection and the streams it started: done when both are.
+struct Driven<C, E> {
+    conn: Pin<Box<C>>,
+    /// The connection's own result, once it has ended.
+    ended: Option<Result<(), E>>,
+    exec: StreamExec,
+    running: FuturesUnordered<StreamFuture>,
+}
+
+impl<C, E: Unpin> Driven<C, E> {
+    /// The connection, while it runs.
+    fn conn(self: Pin<&mut Self>) -> Option<Pin<&mut C>> {
+        let me = self.get_mut();
+        me.ended.is_none().then_some(me.conn.as_mut())
+    }
+}
+
+impl<C, E> Future for Driven<C, E>
+where
+    C: Future<Output = Result<(), E>>,
+    E: Unpin,
+{
+    type Output = Result<(), E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        use futures_util::StreamExt;
+        let me = self.get_mut();
+        if me.ended.is_none() {
+            if let Poll::Ready(r) = me.conn.as_mut().poll(cx) {
+                me.ended = Some(r);
+            }
+        }
+        while let Some(f) = me.exec.0.pop() {
+            me.running.push(f);
+        }
+        // Streams still answering when the connection ends (the client went away) are run
+        // to their end, as spawned tasks would be.
+        while let Poll::Ready(Some(())) = me.running.poll_next_unpin(cx) {}
+        match me.ended.take() {
+            Some(r) if me.running.is_empty() => Poll::Ready(r),
+            other => {
+                me.ended = other;
+                Poll::Pending
+            }
+        }
     }
 }

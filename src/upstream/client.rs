@@ -1,12 +1,13 @@
-//! The upstream HTTP client: a pooled hyper-util client per backend (so draining a backend can
-//! close exactly its connections) speaking the pool's protocol (HTTP/1.1, HTTP/2 over TLS by
-//! ALPN, or h2c) with optional TLS; and [`UpBody`], a request body that can be handed to a
+//! The upstream HTTP client: one per backend (so draining a backend can close exactly its
+//! connections, see [`super::conns`]) speaking the pool's protocol (HTTP/1.1, HTTP/2 over TLS
+//! by ALPN, or h2c) with optional TLS; and [`UpBody`], a request body that can be handed to a
 //! second backend when the first never took it (connect failure).
 //!
 //! The connector always dials the backend's own address, whatever host the request URI names,
 //! and presents a fixed TLS server name (the pool's `sni`, else the backend IP), so URIs can
 //! carry the name the backend expects without any DNS lookup.
 
+use super::conns::Conns;
 use crate::config::{PoolConfig, Protocol};
 use crate::upstream::Backend;
 use bytes::Bytes;
@@ -17,8 +18,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_rustls::FixedServerNameResolver;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -28,11 +27,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Idle pooled connections are retired before a typical backend keep-alive timeout (60 s), so
-/// veer never sends a request on a connection the backend is about to close.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+pub use super::conns::{Checkin, UpstreamError, POOL_IDLE_TIMEOUT};
 
 pub type Connector = hyper_rustls::HttpsConnector<Dial>;
+
+/// A connection to a backend, TLS or not.
+pub type ConnIo = hyper_rustls::MaybeHttpsStream<CutIo<TcpIo>>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -186,7 +186,7 @@ impl<T: hyper_util::client::legacy::connect::Connection>
 /// The client for one backend, and how to address it.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    pub client: Client<Connector, UpBody>,
+    pub(crate) conns: Arc<Conns>,
     /// `http` or `https`.
     pub scheme: &'static str,
     /// The authority written into upstream request URIs that have no better one: the pool's
@@ -249,30 +249,34 @@ impl UpstreamClient {
         } else {
             builder.enable_http1().wrap_connector(dial)
         };
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(1024)
-            .timer(TokioTimer::new());
-        if http2 {
-            // h2c is prior knowledge; h2 over TLS was agreed by ALPN.
-            b.http2_only(true)
-                .http2_adaptive_window(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .http2_keep_alive_while_idle(false);
-        }
-        let authority = match pool.tls.as_ref().and_then(|t| t.sni.as_ref()) {
-            Some(sni) => format!("{sni}:{}", addr.port()).parse(),
-            None => addr.to_string().parse(),
-        }
-        .map_err(|_| ClientError::BadSni(addr.to_string()))?;
+        let authority: http::uri::Authority =
+            match pool.tls.as_ref().and_then(|t| t.sni.as_ref()) {
+                Some(sni) => format!("{sni}:{}", addr.port()).parse(),
+                None => addr.to_string().parse(),
+            }
+            .map_err(|_| ClientError::BadSni(addr.to_string()))?;
+        let scheme = if pool.tls.is_some() { "https" } else { "http" };
+        let target = format!("{scheme}://{addr}")
+            .parse()
+            .map_err(|_| ClientError::BadSni(addr.to_string()))?;
         Ok(UpstreamClient {
-            client: b.build(connector),
-            scheme: if pool.tls.is_some() { "https" } else { "http" },
+            conns: Conns::new(connector, target, http2, authority.clone()),
+            scheme,
             authority,
             http2,
             cuts,
         })
+    }
+
+    /// Send a request (absolute URI) on one of the backend's connections and wait for the
+    /// response head. The future owns what it needs; the [`Checkin`] goes with the response
+    /// body and gives the connection back when the body has been read to its end.
+    pub fn send(
+        &self,
+        req: http::Request<UpBody>,
+    ) -> impl Future<Output = Result<(http::Response<Incoming>, Checkin), UpstreamError>> + Send + 'static
+    {
+        self.conns.clone().send(req)
     }
 
     /// Check that a pool's client can be built (TLS material readable) and warn when its

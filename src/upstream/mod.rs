@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod conns;
 pub mod pool;
 pub mod registry;
 

@@ -1,0 +1,509 @@
+//! One backend's upstream connections, on hyper's low-level client connections rather than
+//! hyper-util's pooled client: an HTTP/1.1 request checks an idle connection out of a
+//! lock-free queue and the response body puts it back when it ends; an HTTP/2 pool shares one
+//! multiplexed connection. The pooled client costed a boxed future, a mutex-guarded checkout
+//! and a task spawned per request to wait for the connection to come back; this costs a queue
+//! pop and push.
+
+use super::client::{Connector, UpBody};
+use crossbeam_queue::ArrayQueue;
+use http::{header, HeaderValue, Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+/// Idle pooled connections are retired before a typical backend keep-alive timeout (60 s), so
+/// veer never sends a request on a connection the backend is about to close.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// Idle HTTP/1.1 connections kept per backend; more than this many idle at once are closed.
+const MAX_IDLE: usize = 1024;
+
+/// How often idle connections past [`POOL_IDLE_TIMEOUT`] are closed when no request comes to
+/// take them.
+const REAP_EVERY: Duration = Duration::from_secs(10);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why an upstream exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (TCP, TLS or the HTTP/2 preface): nothing reached the
+    /// backend.
+    #[error("connect: {0}")]
+    Connect(#[source] BoxError),
+    /// The exchange failed on an established connection.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+impl UpstreamError {
+    /// Did the request fail before any connection to the backend existed?
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+}
+
+struct Idle {
+    tx: http1::SendRequest<UpBody>,
+    since: Instant,
+}
+
+/// The connections of one backend's client.
+pub struct Conns {
+    connector: Connector,
+    /// What the connector is asked for: only its scheme matters (TLS or not); the dialer
+    /// always dials the backend's address.
+    target: Uri,
+    http2: bool,
+    /// The authority for a `Host` header when a request has none.
+    authority: http::uri::Authority,
+    idle: ArrayQueue<Idle>,
+    shared: arc_swap::ArcSwapOption<http2::SendRequest<UpBody>>,
+    /// Held while an HTTP/2 connection is being made, so a burst of requests makes one.
+    h2_connecting: tokio::sync::Mutex<()>,
+    reaper: AtomicBool,
+    /// [`POOL_IDLE_TIMEOUT`] and [`REAP_EVERY`]; shorter in tests.
+    idle_timeout: Duration,
+    reap_every: Duration,
+}
+
+impl std::fmt::Debug for Conns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conns")
+            .field("target", &self.target)
+            .field("http2", &self.http2)
+            .field("idle", &self.idle.len())
+            .finish()
+    }
+}
+
+/// The HTTP/1.1 connection an upstream response came on, to be put back in its pool when the
+/// response body has been read to its end. Dropped before that, the connection closes.
+#[derive(Default)]
+pub struct Checkin(Option<(Arc<Conns>, http1::SendRequest<UpBody>)>);
+
+impl std::fmt::Debug for Checkin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Checkin(conn)"
+        } else {
+            "Checkin"
+        })
+    }
+}
+
+impl Checkin {
+    /// The response was read to its end: its connection can carry another request.
+    pub fn release(&mut self) {
+        if let Some((conns, tx)) = self.0.take() {
+            conns.check_in(tx);
+        }
+    }
+
+    /// The connection must not be reused (it was upgraded, or the response was abandoned).
+    pub fn forget(&mut self) {
+        self.0 = None;
+    }
+}
+
+type Sending =
+    Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Checkin), UpstreamError>> + Send>>;
+
+impl Conns {
+    pub fn new(
+        connector: Connector,
+        target: Uri,
+        http2: bool,
+        authority: http::uri::Authority,
+    ) -> Arc<Self> {
+        Arc::new(Conns {
+            connector,
+            target,
+            http2,
+            authority,
+            idle: ArrayQueue::new(MAX_IDLE),
+            shared: arc_swap::ArcSwapOption::empty(),
+            h2_connecting: tokio::sync::Mutex::new(()),
+            reaper: AtomicBool::new(false),
+            idle_timeout: POOL_IDLE_TIMEOUT,
+            reap_every: REAP_EVERY,
+        })
+    }
+
+    /// Idle connections currently pooled.
+    pub fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// Send a request (its URI absolute: scheme, authority, path) and wait for the response
+    /// head. A request that a pooled connection closed under before taking it is sent again
+    /// on another connection (nothing of it reached the backend).
+    pub async fn send(
+        self: Arc<Self>,
+        mut req: Request<UpBody>,
+    ) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
+        if self.http2 {
+            return self.send_h2(req).await;
+        }
+        self.prepare_h1(&mut req);
+        loop {
+            let (mut tx, reused) = match self.check_out() {
+                Some(tx) => (tx, true),
+                None => (self.connect_h1().await?, false),
+            };
+            if !tx.is_ready() {
+                // The connection has not yet picked up after its last response.
+                if let Err(e) = tx.ready().await {
+                    if reused {
+                        continue;
+                    }
+                    return Err(e.into());
+                }
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Checkin(Some((self, tx))))),
+                Err(mut e) => match e.take_message() {
+                    Some(r) if reused => req = r,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// HTTP/1.1 wants origin-form (`/path?query`) and a `Host` header.
+    fn prepare_h1(&self, req: &mut Request<UpBody>) {
+        if !req.headers().contains_key(header::HOST) {
+            let host = req
+                .uri()
+                .authority()
+                .unwrap_or(&self.authority)
+                .as_str()
+                .to_owned();
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        if req.method() != Method::CONNECT {
+            let pq = req.uri().path_and_query().cloned();
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(pq.unwrap_or_else(|| "/".parse().expect("valid path")));
+            if let Ok(u) = Uri::from_parts(parts) {
+                *req.uri_mut() = u;
+            }
+        }
+    }
+
+    fn check_out(&self) -> Option<http1::SendRequest<UpBody>> {
+        while let Some(idle) = self.idle.pop() {
+            if idle.tx.is_closed() || idle.since.elapsed() >= self.idle_timeout {
+                continue; // dropping it closes it
+            }
+            return Some(idle.tx);
+        }
+        None
+    }
+
+    fn check_in(&self, tx: http1::SendRequest<UpBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        // A full queue drops (closes) the connection.
+        let _ = self.idle.push(Idle {
+            tx,
+            since: Instant::now(),
+        });
+    }
+
+    async fn connect_h1(self: &Arc<Self>) -> Result<http1::SendRequest<UpBody>, UpstreamError> {
+        // Boxed: the slow path should not make every request's future larger.
+        let connecting: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
+            let io = self.dial().await?;
+            let (tx, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| UpstreamError::Connect(e.into()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended with error");
+                }
+            });
+            self.start_reaper();
+            Ok(tx)
+        });
+        connecting.await
+    }
+
+    async fn dial(&self) -> Result<super::client::ConnIo, UpstreamError> {
+        self.connector
+            .clone()
+            .oneshot(self.target.clone())
+            .await
+            .map_err(UpstreamError::Connect)
+    }
+
+    fn send_h2(self: Arc<Self>, req: Request<UpBody>) -> Sending {
+        Box::pin(async move {
+            let mut req = req;
+            loop {
+                let current = self.shared.load_full();
+                let (mut tx, reused) = match current {
+                    Some(tx) if !tx.is_closed() => ((*tx).clone(), true),
+                    _ => (self.connect_h2().await?, false),
+                };
+                if let Err(e) = tx.ready().await {
+                    if reused {
+                        continue; // closed now: the next round makes a new one
+                    }
+                    return Err(e.into());
+                }
+                match tx.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, Checkin::default())),
+                    Err(mut e) => match e.take_message() {
+                        Some(r) if reused => req = r,
+                        _ => return Err(e.into_error().into()),
+                    },
+                }
+            }
+        })
+    }
+
+    async fn connect_h2(&self) -> Result<http2::SendRequest<UpBody>, UpstreamError> {
+        let _gate = self.h2_connecting.lock().await;
+        if let Some(tx) = self.shared.load_full() {
+            if !tx.is_closed() {
+                return Ok((*tx).clone()); // another request made it meanwhile
+            }
+        }
+        let io = self.dial().await?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(false)
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with error");
+            }
+        });
+        self.shared.store(Some(Arc::new(tx.clone())));
+        Ok(tx)
+    }
+
+    /// Close idle connections past their time even when no request comes to find them.
+    fn start_reaper(self: &Arc<Self>) {
+        if self.reaper.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Conns> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let every = match weak.upgrade() {
+                    Some(me) => me.reap_every,
+                    None => return,
+                };
+                tokio::time::sleep(every).await;
+                let Some(me) = weak.upgrade() else { return };
+                for _ in 0..me.idle.len() {
+                    match me.idle.pop() {
+                        Some(i) if !i.tx.is_closed() && i.since.elapsed() < me.idle_timeout => {
+                            let _ = me.idle.push(i);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::client::UpstreamClient;
+    use http_body_util::BodyExt;
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A keep-alive HTTP/1.1 backend that answers every GET with `ok`, counting the
+    /// connections it accepted and those it saw closed; with `close_after_one` it closes each
+    /// connection after its first answer, without saying so (as a backend's idle timeout does).
+    async fn backend(close_after_one: bool) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, c) = (accepted.clone(), closed.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await;
+                            if close_after_one {
+                                c.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => {
+                                c.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted, closed)
+    }
+
+    fn client(addr: SocketAddr) -> UpstreamClient {
+        let text = format!(
+            "[pools.p]\nbackends = [\"{addr}\"]\n[[routes]]\nname = \"r\"\nsplit = {{ p = 100 }}\n"
+        );
+        let cfg = crate::config::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        UpstreamClient::new(addr, &cfg.pools["p"], None).unwrap()
+    }
+
+    fn get(c: &UpstreamClient) -> Request<UpBody> {
+        Request::get(format!("http://{}/", c.authority))
+            .body(UpBody::empty())
+            .unwrap()
+    }
+
+    /// Send a GET and read the answer to its end, as the proxy does.
+    async fn exchange(c: &UpstreamClient) -> String {
+        let (resp, mut checkin) = c.send(get(c)).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        checkin.release();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_its_end_carries_the_next_request() {
+        let (addr, accepted, _) = backend(false).await;
+        let c = client(addr);
+        for _ in 0..5 {
+            assert_eq!(exchange(&c).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(c.conns.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_response_not_read_to_its_end_closes_its_connection() {
+        let (addr, accepted, closed) = backend(false).await;
+        let c = client(addr);
+        let (resp, checkin) = c.send(get(&c)).await.unwrap();
+        drop((resp, checkin)); // abandoned: the connection's state is unknown
+        until("the abandoned connection to close", || {
+            closed.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(exchange(&c).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_get_their_own_connections_then_share_them() {
+        let (addr, accepted, _) = backend(false).await;
+        let c = client(addr);
+        let sent: Vec<_> = (0..3).map(|_| c.send(get(&c))).collect();
+        let mut held = Vec::new();
+        for s in sent {
+            held.push(s.await.unwrap());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        for (resp, mut checkin) in held {
+            resp.into_body().collect().await.unwrap();
+            checkin.release();
+        }
+        assert_eq!(c.conns.idle_count(), 3);
+        for _ in 0..6 {
+            assert_eq!(exchange(&c).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_backend_closed_is_not_used_again() {
+        let (addr, accepted, closed) = backend(true).await;
+        let c = client(addr);
+        assert_eq!(exchange(&c).await, "ok");
+        until("the backend to close", || {
+            closed.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        // The pooled connection notices the close on its own; the next request dials anew.
+        until("the pooled connection to see the close", || {
+            c.conns.idle.pop().map(|i| {
+                let closed = i.tx.is_closed();
+                let _ = c.conns.idle.push(i);
+                closed
+            }) != Some(false)
+        })
+        .await;
+        assert_eq!(exchange(&c).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_retired_after_the_idle_timeout() {
+        let (addr, accepted, closed) = backend(false).await;
+        let mut c = client(addr);
+        let conns = Arc::get_mut(&mut c.conns).unwrap();
+        conns.idle_timeout = Duration::from_millis(100);
+        conns.reap_every = Duration::from_millis(20);
+        assert_eq!(exchange(&c).await, "ok");
+        assert_eq!(c.conns.idle_count(), 1);
+        // The reaper closes it with no request coming to find it.
+        until("the idle connection to be closed", || {
+            closed.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(c.conns.idle_count(), 0);
+        assert_eq!(exchange(&c).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_dead_backend_is_a_connect_error() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let c = client(addr);
+        let err = c.send(get(&c)).await.unwrap_err();
+        assert!(err.is_connect(), "{err}");
+    }
+}
