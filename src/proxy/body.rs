@@ -2,10 +2,10 @@
 //! backend lease until it ends), or a small body veer made itself.
 
 use crate::upstream::client::Checkin;
+use crate::upstream::client::UpstreamBody;
 use crate::upstream::Lease;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -16,7 +16,7 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug)]
 pub enum ProxyBody {
     Upstream {
-        body: Incoming,
+        body: UpstreamBody,
         /// The connection the body comes on, given back to its pool at the body's end.
         checkin: Checkin,
         lease: Option<Lease>,
@@ -26,7 +26,7 @@ pub enum ProxyBody {
 
 impl ProxyBody {
     /// Stream an upstream body, holding the backend lease until it ends.
-    pub fn upstream(body: Incoming, mut checkin: Checkin, lease: Lease) -> Self {
+    pub fn upstream(body: UpstreamBody, mut checkin: Checkin, lease: Lease) -> Self {
         // An empty body is never polled (the server sees its end at once): the connection
         // is free now.
         if body.is_end_stream() {
@@ -82,7 +82,7 @@ impl Body for ProxyBody {
                         }
                         lease.take();
                         checkin.forget();
-                        Poll::Ready(Some(Err(Box::new(e))))
+                        Poll::Ready(Some(Err(e)))
                     }
                     Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
                         // gRPC's status arrives here; judged only when the verdict was

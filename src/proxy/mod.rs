@@ -11,7 +11,9 @@ pub mod server;
 use crate::config::{Protocol, Sticky};
 use crate::routing::{bucket_of, split::rendezvous, Route};
 use crate::runtime::{Runtime, Snapshot};
-use crate::upstream::client::{BodySlot, Checkin, GrpcVerdict, UpBody, UpstreamError};
+use crate::upstream::client::{
+    BodySlot, Checkin, GrpcVerdict, UpBody, UpstreamBody, UpstreamError,
+};
 use crate::upstream::{Backend, Lease};
 use body::ProxyBody;
 use http::header::{self, HeaderValue};
@@ -307,7 +309,7 @@ async fn forward(
     let mut last_pool = pool_idx;
     // A retryable upstream answer (502/503/504) is kept until a retry is really sent, so when
     // none can be (no budget, no other backend) the client gets that answer, not veer's own.
-    let mut held: Option<(Response<Incoming>, Checkin, Lease)> = None;
+    let mut held: Option<(Response<UpstreamBody>, Checkin, Lease)> = None;
     for attempt in 1..=retry.attempts {
         if attempt > 1 {
             // Retries are paid for from the route's budget, so a failing pool cannot double
@@ -469,7 +471,7 @@ async fn forward(
 }
 
 enum Outcome {
-    Response(Response<Incoming>, Checkin),
+    Response(Response<UpstreamBody>, Checkin),
     /// A failed exchange (also a connection cut by a drain timeout).
     Error(UpstreamError),
     Timeout,
@@ -527,7 +529,7 @@ fn count(route: &Route, pool: usize, backend: &Arc<Backend>, slot: usize, status
 
 /// Turn the upstream response into the downstream one.
 fn relay(
-    mut resp: Response<Incoming>,
+    mut resp: Response<UpstreamBody>,
     mut checkin: Checkin,
     lease: Lease,
     upgrade: bool,

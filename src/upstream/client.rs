@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use super::conns::{Checkin, UpstreamError, POOL_IDLE_TIMEOUT};
+pub use super::inline::UpstreamBody;
 
 pub type Connector = hyper_rustls::HttpsConnector<Dial>;
 
@@ -274,8 +275,9 @@ impl UpstreamClient {
     pub fn send(
         &self,
         req: http::Request<UpBody>,
-    ) -> impl Future<Output = Result<(http::Response<Incoming>, Checkin), UpstreamError>> + Send + 'static
-    {
+    ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, Checkin), UpstreamError>>
+           + Send
+           + 'static {
         self.conns.clone().send(req)
     }
 

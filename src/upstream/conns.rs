@@ -6,9 +6,9 @@
 //! pop and push.
 
 use super::client::{Connector, UpBody};
+use super::inline::{self, InlineConn, UpstreamBody};
 use crossbeam_queue::ArrayQueue;
 use http::{header, HeaderValue, Method, Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future;
@@ -42,6 +42,12 @@ pub enum UpstreamError {
     /// The exchange failed on an established connection.
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// Reading or writing the connection failed.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+    /// The backend's answer was not valid HTTP/1.1.
+    #[error("invalid response: {0}")]
+    Protocol(String),
 }
 
 impl UpstreamError {
@@ -66,6 +72,8 @@ pub struct Conns {
     /// The authority for a `Host` header when a request has none.
     authority: http::uri::Authority,
     idle: ArrayQueue<Idle>,
+    /// Connections of the fast path ([`inline`]), which owns them between exchanges.
+    inline_idle: ArrayQueue<InlineConn>,
     shared: arc_swap::ArcSwapOption<http2::SendRequest<UpBody>>,
     /// Held while an HTTP/2 connection is being made, so a burst of requests makes one.
     h2_connecting: tokio::sync::Mutex<()>,
@@ -115,7 +123,7 @@ impl Checkin {
 }
 
 type Sending =
-    Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Checkin), UpstreamError>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<(Response<UpstreamBody>, Checkin), UpstreamError>> + Send>>;
 
 impl Conns {
     pub fn new(
@@ -130,6 +138,7 @@ impl Conns {
             http2,
             authority,
             idle: ArrayQueue::new(MAX_IDLE),
+            inline_idle: ArrayQueue::new(MAX_IDLE),
             shared: arc_swap::ArcSwapOption::empty(),
             h2_connecting: tokio::sync::Mutex::new(()),
             reaper: AtomicBool::new(false),
@@ -140,7 +149,7 @@ impl Conns {
 
     /// Idle connections currently pooled.
     pub fn idle_count(&self) -> usize {
-        self.idle.len()
+        self.idle.len() + self.inline_idle.len()
     }
 
     /// Send a request (its URI absolute: scheme, authority, path) and wait for the response
@@ -149,11 +158,14 @@ impl Conns {
     pub async fn send(
         self: Arc<Self>,
         mut req: Request<UpBody>,
-    ) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
+    ) -> Result<(Response<UpstreamBody>, Checkin), UpstreamError> {
         if self.http2 {
             return self.send_h2(req).await;
         }
         self.prepare_h1(&mut req);
+        if inline::eligible(&req) {
+            return self.send_inline(req).await;
+        }
         loop {
             let (mut tx, reused) = match self.check_out() {
                 Some(tx) => (tx, true),
@@ -169,13 +181,69 @@ impl Conns {
                 }
             }
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Checkin(Some((self, tx))))),
+                Ok(resp) => {
+                    let resp = resp.map(UpstreamBody::Hyper);
+                    return Ok((resp, Checkin(Some((self, tx)))));
+                }
                 Err(mut e) => match e.take_message() {
                     Some(r) if reused => req = r,
                     _ => return Err(e.into_error().into()),
                 },
             }
         }
+    }
+
+    /// The fast path: a body-less HTTP/1.1 request on a connection this task drives itself.
+    async fn send_inline(
+        self: Arc<Self>,
+        req: Request<UpBody>,
+    ) -> Result<(Response<UpstreamBody>, Checkin), UpstreamError> {
+        // A connection that closed before answering anything is tried again elsewhere only
+        // when sending the request twice is harmless.
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        loop {
+            let (conn, reused) = match self.check_out_inline() {
+                Some(c) => (c, true),
+                None => (self.connect_inline().await?, false),
+            };
+            match inline::exchange(&self, conn, &req).await {
+                Ok(resp) => return Ok((resp, Checkin::default())),
+                Err(inline::Failed::BeforeResponse(_)) if reused && idempotent => continue,
+                Err(inline::Failed::BeforeResponse(e) | inline::Failed::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn check_out_inline(&self) -> Option<InlineConn> {
+        while let Some(mut c) = self.inline_idle.pop() {
+            if c.since.elapsed() >= self.idle_timeout || !c.still_open() {
+                continue;
+            }
+            return Some(c);
+        }
+        None
+    }
+
+    pub(crate) fn check_in_inline(&self, mut c: InlineConn) {
+        c.since = Instant::now();
+        let _ = self.inline_idle.push(c);
+    }
+
+    async fn connect_inline(self: &Arc<Self>) -> Result<InlineConn, UpstreamError> {
+        let connecting: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
+            let io = self.dial().await?;
+            self.start_reaper();
+            Ok(InlineConn::new(io))
+        });
+        connecting.await
     }
 
     /// HTTP/1.1 wants origin-form (`/path?query`) and a `Host` header.
@@ -265,7 +333,7 @@ impl Conns {
                     return Err(e.into());
                 }
                 match tx.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, Checkin::default())),
+                    Ok(resp) => return Ok((resp.map(UpstreamBody::Hyper), Checkin::default())),
                     Err(mut e) => match e.take_message() {
                         Some(r) if reused => req = r,
                         _ => return Err(e.into_error().into()),
@@ -322,6 +390,13 @@ impl Conns {
                         _ => {}
                     }
                 }
+                for _ in 0..me.inline_idle.len() {
+                    if let Some(mut c) = me.inline_idle.pop() {
+                        if c.since.elapsed() < me.idle_timeout && c.still_open() {
+                            let _ = me.inline_idle.push(c);
+                        }
+                    }
+                }
             }
         });
     }
@@ -330,141 +405,67 @@ impl Conns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::client::UpstreamClient;
-    use http_body_util::BodyExt;
-    use std::net::SocketAddr;
-    use std::sync::atomic::AtomicUsize;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use crate::upstream::testing::{backend, client, exchange, until, Reply};
+    use std::sync::atomic::Ordering;
 
-    /// A keep-alive HTTP/1.1 backend that answers every GET with `ok`, counting the
-    /// connections it accepted and those it saw closed; with `close_after_one` it closes each
-    /// connection after its first answer, without saying so (as a backend's idle timeout does).
-    async fn backend(close_after_one: bool) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (a, c) = (accepted.clone(), closed.clone());
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = l.accept().await.unwrap();
-                a.fetch_add(1, Ordering::SeqCst);
-                let c = c.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            buf.drain(..end + 4);
-                            let _ = s
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                                .await;
-                            if close_after_one {
-                                c.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
-                        }
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => {
-                                c.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                });
-            }
-        });
-        (addr, accepted, closed)
-    }
-
-    fn client(addr: SocketAddr) -> UpstreamClient {
-        let text = format!(
-            "[pools.p]\nbackends = [\"{addr}\"]\n[[routes]]\nname = \"r\"\nsplit = {{ p = 100 }}\n"
-        );
-        let cfg = crate::config::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
-        UpstreamClient::new(addr, &cfg.pools["p"], None).unwrap()
-    }
-
-    fn get(c: &UpstreamClient) -> Request<UpBody> {
+    /// A request hyper's path takes (the fast path leaves upgrades to it).
+    fn via_hyper(c: &crate::upstream::client::UpstreamClient) -> Request<UpBody> {
         Request::get(format!("http://{}/", c.authority))
+            .header(http::header::UPGRADE, "none")
             .body(UpBody::empty())
             .unwrap()
     }
 
-    /// Send a GET and read the answer to its end, as the proxy does.
-    async fn exchange(c: &UpstreamClient) -> String {
-        let (resp, mut checkin) = c.send(get(c)).await.unwrap();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        checkin.release();
-        String::from_utf8_lossy(&body).into_owned()
-    }
-
-    async fn until(what: &str, mut f: impl FnMut() -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !f() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
     #[tokio::test]
     async fn a_connection_read_to_its_end_carries_the_next_request() {
-        let (addr, accepted, _) = backend(false).await;
-        let c = client(addr);
+        let b = backend(|_| Reply::ok("ok")).await;
+        let c = client(b.addr);
         for _ in 0..5 {
-            assert_eq!(exchange(&c).await, "ok");
+            assert_eq!(exchange(&c, via_hyper(&c)).await.1, "ok");
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(b.accepted(), 1);
         assert_eq!(c.conns.idle_count(), 1);
     }
 
     #[tokio::test]
     async fn a_response_not_read_to_its_end_closes_its_connection() {
-        let (addr, accepted, closed) = backend(false).await;
-        let c = client(addr);
-        let (resp, checkin) = c.send(get(&c)).await.unwrap();
+        let b = backend(|_| Reply::ok("ok")).await;
+        let c = client(b.addr);
+        let (resp, checkin) = c.send(via_hyper(&c)).await.unwrap();
         drop((resp, checkin)); // abandoned: the connection's state is unknown
-        until("the abandoned connection to close", || {
-            closed.load(Ordering::SeqCst) == 1
-        })
-        .await;
-        assert_eq!(exchange(&c).await, "ok");
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        until("the abandoned connection to close", || b.closed() == 1).await;
+        assert_eq!(exchange(&c, via_hyper(&c)).await.1, "ok");
+        assert_eq!(b.accepted(), 2);
     }
 
     #[tokio::test]
     async fn concurrent_requests_get_their_own_connections_then_share_them() {
-        let (addr, accepted, _) = backend(false).await;
-        let c = client(addr);
-        let sent: Vec<_> = (0..3).map(|_| c.send(get(&c))).collect();
+        let b = backend(|_| Reply::ok("ok")).await;
+        let c = client(b.addr);
         let mut held = Vec::new();
-        for s in sent {
-            held.push(s.await.unwrap());
+        for _ in 0..3 {
+            held.push(c.send(via_hyper(&c)).await.unwrap());
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(b.accepted(), 3);
         for (resp, mut checkin) in held {
-            resp.into_body().collect().await.unwrap();
+            http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
             checkin.release();
         }
         assert_eq!(c.conns.idle_count(), 3);
         for _ in 0..6 {
-            assert_eq!(exchange(&c).await, "ok");
+            assert_eq!(exchange(&c, via_hyper(&c)).await.1, "ok");
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(b.accepted(), 3);
     }
 
     #[tokio::test]
     async fn a_connection_the_backend_closed_is_not_used_again() {
-        let (addr, accepted, closed) = backend(true).await;
-        let c = client(addr);
-        assert_eq!(exchange(&c).await, "ok");
-        until("the backend to close", || {
-            closed.load(Ordering::SeqCst) == 1
-        })
-        .await;
+        let b = backend(|_| Reply::ok("ok").then_close()).await;
+        let c = client(b.addr);
+        assert_eq!(exchange(&c, via_hyper(&c)).await.1, "ok");
+        until("the backend to close", || b.closed() == 1).await;
         // The pooled connection notices the close on its own; the next request dials anew.
         until("the pooled connection to see the close", || {
             c.conns.idle.pop().map(|i| {
@@ -474,27 +475,30 @@ mod tests {
             }) != Some(false)
         })
         .await;
-        assert_eq!(exchange(&c).await, "ok");
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(exchange(&c, via_hyper(&c)).await.1, "ok");
+        assert_eq!(b.accepted(), 2);
     }
 
     #[tokio::test]
     async fn idle_connections_are_retired_after_the_idle_timeout() {
-        let (addr, accepted, closed) = backend(false).await;
-        let mut c = client(addr);
+        let b = backend(|_| Reply::ok("ok")).await;
+        let mut c = client(b.addr);
         let conns = Arc::get_mut(&mut c.conns).unwrap();
         conns.idle_timeout = Duration::from_millis(100);
         conns.reap_every = Duration::from_millis(20);
-        assert_eq!(exchange(&c).await, "ok");
-        assert_eq!(c.conns.idle_count(), 1);
-        // The reaper closes it with no request coming to find it.
-        until("the idle connection to be closed", || {
-            closed.load(Ordering::SeqCst) == 1
-        })
-        .await;
+        // One connection on each path.
+        assert_eq!(exchange(&c, via_hyper(&c)).await.1, "ok");
+        assert_eq!(
+            exchange(&c, crate::upstream::testing::get(&c)).await.1,
+            "ok"
+        );
+        assert_eq!(c.conns.idle_count(), 2);
+        // The reaper closes them with no request coming to find them.
+        until("the idle connections to be closed", || b.closed() == 2).await;
         assert_eq!(c.conns.idle_count(), 0);
-        assert_eq!(exchange(&c).await, "ok");
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(exchange(&c, via_hyper(&c)).await.1, "ok");
+        assert_eq!(b.accepted(), 3);
+        let _ = Ordering::SeqCst;
     }
 
     #[tokio::test]
@@ -503,7 +507,9 @@ mod tests {
         let addr = l.local_addr().unwrap();
         drop(l);
         let c = client(addr);
-        let err = c.send(get(&c)).await.unwrap_err();
+        let err = c.send(via_hyper(&c)).await.unwrap_err();
+        assert!(err.is_connect(), "{err}");
+        let err = c.send(crate::upstream::testing::get(&c)).await.unwrap_err();
         assert!(err.is_connect(), "{err}");
     }
 }

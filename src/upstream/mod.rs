@@ -5,8 +5,11 @@
 pub mod backend;
 pub mod client;
 pub mod conns;
+pub mod inline;
 pub mod pool;
 pub mod registry;
+#[cfg(test)]
+mod testing;
 
 pub use backend::{Backend, BackendId, Health, Lease};
 pub use pool::Pool;
