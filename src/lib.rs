@@ -10,8 +10,8 @@
 //! - [`runtime`]: the live [`runtime::Snapshot`] behind one `ArcSwap`, and the one way to
 //!   change it ([`runtime::Runtime::apply`]).
 //! - [`routing`]: route matching, sticky buckets and the weighted split table.
-//! - [`upstream`]: backend identity and state (survives reloads), pools and balancers, the
-//!   pooled upstream client, draining.
+//! - [`upstream`]: backend identity and state (survives reloads), pools and balancers, each
+//!   backend's connection pool (with a fast path for body-less HTTP/1.1), draining.
 //! - [`health`], [`breaker`]: background tasks that decide; the request path only reads gates.
 //! - [`proxy`]: listeners, connections, forwarding, header rewriting, retries.
 //! - [`admin`]: admin API, status page, metrics endpoint. [`metrics`]: Prometheus.

@@ -1,6 +1,7 @@
 //! Backends and pools: identity and per-backend state ([`backend`]), the runtime pool and its
-//! balancers ([`pool`]), the upstream HTTP client ([`client`]) and the registry that keeps
-//! per-backend state across reloads and drains what a reload removes ([`registry`]).
+//! balancers ([`pool`]), the upstream HTTP client ([`client`]) with its connection pool
+//! ([`conns`]) and fast path ([`inline`]), and the registry that keeps per-backend state
+//! across reloads and drains what a reload removes ([`registry`]).
 
 pub mod backend;
 pub mod client;
