@@ -155,17 +155,31 @@ impl Conns {
     /// Send a request (its URI absolute: scheme, authority, path) and wait for the response
     /// head. A request that a pooled connection closed under before taking it is sent again
     /// on another connection (nothing of it reached the backend).
-    pub async fn send(
+    ///
+    /// Only the fast path's future is kept inline: it is in every request's future, and the
+    /// others (hyper's, a few KiB) are boxed so they do not make all of them larger.
+    pub fn send(
         self: Arc<Self>,
         mut req: Request<UpBody>,
-    ) -> Result<(Response<UpstreamBody>, Checkin), UpstreamError> {
+    ) -> impl Future<Output = Result<(Response<UpstreamBody>, Checkin), UpstreamError>> + Send + 'static
+    {
+        use futures_util::future::Either;
         if self.http2 {
-            return self.send_h2(req).await;
+            return Either::Right(self.send_h2(req));
         }
         self.prepare_h1(&mut req);
         if inline::eligible(&req) {
-            return self.send_inline(req).await;
+            Either::Left(self.send_inline(req))
+        } else {
+            Either::Right(Box::pin(self.send_h1(req)))
         }
+    }
+
+    /// HTTP/1.1 through hyper: requests with a body, and upgrades.
+    async fn send_h1(
+        self: Arc<Self>,
+        mut req: Request<UpBody>,
+    ) -> Result<(Response<UpstreamBody>, Checkin), UpstreamError> {
         loop {
             let (mut tx, reused) = match self.check_out() {
                 Some(tx) => (tx, true),
