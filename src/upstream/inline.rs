@@ -38,6 +38,8 @@ pub struct Conn {
     io: TokioIo<ConnIo>,
     /// Bytes read but not yet consumed; empty between exchanges.
     buf: BytesMut,
+    /// The request head being written; kept to save an allocation per request.
+    head: Vec<u8>,
     pub(crate) since: Instant,
 }
 
@@ -59,6 +61,7 @@ impl InlineConn {
         InlineConn(Box::new(Conn {
             io: TokioIo::new(io),
             buf: BytesMut::with_capacity(READ_CHUNK),
+            head: Vec::with_capacity(512),
             since: Instant::now(),
         }))
     }
@@ -108,9 +111,12 @@ pub async fn exchange(
     mut conn: InlineConn,
     req: &Request<super::client::UpBody>,
 ) -> Result<Response<UpstreamBody>, Failed> {
-    let mut head = Vec::with_capacity(512);
+    let mut head = std::mem::take(&mut conn.head);
+    head.clear();
     write_head(&mut head, req);
-    if let Err(e) = conn.io.write_all(&head).await {
+    let written = conn.io.write_all(&head).await;
+    conn.head = head;
+    if let Err(e) = written {
         return Err(Failed::BeforeResponse(UpstreamError::Io(e)));
     }
     if let Err(e) = conn.io.flush().await {
