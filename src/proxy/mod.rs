@@ -309,7 +309,8 @@ async fn forward(
     let mut last_pool = pool_idx;
     // A retryable upstream answer (502/503/504) is kept until a retry is really sent, so when
     // none can be (no budget, no other backend) the client gets that answer, not veer's own.
-    let mut held: Option<(Response<UpstreamBody>, Checkin, Lease)> = None;
+    // Boxed: it lives in every request's future but is only ever filled on the retry path.
+    let mut held: Option<Box<(Response<UpstreamBody>, Checkin, Lease)>> = None;
     for attempt in 1..=retry.attempts {
         if attempt > 1 {
             // Retries are paid for from the route's budget, so a failing pool cannot double
@@ -398,7 +399,7 @@ async fn forward(
                 Ok((r, c)) => Outcome::Response(r, c),
                 Err(e) => Outcome::Error(e),
             },
-            late = upstream_deadline(slot.as_deref(), timeout) => late,
+            late = deadline(slot.as_deref(), timeout) => late,
         };
         // Retry rules: a request whose body started streaming is never sent again; a connect
         // failure is retried for any method (nothing reached a backend); a reset before the
@@ -423,7 +424,7 @@ async fn forward(
                 count(route, pidx, &backend, backend_slot, status.as_u16());
                 rollout_observe(route, pidx, failed, started);
                 if matches!(status.as_u16(), 502..=504) && can_retry_idem {
-                    held = Some((resp, checkin, lease));
+                    held = Some(Box::new((resp, checkin, lease)));
                     continue;
                 }
                 return relay(resp, checkin, lease, upgrade);
@@ -458,7 +459,8 @@ async fn forward(
             }
         }
     }
-    if let Some((resp, checkin, lease)) = held {
+    if let Some(h) = held {
+        let (resp, checkin, lease) = *h;
         return relay(resp, checkin, lease, upgrade);
     }
     if last_failure == Failure::NoBackend {
@@ -477,6 +479,22 @@ enum Outcome {
     Timeout,
     /// The client's request body stopped arriving.
     ClientStalled,
+}
+
+/// The request's deadline: a plain timer for a request without a body (the common case,
+/// kept small as it sits in every request's future), else [`upstream_deadline`].
+fn deadline(
+    slot: Option<&BodySlot>,
+    timeout: Duration,
+) -> impl std::future::Future<Output = Outcome> + Send + '_ {
+    use futures_util::future::Either;
+    match slot {
+        None => Either::Left(async move {
+            tokio::time::sleep(timeout).await;
+            Outcome::Timeout
+        }),
+        Some(_) => Either::Right(Box::pin(upstream_deadline(slot, timeout))),
+    }
 }
 
 /// `request_timeout` counts from the end of the request body: an upload still arriving keeps
