@@ -526,4 +526,22 @@ mod tests {
         let err = c.send(crate::upstream::testing::get(&c)).await.unwrap_err();
         assert!(err.is_connect(), "{err}");
     }
+
+    #[tokio::test]
+    async fn an_http2_pool_shares_one_connection_even_when_a_burst_opens_it() {
+        let b = crate::upstream::testing::h2c_backend().await;
+        let c = crate::upstream::testing::client_speaking(b.addr, "h2c");
+        let burst: Vec<_> = (0..20)
+            .map(|_| {
+                let mut req = crate::upstream::testing::get(&c);
+                *req.version_mut() = http::Version::HTTP_2;
+                exchange(&c, req)
+            })
+            .collect();
+        for (resp, body, _) in futures_util::future::join_all(burst).await {
+            assert_eq!((resp.status().as_u16(), body.as_str()), (200, "ok"));
+        }
+        assert_eq!(b.accepted(), 1);
+        assert_eq!(c.conns.idle_count(), 0); // nothing to check in: the connection is shared
+    }
 }

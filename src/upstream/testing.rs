@@ -101,8 +101,14 @@ pub async fn backend(reply: impl Fn(&str) -> Reply + Send + Sync + 'static) -> B
 
 /// The upstream client of a one-backend HTTP/1.1 pool.
 pub fn client(addr: SocketAddr) -> UpstreamClient {
+    client_speaking(addr, "h1")
+}
+
+/// The upstream client of a one-backend pool speaking `protocol`.
+pub fn client_speaking(addr: SocketAddr, protocol: &str) -> UpstreamClient {
     let text = format!(
-        "[pools.p]\nbackends = [\"{addr}\"]\n[[routes]]\nname = \"r\"\nsplit = {{ p = 100 }}\n"
+        "[pools.p]\nbackends = [\"{addr}\"]\nprotocol = \"{protocol}\"\n\
+         [[routes]]\nname = \"r\"\nsplit = {{ p = 100 }}\n"
     );
     let cfg = crate::config::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
     UpstreamClient::new(addr, &cfg.pools["p"], None).unwrap()
@@ -143,5 +149,37 @@ pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An h2c backend answering `ok`, counting the connections it accepted.
+pub async fn h2c_backend() -> Backend {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, c) = (accepted.clone(), closed.clone());
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            a.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(b"ok"),
+                    )))
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Backend {
+        addr,
+        accepted,
+        closed,
     }
 }
