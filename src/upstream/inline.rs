@@ -25,8 +25,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const MAX_HEADERS: usize = 100;
 /// The largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
-/// Read buffer growth per read.
+/// Read buffer growth per read for heads and small bodies.
 const READ_CHUNK: usize = 8 * 1024;
+/// The most read at once while streaming a large body (as hyper's adaptive buffer).
+const READ_MAX: usize = 64 * 1024;
 /// The longest chunk-size line or trailer section accepted.
 const MAX_LINE: usize = 4 * 1024;
 
@@ -79,8 +81,19 @@ impl Conn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-            self.buf.reserve(READ_CHUNK);
+        self.poll_fill_up_to(cx, READ_CHUNK)
+    }
+
+    /// Read what is there, with room for about `want` bytes: a large body streams in larger
+    /// reads (fewer syscalls), a head or small body keeps the buffer small.
+    fn poll_fill_up_to(
+        &mut self,
+        cx: &mut Context<'_>,
+        want: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        let want = want.clamp(READ_CHUNK, READ_MAX);
+        if self.buf.capacity() - self.buf.len() < want / 2 {
+            self.buf.reserve(want);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
@@ -439,10 +452,15 @@ impl UpstreamBodyInline {
 
     /// Read more, failing on an early close.
     fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let want = match &self.state {
+            State::Length(rem) => usize::try_from(*rem).unwrap_or(READ_MAX),
+            State::Chunked(Chunk::Data(rem)) => usize::try_from(*rem).unwrap_or(READ_MAX),
+            _ => READ_CHUNK,
+        };
         let Some(c) = self.conn.as_mut() else {
             return Poll::Ready(Err("connection gone".into()));
         };
-        match ready!(c.poll_fill(cx)) {
+        match ready!(c.poll_fill_up_to(cx, want)) {
             Ok(0) => Poll::Ready(Err("backend closed the connection mid-body".into())),
             Ok(_) => Poll::Ready(Ok(())),
             Err(e) => Poll::Ready(Err(e.into())),
@@ -494,7 +512,7 @@ impl Body for UpstreamBodyInline {
                         let data = c.buf.split().freeze();
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                    match ready!(c.poll_fill(cx)) {
+                    match ready!(c.poll_fill_up_to(cx, READ_MAX)) {
                         Ok(0) => {
                             me.conn = None;
                             me.state = State::Done;
