@@ -604,6 +604,44 @@ async fn routes_by_host_and_longest_prefix() {
     veer.shutdown().await;
 }
 
+#[tokio::test]
+async fn dot_segments_cannot_slip_a_path_under_another_routes_prefix() {
+    let echo = |name: &'static str| {
+        upstream_with(move |req| async move { respond(200, format!("{name} {}", req.uri())) })
+    };
+    let api = echo("api").await;
+    let site = echo("site").await;
+    let veer = start_veer(&format!(
+        "[pools.api]\nbackends = [\"{}\"]\n[pools.site]\nbackends = [\"{}\"]\n\
+         [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nsplit = {{ api = 1 }}\n\
+         [[routes]]\nname = \"site\"\nsplit = {{ site = 1 }}\n",
+        api.addr, site.addr
+    ))
+    .await;
+    for (path, want) in [
+        // Routed and forwarded as the backend would read them.
+        ("/api/../admin", "site /admin"),
+        ("/api/%2e%2e/admin?x=1", "site /admin?x=1"),
+        ("/api/./v1/users", "api /api/v1/users"),
+        ("/static/../api/v1", "api /api/v1"),
+        // Untouched without dot-segments.
+        ("/api/v1/file.tar.gz", "api /api/v1/file.tar.gz"),
+        ("/.well-known/acme", "site /.well-known/acme"),
+    ] {
+        let got = get(&veer.url(path)).await;
+        assert_eq!((got.status, got.body.as_str()), (200, want), "{path}");
+    }
+    // On the wire exactly as written (a client library might resolve it first).
+    let answer = raw(
+        veer.addr,
+        b"GET /api/../admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.ends_with("site /admin"), "{answer}");
+    veer.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Headers.
 

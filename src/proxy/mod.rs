@@ -137,6 +137,22 @@ pub async fn handle(
         return Failure::BadRequest.response();
     }
     let host = crate::routing::normalize_host(raw_host);
+    // Routed and forwarded with dot-segments resolved: what the backend would read.
+    if let Some(path) = crate::routing::resolve_dot_segments(req.uri().path()) {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        match pq.parse() {
+            Ok(pq) => parts.path_and_query = Some(pq),
+            Err(_) => return Failure::BadRequest.response(),
+        }
+        match Uri::from_parts(parts) {
+            Ok(u) => *req.uri_mut() = u,
+            Err(_) => return Failure::BadRequest.response(),
+        }
+    }
     let Some(route) = snap.router.find(&host, req.uri().path()).cloned() else {
         return Failure::NoRoute.response();
     };

@@ -178,9 +178,82 @@ pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The path with its dot-segments resolved (RFC 3986 §5.2.4), also when they are
+/// percent-encoded (`%2e`): `None` when there are none, which is nearly always and costs one
+/// scan. veer routes and forwards the resolved path, so `/api/../admin` is routed as `/admin`
+/// (the backend would read it so) and cannot slip under the `/api` route's prefix.
+pub fn resolve_dot_segments(path: &str) -> Option<String> {
+    fn dot_kind(seg: &str) -> u8 {
+        let s = seg.to_ascii_lowercase().replace("%2e", ".");
+        match s.as_str() {
+            "." => 1,
+            ".." => 2,
+            _ => 0,
+        }
+    }
+    // The cheap test first: no `/.` and no `%2e` means no dot-segment.
+    if !(path.contains("/.") || path.contains("%2e") || path.contains("%2E")) {
+        return None;
+    }
+    let has_dots = path
+        .split('/')
+        .any(|seg| !seg.is_empty() && seg.len() <= 6 && dot_kind(seg) > 0);
+    if !has_dots {
+        return None;
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segs.len().saturating_sub(1);
+    for (i, seg) in segs.iter().enumerate() {
+        let kind = if seg.len() <= 6 { dot_kind(seg) } else { 0 };
+        match kind {
+            1 => {}
+            2 => {
+                out.pop();
+            }
+            _ => out.push(seg),
+        }
+        // A dot-segment at the end leaves the path ending in `/` (`/a/b/..` is `/a/`).
+        if kind > 0 && i == last {
+            out.push("");
+        }
+    }
+    let mut resolved = String::with_capacity(path.len());
+    for seg in &out {
+        resolved.push('/');
+        resolved.push_str(seg);
+    }
+    if resolved.is_empty() {
+        resolved.push('/');
+    }
+    Some(resolved)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_are_resolved_only_where_present() {
+        for (raw, want) in [
+            ("/api/../admin", Some("/admin")),
+            ("/api/./v1", Some("/api/v1")),
+            ("/api/%2e%2e/admin", Some("/admin")),
+            ("/api/%2E./admin", Some("/admin")),
+            ("/a/b/..", Some("/a/")),
+            ("/a/.", Some("/a/")),
+            ("/../../x", Some("/x")),
+            ("/..", Some("/")),
+            ("/a//b/../c", Some("/a//c")),
+            ("/plain/path", None),
+            ("/file.tar.gz", None),
+            ("/.well-known/x", None),
+            ("/...", None),
+            ("/", None),
+        ] {
+            assert_eq!(resolve_dot_segments(raw).as_deref(), want, "{raw}");
+        }
+    }
 
     #[test]
     fn prefixes() {
