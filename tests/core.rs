@@ -1366,6 +1366,78 @@ async fn h2c_prior_knowledge_downstream() {
     veer.shutdown().await;
 }
 
+/// An upstream that sends `first`, then each of `then` after `gap`, then (with `stall`)
+/// nothing more, ever.
+async fn trickling_upstream(gap: Duration, then: usize, stall: bool) -> Upstream {
+    upstream_with(move |_req| async move {
+        use futures_util::StreamExt;
+        let first = futures_util::stream::once(async {
+            Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from_static(b"first")))
+        });
+        let rest = futures_util::stream::iter(0..then).then(move |_| async move {
+            tokio::time::sleep(gap).await;
+            Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from_static(b".")))
+        });
+        let s = first.chain(rest);
+        let s: std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send + Sync>> = if stall {
+            Box::pin(s.chain(futures_util::stream::pending()))
+        } else {
+            Box::pin(s)
+        };
+        http::Response::new(BodyExt::boxed(http_body_util::StreamBody::new(s)))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_response_body_that_goes_silent_is_cut_after_body_timeout() {
+    let up = trickling_upstream(Duration::from_millis(50), 2, true).await;
+    let veer = start_veer(&one_pool(
+        up.addr,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nbody_timeout = \"300ms\"\n",
+    ))
+    .await;
+    let resp = client()
+        .request(
+            Request::get(veer.url("/events"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    // The data that came is delivered, then the body ends in an error, not a clean end.
+    let got = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await;
+    assert!(got.is_ok(), "silent body never cut");
+    assert!(got.unwrap().is_err(), "a cut body must not look complete");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    let backend = veer.rt().registry.get("app", up.addr).unwrap();
+    eventually("lease released", Duration::from_secs(2), || {
+        backend.in_flight() == 0
+    })
+    .await;
+    veer.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_response_body_is_not_cut() {
+    // Eight gaps of 100 ms: 800 ms in all, each gap well inside a 400 ms body_timeout.
+    let up = trickling_upstream(Duration::from_millis(100), 8, false).await;
+    let veer = start_veer(&one_pool(
+        up.addr,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nbody_timeout = \"400ms\"\n",
+    ))
+    .await;
+    let got = get(&veer.url("/slow")).await;
+    assert_eq!((got.status, got.body.as_str()), (200, "first........"));
+    veer.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_drain_timeout_cuts_a_stalled_response_body() {
     use futures_util::StreamExt;

@@ -85,6 +85,8 @@ pub struct ServerConfig {
     pub tls_listen: Vec<SocketAddr>,
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
+    /// An upstream response body that sends nothing for this long is cut (0: never).
+    pub body_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
@@ -99,6 +101,7 @@ impl Default for ServerConfig {
             tls_listen: Vec::new(),
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             max_header_bytes: 65536,
             max_connections: 10000,

@@ -32,6 +32,7 @@ pub struct RawServer {
     pub tls_listen: Option<S<Vec<S<String>>>>,
     pub header_read_timeout: Option<S<String>>,
     pub request_timeout: Option<S<String>>,
+    pub body_timeout: Option<S<String>>,
     pub idle_timeout: Option<S<String>>,
     pub max_header_bytes: Option<S<i64>>,
     pub max_connections: Option<S<i64>>,

@@ -103,6 +103,7 @@ pub const ROOT: Shape = Table(&[
             ("tls_listen", Array(&Str)),
             ("header_read_timeout", Dur),
             ("request_timeout", Dur),
+            ("body_timeout", Dur),
             ("idle_timeout", Dur),
             ("max_header_bytes", Int),
             ("max_connections", Int),

@@ -318,6 +318,7 @@ fn build_server(cx: &mut Ctx<'_>, raw: Option<S<RawServer>>) -> ServerConfig {
             "server.request_timeout",
             d.request_timeout,
         ),
+        body_timeout: cx.duration(&raw.body_timeout, "server.body_timeout", d.body_timeout),
         idle_timeout: cx.duration(&raw.idle_timeout, "server.idle_timeout", d.idle_timeout),
         max_header_bytes: cx.int(
             &raw.max_header_bytes,

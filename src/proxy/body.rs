@@ -6,8 +6,10 @@ use crate::upstream::client::UpstreamBody;
 use crate::upstream::Lease;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// Errors while streaming a response body.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -20,13 +22,20 @@ pub enum ProxyBody {
         /// The connection the body comes on, given back to its pool at the body's end.
         checkin: Checkin,
         lease: Option<Lease>,
+        /// Cut the body when the backend sends nothing for this long (`body_timeout`).
+        stall: Stall,
     },
     Full(Option<Bytes>),
 }
 
 impl ProxyBody {
     /// Stream an upstream body, holding the backend lease until it ends.
-    pub fn upstream(body: UpstreamBody, mut checkin: Checkin, lease: Lease) -> Self {
+    pub fn upstream(
+        body: UpstreamBody,
+        mut checkin: Checkin,
+        lease: Lease,
+        body_timeout: Duration,
+    ) -> Self {
         // An empty body is never polled (the server sees its end at once): the connection
         // is free now.
         if body.is_end_stream() {
@@ -36,6 +45,7 @@ impl ProxyBody {
             body,
             checkin,
             lease: Some(lease),
+            stall: Stall::new(body_timeout),
         }
     }
     pub fn full(b: impl Into<Bytes>) -> Self {
@@ -59,13 +69,26 @@ impl Body for ProxyBody {
                 body,
                 checkin,
                 lease,
+                stall,
             } => {
                 // A drain timeout cuts the backend's connection, which ends this body with an
-                // error: nothing to watch here.
+                // error: nothing to watch here for that.
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 if polled.is_pending() {
+                    if stall.expired(cx) {
+                        // A backend that went silent mid-body counts as failed.
+                        if let Some(l) = lease.as_mut() {
+                            l.record(false);
+                        }
+                        lease.take();
+                        checkin.forget();
+                        *body = UpstreamBody::Empty; // closes the connection
+                        let e = format!("upstream body sent nothing for {:?}", stall.limit);
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
                     return Poll::Pending;
                 }
+                stall.progress();
                 match polled {
                     Poll::Ready(None) => {
                         // Done: the backend's in-flight count drops now, not when hyper
@@ -119,5 +142,47 @@ impl Body for ProxyBody {
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }
+    }
+}
+
+/// The body-idle timer of an upstream body: armed only when the body has to wait (a body
+/// that is all there never touches a timer), pushed back after each frame.
+#[derive(Debug)]
+pub struct Stall {
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame came since the timer was last set.
+    moved: bool,
+}
+
+impl Stall {
+    fn new(limit: Duration) -> Self {
+        Stall {
+            limit,
+            timer: None,
+            moved: false,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.moved = true;
+    }
+
+    /// Has the body been waiting for longer than the limit? Registers the wake-up if not.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.limit.is_zero() {
+            return false;
+        }
+        if self.timer.is_none() || self.moved {
+            let deadline = tokio::time::Instant::now() + self.limit;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.moved = false;
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
     }
 }

@@ -314,6 +314,7 @@ async fn forward(
     let slot = BodySlot::new(body);
     route.state.deposit(retry.budget_percent);
     let timeout = snap.config.server.request_timeout;
+    let body_timeout = snap.config.server.body_timeout;
 
     // Backends already tried, so a retry goes elsewhere. Validation caps attempts at 10; a
     // fixed array keeps this off the heap.
@@ -443,7 +444,7 @@ async fn forward(
                     held = Some(Box::new((resp, checkin, lease)));
                     continue;
                 }
-                return relay(resp, checkin, lease, upgrade);
+                return relay(resp, checkin, lease, upgrade, body_timeout);
             }
             Outcome::Error(e) => {
                 lease.record(false);
@@ -477,7 +478,7 @@ async fn forward(
     }
     if let Some(h) = held {
         let (resp, checkin, lease) = *h;
-        return relay(resp, checkin, lease, upgrade);
+        return relay(resp, checkin, lease, upgrade, body_timeout);
     }
     if last_failure == Failure::NoBackend {
         let none = route.metrics.codes[last_pool].last();
@@ -567,6 +568,7 @@ fn relay(
     mut checkin: Checkin,
     lease: Lease,
     upgrade: bool,
+    body_timeout: Duration,
 ) -> (Response<ProxyBody>, Option<PendingTunnel>) {
     let switching = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let on = switching.then(|| hyper::upgrade::on(&mut resp));
@@ -582,7 +584,10 @@ fn relay(
             )
         }
         None => (
-            Response::from_parts(parts, ProxyBody::upstream(body, checkin, lease)),
+            Response::from_parts(
+                parts,
+                ProxyBody::upstream(body, checkin, lease, body_timeout),
+            ),
             None,
         ),
     }
