@@ -22,6 +22,13 @@ if [ -z "${VEER_BIN:-}" ]; then
   VEER_BIN=$PWD/target/release/veer
 fi
 
+# Every port this script uses must be free: a leftover server on one would be measured instead.
+for port in 18181 18182 18190 18191 18192 18193 18194 18195 18196 18197; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is already in use on 127.0.0.1; stop what listens there first" >&2; exit 1
+  fi
+done
+
 W=$(mktemp -d /tmp/veer-tls-bench.XXXX)
 B1=127.0.0.1:18181; B2=127.0.0.1:18182
 HOST=bench.test
