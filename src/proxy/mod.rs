@@ -366,29 +366,36 @@ async fn forward(
             n_tried += 1;
         }
         let client = backend.client_guard();
-        // HTTP/2 has no Host header: the downstream host travels as :authority, as Host does
-        // over HTTP/1.1 (the connector dials the backend whatever the URI names).
-        let authority = match (client.http2, &host_value) {
-            (true, Some(h)) => h2_authority
-                .get_or_insert_with(|| {
-                    h.to_str()
-                        .ok()
-                        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        let uri = if client.http2 {
+            // HTTP/2 has no Host header: the downstream host travels as :authority, as Host
+            // does over HTTP/1.1 (the connector dials the backend whatever the URI names).
+            let authority = host_value
+                .as_ref()
+                .and_then(|h| {
+                    h2_authority
+                        .get_or_insert_with(|| {
+                            h.to_str()
+                                .ok()
+                                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                        })
+                        .clone()
                 })
-                .clone()
-                .unwrap_or_else(|| client.authority.clone()),
-            _ => client.authority.clone(),
-        };
-        // Built from parts: nothing is parsed again.
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(match client.scheme {
-            "https" => http::uri::Scheme::HTTPS,
-            _ => http::uri::Scheme::HTTP,
-        });
-        uri.authority = Some(authority);
-        uri.path_and_query = Some(path_and_query.clone());
-        let Ok(uri) = Uri::from_parts(uri) else {
-            return (Failure::BadRequest.response(), None);
+                .unwrap_or_else(|| client.authority.clone());
+            // Built from parts: nothing is parsed again.
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(match client.scheme {
+                "https" => http::uri::Scheme::HTTPS,
+                _ => http::uri::Scheme::HTTP,
+            });
+            uri.authority = Some(authority);
+            uri.path_and_query = Some(path_and_query.clone());
+            let Ok(uri) = Uri::from_parts(uri) else {
+                return (Failure::BadRequest.response(), None);
+            };
+            uri
+        } else {
+            // HTTP/1.1 sends origin-form (`/path?query`) as it is.
+            Uri::from(path_and_query.clone())
         };
         let mut up = Request::new(UpBody::from_slot(&slot));
         *up.method_mut() = parts.method.clone();
@@ -499,7 +506,7 @@ enum Outcome {
 }
 
 /// The request's deadline: a plain timer for a request without a body (the common case,
-/// kept small as it sits in every request's future), else [`upstream_deadline`].
+/// kept small as it sits in every request's future), else [`upload_deadline`].
 fn deadline(
     slot: Option<&BodySlot>,
     timeout: Duration,
@@ -510,18 +517,15 @@ fn deadline(
             tokio::time::sleep(timeout).await;
             Outcome::Timeout
         }),
-        Some(_) => Either::Right(Box::pin(upstream_deadline(slot, timeout))),
+        Some(s) => Either::Right(Box::pin(upload_deadline(s, timeout))),
     }
 }
 
-/// `request_timeout` counts from the end of the request body: an upload still arriving keeps
-/// the clock from starting, as long as each stretch of `timeout` brings more of it. A body
-/// stalled on the client is the client's failure; on a backend not reading it, the backend's.
-async fn upstream_deadline(slot: Option<&BodySlot>, timeout: Duration) -> Outcome {
-    let Some(s) = slot else {
-        tokio::time::sleep(timeout).await;
-        return Outcome::Timeout;
-    };
+/// With a request body, `request_timeout` counts from the end of the body: an upload still
+/// arriving keeps the clock from starting, as long as each stretch of `timeout` brings more
+/// of it. A body stalled on the client is the client's failure; on a backend not reading it,
+/// the backend's.
+async fn upload_deadline(s: &BodySlot, timeout: Duration) -> Outcome {
     loop {
         let seen = s.progress();
         tokio::select! {

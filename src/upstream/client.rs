@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-pub use super::conns::{Checkin, UpstreamError, POOL_IDLE_TIMEOUT};
+pub use super::conns::{Checkin, UpstreamError};
 pub use super::inline::UpstreamBody;
 
 pub type Connector = hyper_rustls::HttpsConnector<Dial>;
@@ -269,7 +269,7 @@ impl UpstreamClient {
         })
     }
 
-    /// Send a request (absolute URI) on one of the backend's connections and wait for the
+    /// Send a request (absolute URI, or origin-form for HTTP/1.1) on one of the backend's connections and wait for the
     /// response head. The future owns what it needs; the [`Checkin`] goes with the response
     /// body and gives the connection back when the body has been read to its end.
     pub fn send(

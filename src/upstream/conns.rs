@@ -8,6 +8,7 @@
 use super::client::{Connector, UpBody};
 use super::inline::{self, InlineConn, UpstreamBody};
 use crossbeam_queue::ArrayQueue;
+use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, Uri};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -152,7 +153,7 @@ impl Conns {
         self.idle.len() + self.inline_idle.len()
     }
 
-    /// Send a request (its URI absolute: scheme, authority, path) and wait for the response
+    /// Send a request (absolute URI, or origin-form for HTTP/1.1) and wait for the response
     /// head. A request that a pooled connection closed under before taking it is sent again
     /// on another connection (nothing of it reached the backend).
     ///
@@ -171,6 +172,11 @@ impl Conns {
         if inline::eligible(&req) {
             Either::Left(self.send_inline(req))
         } else {
+            // hyper writes the URI as given: it must be origin-form (`/path?query`).
+            if req.method() != Method::CONNECT && req.uri().scheme().is_some() {
+                let pq = req.uri().path_and_query().cloned();
+                *req.uri_mut() = Uri::from(pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
+            }
             Either::Right(Box::pin(self.send_h1(req)))
         }
     }
@@ -260,7 +266,7 @@ impl Conns {
         connecting.await
     }
 
-    /// HTTP/1.1 wants origin-form (`/path?query`) and a `Host` header.
+    /// HTTP/1.1 wants a `Host` header: the URI's authority, else the backend's.
     fn prepare_h1(&self, req: &mut Request<UpBody>) {
         if !req.headers().contains_key(header::HOST) {
             let host = req
@@ -271,14 +277,6 @@ impl Conns {
                 .to_owned();
             if let Ok(v) = HeaderValue::from_str(&host) {
                 req.headers_mut().insert(header::HOST, v);
-            }
-        }
-        if req.method() != Method::CONNECT {
-            let pq = req.uri().path_and_query().cloned();
-            let mut parts = http::uri::Parts::default();
-            parts.path_and_query = Some(pq.unwrap_or_else(|| "/".parse().expect("valid path")));
-            if let Ok(u) = Uri::from_parts(parts) {
-                *req.uri_mut() = u;
             }
         }
     }
@@ -420,7 +418,6 @@ impl Conns {
 mod tests {
     use super::*;
     use crate::upstream::testing::{backend, client, exchange, until, Reply};
-    use std::sync::atomic::Ordering;
 
     /// A request hyper's path takes (the fast path leaves upgrades to it).
     fn via_hyper(c: &crate::upstream::client::UpstreamClient) -> Request<UpBody> {
@@ -512,7 +509,6 @@ mod tests {
         assert_eq!(c.conns.idle_count(), 0);
         assert_eq!(exchange(&c, via_hyper(&c)).await.1, "ok");
         assert_eq!(b.accepted(), 3);
-        let _ = Ordering::SeqCst;
     }
 
     #[tokio::test]
