@@ -28,34 +28,27 @@ use veer::upstream::{Backend, Health};
 
 // ---------------------------------------------------------------- helpers
 
-/// Parse config text (listeners on port 0 added) with every jitter set to zero.
-fn config(text: &str) -> Config {
-    let mut c = Config::parse(Path::new("veer.toml"), &with_listeners(text))
-        .unwrap_or_else(|e| panic!("config invalid:\n{e}"));
+/// Every jitter set to zero, so timings are exact.
+fn no_jitter(c: &mut Config) {
     for p in c.pools.values_mut() {
         p.circuit_breaker.jitter = 0.0;
         if let Some(h) = &mut p.health_check {
             h.jitter = 0.0;
         }
     }
+}
+
+/// Parse config text (listeners on port 0 added) with every jitter set to zero.
+fn config(text: &str) -> Config {
+    let mut c = Config::parse(Path::new("veer.toml"), &with_listeners(text))
+        .unwrap_or_else(|e| panic!("config invalid:\n{e}"));
+    no_jitter(&mut c);
     c
 }
 
 /// Start veer in-process from config text, with zero jitter.
 async fn start(text: &str) -> Veer {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("veer.toml");
-    std::fs::write(&path, with_listeners(text)).unwrap();
-    let running = veer::app::start(config(text), Some(path.clone()))
-        .await
-        .expect("veer starts");
-    Veer {
-        addr: running.listen[0],
-        admin: running.admin,
-        running: Some(running),
-        dir,
-        config_path: path,
-    }
+    start_veer_tweaked(text, no_jitter).await
 }
 
 fn backend(rt: &Runtime, pool: &str, addr: SocketAddr) -> Arc<Backend> {

@@ -562,7 +562,7 @@ impl UpstreamBodyInline {
         let buf = &mut self.conn.as_mut().ok_or("connection gone")?.buf;
         match step {
             Chunk::Size => {
-                if let Some(end) = find_crlf(buf) {
+                if let Some(end) = find(buf, b"\r\n") {
                     let line = std::str::from_utf8(&buf[..end]).map_err(|_| "bad chunk size")?;
                     let hex = line.split(';').next().unwrap_or("").trim();
                     let size = u64::from_str_radix(hex, 16).map_err(|_| "bad chunk size")?;
@@ -635,10 +635,6 @@ impl UpstreamBodyInline {
         ready!(self.poll_more(cx))?;
         Poll::Ready(Ok(None))
     }
-}
-
-fn find_crlf(b: &[u8]) -> Option<usize> {
-    find(b, b"\r\n")
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -833,35 +829,30 @@ mod tests {
         assert_eq!(b.accepted(), 4);
     }
 
-    #[tokio::test]
-    async fn a_get_on_a_connection_closed_without_answer_is_sent_again() {
-        // The backend answers the first request, then closes the next one without a word
-        // (as a keep-alive timeout racing a request does).
-        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let m = n.clone();
-        let b = backend(move |_| {
-            if m.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+    /// A backend that answers the first request, then closes the second without a word.
+    async fn closes_second_request() -> crate::upstream::testing::Backend {
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        backend(move |_| {
+            if n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
                 Reply::raw("").then_close()
             } else {
                 Reply::ok("ok")
             }
         })
-        .await;
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_get_on_a_connection_closed_without_answer_is_sent_again() {
+        // The backend answers the first request, then closes the next one without a word
+        // (as a keep-alive timeout racing a request does).
+        let b = closes_second_request().await;
         let c = client(b.addr);
         assert_eq!(exchange(&c, get(&c)).await.1, "ok");
         assert_eq!(exchange(&c, get(&c)).await.1, "ok");
         assert_eq!(b.accepted(), 2);
         // A POST is never sent twice: the same close is an error.
-        let n2 = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let m2 = n2.clone();
-        let b = backend(move |_| {
-            if m2.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-                Reply::raw("").then_close()
-            } else {
-                Reply::ok("ok")
-            }
-        })
-        .await;
+        let b = closes_second_request().await;
         let c = client(b.addr);
         assert_eq!(exchange(&c, request(&c, "POST")).await.1, "ok");
         assert!(c.send(request(&c, "POST")).await.is_err());

@@ -154,16 +154,31 @@ pub fn with_listeners(config: &str) -> String {
 
 /// Start veer in this process from config text (listeners on port 0 added when absent).
 pub async fn start_veer(config: &str) -> Veer {
+    start_veer_tweaked(config, |_| {}).await
+}
+
+/// [`start_veer`], with the parsed config adjusted before it goes live (say, no jitter).
+pub async fn start_veer_tweaked(
+    config: &str,
+    tweak: impl FnOnce(&mut veer::config::Config),
+) -> Veer {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("veer.toml");
     std::fs::write(&path, with_listeners(config)).unwrap();
-    start_veer_file(dir, path).await
+    let mut config =
+        veer::config::Config::load(&path).unwrap_or_else(|e| panic!("config invalid:\n{e}"));
+    tweak(&mut config);
+    start_with(dir, path, config).await
 }
 
 /// Start veer from a config file already written.
 pub async fn start_veer_file(dir: tempfile::TempDir, path: PathBuf) -> Veer {
     let config =
         veer::config::Config::load(&path).unwrap_or_else(|e| panic!("config invalid:\n{e}"));
+    start_with(dir, path, config).await
+}
+
+async fn start_with(dir: tempfile::TempDir, path: PathBuf, config: veer::config::Config) -> Veer {
     let running = veer::app::start(config, Some(path.clone()))
         .await
         .expect("veer starts");
