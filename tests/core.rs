@@ -736,6 +736,25 @@ async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_set() {
     // Without a prior X-Forwarded-For, it is just the client.
     let seen = echoed(&got.body);
     assert_eq!(echoed_get(&seen, "x-forwarded-for"), ["127.0.0.1"]);
+
+    // A request with a body goes another way upstream (not the body-less fast path): the
+    // same forwarding headers, each once.
+    let req = "POST /echo HTTP/1.1\r\n\
+               Host: shop.example.com\r\n\
+               X-Forwarded-For: 10.0.0.9\r\n\
+               X-Forwarded-Host: spoofed.example\r\n\
+               Content-Length: 5\r\n\
+               Connection: close\r\n\
+               \r\nhello";
+    let raw_resp = raw(veer.addr, req.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&raw_resp), 200, "{raw_resp}");
+    let seen = echoed(raw_resp.split_once("\r\n\r\n").unwrap().1);
+    assert_eq!(
+        echoed_get(&seen, "x-forwarded-for"),
+        ["10.0.0.9, 127.0.0.1"]
+    );
+    assert_eq!(echoed_get(&seen, "x-forwarded-proto"), ["http"]);
+    assert_eq!(echoed_get(&seen, "x-forwarded-host"), ["shop.example.com"]);
     veer.shutdown().await;
 }
 

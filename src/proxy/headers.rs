@@ -127,37 +127,74 @@ pub fn client_ip_value(client: IpAddr) -> HeaderValue {
     HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Append the client (see [`client_ip_value`]) to `X-Forwarded-For`; set
-/// `X-Forwarded-Proto` and `X-Forwarded-Host`.
-pub fn add_forwarded(
-    h: &mut HeaderMap,
-    client: &HeaderValue,
-    scheme: &'static str,
-    host: Option<&HeaderValue>,
-) {
-    if h.contains_key(&XFF) {
-        // One string, one allocation: prior hops (all X-Forwarded-For lines, in order), then us.
-        let mut xff = String::with_capacity(48);
-        for v in h.get_all(&XFF) {
-            if let Ok(s) = v.to_str() {
-                let s = s.trim();
-                if !s.is_empty() {
-                    xff.push_str(s);
-                    xff.push_str(", ");
+/// veer's `X-Forwarded-*` lines for one request: computed once, then written straight into
+/// the upstream head by the fast path, or put into each attempt's own headers otherwise.
+pub struct Forwarded {
+    lines: [(&'static HeaderName, HeaderValue); 3],
+    len: usize,
+}
+
+impl Forwarded {
+    /// Take the request's own `X-Forwarded-*` out of `h` and make the lines that replace
+    /// them: `X-Forwarded-For` with the client (see [`client_ip_value`]) appended to prior
+    /// hops, `X-Forwarded-Proto`, and `X-Forwarded-Host` when there is a host (else a prior
+    /// one stays as it was).
+    pub fn take(
+        h: &mut HeaderMap,
+        client: &HeaderValue,
+        scheme: &'static str,
+        host: Option<&HeaderValue>,
+    ) -> Self {
+        // One scan of the names (no hashing) says whether there are prior hops at all:
+        // most requests come straight from a client.
+        let prior = h.keys().any(|k| k.as_str().starts_with("x-forwarded-"));
+        let xff = if prior && h.contains_key(&XFF) {
+            // One string, one allocation: prior hops (all lines, in order), then us.
+            let mut xff = String::with_capacity(48);
+            for v in h.get_all(&XFF) {
+                if let Ok(s) = v.to_str() {
+                    let s = s.trim();
+                    if !s.is_empty() {
+                        xff.push_str(s);
+                        xff.push_str(", ");
+                    }
                 }
             }
+            xff.push_str(client.to_str().unwrap_or_default());
+            HeaderValue::try_from(xff).unwrap_or_else(|_| client.clone())
+        } else {
+            // No prior hops: the connection's own value, shared, not copied.
+            client.clone()
+        };
+        if prior {
+            h.remove(&XFF);
+            h.remove(&XFP);
+            if host.is_some() {
+                h.remove(&XFH);
+            }
         }
-        xff.push_str(client.to_str().unwrap_or_default());
-        if let Ok(v) = HeaderValue::try_from(xff) {
-            h.insert(XFF.clone(), v);
+        let proto = HeaderValue::from_static(scheme);
+        match host {
+            Some(host) => Forwarded {
+                lines: [(&XFF, xff), (&XFP, proto), (&XFH, host.clone())],
+                len: 3,
+            },
+            None => Forwarded {
+                lines: [(&XFF, xff), (&XFP, proto.clone()), (&XFH, proto)],
+                len: 2,
+            },
         }
-    } else {
-        // No prior hops: the connection's own value, shared, not copied.
-        h.insert(XFF.clone(), client.clone());
     }
-    h.insert(XFP.clone(), HeaderValue::from_static(scheme));
-    if let Some(host) = host {
-        h.insert(XFH.clone(), host.clone());
+
+    pub fn lines(&self) -> &[(&'static HeaderName, HeaderValue)] {
+        &self.lines[..self.len]
+    }
+
+    /// Put the lines into `h` (a request that does not take the fast path).
+    pub fn apply(&self, h: &mut HeaderMap) {
+        for (k, v) in self.lines() {
+            h.insert(*k, v.clone());
+        }
     }
 }
 
@@ -234,15 +271,18 @@ mod tests {
     #[test]
     fn forwarded_for_without_prior_hops() {
         let mut h = HeaderMap::new();
-        add_forwarded(
+        h.insert("x-forwarded-host", "kept.example".parse().unwrap());
+        Forwarded::take(
             &mut h,
             &client_ip_value("2001:db8::1".parse().unwrap()),
             "http",
             None,
-        );
+        )
+        .apply(&mut h);
         assert_eq!(h["x-forwarded-for"], "2001:db8::1");
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert!(!h.contains_key("x-forwarded-host"));
+        // Without a host of its own, veer leaves a prior hop's X-Forwarded-Host alone.
+        assert_eq!(h["x-forwarded-host"], "kept.example");
         let v = client_ip_value(
             "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
                 .parse()
@@ -257,12 +297,33 @@ mod tests {
         h.append("x-forwarded-for", "10.0.0.1".parse().unwrap());
         h.append("x-forwarded-for", "10.0.0.2, 10.0.0.3".parse().unwrap());
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        add_forwarded(
+        h.insert("x-forwarded-proto", "http".parse().unwrap());
+        h.insert("x-forwarded-host", "old.example".parse().unwrap());
+        let fwd = Forwarded::take(
             &mut h,
             &client_ip_value(mapped),
             "https",
             Some(&HeaderValue::from_static("a.example")),
         );
+        // Taken out of the request: the fast path writes the lines after its headers.
+        assert!(h.is_empty(), "{h:?}");
+        let lines: Vec<_> = fwd
+            .lines()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (
+                    "x-forwarded-for",
+                    "10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7".parse().unwrap()
+                ),
+                ("x-forwarded-proto", HeaderValue::from_static("https")),
+                ("x-forwarded-host", HeaderValue::from_static("a.example")),
+            ]
+        );
+        fwd.apply(&mut h);
         assert_eq!(
             h["x-forwarded-for"],
             "10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7"

@@ -14,8 +14,10 @@ use crate::runtime::{Runtime, Snapshot};
 use crate::upstream::client::{
     BodySlot, Checkin, GrpcVerdict, UpBody, UpstreamBody, UpstreamError,
 };
+use crate::upstream::inline::Head;
 use crate::upstream::{Backend, Lease};
 use body::ProxyBody;
+use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -294,12 +296,14 @@ async fn forward(
     }
     // veer answers 100-continue itself when it starts reading the body.
     parts.headers.remove(header::EXPECT);
-    if parts.headers.get(header::HOST).is_none() {
+    let mut has_host = parts.headers.contains_key(header::HOST);
+    if !has_host {
         if let Some(h) = &host_value {
             parts.headers.insert(header::HOST, h.clone());
+            has_host = true;
         }
     }
-    headers::add_forwarded(
+    let fwd = headers::Forwarded::take(
         &mut parts.headers,
         &conn.client_ip,
         conn.scheme,
@@ -312,6 +316,9 @@ async fn forward(
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let slot = BodySlot::new(body);
+    // A body-less plain request goes to an HTTP/1.1 pool by the fast path, written from
+    // `parts` as they are: no request built, no headers cloned for a retry.
+    let plain = slot.is_none() && !upgrade && parts.method != Method::CONNECT;
     route.state.deposit(retry.budget_percent);
     let timeout = snap.config.server.request_timeout;
     let body_timeout = snap.config.server.body_timeout;
@@ -366,55 +373,69 @@ async fn forward(
             n_tried += 1;
         }
         let client = backend.client_guard();
-        let uri = if client.http2 {
-            // HTTP/2 has no Host header: the downstream host travels as :authority, as Host
-            // does over HTTP/1.1 (the connector dials the backend whatever the URI names).
-            let authority = host_value
-                .as_ref()
-                .and_then(|h| {
-                    h2_authority
-                        .get_or_insert_with(|| {
-                            h.to_str()
-                                .ok()
-                                .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                        })
-                        .clone()
-                })
-                .unwrap_or_else(|| client.authority.clone());
-            // Built from parts: nothing is parsed again.
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(match client.scheme {
-                "https" => http::uri::Scheme::HTTPS,
-                _ => http::uri::Scheme::HTTP,
-            });
-            uri.authority = Some(authority);
-            uri.path_and_query = Some(path_and_query.clone());
-            let Ok(uri) = Uri::from_parts(uri) else {
-                return (Failure::BadRequest.response(), None);
-            };
-            uri
-        } else {
-            // HTTP/1.1 sends origin-form (`/path?query`) as it is.
-            Uri::from(path_and_query.clone())
-        };
-        let mut up = Request::new(UpBody::from_slot(&slot));
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
-        // The last possible attempt needs no copy kept for a retry.
-        *up.headers_mut() = if attempt == retry.attempts {
-            std::mem::take(&mut parts.headers)
-        } else {
-            parts.headers.clone()
-        };
-        if client.http2 {
-            *up.version_mut() = Version::HTTP_2;
-            up.headers_mut().remove(header::HOST);
-        } else {
-            *up.version_mut() = Version::HTTP_11;
-        }
         let started = Instant::now();
-        // The request future owns what it needs: the client guard is not held across an await.
-        let request = client.send(up);
+        // The request future owns or borrows what it needs: the client guard is not held
+        // across an await.
+        let request = if plain && !client.http2 {
+            Either::Left(client.send_head(Head {
+                method: &parts.method,
+                target: path_and_query.as_str(),
+                headers: &parts.headers,
+                has_host,
+                extra: fwd.lines(),
+            }))
+        } else {
+            let uri = if client.http2 {
+                // HTTP/2 has no Host header: the downstream host travels as :authority, as
+                // Host does over HTTP/1.1 (the connector dials the backend whatever the URI
+                // names).
+                let authority = host_value
+                    .as_ref()
+                    .and_then(|h| {
+                        h2_authority
+                            .get_or_insert_with(|| {
+                                h.to_str()
+                                    .ok()
+                                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                            })
+                            .clone()
+                    })
+                    .unwrap_or_else(|| client.authority.clone());
+                // Built from parts: nothing is parsed again.
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(match client.scheme {
+                    "https" => http::uri::Scheme::HTTPS,
+                    _ => http::uri::Scheme::HTTP,
+                });
+                uri.authority = Some(authority);
+                uri.path_and_query = Some(path_and_query.clone());
+                let Ok(uri) = Uri::from_parts(uri) else {
+                    return (Failure::BadRequest.response(), None);
+                };
+                uri
+            } else {
+                // HTTP/1.1 sends origin-form (`/path?query`) as it is.
+                Uri::from(path_and_query.clone())
+            };
+            let mut up = Request::new(UpBody::from_slot(&slot));
+            *up.method_mut() = parts.method.clone();
+            *up.uri_mut() = uri;
+            // The last possible attempt needs no copy kept for a retry.
+            let mut headers = if attempt == retry.attempts {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+            fwd.apply(&mut headers);
+            if client.http2 {
+                *up.version_mut() = Version::HTTP_2;
+                headers.remove(header::HOST);
+            } else {
+                *up.version_mut() = Version::HTTP_11;
+            }
+            *up.headers_mut() = headers;
+            Either::Right(client.send(up))
+        };
         drop(client);
         // A drain that reaches its timeout cuts the backend's connections: the request then
         // fails like any broken exchange (see `CutSet`), with no per-request watcher.

@@ -281,6 +281,17 @@ impl UpstreamClient {
         self.conns.clone().send(req)
     }
 
+    /// Send a body-less HTTP/1.1 request from a borrowed head: the fast path without a request
+    /// built for it (see [`super::inline::Head`]). Only for HTTP/1.1 pools.
+    pub fn send_head<'a>(
+        &self,
+        head: super::inline::Head<'a>,
+    ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, Checkin), UpstreamError>> + Send + 'a
+    {
+        debug_assert!(!self.http2);
+        self.conns.clone().send_head(head)
+    }
+
     /// Check that a pool's client can be built (TLS material readable) and warn when its
     /// backends' certificates go unverified. Called once per pool at every config load.
     pub fn check(pool: &PoolConfig, base: Option<&std::path::Path>) -> Result<(), ClientError> {

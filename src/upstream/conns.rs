@@ -218,10 +218,19 @@ impl Conns {
         self: Arc<Self>,
         req: Request<UpBody>,
     ) -> Result<(Response<UpstreamBody>, Checkin), UpstreamError> {
+        self.send_head(inline::Head::of(&req)).await
+    }
+
+    /// The fast path with a borrowed head (see [`inline::Head`]); the caller makes sure the
+    /// request has no body and is no upgrade or CONNECT, and that this is an HTTP/1.1 pool.
+    pub async fn send_head(
+        self: Arc<Self>,
+        head: inline::Head<'_>,
+    ) -> Result<(Response<UpstreamBody>, Checkin), UpstreamError> {
         // A connection that closed before answering anything is tried again elsewhere only
         // when sending the request twice is harmless.
         let idempotent = matches!(
-            *req.method(),
+            *head.method,
             Method::GET
                 | Method::HEAD
                 | Method::OPTIONS
@@ -234,12 +243,17 @@ impl Conns {
                 Some(c) => (c, true),
                 None => (self.connect_inline().await?, false),
             };
-            match inline::exchange(&self, conn, &req).await {
+            match inline::exchange(&self, conn, &head).await {
                 Ok(resp) => return Ok((resp, Checkin::default())),
                 Err(inline::Failed::BeforeResponse(_)) if reused && idempotent => continue,
                 Err(inline::Failed::BeforeResponse(e) | inline::Failed::Other(e)) => return Err(e),
             }
         }
+    }
+
+    /// The authority for a `Host` header when a request has none.
+    pub(crate) fn authority(&self) -> &http::uri::Authority {
+        &self.authority
     }
 
     fn check_out_inline(&self) -> Option<InlineConn> {
