@@ -63,9 +63,20 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
+    // Dead clients are found by TCP keepalive, the kernel's work with no timer of ours per
+    // connection (HTTP/2 pings would cost every request a lock and a clock read). Accepted
+    // sockets inherit it from the listener.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(CLIENT_KEEPALIVE_IDLE)
+        .with_interval(Duration::from_secs(10));
+    socket2::SockRef::from(&socket).set_tcp_keepalive(&keepalive)?;
     socket.bind(addr)?;
     socket.listen(4096)
 }
+
+/// How long a client connection is silent before the kernel probes it (then every 10 s;
+/// the kernel's probe count, 9 by default, decides when it gives up).
+const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
 /// Accept connections until `stop` is cancelled.
 pub async fn accept_loop(
@@ -375,7 +386,8 @@ pub async fn serve_connection<I>(
         .timer(TokioTimer::new())
         .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
         .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        // No HTTP/2 pings: see `bind` for how dead clients are found.
+        .keep_alive_interval(None);
     let io = Watched {
         io,
         activity: activity.clone(),
@@ -508,5 +520,22 @@ where
                 Poll::Pending
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_tcp_keepalive() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let s = socket2::SockRef::from(&accepted);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), CLIENT_KEEPALIVE_IDLE);
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(10));
     }
 }
