@@ -1,5 +1,6 @@
-//! The response body veer sends downstream: an upstream body streamed through (holding the
-//! backend lease until it ends), or a small body veer made itself.
+//! Bodies on the client side: the request body a client sends (hyper's, or the h2 crate's
+//! for HTTP/2 served without hyper), and the response body veer sends back: an upstream body
+//! streamed through (holding the backend lease until it ends), or a small body veer made.
 
 use crate::upstream::client::Checkin;
 use crate::upstream::client::UpstreamBody;
@@ -13,6 +14,85 @@ use std::time::Duration;
 
 /// Errors while streaming a response body.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A client's request body.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// HTTP/1.1 and h2c, served by hyper.
+    Hyper(hyper::body::Incoming),
+    /// HTTP/2 over TLS, served on the h2 crate directly (see `server::h2`).
+    H2 {
+        recv: h2::RecvStream,
+        /// The request's Content-Length, if it gave one (h2 checks the data against it).
+        length: Option<u64>,
+        data_done: bool,
+    },
+}
+
+impl RequestBody {
+    pub fn h2(recv: h2::RecvStream, headers: &http::HeaderMap) -> Self {
+        let length = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse().ok());
+        RequestBody::H2 {
+            recv,
+            length,
+            data_done: false,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::H2 {
+                recv, data_done, ..
+            } => {
+                if !*data_done {
+                    match std::task::ready!(recv.poll_data(cx)) {
+                        Some(Ok(data)) => {
+                            // Taken off the stream: the client may send that much more.
+                            let _ = recv.flow_control().release_capacity(data.len());
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                        None => *data_done = true,
+                    }
+                }
+                match std::task::ready!(recv.poll_trailers(cx)) {
+                    Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                    Ok(None) => Poll::Ready(None),
+                    Err(e) => Poll::Ready(Some(Err(e.into()))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::H2 { recv, .. } => recv.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::H2 {
+                length: Some(n), ..
+            } => SizeHint::with_exact(*n),
+            RequestBody::H2 { .. } => SizeHint::default(),
+        }
+    }
+}
 
 /// A downstream response body.
 #[derive(Debug)]

@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod headers;
+mod http2;
 pub mod server;
 
 use crate::config::{Protocol, Sticky};
@@ -16,11 +17,10 @@ use crate::upstream::client::{
 };
 use crate::upstream::inline::Head;
 use crate::upstream::{Backend, Lease};
-use body::ProxyBody;
+use body::{ProxyBody, RequestBody};
 use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,7 +120,7 @@ fn is_idempotent(m: &Method) -> bool {
 pub async fn handle(
     rt: &Runtime,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Response<ProxyBody> {
     let snap = rt.snapshot();
     // HTTP/2 carries the host in :authority; HTTP/1.1 in Host (required there).
@@ -275,7 +275,7 @@ async fn forward(
     snap: &Snapshot,
     route: &Arc<Route>,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     pool_idx: usize,
     bucket: u32,
     host_value: Option<HeaderValue>,

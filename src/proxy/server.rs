@@ -2,7 +2,7 @@
 //! listeners, HTTP/1.1 and HTTP/2 by ALPN on TLS listeners; slow-client limits; graceful
 //! shutdown (keep-alive clients told to close, HTTP/2 GOAWAY, in-flight requests finish).
 
-use super::body::{BodyError, ProxyBody};
+use super::body::{BodyError, ProxyBody, RequestBody};
 use super::{handle, ConnInfo};
 use crate::config::ServerConfig;
 use crate::runtime::Runtime;
@@ -134,7 +134,11 @@ async fn serve_stream(
             {
                 Ok(Ok(tls)) => {
                     let info = ConnInfo::new(peer, "https");
-                    serve_connection(rt, tls, info, &settings, closing).await
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        serve_h2(rt, tls, info, &settings, closing).await
+                    } else {
+                        serve_connection(rt, tls, info, &settings, closing).await
+                    }
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -145,7 +149,7 @@ async fn serve_stream(
 
 /// What one connection is doing, for its timeouts: the request path and the IO wrapper
 /// update it with atomics; the connection's own loop turns it into a deadline.
-struct Activity {
+pub(super) struct Activity {
     /// Requests being handled, counted until their response body has been sent.
     active: AtomicU32,
     /// Milliseconds since `start` of the last request end (or the start).
@@ -204,10 +208,10 @@ enum Expiry {
 
 /// Counts a request as active from the moment hyper hands it over until its response body
 /// has been sent (or dropped).
-struct ActiveGuard(Arc<Activity>);
+pub(super) struct ActiveGuard(Arc<Activity>);
 
 impl ActiveGuard {
-    fn new(a: &Arc<Activity>) -> Self {
+    pub(super) fn new(a: &Arc<Activity>) -> Self {
         a.head_since.store(0, Ordering::Release);
         a.active.fetch_add(1, Ordering::AcqRel);
         ActiveGuard(a.clone())
@@ -363,7 +367,7 @@ pub async fn serve_connection<I>(
         let fut: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> =
             Box::pin(async move {
                 let (rt, info) = &*ctx;
-                let resp = handle(rt, info, req).await;
+                let resp = handle(rt, info, req.map(RequestBody::Hyper)).await;
                 Ok::<_, Infallible>(resp.map(|inner| Tracked {
                     inner,
                     _guard: guard,
@@ -400,6 +404,75 @@ pub async fn serve_connection<I>(
         exec: streams,
         running: FuturesUnordered::new(),
     });
+    run(
+        conn.as_mut(),
+        |c| {
+            if let Some(c) = c.conn() {
+                c.graceful_shutdown();
+            }
+        },
+        &activity,
+        settings,
+        &closing,
+        peer,
+    )
+    .await;
+    drop(conn);
+    // An upgraded connection lives on as a tunnel: it still counts against max_connections
+    // and graceful shutdown waits for it (the tunnel is cut at drain timeout).
+    while activity.io_open.load(Ordering::Acquire) {
+        activity.changed.notified().await;
+    }
+}
+
+/// An HTTP/2 connection over TLS (ALPN h2), served without hyper (see [`super::http2`]).
+async fn serve_h2<I>(
+    rt: Arc<Runtime>,
+    io: I,
+    info: ConnInfo,
+    settings: &ServerConfig,
+    closing: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let peer = info.peer;
+    let io = Watched {
+        io,
+        activity: activity.clone(),
+        preface: 0,
+    };
+    let ctx = Arc::new((rt, info));
+    let mut conn = std::pin::pin!(super::http2::H2Conn::new(
+        io,
+        settings,
+        ctx,
+        activity.clone()
+    ));
+    run(
+        conn.as_mut(),
+        |c| c.get_mut().graceful_shutdown(),
+        &activity,
+        settings,
+        &closing,
+        peer,
+    )
+    .await;
+}
+
+/// Run a connection until it ends, is idle too long, is too slow sending a request head, or
+/// shutdown asks it to close (`shutdown` then tells it to finish what is in flight).
+async fn run<C, E>(
+    mut conn: Pin<&mut C>,
+    shutdown: impl Fn(Pin<&mut C>),
+    activity: &Activity,
+    settings: &ServerConfig,
+    closing: &CancellationToken,
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let (header_read, idle) = (settings.header_read_timeout, settings.idle_timeout);
     // The loop is never woken per request (that would cost a timer re-arm each time): it
     // looks again at least every `check`, which is soon enough to arm each deadline exactly,
@@ -420,13 +493,11 @@ pub async fn serve_connection<I>(
                 if let Err(e) = res {
                     tracing::debug!(%peer, error = %e, "connection ended with error");
                 }
-                break;
+                return;
             }
             _ = closing.cancelled(), if !shutting => {
                 shutting = true;
-                if let Some(c) = conn.as_mut().conn() {
-                    c.graceful_shutdown();
-                }
+                shutdown(conn.as_mut());
             }
             _ = timer.as_mut() => {
                 // Re-read: a request may have started since the deadline was computed.
@@ -438,20 +509,12 @@ pub async fn serve_connection<I>(
                     }
                     Some((at, Expiry::Idle)) if at <= Instant::now() && !shutting => {
                         shutting = true;
-                        if let Some(c) = conn.as_mut().conn() {
-                            c.graceful_shutdown();
-                        }
+                        shutdown(conn.as_mut());
                     }
                     _ => {}
                 }
             }
         }
-    }
-    drop(conn);
-    // An upgraded connection lives on as a tunnel: it still counts against max_connections
-    // and graceful shutdown waits for it (the tunnel is cut at drain timeout).
-    while activity.io_open.load(Ordering::Acquire) {
-        activity.changed.notified().await;
     }
 }
 

@@ -9,13 +9,13 @@
 
 use super::conns::Conns;
 use crate::config::{PoolConfig, Protocol};
+use crate::proxy::body::{BodyError, RequestBody};
 use crate::upstream::Backend;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::HeaderMap;
 use http::Uri;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper_rustls::FixedServerNameResolver;
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::future::Future;
@@ -351,7 +351,7 @@ pub fn grpc_ok(trailers: &HeaderMap) -> bool {
 /// that polls it takes it; if no attempt polled it, a retry can still send it.
 #[derive(Debug)]
 pub struct BodySlot {
-    slot: ArrayQueue<Incoming>,
+    slot: ArrayQueue<RequestBody>,
     hint: SizeHint,
     /// Progress of the upload, so request_timeout can start when the body has been sent
     /// and a stalled client can be told from a slow backend.
@@ -363,7 +363,7 @@ pub struct BodySlot {
 
 impl BodySlot {
     /// `None` for a request without a body (nothing to keep).
-    pub fn new(body: Incoming) -> Option<Arc<Self>> {
+    pub fn new(body: RequestBody) -> Option<Arc<Self>> {
         if body.is_end_stream() {
             return None;
         }
@@ -420,7 +420,7 @@ impl BodySlot {
 #[derive(Debug, Default)]
 pub struct UpBody {
     slot: Option<Arc<BodySlot>>,
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
 }
 
 impl UpBody {
@@ -438,12 +438,12 @@ impl UpBody {
 
 impl Body for UpBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         if this.body.is_none() {
             match this.slot.as_ref().and_then(|s| s.slot.pop()) {
