@@ -16,8 +16,8 @@ use futures_util::StreamExt;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body::Body;
-use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -109,9 +109,7 @@ where
                 State::Serving(c) => match c.poll_accept(cx) {
                     Poll::Ready(Some(Ok((req, respond)))) => {
                         let guard = ActiveGuard::new(&me.activity);
-                        let ctx = me.ctx.clone();
-                        me.running
-                            .push(Box::pin(serve_request(ctx, guard, req, respond)));
+                        me.running.push(serve_request(&me.ctx, guard, req, respond));
                     }
                     Poll::Ready(Some(Err(e))) => me.state = State::Ended(Some(Err(e))),
                     Poll::Ready(None) => me.state = State::Ended(Some(Ok(()))),
@@ -130,116 +128,176 @@ where
     }
 }
 
-/// Handle one request and send its response. A client that resets the stream (or closes the
-/// connection) before the answer cancels the request, as with hyper.
-async fn serve_request(
-    ctx: Arc<(Arc<Runtime>, ConnInfo)>,
-    _guard: ActiveGuard,
+pin_project_lite::pin_project! {
+    /// One request: handled, then its response sent. A client that resets the stream (or
+    /// closes the connection) before the answer cancels the request, as with hyper. A named
+    /// state machine rather than an async block: it holds the request's future once, not
+    /// beside copies of what went into it, so the box each request lives in stays small.
+    struct Serve<F> {
+        #[pin]
+        handling: F,
+        respond: Option<h2::server::SendResponse<Bytes>>,
+        pipe: Option<Pipe>,
+        _guard: ActiveGuard,
+    }
+}
+
+fn serve_request(
+    ctx: &Arc<(Arc<Runtime>, ConnInfo)>,
+    guard: ActiveGuard,
     req: Request<h2::RecvStream>,
-    mut respond: h2::server::SendResponse<Bytes>,
-) {
-    let (rt, info) = &*ctx;
+    respond: h2::server::SendResponse<Bytes>,
+) -> StreamFuture {
     let (parts, recv) = req.into_parts();
     let body = RequestBody::h2(recv, &parts.headers);
-    let mut handling = pin!(handle(rt, info, Request::from_parts(parts, body)));
-    let resp = poll_fn(|cx| match handling.as_mut().poll(cx) {
-        Poll::Ready(r) => Poll::Ready(Some(r)),
-        Poll::Pending => match respond.poll_reset(cx) {
-            Poll::Ready(_) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        },
+    Box::pin(Serve {
+        handling: handle(ctx.clone(), Request::from_parts(parts, body)),
+        respond: Some(respond),
+        pipe: None,
+        _guard: guard,
     })
-    .await;
-    let Some(resp) = resp else {
-        return;
-    };
-    let (mut parts, body) = resp.into_parts();
-    let end = body.is_end_stream();
-    // veer's own answers say how long they are; relayed ones carry the backend's framing.
-    if let (ProxyBody::Full(_), false) = (&body, end) {
-        if let Some(n) = body.size_hint().exact() {
-            parts
-                .headers
-                .entry(header::CONTENT_LENGTH)
-                .or_insert_with(|| HeaderValue::from(n));
-        }
-    }
-    // Hop-by-hop headers are gone already (`relay`); h2 refuses a head that has any.
-    let send = match respond.send_response(Response::from_parts(parts, ()), end) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(error = %e, "response head not sent");
-            return;
-        }
-    };
-    if !end {
-        pipe(body, send).await;
-    }
 }
 
-/// Stream a response body to the client: data as it comes, under the client's flow control,
-/// then trailers or the end of the stream. A body that fails resets the stream, so the client
-/// sees an error, never a clean end.
-async fn pipe(body: ProxyBody, mut send: h2::SendStream<Bytes>) {
-    let mut body = pin!(body);
-    let mut first = true;
-    loop {
-        let frame = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
-            Poll::Ready(f) => Poll::Ready(Some(f)),
-            // Waiting on the backend: notice meanwhile a client that gave up.
-            Poll::Pending => match send.poll_reset(cx) {
-                Poll::Ready(_) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
-        })
-        .await;
-        let frame = match frame {
-            None => return, // reset by the client; dropping the body releases the backend
-            Some(None) => {
-                let _ = send.send_data(Bytes::new(), true);
-                return;
-            }
-            Some(Some(Err(e))) => {
-                tracing::debug!(error = %e, "response body failed; resetting the stream");
-                send.send_reset(h2::Reason::INTERNAL_ERROR);
-                return;
-            }
-            Some(Some(Ok(f))) => f,
+impl<F> Future for Serve<F>
+where
+    F: Future<Output = Response<ProxyBody>>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let me = self.project();
+        if let Some(pipe) = me.pipe {
+            return Pin::new(pipe).poll(cx);
+        }
+        let Some(respond) = me.respond else {
+            return Poll::Ready(());
         };
-        match frame.into_data() {
-            Ok(data) => {
-                let eos = body.is_end_stream();
-                let at_once = first && data.len() <= SEND_AT_ONCE;
-                if !at_once && !wait_for_window(&mut send, data.len()).await {
-                    return;
-                }
-                first = false;
-                if send.send_data(data, eos).is_err() || eos {
-                    return;
-                }
+        let resp = match me.handling.poll(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                return match respond.poll_reset(cx) {
+                    // Dropping the request's future (with the Serve) cancels it.
+                    Poll::Ready(_) => {
+                        *me.respond = None;
+                        Poll::Ready(())
+                    }
+                    Poll::Pending => Poll::Pending,
+                };
             }
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    send.reserve_capacity(0);
-                    let _ = send.send_trailers(trailers);
-                } else {
-                    let _ = send.send_data(Bytes::new(), true);
-                }
-                return;
+        };
+        let (mut parts, body) = resp.into_parts();
+        let end = body.is_end_stream();
+        // veer's own answers say how long they are; relayed ones carry the backend's framing.
+        if let (ProxyBody::Full(_), false) = (&body, end) {
+            if let Some(n) = body.size_hint().exact() {
+                parts
+                    .headers
+                    .entry(header::CONTENT_LENGTH)
+                    .or_insert_with(|| HeaderValue::from(n));
             }
         }
+        // Hop-by-hop headers are gone already (`relay`); h2 refuses a head that has any.
+        let sent = respond.send_response(Response::from_parts(parts, ()), end);
+        *me.respond = None; // the request's future is done: never polled again
+        let send = match sent {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "response head not sent");
+                return Poll::Ready(());
+            }
+        };
+        if end {
+            return Poll::Ready(());
+        }
+        let pipe = me.pipe.insert(Pipe {
+            body,
+            send,
+            first: true,
+            waiting: None,
+        });
+        Pin::new(pipe).poll(cx)
     }
 }
 
-/// Wait until the client's window has room for some of the next `len` bytes; false when the
-/// stream or connection is gone.
-async fn wait_for_window(send: &mut h2::SendStream<Bytes>, len: usize) -> bool {
-    send.reserve_capacity(len);
-    while send.capacity() == 0 {
-        match poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(Ok(_)) => {}
-            _ => return false,
+/// A response body on its way to the client: data as it comes, under the client's flow
+/// control, then trailers or the end of the stream. A body that fails resets the stream, so
+/// the client sees an error, never a clean end.
+struct Pipe {
+    body: ProxyBody,
+    send: h2::SendStream<Bytes>,
+    first: bool,
+    /// A chunk waiting for room in the client's window (and whether it ends the body).
+    waiting: Option<(Bytes, bool)>,
+}
+
+impl Future for Pipe {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let me = self.get_mut();
+        loop {
+            if let Some((data, eos)) = me.waiting.take() {
+                while me.send.capacity() == 0 {
+                    match me.send.poll_capacity(cx) {
+                        Poll::Ready(Some(Ok(_))) => {}
+                        Poll::Ready(_) => return Poll::Ready(()), // the stream is gone
+                        Poll::Pending => {
+                            me.waiting = Some((data, eos));
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                if me.send.send_data(data, eos).is_err() || eos {
+                    return Poll::Ready(());
+                }
+            }
+            let frame = match Pin::new(&mut me.body).poll_frame(cx) {
+                Poll::Ready(f) => f,
+                // Waiting on the backend: notice meanwhile a client that gave up (dropping
+                // the body then releases the backend).
+                Poll::Pending => {
+                    return match me.send.poll_reset(cx) {
+                        Poll::Ready(_) => Poll::Ready(()),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            };
+            let frame = match frame {
+                None => {
+                    let _ = me.send.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "response body failed; resetting the stream");
+                    me.send.send_reset(h2::Reason::INTERNAL_ERROR);
+                    return Poll::Ready(());
+                }
+                Some(Ok(f)) => f,
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    let eos = me.body.is_end_stream();
+                    let at_once = me.first && data.len() <= SEND_AT_ONCE;
+                    me.first = false;
+                    if at_once {
+                        if me.send.send_data(data, eos).is_err() || eos {
+                            return Poll::Ready(());
+                        }
+                    } else {
+                        me.send.reserve_capacity(data.len());
+                        me.waiting = Some((data, eos));
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        me.send.reserve_capacity(0);
+                        let _ = me.send.send_trailers(trailers);
+                    } else {
+                        let _ = me.send.send_data(Bytes::new(), true);
+                    }
+                    return Poll::Ready(());
+                }
+            }
         }
     }
-    true
 }

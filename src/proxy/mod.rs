@@ -21,6 +21,7 @@ use body::{ProxyBody, RequestBody};
 use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,12 +117,19 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// Handle one downstream request end to end.
-pub async fn handle(
-    rt: &Runtime,
-    conn: &ConnInfo,
+/// The connection a request came on, shared by its requests.
+pub type ConnCtx = Arc<(Arc<Runtime>, ConnInfo)>;
+
+/// Handle one downstream request end to end. What can be decided at once (the route, the
+/// pool, a malformed request) is, before the future is made; the future owns all it needs,
+/// and is only as large as forwarding needs (it sits in every request in flight, and is
+/// moved into its box once).
+pub fn handle(
+    ctx: ConnCtx,
     mut req: Request<RequestBody>,
-) -> Response<ProxyBody> {
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+    use futures_util::future::{ready, FutureExt};
+    let (rt, conn) = (&ctx.0, &ctx.1);
     let snap = rt.snapshot();
     // HTTP/2 carries the host in :authority; HTTP/1.1 in Host (required there).
     let host_value = req.headers().get(header::HOST).cloned().or_else(|| {
@@ -131,12 +139,14 @@ pub async fn handle(
     });
     let raw_host = match &host_value {
         Some(v) if valid_host(v.as_bytes()) => v.to_str().unwrap_or_default(),
-        Some(_) => return Failure::BadRequest.response(),
-        None if req.version() == Version::HTTP_11 => return Failure::BadRequest.response(),
+        Some(_) => return Either::Left(ready(Failure::BadRequest.response())),
+        None if req.version() == Version::HTTP_11 => {
+            return Either::Left(ready(Failure::BadRequest.response()))
+        }
         None => "",
     };
     if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
-        return Failure::BadRequest.response();
+        return Either::Left(ready(Failure::BadRequest.response()));
     }
     let host = crate::routing::normalize_host(raw_host);
     // Routed and forwarded with dot-segments resolved: what the backend would read.
@@ -148,15 +158,15 @@ pub async fn handle(
         let mut parts = req.uri().clone().into_parts();
         match pq.parse() {
             Ok(pq) => parts.path_and_query = Some(pq),
-            Err(_) => return Failure::BadRequest.response(),
+            Err(_) => return Either::Left(ready(Failure::BadRequest.response())),
         }
         match Uri::from_parts(parts) {
             Ok(u) => *req.uri_mut() = u,
-            Err(_) => return Failure::BadRequest.response(),
+            Err(_) => return Either::Left(ready(Failure::BadRequest.response())),
         }
     }
     let Some(route) = snap.router.find(&host, req.uri().path()).cloned() else {
-        return Failure::NoRoute.response();
+        return Either::Left(ready(Failure::NoRoute.response()));
     };
 
     // Which pool: forced by override, else the user's bucket under today's weights.
@@ -194,19 +204,21 @@ pub async fn handle(
 
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut resp, pending) = forward(
-        rt, &snap, &route, conn, req, pool_idx, bucket, host_value, upgrade,
-    )
-    .await;
-    if let (Some(down), Some(p)) = (down_upgrade, pending) {
-        tunnel(down, p);
-    }
-    if let Some(c) = new_cookie {
-        if let Ok(v) = HeaderValue::from_str(&c) {
-            resp.headers_mut().append(header::SET_COOKIE, v);
+    let (parts, body) = req.into_parts();
+    let forwarding = forward(
+        ctx, snap, route, parts, body, pool_idx, bucket, host_value, upgrade,
+    );
+    Either::Right(forwarding.map(move |(mut resp, pending)| {
+        if let (Some(down), Some(p)) = (down_upgrade, pending) {
+            tunnel(down, p);
         }
-    }
-    resp
+        if let Some(c) = new_cookie {
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+        }
+        resp
+    }))
 }
 
 /// A Host is a name or an IP literal with an optional port: anything else (spaces, `/`, `@`,
@@ -271,17 +283,17 @@ const MAX_TRIED: usize = 10;
 
 #[allow(clippy::too_many_arguments)]
 async fn forward(
-    rt: &Runtime,
-    snap: &Snapshot,
-    route: &Arc<Route>,
-    conn: &ConnInfo,
-    req: Request<RequestBody>,
+    ctx: ConnCtx,
+    snap: Arc<Snapshot>,
+    route: Arc<Route>,
+    mut parts: http::request::Parts,
+    body: RequestBody,
     pool_idx: usize,
     bucket: u32,
     host_value: Option<HeaderValue>,
     upgrade: bool,
 ) -> (Response<ProxyBody>, Option<PendingTunnel>) {
-    let (mut parts, body) = req.into_parts();
+    let (rt, conn, snap, route) = (&*ctx.0, &ctx.1, &*snap, &route);
     let retry = &route.config.retry;
     let idempotent = is_idempotent(&parts.method);
     let had_te = parts.headers.contains_key(header::TRANSFER_ENCODING);

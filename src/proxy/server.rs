@@ -359,20 +359,19 @@ pub async fn serve_connection<I>(
     let peer = info.peer;
     // One shared context: one reference count per request, not one per field.
     let ctx = Arc::new((rt, info));
-    let service = service_fn(move |req| {
-        let ctx = ctx.clone();
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        use futures_util::FutureExt;
         let guard = ActiveGuard::new(&act);
-        // Boxed: the request's future is a few KiB, and hyper and the executor move what the
-        // service returns several times; a box is one copy.
+        // What can be decided at once is, here; the future is boxed once (it is a few KiB,
+        // and hyper and the executor would move it several times).
+        let handling = handle(ctx.clone(), req.map(RequestBody::Hyper));
         let fut: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> =
-            Box::pin(async move {
-                let (rt, info) = &*ctx;
-                let resp = handle(rt, info, req.map(RequestBody::Hyper)).await;
+            Box::pin(handling.map(move |resp| {
                 Ok::<_, Infallible>(resp.map(|inner| Tracked {
                     inner,
                     _guard: guard,
                 }))
-            });
+            }));
         fut
     });
     let streams = StreamExec::default();
