@@ -281,8 +281,10 @@ fn pick_live(
 /// The most backends one request tries (validation caps `retry.attempts` at 10).
 const MAX_TRIED: usize = 10;
 
-#[allow(clippy::too_many_arguments)]
-async fn forward(
+/// Not an `async fn`: its arguments would each be kept twice in the future (as arguments and
+/// as the locals they move into); an `async move` block uses what it captures in place.
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+fn forward(
     ctx: ConnCtx,
     snap: Arc<Snapshot>,
     route: Arc<Route>,
@@ -292,241 +294,245 @@ async fn forward(
     bucket: u32,
     host_value: Option<HeaderValue>,
     upgrade: bool,
-) -> (Response<ProxyBody>, Option<PendingTunnel>) {
-    let (rt, conn, snap, route) = (&*ctx.0, &ctx.1, &*snap, &route);
-    let retry = &route.config.retry;
-    let idempotent = is_idempotent(&parts.method);
-    let had_te = parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let h2_upstream = route
-        .pools
-        .iter()
-        .any(|p| p.config.protocol != Protocol::H1);
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade, h2_upstream);
-    if had_te {
-        // Never forward both framings: the body is re-framed by the upstream client.
-        parts.headers.remove(header::CONTENT_LENGTH);
-    }
-    // veer answers 100-continue itself when it starts reading the body.
-    parts.headers.remove(header::EXPECT);
-    let mut has_host = parts.headers.contains_key(header::HOST);
-    if !has_host {
-        if let Some(h) = &host_value {
-            parts.headers.insert(header::HOST, h.clone());
-            has_host = true;
+) -> impl Future<Output = (Response<ProxyBody>, Option<PendingTunnel>)> + Send {
+    async move {
+        let (rt, conn, snap, route) = (&*ctx.0, &ctx.1, &*snap, &route);
+        let retry = &route.config.retry;
+        let idempotent = is_idempotent(&parts.method);
+        let had_te = parts.headers.contains_key(header::TRANSFER_ENCODING);
+        let h2_upstream = route
+            .pools
+            .iter()
+            .any(|p| p.config.protocol != Protocol::H1);
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade, h2_upstream);
+        if had_te {
+            // Never forward both framings: the body is re-framed by the upstream client.
+            parts.headers.remove(header::CONTENT_LENGTH);
         }
-    }
-    let fwd = headers::Forwarded::take(
-        &mut parts.headers,
-        &conn.client_ip,
-        conn.scheme,
-        host_value.as_ref(),
-    );
-    // Shared bytes: cloning it per attempt copies nothing.
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let slot = BodySlot::new(body);
-    // A body-less plain request goes to an HTTP/1.1 pool by the fast path, written from
-    // `parts` as they are: no request built, no headers cloned for a retry.
-    let plain = slot.is_none() && !upgrade && parts.method != Method::CONNECT;
-    route.state.deposit(retry.budget_percent);
-    let timeout = snap.config.server.request_timeout;
-    let body_timeout = snap.config.server.body_timeout;
+        // veer answers 100-continue itself when it starts reading the body.
+        parts.headers.remove(header::EXPECT);
+        let mut has_host = parts.headers.contains_key(header::HOST);
+        if !has_host {
+            if let Some(h) = &host_value {
+                parts.headers.insert(header::HOST, h.clone());
+                has_host = true;
+            }
+        }
+        let fwd = headers::Forwarded::take(
+            &mut parts.headers,
+            &conn.client_ip,
+            conn.scheme,
+            host_value.as_ref(),
+        );
+        // Shared bytes: cloning it per attempt copies nothing.
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let slot = BodySlot::new(body);
+        // A body-less plain request goes to an HTTP/1.1 pool by the fast path, written from
+        // `parts` as they are: no request built, no headers cloned for a retry.
+        let plain = slot.is_none() && !upgrade && parts.method != Method::CONNECT;
+        route.state.deposit(retry.budget_percent);
+        let timeout = snap.config.server.request_timeout;
+        let body_timeout = snap.config.server.body_timeout;
 
-    // Backends already tried, so a retry goes elsewhere. Validation caps attempts at 10; a
-    // fixed array keeps this off the heap.
-    let mut tried = [0usize; MAX_TRIED];
-    let mut n_tried = 0;
-    // The downstream host as an HTTP/2 :authority, parsed on first need.
-    let mut h2_authority: Option<Option<http::uri::Authority>> = None;
-    let mut last_failure = Failure::NoBackend;
-    let mut last_pool = pool_idx;
-    // A retryable upstream answer (502/503/504) is kept until a retry is really sent, so when
-    // none can be (no budget, no other backend) the client gets that answer, not veer's own.
-    // Boxed: it lives in every request's future but is only ever filled on the retry path.
-    let mut held: Option<Box<(Response<UpstreamBody>, Checkin, Lease)>> = None;
-    for attempt in 1..=retry.attempts {
-        if attempt > 1 {
-            // Retries are paid for from the route's budget, so a failing pool cannot double
-            // its own load.
-            if !route.state.withdraw() {
-                break;
-            }
-            let base = retry.backoff.as_secs_f64() * 2f64.powi(attempt as i32 - 2);
-            let jittered = base * (0.5 + rand::random::<f64>() * 0.5);
-            if jittered > 0.0 {
-                tokio::time::sleep(Duration::from_secs_f64(jittered)).await;
-            }
-        }
-        let picked = pick(route, pool_idx, bucket, &tried[..n_tried]).or_else(|| {
-            if attempt == 1 {
-                pick_live(rt, snap, route, pool_idx, bucket)
-            } else {
-                None
-            }
-        });
-        let Some((pidx, mut lease)) = picked else {
+        // Backends already tried, so a retry goes elsewhere. Validation caps attempts at 10; a
+        // fixed array keeps this off the heap.
+        let mut tried = [0usize; MAX_TRIED];
+        let mut n_tried = 0;
+        // The downstream host as an HTTP/2 :authority, parsed on first need.
+        let mut h2_authority: Option<Option<http::uri::Authority>> = None;
+        let mut last_failure = Failure::NoBackend;
+        let mut last_pool = pool_idx;
+        // A retryable upstream answer (502/503/504) is kept until a retry is really sent, so when
+        // none can be (no budget, no other backend) the client gets that answer, not veer's own.
+        // Boxed: it lives in every request's future but is only ever filled on the retry path.
+        let mut held: Option<Box<(Response<UpstreamBody>, Checkin, Lease)>> = None;
+        for attempt in 1..=retry.attempts {
             if attempt > 1 {
-                route.state.refund();
+                // Retries are paid for from the route's budget, so a failing pool cannot double
+                // its own load.
+                if !route.state.withdraw() {
+                    break;
+                }
+                let base = retry.backoff.as_secs_f64() * 2f64.powi(attempt as i32 - 2);
+                let jittered = base * (0.5 + rand::random::<f64>() * 0.5);
+                if jittered > 0.0 {
+                    tokio::time::sleep(Duration::from_secs_f64(jittered)).await;
+                }
             }
-            break;
-        };
-        if attempt > 1 {
-            route.metrics.retries.inc();
-        }
-        held = None;
-        last_pool = pidx;
-        let backend = lease.backend.clone();
-        let backend_slot = lease.slot;
-        if let Some(t) = tried.get_mut(n_tried) {
-            *t = crate::upstream::pool::backend_key(&backend);
-            n_tried += 1;
-        }
-        let client = backend.client_guard();
-        let started = Instant::now();
-        // The request future owns or borrows what it needs: the client guard is not held
-        // across an await.
-        let request = if plain && !client.http2 {
-            Either::Left(client.send_head(Head {
-                method: &parts.method,
-                target: path_and_query.as_str(),
-                headers: &parts.headers,
-                has_host,
-                extra: fwd.lines(),
-            }))
-        } else {
-            let uri = if client.http2 {
-                // HTTP/2 has no Host header: the downstream host travels as :authority, as
-                // Host does over HTTP/1.1 (the connector dials the backend whatever the URI
-                // names).
-                let authority = host_value
-                    .as_ref()
-                    .and_then(|h| {
-                        h2_authority
-                            .get_or_insert_with(|| {
-                                h.to_str()
-                                    .ok()
-                                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                            })
-                            .clone()
-                    })
-                    .unwrap_or_else(|| client.authority.clone());
-                // Built from parts: nothing is parsed again.
-                let mut uri = http::uri::Parts::default();
-                uri.scheme = Some(match client.scheme {
-                    "https" => http::uri::Scheme::HTTPS,
-                    _ => http::uri::Scheme::HTTP,
-                });
-                uri.authority = Some(authority);
-                uri.path_and_query = Some(path_and_query.clone());
-                let Ok(uri) = Uri::from_parts(uri) else {
-                    return (Failure::BadRequest.response(), None);
+            let picked = pick(route, pool_idx, bucket, &tried[..n_tried]).or_else(|| {
+                if attempt == 1 {
+                    pick_live(rt, snap, route, pool_idx, bucket)
+                } else {
+                    None
+                }
+            });
+            let Some((pidx, mut lease)) = picked else {
+                if attempt > 1 {
+                    route.state.refund();
+                }
+                break;
+            };
+            if attempt > 1 {
+                route.metrics.retries.inc();
+            }
+            held = None;
+            last_pool = pidx;
+            let backend = lease.backend.clone();
+            let backend_slot = lease.slot;
+            if let Some(t) = tried.get_mut(n_tried) {
+                *t = crate::upstream::pool::backend_key(&backend);
+                n_tried += 1;
+            }
+            let client = backend.client_guard();
+            let started = Instant::now();
+            // The request future owns or borrows what it needs: the client guard is not held
+            // across an await.
+            let request = if plain && !client.http2 {
+                Either::Left(client.send_head(Head {
+                    method: &parts.method,
+                    target: path_and_query.as_str(),
+                    headers: &parts.headers,
+                    has_host,
+                    extra: fwd.lines(),
+                }))
+            } else {
+                let uri = if client.http2 {
+                    // HTTP/2 has no Host header: the downstream host travels as :authority, as
+                    // Host does over HTTP/1.1 (the connector dials the backend whatever the URI
+                    // names).
+                    let authority = host_value
+                        .as_ref()
+                        .and_then(|h| {
+                            h2_authority
+                                .get_or_insert_with(|| {
+                                    h.to_str()
+                                        .ok()
+                                        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                                })
+                                .clone()
+                        })
+                        .unwrap_or_else(|| client.authority.clone());
+                    // Built from parts: nothing is parsed again.
+                    let mut uri = http::uri::Parts::default();
+                    uri.scheme = Some(match client.scheme {
+                        "https" => http::uri::Scheme::HTTPS,
+                        _ => http::uri::Scheme::HTTP,
+                    });
+                    uri.authority = Some(authority);
+                    uri.path_and_query = Some(path_and_query.clone());
+                    let Ok(uri) = Uri::from_parts(uri) else {
+                        return (Failure::BadRequest.response(), None);
+                    };
+                    uri
+                } else {
+                    // HTTP/1.1 sends origin-form (`/path?query`) as it is.
+                    Uri::from(path_and_query.clone())
                 };
-                uri
-            } else {
-                // HTTP/1.1 sends origin-form (`/path?query`) as it is.
-                Uri::from(path_and_query.clone())
+                let mut up = Request::new(UpBody::from_slot(&slot));
+                *up.method_mut() = parts.method.clone();
+                *up.uri_mut() = uri;
+                // The last possible attempt needs no copy kept for a retry.
+                let mut headers = if attempt == retry.attempts {
+                    std::mem::take(&mut parts.headers)
+                } else {
+                    parts.headers.clone()
+                };
+                fwd.apply(&mut headers);
+                if client.http2 {
+                    *up.version_mut() = Version::HTTP_2;
+                    headers.remove(header::HOST);
+                } else {
+                    *up.version_mut() = Version::HTTP_11;
+                }
+                *up.headers_mut() = headers;
+                // Boxed: requests with bodies and HTTP/2 pools are the rarer case, and their
+                // future would make every request's future larger.
+                Either::Right(Box::pin(client.send(up)))
             };
-            let mut up = Request::new(UpBody::from_slot(&slot));
-            *up.method_mut() = parts.method.clone();
-            *up.uri_mut() = uri;
-            // The last possible attempt needs no copy kept for a retry.
-            let mut headers = if attempt == retry.attempts {
-                std::mem::take(&mut parts.headers)
-            } else {
-                parts.headers.clone()
+            drop(client);
+            // A drain that reaches its timeout cuts the backend's connections: the request then
+            // fails like any broken exchange (see `CutSet`), with no per-request watcher.
+            let result = tokio::select! {
+                r = request => match r {
+                    Ok((r, c)) => Outcome::Response(r, c),
+                    Err(e) => Outcome::Error(e),
+                },
+                late = deadline(slot.as_deref(), timeout) => late,
             };
-            fwd.apply(&mut headers);
-            if client.http2 {
-                *up.version_mut() = Version::HTTP_2;
-                headers.remove(header::HOST);
-            } else {
-                *up.version_mut() = Version::HTTP_11;
-            }
-            *up.headers_mut() = headers;
-            Either::Right(client.send(up))
-        };
-        drop(client);
-        // A drain that reaches its timeout cuts the backend's connections: the request then
-        // fails like any broken exchange (see `CutSet`), with no per-request watcher.
-        let result = tokio::select! {
-            r = request => match r {
-                Ok((r, c)) => Outcome::Response(r, c),
-                Err(e) => Outcome::Error(e),
-            },
-            late = deadline(slot.as_deref(), timeout) => late,
-        };
-        // Retry rules: a request whose body started streaming is never sent again; a connect
-        // failure is retried for any method (nothing reached a backend); a reset before the
-        // answer for idempotent methods, or when the body was never sent (the backend did not
-        // get the whole request); a 502/503/504 or timeout for idempotent methods only (unless
-        // `idempotent_only = false`), because the backend may have acted on the request.
-        let body_taken = slot.as_ref().is_some_and(|s| s.is_taken());
-        let body_unsent = slot.is_some() && !body_taken;
-        let can_retry_any = attempt < retry.attempts && !body_taken;
-        let can_retry_idem = can_retry_any && (idempotent || !retry.idempotent_only);
-        match result {
-            Outcome::Response(resp, checkin) => {
-                let status = resp.status();
-                // gRPC statuses count only where the pool says so; most come in the trailers,
-                // judged by the body as they pass.
-                let grpc = crate::upstream::client::grpc_verdict(&backend, resp.headers());
-                let failed = status.is_server_error() || grpc == GrpcVerdict::Failed;
-                if grpc != GrpcVerdict::AtTrailers {
-                    lease.record(!failed);
+            // Retry rules: a request whose body started streaming is never sent again; a connect
+            // failure is retried for any method (nothing reached a backend); a reset before the
+            // answer for idempotent methods, or when the body was never sent (the backend did not
+            // get the whole request); a 502/503/504 or timeout for idempotent methods only (unless
+            // `idempotent_only = false`), because the backend may have acted on the request.
+            let body_taken = slot.as_ref().is_some_and(|s| s.is_taken());
+            let body_unsent = slot.is_some() && !body_taken;
+            let can_retry_any = attempt < retry.attempts && !body_taken;
+            let can_retry_idem = can_retry_any && (idempotent || !retry.idempotent_only);
+            match result {
+                Outcome::Response(resp, checkin) => {
+                    let status = resp.status();
+                    // gRPC statuses count only where the pool says so; most come in the trailers,
+                    // judged by the body as they pass.
+                    let grpc = crate::upstream::client::grpc_verdict(&backend, resp.headers());
+                    let failed = status.is_server_error() || grpc == GrpcVerdict::Failed;
+                    if grpc != GrpcVerdict::AtTrailers {
+                        lease.record(!failed);
+                    }
+                    route.metrics.duration[pidx].observe(started.elapsed().as_secs_f64());
+                    count(route, pidx, &backend, backend_slot, status.as_u16());
+                    rollout_observe(route, pidx, failed, started);
+                    if matches!(status.as_u16(), 502..=504) && can_retry_idem {
+                        held = Some(Box::new((resp, checkin, lease)));
+                        continue;
+                    }
+                    return relay(resp, checkin, lease, upgrade, body_timeout);
                 }
-                route.metrics.duration[pidx].observe(started.elapsed().as_secs_f64());
-                count(route, pidx, &backend, backend_slot, status.as_u16());
-                rollout_observe(route, pidx, failed, started);
-                if matches!(status.as_u16(), 502..=504) && can_retry_idem {
-                    held = Some(Box::new((resp, checkin, lease)));
-                    continue;
+                Outcome::Error(e) => {
+                    lease.record(false);
+                    let connect = e.is_connect();
+                    tracing::debug!(backend = %backend.id, error = ?e, "upstream request failed");
+                    count(route, pidx, &backend, backend_slot, 502);
+                    rollout_observe(route, pidx, true, started);
+                    last_failure = Failure::BadGateway;
+                    let reset_retryable = body_unsent;
+                    if ((connect || reset_retryable) && can_retry_any) || can_retry_idem {
+                        continue;
+                    }
+                    return (Failure::BadGateway.response(), None);
                 }
-                return relay(resp, checkin, lease, upgrade, body_timeout);
-            }
-            Outcome::Error(e) => {
-                lease.record(false);
-                let connect = e.is_connect();
-                tracing::debug!(backend = %backend.id, error = ?e, "upstream request failed");
-                count(route, pidx, &backend, backend_slot, 502);
-                rollout_observe(route, pidx, true, started);
-                last_failure = Failure::BadGateway;
-                let reset_retryable = body_unsent;
-                if ((connect || reset_retryable) && can_retry_any) || can_retry_idem {
-                    continue;
+                Outcome::Timeout => {
+                    lease.record(false);
+                    count(route, pidx, &backend, backend_slot, 504);
+                    rollout_observe(route, pidx, true, started);
+                    last_failure = Failure::Timeout;
+                    if can_retry_idem {
+                        continue;
+                    }
+                    return (Failure::Timeout.response(), None);
                 }
-                return (Failure::BadGateway.response(), None);
-            }
-            Outcome::Timeout => {
-                lease.record(false);
-                count(route, pidx, &backend, backend_slot, 504);
-                rollout_observe(route, pidx, true, started);
-                last_failure = Failure::Timeout;
-                if can_retry_idem {
-                    continue;
+                Outcome::ClientStalled => {
+                    // The client stopped sending its body: no fault of the backend's.
+                    count(route, pidx, &backend, backend_slot, 408);
+                    return (Failure::ClientTimeout.response(), None);
                 }
-                return (Failure::Timeout.response(), None);
-            }
-            Outcome::ClientStalled => {
-                // The client stopped sending its body: no fault of the backend's.
-                count(route, pidx, &backend, backend_slot, 408);
-                return (Failure::ClientTimeout.response(), None);
             }
         }
-    }
-    if let Some(h) = held {
-        let (resp, checkin, lease) = *h;
-        return relay(resp, checkin, lease, upgrade, body_timeout);
-    }
-    if last_failure == Failure::NoBackend {
-        let none = route.metrics.codes[last_pool].last();
-        if let Some(c) = none {
-            c.inc(503);
+        if let Some(h) = held {
+            let (resp, checkin, lease) = *h;
+            return relay(resp, checkin, lease, upgrade, body_timeout);
         }
+        if last_failure == Failure::NoBackend {
+            let none = route.metrics.codes[last_pool].last();
+            if let Some(c) = none {
+                c.inc(503);
+            }
+        }
+        (last_failure.response(), None)
     }
-    (last_failure.response(), None)
 }
 
 enum Outcome {
