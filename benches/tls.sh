@@ -30,11 +30,14 @@ for port in 18181 18182 18190 18191 18192 18193 18194 18195 18196 18197; do
 done
 
 W=$(mktemp -d /tmp/veer-tls-bench.XXXX)
+# h2load's per-request logs go elsewhere: veer watches its config file's folder, and a log
+# written there would wake it for every write.
+L=$(mktemp -d /tmp/veer-tls-lat.XXXX)
 B1=127.0.0.1:18181; B2=127.0.0.1:18182
 HOST=bench.test
 CIPHER=TLS_AES_128_GCM_SHA256
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$W"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$W" "$L"; }
 trap cleanup EXIT
 
 # One certificate for all three proxies.
@@ -153,10 +156,10 @@ for r in $(seq "$ROUNDS"); do
     # The 32 handshakes are part of the run (no warm-up), as they are part of the CPU count.
     us=$(per_req "$c0" "$c1" "$ok")
     c0=$(cputicks "$pid")
-    out=$(run_h2load "$p" "$LAT_SECS" --log-file="$W/$name.lat")
+    out=$(run_h2load "$p" "$LAT_SECS" --log-file="$L/$name.lat")
     c1=$(cputicks "$pid")
     us_logged=$(per_req "$c0" "$c1" "$(echo "$out" | awk '/^requests:/ {print $8}')")
-    read -r p50 p99 < <(python3 - "$W/$name.lat" <<'PY'
+    read -r p50 p99 < <(python3 - "$L/$name.lat" <<'PY'
 import sys
 d = sorted(int(l.split()[2]) for l in open(sys.argv[1]) if l.strip())
 q = lambda f: d[min(len(d) - 1, int(f * len(d)))] / 1000
@@ -181,4 +184,15 @@ for me in ('veer', 'veer-b'):
         if me in med and o in med and me != o:
             v, x = med[me], med[o]
             print(f"{me}/{o}: req/s {v[0]/x[0]:.2f}  p99 {v[2]/x[2]:.2f}  cpu/req {v[3]/x[3]:.2f}  cpu/req(logged) {v[4]/x[4]:.2f}")
+# The machine's speed drifts between rounds (a shared VM); a ratio taken within each round,
+# between runs seconds apart, cancels most of that. Their median is the steadier figure.
+print("--- median of per-round ratios (each round's runs are seconds apart)")
+by = {(r[0], r[1]): [float(x) for x in r[2:7]] for r in rows}
+rounds = sorted({r[0] for r in rows}, key=int)
+for me in ('veer', 'veer-b'):
+    for o in ('haproxy', 'nginx', 'veer'):
+        pairs = [(by[(k, me)], by[(k, o)]) for k in rounds if (k, me) in by and (k, o) in by and me != o]
+        if pairs:
+            q = lambda i: statistics.median(a[i] / b[i] for a, b in pairs)
+            print(f"{me}/{o}: req/s {q(0):.2f}  p99 {q(2):.2f}  cpu/req {q(3):.2f}  cpu/req(logged) {q(4):.2f}")
 PY

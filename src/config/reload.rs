@@ -315,8 +315,12 @@ where
 pub async fn watch(rt: Arc<Runtime>, path: PathBuf) {
     let path = std::path::absolute(&path).unwrap_or(path);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    // The folders watched may hold other busy files (logs, say): only events on the paths
+    // that lead to the config wake the reloader.
+    let wanted = Arc::new(std::sync::Mutex::new(Vec::<PathBuf>::new()));
+    let seen = wanted.clone();
     let handler = move |res: notify::Result<notify::Event>| match res {
-        Ok(ev) if relevant(&ev.kind) => {
+        Ok(ev) if relevant(&ev.kind) && concerns(&ev, &seen) => {
             // Full means a wake-up is already pending: that one will read the file.
             let _ = tx.try_send(());
         }
@@ -332,7 +336,7 @@ pub async fn watch(rt: Arc<Runtime>, path: PathBuf) {
     };
     let mut watched: Vec<PathBuf> = Vec::new();
     if let Some(w) = watcher.as_mut() {
-        rewatch(w, &path, &mut watched);
+        rewatch(w, &path, &mut watched, &wanted);
     }
     // Check once at start: the file may have changed since it was loaded.
     let mut last: Option<u64> = None;
@@ -357,7 +361,7 @@ pub async fn watch(rt: Arc<Runtime>, path: PathBuf) {
         }
         check(&rt, &path, &mut last).await;
         if let Some(w) = watcher.as_mut() {
-            rewatch(w, &path, &mut watched);
+            rewatch(w, &path, &mut watched, &wanted);
         }
     }
 }
@@ -373,10 +377,49 @@ fn relevant(kind: &notify::EventKind) -> bool {
     }
 }
 
+/// Does the event touch a path that leads to the config (see [`leads_to`])?
+fn concerns(ev: &notify::Event, wanted: &std::sync::Mutex<Vec<PathBuf>>) -> bool {
+    let wanted = wanted.lock().unwrap_or_else(|p| p.into_inner());
+    // Nothing known yet, or an event without paths (an overflow): better read once too often.
+    wanted.is_empty() || ev.paths.is_empty() || ev.paths.iter().any(|p| wanted.contains(p))
+}
+
+/// The paths whose change can change what `path` reads: the path itself, each link on the
+/// way to the file (a ConfigMap's `..data`, swapped on every update, is one), and the file.
+fn leads_to(path: &Path) -> Vec<PathBuf> {
+    let mut out = vec![path.to_path_buf()];
+    let mut at = path.to_path_buf();
+    // A link, and a link inside its target, and so on (a short, finite chain).
+    for _ in 0..8 {
+        let Ok(target) = std::fs::read_link(&at) else {
+            break;
+        };
+        let dir = at.parent().map(Path::to_path_buf).unwrap_or_default();
+        let next = dir.join(&target);
+        // The first step of a relative target (`..data` of `..data/veer.toml`) is itself
+        // a link that tools swap.
+        if let Some(first) = target.components().next() {
+            out.push(dir.join(first));
+        }
+        out.push(next.clone());
+        at = next;
+    }
+    if let Ok(real) = std::fs::canonicalize(path) {
+        out.push(real);
+    }
+    out
+}
+
 /// Watch the folder of the path and, when it is a symlink, the folder of its target too (the
 /// target of a ConfigMap's `..data` link moves on every update, so this is redone each time).
-fn rewatch(w: &mut notify::RecommendedWatcher, path: &Path, watched: &mut Vec<PathBuf>) {
+fn rewatch(
+    w: &mut notify::RecommendedWatcher,
+    path: &Path,
+    watched: &mut Vec<PathBuf>,
+    wanted: &std::sync::Mutex<Vec<PathBuf>>,
+) {
     use notify::Watcher;
+    *wanted.lock().unwrap_or_else(|p| p.into_inner()) = leads_to(path);
     let mut want: Vec<PathBuf> = Vec::new();
     if let Some(d) = path.parent() {
         want.push(d.to_path_buf());
@@ -436,4 +479,46 @@ async fn check(rt: &Arc<Runtime>, path: &Path, last: &mut Option<u64>) {
         return;
     }
     let _ = reload_locked(rt, path, text, Trigger::File, true, &lock);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(paths: &[PathBuf]) -> notify::Event {
+        let mut ev = notify::Event::new(notify::EventKind::Modify(notify::event::ModifyKind::Any));
+        ev.paths = paths.to_vec();
+        ev
+    }
+
+    #[test]
+    fn only_events_on_the_way_to_the_config_wake_the_reloader() {
+        // A Kubernetes ConfigMap: veer.toml -> ..data/veer.toml, ..data -> ..2026_11_28.
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir(d.join("..2026_11_28")).unwrap();
+        std::fs::write(d.join("..2026_11_28/veer.toml"), "").unwrap();
+        std::os::unix::fs::symlink("..2026_11_28", d.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/veer.toml", d.join("veer.toml")).unwrap();
+        let path = d.join("veer.toml");
+        let wanted = std::sync::Mutex::new(leads_to(&path));
+        for p in [
+            path.clone(),
+            d.join("..data"),
+            d.join("..2026_11_28/veer.toml"),
+        ] {
+            assert!(concerns(&event(&[p.clone()]), &wanted), "{}", p.display());
+        }
+        // The swap renames a new link over ..data: the event names both.
+        assert!(concerns(
+            &event(&[d.join("..data_tmp"), d.join("..data")]),
+            &wanted
+        ));
+        // A busy neighbour (a log file, an editor's swap file) does not.
+        for other in ["access.log", ".veer.toml.swp", "4913"] {
+            assert!(!concerns(&event(&[d.join(other)]), &wanted), "{other}");
+        }
+        // Overflow events carry no path: read the file to be safe.
+        assert!(concerns(&event(&[]), &wanted));
+    }
 }
