@@ -507,7 +507,11 @@ mod tests {
             d.join("..data"),
             d.join("..2026_11_28/veer.toml"),
         ] {
-            assert!(concerns(&event(&[p.clone()]), &wanted), "{}", p.display());
+            assert!(
+                concerns(&event(std::slice::from_ref(&p)), &wanted),
+                "{}",
+                p.display()
+            );
         }
         // The swap renames a new link over ..data: the event names both.
         assert!(concerns(
