@@ -13,7 +13,8 @@
 //! - [`upstream`]: backend identity and state (survives reloads), pools and balancers, each
 //!   backend's connection pool (with a fast path for body-less HTTP/1.1), draining.
 //! - [`health`], [`breaker`]: background tasks that decide; the request path only reads gates.
-//! - [`proxy`]: listeners, connections, forwarding, header rewriting, retries.
+//! - [`proxy`]: listeners, connections (hyper for HTTP/1.1 and h2c, the h2 crate directly for
+//!   HTTP/2 over TLS), forwarding, header rewriting, retries.
 //! - [`admin`]: admin API, status page, metrics endpoint. [`metrics`]: Prometheus.
 //! - [`client`]: the admin API client behind `veer status`, `split`, `swap`, `drain`, `reload`.
 //! - [`rollout`]: the progressive rollout controller.
