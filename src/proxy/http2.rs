@@ -7,9 +7,8 @@
 
 use super::body::{ProxyBody, RequestBody};
 use super::server::{ActiveGuard, Activity};
-use super::{handle, ConnInfo};
+use super::{handle, ConnCtx};
 use crate::config::ServerConfig;
-use crate::runtime::Runtime;
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
@@ -39,7 +38,7 @@ type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(super) struct H2Conn<I> {
     state: State<I>,
     running: FuturesUnordered<StreamFuture>,
-    ctx: Arc<(Arc<Runtime>, ConnInfo)>,
+    ctx: ConnCtx,
     activity: Arc<Activity>,
     /// Graceful shutdown was asked for (perhaps before the handshake finished).
     closing: bool,
@@ -58,7 +57,7 @@ where
     pub(super) fn new(
         io: I,
         settings: &ServerConfig,
-        ctx: Arc<(Arc<Runtime>, ConnInfo)>,
+        ctx: ConnCtx,
         activity: Arc<Activity>,
     ) -> Self {
         let mut b = h2::server::Builder::new();
@@ -143,7 +142,7 @@ pin_project_lite::pin_project! {
 }
 
 fn serve_request(
-    ctx: &Arc<(Arc<Runtime>, ConnInfo)>,
+    ctx: &ConnCtx,
     guard: ActiveGuard,
     req: Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
