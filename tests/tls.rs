@@ -1497,3 +1497,30 @@ async fn http2_over_tls_idle_connection_is_closed_after_idle_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(250));
     veer.shutdown().await;
 }
+
+#[tokio::test]
+async fn http2_over_tls_oversized_request_head_gets_431() {
+    let up = echo_upstream().await;
+    let dir = tls_dir_with_cert().await;
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\nmax_header_bytes = 16384\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        routed_pool(&up)
+    );
+    let path = write(dir.path(), "veer.toml", &text);
+    let veer = start_veer_file(dir, path).await;
+    let tls_addr = veer.running.as_ref().unwrap().tls_listen[0];
+    let mut client = h2_client_small_window(tls_addr).await;
+    let mut req = h2_get("grpc.test", "/");
+    req.headers_mut()
+        .insert("x-big", "a".repeat(20_000).parse().unwrap());
+    let resp = client.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(up.hits(), 0);
+    // A head under the limit passes, on the same connection.
+    let mut req = h2_get("grpc.test", "/");
+    req.headers_mut()
+        .insert("x-medium", "c".repeat(8000).parse().unwrap());
+    let resp = client.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    veer.shutdown().await;
+}
