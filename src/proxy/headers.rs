@@ -23,7 +23,8 @@ fn is_fixed_hop(name: &str) -> bool {
 /// Remove hop-by-hop headers: the fixed set, `Keep-Alive`, every `Proxy-*`, and whatever
 /// `Connection` names. With `upgrade`, `Connection: upgrade` and `Upgrade` are kept.
 /// With `keep_te_trailers`, `TE: trailers` is kept (gRPC over HTTP/2 needs it).
-pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool) {
+/// Says whether there was a `Transfer-Encoding` (seen by the same scan of the names).
+pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool) -> bool {
     // One look at the names decides: most requests carry none of these, and only the names
     // present are removed (each removal hashes the name).
     let (mut fixed, mut keep_alive, mut proxy) = ([false; 6], false, false);
@@ -42,8 +43,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool
     }
     // Connection is the only way to name more hop-by-hop headers, so without any of the
     // fixed set present (and no upgrade to mark) there is nothing to do.
+    let had_te = fixed[3]; // HOP_BY_HOP[3]: Transfer-Encoding
     if !upgrade && !keep_alive && !proxy && !fixed.contains(&true) {
-        return;
+        return had_te;
     }
     let te_trailers = keep_te_trailers
         && fixed[1]
@@ -98,6 +100,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    had_te
 }
 
 /// Is this an HTTP/1.1 upgrade request (WebSocket and the like)?
@@ -233,7 +236,10 @@ mod tests {
         h.insert("host", "a.example".parse().unwrap());
         h.insert("x-proxyish", "1".parse().unwrap());
         let before = h.clone();
-        strip_hop_by_hop(&mut h, false, true);
+        assert!(
+            !strip_hop_by_hop(&mut h, false, true),
+            "no Transfer-Encoding"
+        );
         assert_eq!(h, before);
     }
 
@@ -245,7 +251,10 @@ mod tests {
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("proxy-connection", "keep-alive".parse().unwrap());
         h.insert("transfer-encoding", "chunked".parse().unwrap());
-        strip_hop_by_hop(&mut h, true, false);
+        assert!(
+            strip_hop_by_hop(&mut h, true, false),
+            "Transfer-Encoding was there"
+        );
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");

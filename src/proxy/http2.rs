@@ -63,8 +63,8 @@ where
         let mut b = h2::server::Builder::new();
         b.initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
-            .max_concurrent_streams(256)
-            .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32);
+            .max_concurrent_streams(super::server::MAX_STREAMS)
+            .max_header_list_size(super::server::header_list_limit(settings));
         H2Conn {
             state: State::Handshake(b.handshake(io)),
             running: FuturesUnordered::new(),

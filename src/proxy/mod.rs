@@ -131,12 +131,26 @@ pub fn handle(
     use futures_util::future::{ready, FutureExt};
     let (rt, conn) = (&ctx.0, &ctx.1);
     let snap = rt.snapshot();
-    // HTTP/2 carries the host in :authority; HTTP/1.1 in Host (required there).
-    let host_value = req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // HTTP/2 carries the host in :authority; HTTP/1.1 in Host (required there, and only once).
+    // One lookup answers both; a host from :authority becomes the Host the backend gets.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (host_header, second) = (hosts.next().cloned(), hosts.next().is_some());
+    if second {
+        return Either::Left(ready(Failure::BadRequest.response()));
+    }
+    let host_value = match host_header {
+        Some(h) => Some(h),
+        None => {
+            let h = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            if let Some(h) = &h {
+                req.headers_mut().insert(header::HOST, h.clone());
+            }
+            h
+        }
+    };
     let raw_host = match &host_value {
         Some(v) if valid_host(v.as_bytes()) => v.to_str().unwrap_or_default(),
         Some(_) => return Either::Left(ready(Failure::BadRequest.response())),
@@ -145,9 +159,6 @@ pub fn handle(
         }
         None => "",
     };
-    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
-        return Either::Left(ready(Failure::BadRequest.response()));
-    }
     let host = crate::routing::normalize_host(raw_host);
     // Routed and forwarded with dot-segments resolved: what the backend would read.
     if let Some(path) = crate::routing::resolve_dot_segments(req.uri().path()) {
@@ -299,25 +310,19 @@ fn forward(
         let (rt, conn, snap, route) = (&*ctx.0, &ctx.1, &*snap, &route);
         let retry = &route.config.retry;
         let idempotent = is_idempotent(&parts.method);
-        let had_te = parts.headers.contains_key(header::TRANSFER_ENCODING);
         let h2_upstream = route
             .pools
             .iter()
             .any(|p| p.config.protocol != Protocol::H1);
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade, h2_upstream);
+        let had_te = headers::strip_hop_by_hop(&mut parts.headers, upgrade, h2_upstream);
         if had_te {
             // Never forward both framings: the body is re-framed by the upstream client.
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         // veer answers 100-continue itself when it starts reading the body.
         parts.headers.remove(header::EXPECT);
-        let mut has_host = parts.headers.contains_key(header::HOST);
-        if !has_host {
-            if let Some(h) = &host_value {
-                parts.headers.insert(header::HOST, h.clone());
-                has_host = true;
-            }
-        }
+        // `handle` put the host from :authority into Host when there was none.
+        let has_host = host_value.is_some();
         let fwd = headers::Forwarded::take(
             &mut parts.headers,
             &conn.client_ip,

@@ -387,8 +387,8 @@ pub async fn serve_connection<I>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
-        .max_concurrent_streams(256)
+        .max_header_list_size(header_list_limit(settings))
+        .max_concurrent_streams(MAX_STREAMS)
         // No HTTP/2 pings: see `bind` for how dead clients are found.
         .keep_alive_interval(None);
     let io = Watched {
@@ -422,6 +422,14 @@ pub async fn serve_connection<I>(
     while activity.io_open.load(Ordering::Acquire) {
         activity.changed.notified().await;
     }
+}
+
+/// Streams one HTTP/2 client may have open at once (hyper's and h2's connections alike).
+pub(super) const MAX_STREAMS: u32 = 256;
+
+/// `max_header_bytes` as HTTP/2's header list limit (larger request heads get 431).
+pub(super) fn header_list_limit(settings: &ServerConfig) -> u32 {
+    settings.max_header_bytes.min(u32::MAX as usize) as u32
 }
 
 /// An HTTP/2 connection over TLS (ALPN h2), served without hyper (see [`super::http2`]).
