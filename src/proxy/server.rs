@@ -268,6 +268,14 @@ struct Watched<I> {
 const PREFACE_NO: u8 = u8::MAX;
 
 impl<I> Watched<I> {
+    fn new(io: I, activity: &Arc<Activity>) -> Self {
+        Watched {
+            io,
+            activity: activity.clone(),
+            preface: 0,
+        }
+    }
+
     fn saw(&mut self, data: &[u8]) {
         if data.is_empty() {
             return;
@@ -391,11 +399,7 @@ pub async fn serve_connection<I>(
         .max_concurrent_streams(MAX_STREAMS)
         // No HTTP/2 pings: see `bind` for how dead clients are found.
         .keep_alive_interval(None);
-    let io = Watched {
-        io,
-        activity: activity.clone(),
-        preface: 0,
-    };
+    let io = Watched::new(io, &activity);
     // Boxed so it can be dropped on completion, to tell an upgraded socket from a closed one.
     let mut conn = Box::pin(Driven {
         conn: Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service)),
@@ -444,11 +448,7 @@ async fn serve_h2<I>(
 {
     let activity = Arc::new(Activity::new());
     let peer = info.peer;
-    let io = Watched {
-        io,
-        activity: activity.clone(),
-        preface: 0,
-    };
+    let io = Watched::new(io, &activity);
     let ctx = Arc::new((rt, info));
     let mut conn = std::pin::pin!(super::http2::H2Conn::new(
         io,
