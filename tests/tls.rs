@@ -222,13 +222,18 @@ struct TlsVeer {
 /// Start veer from `config` (after a `[server]` with one plain and one TLS listener on port
 /// 0) in `dir`, where the certificate files already are.
 async fn start_in(dir: tempfile::TempDir, config: &str) -> TlsVeer {
+    start_in_with(dir, "", config).await
+}
+
+/// [`start_in`] with more `[server]` keys (`server`, lines ending in a newline).
+async fn start_in_with(dir: tempfile::TempDir, server: &str, config: &str) -> TlsVeer {
     let tls_listen = if config.contains("[[tls.certificates]]") {
         "tls_listen = [\"127.0.0.1:0\"]\n"
     } else {
         ""
     };
     let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n{tls_listen}[admin]\nlisten = \"127.0.0.1:0\"\n{config}"
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n{tls_listen}{server}[admin]\nlisten = \"127.0.0.1:0\"\n{config}"
     );
     let path = write(dir.path(), "veer.toml", &text);
     let veer = start_veer_file(dir, path).await;
@@ -1463,15 +1468,13 @@ async fn http2_over_tls_shutdown_lets_the_request_in_flight_finish() {
 #[tokio::test]
 async fn http2_over_tls_idle_connection_is_closed_after_idle_timeout() {
     let up = echo_upstream().await;
-    let dir = tls_dir_with_cert().await;
-    let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\nidle_timeout = \"300ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
-        routed_pool(&up)
-    );
-    let path = write(dir.path(), "veer.toml", &text);
-    let veer = start_veer_file(dir, path).await;
-    let tls_addr = veer.running.as_ref().unwrap().tls_listen[0];
-    let tls = handshake(tls_addr, Some("grpc.test"), client_config(None, &[b"h2"])).await;
+    let v = start_in_with(
+        tls_dir_with_cert().await,
+        "idle_timeout = \"300ms\"\n",
+        &routed_pool(&up),
+    )
+    .await;
+    let tls = handshake(v.tls, Some("grpc.test"), client_config(None, &[b"h2"])).await;
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await
@@ -1495,21 +1498,19 @@ async fn http2_over_tls_idle_connection_is_closed_after_idle_timeout() {
         .unwrap();
     assert!(ended.is_ok(), "{ended:?}");
     assert!(started.elapsed() >= Duration::from_millis(250));
-    veer.shutdown().await;
+    v.veer.shutdown().await;
 }
 
 #[tokio::test]
 async fn http2_over_tls_oversized_request_head_gets_431() {
     let up = echo_upstream().await;
-    let dir = tls_dir_with_cert().await;
-    let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\nmax_header_bytes = 16384\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
-        routed_pool(&up)
-    );
-    let path = write(dir.path(), "veer.toml", &text);
-    let veer = start_veer_file(dir, path).await;
-    let tls_addr = veer.running.as_ref().unwrap().tls_listen[0];
-    let mut client = h2_client_small_window(tls_addr).await;
+    let v = start_in_with(
+        tls_dir_with_cert().await,
+        "max_header_bytes = 16384\n",
+        &routed_pool(&up),
+    )
+    .await;
+    let mut client = h2_client_small_window(v.tls).await;
     let mut req = h2_get("grpc.test", "/");
     req.headers_mut()
         .insert("x-big", "a".repeat(20_000).parse().unwrap());
@@ -1522,5 +1523,5 @@ async fn http2_over_tls_oversized_request_head_gets_431() {
         .insert("x-medium", "c".repeat(8000).parse().unwrap());
     let resp = client.send_request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    veer.shutdown().await;
+    v.veer.shutdown().await;
 }
