@@ -11,6 +11,8 @@
 # Needs: apt-get install -y wrk haproxy nginx caddy
 # Env:   COMPARE=path/to/compare.sh (default ../shared/bench/compare.sh, beside the repo)
 #        NO_BUILD=1 to skip `cargo build --release`
+#        VEER_BIN=path a veer binary to measure instead of target/release/veer (no build), e.g.
+#                 target/pgo/veer from deploy/pgo-build.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-both}; ROUNDS=${2:-3}; SECS=${3:-5}; CONNS=${4:-64}
@@ -20,9 +22,12 @@ for tool in wrk haproxy nginx caddy curl python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y wrk haproxy nginx caddy" >&2; exit 1; }
 done
 
-# NO_BUILD=1 measures the release binary already built.
-[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet
-export VEER_BIN=target/release/veer
+# NO_BUILD=1 measures the release binary already built; VEER_BIN another binary.
+if [ -z "${VEER_BIN:-}" ]; then
+  [ -n "${NO_BUILD:-}" ] || cargo build --release --quiet
+  VEER_BIN=target/release/veer
+fi
+export VEER_BIN
 export VEER_CMD_PREFIX="env VEER_WORKERS=1 VEER_LOG=warn"
 
 # compare.sh fills in @LISTEN@, @B1@ and @B2@. The health endpoint is any path: the nginx

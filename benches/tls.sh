@@ -10,6 +10,11 @@
 # Env:   LAT_SECS=3     length of each round's latency pass (h2load with a per-request log)
 # Env:   VEER_BIN=path   a veer binary to use instead of building target/release/veer
 #        VEER_BIN_B=path a second veer binary run beside the first as "veer-b" (A/B a change)
+#        VEER_B_NAME=name the second binary's name in the results (default veer-b)
+#        PGO=1           build the profile-guided binary (deploy/pgo-build.sh) and run it as
+#                        "veer-pgo" beside the plain release build
+#        PIN=1           pin the proxies to CPU 1 and h2load and the backends to CPU 0, so the
+#                        proxy under test has a core of its own (less scheduling noise)
 # Needs: apt-get install -y nghttp2-client haproxy nginx openssl python3
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +25,18 @@ done
 if [ -z "${VEER_BIN:-}" ]; then
   cargo build --release --quiet
   VEER_BIN=$PWD/target/release/veer
+fi
+if [ -n "${PGO:-}" ]; then
+  PGO_OUT=$PWD/target/pgo/veer deploy/pgo-build.sh >/dev/null
+  VEER_BIN_B=$PWD/target/pgo/veer; VEER_B_NAME=veer-pgo
+fi
+VB=${VEER_B_NAME:-veer-b}
+# PIN=1: taskset prefixes for the proxies and for the load side.
+if [ -n "${PIN:-}" ]; then
+  command -v taskset >/dev/null || { echo "PIN=1 needs taskset (util-linux)" >&2; exit 1; }
+  ON_PROXY="taskset -c 1"; ON_LOAD="taskset -c 0"
+else
+  ON_PROXY=""; ON_LOAD=""
 fi
 
 # Every port this script uses must be free: a leftover server on one would be measured instead.
@@ -54,7 +71,7 @@ http { access_log off; keepalive_requests 1000000;
   server { listen $B1; location / { return 200 "hello from b1\n"; } }
   server { listen $B2; location / { return 200 "hello from b2\n"; } } }
 EOF
-nginx -c "$W/backend.conf" -p "$W" & pids+=($!)
+$ON_LOAD nginx -c "$W/backend.conf" -p "$W" & pids+=($!)
 
 declare -A ppid port
 cat >"$W/haproxy.cfg" <<EOF
@@ -77,7 +94,7 @@ backend be
   server b1 $B1 weight 90
   server b2 $B2 weight 10
 EOF
-haproxy -f "$W/haproxy.cfg" -db >"$W/haproxy.log" 2>&1 & pids+=($!); ppid[haproxy]=$!; port[haproxy]=18190
+$ON_PROXY haproxy -f "$W/haproxy.cfg" -db >"$W/haproxy.log" 2>&1 & pids+=($!); ppid[haproxy]=$!; port[haproxy]=18190
 
 cat >"$W/nginx-proxy.conf" <<EOF
 daemon off; worker_processes 1; pid $W/proxy.pid; error_log $W/proxy.err;
@@ -89,7 +106,7 @@ http { access_log off; keepalive_requests 1000000;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_conf_command Ciphersuites $CIPHER;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 EOF
-nginx -c "$W/nginx-proxy.conf" -p "$W" & pids+=($!); ppid[nginx]=$!; port[nginx]=18191
+$ON_PROXY nginx -c "$W/nginx-proxy.conf" -p "$W" & pids+=($!); ppid[nginx]=$!; port[nginx]=18191
 
 cat >"$W/veer.toml" <<EOF
 [server]
@@ -109,12 +126,12 @@ backends = ["$B2"]
 name = "bench"
 split = { blue = 90, green = 10 }
 EOF
-env VEER_LOG=warn "$VEER_BIN" run --config "$W/veer.toml" >"$W/veer.log" 2>&1 & pids+=($!); ppid[veer]=$!; port[veer]=18193
+$ON_PROXY env VEER_LOG=warn "$VEER_BIN" run --config "$W/veer.toml" >"$W/veer.log" 2>&1 & pids+=($!); ppid[veer]=$!; port[veer]=18193
 targets="haproxy nginx veer"
 if [ -n "${VEER_BIN_B:-}" ]; then
   sed -e 's/18192/18195/' -e 's/18193/18196/' -e 's/18194/18197/' "$W/veer.toml" >"$W/veer-b.toml"
-  env VEER_LOG=warn "$VEER_BIN_B" run --config "$W/veer-b.toml" >"$W/veer-b.log" 2>&1 & pids+=($!); ppid[veer-b]=$!; port[veer-b]=18196
-  targets="$targets veer-b"
+  $ON_PROXY env VEER_LOG=warn "$VEER_BIN_B" run --config "$W/veer-b.toml" >"$W/veer-b.log" 2>&1 & pids+=($!); ppid[$VB]=$!; port[$VB]=18196
+  targets="$targets $VB"
 fi
 
 sleep 1.5
@@ -139,7 +156,7 @@ echo "round target req/s p50_ms p99_ms cpu_us_per_req cpu_us_logged"
 : >"$W/results"
 run_h2load() { # port seconds [extra h2load args...]
   local p=$1 secs=$2; shift 2
-  h2load -t1 -c"$CONNS" -m"$STREAMS" -D"$secs" --tls13-ciphers=$CIPHER \
+  $ON_LOAD h2load -t1 -c"$CONNS" -m"$STREAMS" -D"$secs" --tls13-ciphers=$CIPHER \
     --connect-to=127.0.0.1:$p "$@" "https://$HOST:$p/" 2>&1; }
 per_req() { python3 -c "print(round(($2-$1)*1e6/$(getconf CLK_TCK)/max(1,${3:-0}),2))"; }
 for r in $(seq "$ROUNDS"); do
@@ -179,7 +196,8 @@ for n in dict.fromkeys(r[1] for r in rows):
     rr = [r for r in rows if r[1] == n]
     med[n] = [statistics.median(float(r[i]) for r in rr) for i in (2, 3, 4, 5, 6)]
     print(f"{n:8s} req/s={med[n][0]:9.0f}  p50={med[n][1]:.3f}ms  p99={med[n][2]:.3f}ms  cpu/req={med[n][3]:.2f}us  cpu/req(logged)={med[n][4]:.2f}us")
-for me in ('veer', 'veer-b'):
+veers = [n for n in med if n.startswith('veer')]
+for me in veers:
     for o in ('haproxy', 'nginx', 'veer'):
         if me in med and o in med and me != o:
             v, x = med[me], med[o]
@@ -189,7 +207,7 @@ for me in ('veer', 'veer-b'):
 print("--- median of per-round ratios (each round's runs are seconds apart)")
 by = {(r[0], r[1]): [float(x) for x in r[2:7]] for r in rows}
 rounds = sorted({r[0] for r in rows}, key=int)
-for me in ('veer', 'veer-b'):
+for me in veers:
     for o in ('haproxy', 'nginx', 'veer'):
         pairs = [(by[(k, me)], by[(k, o)]) for k in rounds if (k, me) in by and (k, o) in by and me != o]
         if pairs:
