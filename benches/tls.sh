@@ -7,6 +7,7 @@
 # others; quote the ratios, never one round's absolute figure.
 #
 # Usage: benches/tls.sh [rounds=3] [seconds=5] [connections=32] [streams=10]
+#        (keep each run's output with tee; benches/pool.py pools the rounds of several runs)
 # Env:   LAT_SECS=3     length of each round's latency pass (h2load with a per-request log)
 # Env:   VEER_BIN=path   a veer binary to use instead of building target/release/veer
 #        VEER_BIN_B=path a second veer binary run beside the first as "veer-b" (A/B a change)
