@@ -1416,14 +1416,7 @@ async fn a_response_body_that_goes_silent_is_cut_after_body_timeout() {
         "[server]\nlisten = [\"127.0.0.1:0\"]\nbody_timeout = \"300ms\"\n",
     ))
     .await;
-    let resp = client()
-        .request(
-            Request::get(veer.url("/events"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = get_streaming(&veer.url("/events")).await;
     assert_eq!(resp.status(), 200);
     let started = Instant::now();
     // The data that came is delivered, then the body ends in an error, not a clean end.
@@ -1470,14 +1463,7 @@ async fn a_drain_timeout_cuts_a_stalled_response_body() {
     })
     .await;
     let veer = start_veer(&one_pool(up.addr, "")).await;
-    let resp = client()
-        .request(
-            Request::get(veer.url("/events"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = get_streaming(&veer.url("/events")).await;
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();

@@ -157,11 +157,7 @@ impl Body for ProxyBody {
                 if polled.is_pending() {
                     if stall.expired(cx) {
                         // A backend that went silent mid-body counts as failed.
-                        if let Some(l) = lease.as_mut() {
-                            l.record(false);
-                        }
-                        lease.take();
-                        checkin.forget();
+                        broke_off(lease, checkin);
                         *body = UpstreamBody::Empty; // closes the connection
                         let e = format!("upstream body sent nothing for {:?}", stall.limit);
                         return Poll::Ready(Some(Err(e.into())));
@@ -180,11 +176,7 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Err(e))) => {
                         // A response cut short fails a gRPC call still waiting for its
                         // trailers (a no-op for a response already judged).
-                        if let Some(l) = lease.as_mut() {
-                            l.record(false);
-                        }
-                        lease.take();
-                        checkin.forget();
+                        broke_off(lease, checkin);
                         Poll::Ready(Some(Err(e)))
                     }
                     Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
@@ -223,6 +215,15 @@ impl Body for ProxyBody {
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }
     }
+}
+
+/// An upstream body that broke off: its backend counts a failure (once: `Lease::record`) and
+/// its connection is not reused.
+fn broke_off(lease: &mut Option<Lease>, checkin: &mut Checkin) {
+    if let Some(mut l) = lease.take() {
+        l.record(false);
+    }
+    checkin.forget();
 }
 
 /// The body-idle timer of an upstream body: armed only when the body has to wait (a body

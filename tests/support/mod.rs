@@ -231,6 +231,14 @@ pub async fn send(req: Request<Full<Bytes>>) -> Got {
     }
 }
 
+/// GET a URL and return the answer with its body still to be read (streaming tests).
+pub async fn get_streaming(url: &str) -> Response<Incoming> {
+    client()
+        .request(Request::get(url).body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap()
+}
+
 /// GET a URL.
 pub async fn get(url: &str) -> Got {
     send(Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
