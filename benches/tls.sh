@@ -19,10 +19,10 @@
 # Needs: apt-get install -y nghttp2-client haproxy nginx openssl python3
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 ROUNDS=${1:-3}; SECS=${2:-5}; CONNS=${3:-32}; STREAMS=${4:-10}
-for tool in h2load haproxy nginx openssl curl python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y nghttp2-client haproxy nginx openssl curl python3" >&2; exit 1; }
-done
+need "apt-get install -y nghttp2-client haproxy nginx openssl curl python3" \
+  h2load haproxy nginx openssl curl python3
 if [ -z "${VEER_BIN:-}" ]; then
   cargo build --release --quiet
   VEER_BIN=$PWD/target/release/veer
@@ -40,12 +40,7 @@ else
   ON_PROXY=""; ON_LOAD=""
 fi
 
-# Every port this script uses must be free: a leftover server on one would be measured instead.
-for port in 18181 18182 18190 18191 18192 18193 18194 18195 18196 18197; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port is already in use on 127.0.0.1; stop what listens there first" >&2; exit 1
-  fi
-done
+ports_free 18181 18182 18190 18191 18192 18193 18194 18195 18196 18197
 
 W=$(mktemp -d /tmp/veer-tls-bench.XXXX)
 # h2load's per-request logs go elsewhere: veer watches its config file's folder, and a log
@@ -59,19 +54,10 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep
 trap cleanup EXIT
 
 # One certificate for all three proxies.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj "/CN=$HOST" -addext "subjectAltName=DNS:$HOST" \
-  -keyout "$W/bench.key" -out "$W/bench.crt" 2>/dev/null
+make_cert "$W" bench "$HOST"
 cat "$W/bench.crt" "$W/bench.key" >"$W/bench.pem" # HAProxy wants both in one file
 
-# Backends: one nginx worker, two ports, a tiny static body.
-cat >"$W/backend.conf" <<EOF
-daemon off; worker_processes 1; pid $W/backend.pid; error_log $W/backend.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen $B1; location / { return 200 "hello from b1\n"; } }
-  server { listen $B2; location / { return 200 "hello from b2\n"; } } }
-EOF
+backend_conf "$W" "$B1" "$B2"
 $ON_LOAD nginx -c "$W/backend.conf" -p "$W" & pids+=($!)
 
 declare -A ppid port
@@ -109,24 +95,7 @@ http { access_log off; keepalive_requests 1000000;
 EOF
 $ON_PROXY nginx -c "$W/nginx-proxy.conf" -p "$W" & pids+=($!); ppid[nginx]=$!; port[nginx]=18191
 
-cat >"$W/veer.toml" <<EOF
-[server]
-listen = ["127.0.0.1:18192"]
-tls_listen = ["127.0.0.1:18193"]
-workers = 1
-[admin]
-listen = "127.0.0.1:18194"
-[[tls.certificates]]
-cert = "bench.crt"
-key = "bench.key"
-[pools.blue]
-backends = ["$B1"]
-[pools.green]
-backends = ["$B2"]
-[[routes]]
-name = "bench"
-split = { blue = 90, green = 10 }
-EOF
+veer_conf 127.0.0.1:18192 127.0.0.1:18193 127.0.0.1:18194 bench "$B1" "$B2" bench >"$W/veer.toml"
 $ON_PROXY env VEER_LOG=warn "$VEER_BIN" run --config "$W/veer.toml" >"$W/veer.log" 2>&1 & pids+=($!); ppid[veer]=$!; port[veer]=18193
 targets="haproxy nginx veer"
 if [ -n "${VEER_BIN_B:-}" ]; then

@@ -17,11 +17,10 @@
 # Needs: rustup (for the llvm-tools component), and apt-get install -y nghttp2-client nginx openssl curl
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 OUT=${PGO_OUT:-target/pgo/veer}
 SECS=${PGO_SECS:-5}
-for tool in h2load nginx openssl curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y nghttp2-client nginx openssl curl" >&2; exit 1; }
-done
+need "apt-get install -y nghttp2-client nginx openssl curl" h2load nginx openssl curl
 
 HOST_TRIPLE=$(rustc -vV | awk '/^host:/ {print $2}')
 PROFDATA=$(rustc --print sysroot)/lib/rustlib/$HOST_TRIPLE/bin/llvm-profdata
@@ -30,12 +29,7 @@ if [ ! -x "$PROFDATA" ]; then
 fi
 [ -x "$PROFDATA" ] || { echo "llvm-profdata not found at $PROFDATA (rustup component add llvm-tools)" >&2; exit 1; }
 
-# Ports 18281-18285 must be free: a leftover server would be trained instead.
-for port in 18281 18282 18283 18284 18285; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port is already in use on 127.0.0.1; stop what listens there first" >&2; exit 1
-  fi
-done
+ports_free 18281 18282 18283 18284 18285
 
 W=$(mktemp -d /tmp/veer-pgo.XXXX)
 pids=()
@@ -50,45 +44,19 @@ RUSTFLAGS="-Cprofile-generate=$W/profiles" \
 GEN=target/pgo-gen/$HOST_TRIPLE/release/veer
 
 HOST=pgo.test
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj "/CN=$HOST" -addext "subjectAltName=DNS:$HOST" \
-  -keyout "$W/pgo.key" -out "$W/pgo.crt" 2>/dev/null
+make_cert "$W" pgo "$HOST"
 head -c 65536 /dev/urandom >"$W/body.bin"
 
 B1=127.0.0.1:18281; B2=127.0.0.1:18282
-cat >"$W/backend.conf" <<EOF
-daemon off; worker_processes 1; pid $W/backend.pid; error_log $W/backend.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; client_body_buffer_size 128k;
-  server { listen $B1; location / { return 200 "hello from b1\n"; } }
-  server { listen $B2; location / { return 200 "hello from b2\n"; } } }
-EOF
+backend_conf "$W" "$B1" "$B2"
 nginx -c "$W/backend.conf" -p "$W" & pids+=($!)
 
-cat >"$W/veer.toml" <<EOF
-[server]
-listen = ["127.0.0.1:18283"]
-tls_listen = ["127.0.0.1:18284"]
-workers = 1
-[admin]
-listen = "127.0.0.1:18285"
-[[tls.certificates]]
-cert = "pgo.crt"
-key = "pgo.key"
-[pools.blue]
-backends = ["$B1"]
-[pools.blue.health_check]
-path = "/health"
-interval = "1s"
-[pools.green]
-backends = ["$B2"]
-[pools.green.health_check]
-path = "/health"
-interval = "1s"
-[[routes]]
-name = "pgo"
-split = { blue = 90, green = 10 }
-EOF
+# The benchmark's config, plus active health checks so their client is trained too.
+{ veer_conf 127.0.0.1:18283 127.0.0.1:18284 127.0.0.1:18285 pgo "$B1" "$B2" pgo
+  for pool in blue green; do
+    printf '[pools.%s.health_check]\npath = "/health"\ninterval = "1s"\n' "$pool"
+  done
+} >"$W/veer.toml"
 LLVM_PROFILE_FILE="$W/profiles/veer-%p-%m.profraw" VEER_LOG=warn \
   "$GEN" run --config "$W/veer.toml" >"$W/veer.log" 2>&1 &
 veer=$!; pids+=($veer)
