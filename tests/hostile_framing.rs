@@ -691,6 +691,40 @@ async fn an_absolute_form_target_is_routed_and_forwarded_by_its_authority() {
 }
 
 #[tokio::test]
+async fn an_http2_authority_wins_over_a_host_header() {
+    use http_body_util::Empty;
+    let internal = raw_backend(|r| ok(&format!("internal {}", r.target))).await;
+    let probe = raw_backend(|r| ok(&format!("probe {}", r.target))).await;
+    let veer = start_veer(&format!(
+        "[pools.internal]\nbackends = [\"{}\"]\n[pools.probe]\nbackends = [\"{}\"]\n\
+         [[routes]]\nname = \"internal\"\nhosts = [\"internal.example\"]\nsplit = {{ internal = 1 }}\n\
+         [[routes]]\nname = \"probe\"\nhosts = [\"probe.test\"]\nsplit = {{ probe = 1 }}\n",
+        internal.addr, probe.addr
+    ))
+    .await;
+    let tcp = TcpStream::connect(veer.addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("http://internal.example/h2")
+        .header("host", "probe.test")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = internal.seen();
+    assert_eq!(seen.len(), 1, "routed by :authority");
+    assert_eq!(seen[0].target, "/h2");
+    assert_eq!(seen[0].header("host"), ["internal.example"]);
+    assert!(probe.seen().is_empty());
+    veer.shutdown().await;
+}
+
+#[tokio::test]
 async fn connection_cannot_strip_host_length_or_forwarding_headers() {
     let b = raw_backend(|r| ok(&format!("got {}", r.target))).await;
     let veer = start_veer(&one_pool(b.addr, "")).await;
