@@ -91,6 +91,9 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub drain_timeout: Duration,
+    /// Upgrade protocols tunnelled (lower case); any other `Upgrade` is stripped and the
+    /// request answered as plain HTTP/1.1. Never `h2c`.
+    pub upgrades: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +109,7 @@ impl Default for ServerConfig {
             max_header_bytes: 65536,
             max_connections: 10000,
             drain_timeout: Duration::from_secs(30),
+            upgrades: vec!["websocket".to_string()],
         }
     }
 }

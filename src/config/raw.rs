@@ -37,6 +37,7 @@ pub struct RawServer {
     pub max_header_bytes: Option<S<i64>>,
     pub max_connections: Option<S<i64>>,
     pub drain_timeout: Option<S<String>>,
+    pub upgrades: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -108,6 +108,7 @@ pub const ROOT: Shape = Table(&[
             ("max_header_bytes", Int),
             ("max_connections", Int),
             ("drain_timeout", Dur),
+            ("upgrades", Array(&Str)),
         ]),
     ),
     ("admin", Table(&[("listen", Str), ("token_env", Str)])),

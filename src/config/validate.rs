@@ -335,7 +335,38 @@ fn build_server(cx: &mut Ctx<'_>, raw: Option<S<RawServer>>) -> ServerConfig {
             10000,
         ) as usize,
         drain_timeout: cx.duration(&raw.drain_timeout, "server.drain_timeout", d.drain_timeout),
+        upgrades: match raw.upgrades {
+            None => d.upgrades,
+            Some(list) => build_upgrades(cx, list.into_inner()),
+        },
     }
+}
+
+/// `server.upgrades`: protocol names as `Upgrade` carries them (tokens), lower-cased. `h2c`
+/// is refused: an h2c upgrade would turn the connection into a tunnel past veer's parser,
+/// routing and limits (HTTP/2 clients use prior knowledge instead).
+fn build_upgrades(cx: &mut Ctx<'_>, list: Vec<S<String>>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for p in list {
+        let name = p.get_ref().trim().to_ascii_lowercase();
+        if name == "h2c" {
+            cx.err(
+                p.span(),
+                "server.upgrades: \"h2c\" is never tunnelled (HTTP/2 clients speak it to veer with prior knowledge)",
+            );
+        } else if !valid_token(&name) {
+            cx.err(
+                p.span(),
+                format!(
+                    "server.upgrades: {:?} is not a protocol name (a token like \"websocket\")",
+                    p.get_ref()
+                ),
+            );
+        } else if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 fn build_admin(cx: &mut Ctx<'_>, raw: Option<S<RawAdmin>>) -> AdminConfig {
@@ -513,11 +544,13 @@ fn build_pool(
         let d = HealthCheckConfig::default();
         let path = match h.path {
             None => d.path.clone(),
-            Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
-            Some(p) => {
-                cx.err(p.span(), format!("{}: path {:?} must start with '/'", field("health_check.path"), p.get_ref()));
-                d.path.clone()
-            }
+            Some(p) => match health_path_problem(p.get_ref()) {
+                None => p.into_inner(),
+                Some(why) => {
+                    cx.err(p.span(), format!("{}: path {:?} {why}", field("health_check.path"), p.get_ref()));
+                    d.path.clone()
+                }
+            },
         };
         let expect_status = match &h.expect_status {
             None => d.expect_status,
@@ -584,6 +617,34 @@ fn build_pool(
         health_check,
         circuit_breaker,
     })
+}
+
+/// Why a health-check path cannot be sent as the target of `GET PATH HTTP/1.1`, if it
+/// cannot: the request line allows only visible ASCII, and `http`'s parser is the judge of
+/// the rest (it would drop a `#fragment` without a word, so that is refused here first).
+fn health_path_problem(p: &str) -> Option<&'static str> {
+    if !p.starts_with('/') {
+        return Some("must start with '/'");
+    }
+    if p.contains(['\r', '\n']) {
+        return Some("must not contain CR or LF");
+    }
+    if p.contains([' ', '\t']) {
+        return Some("must not contain spaces (percent-encode them as %20)");
+    }
+    if p.bytes().any(|b| b.is_ascii_control()) {
+        return Some("must not contain control characters");
+    }
+    if !p.is_ascii() {
+        return Some("must be ASCII (percent-encode other characters)");
+    }
+    if p.contains('#') {
+        return Some("must not contain '#' (a fragment is never sent)");
+    }
+    match p.parse::<http::uri::PathAndQuery>() {
+        Ok(pq) if pq.as_str() == p => None,
+        _ => Some("is not a valid request path"),
+    }
 }
 
 /// Paths in the config are relative to the config file's folder.

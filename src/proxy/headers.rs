@@ -12,22 +12,45 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     header::PROXY_AUTHENTICATE,
 ];
 
-/// Is this header for this hop only, whatever `Connection` says?
+/// Is this header for this hop only, whatever `Connection` says? `HTTP2-Settings` only
+/// means something on an `h2c` upgrade, which veer never forwards.
 fn is_fixed_hop(name: &str) -> bool {
     matches!(
         name,
-        "connection" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "keep-alive"
+        "connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "keep-alive"
+            | "http2-settings"
     ) || name.starts_with("proxy-")
 }
 
-/// Remove hop-by-hop headers: the fixed set, `Keep-Alive`, every `Proxy-*`, and whatever
-/// `Connection` names. With `upgrade`, `Connection: upgrade` and `Upgrade` are kept.
-/// With `keep_te_trailers`, `TE: trailers` is kept (gRPC over HTTP/2 needs it).
+/// May `Connection` name this header to have it dropped? Not the ones the message cannot do
+/// without (`Host`, `Content-Length`), nor the forwarding headers a proxy in front added:
+/// `Connection: X-Forwarded-For` would otherwise erase the real client from the chain.
+fn connection_may_strip(name: &str) -> bool {
+    let protected = name.eq_ignore_ascii_case("host")
+        || name.eq_ignore_ascii_case("content-length")
+        || name.eq_ignore_ascii_case("forwarded")
+        || name
+            .get(..12)
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-forwarded-"));
+    !protected
+}
+
+/// Remove hop-by-hop headers: the fixed set, `Keep-Alive`, `HTTP2-Settings`, every
+/// `Proxy-*`, and whatever `Connection` names (except what [`connection_may_strip`] keeps).
+/// With `upgrade`, `Connection: upgrade` and `Upgrade` are kept. With `keep_te_trailers`,
+/// `TE: trailers` is kept (gRPC over HTTP/2 needs it). A message with `Transfer-Encoding`
+/// also loses its `Content-Length`: the body is decoded by its transfer coding (RFC 9112
+/// §6.3) and re-framed by whoever sends it on, so both framings are never passed along.
 /// Says whether there was a `Transfer-Encoding` (seen by the same scan of the names).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool) -> bool {
     // One look at the names decides: most requests carry none of these, and only the names
     // present are removed (each removal hashes the name).
-    let (mut fixed, mut keep_alive, mut proxy) = ([false; 6], false, false);
+    let (mut fixed, mut keep_alive, mut h2_settings, mut proxy) = ([false; 6], false, false, false);
     for k in h.keys() {
         let s = k.as_str();
         if !is_fixed_hop(s) {
@@ -37,6 +60,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool
             fixed[i] = true;
         } else if s == "keep-alive" {
             keep_alive = true;
+        } else if s == "http2-settings" {
+            h2_settings = true;
         } else {
             proxy = true;
         }
@@ -44,7 +69,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool
     // Connection is the only way to name more hop-by-hop headers, so without any of the
     // fixed set present (and no upgrade to mark) there is nothing to do.
     let had_te = fixed[3]; // HOP_BY_HOP[3]: Transfer-Encoding
-    if !upgrade && !keep_alive && !proxy && !fixed.contains(&true) {
+    if !upgrade && !keep_alive && !h2_settings && !proxy && !fixed.contains(&true) {
         return had_te;
     }
     let te_trailers = keep_te_trailers
@@ -65,7 +90,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool
             let Ok(s) = v.to_str() else { continue };
             for name in s.split(',') {
                 let name = name.trim();
-                if upgrade && name.eq_ignore_ascii_case("upgrade") {
+                if (upgrade && name.eq_ignore_ascii_case("upgrade")) || !connection_may_strip(name)
+                {
                     continue;
                 }
                 // By &str: matched case-insensitively without allocating; an invalid name
@@ -80,8 +106,14 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool
         }
         h.remove(n);
     }
+    if had_te {
+        h.remove(header::CONTENT_LENGTH);
+    }
     if keep_alive {
         h.remove("keep-alive");
+    }
+    if h2_settings {
+        h.remove("http2-settings");
     }
     if proxy {
         // Any other Proxy-* header is for this hop only.
@@ -103,15 +135,35 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool
     had_te
 }
 
-/// Is this an HTTP/1.1 upgrade request (WebSocket and the like)?
-pub fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
+/// Is this an HTTP/1.1 upgrade request that veer tunnels? It needs `Connection: upgrade`
+/// and an `Upgrade` offering only protocols in `allowed` (`[server] upgrades`). Any other
+/// upgrade is not one, `h2c` above all (a raw tunnel past veer's parser, routing and
+/// limits): the request is answered as plain HTTP/1.1, its `Upgrade` stripped as hop-by-hop,
+/// as Envoy and HAProxy do.
+pub fn is_tunnelled_upgrade(h: &HeaderMap, allowed: &[String]) -> bool {
+    let mut offers = h.get_all(header::UPGRADE).iter().peekable();
+    offers.peek().is_some()
         && h.get_all(header::CONNECTION).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
                 s.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
         })
+        && offers.all(|v| upgrade_allowed(v, allowed))
+}
+
+/// Does this `Upgrade` value name only protocols in `allowed` (by name, any case, a
+/// `/version` ignored), and at least one? Also judges a backend's 101: a switch to anything
+/// else never becomes a tunnel.
+pub fn upgrade_allowed(value: &HeaderValue, allowed: &[String]) -> bool {
+    let Ok(s) = value.to_str() else { return false };
+    s.split(',').all(|p| {
+        let name = p.split('/').next().unwrap_or("").trim();
+        // h2c is refused whatever the config says (validation refuses it too).
+        !name.is_empty()
+            && !name.eq_ignore_ascii_case("h2c")
+            && allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+    })
 }
 
 static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -263,6 +315,81 @@ mod tests {
         let mut h = HeaderMap::new();
         strip_hop_by_hop(&mut h, true, false);
         assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn connection_cannot_name_what_the_message_needs() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            "Host, content-length, X-Forwarded-For, x-forwarded-host, Forwarded, x-gone"
+                .parse()
+                .unwrap(),
+        );
+        for k in [
+            "host",
+            "content-length",
+            "x-forwarded-for",
+            "x-forwarded-host",
+        ] {
+            h.insert(k, "1".parse().unwrap());
+        }
+        h.insert("forwarded", "for=1".parse().unwrap());
+        h.insert("x-gone", "1".parse().unwrap());
+        h.insert("http2-settings", "AAMAAABk".parse().unwrap());
+        strip_hop_by_hop(&mut h, false, false);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "content-length",
+                "forwarded",
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-host"
+            ]
+        );
+    }
+
+    #[test]
+    fn transfer_encoding_takes_content_length_with_it() {
+        let mut h = HeaderMap::new();
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("content-length", "5".parse().unwrap());
+        assert!(strip_hop_by_hop(&mut h, false, false));
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn only_allowed_upgrades_are_tunnelled() {
+        let allowed = ["websocket".to_string()];
+        let req = |up: &str, conn: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("upgrade", up.parse().unwrap());
+            h.insert("connection", conn.parse().unwrap());
+            is_tunnelled_upgrade(&h, &allowed)
+        };
+        assert!(req("websocket", "Upgrade"));
+        assert!(req("WebSocket", "keep-alive, upgrade"));
+        assert!(
+            !req("websocket", "keep-alive"),
+            "Connection must say upgrade"
+        );
+        assert!(!req("h2c", "Upgrade, HTTP2-Settings"));
+        assert!(
+            !req("websocket, h2c", "upgrade"),
+            "every offer must be allowed"
+        );
+        assert!(!req("", "upgrade"));
+        assert!(!is_tunnelled_upgrade(&HeaderMap::new(), &allowed));
+        // h2c never, whatever the list says.
+        let h2c = HeaderValue::from_static("h2c");
+        assert!(!upgrade_allowed(&h2c, &["h2c".to_string()]));
+        assert!(upgrade_allowed(
+            &HeaderValue::from_static("x-custom/2, websocket"),
+            &["websocket".to_string(), "x-custom".to_string()]
+        ));
     }
 
     #[test]

@@ -131,26 +131,37 @@ pub fn handle(
     use futures_util::future::{ready, FutureExt};
     let (rt, conn) = (&ctx.0, &ctx.1);
     let snap = rt.snapshot();
-    // HTTP/2 carries the host in :authority; HTTP/1.1 in Host (required there, and only once).
-    // One lookup answers both; a host from :authority becomes the Host the backend gets.
+    // The host: the request target's authority where there is one (absolute-form over
+    // HTTP/1.1, RFC 9112 §3.2.2, and HTTP/2's :authority both win over a Host header), else
+    // Host (required in HTTP/1.1, and only once either way). It becomes the Host the backend
+    // gets; the target goes on in origin-form.
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let (host_header, second) = (hosts.next().cloned(), hosts.next().is_some());
     if second {
         return Either::Left(ready(Failure::BadRequest.response()));
     }
-    let host_value = match host_header {
-        Some(h) => Some(h),
-        None => {
-            let h = req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-            if let Some(h) = &h {
-                req.headers_mut().insert(header::HOST, h.clone());
+    let host_value =
+        match req.uri().authority() {
+            None => host_header,
+            Some(a) => {
+                if !req.uri().scheme_str().is_none_or(|s| {
+                    s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https")
+                }) {
+                    return Either::Left(ready(Failure::BadRequest.response()));
+                }
+                match host_header {
+                    // HTTP/2 clients often send both, the same.
+                    Some(h) if h.as_bytes() == a.as_str().as_bytes() => Some(h),
+                    _ => {
+                        let Ok(h) = HeaderValue::from_str(a.as_str()) else {
+                            return Either::Left(ready(Failure::BadRequest.response()));
+                        };
+                        req.headers_mut().insert(header::HOST, h.clone());
+                        Some(h)
+                    }
+                }
             }
-            h
-        }
-    };
+        };
     let raw_host = match &host_value {
         Some(v) if valid_host(v.as_bytes()) => v.to_str().unwrap_or_default(),
         Some(_) => return Either::Left(ready(Failure::BadRequest.response())),
@@ -160,14 +171,20 @@ pub fn handle(
         None => "",
     };
     let host = crate::routing::normalize_host(raw_host);
-    // Routed and forwarded with dot-segments resolved: what the backend would read.
-    if let Some(path) = crate::routing::resolve_dot_segments(req.uri().path()) {
+    // Routed and forwarded as the backend would read the path: unreserved characters
+    // percent-decoded, dot-segments resolved (nothing allocated when there is neither). A
+    // malformed escape is a malformed request.
+    let normalized = match crate::routing::normalize_path(req.uri().path()) {
+        Ok(n) => n,
+        Err(_) => return Either::Left(ready(Failure::BadRequest.response())),
+    };
+    if let Some(path) = normalized {
         let pq = match req.uri().query() {
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
         let mut parts = req.uri().clone().into_parts();
-        match pq.parse() {
+        match http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)) {
             Ok(pq) => parts.path_and_query = Some(pq),
             Err(_) => return Either::Left(ready(Failure::BadRequest.response())),
         }
@@ -213,14 +230,28 @@ pub fn handle(
     });
     let pool_idx = forced.unwrap_or_else(|| route.table.pool_of(bucket));
 
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // Only an upgrade veer tunnels is forwarded as one; any other (h2c) goes on as plain
+    // HTTP/1.1 with its Upgrade stripped.
+    let upgrade = req.version() == Version::HTTP_11
+        && headers::is_tunnelled_upgrade(req.headers(), &snap.config.server.upgrades);
+    // Boxed with the config that judges the backend's 101: upgrades are rare, and this sits
+    // in every request's future.
+    let down_upgrade =
+        upgrade.then(|| Box::new((hyper::upgrade::on(&mut req), snap.config.clone())));
     let (parts, body) = req.into_parts();
     let forwarding = forward(
         ctx, snap, route, parts, body, pool_idx, bucket, host_value, upgrade,
     );
     Either::Right(forwarding.map(move |(mut resp, pending)| {
         if let (Some(down), Some(p)) = (down_upgrade, pending) {
+            let (down, config) = *down;
+            // A switch to anything but an upgrade veer tunnels is the backend breaking the
+            // exchange: no tunnel (dropping `p` closes its connection).
+            let switched_to = resp.headers().get(header::UPGRADE);
+            if !switched_to.is_some_and(|v| headers::upgrade_allowed(v, &config.server.upgrades)) {
+                tracing::debug!(upgrade = ?switched_to, "backend switched to a protocol not tunnelled");
+                return Failure::BadGateway.response();
+            }
             tunnel(down, p);
         }
         if let Some(c) = new_cookie {

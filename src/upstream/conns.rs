@@ -186,6 +186,10 @@ impl Conns {
         self: Arc<Self>,
         mut req: Request<UpBody>,
     ) -> Result<(Response<UpstreamBody>, Checkin), UpstreamError> {
+        // hyper takes any 101 as a switch: one to a request that asked for none is the
+        // backend breaking the protocol (as on the fast path), never a tunnel.
+        let asked_upgrade =
+            req.headers().contains_key(header::UPGRADE) || req.method() == Method::CONNECT;
         loop {
             let (mut tx, reused) = match self.check_out() {
                 Some(tx) => (tx, true),
@@ -201,7 +205,15 @@ impl Conns {
                 }
             }
             match tx.try_send_request(req).await {
-                Ok(resp) => {
+                Ok(resp)
+                    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !asked_upgrade =>
+                {
+                    return Err(UpstreamError::Protocol(
+                        "101 Switching Protocols without an upgrade request".into(),
+                    ));
+                }
+                Ok(mut resp) => {
+                    inline::single_content_length(resp.headers_mut());
                     let resp = resp.map(UpstreamBody::Hyper);
                     return Ok((resp, Checkin(Some((self, tx)))));
                 }

@@ -319,6 +319,7 @@ fn parse_head(
     let base = buf.as_ptr() as usize;
     let mut headers = HeaderMap::with_capacity(r.headers.len());
     let mut length = None::<u64>;
+    let mut length_repeated = false;
     let mut chunked = false;
     let mut has_te = false;
     let mut keep_alive = version == Version::HTTP_11;
@@ -328,15 +329,17 @@ fn parse_head(
         let value = HeaderValue::from_maybe_shared(shared.slice(start..start + h.value.len()))
             .map_err(|_| bad("bad header value"))?;
         if name == header::CONTENT_LENGTH {
-            let n = value
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| bad("bad content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(bad("conflicting content-length"));
+            // Every line, and every item of a list (`5, 5`), must be the same number: any
+            // other answer cannot be framed, and guessing would truncate or hang (as hyper).
+            for item in value.as_bytes().split(|&b| b == b',') {
+                let n =
+                    content_length(item.trim_ascii()).ok_or_else(|| bad("bad content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(bad("conflicting content-length"));
+                }
+                length_repeated |= length.is_some();
+                length = Some(n);
             }
-            length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
             has_te = true;
             // Only a final `chunked` frames the body; anything else reads to the close.
@@ -369,7 +372,21 @@ fn parse_head(
         }
         headers.append(name, value);
     }
+    if let (true, Some(n)) = (length_repeated, length) {
+        // Relayed as the one value it is: not every client takes a list.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     let length = if has_te {
+        // An HTTP/1.0 message cannot be chunked: its framing is faulty (RFC 9112 §6.1).
+        if version == Version::HTTP_10 {
+            return Err(bad("transfer-encoding in an HTTP/1.0 response"));
+        }
+        // With a Content-Length as well, the transfer coding frames the body (RFC 9112
+        // §6.3; the hop-by-hop pass drops the Content-Length before relaying), and a backend
+        // that sent both is not trusted with the connection afterwards.
+        if length.is_some() {
+            keep_alive = false;
+        }
         if chunked {
             Length::Chunked
         } else {
@@ -386,6 +403,35 @@ fn parse_head(
     *resp.version_mut() = version;
     *resp.headers_mut() = headers;
     Ok((len, resp, Framing { length, keep_alive }))
+}
+
+/// Make a Content-Length said more than once (`5, 5`, or two lines, which the parser
+/// accepted only as the same number) one line with the one value, as [`parse_head`] does on
+/// the fast path: not every client takes a list. One lookup when it is said once.
+pub(crate) fn single_content_length(h: &mut HeaderMap) {
+    let mut values = h.get_all(header::CONTENT_LENGTH).iter();
+    let (Some(first), more) = (values.next(), values.next().is_some()) else {
+        return;
+    };
+    if !more && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    let n = first
+        .as_bytes()
+        .split(|&b| b == b',')
+        .next()
+        .and_then(|d| content_length(d.trim_ascii()));
+    if let Some(n) = n {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+}
+
+/// A Content-Length value: digits only (no sign, no spaces inside), fitting in a u64.
+fn content_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// A response body from an upstream connection: hyper's, or the fast path's.
