@@ -472,8 +472,24 @@ async fn only_websocket_and_configured_upgrades_are_tunnelled() {
         None => switch_to("h2c"),
     })
     .await;
-    // Default: WebSocket only.
+    // Default ("*"): every upgrade but h2c is tunnelled (SPEC §6).
     let veer = start_veer(&one_pool(b.addr, "")).await;
+    assert_eq!(
+        try_upgrade(veer.addr, "x-custom").await,
+        (101, Some(b"ping through".to_vec()))
+    );
+    assert_eq!(try_upgrade(veer.addr, "websocket, h2c").await, (502, None));
+    let seen = b.seen();
+    let upgrades: Vec<Vec<&str>> = seen.iter().map(|s| s.header("upgrade")).collect();
+    assert_eq!(upgrades, [vec!["x-custom"], vec![]], "{seen:?}");
+    veer.shutdown().await;
+
+    // Restricted to WebSocket.
+    let veer = start_veer(&one_pool(
+        b.addr,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nupgrades = [\"websocket\"]\n",
+    ))
+    .await;
     assert_eq!(
         try_upgrade(veer.addr, "websocket").await,
         (101, Some(b"ping through".to_vec()))
@@ -483,7 +499,7 @@ async fn only_websocket_and_configured_upgrades_are_tunnelled() {
     // Anything else is forwarded without its Upgrade: the backend's unasked 101 is a 502.
     assert_eq!(try_upgrade(veer.addr, "x-custom").await, (502, None));
     assert_eq!(try_upgrade(veer.addr, "websocket, h2c").await, (502, None));
-    let seen = b.seen();
+    let seen = b.seen()[2..].to_vec();
     let upgrades: Vec<Vec<&str>> = seen.iter().map(|s| s.header("upgrade")).collect();
     assert_eq!(
         upgrades,
@@ -491,7 +507,7 @@ async fn only_websocket_and_configured_upgrades_are_tunnelled() {
         "{seen:?}"
     );
     let echoed = b.echoed.load(Ordering::SeqCst);
-    assert_eq!(echoed, 24, "only the two WebSocket tunnels carried bytes");
+    assert_eq!(echoed, 36, "only the x-custom and two WebSocket tunnels carried bytes");
     veer.shutdown().await;
 
     // Configured: x-custom too, and no WebSocket.

@@ -109,7 +109,7 @@ impl Default for ServerConfig {
             max_header_bytes: 65536,
             max_connections: 10000,
             drain_timeout: Duration::from_secs(30),
-            upgrades: vec!["websocket".to_string()],
+            upgrades: vec!["*".to_string()],
         }
     }
 }

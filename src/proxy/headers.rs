@@ -153,8 +153,8 @@ pub fn is_tunnelled_upgrade(h: &HeaderMap, allowed: &[String]) -> bool {
 }
 
 /// Does this `Upgrade` value name only protocols in `allowed` (by name, any case, a
-/// `/version` ignored), and at least one? Also judges a backend's 101: a switch to anything
-/// else never becomes a tunnel.
+/// `/version` ignored; `"*"` allows every protocol but h2c), and at least one? Also judges a
+/// backend's 101: a switch to anything else never becomes a tunnel.
 pub fn upgrade_allowed(value: &HeaderValue, allowed: &[String]) -> bool {
     let Ok(s) = value.to_str() else { return false };
     s.split(',').all(|p| {
@@ -162,7 +162,7 @@ pub fn upgrade_allowed(value: &HeaderValue, allowed: &[String]) -> bool {
         // h2c is refused whatever the config says (validation refuses it too).
         !name.is_empty()
             && !name.eq_ignore_ascii_case("h2c")
-            && allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+            && allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(name))
     })
 }
 
