@@ -108,6 +108,20 @@ enum Command {
         #[command(flatten)]
         api: AdminOpts,
     },
+    /// Print the override value that forces POOL where `override.secret_env` is set.
+    ///
+    /// The value is POOL.HEX, HEX the lowercase hex HMAC-SHA256 of POOL keyed with the secret
+    /// from the env var; send it in the route's override header or cookie.
+    #[command(
+        after_help = "Example: curl -H \"x-veer-pool: $(veer override-token green)\" http://127.0.0.1:8080/"
+    )]
+    OverrideToken {
+        /// Pool name, as in the config.
+        pool: String,
+        /// Env var holding the secret (the route's `override.secret_env`).
+        #[arg(long, value_name = "NAME", default_value = veer::routing::pool_override::DEFAULT_SECRET_ENV)]
+        secret_env: String,
+    },
 }
 
 /// Where the admin API is and how to print its answers.
@@ -156,6 +170,9 @@ fn main() -> ExitCode {
             }),
             _,
         ) => demo(listen, admin, rollout),
+        (Some(Command::OverrideToken { pool, secret_env }), _) => {
+            override_token(&pool, &secret_env)
+        }
         (Some(cmd), _) => admin_command(cmd),
         (None, None) => {
             eprintln!(
@@ -353,6 +370,24 @@ fn free_or_ephemeral(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 }
 
 /// Run one admin-API client command and print its answer.
+/// `veer override-token POOL`: the value veer accepts, computed as the config load does.
+fn override_token(pool: &str, secret_env: &str) -> Result<()> {
+    if pool.is_empty()
+        || !pool
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("invalid pool name {pool:?}; pool names are letters, digits, '-' and '_'");
+    }
+    let secret = veer::routing::pool_override::read_secret(secret_env)
+        .context("cannot read the override secret")?;
+    println!(
+        "{}",
+        veer::routing::pool_override::token(secret.as_bytes(), pool)
+    );
+    Ok(())
+}
+
 fn admin_command(cmd: Command) -> Result<()> {
     use veer::client::{self, AdminClient};
     let api = match &cmd {
@@ -363,7 +398,10 @@ fn admin_command(cmd: Command) -> Result<()> {
         | Command::Undrain { api, .. }
         | Command::Reload { api }
         | Command::Rollout { api, .. } => api,
-        Command::Run { .. } | Command::Check { .. } | Command::Demo { .. } => {
+        Command::Run { .. }
+        | Command::Check { .. }
+        | Command::Demo { .. }
+        | Command::OverrideToken { .. } => {
             bail!("not an admin command")
         }
     };
@@ -400,7 +438,10 @@ fn admin_command(cmd: Command) -> Result<()> {
                 .rollout(route, action.as_str())
                 .await
                 .map(|v| (client::render_rollout_answer(route, action.as_str(), &v), v)),
-            Command::Run { .. } | Command::Check { .. } | Command::Demo { .. } => {
+            Command::Run { .. }
+            | Command::Check { .. }
+            | Command::Demo { .. }
+            | Command::OverrideToken { .. } => {
                 unreachable!("filtered above")
             }
         }

@@ -40,6 +40,8 @@ pub struct RouteMetrics {
     /// Per pool, per backend (pool order), plus one last entry for "no backend".
     pub codes: Vec<Vec<Arc<CodeCounters>>>,
     pub retries: IntCounter,
+    /// Overrides ignored because they were not allowed (`veer_override_rejected_total`).
+    pub override_rejected: IntCounter,
 }
 
 type CodeKey = (String, String, String);
@@ -54,6 +56,7 @@ pub struct Metrics {
     breaker_state: IntGaugeVec,
     pub breaker_trips: IntCounterVec,
     retries: IntCounterVec,
+    override_rejected: IntCounterVec,
     pub route_weight: IntGaugeVec,
     draining: IntGaugeVec,
     pub reloads: IntCounterVec,
@@ -136,6 +139,11 @@ impl Metrics {
                 "Requests retried on another backend.",
                 &["route"],
             ),
+            override_rejected: counter(
+                "veer_override_rejected_total",
+                "Pool overrides ignored because the peer or the token was not allowed.",
+                &["route"],
+            ),
             route_weight: gauge(
                 "veer_route_weight",
                 "Current split weight of a pool in a route.",
@@ -202,6 +210,7 @@ impl Metrics {
                         self.rollouts.with_label_values(&[&rc.name, result]);
                     }
                     self.retries.with_label_values(&[&rc.name]);
+                    self.override_rejected.with_label_values(&[&rc.name]);
                 }
             }
             now.insert(rc.name.clone(), pools);
@@ -219,6 +228,7 @@ impl Metrics {
                 }
                 let _ = self.rollout_step.remove_label_values(&[route]);
                 let _ = self.retries.remove_label_values(&[route]);
+                let _ = self.override_rejected.remove_label_values(&[route]);
                 for result in ["succeeded", "rolled_back"] {
                     let _ = self.rollouts.remove_label_values(&[route, result]);
                 }
@@ -268,6 +278,7 @@ impl Metrics {
                 .collect(),
             codes: per_pool,
             retries: self.retries.with_label_values(&[route]),
+            override_rejected: self.override_rejected.with_label_values(&[route]),
         }
     }
 

@@ -353,7 +353,7 @@ fn type_errors_point_at_the_value() {
         &[
             "2:11: server.workers: expected an integer, found a string",
             "3:19: server.max_connections: expected an integer, found a float",
-            "11:12: routes.web.fallback: expected a boolean (true or false), found a string",
+            "11:12: routes.web.fallback: expected true, false or \"weighted\", found \"yes\"",
             "12:9: routes.web.hosts: expected an array of strings, found a string",
         ],
     );

@@ -60,6 +60,7 @@ pub fn status_json(rt: &Runtime) -> Value {
                 "hosts": r.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
                 "path_prefix": r.path_prefix,
                 "split": split,
+                "effective": effective(&snap, &r.name),
                 "rollout": crate::rollout::status_json(rt, &r.name),
             })
         })
@@ -95,4 +96,21 @@ pub fn status_json(rt: &Runtime) -> Value {
         "routes": routes,
         "pools": pools,
     })
+}
+
+/// Where the route's traffic goes now, in percent per pool: the split as the backends' state
+/// and the fallback make it (overrides aside). What the pools do not add up to gets 503.
+fn effective(snap: &crate::runtime::Snapshot, route: &str) -> Value {
+    let Some(r) = snap.router.get(route) else {
+        return Value::Null;
+    };
+    let buckets = crate::routing::choice::effective_buckets(r);
+    let per_percent = f64::from(crate::routing::BUCKETS) / 100.0;
+    let shares: Map<String, Value> = r
+        .pools
+        .iter()
+        .zip(buckets)
+        .map(|(p, b)| (p.name.to_string(), json!(f64::from(b) / per_percent)))
+        .collect();
+    Value::Object(shares)
 }

@@ -1,14 +1,23 @@
 //! Per-backend circuit breaker.
 //!
-//! The request path only reads the [`Gate`] and records outcomes into atomics; the state machine
-//! (closed → open → half-open → closed) runs in a background task per backend
-//! ([`spawn`]), woken through a `Notify` when a threshold is crossed — linkerd's failure accrual.
+//! The request path only reads the [`Gate`] and records outcomes into atomics. The request
+//! whose failure reaches `consecutive_failures` opens the gate itself (one compare-and-swap),
+//! so not one more request reaches a failing backend, and so does a failed half-open trial;
+//! everything timed (how long to stay open, half-open, backoff, decay, closing again) runs in
+//! a background task per backend ([`spawn`]), woken through a `Notify` — linkerd's failure
+//! accrual with the trip moved to the foreground.
 //!
 //! Open time grows exponentially with repeated trips (`open_for`, ×2 per recent trip, capped at
 //! [`MAX_OPEN`] or `open_for` if larger, plus jitter), like Envoy's outlier ejection time; each
 //! `open_for` spent closed forgives one trip. No more than half of a pool's backends (at least
 //! one) are ejected by breakers at once: a backend that would exceed that stays closed and
 //! keeps serving, so a misclassification cannot empty a pool.
+//!
+//! Who moves the state: a request moves it from closed to open (after taking an ejection slot
+//! of the pool) and from half-open to open; the task moves it from open to half-open and from
+//! open or half-open to closed (giving the slot back), and retires it when the backend is gone.
+//! Each transition is a compare-and-swap from the state its mover saw, so a trip happens once
+//! however many requests fail at the same moment, and its slot is given back once.
 
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use tokio::sync::Notify;
@@ -22,6 +31,13 @@ pub enum BreakerState {
     HalfOpen = 2,
 }
 
+/// The state word of a backend whose breaker task has ended: never trips again (so no
+/// ejection slot can be taken that nobody would give back); shown as closed.
+const RETIRED: u8 = 3;
+const CLOSED: u8 = BreakerState::Closed as u8;
+const OPEN: u8 = BreakerState::Open as u8;
+const HALF_OPEN: u8 = BreakerState::HalfOpen as u8;
+
 impl BreakerState {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -32,8 +48,8 @@ impl BreakerState {
     }
     fn from_u8(v: u8) -> Self {
         match v {
-            1 => BreakerState::Open,
-            2 => BreakerState::HalfOpen,
+            OPEN => BreakerState::Open,
+            HALF_OPEN => BreakerState::HalfOpen,
             _ => BreakerState::Closed,
         }
     }
@@ -92,29 +108,57 @@ impl Gate {
         self.permits.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Record the outcome of a request; `trial` is what [`Gate::try_acquire`] returned.
-    pub fn record(&self, success: bool, trial: bool) {
+    /// Record the outcome of a request; `trial` is what [`Gate::try_acquire`] returned and
+    /// `pool` holds the pool's ejection count. Returns whether this outcome opened the gate.
+    pub fn record(&self, success: bool, trial: bool, pool: &PoolShared) -> bool {
         if trial {
-            if success {
+            let opened = if success {
                 self.trial_ok.fetch_add(1, Ordering::AcqRel);
+                false
             } else {
                 self.trial_failed.fetch_add(1, Ordering::AcqRel);
-            }
+                // No further trial of this round goes out: the backend failed one. The slot
+                // taken at the trip is still held, so nothing to take here.
+                self.flip(HALF_OPEN, OPEN)
+            };
             self.wake.notify_one();
-            return;
+            return opened;
         }
         if success {
             // Load first: a healthy backend should not write a shared cache line per request.
             if self.failures.load(Ordering::Relaxed) != 0 {
                 self.failures.store(0, Ordering::Relaxed);
             }
-        } else {
-            let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-            let t = self.threshold.load(Ordering::Relaxed);
-            if t > 0 && n >= t {
-                self.wake.notify_one();
-            }
+            return false;
         }
+        let n = self
+            .failures
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
+        let t = self.threshold.load(Ordering::Relaxed);
+        if t == 0 || n < t || self.state.load(Ordering::Acquire) != CLOSED {
+            return false;
+        }
+        // This failure reaches the threshold: open now, within the pool's ejection cap. At the
+        // cap the backend stays closed and serving; its next failure tries again, so it trips
+        // as soon as another backend's breaker closes.
+        if !pool.try_eject() {
+            return false;
+        }
+        if self.flip(CLOSED, OPEN) {
+            self.wake.notify_one();
+            true
+        } else {
+            // Another request tripped it first (it holds its own slot), or the task retired.
+            pool.release_ejection();
+            false
+        }
+    }
+
+    fn flip(&self, from: u8, to: u8) -> bool {
+        self.state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     // ---- used by the state machine task ----
@@ -127,25 +171,44 @@ impl Gate {
         self.threshold.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn open(&self) {
-        self.permits.store(0, Ordering::Release);
-        self.state
-            .store(BreakerState::Open as u8, Ordering::Release);
-    }
-
+    /// Open → half-open with `permits` trials. Only the task moves the state out of open.
     pub(crate) fn half_open(&self, permits: u32) {
         self.trial_ok.store(0, Ordering::Release);
         self.trial_failed.store(0, Ordering::Release);
         self.permits.store(permits, Ordering::Release);
-        self.state
-            .store(BreakerState::HalfOpen as u8, Ordering::Release);
+        self.flip(OPEN, HALF_OPEN);
     }
 
-    pub(crate) fn close(&self) {
+    /// Half-open → closed, unless a trial failed meanwhile (then the gate is open again).
+    pub(crate) fn close_after_trials(&self) -> bool {
+        // Failures are zeroed before closed is published: a late failure must not find the
+        // gate closed with the old count and trip it again at once.
         self.failures.store(0, Ordering::Release);
         self.permits.store(0, Ordering::Release);
-        self.state
-            .store(BreakerState::Closed as u8, Ordering::Release);
+        self.flip(HALF_OPEN, CLOSED)
+    }
+
+    /// Open or half-open → closed, whatever the trials say (the breaker was switched off).
+    pub(crate) fn force_close(&self) {
+        self.failures.store(0, Ordering::Release);
+        self.permits.store(0, Ordering::Release);
+        // Only a failed trial moves the state meanwhile (half-open → open).
+        let mut cur = self.state.load(Ordering::Acquire);
+        while cur == OPEN || cur == HALF_OPEN {
+            match self
+                .state
+                .compare_exchange(cur, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The backend is gone: no trip from now on. Returns whether it was ejected (open or
+    /// half-open), so its slot must be given back.
+    pub(crate) fn retire(&self) -> bool {
+        matches!(self.state.swap(RETIRED, Ordering::AcqRel), OPEN | HALF_OPEN)
     }
 
     /// (successful trials, failed trials) since half-open began.
@@ -196,22 +259,6 @@ pub fn max_ejected(size: u32) -> u32 {
     (size / 2).max(1)
 }
 
-/// Count one more ejected backend in the pool, unless that would pass the cap.
-fn try_eject(pool: &PoolShared) -> bool {
-    let cap = max_ejected(pool.size.load(std::sync::atomic::Ordering::Relaxed));
-    pool.ejected
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
-            (e < cap).then_some(e + 1)
-        })
-        .is_ok()
-}
-
-fn release(pool: &PoolShared) {
-    let _ = pool
-        .ejected
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1));
-}
-
 fn jittered(d: Duration, jitter: f64) -> Duration {
     let j = jitter.clamp(0.0, 1.0);
     if j == 0.0 {
@@ -236,24 +283,26 @@ async fn wait_wake(b: &Backend) -> Woke {
     }
 }
 
-/// The state machine: closed → open → half-open → closed (or open again).
+/// How a half-open round ended.
+enum Verdict {
+    Passed,
+    Failed,
+    /// The breaker was switched off.
+    Off,
+}
+
+/// The timed part of the state machine: open (opened by a request) → half-open → closed, or
+/// open again with a longer open time.
 async fn run(b: Arc<Backend>, trips_metric: Option<IntCounter>) {
     let gate = &b.breaker;
     let mut trips = 0u32;
     let mut closed_since = Instant::now();
     'closed: loop {
-        // Closed: wait until the consecutive failures reach the threshold.
+        // Closed: a request opens the gate (`Gate::record`) and wakes us.
         if let Woke::Closed = wait_wake(&b).await {
             break;
         }
-        let threshold = gate.threshold();
-        if threshold == 0 || gate.consecutive_failures() < threshold {
-            continue;
-        }
-        if !try_eject(&b.pool_shared) {
-            // At the ejection cap: stay closed and serving. The next failure tries again, so
-            // the backend trips as soon as another one's breaker closes.
-            tracing::debug!(backend = %b.id, "breaker would open but half the pool is already ejected");
+        if gate.state() != BreakerState::Open {
             continue;
         }
         trips = decayed(
@@ -263,13 +312,12 @@ async fn run(b: Arc<Backend>, trips_metric: Option<IntCounter>) {
         ) + 1;
         loop {
             // Open: no requests for the (grown) open time.
-            gate.open();
             if let Some(m) = &trips_metric {
                 m.inc();
             }
             let cfg = b.pool_config().circuit_breaker.clone();
             let open = jittered(open_duration(&cfg, trips), cfg.jitter);
-            tracing::warn!(backend = %b.id, open_for = ?open, trips, "circuit breaker opened");
+            tracing::warn!(backend = %b.id, open_for = ?open, trips, failures = gate.consecutive_failures(), "circuit breaker opened");
             let until = Instant::now() + open;
             loop {
                 tokio::select! {
@@ -282,44 +330,55 @@ async fn run(b: Arc<Backend>, trips_metric: Option<IntCounter>) {
                     _ = b.closed.cancelled() => break 'closed,
                 }
             }
-            // Half-open: let the trial requests through and judge them.
-            let cfg = b.pool_config().circuit_breaker.clone();
-            if gate.threshold() == 0 {
-                // The breaker was switched off while open.
-                break;
-            }
-            let needed = cfg.half_open_requests.max(1);
-            gate.half_open(needed);
-            tracing::info!(backend = %b.id, trials = needed, "circuit breaker half-open");
-            let passed = loop {
-                if let Woke::Closed = wait_wake(&b).await {
-                    break 'closed;
-                }
-                if gate.threshold() == 0 {
-                    break true;
-                }
-                let (ok, failed) = gate.trials();
-                if failed > 0 {
-                    break false;
-                }
-                if ok >= needed {
-                    break true;
+            let verdict = if gate.threshold() == 0 {
+                Verdict::Off
+            } else {
+                // Half-open: let the trial requests through and judge them.
+                let needed = b.pool_config().circuit_breaker.half_open_requests.max(1);
+                gate.half_open(needed);
+                tracing::info!(backend = %b.id, trials = needed, "circuit breaker half-open");
+                loop {
+                    if let Woke::Closed = wait_wake(&b).await {
+                        break 'closed;
+                    }
+                    if gate.threshold() == 0 {
+                        break Verdict::Off;
+                    }
+                    // A failed trial has already opened the gate again (`Gate::record`).
+                    let (ok, failed) = gate.trials();
+                    if failed > 0 || gate.state() == BreakerState::Open {
+                        break Verdict::Failed;
+                    }
+                    if ok >= needed {
+                        break Verdict::Passed;
+                    }
                 }
             };
-            if passed {
-                break;
+            match verdict {
+                Verdict::Passed => {
+                    if gate.close_after_trials() {
+                        break;
+                    }
+                    // A trial failed just as the others passed: open again.
+                }
+                Verdict::Failed => {}
+                Verdict::Off => {
+                    gate.force_close();
+                    break;
+                }
             }
+            // Open again (the request whose trial failed has already flipped it; this only
+            // covers a failure counted without the flip).
+            gate.flip(HALF_OPEN, OPEN);
             trips = trips.saturating_add(1);
         }
-        gate.close();
-        release(&b.pool_shared);
+        b.pool_shared.release_ejection();
         closed_since = Instant::now();
         tracing::info!(backend = %b.id, "circuit breaker closed");
     }
-    // The backend is gone: give its ejection slot back to the pool.
-    if gate.state() != BreakerState::Closed {
-        gate.close();
-        release(&b.pool_shared);
+    // The backend is gone: no trip from now on, and its ejection slot goes back to the pool.
+    if gate.retire() {
+        b.pool_shared.release_ejection();
     }
 }
 
@@ -368,40 +427,334 @@ mod tests {
     fn ejection_slots_are_counted() {
         let p = PoolShared::default();
         p.size.store(4, Ordering::Relaxed);
-        assert!(try_eject(&p));
-        assert!(try_eject(&p));
-        assert!(!try_eject(&p));
-        release(&p);
-        assert!(try_eject(&p));
-        release(&p);
-        release(&p);
-        release(&p);
+        assert!(p.try_eject());
+        assert!(p.try_eject());
+        assert!(!p.try_eject());
+        p.release_ejection();
+        assert!(p.try_eject());
+        p.release_ejection();
+        p.release_ejection();
+        p.release_ejection();
         assert_eq!(p.ejected.load(Ordering::Relaxed), 0);
     }
 
+    fn pool(size: u32) -> PoolShared {
+        let p = PoolShared::default();
+        p.size.store(size, Ordering::Relaxed);
+        p
+    }
+
     #[test]
-    fn gate_counts_failures_and_trials() {
+    fn the_failure_that_reaches_the_threshold_opens_the_gate_itself() {
+        let p = pool(2);
         let g = Gate::default();
-        g.set_threshold(2);
+        g.set_threshold(3);
         assert_eq!(g.try_acquire(), Some(false));
-        g.record(false, false);
-        g.record(true, false);
-        assert_eq!(g.consecutive_failures(), 0);
-        g.record(false, false);
-        g.record(false, false);
-        assert_eq!(g.consecutive_failures(), 2);
-        g.open();
+        assert!(!g.record(false, false, &p));
+        assert!(!g.record(true, false, &p));
+        assert_eq!(g.consecutive_failures(), 0, "a success resets the count");
+        assert!(!g.record(false, false, &p));
+        assert!(!g.record(false, false, &p));
+        assert_eq!(g.state(), BreakerState::Closed);
+        assert!(g.record(false, false, &p), "the third failure trips");
+        assert_eq!(g.state(), BreakerState::Open);
+        assert_eq!(p.ejected.load(Ordering::Relaxed), 1, "it took a slot");
         assert!(!g.is_passable());
-        assert_eq!(g.try_acquire(), None);
-        g.half_open(1);
+        assert_eq!(g.try_acquire(), None, "the next request goes elsewhere");
+        // Late failures of requests sent before the trip neither trip again nor take a slot.
+        assert!(!g.record(false, false, &p));
+        assert_eq!(p.ejected.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_failed_trial_opens_the_gate_at_once_and_trials_are_counted() {
+        let p = pool(2);
+        let g = Gate::default();
+        g.set_threshold(1);
+        assert!(g.record(false, false, &p));
+        g.half_open(2);
+        assert_eq!(g.state(), BreakerState::HalfOpen);
         assert_eq!(g.try_acquire(), Some(true));
-        assert_eq!(g.try_acquire(), None);
+        assert_eq!(g.try_acquire(), Some(true));
+        assert_eq!(g.try_acquire(), None, "two trials, no more");
         g.release_trial();
-        assert_eq!(g.try_acquire(), Some(true));
-        g.record(true, true);
+        assert_eq!(g.try_acquire(), Some(true), "an unused permit comes back");
+        assert!(!g.record(true, true, &p));
         assert_eq!(g.trials(), (1, 0));
-        g.close();
+        assert!(g.record(false, true, &p), "a failed trial re-opens");
+        assert_eq!(g.state(), BreakerState::Open);
+        assert_eq!(g.trials(), (1, 1));
+        assert!(
+            !g.close_after_trials(),
+            "the task cannot close over a failed trial"
+        );
+        assert_eq!(g.state(), BreakerState::Open);
+        assert_eq!(p.ejected.load(Ordering::Relaxed), 1, "still one slot");
+        g.half_open(1);
+        assert!(g.close_after_trials());
         assert_eq!(g.state(), BreakerState::Closed);
         assert_eq!(g.consecutive_failures(), 0);
+    }
+
+    #[test]
+    fn at_the_cap_the_gate_stays_closed_and_the_next_failure_tries_again() {
+        let p = pool(2);
+        let (a, b) = (Gate::default(), Gate::default());
+        a.set_threshold(2);
+        b.set_threshold(2);
+        a.record(false, false, &p);
+        assert!(a.record(false, false, &p));
+        b.record(false, false, &p);
+        assert!(!b.record(false, false, &p), "one of two is the cap");
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(!b.record(false, false, &p));
+        // a closes and gives its slot back: b's next failure trips.
+        a.half_open(1);
+        assert!(a.close_after_trials());
+        p.release_ejection();
+        assert!(b.record(false, false, &p));
+        assert_eq!(p.ejected.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_retired_gate_never_trips() {
+        let p = pool(2);
+        let g = Gate::default();
+        g.set_threshold(1);
+        assert!(!g.retire(), "closed: no slot to give back");
+        assert!(!g.record(false, false, &p));
+        assert_eq!(p.ejected.load(Ordering::Relaxed), 0, "no slot taken");
+        let g = Gate::default();
+        g.set_threshold(1);
+        assert!(g.record(false, false, &p));
+        assert!(g.retire(), "open: its slot must be given back");
+    }
+
+    #[test]
+    fn concurrent_failures_trip_once_and_take_one_slot() {
+        for _ in 0..200 {
+            let p = Arc::new(pool(8));
+            let g = Arc::new(Gate::default());
+            g.set_threshold(3);
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let (p, g) = (p.clone(), g.clone());
+                    std::thread::spawn(move || {
+                        (0..5).filter(|_| g.record(false, false, &p)).count()
+                    })
+                })
+                .collect();
+            let flips: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+            assert_eq!(flips, 1);
+            assert_eq!(g.state(), BreakerState::Open);
+            assert_eq!(p.ejected.load(Ordering::Relaxed), 1);
+        }
+    }
+
+    #[test]
+    fn concurrent_trips_in_a_pool_never_pass_the_cap() {
+        for _ in 0..100 {
+            let p = Arc::new(pool(4));
+            let gates: Vec<Arc<Gate>> = (0..4).map(|_| Arc::new(Gate::default())).collect();
+            let threads: Vec<_> = gates
+                .iter()
+                .map(|g| {
+                    let (p, g) = (p.clone(), g.clone());
+                    g.set_threshold(1);
+                    std::thread::spawn(move || {
+                        for _ in 0..3 {
+                            g.record(false, false, &p);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let open = gates
+                .iter()
+                .filter(|g| g.state() == BreakerState::Open)
+                .count();
+            assert_eq!(open, 2, "half of four");
+            assert_eq!(p.ejected.load(Ordering::Relaxed), 2);
+        }
+    }
+
+    // ---- the task, on tokio's paused clock
+
+    struct Harness {
+        backend: Arc<Backend>,
+        trips: IntCounter,
+        tasks: TaskTracker,
+    }
+
+    impl Harness {
+        fn new(threshold: u32, open_for: u64, half_open: u32, pool_size: u32) -> Harness {
+            let mut pc = crate::config::PoolConfig {
+                name: "p".into(),
+                backends: Vec::new(),
+                lb: crate::config::LbKind::RoundRobin,
+                connect_timeout: Duration::from_secs(1),
+                protocol: crate::config::Protocol::H1,
+                tls: None,
+                health_check: None,
+                circuit_breaker: cfg(open_for),
+            };
+            pc.circuit_breaker.consecutive_failures = threshold;
+            pc.circuit_breaker.half_open_requests = half_open;
+            let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+            let client = crate::upstream::client::UpstreamClient::new(addr, &pc, None).unwrap();
+            let shared = Arc::new(pool(pool_size));
+            let id = crate::upstream::BackendId {
+                pool: "p".into(),
+                addr,
+            };
+            let b = Arc::new(Backend::new(id, client, Arc::new(pc), shared));
+            b.breaker.set_threshold(threshold);
+            let trips = IntCounter::new("trips", "trips").unwrap();
+            let tasks = TaskTracker::new();
+            spawn(&b, &tasks, Some(trips.clone()));
+            Harness {
+                backend: b,
+                trips,
+                tasks,
+            }
+        }
+        fn gate(&self) -> &Gate {
+            &self.backend.breaker
+        }
+        fn fail(&self, trial: bool) -> bool {
+            self.gate().record(false, trial, &self.backend.pool_shared)
+        }
+        fn ejected(&self) -> u32 {
+            self.backend.pool_shared.ejected.load(Ordering::Relaxed)
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Advance the paused clock by `ms` and let the task run.
+    async fn after(ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        settle().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_task_keeps_the_timing_of_a_trip_made_by_a_request() {
+        let h = Harness::new(3, 10, 1, 2);
+        settle().await;
+        h.fail(false);
+        h.fail(false);
+        assert!(h.fail(false));
+        // Open at once, before the task has run at all.
+        assert_eq!(h.gate().state(), BreakerState::Open);
+        settle().await;
+        assert_eq!(h.trips.get(), 1, "the task counts the trip");
+        after(9_999).await;
+        assert_eq!(h.gate().state(), BreakerState::Open);
+        after(1).await;
+        assert_eq!(
+            h.gate().state(),
+            BreakerState::HalfOpen,
+            "half-open after open_for"
+        );
+        // The trial fails: open again at once, for twice as long, counted as a second trip.
+        assert_eq!(h.gate().try_acquire(), Some(true));
+        assert!(h.fail(true));
+        assert_eq!(h.gate().state(), BreakerState::Open);
+        settle().await;
+        assert_eq!(h.trips.get(), 2);
+        after(19_999).await;
+        assert_eq!(h.gate().state(), BreakerState::Open);
+        after(1).await;
+        assert_eq!(h.gate().state(), BreakerState::HalfOpen);
+        assert_eq!(h.ejected(), 1, "one slot through it all");
+        // A good trial closes it and gives the slot back.
+        assert_eq!(h.gate().try_acquire(), Some(true));
+        h.gate().record(true, true, &h.backend.pool_shared);
+        settle().await;
+        assert_eq!(h.gate().state(), BreakerState::Closed);
+        assert_eq!(h.ejected(), 0);
+        assert_eq!(h.trips.get(), 2);
+        // Closed again, it counts from zero.
+        h.fail(false);
+        h.fail(false);
+        settle().await;
+        assert_eq!(h.gate().state(), BreakerState::Closed);
+        assert!(h.fail(false));
+        settle().await;
+        assert_eq!(h.trips.get(), 3);
+        // Soon after the last trip: the backoff goes on (40 s for the third recent trip).
+        after(39_999).await;
+        assert_eq!(h.gate().state(), BreakerState::Open);
+        after(1).await;
+        assert_eq!(h.gate().state(), BreakerState::HalfOpen);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_trials_must_pass_and_late_outcomes_change_nothing() {
+        let h = Harness::new(1, 5, 2, 2);
+        settle().await;
+        assert!(h.fail(false));
+        after(5_000).await;
+        assert_eq!(h.gate().state(), BreakerState::HalfOpen);
+        let pool = &h.backend.pool_shared;
+        assert_eq!(h.gate().try_acquire(), Some(true));
+        h.gate().record(true, true, pool);
+        settle().await;
+        assert_eq!(
+            h.gate().state(),
+            BreakerState::HalfOpen,
+            "one of two trials"
+        );
+        // A request leased before the trip fails late: no trip, no slot.
+        assert!(!h.fail(false));
+        assert_eq!(h.gate().try_acquire(), Some(true));
+        h.gate().record(true, true, pool);
+        settle().await;
+        assert_eq!(h.gate().state(), BreakerState::Closed);
+        assert_eq!(h.ejected(), 0);
+        assert_eq!(
+            h.gate().consecutive_failures(),
+            0,
+            "closing forgets old failures"
+        );
+        assert_eq!(h.trips.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn switched_off_while_open_closes_and_gives_the_slot_back() {
+        let h = Harness::new(1, 60, 1, 2);
+        settle().await;
+        assert!(h.fail(false));
+        settle().await;
+        h.gate().set_threshold(0);
+        h.gate().wake.notify_one();
+        settle().await;
+        assert_eq!(h.gate().state(), BreakerState::Closed);
+        assert_eq!(h.ejected(), 0);
+        for _ in 0..5 {
+            assert!(!h.fail(false), "a switched-off breaker never trips");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_backend_gives_its_slot_back_once_and_never_trips_again() {
+        let h = Harness::new(1, 60, 1, 2);
+        settle().await;
+        assert!(h.fail(false));
+        settle().await;
+        assert_eq!(h.ejected(), 1);
+        h.backend.closed.cancel();
+        h.tasks.close();
+        h.tasks.wait().await;
+        assert_eq!(h.ejected(), 0, "given back when the task ended");
+        // A request cut by the close fails after it: no slot is taken that nobody would free.
+        assert!(!h.fail(false));
+        assert_eq!(h.ejected(), 0);
     }
 }

@@ -276,6 +276,25 @@ pub enum Sticky {
 pub struct Override {
     pub header: Option<String>,
     pub cookie: Option<String>,
+    /// Peers that may force a pool (empty: any peer).
+    pub allow_from: Vec<crate::routing::pool_override::Cidr>,
+    /// The env var `secret_env` named; with it, the value must be a token (see `tokens`).
+    pub secret_env: Option<String>,
+    /// With `secret_env`: the one valid value of each pool, computed at load so a request
+    /// costs one constant-time compare.
+    pub tokens: Option<crate::routing::pool_override::Tokens>,
+}
+
+/// Where a route's traffic goes when the pool chosen for a request has nothing available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fallback {
+    /// `fallback = false`: nowhere (503).
+    Off,
+    /// `fallback = "weighted"`: the route's other pools with a weight above 0.
+    Weighted,
+    /// `fallback = true`: those, then the route's pools at weight 0 (the idle slot).
+    #[default]
+    All,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -307,7 +326,7 @@ pub struct RouteConfig {
     pub split: Vec<(String, u32)>,
     pub sticky: Sticky,
     pub override_: Option<Override>,
-    pub fallback: bool,
+    pub fallback: Fallback,
     pub retry: RetryConfig,
     pub rollout: Option<RolloutConfig>,
 }

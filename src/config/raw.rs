@@ -138,7 +138,7 @@ pub struct RawRoute {
     pub sticky: Option<S<RawSticky>>,
     #[serde(rename = "override")]
     pub override_: Option<S<RawOverride>>,
-    pub fallback: Option<bool>,
+    pub fallback: Option<S<RawFallback>>,
     pub retry: Option<S<RawRetry>>,
     pub rollout: Option<S<RawRollout>>,
 }
@@ -156,6 +156,16 @@ pub struct RawSticky {
 pub struct RawOverride {
     pub header: Option<S<String>>,
     pub cookie: Option<S<String>>,
+    pub allow_from: Option<S<Vec<S<String>>>>,
+    pub secret_env: Option<S<String>>,
+}
+
+/// `fallback = true | false | "weighted"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawFallback {
+    Bool(bool),
+    Word(String),
 }
 
 #[derive(Debug, Deserialize, Default)]

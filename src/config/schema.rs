@@ -23,6 +23,8 @@ pub enum Shape {
     StrOrTable(&'static [(&'static str, Shape)]),
     /// Either a boolean or a table with these keys.
     BoolOrTable(&'static [(&'static str, Shape)]),
+    /// Either a boolean or one of these strings.
+    BoolOrWord(&'static [&'static str]),
     /// A key that must be present, of this shape.
     Required(&'static Shape),
 }
@@ -80,8 +82,16 @@ const ROUTE: &[(&str, Shape)] = &[
         "sticky",
         Table(&[("cookie", Str), ("header", Str), ("client_ip", Bool)]),
     ),
-    ("override", Table(&[("header", Str), ("cookie", Str)])),
-    ("fallback", Bool),
+    (
+        "override",
+        Table(&[
+            ("header", Str),
+            ("cookie", Str),
+            ("allow_from", Array(&Str)),
+            ("secret_env", Str),
+        ]),
+    ),
+    ("fallback", BoolOrWord(&["weighted"])),
     (
         "retry",
         Table(&[
@@ -198,6 +208,8 @@ fn expected(shape: &Shape) -> &'static str {
         Float => "a number",
         StrOrTable(_) => "a string or a table",
         BoolOrTable(_) => "a boolean or a table",
+        // Only `fallback` has this shape.
+        BoolOrWord(_) => "true, false or \"weighted\"",
         Required(inner) => expected(inner),
     }
 }
@@ -351,17 +363,19 @@ impl Walker {
             (Value::String(_), Str | Dur | StrOrTable(_)) => true,
             (Value::Integer(_), Int | Float) => true,
             (Value::Float(_), Float) => true,
-            (Value::Boolean(_), Bool | BoolOrTable(_)) => true,
+            (Value::Boolean(_), Bool | BoolOrTable(_) | BoolOrWord(_)) => true,
+            (Value::String(s), BoolOrWord(words)) => words.contains(&s.value().as_str()),
             _ => false,
         };
         if !ok {
+            let found = match (v, shape) {
+                // A word that is not one of the allowed ones: name it.
+                (Value::String(s), BoolOrWord(_)) => format!("{:?}", s.value()),
+                _ => kind_of_value(v).to_string(),
+            };
             self.push(
                 at,
-                format!(
-                    "{path}: expected {}, found {}",
-                    expected(shape),
-                    kind_of_value(v)
-                ),
+                format!("{path}: expected {}, found {found}", expected(shape)),
             );
         }
     }

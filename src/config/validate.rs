@@ -858,11 +858,80 @@ fn build_route(
                 );
             }
         }
+        let allow_from = match o.allow_from {
+            None => Vec::new(),
+            Some(list) if list.get_ref().is_empty() => {
+                cx.err(
+                    list.span(),
+                    format!(
+                        "{}: lists no address block (leave it out to let any peer override)",
+                        field("override.allow_from")
+                    ),
+                );
+                Vec::new()
+            }
+            Some(list) => list
+                .into_inner()
+                .into_iter()
+                .filter_map(|c| {
+                    crate::routing::pool_override::Cidr::parse(c.get_ref().trim())
+                        .map_err(|e| {
+                            cx.err(c.span(), format!("{}: {e}", field("override.allow_from")))
+                        })
+                        .ok()
+                })
+                .collect(),
+        };
+        // The secret is read now, so a missing one fails the load (not the first request), and
+        // every pool's token is computed once.
+        let (secret_env, tokens) = match o.secret_env {
+            None => (None, None),
+            Some(env) if env.get_ref().is_empty() => {
+                cx.err(
+                    env.span(),
+                    format!("{}: must not be empty", field("override.secret_env")),
+                );
+                (None, None)
+            }
+            Some(env) => match crate::routing::pool_override::read_secret(env.get_ref()) {
+                Ok(secret) => {
+                    let pools = pools.keys().map(String::as_str);
+                    let tokens =
+                        crate::routing::pool_override::Tokens::new(secret.as_bytes(), pools);
+                    (Some(env.into_inner()), Some(tokens))
+                }
+                Err(e) => {
+                    cx.err(env.span(), format!("{}: {e}", field("override.secret_env")));
+                    (None, None)
+                }
+            },
+        };
         Override {
             header: o.header.map(|h| h.into_inner().to_ascii_lowercase()),
             cookie: o.cookie.map(|c| c.into_inner()),
+            allow_from,
+            secret_env,
+            tokens,
         }
     });
+    let fallback = match raw.fallback {
+        None => Fallback::All,
+        Some(f) => match f.get_ref() {
+            RawFallback::Bool(true) => Fallback::All,
+            RawFallback::Bool(false) => Fallback::Off,
+            RawFallback::Word(w) if w == "weighted" => Fallback::Weighted,
+            RawFallback::Word(w) => {
+                cx.err(
+                    f.span(),
+                    format!(
+                        "{}: expected true, false or \"weighted\", found {w:?}",
+                        field("fallback")
+                    ),
+                );
+                Fallback::All
+            }
+        },
+    };
     let retry = match raw.retry {
         None => RetryConfig::default(),
         Some(r) => {
@@ -1024,7 +1093,7 @@ fn build_route(
         split,
         sticky,
         override_,
-        fallback: raw.fallback.unwrap_or(true),
+        fallback,
         retry,
         rollout,
     })
@@ -1130,5 +1199,82 @@ split = { blue = 1 }
         assert!(HostPattern::Suffix(".example.com".into()).matches("a.example.com"));
         assert!(!HostPattern::Suffix(".example.com".into()).matches("example.com"));
         assert!(HostPattern::Exact("a.com".into()).matches("A.com"));
+    }
+
+    #[test]
+    fn fallback_is_a_boolean_or_weighted() {
+        let route = |f: &str| format!("{OK}{f}\n");
+        let c = validate(Path::new("t.toml"), OK).unwrap();
+        assert_eq!(c.routes[0].fallback, Fallback::All, "the default");
+        for (f, want) in [
+            ("fallback = true", Fallback::All),
+            ("fallback = false", Fallback::Off),
+            ("fallback = \"weighted\"", Fallback::Weighted),
+        ] {
+            let c = validate(Path::new("t.toml"), &route(f)).unwrap();
+            assert_eq!(c.routes[0].fallback, want, "{f}");
+        }
+        // The route table ends on line 8 of OK; the value starts at column 12.
+        assert_eq!(
+            errs(&route("fallback = \"idle\"")),
+            vec!["t.toml:9:12: routes.web.fallback: expected true, false or \"weighted\", found \"idle\""]
+        );
+        assert_eq!(
+            errs(&route("fallback = 1")),
+            vec!["t.toml:9:12: routes.web.fallback: expected true, false or \"weighted\", found an integer"]
+        );
+    }
+
+    #[test]
+    fn override_allow_from_and_secret_env_are_checked_where_written() {
+        let with = |o: &str| format!("{OK}override = {{ header = \"x-veer-pool\", {o} }}\n");
+        let c = validate(
+            Path::new("t.toml"),
+            &with("allow_from = [\"10.0.0.0/8\", \"::1\"]"),
+        )
+        .unwrap();
+        let o = c.routes[0].override_.as_ref().unwrap();
+        assert_eq!(o.allow_from.len(), 2);
+        assert_eq!(o.tokens, None);
+        let e = errs(&with("allow_from = [\"10.0.0.0/8\", \"10.1.0.0/16x\"]"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("t.toml:9:66: routes.web.override.allow_from: \"10.1.0.0/16x\""),
+            "{e:?}"
+        );
+        let e = errs(&with("allow_from = []"));
+        assert!(
+            e[0].starts_with("t.toml:9:51: routes.web.override.allow_from: lists no address block"),
+            "{e:?}"
+        );
+
+        // Only this test uses these variables.
+        std::env::remove_var("VEER_TEST_VALIDATE_UNSET");
+        std::env::set_var("VEER_TEST_VALIDATE_EMPTY", "");
+        std::env::set_var("VEER_TEST_VALIDATE_SECRET", "s3cret");
+        assert_eq!(
+            errs(&with("secret_env = \"VEER_TEST_VALIDATE_UNSET\"")),
+            vec!["t.toml:9:51: routes.web.override.secret_env: environment variable \"VEER_TEST_VALIDATE_UNSET\" is not set"]
+        );
+        assert_eq!(
+            errs(&with("secret_env = \"VEER_TEST_VALIDATE_EMPTY\"")),
+            vec!["t.toml:9:51: routes.web.override.secret_env: environment variable \"VEER_TEST_VALIDATE_EMPTY\" is empty"]
+        );
+        assert_eq!(
+            errs(&with("secret_env = \"\"")),
+            vec!["t.toml:9:51: routes.web.override.secret_env: must not be empty"]
+        );
+        let c = validate(
+            Path::new("t.toml"),
+            &with("secret_env = \"VEER_TEST_VALIDATE_SECRET\""),
+        )
+        .unwrap();
+        let o = c.routes[0].override_.as_ref().unwrap();
+        assert_eq!(o.secret_env.as_deref(), Some("VEER_TEST_VALIDATE_SECRET"));
+        let tokens = o.tokens.as_ref().unwrap();
+        let green = crate::routing::pool_override::token(b"s3cret", "green");
+        assert!(tokens.matches("green", &green));
+        // The secret never shows in the config's debug output.
+        assert!(!format!("{c:?}").contains(&green[6..]));
     }
 }

@@ -9,8 +9,8 @@ pub mod headers;
 mod http2;
 pub mod server;
 
-use crate::config::{Protocol, Sticky};
-use crate::routing::{bucket_of, split::rendezvous, Route};
+use crate::config::Protocol;
+use crate::routing::{choice, Route};
 use crate::runtime::{Runtime, Snapshot};
 use crate::upstream::client::{
     BodySlot, Checkin, GrpcVerdict, UpBody, UpstreamBody, UpstreamError,
@@ -197,38 +197,9 @@ pub fn handle(
         return Either::Left(ready(Failure::NoRoute.response()));
     };
 
-    // Which pool: forced by override, else the user's bucket under today's weights.
-    let mut new_cookie = None;
-    let bucket = match &route.config.sticky {
-        Sticky::None => route.state.next_bucket(),
-        Sticky::Cookie(name) => match headers::cookie(req.headers(), name) {
-            Some(v) if !v.is_empty() => bucket_of(v.as_bytes()),
-            _ => {
-                let id = format!("{:032x}", rand::random::<u128>());
-                let b = bucket_of(id.as_bytes());
-                new_cookie = Some(format!("{name}={id}; Path=/; HttpOnly; SameSite=Lax"));
-                b
-            }
-        },
-        Sticky::Header(name) => match req.headers().get(name.as_str()) {
-            Some(v) if !v.is_empty() => bucket_of(v.as_bytes()),
-            _ => client_ip_bucket(conn),
-        },
-        Sticky::ClientIp => client_ip_bucket(conn),
-    };
-    let forced = route.config.override_.as_ref().and_then(|o| {
-        let name = o
-            .header
-            .as_ref()
-            .and_then(|h| req.headers().get(h.as_str()).and_then(|v| v.to_str().ok()))
-            .or_else(|| {
-                o.cookie
-                    .as_ref()
-                    .and_then(|c| headers::cookie(req.headers(), c))
-            })?;
-        route.pool_index(name.trim())
-    });
-    let pool_idx = forced.unwrap_or_else(|| route.table.pool_of(bucket));
+    // Which pool: forced by an allowed override, else the user's bucket under today's weights.
+    let choice = choice::choose(&route, req.headers(), conn.peer.ip());
+    let (pool_idx, bucket, new_cookie) = (choice.pool, choice.bucket, choice.set_cookie);
 
     // Only an upgrade veer tunnels is forwarded as one; any other (h2c) goes on as plain
     // HTTP/1.1 with its Upgrade stripped.
@@ -270,34 +241,6 @@ fn valid_host(h: &[u8]) -> bool {
         .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
 }
 
-fn client_ip_bucket(conn: &ConnInfo) -> u32 {
-    match conn.peer.ip().to_canonical() {
-        std::net::IpAddr::V4(a) => bucket_of(&a.octets()),
-        std::net::IpAddr::V6(a) => bucket_of(&a.octets()),
-    }
-}
-
-/// Take a backend lease for this request: the chosen pool first, then (with `fallback`)
-/// the route's other weighted pools in the bucket's rendezvous order.
-fn pick(route: &Route, pool_idx: usize, bucket: u32, tried: &[usize]) -> Option<(usize, Lease)> {
-    if let Some(l) = route.pools[pool_idx].pick(tried) {
-        return Some((pool_idx, l));
-    }
-    if !route.config.fallback {
-        return None;
-    }
-    let names: Vec<&str> = route.pools.iter().map(|p| &*p.name).collect();
-    let mut weights = route.weights.clone();
-    weights[pool_idx] = 0;
-    while let Some(i) = rendezvous(bucket, &names, &weights, pool_idx) {
-        if let Some(l) = route.pools[i].pick(tried) {
-            return Some((i, l));
-        }
-        weights[i] = 0;
-    }
-    None
-}
-
 /// A request that chose its route on a snapshot a reload has just replaced can find that
 /// snapshot's backends already draining: take the backend from the live snapshot instead
 /// (same route and pool, by name), so a reload never turns into a 503.
@@ -314,7 +257,7 @@ fn pick_live(
     }
     let live_route = live.router.get(&route.name)?;
     let j = live_route.pool_index(&route.pools[pool_idx].name)?;
-    let (k, lease) = pick(live_route, j, bucket, &[])?;
+    let (k, lease) = choice::pick(live_route, j, bucket, &[])?;
     // Accounted under the request's own route, by pool name.
     let i = route.pool_index(&live_route.pools[k].name)?;
     Some((i, lease))
@@ -399,7 +342,7 @@ fn forward(
                     tokio::time::sleep(Duration::from_secs_f64(jittered)).await;
                 }
             }
-            let picked = pick(route, pool_idx, bucket, &tried[..n_tried]).or_else(|| {
+            let picked = choice::pick(route, pool_idx, bucket, &tried[..n_tried]).or_else(|| {
                 if attempt == 1 {
                     pick_live(rt, snap, route, pool_idx, bucket)
                 } else {

@@ -1,6 +1,8 @@
 //! Choosing where a request goes: route matching by host and longest path prefix
 //! ([`Router`]), then the pool by weighted split over sticky buckets ([`split`]).
 
+pub mod choice;
+pub mod pool_override;
 pub mod split;
 
 use crate::config::{HostPattern, RouteConfig};

@@ -13,12 +13,15 @@ const SEED: u64 = 0x7665_6572_5f62_6b74; // "veer_bkt"
 
 /// 64-bit FNV-1a with a fixed seed and a final avalanche, stable across builds and versions.
 pub fn hash64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ SEED;
+    mix(fnv(0xcbf2_9ce4_8422_2325 ^ SEED, data))
+}
+
+fn fnv(mut h: u64, data: &[u8]) -> u64 {
     for &b in data {
         h ^= b as u64;
         h = h.wrapping_mul(0x100_0000_01b3);
     }
-    mix(h)
+    h
 }
 
 fn mix(mut z: u64) -> u64 {
@@ -70,23 +73,30 @@ fn position(bucket: u32) -> u32 {
     (bucket as u64 * 7919 % BUCKETS as u64) as u32
 }
 
-/// Weighted rendezvous: the pool with the highest `w / -ln(u)` wins; `skip` is left out.
+/// Weighted rendezvous: the pool with the highest [`score`] wins (the first on a tie);
+/// `skip` is left out, and so are pools of weight 0.
 pub fn rendezvous(bucket: u32, pools: &[&str], weights: &[u32], skip: usize) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
     for (i, (&p, &w)) in pools.iter().zip(weights).enumerate() {
         if w == 0 || i == skip {
             continue;
         }
-        let mut key = Vec::with_capacity(p.len() + 4);
-        key.extend_from_slice(p.as_bytes());
-        key.extend_from_slice(&bucket.to_le_bytes());
-        let u = ((hash64(&key) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let score = w as f64 / -u.ln();
+        let score = score(bucket, p, w);
         if best.is_none_or(|(_, s)| score > s) {
             best = Some((i, score));
         }
     }
     best.map(|(i, _)| i)
+}
+
+/// A pool's rendezvous score for a bucket, `w / -ln(u)` with `u` from the hash of the pool's
+/// name and the bucket: it rises with the weight alone, so a heavier pool only gains buckets.
+/// Computed without allocating (it runs on the request path when a pool falls back).
+pub fn score(bucket: u32, pool: &str, weight: u32) -> f64 {
+    let h = fnv(0xcbf2_9ce4_8422_2325 ^ SEED, pool.as_bytes());
+    let h = mix(fnv(h, &bucket.to_le_bytes()));
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    weight as f64 / -u.ln()
 }
 
 #[cfg(test)]
@@ -125,6 +135,16 @@ mod tests {
         }
         let s = share(&a, 0) as f64 / BUCKETS as f64;
         assert!((0.47..0.53).contains(&s), "{s}");
+    }
+
+    #[test]
+    fn scores_hash_the_name_then_the_bucket() {
+        // The same key as ever (name bytes, then the bucket little-endian), so rendezvous
+        // order does not move when veer is upgraded.
+        let mut key = b"green".to_vec();
+        key.extend_from_slice(&1234u32.to_le_bytes());
+        let u = ((hash64(&key) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        assert_eq!(score(1234, "green", 7), 7.0 / -u.ln());
     }
 
     #[test]

@@ -84,6 +84,26 @@ pub struct PoolShared {
     pub size: AtomicU32,
 }
 
+impl PoolShared {
+    /// Take one ejection slot, unless the pool is at its cap ([`crate::breaker::max_ejected`]):
+    /// the request that trips a breaker takes it, the breaker's task gives it back on closing.
+    pub fn try_eject(&self) -> bool {
+        let cap = crate::breaker::max_ejected(self.size.load(Ordering::Relaxed));
+        self.ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                (e < cap).then_some(e + 1)
+            })
+            .is_ok()
+    }
+
+    /// Give back a slot taken with [`PoolShared::try_eject`].
+    pub fn release_ejection(&self) {
+        let _ = self
+            .ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1));
+    }
+}
+
 impl fmt::Debug for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Backend")
@@ -300,7 +320,8 @@ impl Lease {
     pub fn record(&mut self, success: bool) {
         if !self.recorded {
             self.recorded = true;
-            self.backend.breaker.record(success, self.trial);
+            let b = &self.backend;
+            b.breaker.record(success, self.trial, &b.pool_shared);
         }
     }
 }

@@ -368,3 +368,66 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+// ---------------------------------------------------------------- shared by tests/hostile_routing.rs
+
+/// The value of the /metrics sample `name` whose labels include every one of `labels`
+/// (like `route="web"`).
+pub fn metric_sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|lab| l.contains(lab)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A headless Chromium (Debian's `chromium`, or `VEER_CHROMIUM`), as the status page tests use.
+pub fn chromium_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("VEER_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in [
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ] {
+        for dir in std::env::split_paths(&path) {
+            if dir.join(name).is_file() {
+                return dir.join(name);
+            }
+        }
+    }
+    panic!("this test needs a headless browser: install Debian's chromium or set VEER_CHROMIUM");
+}
+
+/// The DOM of `url` after its scripts have had `budget_ms` of virtual time (Chromium's
+/// `--dump-dom`), for a page that renders what it fetched.
+pub async fn rendered_dom(url: &str, budget_ms: u64) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(chromium_binary())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--dump-dom",
+        ])
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("chromium did not finish within 60 s")
+        .expect("chromium runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
