@@ -465,7 +465,7 @@ async fn try_upgrade(addr: SocketAddr, proto: &str) -> (u16, Option<Vec<u8>>) {
 }
 
 #[tokio::test]
-async fn only_websocket_and_configured_upgrades_are_tunnelled() {
+async fn every_upgrade_but_h2c_or_only_the_configured_ones_are_tunnelled() {
     // The backend switches to whatever it is asked, else to h2c.
     let b = raw_backend(|req| match req.header("upgrade").first() {
         Some(p) => switch_to(p),
@@ -557,7 +557,7 @@ fn h2c_cannot_be_configured_as_an_upgrade() {
         &ok.replace("upgrades = [\"websocket\", \"X-Custom\"]\n", ""),
     )
     .unwrap();
-    assert_eq!(c.server.upgrades, ["websocket"], "the default");
+    assert_eq!(c.server.upgrades, ["*"], "the default");
 }
 
 // ---------------------------------------------------------------------------------------------
