@@ -82,7 +82,10 @@ async fn read_head(s: &mut TcpStream) -> String {
 }
 
 fn status_of(head: &str) -> u16 {
-    head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Sum of `veer_requests_total` over the series with this code.
@@ -131,9 +134,11 @@ async fn malformed_mid_stream(veer: &Veer, rec: &Recorder, method: &str) -> (u16
     )
     .await
     .unwrap();
-    eventually("the backend to get the head", Duration::from_secs(5), || {
-        rec.seen().len() > before
-    })
+    eventually(
+        "the backend to get the head",
+        Duration::from_secs(5),
+        || rec.seen().len() > before,
+    )
     .await;
     s.write_all(b"zz\r\n").await.unwrap();
     let head = if method == "HEAD" {
@@ -222,14 +227,19 @@ async fn a_malformed_chunk_mid_stream_aborts_the_upstream_request_and_gets_400()
         assert_eq!(status, 400, "{method}: {head}");
         // The backend got the head and the first chunk, then a broken request: the upstream
         // connection is cut, the body never completes.
-        eventually("the upstream connection to be cut", Duration::from_secs(5), || {
-            rec.open() == 0
-        })
+        eventually(
+            "the upstream connection to be cut",
+            Duration::from_secs(5),
+            || rec.open() == 0,
+        )
         .await;
         let seen = &rec.seen()[i];
         assert!(seen.head.starts_with(method), "{}", seen.head);
         assert_eq!(seen.body, b"hello", "{method}");
-        assert!(!seen.complete, "{method}: a broken body reached the backend whole");
+        assert!(
+            !seen.complete,
+            "{method}: a broken body reached the backend whole"
+        );
     }
     assert_eq!(breakers(&veer).await, ["closed"]);
     veer.shutdown().await;
@@ -292,13 +302,9 @@ async fn get_bodies_in_http2_data_frames_are_forwarded_over_h2c_and_https() {
         ("https", &mut h2, "https://bodies.test/search"),
     ] {
         // DATA frames without a content-length, on a GET and on a HEAD.
-        let got = h2_send(
-            client,
-            h2_request("GET", uri, &[]),
-            &[b"hello", b" world"],
-        )
-        .await
-        .unwrap();
+        let got = h2_send(client, h2_request("GET", uri, &[]), &[b"hello", b" world"])
+            .await
+            .unwrap();
         assert_eq!(got, (200, "got 11".to_string()), "{name}");
         let got = h2_send(client, h2_request("HEAD", uri, &[]), &[b"hello"])
             .await
@@ -370,16 +376,22 @@ async fn an_http2_body_that_breaks_its_content_length_never_reaches_the_backend_
             }
         }
     }
-    eventually("upstream connections to close", Duration::from_secs(5), || {
-        rec.open() == 0
-    })
+    eventually(
+        "upstream connections to close",
+        Duration::from_secs(5),
+        || rec.open() == 0,
+    )
     .await;
     let seen = rec.seen();
     assert!(seen.iter().all(|s| !s.complete), "{seen:?}");
     // The clients are fine, and so is the backend.
-    let got = h2_send(&mut h2c, h2_request("POST", "http://app/ok", &[]), &[b"fine"])
-        .await
-        .unwrap();
+    let got = h2_send(
+        &mut h2c,
+        h2_request("POST", "http://app/ok", &[]),
+        &[b"fine"],
+    )
+    .await
+    .unwrap();
     assert_eq!(got, (200, "got 4".to_string()));
     assert_eq!(breakers(&veer).await, ["closed"]);
     veer.shutdown().await;
@@ -412,15 +424,19 @@ async fn malformed_and_cut_bodies_never_trip_the_breaker_of_a_lone_backend() {
         s.write_all(b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Length: 1000\r\n\r\n0123456789")
             .await
             .unwrap();
-        eventually("the backend to get the head", Duration::from_secs(5), || {
-            rec.seen().len() > before
-        })
+        eventually(
+            "the backend to get the head",
+            Duration::from_secs(5),
+            || rec.seen().len() > before,
+        )
         .await;
         drop(s);
     }
-    eventually("upstream connections to be cut", Duration::from_secs(5), || {
-        rec.open() == 0
-    })
+    eventually(
+        "upstream connections to be cut",
+        Duration::from_secs(5),
+        || rec.open() == 0,
+    )
     .await;
     let seen = rec.seen();
     assert_eq!(seen.len(), 7, "{seen:?}");
@@ -430,11 +446,56 @@ async fn malformed_and_cut_bodies_never_trip_the_breaker_of_a_lone_backend() {
     assert_eq!(get(&veer.url("/after")).await.status, 200);
     assert_eq!(breakers(&veer).await, ["closed"]);
     let m = metrics_of(&veer).await;
+    assert!(m.contains("veer_circuit_breaker_trips_total{"), "{m}");
     assert_eq!(breaker_trips(&m), 0.0, "{m}");
     for code in [500, 502, 503, 504] {
         assert_eq!(requests_with_code(&m, code), 0.0, "code {code}: {m}");
     }
     assert_eq!(requests_with_code(&m, 400), 6.0, "{m}");
+    veer.shutdown().await;
+}
+
+#[tokio::test]
+async fn broken_bodies_do_not_count_in_a_rollout_step() {
+    let (base, canary) = (recorder().await, recorder().await);
+    let veer = start_veer(&format!(
+        "[pools.base]\nbackends = [\"{}\"]\n[pools.canary]\nbackends = [\"{}\"]\n\
+         [[routes]]\nname = \"app\"\nhosts = [\"*\"]\nsplit = {{ base = 100, canary = 0 }}\n\
+         [routes.rollout]\nto = \"canary\"\nsteps = [100]\nstep_interval = \"1h\"\nmin_requests = 1000\n",
+        base.addr, canary.addr
+    ))
+    .await;
+    let rt = veer.rt().clone();
+    eventually("the step to run", Duration::from_secs(5), || {
+        veer::rollout::stats(&rt, "app").is_some()
+            && rt.config().route("app").unwrap().weight_of("canary") == Some(100)
+    })
+    .await;
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(veer.addr).await.unwrap();
+        s.write_all(
+            b"POST /up HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+        let n = canary.seen().len();
+        eventually("the canary to get the head", Duration::from_secs(5), || {
+            canary.seen().len() > n
+        })
+        .await;
+        s.write_all(b"zz\r\n").await.unwrap();
+        let (status, _, _) =
+            tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
+                .await
+                .unwrap()
+                .expect("an answer");
+        assert_eq!(status, 400);
+    }
+    let f = veer::rollout::stats(&rt, "app").unwrap().figures().canary;
+    assert_eq!((f.requests, f.failures), (0, 0), "{f:?}");
+    assert_eq!(get(&veer.url("/ok")).await.status, 200);
+    let f = veer::rollout::stats(&rt, "app").unwrap().figures().canary;
+    assert_eq!((f.requests, f.failures), (1, 0), "{f:?}");
     veer.shutdown().await;
 }
 
@@ -448,9 +509,11 @@ async fn a_broken_body_is_not_retried_on_another_backend() {
     ))
     .await;
     let mut s = TcpStream::connect(veer.addr).await.unwrap();
-    s.write_all(b"PUT /doc HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"PUT /doc HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
     eventually("a backend to get the head", Duration::from_secs(5), || {
         a.seen().len() + b.seen().len() == 1
     })
@@ -507,15 +570,15 @@ async fn slow_http1_upload(addr: SocketAddr) -> (u16, String, Duration) {
 }
 
 /// The same over HTTP/2: one stream declaring 100 kB, a byte a second.
-async fn slow_h2_upload(
-    mut client: h2::client::SendRequest<Bytes>,
-    uri: &str,
-) -> (u16, Duration) {
+async fn slow_h2_upload(mut client: h2::client::SendRequest<Bytes>, uri: &str) -> (u16, Duration) {
     futures_util::future::poll_fn(|cx| client.poll_ready(cx))
         .await
         .unwrap();
     let (resp, mut send) = client
-        .send_request(h2_request("POST", uri, &[("content-length", "100000")]), false)
+        .send_request(
+            h2_request("POST", uri, &[("content-length", "100000")]),
+            false,
+        )
         .unwrap();
     send.send_data(Bytes::from_static(b"x"), false).unwrap();
     let started = Instant::now();
@@ -548,9 +611,11 @@ fn assert_408_in_time(what: &str, status: u16, elapsed: Duration) {
 /// After the uploads: the backend got each of them, none whole, and every connection they
 /// held is closed; the backend is still fine.
 async fn assert_released(veer: &Veer, rec: &Recorder, n: usize) {
-    eventually("the upstream connections to close", Duration::from_secs(5), || {
-        rec.open() == 0
-    })
+    eventually(
+        "the upstream connections to close",
+        Duration::from_secs(5),
+        || rec.open() == 0,
+    )
     .await;
     let seen = rec.seen();
     assert_eq!(seen.len(), n, "{seen:?}");
@@ -568,14 +633,19 @@ async fn slow_http1_uploads_get_408_and_release_their_upstream_connections() {
     let uploads: Vec<_> = (0..5)
         .map(|_| tokio::spawn(slow_http1_upload(veer.addr)))
         .collect();
-    eventually("each upload to hold a backend connection", Duration::from_secs(2), || {
-        rec.open() == 5
-    })
+    eventually(
+        "each upload to hold a backend connection",
+        Duration::from_secs(2),
+        || rec.open() == 5,
+    )
     .await;
     for u in uploads {
         let (status, head, elapsed) = u.await.unwrap();
         assert_408_in_time(&head, status, elapsed);
-        assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
     }
     assert_released(&veer, &rec, 5).await;
     assert_eq!(get(&veer.url("/after")).await.status, 200);
@@ -590,9 +660,11 @@ async fn slow_h2c_uploads_get_408_and_release_their_upstream_connections() {
     let uploads: Vec<_> = (0..5)
         .map(|_| tokio::spawn(slow_h2_upload(client.clone(), "http://app/up")))
         .collect();
-    eventually("each upload to hold a backend connection", Duration::from_secs(2), || {
-        rec.open() == 5
-    })
+    eventually(
+        "each upload to hold a backend connection",
+        Duration::from_secs(2),
+        || rec.open() == 5,
+    )
     .await;
     for u in uploads {
         let (status, elapsed) = u.await.unwrap();
@@ -610,9 +682,11 @@ async fn slow_https_h2_uploads_get_408_and_release_their_upstream_connections() 
     let uploads: Vec<_> = (0..5)
         .map(|_| tokio::spawn(slow_h2_upload(client.clone(), "https://bodies.test/up")))
         .collect();
-    eventually("each upload to hold a backend connection", Duration::from_secs(2), || {
-        rec.open() == 5
-    })
+    eventually(
+        "each upload to hold a backend connection",
+        Duration::from_secs(2),
+        || rec.open() == 5,
+    )
     .await;
     for u in uploads {
         let (status, elapsed) = u.await.unwrap();
@@ -642,10 +716,16 @@ async fn a_body_silent_for_the_timeout_gets_408_whatever_it_earned() {
         .expect("no answer in time")
         .expect("closed without an answer");
     assert_eq!(status, 408);
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
-    eventually("the upstream connection to close", Duration::from_secs(5), || {
-        rec.open() == 0
-    })
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    eventually(
+        "the upstream connection to close",
+        Duration::from_secs(5),
+        || rec.open() == 0,
+    )
     .await;
     veer.shutdown().await;
 }
@@ -661,7 +741,11 @@ async fn a_client_that_sends_no_body_gets_408_without_costing_a_backend() {
     )
     .await;
     assert_eq!(status, 408, "{head}");
-    assert!(started.elapsed() >= Duration::from_millis(450), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(rec.accepted(), 0);
     assert_eq!(requests_with_code(&metrics_of(&veer).await, 408), 1.0);
     veer.shutdown().await;
@@ -685,10 +769,11 @@ async fn a_steady_upload_above_the_min_rate_is_not_cut_and_zero_is_no_limit() {
         s.write_all(&[b'x'; 500]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let (status, _, body) = tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-        .await
-        .unwrap()
-        .expect("an answer");
+    let (status, _, body) =
+        tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
+            .await
+            .unwrap()
+            .expect("an answer");
     assert_eq!((status, &body[..]), (200, &b"got 3000"[..]));
     veer.shutdown().await;
 
@@ -700,10 +785,11 @@ async fn a_steady_upload_above_the_min_rate_is_not_cut_and_zero_is_no_limit() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     s.write_all(b"world").await.unwrap();
-    let (status, _, body) = tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-        .await
-        .unwrap()
-        .expect("an answer");
+    let (status, _, body) =
+        tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
+            .await
+            .unwrap()
+            .expect("an answer");
     assert_eq!((status, &body[..]), (200, &b"got 10"[..]));
     veer.shutdown().await;
 }

@@ -571,7 +571,10 @@ mod tests {
         assert_eq!(ClientFault::of(&malformed), ClientFault::Malformed);
         let too_long = Error::new(ErrorKind::InvalidData, "chunk extensions over limit");
         assert_eq!(ClientFault::of(&too_long), ClientFault::Malformed);
-        let cut = Error::new(ErrorKind::UnexpectedEof, "end of file before message length reached");
+        let cut = Error::new(
+            ErrorKind::UnexpectedEof,
+            "end of file before message length reached",
+        );
         assert_eq!(ClientFault::of(&cut), ClientFault::Gone);
         let reset = Error::new(ErrorKind::ConnectionReset, "reset");
         assert_eq!(ClientFault::of(&reset), ClientFault::Gone);

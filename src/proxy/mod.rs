@@ -52,7 +52,7 @@ impl ConnInfo {
 pub enum Failure {
     /// No route matches.
     NoRoute,
-    /// Request malformed in a way hyper let through.
+    /// Request malformed in a way hyper let through (a bad Host, a body whose framing breaks).
     BadRequest,
     /// Nothing usable in the chosen pools.
     NoBackend,
@@ -348,21 +348,23 @@ fn forward(
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let server = &snap.config.server;
-        let limit = BodyLimit {
-            timeout: server.request_body_timeout,
-            min_rate: server.request_body_min_rate,
-        };
-        let mut slot = BodySlot::new(body, limit);
+        let mut slot = BodySlot::new(
+            body,
+            BodyLimit {
+                timeout: snap.config.server.request_body_timeout,
+                min_rate: snap.config.server.request_body_min_rate,
+            },
+        );
         // An HTTP/1.x body is read up to its first frame before anything goes upstream: framing
         // bad from its first byte, or a client that sends nothing, then costs no backend
         // anything. Not over HTTP/2, where a stream may wait for the answer before it sends
         // (gRPC), nor for an upgrade.
-        let read_ahead = matches!(parts.version, Version::HTTP_10 | Version::HTTP_11)
+        if slot.is_some()
+            && matches!(parts.version, Version::HTTP_10 | Version::HTTP_11)
             && !upgrade
-            && parts.method != Method::CONNECT;
-        if let Some(s) = slot.as_mut().filter(|_| read_ahead) {
-            match std::future::poll_fn(|cx| BodySlot::poll_first(s, cx)).await {
+            && parts.method != Method::CONNECT
+        {
+            match read_first(&mut slot).await {
                 Ok(true) => {}
                 Ok(false) => slot = None, // an empty body: nothing to stream
                 Err(fault) => {
@@ -591,6 +593,16 @@ fn forward(
         }
         (last_failure.response(), None)
     }
+}
+
+/// See [`BodySlot::poll_first`].
+fn read_first(
+    slot: &mut Option<Arc<BodySlot>>,
+) -> impl Future<Output = Result<bool, ClientFault>> + Send + '_ {
+    std::future::poll_fn(move |cx| match slot.as_mut() {
+        Some(s) => BodySlot::poll_first(s, cx),
+        None => std::task::Poll::Ready(Ok(false)),
+    })
 }
 
 enum Outcome {

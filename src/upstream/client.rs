@@ -9,7 +9,9 @@
 
 use super::conns::Conns;
 use crate::config::{PoolConfig, Protocol};
-use crate::proxy::body::{BodyClock, BodyError, BodyLimit, ClientBodyError, ClientFault, RequestBody};
+use crate::proxy::body::{
+    BodyClock, BodyError, BodyLimit, ClientBodyError, ClientFault, RequestBody,
+};
 use crate::upstream::Backend;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
@@ -417,7 +419,11 @@ impl Taken {
 
     fn size_hint(&self) -> SizeHint {
         let rest = self.body.size_hint();
-        let Some(n) = self.first.as_ref().and_then(|f| f.data_ref()).map(|d| d.len() as u64)
+        let Some(n) = self
+            .first
+            .as_ref()
+            .and_then(|f| f.data_ref())
+            .map(|d| d.len() as u64)
         else {
             return rest;
         };
@@ -467,7 +473,10 @@ impl BodySlot {
     /// from its first byte (or a client that never sends any) costs no backend anything.
     /// `Ok(false)`: the body turned out empty. Only before any attempt (while `this` is the
     /// only reference).
-    pub fn poll_first(this: &mut Arc<Self>, cx: &mut Context<'_>) -> Poll<Result<bool, ClientFault>> {
+    pub fn poll_first(
+        this: &mut Arc<Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<bool, ClientFault>> {
         let Some(me) = Arc::get_mut(this) else {
             return Poll::Ready(Ok(true));
         };
@@ -527,12 +536,9 @@ impl BodySlot {
 
     /// Record how the body failed and make the error the upstream client gets.
     fn failed(&self, fault: ClientFault, source: Option<BodyError>) -> BodyError {
-        let _ = self.fault.compare_exchange(
-            0,
-            fault_code(fault),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ =
+            self.fault
+                .compare_exchange(0, fault_code(fault), Ordering::AcqRel, Ordering::Acquire);
         Box::new(ClientBodyError { fault, source })
     }
 

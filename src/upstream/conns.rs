@@ -6,8 +6,8 @@
 //! pop and push.
 
 use super::client::{BodySlot, Connector, UpBody};
-use crate::proxy::body::ClientFault;
 use super::inline::{self, InlineConn, UpstreamBody};
+use crate::proxy::body::ClientFault;
 use crossbeam_queue::ArrayQueue;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, Uri};
@@ -407,9 +407,7 @@ impl Conns {
                     Ok(resp) => return Ok((resp.map(UpstreamBody::Hyper), Checkin::default())),
                     Err(mut e) => match e.take_message() {
                         Some(r) if reused => req = r,
-                        _ => {
-                            return Err(UpstreamError::exchange(e.into_error(), body.as_deref()))
-                        }
+                        _ => return Err(UpstreamError::exchange(e.into_error(), body.as_deref())),
                     },
                 }
             }

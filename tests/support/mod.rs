@@ -509,25 +509,25 @@ async fn record_conn(mut s: tokio::net::TcpStream, seen: Arc<std::sync::Mutex<Ve
         };
         let add = |data: &[u8]| seen.lock().unwrap()[idx].body.extend_from_slice(data);
         let lower = head.to_ascii_lowercase();
-        let whole = if header_value(&lower, "transfer-encoding").is_some_and(|v| v.contains("chunked"))
-        {
-            read_chunked(&mut s, &mut buf, &add).await
-        } else if let Some(n) = header_value(&lower, "content-length") {
-            let Ok(n) = n.parse::<usize>() else { return };
-            loop {
-                if buf.len() >= n {
-                    add(&buf[..n]);
-                    buf.drain(..n);
-                    break true;
+        let whole =
+            if header_value(&lower, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+                read_chunked(&mut s, &mut buf, &add).await
+            } else if let Some(n) = header_value(&lower, "content-length") {
+                let Ok(n) = n.parse::<usize>() else { return };
+                loop {
+                    if buf.len() >= n {
+                        add(&buf[..n]);
+                        buf.drain(..n);
+                        break true;
+                    }
+                    if !fill(&mut s, &mut buf).await {
+                        add(&buf);
+                        break false;
+                    }
                 }
-                if !fill(&mut s, &mut buf).await {
-                    add(&buf);
-                    break false;
-                }
-            }
-        } else {
-            true
-        };
+            } else {
+                true
+            };
         if !whole {
             return; // cut off: nothing to answer
         }
@@ -540,7 +540,10 @@ async fn record_conn(mut s: tokio::net::TcpStream, seen: Arc<std::sync::Mutex<Ve
         let resp = if lower.starts_with("head ") {
             format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", text.len())
         } else {
-            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}", text.len())
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                text.len()
+            )
         };
         if s.write_all(resp.as_bytes()).await.is_err() {
             return;
@@ -615,8 +618,7 @@ pub async fn read_http_response(s: &mut tokio::net::TcpStream) -> Option<(u16, S
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let status = head.split(' ').nth(1)?.parse().ok()?;
     let lower = head.to_ascii_lowercase();
-    let body = if header_value(&lower, "transfer-encoding").is_some_and(|v| v.contains("chunked"))
-    {
+    let body = if header_value(&lower, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
         while find_bytes(&buf[head_end..], b"0\r\n\r\n").is_none() {
             if !fill(s, &mut buf).await {
                 return None;
