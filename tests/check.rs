@@ -97,6 +97,8 @@ fn example_covers_every_key() {
         "tls_listen",
         "header_read_timeout",
         "request_timeout",
+        "request_body_timeout",
+        "request_body_min_rate",
         "idle_timeout",
         "max_header_bytes",
         "max_connections",
