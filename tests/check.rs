@@ -97,6 +97,8 @@ fn example_covers_every_key() {
         "tls_listen",
         "header_read_timeout",
         "request_timeout",
+        "request_body_timeout",
+        "request_body_min_rate",
         "idle_timeout",
         "max_header_bytes",
         "max_connections",
@@ -436,7 +438,7 @@ split = { red = 0 }
         text,
         &[
             "2:11: server.listen: invalid address \"nope\"; expected IP:PORT like \"127.0.0.1:8080\"",
-            "3:1: unknown key \"bogus\" in [server]; expected one of: listen, workers, tls_listen, header_read_timeout, request_timeout, body_timeout, idle_timeout, max_header_bytes, max_connections, drain_timeout, upgrades",
+            "3:1: unknown key \"bogus\" in [server]; expected one of: listen, workers, tls_listen, header_read_timeout, request_timeout, body_timeout, request_body_timeout, request_body_min_rate, idle_timeout, max_header_bytes, max_connections, drain_timeout, upgrades",
             "8:11: routes.web.split: pool \"red\" does not exist (pools: blue)",
             "8:17: routes.web.split: all weights are zero; at least one pool needs a positive weight",
         ],

@@ -1519,9 +1519,11 @@ async fn a_slow_upload_is_not_cut_by_request_timeout() {
 #[tokio::test]
 async fn a_stalled_upload_gets_408_and_does_not_count_against_the_backend() {
     let up = counting_upstream().await;
+    // A body stalled on the client answers to request_body_timeout (request_timeout counts
+    // only once the body is sent).
     let veer = start_veer(&one_pool(
         up.addr,
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nrequest_timeout = \"200ms\"\n",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nrequest_timeout = \"200ms\"\nrequest_body_timeout = \"200ms\"\n",
     ))
     .await;
     let backend = veer.rt().registry.get("app", up.addr).unwrap();

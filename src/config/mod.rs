@@ -87,6 +87,11 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// An upstream response body that sends nothing for this long is cut (0: never).
     pub body_timeout: Duration,
+    /// A request body must arrive within this, extended by 1 s per `request_body_min_rate`
+    /// bytes received, and never be silent for longer; else 408 (0: no limit).
+    pub request_body_timeout: Duration,
+    /// Bytes per second a request body earns its extra second with (0: no extension).
+    pub request_body_min_rate: u64,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
@@ -105,6 +110,8 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
+            request_body_timeout: Duration::from_secs(10),
+            request_body_min_rate: 500,
             idle_timeout: Duration::from_secs(60),
             max_header_bytes: 65536,
             max_connections: 10000,

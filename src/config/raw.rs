@@ -33,6 +33,8 @@ pub struct RawServer {
     pub header_read_timeout: Option<S<String>>,
     pub request_timeout: Option<S<String>>,
     pub body_timeout: Option<S<String>>,
+    pub request_body_timeout: Option<S<String>>,
+    pub request_body_min_rate: Option<S<i64>>,
     pub idle_timeout: Option<S<String>>,
     pub max_header_bytes: Option<S<i64>>,
     pub max_connections: Option<S<i64>>,

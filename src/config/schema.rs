@@ -114,6 +114,8 @@ pub const ROOT: Shape = Table(&[
             ("header_read_timeout", Dur),
             ("request_timeout", Dur),
             ("body_timeout", Dur),
+            ("request_body_timeout", Dur),
+            ("request_body_min_rate", Int),
             ("idle_timeout", Dur),
             ("max_header_bytes", Int),
             ("max_connections", Int),

@@ -319,6 +319,18 @@ fn build_server(cx: &mut Ctx<'_>, raw: Option<S<RawServer>>) -> ServerConfig {
             d.request_timeout,
         ),
         body_timeout: cx.duration(&raw.body_timeout, "server.body_timeout", d.body_timeout),
+        request_body_timeout: cx.duration(
+            &raw.request_body_timeout,
+            "server.request_body_timeout",
+            d.request_body_timeout,
+        ),
+        request_body_min_rate: cx.int(
+            &raw.request_body_min_rate,
+            "server.request_body_min_rate",
+            0,
+            1 << 40,
+            d.request_body_min_rate,
+        ),
         idle_timeout: cx.duration(&raw.idle_timeout, "server.idle_timeout", d.idle_timeout),
         max_header_bytes: cx.int(
             &raw.max_header_bytes,
@@ -1190,6 +1202,39 @@ split = { blue = 1 }
         );
         assert!(
             e.iter().any(|e| e.contains("is already routed by")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn request_body_limits_default_parse_and_are_checked() {
+        let d = validate(Path::new("t.toml"), OK).unwrap().server;
+        assert_eq!(d.request_body_timeout, Duration::from_secs(10));
+        assert_eq!(d.request_body_min_rate, 500);
+        let c = validate(
+            Path::new("t.toml"),
+            &format!("[server]\nrequest_body_timeout = \"0s\"\nrequest_body_min_rate = 0\n{OK}"),
+        )
+        .unwrap()
+        .server;
+        assert_eq!(c.request_body_timeout, Duration::ZERO);
+        assert_eq!(c.request_body_min_rate, 0);
+        let e = errs(&format!(
+            "[server]\nrequest_body_timeout = \"soon\"\nrequest_body_min_rate = -1\n{OK}"
+        ));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("t.toml:2:24: server.request_body_timeout: invalid duration"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("t.toml:3:25: server.request_body_min_rate: -1 is out of range"),
+            "{e:?}"
+        );
+        let e = errs(&format!("[server]\nrequest_body_min_rate = \"fast\"\n{OK}"));
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("t.toml:2:25:") && e.contains("request_body_min_rate")),
             "{e:?}"
         );
     }

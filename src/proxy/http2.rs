@@ -187,8 +187,11 @@ where
         let (mut parts, body) = resp.into_parts();
         let end = body.is_end_stream();
         // veer's own answers say how long they are; relayed ones carry the backend's framing.
-        if let (ProxyBody::Full(_), false) = (&body, end) {
-            if let Some(n) = body.size_hint().exact() {
+        if let ProxyBody::Full(_) = &body {
+            // An HTTP/1.1 `Connection: close` (after a 400 or 408) means nothing here, and h2
+            // refuses to send a head that has it.
+            parts.headers.remove(header::CONNECTION);
+            if let (false, Some(n)) = (end, body.size_hint().exact()) {
                 parts
                     .headers
                     .entry(header::CONTENT_LENGTH)

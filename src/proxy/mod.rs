@@ -13,11 +13,11 @@ use crate::config::Protocol;
 use crate::routing::{choice, Route};
 use crate::runtime::{Runtime, Snapshot};
 use crate::upstream::client::{
-    BodySlot, Checkin, GrpcVerdict, UpBody, UpstreamBody, UpstreamError,
+    BodySlot, Checkin, ErrorSource, GrpcVerdict, UpBody, UpstreamBody, UpstreamError,
 };
 use crate::upstream::inline::Head;
 use crate::upstream::{Backend, Lease};
-use body::{ProxyBody, RequestBody};
+use body::{BodyLimit, ClientFault, ProxyBody, RequestBody};
 use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -52,7 +52,7 @@ impl ConnInfo {
 pub enum Failure {
     /// No route matches.
     NoRoute,
-    /// Request malformed in a way hyper let through.
+    /// Request malformed in a way hyper let through (a bad Host, a body whose framing breaks).
     BadRequest,
     /// Nothing usable in the chosen pools.
     NoBackend,
@@ -60,15 +60,27 @@ pub enum Failure {
     BadGateway,
     /// Upstream did not answer in time.
     Timeout,
-    /// The client's request body stopped arriving.
+    /// The client's request body did not arrive in time.
     ClientTimeout,
+    /// The client's request body was cut short (it closed or reset first).
+    ClientGone,
+}
+
+impl From<ClientFault> for Failure {
+    fn from(f: ClientFault) -> Self {
+        match f {
+            ClientFault::Malformed => Failure::BadRequest,
+            ClientFault::Gone => Failure::ClientGone,
+            ClientFault::Slow => Failure::ClientTimeout,
+        }
+    }
 }
 
 impl Failure {
     fn status(self) -> StatusCode {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
-            Failure::BadRequest => StatusCode::BAD_REQUEST,
+            Failure::BadRequest | Failure::ClientGone => StatusCode::BAD_REQUEST,
             Failure::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             Failure::BadGateway => StatusCode::BAD_GATEWAY,
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -84,6 +96,7 @@ impl Failure {
             Failure::BadGateway => "bad gateway\n",
             Failure::Timeout => "upstream timed out\n",
             Failure::ClientTimeout => "request body not received in time\n",
+            Failure::ClientGone => "request body incomplete\n",
         }
     }
 
@@ -101,7 +114,7 @@ impl Failure {
             }
             // After a malformed request or a body cut short, the connection's framing can no
             // longer be trusted.
-            Failure::BadRequest | Failure::ClientTimeout => {
+            Failure::BadRequest | Failure::ClientTimeout | Failure::ClientGone => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
@@ -309,7 +322,33 @@ fn forward(
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let slot = BodySlot::new(body);
+        let mut slot = BodySlot::new(
+            body,
+            BodyLimit {
+                timeout: snap.config.server.request_body_timeout,
+                min_rate: snap.config.server.request_body_min_rate,
+            },
+        );
+        // An HTTP/1.x body is read up to its first frame before anything goes upstream: framing
+        // bad from its first byte, or a client that sends nothing, then costs no backend
+        // anything. Not over HTTP/2, where a stream may wait for the answer before it sends
+        // (gRPC), nor for an upgrade.
+        if slot.is_some()
+            && matches!(parts.version, Version::HTTP_10 | Version::HTTP_11)
+            && !upgrade
+            && parts.method != Method::CONNECT
+        {
+            match read_first(&mut slot).await {
+                Ok(true) => {}
+                Ok(false) => slot = None, // an empty body: nothing to stream
+                Err(fault) => {
+                    if let Some(c) = route.metrics.codes[pool_idx].last() {
+                        c.inc(fault.code());
+                    }
+                    return (Failure::from(fault).response(), None);
+                }
+            }
+        }
         // A body-less plain request goes to an HTTP/1.1 pool by the fast path, written from
         // `parts` as they are: no request built, no headers cloned for a retry.
         let plain = slot.is_none() && !upgrade && parts.method != Method::CONNECT;
@@ -426,6 +465,17 @@ fn forward(
                     headers.remove(header::HOST);
                 } else {
                     *up.version_mut() = Version::HTTP_11;
+                    // hyper sends no body for a GET or HEAD of unknown length unless the
+                    // request says it is chunked: say so, or the body would be dropped.
+                    if matches!(parts.method, Method::GET | Method::HEAD)
+                        && slot.is_some()
+                        && http_body::Body::size_hint(up.body()).exact().is_none()
+                    {
+                        headers.insert(
+                            header::TRANSFER_ENCODING,
+                            HeaderValue::from_static("chunked"),
+                        );
+                    }
                 }
                 *up.headers_mut() = headers;
                 // Boxed: requests with bodies and HTTP/2 pools are the rarer case, and their
@@ -468,7 +518,17 @@ fn forward(
                         held = Some(Box::new((resp, checkin, lease)));
                         continue;
                     }
-                    return relay(resp, checkin, lease, upgrade, body_timeout);
+                    return relay(resp, checkin, lease, upgrade, body_timeout, slot.as_ref());
+                }
+                Outcome::Error(e) if e.side() == ErrorSource::Downstream => {
+                    // The client's body failed (malformed, cut short, too slow) and the exchange
+                    // was aborted for it: the backend saw a broken request, never a complete
+                    // one, and nothing of this is its failure (no breaker, rollout gate, retry
+                    // or 5xx count).
+                    let fault = e.client_fault().unwrap_or(ClientFault::Gone);
+                    tracing::debug!(backend = %backend.id, error = %e, "request body failed");
+                    count(route, pidx, &backend, backend_slot, fault.code());
+                    return (Failure::from(fault).response(), None);
                 }
                 Outcome::Error(e) => {
                     lease.record(false);
@@ -493,16 +553,11 @@ fn forward(
                     }
                     return (Failure::Timeout.response(), None);
                 }
-                Outcome::ClientStalled => {
-                    // The client stopped sending its body: no fault of the backend's.
-                    count(route, pidx, &backend, backend_slot, 408);
-                    return (Failure::ClientTimeout.response(), None);
-                }
             }
         }
         if let Some(h) = held {
             let (resp, checkin, lease) = *h;
-            return relay(resp, checkin, lease, upgrade, body_timeout);
+            return relay(resp, checkin, lease, upgrade, body_timeout, slot.as_ref());
         }
         if last_failure == Failure::NoBackend {
             let none = route.metrics.codes[last_pool].last();
@@ -514,13 +569,22 @@ fn forward(
     }
 }
 
+/// See [`BodySlot::poll_first`].
+fn read_first(
+    slot: &mut Option<Arc<BodySlot>>,
+) -> impl Future<Output = Result<bool, ClientFault>> + Send + '_ {
+    std::future::poll_fn(move |cx| match slot.as_mut() {
+        Some(s) => BodySlot::poll_first(s, cx),
+        None => std::task::Poll::Ready(Ok(false)),
+    })
+}
+
 enum Outcome {
     Response(Response<UpstreamBody>, Checkin),
-    /// A failed exchange (also a connection cut by a drain timeout).
+    /// A failed exchange (also a connection cut by a drain timeout, and a client's body that
+    /// failed: see [`UpstreamError::side`]).
     Error(UpstreamError),
     Timeout,
-    /// The client's request body stopped arriving.
-    ClientStalled,
 }
 
 /// The request's deadline: a plain timer for a request without a body (the common case,
@@ -541,8 +605,9 @@ fn deadline(
 
 /// With a request body, `request_timeout` counts from the end of the body: an upload still
 /// arriving keeps the clock from starting, as long as each stretch of `timeout` brings more
-/// of it. A body stalled on the client is the client's failure; on a backend not reading it,
-/// the backend's.
+/// of it or the body is waiting on the client. A backend not reading the body times out
+/// here; a client slow to send it answers to its own clock (`request_body_timeout`, kept by
+/// whoever reads the body, see `BodyClock`), which fails the exchange as the client's fault.
 async fn upload_deadline(s: &BodySlot, timeout: Duration) -> Outcome {
     loop {
         let seen = s.progress();
@@ -555,8 +620,8 @@ async fn upload_deadline(s: &BodySlot, timeout: Duration) -> Outcome {
                 if !s.is_taken() {
                     return Outcome::Timeout; // never got as far as sending the body
                 }
-                if s.progress() == seen {
-                    return if s.waiting_on_client() { Outcome::ClientStalled } else { Outcome::Timeout };
+                if s.progress() == seen && !s.waiting_on_client() {
+                    return Outcome::Timeout;
                 }
             }
         }
@@ -584,14 +649,19 @@ fn count(route: &Route, pool: usize, backend: &Arc<Backend>, slot: usize, status
     }
 }
 
-/// Turn the upstream response into the downstream one.
+/// Turn the upstream response into the downstream one. A request body still streaming up is
+/// the application's from here (see `BodySlot::set_answered`).
 fn relay(
     mut resp: Response<UpstreamBody>,
     mut checkin: Checkin,
     lease: Lease,
     upgrade: bool,
     body_timeout: Duration,
+    request: Option<&Arc<BodySlot>>,
 ) -> (Response<ProxyBody>, Option<PendingTunnel>) {
+    if let Some(s) = request {
+        s.set_answered();
+    }
     let switching = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let on = switching.then(|| hyper::upgrade::on(&mut resp));
     let (mut parts, body) = resp.into_parts();
@@ -608,7 +678,7 @@ fn relay(
         None => (
             Response::from_parts(
                 parts,
-                ProxyBody::upstream(body, checkin, lease, body_timeout),
+                ProxyBody::upstream(body, checkin, lease, body_timeout, request.cloned()),
             ),
             None,
         ),

@@ -370,11 +370,17 @@ pub async fn serve_connection<I>(
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         use futures_util::FutureExt;
         let guard = ActiveGuard::new(&act);
+        let h2 = req.version() == http::Version::HTTP_2;
         // What can be decided at once is, here; the future is boxed once (it is a few KiB,
         // and hyper and the executor would move it several times).
         let handling = handle(ctx.clone(), req.map(RequestBody::Hyper));
         let fut: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> =
-            Box::pin(handling.map(move |resp| {
+            Box::pin(handling.map(move |mut resp| {
+                // veer's own `Connection: close` (after a 400 or 408) is HTTP/1.1's; hyper
+                // would drop it from an HTTP/2 answer with a warning each time.
+                if h2 && matches!(resp.body(), ProxyBody::Full(_)) {
+                    resp.headers_mut().remove(http::header::CONNECTION);
+                }
                 Ok::<_, Infallible>(resp.map(|inner| Tracked {
                     inner,
                     _guard: guard,

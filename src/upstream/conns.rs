@@ -5,8 +5,9 @@
 //! and a task spawned per request to wait for the connection to come back; this costs a queue
 //! pop and push.
 
-use super::client::{Connector, UpBody};
+use super::client::{BodySlot, Connector, UpBody};
 use super::inline::{self, InlineConn, UpstreamBody};
+use crate::proxy::body::ClientFault;
 use crossbeam_queue::ArrayQueue;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, Uri};
@@ -49,12 +50,54 @@ pub enum UpstreamError {
     /// The backend's answer was not valid HTTP/1.1.
     #[error("invalid response: {0}")]
     Protocol(String),
+    /// The client's request body failed while it was being sent (malformed, cut short, too
+    /// slow): the exchange was aborted on the client's account, not the backend's.
+    #[error("client request body {0}")]
+    Downstream(ClientFault),
+}
+
+/// Which side of an exchange failed (as pingora-error's `ErrorSource`). Only the upstream's
+/// failures count against a backend: its breaker, rollout gate, retries and 5xx counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    Upstream,
+    Downstream,
 }
 
 impl UpstreamError {
     /// Did the request fail before any connection to the backend existed?
     pub fn is_connect(&self) -> bool {
         matches!(self, UpstreamError::Connect(_))
+    }
+
+    /// Which side failed.
+    pub fn side(&self) -> ErrorSource {
+        match self {
+            UpstreamError::Downstream(_) => ErrorSource::Downstream,
+            _ => ErrorSource::Upstream,
+        }
+    }
+
+    /// How the client's body failed, when that is why the exchange did.
+    pub fn client_fault(&self) -> Option<ClientFault> {
+        match self {
+            UpstreamError::Downstream(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// hyper's error for an exchange whose request body streamed from `body`: the body's own
+    /// failure when it had one (hyper reports it as its error, or, over HTTP/2, as the
+    /// reset it sent for it), else the backend's.
+    fn exchange(e: hyper::Error, body: Option<&BodySlot>) -> Self {
+        if let Some(f) = body.and_then(BodySlot::fault) {
+            return UpstreamError::Downstream(f);
+        }
+        // The body ended short of its declared length: it ended so on the client's side.
+        if body.is_some() && e.is_body_write_aborted() {
+            return UpstreamError::Downstream(ClientFault::Gone);
+        }
+        UpstreamError::Http(e)
     }
 }
 
@@ -190,6 +233,7 @@ impl Conns {
         // backend breaking the protocol (as on the fast path), never a tunnel.
         let asked_upgrade =
             req.headers().contains_key(header::UPGRADE) || req.method() == Method::CONNECT;
+        let body = req.body().slot().cloned();
         loop {
             let (mut tx, reused) = match self.check_out() {
                 Some(tx) => (tx, true),
@@ -219,7 +263,7 @@ impl Conns {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) if reused => req = r,
-                    _ => return Err(e.into_error().into()),
+                    _ => return Err(UpstreamError::exchange(e.into_error(), body.as_deref())),
                 },
             }
         }
@@ -358,6 +402,7 @@ impl Conns {
     fn send_h2(self: Arc<Self>, req: Request<UpBody>) -> Sending {
         Box::pin(async move {
             let mut req = req;
+            let body = req.body().slot().cloned();
             loop {
                 let current = self.shared.load_full();
                 let (mut tx, reused) = match current {
@@ -374,7 +419,7 @@ impl Conns {
                     Ok(resp) => return Ok((resp.map(UpstreamBody::Hyper), Checkin::default())),
                     Err(mut e) => match e.take_message() {
                         Some(r) if reused => req = r,
-                        _ => return Err(e.into_error().into()),
+                        _ => return Err(UpstreamError::exchange(e.into_error(), body.as_deref())),
                     },
                 }
             }
