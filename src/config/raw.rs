@@ -37,6 +37,7 @@ pub struct RawServer {
     pub max_header_bytes: Option<S<i64>>,
     pub max_connections: Option<S<i64>>,
     pub drain_timeout: Option<S<String>>,
+    pub state_file: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -44,6 +45,7 @@ pub struct RawServer {
 pub struct RawAdmin {
     pub listen: Option<S<String>>,
     pub token_env: Option<S<String>>,
+    pub hosts: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

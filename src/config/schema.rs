@@ -108,9 +108,13 @@ pub const ROOT: Shape = Table(&[
             ("max_header_bytes", Int),
             ("max_connections", Int),
             ("drain_timeout", Dur),
+            ("state_file", Str),
         ]),
     ),
-    ("admin", Table(&[("listen", Str), ("token_env", Str)])),
+    (
+        "admin",
+        Table(&[("listen", Str), ("token_env", Str), ("hosts", Array(&Str))]),
+    ),
     (
         "tls",
         Table(&[(

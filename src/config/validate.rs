@@ -335,7 +335,37 @@ fn build_server(cx: &mut Ctx<'_>, raw: Option<S<RawServer>>) -> ServerConfig {
             10000,
         ) as usize,
         drain_timeout: cx.duration(&raw.drain_timeout, "server.drain_timeout", d.drain_timeout),
+        state_file: raw.state_file.and_then(|s| state_file(cx, s)),
     }
+}
+
+/// `server.state_file`: a file path, resolved against the config file's folder, that is not
+/// the config file itself. Whether it can be written is a warning (`veer check`), not an
+/// error: its folder often exists only where veer runs (a volume mounted into a pod).
+fn state_file(cx: &mut Ctx<'_>, s: S<String>) -> Option<PathBuf> {
+    let span = s.span();
+    let raw = s.into_inner();
+    if raw.trim().is_empty() || raw.ends_with('/') {
+        cx.err(
+            span,
+            format!("server.state_file: {raw:?} is not a file path; use something like \"/var/lib/veer/state.toml\""),
+        );
+        return None;
+    }
+    let path = resolve(cx.file, Path::new(&raw));
+    let same = path == cx.file
+        || matches!(
+            (std::fs::canonicalize(&path), std::fs::canonicalize(cx.file)),
+            (Ok(a), Ok(b)) if a == b
+        );
+    if same {
+        cx.err(
+            span,
+            "server.state_file: must not be the config file itself (it is written beside it, not into it)",
+        );
+        return None;
+    }
+    Some(path)
 }
 
 fn build_admin(cx: &mut Ctx<'_>, raw: Option<S<RawAdmin>>) -> AdminConfig {
@@ -356,7 +386,18 @@ fn build_admin(cx: &mut Ctx<'_>, raw: Option<S<RawAdmin>>) -> AdminConfig {
         }
         Some(s) => s.into_inner(),
     };
-    AdminConfig { listen, token_env }
+    let mut hosts = Vec::new();
+    for h in raw.hosts.map(|h| h.into_inner()).unwrap_or_default() {
+        match AdminHost::parse(h.get_ref().trim()) {
+            Ok(a) => hosts.push(a),
+            Err(why) => cx.err(h.span(), format!("admin.hosts: {why}")),
+        }
+    }
+    AdminConfig {
+        listen,
+        token_env,
+        hosts,
+    }
 }
 
 fn build_pool(

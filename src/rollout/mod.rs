@@ -149,6 +149,8 @@ impl Status {
 
 struct Command {
     action: Action,
+    /// `?force=true`: go on in memory when the progress cannot be written.
+    force: bool,
     reply: oneshot::Sender<Result<Status, ActionError>>,
 }
 
@@ -258,6 +260,18 @@ impl Rollouts {
         route: &str,
         action: &str,
     ) -> Result<Status, ActionError> {
+        self.act_with(rt, route, action, false).await
+    }
+
+    /// [`Rollouts::act`]; with `force` the action goes on in memory when its progress cannot
+    /// be written (`?force=true`), instead of changing nothing.
+    pub async fn act_with(
+        &self,
+        rt: &Runtime,
+        route: &str,
+        action: &str,
+        force: bool,
+    ) -> Result<Status, ActionError> {
         let config = rt.config();
         let rc = config
             .route(route)
@@ -275,9 +289,13 @@ impl Rollouts {
                 .ok_or_else(|| ActionError::Stopped(route.to_string()))?
         };
         let (tx, rx) = oneshot::channel();
-        cmd.send(Command { action, reply: tx })
-            .await
-            .map_err(|_| ActionError::Stopped(route.to_string()))?;
+        cmd.send(Command {
+            action,
+            force,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| ActionError::Stopped(route.to_string()))?;
         rx.await
             .map_err(|_| ActionError::Stopped(route.to_string()))?
     }
