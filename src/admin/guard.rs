@@ -38,8 +38,9 @@ pub fn any_host(path: &str) -> bool {
 
 /// The authority the request was sent to: the URI's (HTTP/2 `:authority`, or an
 /// absolute-form target, which RFC 9112 §3.2.2 puts before `Host`), else the `Host` header.
-/// `Ok(None)` without either; `Err` for a malformed or repeated Host.
-pub fn authority<B>(req: &Request<B>) -> Result<Option<Authority>, AdminResponse> {
+/// `Ok(None)` without either; `Err` says what is wrong with a malformed or repeated Host
+/// (for a 400).
+pub fn authority<B>(req: &Request<B>) -> Result<Option<Authority>, String> {
     if let Some(a) = req.uri().authority() {
         return split_authority(a.as_str())
             .map(Some)
@@ -50,7 +51,7 @@ pub fn authority<B>(req: &Request<B>) -> Result<Option<Authority>, AdminResponse
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(error(StatusCode::BAD_REQUEST, "more than one Host header"));
+        return Err("more than one Host header".into());
     }
     let s = v.to_str().map_err(|_| bad_host("(not text)"))?;
     split_authority(s.trim())
@@ -58,11 +59,8 @@ pub fn authority<B>(req: &Request<B>) -> Result<Option<Authority>, AdminResponse
         .ok_or_else(|| bad_host(s))
 }
 
-fn bad_host(h: &str) -> AdminResponse {
-    error(
-        StatusCode::BAD_REQUEST,
-        format!("malformed Host {h:?}; expected host[:port]"),
-    )
+fn bad_host(h: &str) -> String {
+    format!("malformed Host {h:?}; expected host[:port]")
 }
 
 /// Does the admin listener bound at `listen` answer to `host`?

@@ -91,7 +91,7 @@ async fn route(
     // DNS rebinding and cross-site requests are refused before anything else (guard.rs).
     let host = match guard::authority(&req) {
         Ok(h) => h,
-        Err(bad) if !guard::any_host(&path) => return bad,
+        Err(why) if !guard::any_host(&path) => return error(StatusCode::BAD_REQUEST, why),
         Err(_) => None,
     };
     let config = rt.config();
