@@ -280,6 +280,13 @@ async fn force_without_a_state_file_lives_in_memory_until_a_reload() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
 
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("veer-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
     // A reload takes the file's word again.
     let r = admin_call(v.admin, "POST", "/api/reload", "").await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -582,4 +589,64 @@ async fn veer_check_and_veer_run_warn_about_an_unwritable_config() {
         stderr.contains("cannot write the state file /nonexistent-veer-dir/state.toml"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn a_state_file_that_cannot_be_written_refuses_changes_unless_forced() {
+    let (b1, b2, g) = (
+        upstream("blue-1").await,
+        upstream("blue-2").await,
+        upstream("green").await,
+    );
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("state.toml");
+    std::fs::write(&state, "").unwrap();
+    let text = config_text(
+        &[b1.addr, b2.addr],
+        g.addr,
+        "{ blue = 1, green = 0 }",
+        Some(&state),
+        "",
+    );
+    let (dir, path) = write_config(&text);
+    let v = start_veer_file(dir, path.clone()).await;
+    let ro = make_unwritable(&state);
+
+    let body = r#"{"blue": 0, "green": 1}"#;
+    let r = admin_call(v.admin, "PUT", "/api/routes/web/split", body).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains(&state.display().to_string()), "{}", r.body);
+    assert_eq!(who(&v.url("/")).await, "blue-1");
+    let r = admin_call(v.admin, "PUT", "/api/routes/web/split?force=true", body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json_of(&r)["persisted"], false);
+    assert_eq!(who(&v.url("/")).await, "green");
+    let drain = format!("/api/pools/blue/backends/{}/drain", b2.addr);
+    let r = admin_call(v.admin, "POST", &drain, "").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(!v.rt().registry.get("blue", b2.addr).unwrap().is_draining());
+    let r = admin_call(v.admin, "POST", &format!("{drain}?force=true"), "").await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(v.rt().registry.get("blue", b2.addr).unwrap().is_draining());
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "");
+
+    // A reload drops the forced split; the forced drain (runtime state) stays, still unwritten.
+    let r = admin_call(v.admin, "POST", "/api/reload", "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(who(&v.url("/")).await, "blue-1");
+    assert!(v.rt().registry.get("blue", b2.addr).unwrap().is_draining());
+    assert!(!persisted(v.rt()));
+
+    // Writable again: the next change writes what was waiting too.
+    drop(ro);
+    let r = admin_call(v.admin, "POST", "/api/routes/web/swap", "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json_of(&r)["persisted"], true);
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        saved.contains(&format!("draining = [\"{}\"]", b2.addr)),
+        "{saved}"
+    );
+    assert!(saved.contains("set = { blue = 0, green = 1 }"), "{saved}");
+    v.shutdown().await;
 }

@@ -439,6 +439,11 @@ fn not_written(
     let what = change.subject();
     match unwritable {
         Unwritable::Refuse => return Err(why),
+        // A drain outlives reloads anyway (it is runtime state): keep it to write later.
+        Unwritable::Force if matches!(change, Change::Drain { .. }) => {
+            tracing::warn!("{what} changed in memory only (?force=true); it is not persisted until a later write succeeds: {why}");
+            rt.state.remember(change);
+        }
         Unwritable::Force => {
             tracing::warn!("{what} changed in memory only (?force=true); it is not persisted and lasts until the next reload: {why}");
             rt.state.mark_forced();
