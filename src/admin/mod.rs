@@ -30,12 +30,13 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let _ = _bind;
-    // Without a token the API is open only to this machine.
-    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    // The bound address (port resolved) decides which Hosts are this listener (guard.rs).
     let Ok(local) = listener.local_addr() else {
         tracing::error!("admin listener has no local address; not serving");
         return;
     };
+    // Without a token the API is open only to this machine.
+    let loopback = local.ip().is_loopback();
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },

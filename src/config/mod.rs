@@ -1,5 +1,6 @@
 //! Configuration: the file as written ([`raw`]), checked key by key ([`schema`]), turned into
-//! the typed [`Config`] by [`validate`], and written back by [`writeback`].
+//! the typed [`Config`] by [`validate`], and written back by [`writeback`], or, with
+//! `[server] state_file`, kept in a state file laid over it ([`state`]).
 
 pub mod duration;
 pub mod raw;

@@ -1038,6 +1038,46 @@ split = { blue = 90, green = 10 }
 "#;
 
     #[test]
+    fn admin_hosts_and_state_file_are_checked() {
+        let text = format!(
+            "[server]\nstate_file = \"state/veer-state.toml\"\n[admin]\nhosts = [\"Veer.Internal\", \"ops.example:8443\", \"10.0.0.5\"]\n{OK}"
+        );
+        let c = validate(Path::new("/etc/veer/veer.toml"), &text).unwrap();
+        assert_eq!(
+            c.server.state_file.as_deref(),
+            Some(Path::new("/etc/veer/state/veer-state.toml"))
+        );
+        let hosts: Vec<(&str, Option<u16>)> = c
+            .admin
+            .hosts
+            .iter()
+            .map(|h| (h.name.as_str(), h.port))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("veer.internal", None),
+                ("ops.example", Some(8443)),
+                ("10.0.0.5", None)
+            ]
+        );
+        let bad = format!(
+            "[server]\nstate_file = \"t.toml\"\n[admin]\nhosts = [\"*\", \"http://x\", \"a b\", \"x:99999\"]\n{OK}"
+        );
+        let e = errs(&bad);
+        assert_eq!(e.len(), 5, "{e:#?}");
+        assert!(
+            e[0].starts_with("t.toml:2:14: server.state_file: must not be the config file"),
+            "{e:#?}"
+        );
+        assert!(
+            e[1].starts_with("t.toml:4:10: admin.hosts: \"*\": wildcards"),
+            "{e:#?}"
+        );
+        assert!(e[2].contains("\"http://x\" is not a host name"), "{e:#?}");
+    }
+
+    #[test]
     fn minimal_config_is_valid() {
         let c = validate(Path::new("t.toml"), OK).unwrap();
         assert_eq!(c.pools["blue"].backends[1].weight, 2);

@@ -7,7 +7,8 @@
 //! - [`gate`]: the verdict at the end of a step, and the fail-fast rule during it.
 //! - [`controller`]: one background task per route with a rollout: the state machine, the
 //!   clock (tokio time, so tests drive it with paused time), operator actions.
-//! - [`persist`]: progress written into the config file (split, `state`, `step`).
+//! - [`persist`]: progress as one change (split, `state`, `step`), written into the config
+//!   file or the state file, or kept in memory when neither can be written.
 //! - [`notify`]: events POSTed to `notify_url`.
 //!
 //! [`Rollouts`] (in the [`Runtime`]) keeps the controllers: [`Rollouts::sync`] runs every
