@@ -325,6 +325,9 @@ pub fn render_status(v: &Value) -> String {
         }
         _ => out.push_str(&format!("config v{version}\n")),
     }
+    if v["persisted"] == Value::Bool(false) {
+        out.push_str("warning: some changes live in memory only (not written to the config or state file); a restart loses them\n");
+    }
 
     let empty = Vec::new();
     let routes = v["routes"].as_array().unwrap_or(&empty);
@@ -788,6 +791,14 @@ mod tests {
         );
         assert!(
             s.contains("  blue  127.0.0.1:9001  1       healthy  half-open  3          yes"),
+            "{s}"
+        );
+        assert!(!s.contains("memory only"), "{s}");
+        let mut v = v;
+        v["persisted"] = Value::Bool(false);
+        let s = render_status(&v);
+        assert!(
+            s.contains("\nwarning: some changes live in memory only"),
             "{s}"
         );
     }

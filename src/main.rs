@@ -226,6 +226,9 @@ fn check(path: &Path) -> ExitCode {
             for w in &c.warnings {
                 eprintln!("{}: warning: {w}", path.display());
             }
+            for w in veer::config::state::persistence_warnings(path, &c) {
+                eprintln!("{}: warning: {w}", path.display());
+            }
             println!("{}: ok: {}", path.display(), c.summary());
             ExitCode::SUCCESS
         }
@@ -249,6 +252,10 @@ fn run(path: PathBuf) -> Result<()> {
         }
     };
     init_logging();
+    // Said before anything else: where changes will (not) be kept decides how to run veer.
+    for w in veer::config::state::persistence_warnings(&path, &config) {
+        tracing::warn!(file = %path.display(), "{w}");
+    }
     let rt = runtime(config.server.workers)?;
     rt.block_on(async move {
         let mut signals = Signals::install()?;

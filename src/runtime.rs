@@ -56,11 +56,14 @@ pub struct Runtime {
     pub listeners: std::sync::OnceLock<std::sync::Weak<crate::app::Listeners>>,
     /// Rollout controllers, started and stopped as configs go live.
     pub rollouts: crate::rollout::Rollouts,
+    /// API changes and rollout progress laid over the config file (`[server] state_file`).
+    pub state: crate::config::state::Store,
 }
 
 impl Runtime {
     /// Build the runtime with its first config. Must be called inside a tokio runtime.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, RegistryError> {
+        let (state, config) = crate::config::state::Store::open(config, config_path.as_deref());
         let base = config_path
             .as_ref()
             .and_then(|p| p.parent().map(|d| d.to_path_buf()));
@@ -87,9 +90,11 @@ impl Runtime {
             change_lock: tokio::sync::Mutex::new(()),
             listeners: std::sync::OnceLock::new(),
             rollouts: crate::rollout::Rollouts::default(),
+            state,
         });
         rt.rollouts.bind(&rt);
         rt.build_and_swap(config, None)?;
+        crate::config::reload::apply_drains(&rt);
         Ok(rt)
     }
 

@@ -223,7 +223,7 @@ surprise = true
         text,
         &[
             "3:1: unknown key \"liste\" in [server]; did you mean \"listen\"?",
-            "5:1: unknown key \"token\" in [admin]; expected one of: listen, token_env",
+            "5:1: unknown key \"token\" in [admin]; expected one of: listen, token_env, hosts",
             "7:58: unknown key \"wieght\" in [pools.blue.backends[1]]; did you mean \"weight\"?",
             "9:1: unknown key \"paht\" in [pools.blue.health_check]; did you mean \"path\"?",
             "13:25: unknown key \"backof\" in [routes.web.retry]; did you mean \"backoff\"?",
@@ -438,7 +438,7 @@ split = { red = 0 }
         text,
         &[
             "2:11: server.listen: invalid address \"nope\"; expected IP:PORT like \"127.0.0.1:8080\"",
-            "3:1: unknown key \"bogus\" in [server]; expected one of: listen, workers, tls_listen, header_read_timeout, request_timeout, body_timeout, request_body_timeout, request_body_min_rate, idle_timeout, max_header_bytes, max_connections, drain_timeout, upgrades",
+            "3:1: unknown key \"bogus\" in [server]; expected one of: listen, workers, tls_listen, header_read_timeout, request_timeout, body_timeout, request_body_timeout, request_body_min_rate, idle_timeout, max_header_bytes, max_connections, drain_timeout, upgrades, state_file",
             "8:11: routes.web.split: pool \"red\" does not exist (pools: blue)",
             "8:17: routes.web.split: all weights are zero; at least one pool needs a positive weight",
         ],

@@ -1,10 +1,12 @@
 //! The admin API's control endpoints (SPEC §3): bearer-token auth for `/api/*`, route splits,
-//! slot swaps, backend drain/undrain and reloads. Config changes go through
-//! [`reload::change`]: written back into the file first, then applied, or nothing changes.
+//! slot swaps, backend drain/undrain and reloads. Changes go through [`reload::change`]:
+//! written first (into the config file, or the state file), then applied, or nothing
+//! changes; `?force=true` applies a change that cannot be written in memory only.
 
 use super::{error, json, AdminResponse};
-use crate::config::reload::{self, ChangeError, ReloadError, Trigger};
-use crate::config::writeback::{self, WritebackError};
+use crate::config::reload::{self, ChangeError, ReloadError, ReloadReport, Trigger, Unwritable};
+use crate::config::state::Change;
+use crate::config::writeback::WritebackError;
 use crate::config::ConfigErrors;
 use crate::runtime::Runtime;
 use bytes::Bytes;
@@ -113,10 +115,26 @@ fn change_error(e: ChangeError) -> AdminResponse {
         ChangeError::File(WritebackError::Invalid(errors)) => {
             errors_json(StatusCode::BAD_REQUEST, &e, errors)
         }
-        ChangeError::File(_) | ChangeError::Apply(_) => {
+        ChangeError::File(WritebackError::Edit(_)) | ChangeError::Apply(_) => {
             tracing::warn!("admin API change refused: {e}");
             error(StatusCode::CONFLICT, format!("{e}; nothing was changed"))
         }
+        ChangeError::File(_) | ChangeError::State(_) => {
+            tracing::warn!("admin API change refused: {e}");
+            error(
+                StatusCode::CONFLICT,
+                format!("{e}; nothing was changed (?force=true applies it in memory only, until the next reload)"),
+            )
+        }
+    }
+}
+
+/// `?force=true`: a change that cannot be written is applied in memory only.
+fn unwritable(query: &str) -> Unwritable {
+    if query_flag(query, "force") {
+        Unwritable::Force
+    } else {
+        Unwritable::Refuse
     }
 }
 
@@ -130,7 +148,7 @@ fn split_json(split: &[(String, u32)]) -> Value {
 }
 
 /// The route's split as it is live now.
-fn split_answer(rt: &Runtime, route: &str, changed: bool) -> AdminResponse {
+fn split_answer(rt: &Runtime, route: &str, r: &ReloadReport) -> AdminResponse {
     let snap = rt.snapshot();
     let split = snap
         .config
@@ -139,21 +157,100 @@ fn split_answer(rt: &Runtime, route: &str, changed: bool) -> AdminResponse {
         .unwrap_or(Value::Null);
     json(
         StatusCode::OK,
-        &json!({ "route": route, "split": split, "changed": changed, "version": snap.version }),
+        &json!({
+            "route": route,
+            "split": split,
+            "changed": r.changed,
+            "persisted": r.persisted,
+            "version": snap.version,
+        }),
     )
 }
 
-/// The body as JSON, or why not (for a 400).
+/// The body as JSON, or why not (for a 400). A key repeated in an object is refused: which
+/// of `{"blue": 10, "blue": 90}` was meant cannot be known.
 async fn read_json(body: Incoming) -> Result<Value, String> {
     let bytes: Bytes = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return Err(format!("cannot read the request body: {e}")),
     };
-    serde_json::from_slice(&bytes).map_err(|e| format!("invalid JSON body: {e}"))
+    parse_json(&bytes)
 }
 
-/// `PUT /api/routes/{route}/split`: body `{pool: weight, …}` replaces the route's split.
-pub async fn put_split(rt: &Arc<Runtime>, route: &str, body: Incoming) -> AdminResponse {
+/// Parse JSON, refusing duplicate object keys at any depth.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice::<Strict>(bytes)
+        .map(|s| s.0)
+        .map_err(|e| format!("invalid JSON body: {e}"))
+}
+
+/// A JSON value read through a map visitor that refuses a repeated key (serde_json's
+/// `Value` silently keeps the last one).
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+        Ok(Strict(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+        Ok(Strict(Value::String(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+        Ok(Strict(Value::String(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict(Value::Null))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Strict(Value::Array(out)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if out.contains_key(&k) {
+                return Err(serde::de::Error::custom(format!("duplicate key {k:?}")));
+            }
+            let Strict(v) = map.next_value()?;
+            out.insert(k, v);
+        }
+        Ok(Strict(Value::Object(out)))
+    }
+}
+
+/// `PUT /api/routes/{route}/split[?force=true]`: body `{pool: weight, …}` replaces the
+/// route's split.
+pub async fn put_split(
+    rt: &Arc<Runtime>,
+    route: &str,
+    query: &str,
+    body: Incoming,
+) -> AdminResponse {
     let config = rt.config();
     if config.route(route).is_none() {
         return error(StatusCode::NOT_FOUND, format!("no route named {route:?}"));
@@ -197,20 +294,12 @@ pub async fn put_split(rt: &Arc<Runtime>, route: &str, body: Incoming) -> AdminR
     }
     // The typed config keeps splits sorted by pool name.
     split.sort();
-    let route_name = route.to_string();
-    let for_mem = split.clone();
-    let result = reload::change(
-        rt,
-        |doc| writeback::set_split(doc, route, &split),
-        move |c| {
-            if let Some(r) = c.route_mut(&route_name) {
-                r.split = for_mem;
-            }
-        },
-    )
-    .await;
-    match result {
-        Ok(r) => split_answer(rt, route, r.changed),
+    let change = Change::Split {
+        route: route.to_string(),
+        split,
+    };
+    match reload::change(rt, &change, unwritable(query)).await {
+        Ok(r) => split_answer(rt, route, &r),
         Err(e) => change_error(e),
     }
 }
@@ -235,7 +324,13 @@ pub async fn swap(rt: &Arc<Runtime>, route: &str, query: &str) -> AdminResponse 
         );
     };
     if wa == wb {
-        return split_answer(rt, route, false);
+        let r = ReloadReport {
+            changed: false,
+            persisted: rt.state.persisted(),
+            applied: Default::default(),
+            listeners: Default::default(),
+        };
+        return split_answer(rt, route, &r);
     }
     let gaining = if wb > wa { a } else { b };
     let healthy = snap
@@ -248,33 +343,32 @@ pub async fn swap(rt: &Arc<Runtime>, route: &str, query: &str) -> AdminResponse 
             format!("pool {gaining:?} has no healthy backend to take the traffic; use ?force=true to swap anyway"),
         );
     }
-    let split = vec![(a.clone(), *wb), (b.clone(), *wa)];
+    let change = Change::Split {
+        route: route.to_string(),
+        split: vec![(a.clone(), *wb), (b.clone(), *wa)],
+    };
     let gaining = gaining.clone();
-    let route_name = route.to_string();
-    let for_mem = split.clone();
-    let result = reload::change_locked(
-        rt,
-        &lock,
-        |doc| writeback::set_split(doc, route, &split),
-        move |c| {
-            if let Some(r) = c.route_mut(&route_name) {
-                r.split = for_mem;
-            }
-        },
-    );
+    let result = reload::change_locked(rt, &lock, &change, unwritable(query));
     drop(lock);
     match result {
         Ok(r) => {
             tracing::info!(route, gaining = %gaining, force, "slots swapped through the admin API");
-            split_answer(rt, route, r.changed)
+            split_answer(rt, route, &r)
         }
         Err(e) => change_error(e),
     }
 }
 
-/// `POST /api/pools/{pool}/backends/{addr}/drain` (or `undrain`). Drain state is runtime
-/// only: it survives reloads for backends that stay, not a restart.
-pub fn drain(rt: &Arc<Runtime>, pool: &str, addr: &str, on: bool) -> AdminResponse {
+/// `POST /api/pools/{pool}/backends/{addr}/drain` (or `undrain`)`[?force=true]`. Drain
+/// state survives reloads for backends that stay; a restart only with a state file, which
+/// keeps it (the config file has no place for it).
+pub async fn drain(
+    rt: &Arc<Runtime>,
+    pool: &str,
+    addr: &str,
+    on: bool,
+    query: &str,
+) -> AdminResponse {
     let config = rt.config();
     if !config.pools.contains_key(pool) {
         return error(StatusCode::NOT_FOUND, format!("no pool named {pool:?}"));
@@ -285,20 +379,27 @@ pub fn drain(rt: &Arc<Runtime>, pool: &str, addr: &str, on: bool) -> AdminRespon
             format!("{addr:?} is not a backend address (IP:PORT)"),
         );
     };
-    if !rt
-        .registry
-        .set_draining(pool, sa, on, config.server.drain_timeout)
-    {
+    if rt.registry.get(pool, sa).is_none() {
         return error(
             StatusCode::NOT_FOUND,
             format!("pool {pool:?} has no backend {sa}"),
         );
     }
-    tracing::info!(pool, backend = %sa, draining = on, "backend {} through the admin API", if on { "draining" } else { "restored" });
-    json(
-        StatusCode::ACCEPTED,
-        &json!({ "pool": pool, "backend": sa.to_string(), "draining": on }),
-    )
+    let change = Change::Drain {
+        pool: pool.to_string(),
+        addr: sa,
+        on,
+    };
+    match reload::change(rt, &change, unwritable(query)).await {
+        Ok(r) => {
+            tracing::info!(pool, backend = %sa, draining = on, "backend {} through the admin API", if on { "draining" } else { "restored" });
+            json(
+                StatusCode::ACCEPTED,
+                &json!({ "pool": pool, "backend": sa.to_string(), "draining": on, "persisted": r.persisted }),
+            )
+        }
+        Err(e) => change_error(e),
+    }
 }
 
 /// `POST /api/reload`: reload the config file now.
@@ -310,7 +411,9 @@ pub async fn reload(rt: &Arc<Runtime>) -> AdminResponse {
         ),
         Err(e) => {
             let errors: Vec<String> = match &e {
-                ReloadError::Invalid(errors) => errors.0.iter().map(|x| x.to_string()).collect(),
+                ReloadError::Invalid(errors) | ReloadError::State(errors) => {
+                    errors.0.iter().map(|x| x.to_string()).collect()
+                }
                 other => vec![other.to_string()],
             };
             let status = match e {
@@ -340,6 +443,19 @@ mod tests {
         assert_eq!(percent_decode("%5B%3A%3A1%5D:80"), "[::1]:80");
         assert_eq!(percent_decode("web"), "web");
         assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        let e = parse_json(br#"{"blue": 10, "blue": 90}"#).unwrap_err();
+        assert!(e.contains("duplicate key \"blue\""), "{e}");
+        let e = parse_json(br#"[{"a": {"x": 1, "x": 2}}]"#).unwrap_err();
+        assert!(e.contains("duplicate key \"x\""), "{e}");
+        assert_eq!(
+            parse_json(br#"{"blue": 10, "green": [1, 2.5, null, true, "s"]}"#).unwrap(),
+            json!({"blue": 10, "green": [1, 2.5, null, true, "s"]})
+        );
+        assert!(parse_json(b"{not json").is_err());
     }
 
     #[test]

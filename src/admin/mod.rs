@@ -1,6 +1,7 @@
 //! The admin listener: liveness and readiness, Prometheus metrics, the status API and page.
 
 pub mod api;
+pub mod guard;
 pub mod rollout;
 pub mod status;
 
@@ -29,8 +30,13 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let _ = _bind;
+    // The bound address (port resolved) decides which Hosts are this listener (guard.rs).
+    let Ok(local) = listener.local_addr() else {
+        tracing::error!("admin listener has no local address; not serving");
+        return;
+    };
     // Without a token the API is open only to this machine.
-    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    let loopback = local.ip().is_loopback();
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
@@ -42,7 +48,7 @@ pub async fn serve(
             let svc = service_fn(move |req| {
                 let rt = rt.clone();
                 let listeners = listeners.clone();
-                async move { Ok::<_, Infallible>(route(&rt, &listeners, loopback, req).await) }
+                async move { Ok::<_, Infallible>(route(&rt, &listeners, local, loopback, req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -78,11 +84,27 @@ fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Admi
 async fn route(
     rt: &Arc<Runtime>,
     _listeners: &Arc<Listeners>,
+    local: std::net::SocketAddr,
     loopback: bool,
     req: Request<Incoming>,
 ) -> AdminResponse {
     let path = req.uri().path().to_string();
+    // DNS rebinding and cross-site requests are refused before anything else (guard.rs).
+    let host = match guard::authority(&req) {
+        Ok(h) => h,
+        Err(why) if !guard::any_host(&path) => return error(StatusCode::BAD_REQUEST, why),
+        Err(_) => None,
+    };
+    let config = rt.config();
+    if let Some(h) = host.as_ref().filter(|_| !guard::any_host(&path)) {
+        if !guard::host_allowed(local, &config.admin.hosts, h) {
+            return guard::misdirected(h);
+        }
+    }
     if path == "/api" || path.starts_with("/api/") {
+        if let Some(refused) = guard::check_mutation(&req, host.as_ref(), &config.admin.hosts) {
+            return refused;
+        }
         if let Some(denied) = api::authorize(rt, req.headers(), loopback) {
             return denied;
         }
@@ -145,11 +167,13 @@ async fn api_route(rt: &Arc<Runtime>, req: Request<Incoming>) -> AdminResponse {
     }
     match segs.as_slice() {
         ["status"] => json(StatusCode::OK, &status::status_json(rt)),
-        ["routes", route, "split"] => api::put_split(rt, route, req.into_body()).await,
+        ["routes", route, "split"] => api::put_split(rt, route, &query, req.into_body()).await,
         ["routes", route, "swap"] => api::swap(rt, route, &query).await,
         // Progressive rollouts: start, pause, resume, approve, promote, abort.
         ["routes", route, "rollout", action] => rollout::handle(rt, route, action, &query).await,
-        ["pools", pool, "backends", addr, op] => api::drain(rt, pool, addr, *op == "drain"),
+        ["pools", pool, "backends", addr, op] => {
+            api::drain(rt, pool, addr, *op == "drain", &query).await
+        }
         ["reload"] => api::reload(rt).await,
         _ => error(
             StatusCode::NOT_FOUND,

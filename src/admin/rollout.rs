@@ -3,7 +3,8 @@
 //!
 //! 200 with `{"route", "action", "rollout": {…as in /api/status…}}`; 404 for an unknown route
 //! or a route without `[routes.rollout]`; 400 for an unknown action; 409 when the action does
-//! not fit the rollout's state or the config file cannot be written (nothing changes then).
+//! not fit the rollout's state or its progress cannot be written (nothing changes then, unless
+//! `?force=true`: then it goes on in memory, and `/api/status` shows `"persisted": false`).
 
 use super::{error, json, AdminResponse};
 use crate::runtime::Runtime;
@@ -11,10 +12,10 @@ use http::StatusCode;
 use std::sync::Arc;
 
 /// Run a rollout action on a route. Called after the token check; `query` is the raw query
-/// string (no options yet).
+/// string: `force=true` applies the action in memory when its progress cannot be written.
 pub async fn handle(rt: &Arc<Runtime>, route: &str, action: &str, query: &str) -> AdminResponse {
-    let _ = query;
-    match rt.rollouts.act(rt, route, action).await {
+    let force = super::api::query_flag(query, "force");
+    match rt.rollouts.act_with(rt, route, action, force).await {
         Ok(_) => json(
             StatusCode::OK,
             &serde_json::json!({

@@ -95,6 +95,8 @@ pub fn status_json(rt: &Runtime) -> Value {
         "config": { "version": snap.version, "loaded_at": loaded_at },
         "routes": routes,
         "pools": pools,
+        // False while a change lives in memory only (SPEC §3): a restart would lose it.
+        "persisted": rt.state.persisted(),
     })
 }
 

@@ -1,10 +1,12 @@
 //! Configuration: the file as written ([`raw`]), checked key by key ([`schema`]), turned into
-//! the typed [`Config`] by [`validate`], and written back by [`writeback`].
+//! the typed [`Config`] by [`validate`], and written back by [`writeback`], or, with
+//! `[server] state_file`, kept in a state file laid over it ([`state`]).
 
 pub mod duration;
 pub mod raw;
 pub mod reload;
 pub mod schema;
+pub mod state;
 pub mod validate;
 pub mod writeback;
 
@@ -99,6 +101,9 @@ pub struct ServerConfig {
     /// Upgrade protocols tunnelled (lower case); any other `Upgrade` is stripped and the
     /// request answered as plain HTTP/1.1. Never `h2c`.
     pub upgrades: Vec<String>,
+    /// Where API changes and rollout progress are written instead of the config file
+    /// (resolved against the config file's folder); `None`: into the config file itself.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -117,6 +122,7 @@ impl Default for ServerConfig {
             max_connections: 10000,
             drain_timeout: Duration::from_secs(30),
             upgrades: vec!["*".to_string()],
+            state_file: None,
         }
     }
 }
@@ -125,6 +131,8 @@ impl Default for ServerConfig {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token_env: String,
+    /// Host names the admin listener answers to besides its own address and localhost.
+    pub hosts: Vec<AdminHost>,
 }
 
 impl Default for AdminConfig {
@@ -132,8 +140,73 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
             token_env: "VEER_ADMIN_TOKEN".into(),
+            hosts: Vec::new(),
         }
     }
+}
+
+/// One `[admin] hosts` entry: `name` answers on any port, `name:port` on that port only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminHost {
+    /// Lowercase, without a trailing dot; an IPv6 address keeps its brackets.
+    pub name: String,
+    pub port: Option<u16>,
+}
+
+impl AdminHost {
+    /// Parse `name`, `name:port`, `IP`, `IP:port` or `[v6]:port`; `Err` says why not.
+    pub fn parse(s: &str) -> Result<AdminHost, String> {
+        if s.contains('*') {
+            return Err(format!(
+                "{s:?}: wildcards are not allowed; list each name the admin API is reached by"
+            ));
+        }
+        let (name, port) = split_authority(s)
+            .ok_or_else(|| format!("{s:?} is not a host name, host:port or IP address"))?;
+        Ok(AdminHost { name, port })
+    }
+
+    /// Does a request's `Host` (already split by [`split_authority`]) name this entry?
+    pub fn matches(&self, name: &str, port: Option<u16>) -> bool {
+        self.name == name && self.port.is_none_or(|p| Some(p) == port)
+    }
+}
+
+/// Split an HTTP authority (`Host` header value) into its lowercased host, without a
+/// trailing dot (an IPv6 literal keeps its brackets), and its port. `None` when it is not a
+/// well-formed `host[:port]`: empty, userinfo, a path, spaces, a bad port.
+pub fn split_authority(s: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        v6.parse::<std::net::Ipv6Addr>().ok()?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (format!("[{}]", v6.to_ascii_lowercase()), port)
+    } else {
+        let (h, p) = match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        };
+        let h = h.strip_suffix('.').unwrap_or(h);
+        let ok = !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !ok {
+            return None;
+        }
+        (h.to_ascii_lowercase(), p)
+    };
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().ok()?)
+        }
+        Some(_) => return None,
+    };
+    Some((host, port))
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -40,6 +40,7 @@ pub struct RawServer {
     pub max_connections: Option<S<i64>>,
     pub drain_timeout: Option<S<String>>,
     pub upgrades: Option<S<Vec<S<String>>>>,
+    pub state_file: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -47,6 +48,7 @@ pub struct RawServer {
 pub struct RawAdmin {
     pub listen: Option<S<String>>,
     pub token_env: Option<S<String>>,
+    pub hosts: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -1,7 +1,14 @@
 //! Taking config changes live: the file watcher, SIGHUP and `POST /api/reload` all end in
-//! [`reload`]; API edits go through [`change`] (write back, then apply). Every path validates
-//! fully first and holds [`Runtime::change_lock`], so a bad file or a failed write changes
-//! nothing, and changes are applied one at a time.
+//! [`reload`]; API edits and rollout steps go through [`change`] (write, then apply). Every
+//! path validates fully first and holds [`Runtime::change_lock`], so a bad file or a failed
+//! write changes nothing, and changes are applied one at a time.
+//!
+//! A change is written where the config says (SPEC §3): into the config file itself (comments
+//! and layout kept), or, with `[server] state_file`, into the state file, which every reload
+//! lays over the config again ([`super::state`]). When the write fails, [`Unwritable`] says
+//! what happens: the API answers 409, or with `?force=true` the change lives in memory until
+//! a reload, and a rollout's own progress is kept in memory (never stuck) and written as soon
+//! as a write succeeds.
 //!
 //! The watcher watches the file's *folder*, not the file: an editor that saves by rename, a
 //! `mv` into place, and a Kubernetes ConfigMap update (the `..data` symlink flipped to a new
@@ -9,6 +16,7 @@
 //! are debounced and the content is hashed, so a burst of events or a rewrite with the same
 //! text does nothing.
 
+use super::state::{self, Change, Prepared, StateError};
 use super::writeback::{self, WritebackError};
 use super::{Config, ConfigErrors};
 use crate::app::{ListenerChanges, Listeners, StagedListeners, StartError};
@@ -19,7 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::MutexGuard;
-use toml_edit::DocumentMut;
 
 /// Quiet time after the last file event before the file is read: editors and `kubectl`
 /// produce bursts of events for one logical change.
@@ -52,6 +59,8 @@ pub struct ReloadReport {
     pub applied: ApplyReport,
     #[serde(flatten)]
     pub listeners: ListenerChanges,
+    /// False while something live is not written anywhere (`"persisted"` of `/api/status`).
+    pub persisted: bool,
 }
 
 /// Why a validated config could not be made live (the old one stays).
@@ -70,6 +79,8 @@ pub enum ReloadError {
     NoFile,
     #[error("the config file is invalid; the old config stays live")]
     Invalid(#[source] ConfigErrors),
+    #[error("the state file is invalid; the old config stays live")]
+    State(#[source] ConfigErrors),
     #[error("cannot apply the new config; the old config stays live: {0}")]
     Apply(#[from] ApplyError),
 }
@@ -86,6 +97,9 @@ pub enum ChangeError {
     /// Reading, parsing or writing the file failed.
     #[error(transparent)]
     File(WritebackError),
+    /// Writing the state file failed.
+    #[error(transparent)]
+    State(StateError),
     #[error("cannot apply the change: {0}")]
     Apply(#[from] ApplyError),
 }
@@ -137,6 +151,7 @@ pub fn commit(
         changed: true,
         applied,
         listeners,
+        persisted: rt.state.persisted(),
     })
 }
 
@@ -148,6 +163,7 @@ fn unchanged(rt: &Runtime) -> ReloadReport {
             ..ApplyReport::default()
         },
         listeners: ListenerChanges::default(),
+        persisted: rt.state.persisted(),
     }
 }
 
@@ -171,10 +187,10 @@ fn read(path: &Path) -> Result<String, ConfigErrors> {
         .map_err(|e| ConfigErrors::single(path, format!("cannot read config file: {e}")))
 }
 
-/// Validate and apply `text` (the file's content, or why it could not be read). Counts the
-/// result in `veer_config_reloads_total` and logs it, except that with `quiet_if_same` a
-/// config equal to the live one is neither counted nor logged (the watcher seeing a
-/// write-back, a comment edit, or a rewrite with the same settings).
+/// Validate and apply `text` (the file's content, or why it could not be read), with the
+/// state laid over it. Counts the result in `veer_config_reloads_total` and logs it, except
+/// that with `quiet_if_same` a config equal to the live one is neither counted nor logged
+/// (the watcher seeing a write-back, a comment edit, or a rewrite with the same settings).
 fn reload_locked(
     rt: &Runtime,
     path: &Path,
@@ -183,29 +199,51 @@ fn reload_locked(
     quiet_if_same: bool,
     lock: &MutexGuard<'_, ()>,
 ) -> Result<ReloadReport, ReloadError> {
-    let parsed = text
+    let prepared = text
         .and_then(|t| Config::parse(path, &t))
-        .map_err(ReloadError::Invalid);
-    let same = matches!(&parsed, Ok(c) if *c == *rt.config());
+        .map_err(ReloadError::Invalid)
+        .and_then(|base| rt.state.prepare_reload(base).map_err(ReloadError::State));
+    let same = matches!(&prepared, Ok(p) if p.config == *rt.config());
     if same && quiet_if_same {
         tracing::debug!(file = %path.display(), "config file changed; same config, nothing to do");
+        if let Ok(p) = prepared {
+            install(rt, p);
+        }
         return Ok(unchanged(rt));
     }
-    let result = parsed.and_then(|config| {
+    let result = prepared.and_then(|p| {
         if same {
             // Same config: swap nothing, but re-read what lives outside the file
             // (certificates), so SIGHUP rotates them.
             if let Some(l) = rt.listeners.get().and_then(|w| w.upgrade()) {
-                let staged = l.stage(&config, Some(path)).map_err(ApplyError::from)?;
+                let staged = l.stage(&p.config, Some(path)).map_err(ApplyError::from)?;
                 l.commit(staged);
             }
+            install(rt, p);
             return Ok(unchanged(rt));
         }
-        let staged = stage(rt, config, lock)?;
-        Ok(commit(rt, staged, lock)?)
+        let staged = stage(rt, p.config.clone(), lock)?;
+        let mut r = commit(rt, staged, lock)?;
+        install(rt, p);
+        r.persisted = rt.state.persisted();
+        Ok(r)
     });
     record(rt, trigger, &result);
     result
+}
+
+/// Make a reload's state current and apply the drains it keeps.
+fn install(rt: &Runtime, p: Prepared) {
+    rt.state.install(p);
+    apply_drains(rt);
+}
+
+/// Drain the backends the state keeps drained (at start and after every reload).
+pub fn apply_drains(rt: &Runtime) {
+    let timeout = rt.config().server.drain_timeout;
+    for (pool, addr, on) in rt.state.drains() {
+        rt.registry.set_draining(&pool, addr, on, timeout);
+    }
 }
 
 /// Count and log a reload's outcome.
@@ -233,7 +271,7 @@ fn record(rt: &Runtime, trigger: Trigger, result: &Result<ReloadReport, ReloadEr
         }
         Err(e) => {
             rt.metrics.reloads.with_label_values(&["failure"]).inc();
-            if let ReloadError::Invalid(errors) = e {
+            if let ReloadError::Invalid(errors) | ReloadError::State(errors) = e {
                 for err in &errors.0 {
                     tracing::error!("{err}");
                 }
@@ -243,60 +281,94 @@ fn record(rt: &Runtime, trigger: Trigger, result: &Result<ReloadReport, ReloadEr
     }
 }
 
-/// Change the config through the file: edit it (`edit_doc`), validate, check the result can
-/// go live, write it back atomically, then apply. Without a config file (the demo) the live
-/// config is edited in memory (`edit_mem`) instead. If anything fails, nothing changes.
-pub async fn change<D, M>(
+/// What to do with a change that cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwritable {
+    /// Change nothing: the API answers 409.
+    Refuse,
+    /// `?force=true`: apply it in memory only, until the next reload (or the next change
+    /// written into the config file, which rereads it); `"persisted": false` until then.
+    Force,
+    /// A rollout's progress: apply it in memory and keep it over reloads, so a rollout never
+    /// waits on a file; written with the next write that succeeds.
+    Remember,
+}
+
+/// Make `change` live: written first (into the config file, or the state file when the
+/// config names one), then applied. Without a config file (the demo) the live config is
+/// edited in memory. If anything fails, nothing changes, except as `unwritable` allows.
+pub async fn change(
     rt: &Arc<Runtime>,
-    edit_doc: D,
-    edit_mem: M,
-) -> Result<ReloadReport, ChangeError>
-where
-    D: FnOnce(&mut DocumentMut) -> Result<(), WritebackError>,
-    M: FnOnce(&mut Config),
-{
+    change: &Change,
+    unwritable: Unwritable,
+) -> Result<ReloadReport, ChangeError> {
     let lock = rt.change_lock.lock().await;
-    change_locked(rt, &lock, edit_doc, edit_mem)
+    change_locked(rt, &lock, change, unwritable)
 }
 
 /// [`change`] for a caller that already holds the change lock (to decide on the live state
 /// and change it in one step).
-pub fn change_locked<D, M>(
+pub fn change_locked(
     rt: &Runtime,
     lock: &MutexGuard<'_, ()>,
-    edit_doc: D,
-    edit_mem: M,
-) -> Result<ReloadReport, ChangeError>
-where
-    D: FnOnce(&mut DocumentMut) -> Result<(), WritebackError>,
-    M: FnOnce(&mut Config),
-{
+    change: &Change,
+    unwritable: Unwritable,
+) -> Result<ReloadReport, ChangeError> {
+    if let Change::Drain { pool, addr, on } = change {
+        // Drain state is not config: only a state file keeps it over a restart.
+        if rt.state.path().is_some() {
+            if let Err(e) = rt.state.write_change(change) {
+                not_written(rt, change, unwritable, ChangeError::State(e))?;
+            }
+        }
+        let timeout = rt.config().server.drain_timeout;
+        rt.registry.set_draining(pool, *addr, *on, timeout);
+        return Ok(unchanged(rt));
+    }
     let Some(path) = rt.config_path.clone() else {
         let mut config = (*rt.config()).clone();
-        edit_mem(&mut config);
+        change.edit_config(&mut config);
+        check_change(&config, change, Path::new("config"))?;
         let staged = stage(rt, config, lock)?;
         return Ok(commit(rt, staged, lock)?);
     };
-    let edit = match writeback::prepare_edit(&path, edit_doc) {
+    if rt.state.path().is_some() {
+        return change_state_file(rt, lock, &path, change, unwritable);
+    }
+    let edit = match writeback::prepare_edit(&path, |doc| change.edit_doc(doc)) {
         Ok(e) => e,
         Err(WritebackError::Invalid(errors)) => {
             // Blame the request only when the file was fine without it.
-            return Err(match Config::load(&path) {
-                Ok(_) => ChangeError::Invalid(errors),
-                Err(file_errors) => ChangeError::FileInvalid(file_errors),
-            });
+            return match Config::load(&path) {
+                Ok(_) => Err(ChangeError::Invalid(errors)),
+                Err(file_errors) => in_memory(
+                    rt,
+                    lock,
+                    change,
+                    unwritable,
+                    ChangeError::FileInvalid(file_errors),
+                ),
+            };
         }
-        Err(e) => return Err(ChangeError::File(e)),
+        Err(e @ WritebackError::Edit(_)) => return Err(ChangeError::File(e)),
+        Err(e) => return in_memory(rt, lock, change, unwritable, ChangeError::File(e)),
     };
-    if edit.config == *rt.config() && edit.text == edit.original {
+    // What went into memory only before (rollout progress) stays laid over the file.
+    let next = rt.state.lay_over(&edit.config, Some(change));
+    if next == *rt.config() && edit.text == edit.original {
         return Ok(unchanged(rt));
     }
-    let staged = stage(rt, edit.config.clone(), lock)?;
+    let staged = stage(rt, next, lock)?;
     // The write is the commit point: if it fails, the staged listeners are dropped unused.
-    edit.write().map_err(ChangeError::File)?;
+    if let Err(e) = edit.write() {
+        drop(staged);
+        return in_memory(rt, lock, change, unwritable, ChangeError::File(e));
+    }
     match commit(rt, staged, lock) {
-        Ok(r) => {
-            tracing::info!(file = %path.display(), version = r.applied.version, "config changed through the admin API and written back");
+        Ok(mut r) => {
+            rt.state.written_to_config(change, edit.config.clone());
+            r.persisted = rt.state.persisted();
+            tracing::info!(file = %path.display(), version = r.applied.version, "{} changed and written back to the config file", change.subject());
             Ok(r)
         }
         Err(e) => {
@@ -308,6 +380,113 @@ where
             }
             Err(e.into())
         }
+    }
+}
+
+/// With a state file: the change is checked on the live config, written into the state
+/// file, then applied.
+fn change_state_file(
+    rt: &Runtime,
+    lock: &MutexGuard<'_, ()>,
+    path: &Path,
+    change: &Change,
+    unwritable: Unwritable,
+) -> Result<ReloadReport, ChangeError> {
+    let live = rt.config();
+    let mut config = (*live).clone();
+    change.edit_config(&mut config);
+    check_change(&config, change, path)?;
+    let same = config == *live;
+    let staged = if same {
+        None
+    } else {
+        Some(stage(rt, config, lock)?)
+    };
+    let undo = match rt.state.write_change(change) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            not_written(rt, change, unwritable, ChangeError::State(e))?;
+            None
+        }
+    };
+    let Some(staged) = staged else {
+        return Ok(unchanged(rt));
+    };
+    match commit(rt, staged, lock) {
+        Ok(r) => {
+            if undo.is_some() {
+                tracing::info!(state_file = ?rt.state.path(), version = r.applied.version, "{} changed and written to the state file", change.subject());
+            }
+            Ok(r)
+        }
+        Err(e) => {
+            if let Some(u) = undo {
+                rt.state.restore(u);
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// The change could not be written (`why`): refuse it, or go on in memory as `unwritable`
+/// says (logged, and recorded so `/api/status` shows `"persisted": false`).
+fn not_written(
+    rt: &Runtime,
+    change: &Change,
+    unwritable: Unwritable,
+    why: ChangeError,
+) -> Result<(), ChangeError> {
+    let what = change.subject();
+    match unwritable {
+        Unwritable::Refuse => return Err(why),
+        // A drain outlives reloads anyway (it is runtime state): keep it to write later.
+        Unwritable::Force if matches!(change, Change::Drain { .. }) => {
+            tracing::warn!("{what} changed in memory only (?force=true); it is not persisted until a later write succeeds: {why}");
+            rt.state.remember(change);
+        }
+        Unwritable::Force => {
+            tracing::warn!("{what} changed in memory only (?force=true); it is not persisted and lasts until the next reload: {why}");
+            rt.state.mark_forced();
+        }
+        Unwritable::Remember => {
+            tracing::warn!("rollout progress of {what} is not persisted ({why}); the rollout goes on in memory, and a restart starts it over; set [server] state_file to keep it");
+            rt.state.remember(change);
+        }
+    }
+    Ok(())
+}
+
+/// Apply a change that could not be written, in memory, if `unwritable` allows it.
+fn in_memory(
+    rt: &Runtime,
+    lock: &MutexGuard<'_, ()>,
+    change: &Change,
+    unwritable: Unwritable,
+    why: ChangeError,
+) -> Result<ReloadReport, ChangeError> {
+    if unwritable == Unwritable::Refuse {
+        return Err(why);
+    }
+    let mut config = (*rt.config()).clone();
+    change.edit_config(&mut config);
+    check_change(
+        &config,
+        change,
+        rt.config_path.as_deref().unwrap_or(Path::new("config")),
+    )?;
+    let staged = stage(rt, config, lock)?;
+    not_written(rt, change, unwritable, why)?;
+    Ok(commit(rt, staged, lock)?)
+}
+
+/// The rules a split in a file must follow, for a change that is not text.
+fn check_change(config: &Config, change: &Change, path: &Path) -> Result<(), ChangeError> {
+    match change {
+        Change::Split { route, .. } | Change::Progress { route, .. } => {
+            state::check_split(config, route)
+                .map_err(|why| ChangeError::Invalid(ConfigErrors::single(path, why)))
+        }
+        Change::Drain { .. } => Ok(()),
     }
 }
 

@@ -121,9 +121,13 @@ pub const ROOT: Shape = Table(&[
             ("max_connections", Int),
             ("drain_timeout", Dur),
             ("upgrades", Array(&Str)),
+            ("state_file", Str),
         ]),
     ),
-    ("admin", Table(&[("listen", Str), ("token_env", Str)])),
+    (
+        "admin",
+        Table(&[("listen", Str), ("token_env", Str), ("hosts", Array(&Str))]),
+    ),
     (
         "tls",
         Table(&[(

@@ -351,6 +351,7 @@ fn build_server(cx: &mut Ctx<'_>, raw: Option<S<RawServer>>) -> ServerConfig {
             None => d.upgrades,
             Some(list) => build_upgrades(cx, list.into_inner()),
         },
+        state_file: raw.state_file.and_then(|s| state_file(cx, s)),
     }
 }
 
@@ -381,6 +382,35 @@ fn build_upgrades(cx: &mut Ctx<'_>, list: Vec<S<String>>) -> Vec<String> {
     out
 }
 
+/// `server.state_file`: a file path, resolved against the config file's folder, that is not
+/// the config file itself. Whether it can be written is a warning (`veer check`), not an
+/// error: its folder often exists only where veer runs (a volume mounted into a pod).
+fn state_file(cx: &mut Ctx<'_>, s: S<String>) -> Option<PathBuf> {
+    let span = s.span();
+    let raw = s.into_inner();
+    if raw.trim().is_empty() || raw.ends_with('/') {
+        cx.err(
+            span,
+            format!("server.state_file: {raw:?} is not a file path; use something like \"/var/lib/veer/state.toml\""),
+        );
+        return None;
+    }
+    let path = resolve(cx.file, Path::new(&raw));
+    let same = path == cx.file
+        || matches!(
+            (std::fs::canonicalize(&path), std::fs::canonicalize(cx.file)),
+            (Ok(a), Ok(b)) if a == b
+        );
+    if same {
+        cx.err(
+            span,
+            "server.state_file: must not be the config file itself (it is written beside it, not into it)",
+        );
+        return None;
+    }
+    Some(path)
+}
+
 fn build_admin(cx: &mut Ctx<'_>, raw: Option<S<RawAdmin>>) -> AdminConfig {
     let d = AdminConfig::default();
     let Some(raw) = raw else { return d };
@@ -399,7 +429,18 @@ fn build_admin(cx: &mut Ctx<'_>, raw: Option<S<RawAdmin>>) -> AdminConfig {
         }
         Some(s) => s.into_inner(),
     };
-    AdminConfig { listen, token_env }
+    let mut hosts = Vec::new();
+    for h in raw.hosts.map(|h| h.into_inner()).unwrap_or_default() {
+        match AdminHost::parse(h.get_ref().trim()) {
+            Ok(a) => hosts.push(a),
+            Err(why) => cx.err(h.span(), format!("admin.hosts: {why}")),
+        }
+    }
+    AdminConfig {
+        listen,
+        token_env,
+        hosts,
+    }
 }
 
 fn build_pool(
@@ -1137,6 +1178,46 @@ backends = ["127.0.0.1:9101"]
 name = "web"
 split = { blue = 90, green = 10 }
 "#;
+
+    #[test]
+    fn admin_hosts_and_state_file_are_checked() {
+        let text = format!(
+            "[server]\nstate_file = \"state/veer-state.toml\"\n[admin]\nhosts = [\"Veer.Internal\", \"ops.example:8443\", \"10.0.0.5\"]\n{OK}"
+        );
+        let c = validate(Path::new("/etc/veer/veer.toml"), &text).unwrap();
+        assert_eq!(
+            c.server.state_file.as_deref(),
+            Some(Path::new("/etc/veer/state/veer-state.toml"))
+        );
+        let hosts: Vec<(&str, Option<u16>)> = c
+            .admin
+            .hosts
+            .iter()
+            .map(|h| (h.name.as_str(), h.port))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("veer.internal", None),
+                ("ops.example", Some(8443)),
+                ("10.0.0.5", None)
+            ]
+        );
+        let bad = format!(
+            "[server]\nstate_file = \"t.toml\"\n[admin]\nhosts = [\"*\", \"http://x\", \"a b\", \"x:99999\"]\n{OK}"
+        );
+        let e = errs(&bad);
+        assert_eq!(e.len(), 5, "{e:#?}");
+        assert!(
+            e[0].starts_with("t.toml:2:14: server.state_file: must not be the config file"),
+            "{e:#?}"
+        );
+        assert!(
+            e[1].starts_with("t.toml:4:10: admin.hosts: \"*\": wildcards"),
+            "{e:#?}"
+        );
+        assert!(e[2].contains("\"http://x\" is not a host name"), "{e:#?}");
+    }
 
     #[test]
     fn minimal_config_is_valid() {

@@ -111,19 +111,94 @@ where
 }
 
 /// Replace `path` with `data`: write a temp file beside it, fsync, rename, fsync the folder.
+/// The file must exist (a config file); its permissions are kept.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let meta = std::fs::metadata(path)?;
+    write_replacing(path, data, Some(meta.permissions()))
+}
+
+/// [`write_atomic`] for a file veer owns (the state file): created when missing. Its folder
+/// must exist.
+pub fn write_atomic_create(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let perms = match std::fs::metadata(path) {
+        Ok(m) => Some(m.permissions()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    write_replacing(path, data, perms)
+}
+
+/// A file whose mode has no write bit is not written, even by root (who could): whoever made
+/// it read-only meant it.
+fn refuse_read_only(perms: &std::fs::Permissions) -> std::io::Result<()> {
+    if perms.readonly() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the file is read-only",
+        ));
+    }
+    Ok(())
+}
+
+/// Can `path` (an existing file) be replaced the way [`write_atomic`] does it? Found out by
+/// trying, since only that is sure (a read-only mount, an immutable file, another owner, a
+/// folder without write permission): the file is opened for writing (nothing is written) and
+/// a temp file is created and removed beside it.
+pub fn probe_writable(path: &Path) -> std::io::Result<()> {
+    let real = std::fs::canonicalize(path)?;
+    refuse_read_only(&std::fs::metadata(&real)?.permissions())?;
+    std::fs::OpenOptions::new().append(true).open(&real)?;
+    probe_folder(&real)
+}
+
+/// [`probe_writable`] for a file that may not exist yet: then its folder must exist and take
+/// a new file.
+pub fn probe_writable_or_creatable(path: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(_) => probe_writable(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(d) = dir {
+                if !d.is_dir() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("its folder {} does not exist", d.display()),
+                    ));
+                }
+            }
+            probe_folder(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn probe_folder(path: &Path) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("veer");
+    let tmp = dir.join(format!(".{name}.veer-probe-{}", std::process::id()));
+    std::fs::File::create(&tmp)?;
+    std::fs::remove_file(&tmp)
+}
+
+fn write_replacing(
+    path: &Path,
+    data: &[u8],
+    perms: Option<std::fs::Permissions>,
+) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("config");
     // Fail early (and leave nothing behind) when the file itself is read-only.
-    let meta = std::fs::metadata(path)?;
-    if meta.permissions().readonly() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            "config file is read-only",
-        ));
+    if let Some(p) = &perms {
+        refuse_read_only(p)?;
     }
     // Unique per process and call, so concurrent writers never share a temp file.
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -131,7 +206,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.veer-tmp-{}-{seq}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.set_permissions(meta.permissions())?;
+        if let Some(p) = perms {
+            f.set_permissions(p)?;
+        }
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -196,6 +273,52 @@ pub fn set_split(
         }
     }
     Ok(())
+}
+
+/// Set `state` and `step` in a route's `[routes.rollout]` (table or inline), keeping the
+/// comments that trail the values.
+pub fn set_rollout_progress(
+    doc: &mut DocumentMut,
+    route: &str,
+    state: super::RolloutState,
+    step: usize,
+) -> Result<(), WritebackError> {
+    let t = route_table(doc, route)?;
+    let state = toml_edit::Value::from(state.as_str());
+    let step = toml_edit::Value::from(step as i64);
+    match t.get_mut("rollout") {
+        Some(toml_edit::Item::Table(r)) => {
+            set_value(r.entry("state"), state);
+            set_value(r.entry("step"), step);
+        }
+        Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(r))) => {
+            r.insert("state", state);
+            r.insert("step", step);
+        }
+        _ => {
+            return Err(WritebackError::Edit(format!(
+                "route {route:?} has no [routes.rollout] table"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Replace a value, keeping the comment that trails it.
+fn set_value(entry: toml_edit::Entry<'_>, v: toml_edit::Value) {
+    match entry {
+        toml_edit::Entry::Occupied(mut o) => {
+            let item = o.get_mut();
+            let mut v = v;
+            if let Some(old) = item.as_value() {
+                *v.decor_mut() = old.decor().clone();
+            }
+            *item = toml_edit::Item::Value(v);
+        }
+        toml_edit::Entry::Vacant(e) => {
+            e.insert(toml_edit::Item::Value(v));
+        }
+    }
 }
 
 #[cfg(test)]

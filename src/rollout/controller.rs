@@ -9,17 +9,18 @@
 //! ```
 //!
 //! Every transition that changes what traffic does, or what a restart must resume, is written
-//! back first (split + `state` + `step`, under the runtime's change lock) and only then made
-//! live; if the file cannot be written the transition does not happen (an automatic advance
-//! is retried at the next check), except a rollback, which always takes effect in memory:
-//! safety first. The clock is tokio's, so tests drive it with paused time.
+//! first (split + `state` + `step`, under the runtime's change lock, into the config file or
+//! the state file) and only then made live. When nothing can be written (a read-only config
+//! and no `state_file`), automatic transitions go on in memory with a warning, so a rollout is
+//! never stuck; an operator action then changes nothing (409) unless `?force=true`. The clock
+//! is tokio's, so tests drive it with paused time.
 
 use super::gate::{self, Verdict};
 use super::notify::{Event, Notifier};
-use super::persist::{self, Progress};
+use super::persist::Progress;
 use super::stats::{Figures, StepStats};
 use super::{figures_json, Action, ActionError, Command, Handle, Start, Status};
-use crate::config::reload::{self, ChangeError};
+use crate::config::reload::{self, ChangeError, Unwritable};
 use crate::config::writeback::WritebackError;
 use crate::config::{format_duration, RolloutConfig, RolloutState, RouteConfig};
 use crate::runtime::Runtime;
@@ -28,6 +29,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// Automatic transitions never wait on a file: when the progress cannot be written it goes
+/// on in memory (logged, `"persisted": false`), so a read-only config never leaves a rollout
+/// stuck.
+const AUTO: Unwritable = Unwritable::Remember;
 
 /// Why a change could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +163,7 @@ impl Controller {
                 _ = self.shutdown.cancelled() => break,
                 cmd = cmds.recv() => match cmd {
                     Some(c) => {
-                        let r = self.act(c.action).await;
+                        let r = self.act(c.action, c.force).await;
                         let _ = c.reply.send(r);
                     }
                     None => break,
@@ -193,7 +199,7 @@ impl Controller {
             Some(RolloutState::Progressing) => {
                 // The file already says where we are; make sure the split agrees. (The
                 // "resumed" event logs it.)
-                if let Err(e) = self.enter_step(step, "resumed", true).await {
+                if let Err(e) = self.enter_step(step, "resumed", true, AUTO).await {
                     tracing::error!(route = %self.route, error = %e, "cannot resume rollout step; will retry");
                     self.state = RolloutState::Progressing;
                     self.next_check = Some(Instant::now() + self.tick);
@@ -216,7 +222,7 @@ impl Controller {
     }
 
     async fn start_fresh(&mut self) {
-        match self.enter_step(0, "started", false).await {
+        match self.enter_step(0, "started", false, AUTO).await {
             Ok(()) => self.pending_start = false,
             Err(CommitError::Superseded | CommitError::Gone) => {}
             Err(e) => {
@@ -338,13 +344,14 @@ impl Controller {
         self.stats = stats;
     }
 
-    /// Write the progress back (file, or memory without one) and make it live.
+    /// Write the progress (the config file, the state file, or memory without either) and
+    /// make it live. `how`: what to do when it cannot be written (see [`Unwritable`]).
     async fn commit(
         &self,
         weight: u32,
         state: RolloutState,
         step: usize,
-        force: bool,
+        how: Unwritable,
     ) -> Result<(), CommitError> {
         let rt = self.rt.upgrade().ok_or(CommitError::Gone)?;
         let guard = rt.change_lock.lock().await;
@@ -375,27 +382,8 @@ impl Controller {
             })
             .collect();
         let progress = Progress { split, state, step };
-        let route = self.route.as_str();
-        let result = reload::change_locked(
-            &rt,
-            &guard,
-            |doc| persist::edit_doc(doc, route, &progress),
-            |c| {
-                // The route and its rollout were checked above, under the same lock.
-                let _ = persist::edit_config(c, route, &progress);
-            },
-        );
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if force => {
-                tracing::error!(route, error = %e, "cannot write the rollout's progress to the config file; applying it in memory only");
-                let mut c = (*live).clone();
-                persist::edit_config(&mut c, route, &progress)?;
-                rt.apply(c)?;
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
+        reload::change_locked(&rt, &guard, &progress.change(&self.route), how)?;
+        Ok(())
     }
 
     fn pool_healthy(&self) -> bool {
@@ -442,11 +430,12 @@ impl Controller {
         k: usize,
         event: &'static str,
         resumed: bool,
+        how: Unwritable,
     ) -> Result<(), CommitError> {
         let weight = self.weight_of_step(k);
         let needs_write = !resumed || !self.split_matches(weight, RolloutState::Progressing, k);
         if needs_write {
-            self.commit(weight, RolloutState::Progressing, k, false)
+            self.commit(weight, RolloutState::Progressing, k, how)
                 .await?;
         }
         self.state = RolloutState::Progressing;
@@ -519,7 +508,7 @@ impl Controller {
             RolloutState::Progressing => {
                 let Some(stats) = self.stats.clone() else {
                     // A resume whose write failed: try again.
-                    if let Err(e) = self.enter_step(self.step, "resumed", true).await {
+                    if let Err(e) = self.enter_step(self.step, "resumed", true, AUTO).await {
                         tracing::debug!(route = %self.route, error = %e, "resume retry failed");
                         self.schedule();
                     }
@@ -574,7 +563,7 @@ impl Controller {
                         format_duration(self.def.approval_timeout)
                     );
                     let f = self.stats.as_ref().map(|s| s.figures());
-                    self.roll_back(reason, f, true).await.ok();
+                    self.roll_back(reason, f, AUTO).await.ok();
                     return;
                 }
                 self.schedule();
@@ -588,20 +577,21 @@ impl Controller {
         self.verdict = Some("failed");
         self.reason = Some(reason.clone());
         self.emit("gate", Some("failed"), Some(&f));
-        self.roll_back(reason, Some(f), true).await.ok();
+        self.roll_back(reason, Some(f), AUTO).await.ok();
     }
 
     /// The step passed: next step, approval, or success.
     async fn advance(&mut self, f: Figures) {
         let result = if self.step >= self.last_step() {
-            self.succeed("the last step passed".into(), Some(f)).await
+            self.succeed("the last step passed".into(), Some(f), AUTO)
+                .await
         } else if self.def.approval {
             match self
                 .commit(
                     self.weight_of_step(self.step),
                     RolloutState::AwaitingApproval,
                     self.step,
-                    false,
+                    AUTO,
                 )
                 .await
             {
@@ -613,7 +603,7 @@ impl Controller {
                 Err(e) => Err(e),
             }
         } else {
-            self.enter_step(self.step + 1, "step", false).await
+            self.enter_step(self.step + 1, "step", false, AUTO).await
         };
         if let Err(e) = result {
             // Hold at this step; the next check judges again and retries.
@@ -626,29 +616,33 @@ impl Controller {
         }
     }
 
-    async fn succeed(&mut self, reason: String, f: Option<Figures>) -> Result<(), CommitError> {
+    async fn succeed(
+        &mut self,
+        reason: String,
+        f: Option<Figures>,
+        how: Unwritable,
+    ) -> Result<(), CommitError> {
         let last = self.last_step();
-        self.commit(100, RolloutState::Succeeded, last, false)
-            .await?;
+        self.commit(100, RolloutState::Succeeded, last, how).await?;
         self.state = RolloutState::Succeeded;
         self.step = last;
         self.finish(reason, f, "succeeded");
         Ok(())
     }
 
-    /// Roll back: all traffic to the baseline. `force`: take effect in memory even when the
-    /// file cannot be written (automatic rollbacks); operator aborts follow the API rule.
+    /// Roll back: all traffic to the baseline. Automatic rollbacks take effect in memory even
+    /// when nothing can be written (safety first); operator aborts follow the API rule.
     async fn roll_back(
         &mut self,
         reason: String,
         f: Option<Figures>,
-        force: bool,
+        how: Unwritable,
     ) -> Result<(), CommitError> {
         if let Err(e) = self
-            .commit(0, RolloutState::RolledBack, self.step, force)
+            .commit(0, RolloutState::RolledBack, self.step, how)
             .await
         {
-            if force {
+            if how != Unwritable::Refuse {
                 tracing::error!(route = %self.route, error = %e, "rollback could not be applied");
             }
             return Err(e);
@@ -683,8 +677,11 @@ impl Controller {
         ))
     }
 
-    async fn act(&mut self, action: Action) -> Result<Status, ActionError> {
+    /// An operator action. `force` (`?force=true`): go on in memory when the progress cannot
+    /// be written, as automatic steps do; otherwise such an action changes nothing (409).
+    async fn act(&mut self, action: Action, force: bool) -> Result<Status, ActionError> {
         use RolloutState::*;
+        let how = if force { AUTO } else { Unwritable::Refuse };
         let running = matches!(self.state, Progressing | Paused | AwaitingApproval);
         match action {
             Action::Start => {
@@ -692,7 +689,7 @@ impl Controller {
                     return Err(self.conflict("start (abort it first)"));
                 }
                 self.pending_start = false;
-                self.enter_step(0, "started", false)
+                self.enter_step(0, "started", false, how)
                     .await
                     .map_err(ActionError::Commit)?;
             }
@@ -700,7 +697,7 @@ impl Controller {
                 if !matches!(self.state, Progressing | AwaitingApproval) {
                     return Err(self.conflict("pause"));
                 }
-                self.commit(self.weight_of_step(self.step), Paused, self.step, false)
+                self.commit(self.weight_of_step(self.step), Paused, self.step, how)
                     .await
                     .map_err(ActionError::Commit)?;
                 self.paused_from = Some(self.state);
@@ -721,7 +718,7 @@ impl Controller {
                         self.weight_of_step(self.step),
                         AwaitingApproval,
                         self.step,
-                        false,
+                        how,
                     )
                     .await
                     .map_err(ActionError::Commit)?;
@@ -729,7 +726,7 @@ impl Controller {
                     self.emit("resumed", None, None);
                 } else {
                     // The step starts over: a full interval of fresh statistics.
-                    self.enter_step(self.step, "resumed", false)
+                    self.enter_step(self.step, "resumed", false, how)
                         .await
                         .map_err(ActionError::Commit)?;
                 }
@@ -739,11 +736,11 @@ impl Controller {
                     return Err(self.conflict("approve"));
                 }
                 let next = (self.step + 1).min(self.last_step());
-                self.commit(self.weight_of_step(next), Progressing, next, false)
+                self.commit(self.weight_of_step(next), Progressing, next, how)
                     .await
                     .map_err(ActionError::Commit)?;
                 self.emit("approved", None, None);
-                self.enter_step(next, "step", true)
+                self.enter_step(next, "step", true, how)
                     .await
                     .map_err(ActionError::Commit)?;
             }
@@ -752,7 +749,7 @@ impl Controller {
                     return Err(self.conflict("promote (start it again first)"));
                 }
                 let f = self.stats.as_ref().map(|s| s.figures());
-                self.succeed("promoted by operator".into(), f)
+                self.succeed("promoted by operator".into(), f, how)
                     .await
                     .map_err(ActionError::Commit)?;
             }
@@ -761,7 +758,7 @@ impl Controller {
                     return Err(self.conflict("abort"));
                 }
                 let f = self.stats.as_ref().map(|s| s.figures()).or(self.figures);
-                self.roll_back("aborted by operator".into(), f, false)
+                self.roll_back("aborted by operator".into(), f, how)
                     .await
                     .map_err(ActionError::Commit)?;
             }

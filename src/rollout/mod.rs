@@ -7,7 +7,8 @@
 //! - [`gate`]: the verdict at the end of a step, and the fail-fast rule during it.
 //! - [`controller`]: one background task per route with a rollout: the state machine, the
 //!   clock (tokio time, so tests drive it with paused time), operator actions.
-//! - [`persist`]: progress written into the config file (split, `state`, `step`).
+//! - [`persist`]: progress as one change (split, `state`, `step`), written into the config
+//!   file or the state file, or kept in memory when neither can be written.
 //! - [`notify`]: events POSTed to `notify_url`.
 //!
 //! [`Rollouts`] (in the [`Runtime`]) keeps the controllers: [`Rollouts::sync`] runs every
@@ -149,6 +150,8 @@ impl Status {
 
 struct Command {
     action: Action,
+    /// `?force=true`: go on in memory when the progress cannot be written.
+    force: bool,
     reply: oneshot::Sender<Result<Status, ActionError>>,
 }
 
@@ -258,6 +261,18 @@ impl Rollouts {
         route: &str,
         action: &str,
     ) -> Result<Status, ActionError> {
+        self.act_with(rt, route, action, false).await
+    }
+
+    /// [`Rollouts::act`]; with `force` the action goes on in memory when its progress cannot
+    /// be written (`?force=true`), instead of changing nothing.
+    pub async fn act_with(
+        &self,
+        rt: &Runtime,
+        route: &str,
+        action: &str,
+        force: bool,
+    ) -> Result<Status, ActionError> {
         let config = rt.config();
         let rc = config
             .route(route)
@@ -275,9 +290,13 @@ impl Rollouts {
                 .ok_or_else(|| ActionError::Stopped(route.to_string()))?
         };
         let (tx, rx) = oneshot::channel();
-        cmd.send(Command { action, reply: tx })
-            .await
-            .map_err(|_| ActionError::Stopped(route.to_string()))?;
+        cmd.send(Command {
+            action,
+            force,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| ActionError::Stopped(route.to_string()))?;
         rx.await
             .map_err(|_| ActionError::Stopped(route.to_string()))?
     }

@@ -1,8 +1,9 @@
-//! Writing a rollout's progress into the config (the file when there is one, else memory):
-//! the split, and `state` and `step` in `[routes.rollout]`, so a restart resumes where the
-//! rollout stood.
+//! A rollout's progress as one [`Change`]: the split, and `state` and `step` in
+//! `[routes.rollout]`, so a restart resumes where the rollout stood. Where it is written (the
+//! config file, the state file, or memory only) is decided by [`crate::config::reload`].
 
-use crate::config::writeback::{route_table, set_split, WritebackError};
+use crate::config::state::Change;
+use crate::config::writeback::WritebackError;
 use crate::config::{Config, RolloutState};
 use toml_edit::DocumentMut;
 
@@ -14,59 +15,34 @@ pub struct Progress {
     pub step: usize,
 }
 
+impl Progress {
+    /// The change that records this progress of `route`.
+    pub fn change(&self, route: &str) -> Change {
+        Change::Progress {
+            route: route.to_string(),
+            split: self.split.clone(),
+            state: self.state,
+            step: self.step,
+        }
+    }
+}
+
 /// Edit the document: split, `rollout.state`, `rollout.step`.
 pub fn edit_doc(doc: &mut DocumentMut, route: &str, p: &Progress) -> Result<(), WritebackError> {
-    set_split(doc, route, &p.split)?;
-    let t = route_table(doc, route)?;
-    let state = toml_edit::Value::from(p.state.as_str());
-    let step = toml_edit::Value::from(p.step as i64);
-    match t.get_mut("rollout") {
-        Some(toml_edit::Item::Table(r)) => {
-            set_value(r.entry("state"), state);
-            set_value(r.entry("step"), step);
-        }
-        Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(r))) => {
-            r.insert("state", state);
-            r.insert("step", step);
-        }
-        _ => {
-            return Err(WritebackError::Edit(format!(
-                "route {route:?} has no [routes.rollout] table"
-            )))
-        }
-    }
-    Ok(())
+    p.change(route).edit_doc(doc)
 }
 
-/// Replace a value, keeping the comment that trails it.
-fn set_value(entry: toml_edit::Entry<'_>, v: toml_edit::Value) {
-    match entry {
-        toml_edit::Entry::Occupied(mut o) => {
-            let item = o.get_mut();
-            let mut v = v;
-            if let Some(old) = item.as_value() {
-                *v.decor_mut() = old.decor().clone();
-            }
-            *item = toml_edit::Item::Value(v);
-        }
-        toml_edit::Entry::Vacant(e) => {
-            e.insert(toml_edit::Item::Value(v));
-        }
-    }
-}
-
-/// The same change on a config in memory (no file: `veer demo`).
+/// The same change on a config in memory.
 pub fn edit_config(config: &mut Config, route: &str, p: &Progress) -> Result<(), WritebackError> {
     let rc = config
-        .route_mut(route)
+        .route(route)
         .ok_or_else(|| WritebackError::Edit(format!("no route named {route:?}")))?;
-    rc.split = p.split.clone();
-    let r = rc
-        .rollout
-        .as_mut()
-        .ok_or_else(|| WritebackError::Edit(format!("route {route:?} has no rollout")))?;
-    r.state = Some(p.state);
-    r.step = Some(p.step);
+    if rc.rollout.is_none() {
+        return Err(WritebackError::Edit(format!(
+            "route {route:?} has no rollout"
+        )));
+    }
+    p.change(route).edit_config(config);
     Ok(())
 }
 

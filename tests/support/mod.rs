@@ -767,3 +767,59 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A file made unwritable for a test, even for root (tests run as root here): `chattr +i`
+/// (immutable: no open for writing, no rename over it, whoever asks) where the filesystem
+/// allows it, else mode 0444, which veer itself refuses to write. Undone on drop, so the
+/// temp dir can be removed; declare it after the `Veer`/temp dir so it drops first.
+pub struct Unwritable {
+    pub path: PathBuf,
+    /// `chattr +i` worked (else the mode is 0444).
+    pub immutable: bool,
+}
+
+pub fn make_unwritable(path: &std::path::Path) -> Unwritable {
+    use std::os::unix::fs::PermissionsExt;
+    let immutable = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(path)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !immutable {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    }
+    Unwritable {
+        path: path.to_path_buf(),
+        immutable,
+    }
+}
+
+impl Drop for Unwritable {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if self.immutable {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&self.path)
+                .status();
+        }
+        let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o644));
+    }
+}
+
+/// Send `method path` to the admin API with a JSON body (empty: none).
+pub async fn admin_call(admin: SocketAddr, method: &str, path: &str, body: &str) -> Got {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"));
+    if !body.is_empty() {
+        b = b.header("content-type", "application/json");
+    }
+    send(b.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await
+}
+
+/// A response body as JSON.
+pub fn json_of(g: &Got) -> serde_json::Value {
+    serde_json::from_str(&g.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", g.body))
+}
