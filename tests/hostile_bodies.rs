@@ -65,46 +65,18 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (u16, String, Vec<u8>) {
         .expect("closed without an answer")
 }
 
-/// Read a response head only (the answer to a HEAD has no body).
-async fn read_head(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .expect("no answer in time")
-        {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-fn status_of(head: &str) -> u16 {
-    head.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Sum of `veer_requests_total` over the series with this code.
 fn requests_with_code(metrics: &str, code: u16) -> f64 {
-    let label = format!("code=\"{code}\"");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("veer_requests_total{") && l.contains(&label))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
+    metric_sum(
+        metrics,
+        "veer_requests_total",
+        &[&format!("code=\"{code}\"")],
+    )
 }
 
 /// Sum of `veer_circuit_breaker_trips_total` over every backend.
 fn breaker_trips(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("veer_circuit_breaker_trips_total"))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
+    metric_sum(metrics, "veer_circuit_breaker_trips_total", &[])
 }
 
 async fn metrics_of(veer: &Veer) -> String {
@@ -125,7 +97,7 @@ async fn breakers(veer: &Veer) -> Vec<String> {
 
 /// Send the head and first chunk of a chunked request, wait until the backend has the head,
 /// then send a malformed chunk-size line: the request breaks mid-stream. The answer.
-async fn malformed_mid_stream(veer: &Veer, rec: &Recorder, method: &str) -> (u16, String) {
+async fn malformed_mid_stream(veer: &Veer, rec: &RawBackend, method: &str) -> (u16, String) {
     let before = rec.seen().len();
     let mut s = TcpStream::connect(veer.addr).await.unwrap();
     s.write_all(
@@ -142,7 +114,7 @@ async fn malformed_mid_stream(veer: &Veer, rec: &Recorder, method: &str) -> (u16
     .await;
     s.write_all(b"zz\r\n").await.unwrap();
     let head = if method == "HEAD" {
-        read_head(&mut s).await
+        read_head_only(&mut s).await
     } else {
         tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
             .await
@@ -204,7 +176,7 @@ async fn a_malformed_first_chunk_gets_400_and_nothing_reaches_the_backend_whatev
         )
         .await
         .unwrap();
-        let head = read_head(&mut s).await;
+        let head = read_head_only(&mut s).await;
         assert_eq!(status_of(&head), 400, "{method}: {head}");
         assert!(
             head.to_ascii_lowercase().contains("connection: close"),
@@ -262,7 +234,7 @@ async fn valid_bodies_on_get_and_head_are_forwarded_whole() {
     s.write_all(format!("HEAD /search HTTP/1.1\r\nHost: app\r\n{chunked}").as_bytes())
         .await
         .unwrap();
-    assert_eq!(status_of(&read_head(&mut s).await), 200);
+    assert_eq!(status_of(&read_head_only(&mut s).await), 200);
 
     let (status, _, body) = exchange(
         veer.addr,
@@ -610,7 +582,7 @@ fn assert_408_in_time(what: &str, status: u16, elapsed: Duration) {
 
 /// After the uploads: the backend got each of them, none whole, and every connection they
 /// held is closed; the backend is still fine.
-async fn assert_released(veer: &Veer, rec: &Recorder, n: usize) {
+async fn assert_released(veer: &Veer, rec: &RawBackend, n: usize) {
     eventually(
         "the upstream connections to close",
         Duration::from_secs(5),
