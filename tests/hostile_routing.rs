@@ -10,20 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use support::*;
 
-fn json(g: &Got) -> Value {
-    serde_json::from_str(&g.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", g.body))
-}
-
-fn pool(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
-    let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "[pools.{name}]\nbackends = [{}]\n{extra}\n",
-        list.join(", ")
-    )
-}
-
-fn route(split: &str, extra: &str) -> String {
-    format!("[[routes]]\nname = \"web\"\nsplit = {split}\nretry = {{ attempts = 1 }}\n{extra}\n")
+/// Route `web` at `split` with retries off, and `extra` keys.
+fn one_try_route(split: &str, extra: &str) -> String {
+    route(split, &format!("retry = {{ attempts = 1 }}\n{extra}"))
 }
 
 const BREAKER: &str = "[pools.p.circuit_breaker]\nconsecutive_failures = 3\nopen_for = \"1m\"\n";
@@ -36,7 +25,8 @@ async fn a_pool_of_one_answers_503_from_the_fourth_request_and_the_backend_sees_
     // Several rounds: with the trip left to the background task, the 4th request raced it.
     for round in 0..8 {
         let bad = upstream_with(|_req| async { respond(500, "bad") }).await;
-        let veer = start_veer(&(pool("p", &[bad.addr], BREAKER) + &route("{ p = 1 }", ""))).await;
+        let veer =
+            start_veer(&(pool("p", &[bad.addr], BREAKER) + &one_try_route("{ p = 1 }", ""))).await;
         let url = veer.url("/");
         for i in 1..=3 {
             let got = get(&url).await;
@@ -73,7 +63,8 @@ async fn pipelined_requests_cannot_slip_past_the_trip() {
     // Six requests in one write: veer reads the 4th right after answering the 3rd, with no
     // chance for a background task to run in between. Only the request path can stop it.
     let bad = upstream_with(|_req| async { respond(500, "bad") }).await;
-    let veer = start_veer(&(pool("p", &[bad.addr], BREAKER) + &route("{ p = 1 }", ""))).await;
+    let veer =
+        start_veer(&(pool("p", &[bad.addr], BREAKER) + &one_try_route("{ p = 1 }", ""))).await;
     let one = "GET / HTTP/1.1\r\nHost: t\r\n\r\n";
     let last = "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
     let bytes = one.repeat(5) + last;
@@ -94,9 +85,10 @@ async fn in_a_pool_of_two_the_fourth_request_goes_to_the_other_backend() {
     for round in 0..5 {
         let bad = upstream_with(|_req| async { respond(500, "bad") }).await;
         let good = upstream("good").await;
-        let veer =
-            start_veer(&(pool("p", &[bad.addr, good.addr], BREAKER) + &route("{ p = 1 }", "")))
-                .await;
+        let veer = start_veer(
+            &(pool("p", &[bad.addr, good.addr], BREAKER) + &one_try_route("{ p = 1 }", "")),
+        )
+        .await;
         let url = veer.url("/");
         let mut failed = 0;
         for _ in 0..30 {
@@ -121,12 +113,12 @@ async fn in_a_pool_of_two_the_fourth_request_goes_to_the_other_backend() {
 // ---------------------------------------------------------------- item 10: fallback and effective split
 
 fn blue_green(blue: SocketAddr, green: SocketAddr, split: &str, extra: &str) -> String {
-    pool("blue", &[blue], "") + &pool("green", &[green], "") + &route(split, extra)
+    pool("blue", &[blue], "") + &pool("green", &[green], "") + &one_try_route(split, extra)
 }
 
 /// The `effective` shares of the web route in /api/status.
 async fn effective(veer: &Veer) -> Value {
-    let status = json(&get(&veer.admin_url("/api/status")).await);
+    let status = json_of(&get(&veer.admin_url("/api/status")).await);
     let web = status["routes"]
         .as_array()
         .unwrap()

@@ -10,13 +10,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 use veer::config::reload::{self, Trigger};
 use veer::config::RolloutState;
-use veer::rollout::Status;
 use veer::runtime::Runtime;
 
 /// Two pools (blue with two backends) and route `web` at `split`, with `state_file` when
@@ -28,22 +27,13 @@ fn config_text(
     state_file: Option<&Path>,
     extra: &str,
 ) -> String {
-    let blue: Vec<String> = blue.iter().map(|a| format!("\"{a}\"")).collect();
     let state = state_file
         .map(|p| format!("state_file = \"{}\"\n", p.display()))
         .unwrap_or_default();
     format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n{state}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n# the blue slot\n[pools.blue]\nbackends = [{}]\n\n[pools.green]\nbackends = [\"{green}\"]\n\n[[routes]]\nname = \"web\"\nsplit = {split}  # set by the release pipeline\n{extra}",
-        blue.join(", ")
+        quoted(blue)
     )
-}
-
-/// A config file in a fresh folder.
-fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("veer.toml");
-    std::fs::write(&path, text).unwrap();
-    (dir, path)
 }
 
 /// Who answers `url` (the upstream's name), over a real socket.
@@ -59,17 +49,6 @@ fn persisted(rt: &Runtime) -> bool {
     veer::admin::status::status_json(rt)["persisted"]
         .as_bool()
         .expect("persisted is a boolean at the top of /api/status")
-}
-
-async fn restart(v: Veer) -> Veer {
-    let Veer {
-        running,
-        dir,
-        config_path,
-        ..
-    } = v;
-    running.unwrap().shutdown().await;
-    start_veer_file(dir, config_path).await
 }
 
 #[tokio::test]
@@ -127,7 +106,7 @@ async fn api_changes_and_drains_go_to_the_state_file_and_a_restart_keeps_them() 
     assert_eq!(json_of(&status)["persisted"], true);
 
     // A new veer on the same config and state file starts where this one stood.
-    let v = restart(v).await;
+    let v = v.restart().await;
     assert_eq!(
         split_of(v.rt()),
         vec![("blue".into(), 0), ("green".into(), 100)]
@@ -300,45 +279,10 @@ async fn force_without_a_state_file_lives_in_memory_until_a_reload() {
     v.shutdown().await;
 }
 
-/// Wait (tokio time) until route web's rollout status satisfies `pred`.
-async fn wait_rollout(rt: &Runtime, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
-    let mut rx = rt.rollouts.watch("web").expect("route web has a rollout");
-    let got = tokio::time::timeout(Duration::from_secs(3600), rx.wait_for(|s| pred(s)))
-        .await
-        .ok()
-        .and_then(|r| r.ok().map(|s| s.clone()));
-    got.unwrap_or_else(|| {
-        panic!(
-            "timed out waiting for: {what}; status: {:?}",
-            rt.rollouts
-                .status("web")
-                .map(|s| (s.state, s.step, s.reason))
-        )
-    })
-}
-
-async fn wait_step(rt: &Runtime, step: usize) -> Status {
-    wait_rollout(rt, &format!("progressing at step {step}"), |s| {
-        s.state == RolloutState::Progressing && s.step == step && s.stats.is_some()
-    })
-    .await
-}
-
 /// A healthy step: enough fast traffic to green, then the interval passes.
 async fn pass_step(rt: &Runtime) {
-    let s = veer::rollout::stats(rt, "web").expect("a step is running");
-    for _ in 0..100 {
-        s.record("green", false, Duration::from_millis(5));
-    }
+    feed(rt, "green", 100, 0, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_secs(61)).await;
-}
-
-fn green(rt: &Runtime) -> u32 {
-    rt.config()
-        .route("web")
-        .unwrap()
-        .weight_of("green")
-        .unwrap()
 }
 
 const ROLLOUT: &str = "\n[routes.rollout]\nto = \"green\"\nsteps = [5, 25, 100]\nstep_interval = \"1m\"\nmin_requests = 100\n";
@@ -360,10 +304,10 @@ async fn rollout_steps_go_to_the_state_file_and_a_restart_resumes_there() {
     let v = start_veer_file(dir, path.clone()).await;
     let rt: Arc<Runtime> = v.rt().clone();
     wait_step(&rt, 0).await;
-    assert_eq!(green(&rt), 5);
+    assert_eq!(green_weight(&rt), 5);
     pass_step(&rt).await;
     wait_step(&rt, 1).await;
-    assert_eq!(green(&rt), 25);
+    assert_eq!(green_weight(&rt), 25);
     assert!(persisted(&rt));
     let saved = std::fs::read_to_string(&state).unwrap();
     assert!(saved.contains("set = { blue = 75, green = 25 }"), "{saved}");
@@ -373,21 +317,21 @@ async fn rollout_steps_go_to_the_state_file_and_a_restart_resumes_there() {
     drop(rt);
 
     // Restarted: the same step, never earlier or later.
-    let v = restart(v).await;
+    let v = v.restart().await;
     let rt = v.rt().clone();
     let s = rt.rollouts.status("web").unwrap();
     assert_eq!((s.state, s.step), (RolloutState::Progressing, 1));
     wait_step(&rt, 1).await;
-    assert_eq!(green(&rt), 25);
+    assert_eq!(green_weight(&rt), 25);
     pass_step(&rt).await;
     wait_step(&rt, 2).await;
     pass_step(&rt).await;
     wait_rollout(&rt, "succeeded", |s| s.state == RolloutState::Succeeded).await;
-    assert_eq!(green(&rt), 100);
+    assert_eq!(green_weight(&rt), 100);
     drop(rt);
 
     // Finished stays finished across a restart and a reload.
-    let v = restart(v).await;
+    let v = v.restart().await;
     let rt = v.rt().clone();
     reload::reload(&rt, Trigger::Api).await.unwrap();
     tokio::time::sleep(Duration::from_secs(300)).await;
@@ -395,7 +339,7 @@ async fn rollout_steps_go_to_the_state_file_and_a_restart_resumes_there() {
         rt.rollouts.status("web").unwrap().state,
         RolloutState::Succeeded
     );
-    assert_eq!(green(&rt), 100);
+    assert_eq!(green_weight(&rt), 100);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     drop(rt);
     drop(ro);
@@ -418,14 +362,14 @@ async fn without_a_state_file_an_unwritable_config_still_runs_the_rollout_in_mem
     let rt = v.rt().clone();
     // Not stuck pending: the first step runs at once, in memory.
     wait_step(&rt, 0).await;
-    assert_eq!(green(&rt), 5);
+    assert_eq!(green_weight(&rt), 5);
     assert!(!persisted(&rt), "the progress lives in memory only");
     pass_step(&rt).await;
     wait_step(&rt, 1).await;
-    assert_eq!(green(&rt), 25);
+    assert_eq!(green_weight(&rt), 25);
     // A reload of the (unchanged) file keeps the rollout's weight.
     reload::reload(&rt, Trigger::Api).await.unwrap();
-    assert_eq!(green(&rt), 25);
+    assert_eq!(green_weight(&rt), 25);
     assert_eq!(rt.rollouts.status("web").unwrap().step, 1);
     // An operator action that cannot be written changes nothing, unless forced.
     let e = rt.rollouts.act(&rt, "web", "pause").await.unwrap_err();
@@ -447,7 +391,7 @@ async fn without_a_state_file_an_unwritable_config_still_runs_the_rollout_in_mem
     wait_step(&rt, 2).await;
     pass_step(&rt).await;
     wait_rollout(&rt, "succeeded", |s| s.state == RolloutState::Succeeded).await;
-    assert_eq!(green(&rt), 100);
+    assert_eq!(green_weight(&rt), 100);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     assert!(!persisted(&rt));
     drop(rt);

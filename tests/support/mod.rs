@@ -21,13 +21,19 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod config;
 mod metrics;
 mod raw;
+mod rollout;
 // Not every test file uses every part.
+#[allow(unused_imports)]
+pub use config::*;
 #[allow(unused_imports)]
 pub use metrics::*;
 #[allow(unused_imports)]
 pub use raw::*;
+#[allow(unused_imports)]
+pub use rollout::*;
 
 pub type BoxResp = Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>;
 type Handler =
@@ -143,6 +149,12 @@ impl Veer {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
+    }
+    /// Shut down and start again from the same config file (and folder).
+    pub async fn restart(mut self) -> Veer {
+        let running = self.running.take().expect("veer is running");
+        running.shutdown().await;
+        start_veer_file(self.dir, self.config_path).await
     }
 }
 
@@ -395,7 +407,10 @@ pub fn chromium_binary() -> PathBuf {
             }
         }
     }
-    panic!("this test needs a headless browser: install Debian's chromium or set VEER_CHROMIUM");
+    panic!(
+        "this test needs a headless browser, and none was found on PATH: \
+         install Debian's chromium (`apt-get install -y chromium`) or set VEER_CHROMIUM"
+    );
 }
 
 /// The DOM of `url` after its scripts have had `budget_ms` of virtual time (Chromium's
