@@ -116,6 +116,16 @@ fn blue_green(blue: SocketAddr, green: SocketAddr, split: &str, extra: &str) -> 
     pool("blue", &[blue], "") + &pool("green", &[green], "") + &one_try_route(split, extra)
 }
 
+/// Drain `addr` in `pool` (at once: a 1 s drain with nothing in flight).
+fn drain(veer: &Veer, pool: &str, addr: SocketAddr) {
+    assert!(
+        veer.rt()
+            .registry
+            .set_draining(pool, addr, true, Duration::from_secs(1)),
+        "{pool} has {addr}"
+    );
+}
+
 /// The `effective` shares of the web route in /api/status.
 async fn effective(veer: &Veer) -> Value {
     let status = json_of(&get(&veer.admin_url("/api/status")).await);
@@ -147,10 +157,7 @@ async fn after_a_swap_the_idle_slot_takes_the_traffic_production_cannot() {
         effective(&veer).await,
         serde_json::json!({ "blue": 0.0, "green": 100.0 })
     );
-    assert!(veer
-        .rt()
-        .registry
-        .set_draining("green", green.addr, true, Duration::from_secs(1)));
+    drain(&veer, "green", green.addr);
     let before = blue.hits();
     for _ in 0..20 {
         let got = get(&url).await;
@@ -162,10 +169,7 @@ async fn after_a_swap_the_idle_slot_takes_the_traffic_production_cannot() {
         serde_json::json!({ "blue": 100.0, "green": 0.0 })
     );
     // Nothing anywhere: 503, and the shares say so.
-    assert!(veer
-        .rt()
-        .registry
-        .set_draining("blue", blue.addr, true, Duration::from_secs(1)));
+    drain(&veer, "blue", blue.addr);
     assert_eq!(get(&url).await.status, 503);
     assert_eq!(
         effective(&veer).await,
@@ -185,10 +189,7 @@ async fn fallback_weighted_keeps_the_old_rule_and_false_none() {
             extra,
         ))
         .await;
-        assert!(veer
-            .rt()
-            .registry
-            .set_draining("green", green.addr, true, Duration::from_secs(1)));
+        drain(&veer, "green", green.addr);
         for _ in 0..5 {
             let got = get(&veer.url("/")).await;
             assert_eq!(got.status, 503, "{extra}: {}", got.body);
@@ -214,10 +215,7 @@ async fn fallback_weighted_keeps_the_old_rule_and_false_none() {
         effective(&veer).await,
         serde_json::json!({ "blue": 75.0, "green": 25.0 })
     );
-    assert!(veer
-        .rt()
-        .registry
-        .set_draining("blue", blue.addr, true, Duration::from_secs(1)));
+    drain(&veer, "blue", blue.addr);
     assert_eq!(
         effective(&veer).await,
         serde_json::json!({ "blue": 0.0, "green": 100.0 })
@@ -238,10 +236,7 @@ async fn the_status_page_bar_shows_where_traffic_goes() {
         "",
     ))
     .await;
-    assert!(veer
-        .rt()
-        .registry
-        .set_draining("green", green.addr, true, Duration::from_secs(1)));
+    drain(&veer, "green", green.addr);
     let dom = rendered_dom(&veer.admin_url("/"), 3000).await;
     // The configured weights stay on the segments; the bar's size is the effective share.
     assert!(
@@ -271,19 +266,28 @@ async fn rejected(veer: &Veer) -> f64 {
         .unwrap_or_else(|| panic!("no veer_override_rejected_total for web:\n{m}"))
 }
 
-const OVERRIDE: &str = "override = { header = \"x-veer-pool\", cookie = \"veer_pool\"";
+/// veer with route web at blue 100, green 0, and an override by header `x-veer-pool` and
+/// cookie `veer_pool` with `keys` (like `allow_from = [...]`).
+async fn start_override(blue: &Upstream, green: &Upstream, keys: &str) -> Veer {
+    let o = format!("override = {{ header = \"x-veer-pool\", cookie = \"veer_pool\", {keys} }}");
+    start_veer(&blue_green(
+        blue.addr,
+        green.addr,
+        "{ blue = 100, green = 0 }",
+        &o,
+    ))
+    .await
+}
 
 #[tokio::test]
 async fn allow_from_is_matched_on_the_peer_address() {
     // The test client connects from 127.0.0.1.
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let deny = format!("{OVERRIDE}, allow_from = [\"10.0.0.0/8\", \"2001:db8::/32\"] }}");
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 100, green = 0 }",
-        &deny,
-    ))
+    let veer = start_override(
+        &blue,
+        &green,
+        "allow_from = [\"10.0.0.0/8\", \"2001:db8::/32\"]",
+    )
     .await;
     let url = veer.url("/");
     assert_eq!(rejected(&veer).await, 0.0, "the counter exists at zero");
@@ -298,13 +302,11 @@ async fn allow_from_is_matched_on_the_peer_address() {
     assert_eq!(rejected(&veer).await, 2.0);
     veer.shutdown().await;
 
-    let allow = format!("{OVERRIDE}, allow_from = [\"10.0.0.0/8\", \"127.0.0.0/8\"] }}");
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 100, green = 0 }",
-        &allow,
-    ))
+    let veer = start_override(
+        &blue,
+        &green,
+        "allow_from = [\"10.0.0.0/8\", \"127.0.0.0/8\"]",
+    )
     .await;
     let got = get_with(&veer.url("/"), &[("x-veer-pool", "green")]).await;
     assert_eq!(got.body, "green");
@@ -323,14 +325,7 @@ async fn secret_tokens_force_only_their_pool() {
     let env = "VEER_HOSTILE_ROUTING_SECRET_A";
     secret_env(env, "correct horse battery staple");
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let o = format!("{OVERRIDE}, secret_env = \"{env}\" }}");
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 100, green = 0 }",
-        &o,
-    ))
-    .await;
+    let veer = start_override(&blue, &green, &format!("secret_env = \"{env}\"")).await;
     let url = veer.url("/");
     let secret = b"correct horse battery staple";
     let green_token = veer::routing::pool_override::token(secret, "green");
@@ -375,13 +370,11 @@ async fn allow_from_and_secret_together_need_both() {
     secret_env(env, "s3cret");
     let (blue, green) = (upstream("blue").await, upstream("green").await);
     let token = veer::routing::pool_override::token(b"s3cret", "green");
-    let o = format!("{OVERRIDE}, allow_from = [\"10.0.0.0/8\"], secret_env = \"{env}\" }}");
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 100, green = 0 }",
-        &o,
-    ))
+    let veer = start_override(
+        &blue,
+        &green,
+        &format!("allow_from = [\"10.0.0.0/8\"], secret_env = \"{env}\""),
+    )
     .await;
     let got = get_with(&veer.url("/"), &[("x-veer-pool", &token)]).await;
     assert_eq!(
@@ -390,13 +383,11 @@ async fn allow_from_and_secret_together_need_both() {
     );
     assert_eq!(rejected(&veer).await, 1.0);
     veer.shutdown().await;
-    let o = format!("{OVERRIDE}, allow_from = [\"127.0.0.0/8\"], secret_env = \"{env}\" }}");
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 100, green = 0 }",
-        &o,
-    ))
+    let veer = start_override(
+        &blue,
+        &green,
+        &format!("allow_from = [\"127.0.0.0/8\"], secret_env = \"{env}\""),
+    )
     .await;
     assert_eq!(
         get_with(&veer.url("/"), &[("x-veer-pool", &token)])
@@ -437,14 +428,7 @@ async fn the_cli_prints_the_token_veer_accepts() {
         .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
 
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let o = format!("{OVERRIDE}, secret_env = \"{env}\" }}");
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 100, green = 0 }",
-        &o,
-    ))
-    .await;
+    let veer = start_override(&blue, &green, &format!("secret_env = \"{env}\"")).await;
     let got = get_with(&veer.url("/"), &[("x-veer-pool", token)]).await;
     assert_eq!(got.body, "green");
     assert_eq!(green.hits(), 1);
@@ -476,12 +460,10 @@ async fn the_cli_prints_the_token_veer_accepts() {
 
 #[tokio::test]
 async fn veer_check_names_the_line_of_a_missing_secret() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("veer.toml");
     let text = "[pools.blue]\nbackends = [\"127.0.0.1:9001\"]\n[[routes]]\nname = \"web\"\n\
                 split = { blue = 1 }\n\
                 override = { header = \"x-veer-pool\", secret_env = \"VEER_HOSTILE_ROUTING_NEVER_SET\" }\n";
-    std::fs::write(&path, text).unwrap();
+    let (_dir, path) = write_config(text);
     let out = std::process::Command::new(veer_bin())
         .args(["check", "--config"])
         .arg(&path)
