@@ -59,10 +59,7 @@ async fn start_tls(backend: SocketAddr, server: &str) -> (Veer, SocketAddr, rust
 async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-        .await
-        .expect("no answer in time")
-        .expect("closed without an answer")
+    read_answer(&mut s).await
 }
 
 /// Sum of `veer_requests_total` over the series with this code.
@@ -116,11 +113,7 @@ async fn malformed_mid_stream(veer: &Veer, rec: &RawBackend, method: &str) -> (u
     let head = if method == "HEAD" {
         read_head_only(&mut s).await
     } else {
-        tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-            .await
-            .expect("no answer in time")
-            .expect("closed without an answer")
-            .1
+        read_answer(&mut s).await.1
     };
     (status_of(&head), head)
 }
@@ -456,11 +449,7 @@ async fn broken_bodies_do_not_count_in_a_rollout_step() {
         })
         .await;
         s.write_all(b"zz\r\n").await.unwrap();
-        let (status, _, _) =
-            tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-                .await
-                .unwrap()
-                .expect("an answer");
+        let (status, _, _) = read_answer(&mut s).await;
         assert_eq!(status, 400);
     }
     let f = veer::rollout::stats(&rt, "app").unwrap().figures().canary;
@@ -491,10 +480,7 @@ async fn a_broken_body_is_not_retried_on_another_backend() {
     })
     .await;
     s.write_all(b"zz\r\n").await.unwrap();
-    let (status, _, _) = tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-        .await
-        .unwrap()
-        .expect("an answer");
+    let (status, _, _) = read_answer(&mut s).await;
     assert_eq!(status, 400);
     // The answer came after the only attempt there will be.
     assert_eq!(a.seen().len() + b.seen().len(), 1);
@@ -582,6 +568,16 @@ fn assert_408_in_time(what: &str, status: u16, elapsed: Duration) {
 
 /// After the uploads: the backend got each of them, none whole, and every connection they
 /// held is closed; the backend is still fine.
+/// Wait until `n` uploads each hold a backend connection.
+async fn uploads_hold(rec: &RawBackend, n: usize) {
+    eventually(
+        "each upload to hold a backend connection",
+        Duration::from_secs(2),
+        || rec.open() == n,
+    )
+    .await;
+}
+
 async fn assert_released(veer: &Veer, rec: &RawBackend, n: usize) {
     eventually(
         "the upstream connections to close",
@@ -605,12 +601,7 @@ async fn slow_http1_uploads_get_408_and_release_their_upstream_connections() {
     let uploads: Vec<_> = (0..5)
         .map(|_| tokio::spawn(slow_http1_upload(veer.addr)))
         .collect();
-    eventually(
-        "each upload to hold a backend connection",
-        Duration::from_secs(2),
-        || rec.open() == 5,
-    )
-    .await;
+    uploads_hold(&rec, 5).await;
     for u in uploads {
         let (status, head, elapsed) = u.await.unwrap();
         assert_408_in_time(&head, status, elapsed);
@@ -624,25 +615,32 @@ async fn slow_http1_uploads_get_408_and_release_their_upstream_connections() {
     veer.shutdown().await;
 }
 
+/// Five slow uploads to `uri` over one HTTP/2 connection: each holds a backend connection
+/// until its 408, then gives it back.
+async fn five_slow_h2_uploads(
+    veer: &Veer,
+    rec: &RawBackend,
+    client: h2::client::SendRequest<Bytes>,
+    uri: &'static str,
+    what: &str,
+) {
+    let uploads: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(slow_h2_upload(client.clone(), uri)))
+        .collect();
+    uploads_hold(rec, 5).await;
+    for u in uploads {
+        let (status, elapsed) = u.await.unwrap();
+        assert_408_in_time(what, status, elapsed);
+    }
+    assert_released(veer, rec, 5).await;
+}
+
 #[tokio::test]
 async fn slow_h2c_uploads_get_408_and_release_their_upstream_connections() {
     let rec = recorder().await;
     let veer = start(&[rec.addr], SLOW).await;
     let client = h2c_client(veer.addr).await;
-    let uploads: Vec<_> = (0..5)
-        .map(|_| tokio::spawn(slow_h2_upload(client.clone(), "http://app/up")))
-        .collect();
-    eventually(
-        "each upload to hold a backend connection",
-        Duration::from_secs(2),
-        || rec.open() == 5,
-    )
-    .await;
-    for u in uploads {
-        let (status, elapsed) = u.await.unwrap();
-        assert_408_in_time("h2c", status, elapsed);
-    }
-    assert_released(&veer, &rec, 5).await;
+    five_slow_h2_uploads(&veer, &rec, client, "http://app/up", "h2c").await;
     veer.shutdown().await;
 }
 
@@ -651,20 +649,7 @@ async fn slow_https_h2_uploads_get_408_and_release_their_upstream_connections() 
     let rec = recorder().await;
     let (veer, tls, roots) = start_tls(rec.addr, SLOW).await;
     let client = h2_tls_client(tls, "bodies.test", roots).await;
-    let uploads: Vec<_> = (0..5)
-        .map(|_| tokio::spawn(slow_h2_upload(client.clone(), "https://bodies.test/up")))
-        .collect();
-    eventually(
-        "each upload to hold a backend connection",
-        Duration::from_secs(2),
-        || rec.open() == 5,
-    )
-    .await;
-    for u in uploads {
-        let (status, elapsed) = u.await.unwrap();
-        assert_408_in_time("https h2", status, elapsed);
-    }
-    assert_released(&veer, &rec, 5).await;
+    five_slow_h2_uploads(&veer, &rec, client, "https://bodies.test/up", "https h2").await;
     veer.shutdown().await;
 }
 
@@ -683,10 +668,7 @@ async fn a_body_silent_for_the_timeout_gets_408_whatever_it_earned() {
         .unwrap();
     s.write_all(&vec![b'x'; 100_000]).await.unwrap();
     let started = Instant::now();
-    let (status, _, _) = tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-        .await
-        .expect("no answer in time")
-        .expect("closed without an answer");
+    let (status, _, _) = read_answer(&mut s).await;
     assert_eq!(status, 408);
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -741,11 +723,7 @@ async fn a_steady_upload_above_the_min_rate_is_not_cut_and_zero_is_no_limit() {
         s.write_all(&[b'x'; 500]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let (status, _, body) =
-        tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-            .await
-            .unwrap()
-            .expect("an answer");
+    let (status, _, body) = read_answer(&mut s).await;
     assert_eq!((status, &body[..]), (200, &b"got 3000"[..]));
     veer.shutdown().await;
 
@@ -757,11 +735,7 @@ async fn a_steady_upload_above_the_min_rate_is_not_cut_and_zero_is_no_limit() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     s.write_all(b"world").await.unwrap();
-    let (status, _, body) =
-        tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-            .await
-            .unwrap()
-            .expect("an answer");
+    let (status, _, body) = read_answer(&mut s).await;
     assert_eq!((status, &body[..]), (200, &b"got 10"[..]));
     veer.shutdown().await;
 }

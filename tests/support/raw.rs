@@ -454,11 +454,14 @@ pub async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Resp>
     })
 }
 
-/// One HTTP/1.1 response read off a raw stream: status, head, decoded body. `None` if the
-/// peer closed before a whole one.
-pub async fn read_http_response(s: &mut TcpStream) -> Option<(u16, String, Vec<u8>)> {
-    let r = read_response(s, &mut Vec::new()).await?;
-    Some((r.status, r.head, r.body))
+/// One HTTP/1.1 response read off a raw stream: status, head, decoded body. Panics if none
+/// comes within 10 s or the peer closes before a whole one.
+pub async fn read_answer(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
+    let r = tokio::time::timeout(Duration::from_secs(10), read_response(s, &mut Vec::new()))
+        .await
+        .expect("no answer in time")
+        .expect("closed without an answer");
+    (r.status, r.head, r.body)
 }
 
 /// A client connection to veer, reading responses as they frame themselves.
