@@ -192,12 +192,7 @@ async fn a_malformed_chunk_mid_stream_aborts_the_upstream_request_and_gets_400()
         assert_eq!(status, 400, "{method}: {head}");
         // The backend got the head and the first chunk, then a broken request: the upstream
         // connection is cut, the body never completes.
-        eventually(
-            "the upstream connection to be cut",
-            Duration::from_secs(5),
-            || rec.open() == 0,
-        )
-        .await;
+        rec.all_closed().await;
         let seen = &rec.seen()[i];
         assert!(seen.head.starts_with(method), "{}", seen.head);
         assert_eq!(seen.body, b"hello", "{method}");
@@ -341,12 +336,7 @@ async fn an_http2_body_that_breaks_its_content_length_never_reaches_the_backend_
             }
         }
     }
-    eventually(
-        "upstream connections to close",
-        Duration::from_secs(5),
-        || rec.open() == 0,
-    )
-    .await;
+    rec.all_closed().await;
     let seen = rec.seen();
     assert!(seen.iter().all(|s| !s.complete), "{seen:?}");
     // The clients are fine, and so is the backend.
@@ -397,12 +387,7 @@ async fn malformed_and_cut_bodies_never_trip_the_breaker_of_a_lone_backend() {
         .await;
         drop(s);
     }
-    eventually(
-        "upstream connections to be cut",
-        Duration::from_secs(5),
-        || rec.open() == 0,
-    )
-    .await;
+    rec.all_closed().await;
     let seen = rec.seen();
     assert_eq!(seen.len(), 7, "{seen:?}");
     assert!(seen.iter().all(|s| !s.complete), "{seen:?}");
@@ -492,6 +477,7 @@ async fn a_broken_body_is_not_retried_on_another_backend() {
 // Item 4: slow request bodies get 408 and give their upstream connection back.
 
 const SLOW: &str = "request_body_timeout = \"2s\"\nrequest_body_min_rate = 1000\n";
+const SLOW_1S: &str = "request_body_timeout = \"1s\"\nrequest_body_min_rate = 1000\n";
 
 /// The R-U-Dead-Yet upload over HTTP/1.1: declares 100 kB, sends a byte a second. The status
 /// and head it gets, and how long after its first byte.
@@ -579,12 +565,7 @@ async fn uploads_hold(rec: &RawBackend, n: usize) {
 }
 
 async fn assert_released(veer: &Veer, rec: &RawBackend, n: usize) {
-    eventually(
-        "the upstream connections to close",
-        Duration::from_secs(5),
-        || rec.open() == 0,
-    )
-    .await;
+    rec.all_closed().await;
     let seen = rec.seen();
     assert_eq!(seen.len(), n, "{seen:?}");
     assert!(seen.iter().all(|s| !s.complete), "{seen:?}");
@@ -656,11 +637,7 @@ async fn slow_https_h2_uploads_get_408_and_release_their_upstream_connections() 
 #[tokio::test]
 async fn a_body_silent_for_the_timeout_gets_408_whatever_it_earned() {
     let rec = recorder().await;
-    let veer = start(
-        &[rec.addr],
-        "request_body_timeout = \"1s\"\nrequest_body_min_rate = 1000\n",
-    )
-    .await;
+    let veer = start(&[rec.addr], SLOW_1S).await;
     // 100 kB at once earns 100 s; then silence.
     let mut s = TcpStream::connect(veer.addr).await.unwrap();
     s.write_all(b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Length: 200000\r\n\r\n")
@@ -675,12 +652,7 @@ async fn a_body_silent_for_the_timeout_gets_408_whatever_it_earned() {
         "{:?}",
         started.elapsed()
     );
-    eventually(
-        "the upstream connection to close",
-        Duration::from_secs(5),
-        || rec.open() == 0,
-    )
-    .await;
+    rec.all_closed().await;
     veer.shutdown().await;
 }
 
@@ -710,11 +682,7 @@ async fn a_steady_upload_above_the_min_rate_is_not_cut_and_zero_is_no_limit() {
     let rec = recorder().await;
     // 500 bytes every 300 ms: 1667 bytes/s, above the 1000 asked for, for 1.8 s in all,
     // longer than the 1 s timeout.
-    let veer = start(
-        &[rec.addr],
-        "request_body_timeout = \"1s\"\nrequest_body_min_rate = 1000\n",
-    )
-    .await;
+    let veer = start(&[rec.addr], SLOW_1S).await;
     let mut s = TcpStream::connect(veer.addr).await.unwrap();
     s.write_all(b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Length: 3000\r\n\r\n")
         .await

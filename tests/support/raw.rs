@@ -245,6 +245,15 @@ impl RawBackend {
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+    /// Wait (up to 5 s) until every connection to this backend has closed.
+    pub async fn all_closed(&self) {
+        super::eventually(
+            "the backend's connections to close",
+            Duration::from_secs(5),
+            || self.open() == 0,
+        )
+        .await;
+    }
     /// Bytes echoed after a switch: anything here went through a tunnel.
     pub fn echoed(&self) -> usize {
         self.echoed.load(Ordering::SeqCst)
