@@ -250,9 +250,14 @@ fn h2c_cannot_be_configured_as_an_upgrade() {
 
 /// Two pools, `secret` (routed by `/secret`) and `site` (everything else), each a backend
 /// answering with its name and the target it read.
+/// A raw backend answering `NAME TARGET` to every request.
+async fn named(name: &'static str) -> RawBackend {
+    raw_backend(move |r| ok(&format!("{name} {}", r.target))).await
+}
+
 async fn secret_and_site() -> (RawBackend, RawBackend, Veer) {
-    let secret = raw_backend(|r| ok(&format!("secret {}", r.target))).await;
-    let site = raw_backend(|r| ok(&format!("site {}", r.target))).await;
+    let secret = named("secret").await;
+    let site = named("site").await;
     let veer = start_veer(&format!(
         "[pools.secret]\nbackends = [\"{}\"]\n[pools.site]\nbackends = [\"{}\"]\n\
          [[routes]]\nname = \"secret\"\npath_prefix = \"/secret\"\nsplit = {{ secret = 1 }}\n\
@@ -324,10 +329,10 @@ async fn a_percent_that_starts_no_escape_is_400_and_reaches_no_backend() {
     veer.shutdown().await;
 }
 
-#[tokio::test]
-async fn an_absolute_form_target_is_routed_and_forwarded_by_its_authority() {
-    let internal = raw_backend(|r| ok(&format!("internal {}", r.target))).await;
-    let probe = raw_backend(|r| ok(&format!("probe {}", r.target))).await;
+/// Two routes by host: `internal.example` to pool internal, `probe.test` to pool probe.
+async fn internal_and_probe() -> (RawBackend, RawBackend, Veer) {
+    let internal = named("internal").await;
+    let probe = named("probe").await;
     let veer = start_veer(&format!(
         "[pools.internal]\nbackends = [\"{}\"]\n[pools.probe]\nbackends = [\"{}\"]\n\
          [[routes]]\nname = \"internal\"\nhosts = [\"internal.example\"]\nsplit = {{ internal = 1 }}\n\
@@ -335,6 +340,12 @@ async fn an_absolute_form_target_is_routed_and_forwarded_by_its_authority() {
         internal.addr, probe.addr
     ))
     .await;
+    (internal, probe, veer)
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_is_routed_and_forwarded_by_its_authority() {
+    let (internal, probe, veer) = internal_and_probe().await;
     let mut c = RawClient::connect(veer.addr).await;
     let r = c
         .send(b"GET http://internal.example/abs?x=1 HTTP/1.1\r\nHost: probe.test\r\n\r\n")
@@ -394,15 +405,7 @@ async fn an_absolute_form_target_is_routed_and_forwarded_by_its_authority() {
 #[tokio::test]
 async fn an_http2_authority_wins_over_a_host_header() {
     use http_body_util::Empty;
-    let internal = raw_backend(|r| ok(&format!("internal {}", r.target))).await;
-    let probe = raw_backend(|r| ok(&format!("probe {}", r.target))).await;
-    let veer = start_veer(&format!(
-        "[pools.internal]\nbackends = [\"{}\"]\n[pools.probe]\nbackends = [\"{}\"]\n\
-         [[routes]]\nname = \"internal\"\nhosts = [\"internal.example\"]\nsplit = {{ internal = 1 }}\n\
-         [[routes]]\nname = \"probe\"\nhosts = [\"probe.test\"]\nsplit = {{ probe = 1 }}\n",
-        internal.addr, probe.addr
-    ))
-    .await;
+    let (internal, probe, veer) = internal_and_probe().await;
     let tcp = TcpStream::connect(veer.addr).await.unwrap();
     let (mut h2, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -427,7 +430,7 @@ async fn an_http2_authority_wins_over_a_host_header() {
 
 #[tokio::test]
 async fn connection_cannot_strip_host_length_or_forwarding_headers() {
-    let b = raw_backend(|r| ok(&format!("got {}", r.target))).await;
+    let b = named("got").await;
     let veer = start_veer(&one_pool(b.addr, "")).await;
     let mut c = RawClient::connect(veer.addr).await;
     let named = "Connection: Host, Content-Length, X-Forwarded-For, x-forwarded-proto, \
