@@ -849,27 +849,15 @@ async fn api_reload_reports_what_changed() {
         upstream("b2").await,
         upstream("g1").await,
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("veer.toml");
-    std::fs::write(
-        &path,
-        with_listeners(&two_pools(&[b1.addr], &[g1.addr], 1, 0)),
-    )
-    .unwrap();
-    let config = veer::config::Config::load(&path).unwrap();
-    let opts = veer::app::StartOptions {
-        watch_config: false,
-    };
-    let running = veer::app::start_with(config, Some(path.clone()), opts)
-        .await
-        .unwrap();
-    let admin = running.admin;
+    let (dir, path) = write_config(&with_listeners(&two_pools(&[b1.addr], &[g1.addr], 1, 0)));
+    let v = start_veer_file_unwatched(dir, path.clone()).await;
+    let admin = v.admin;
     let mut next = two_pools(&[b2.addr], &[g1.addr], 1, 3);
     next.push_str("\n[[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nsplit = { green = 1 }\n");
     std::fs::write(&path, with_listeners(&next)).unwrap();
     // Without the watcher nothing happens until asked.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(running.rt.config().routes.len(), 1);
+    assert_eq!(v.rt().config().routes.len(), 1);
     let g = api(admin, "POST", "/api/reload", "", None).await;
     assert_eq!(g.status, 200, "{}", g.body);
     let j = json_of(&g);
@@ -894,15 +882,10 @@ async fn api_reload_reports_what_changed() {
     let g = api(admin, "POST", "/api/reload", "", None).await;
     assert_eq!(json_of(&g)["changed"], false);
     assert_eq!(
-        running
-            .rt
-            .metrics
-            .reloads
-            .with_label_values(&["success"])
-            .get(),
+        v.rt().metrics.reloads.with_label_values(&["success"]).get(),
         2
     );
-    running.shutdown().await;
+    v.shutdown().await;
 }
 
 /// A reload that adds a listener serves on it at once; connections on the listener that

@@ -163,15 +163,9 @@ async fn a_config_edit_to_the_same_key_wins_and_clears_the_entry() {
     let text =
         |split: &str, extra: &str| config_text(&[b.addr], g.addr, split, Some(&state), extra);
     let (dir, path) = write_config(&text("{ blue = 100, green = 0 }", ""));
-    let opts = veer::app::StartOptions {
-        watch_config: false,
-    };
-    let config = veer::config::Config::load(&path).unwrap();
-    let running = veer::app::start_with(config, Some(path.clone()), opts)
-        .await
-        .unwrap();
-    let (rt, admin) = (running.rt.clone(), running.admin);
-    let url = format!("http://{}/", running.listen[0]);
+    let v = start_veer_file_unwatched(dir, path.clone()).await;
+    let (rt, admin) = (v.rt().clone(), v.admin);
+    let url = v.url("/");
 
     let r = admin_call(
         admin,
@@ -230,8 +224,7 @@ async fn a_config_edit_to_the_same_key_wins_and_clears_the_entry() {
     let saved = std::fs::read_to_string(&state).unwrap();
     assert!(saved.contains("was = { blue = 1, green = 1 }"), "{saved}");
     drop(rt);
-    running.shutdown().await;
-    drop(dir);
+    v.shutdown().await;
 }
 
 #[tokio::test]

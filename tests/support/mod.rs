@@ -198,8 +198,27 @@ pub async fn start_veer_file(dir: tempfile::TempDir, path: PathBuf) -> Veer {
     start_with(dir, path, config).await
 }
 
+/// [`start_veer_file`] with the file watcher off: only the API (or a signal) reloads.
+pub async fn start_veer_file_unwatched(dir: tempfile::TempDir, path: PathBuf) -> Veer {
+    let config =
+        veer::config::Config::load(&path).unwrap_or_else(|e| panic!("config invalid:\n{e}"));
+    let opts = veer::app::StartOptions {
+        watch_config: false,
+    };
+    start_with_options(dir, path, config, opts).await
+}
+
 async fn start_with(dir: tempfile::TempDir, path: PathBuf, config: veer::config::Config) -> Veer {
-    let running = veer::app::start(config, Some(path.clone()))
+    start_with_options(dir, path, config, veer::app::StartOptions::default()).await
+}
+
+async fn start_with_options(
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    config: veer::config::Config,
+    opts: veer::app::StartOptions,
+) -> Veer {
+    let running = veer::app::start_with(config, Some(path.clone()), opts)
         .await
         .expect("veer starts");
     Veer {
