@@ -112,8 +112,10 @@ async fn in_a_pool_of_two_the_fourth_request_goes_to_the_other_backend() {
 
 // ---------------------------------------------------------------- item 10: fallback and effective split
 
-fn blue_green(blue: SocketAddr, green: SocketAddr, split: &str, extra: &str) -> String {
-    pool("blue", &[blue], "") + &pool("green", &[green], "") + &one_try_route(split, extra)
+/// veer over pools blue and green, route web at `split` with `extra` keys.
+async fn start_blue_green(blue: &Upstream, green: &Upstream, split: &str, extra: &str) -> Veer {
+    let pools = pool("blue", &[blue.addr], "") + &pool("green", &[green.addr], "");
+    start_veer(&(pools + &one_try_route(split, extra))).await
 }
 
 /// Drain `addr` in `pool` (at once: a 1 s drain with nothing in flight).
@@ -144,13 +146,7 @@ async fn effective(veer: &Veer) -> Value {
 async fn after_a_swap_the_idle_slot_takes_the_traffic_production_cannot() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
     // A completed swap: green is production, blue idle at 0.
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 0, green = 100 }",
-        "",
-    ))
-    .await;
+    let veer = start_blue_green(&blue, &green, "{ blue = 0, green = 100 }", "").await;
     let url = veer.url("/");
     assert_eq!(get(&url).await.body, "green");
     assert_eq!(
@@ -182,13 +178,7 @@ async fn after_a_swap_the_idle_slot_takes_the_traffic_production_cannot() {
 async fn fallback_weighted_keeps_the_old_rule_and_false_none() {
     for extra in ["fallback = \"weighted\"", "fallback = false"] {
         let (blue, green) = (upstream("blue").await, upstream("green").await);
-        let veer = start_veer(&blue_green(
-            blue.addr,
-            green.addr,
-            "{ blue = 0, green = 100 }",
-            extra,
-        ))
-        .await;
+        let veer = start_blue_green(&blue, &green, "{ blue = 0, green = 100 }", extra).await;
         drain(&veer, "green", green.addr);
         for _ in 0..5 {
             let got = get(&veer.url("/")).await;
@@ -204,12 +194,12 @@ async fn fallback_weighted_keeps_the_old_rule_and_false_none() {
     }
     // With weighted pools only, "weighted" still moves a share between them.
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
+    let veer = start_blue_green(
+        &blue,
+        &green,
         "{ blue = 75, green = 25 }",
         "fallback = \"weighted\"",
-    ))
+    )
     .await;
     assert_eq!(
         effective(&veer).await,
@@ -229,13 +219,7 @@ async fn fallback_weighted_keeps_the_old_rule_and_false_none() {
 #[tokio::test]
 async fn the_status_page_bar_shows_where_traffic_goes() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 0, green = 100 }",
-        "",
-    ))
-    .await;
+    let veer = start_blue_green(&blue, &green, "{ blue = 0, green = 100 }", "").await;
     drain(&veer, "green", green.addr);
     let dom = rendered_dom(&veer.admin_url("/"), 3000).await;
     // The configured weights stay on the segments; the bar's size is the effective share.
@@ -270,13 +254,7 @@ async fn rejected(veer: &Veer) -> f64 {
 /// cookie `veer_pool` with `keys` (like `allow_from = [...]`).
 async fn start_override(blue: &Upstream, green: &Upstream, keys: &str) -> Veer {
     let o = format!("override = {{ header = \"x-veer-pool\", cookie = \"veer_pool\", {keys} }}");
-    start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 100, green = 0 }",
-        &o,
-    ))
-    .await
+    start_blue_green(&blue, &green, "{ blue = 100, green = 0 }", &o).await
 }
 
 #[tokio::test]
