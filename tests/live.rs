@@ -76,10 +76,6 @@ fn reloads(v: &Veer, result: &str) -> u64 {
     v.rt().metrics.reloads.with_label_values(&[result]).get()
 }
 
-fn live_split(v: &Veer) -> Vec<(String, u32)> {
-    v.rt().config().route("web").unwrap().split.clone()
-}
-
 /// A unique environment variable name for one test's admin token (tests share the process).
 fn token_env(test: &str) -> String {
     format!(
@@ -106,7 +102,7 @@ async fn reload_by_in_place_edit_applies_within_2s() {
     .await;
     assert!(took < Duration::from_secs(2));
     assert_eq!(
-        live_split(&v),
+        web_split(v.rt()),
         vec![("blue".into(), 0), ("green".into(), 1)]
     );
     assert!(reloads(&v, "success") >= 1);
@@ -594,7 +590,7 @@ async fn api_split_is_written_back_keeping_comments_and_survives_restart() {
     // Restart from the file: the changed split is what comes up.
     let v = v.restart().await;
     assert_eq!(
-        live_split(&v),
+        web_split(v.rt()),
         vec![("blue".into(), 0), ("green".into(), 100)]
     );
     assert!(answers(v.url("/"), "green").await);
@@ -628,7 +624,7 @@ async fn read_only_config_file_gives_409_and_changes_nothing() {
     assert_eq!(std::fs::read(&v.config_path).unwrap(), before);
     assert_eq!(v.rt().snapshot().version, version);
     assert_eq!(
-        live_split(&v),
+        web_split(v.rt()),
         vec![("blue".into(), 1), ("green".into(), 0)]
     );
     assert!(answers(v.url("/"), "blue").await);
@@ -716,7 +712,7 @@ async fn bad_requests_are_400_and_change_nothing() {
     assert_eq!(g.status, 400);
     assert_eq!(std::fs::read(&v.config_path).unwrap(), before);
     assert_eq!(
-        live_split(&v),
+        web_split(v.rt()),
         vec![("blue".into(), 1), ("green".into(), 0)]
     );
     v.shutdown().await;
@@ -743,20 +739,20 @@ async fn swap_refuses_an_unhealthy_target_unless_forced() {
     assert_eq!(g.status, 409, "{}", g.body);
     assert!(json_of(&g)["error"].as_str().unwrap().contains("green"));
     assert_eq!(
-        live_split(&v),
+        web_split(v.rt()),
         vec![("blue".into(), 100), ("green".into(), 0)]
     );
     let g = api(v.admin, "POST", "/api/routes/web/swap?force=true", "", None).await;
     assert_eq!(g.status, 200, "{}", g.body);
     assert_eq!(
-        live_split(&v),
+        web_split(v.rt()),
         vec![("blue".into(), 0), ("green".into(), 100)]
     );
     // Swapping back moves traffic to healthy blue: no force needed.
     let g = api(v.admin, "POST", "/api/routes/web/swap", "", None).await;
     assert_eq!(g.status, 200, "{}", g.body);
     assert_eq!(
-        live_split(&v),
+        web_split(v.rt()),
         vec![("blue".into(), 100), ("green".into(), 0)]
     );
     v.shutdown().await;

@@ -56,10 +56,6 @@ async fn who(url: &str) -> String {
     get(url).await.body
 }
 
-fn split_of(rt: &Runtime) -> Vec<(String, u32)> {
-    rt.config().route("web").unwrap().split.clone()
-}
-
 fn persisted(rt: &Runtime) -> bool {
     veer::admin::status::status_json(rt)["persisted"]
         .as_bool()
@@ -120,7 +116,7 @@ async fn api_changes_and_drains_go_to_the_state_file_and_a_restart_keeps_them() 
     // A new veer on the same config and state file starts where this one stood.
     let v = v.restart().await;
     assert_eq!(
-        split_of(v.rt()),
+        web_split(v.rt()),
         vec![("blue".into(), 0), ("green".into(), 100)]
     );
     assert_eq!(who(&v.url("/")).await, "green");
@@ -193,7 +189,10 @@ async fn a_config_edit_to_the_same_key_wins_and_clears_the_entry() {
     let r = admin_call(admin, "POST", "/api/reload", "").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(rt.config().route("web").unwrap().retry.attempts, 3);
-    assert_eq!(split_of(&rt), vec![("blue".into(), 0), ("green".into(), 1)]);
+    assert_eq!(
+        web_split(&rt),
+        vec![("blue".into(), 0), ("green".into(), 1)]
+    );
     assert_eq!(who(&url).await, "green");
 
     // Editing the split itself: the config wins and the entry is cleared from the file.
@@ -204,7 +203,10 @@ async fn a_config_edit_to_the_same_key_wins_and_clears_the_entry() {
     .unwrap();
     let r = admin_call(admin, "POST", "/api/reload", "").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(split_of(&rt), vec![("blue".into(), 1), ("green".into(), 1)]);
+    assert_eq!(
+        web_split(&rt),
+        vec![("blue".into(), 1), ("green".into(), 1)]
+    );
     let saved = std::fs::read_to_string(&state).unwrap();
     assert!(!saved.contains("[routes.web.split]"), "{saved}");
     // The drain, another key, stays.
@@ -272,7 +274,7 @@ async fn force_without_a_state_file_lives_in_memory_until_a_reload() {
     let r = admin_call(v.admin, "POST", "/api/reload", "").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
-        split_of(v.rt()),
+        web_split(v.rt()),
         vec![("blue".into(), 1), ("green".into(), 0)]
     );
     assert_eq!(who(&v.url("/")).await, "blue");

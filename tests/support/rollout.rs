@@ -1,4 +1,5 @@
-//! Driving route `web`'s canary rollout in tests (tokio time, so paused tests jump).
+//! Route `web`'s live split, and driving its canary rollout in tests (tokio time, so paused
+//! tests jump).
 
 use std::time::Duration;
 use veer::config::RolloutState;
@@ -33,6 +34,11 @@ pub async fn wait_step(rt: &Runtime, step: usize) -> Status {
 /// Wait until the rollout is in `state`.
 pub async fn wait_state(rt: &Runtime, state: RolloutState) -> Status {
     wait_rollout(rt, state.as_str(), |s| s.state == state).await
+}
+
+/// The live split of route web.
+pub fn web_split(rt: &Runtime) -> Vec<(String, u32)> {
+    rt.config().route("web").unwrap().split.clone()
 }
 
 /// The live weight of green in route web.
