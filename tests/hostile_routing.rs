@@ -254,7 +254,7 @@ async fn rejected(veer: &Veer) -> f64 {
 /// cookie `veer_pool` with `keys` (like `allow_from = [...]`).
 async fn start_override(blue: &Upstream, green: &Upstream, keys: &str) -> Veer {
     let o = format!("override = {{ header = \"x-veer-pool\", cookie = \"veer_pool\", {keys} }}");
-    start_blue_green(&blue, &green, "{ blue = 100, green = 0 }", &o).await
+    start_blue_green(blue, green, "{ blue = 100, green = 0 }", &o).await
 }
 
 #[tokio::test]
