@@ -39,10 +39,6 @@ fn body_json(out: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
-fn split_of(v: &Veer) -> Vec<(String, u32)> {
-    v.rt().config().route("web").unwrap().split.clone()
-}
-
 /// Send a few requests through the proxy and return how many each upstream got.
 async fn traffic(v: &Veer, blue: &Upstream, green: &Upstream) -> (usize, usize) {
     let (b0, g0) = (blue.hits(), green.hits());
@@ -118,7 +114,10 @@ async fn a_cross_site_text_plain_swap_is_refused_and_changes_nothing() {
             assert!(reason.contains("cross-"), "{reason}");
         }
     }
-    assert_eq!(split_of(&v), vec![("blue".into(), 1), ("green".into(), 0)]);
+    assert_eq!(
+        web_split(v.rt()),
+        vec![("blue".into(), 1), ("green".into(), 0)]
+    );
     assert_eq!(std::fs::read(&v.config_path).unwrap(), before);
     assert_eq!(traffic(&v, &blue, &green).await, (5, 0));
 
@@ -185,7 +184,10 @@ async fn dns_rebinding_hosts_get_421_on_every_path_but_liveness() {
         let (code, out) = raw_call(v.admin, &head, "").await;
         assert_eq!(code, 400, "{head}: {out}");
     }
-    assert_eq!(split_of(&v), vec![("blue".into(), 1), ("green".into(), 0)]);
+    assert_eq!(
+        web_split(v.rt()),
+        vec![("blue".into(), 1), ("green".into(), 0)]
+    );
     assert_eq!(traffic(&v, &blue, &green).await, (5, 0));
     v.shutdown().await;
 }
@@ -407,7 +409,10 @@ async fn a_repeated_key_in_a_split_body_is_400_naming_it() {
         };
         assert!(why.contains(&format!("duplicate key \"{key}\"")), "{why}");
     }
-    assert_eq!(split_of(&v), vec![("blue".into(), 1), ("green".into(), 0)]);
+    assert_eq!(
+        web_split(v.rt()),
+        vec![("blue".into(), 1), ("green".into(), 0)]
+    );
     assert_eq!(std::fs::read(&v.config_path).unwrap(), before);
     assert_eq!(traffic(&v, &blue, &green).await, (5, 0));
     v.shutdown().await;

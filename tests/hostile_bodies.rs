@@ -59,52 +59,21 @@ async fn start_tls(backend: SocketAddr, server: &str) -> (Veer, SocketAddr, rust
 async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-        .await
-        .expect("no answer in time")
-        .expect("closed without an answer")
-}
-
-/// Read a response head only (the answer to a HEAD has no body).
-async fn read_head(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .expect("no answer in time")
-        {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-fn status_of(head: &str) -> u16 {
-    head.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    read_answer(&mut s).await
 }
 
 /// Sum of `veer_requests_total` over the series with this code.
 fn requests_with_code(metrics: &str, code: u16) -> f64 {
-    let label = format!("code=\"{code}\"");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("veer_requests_total{") && l.contains(&label))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
+    metric_sum(
+        metrics,
+        "veer_requests_total",
+        &[&format!("code=\"{code}\"")],
+    )
 }
 
 /// Sum of `veer_circuit_breaker_trips_total` over every backend.
 fn breaker_trips(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("veer_circuit_breaker_trips_total"))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
+    metric_sum(metrics, "veer_circuit_breaker_trips_total", &[])
 }
 
 async fn metrics_of(veer: &Veer) -> String {
@@ -125,7 +94,7 @@ async fn breakers(veer: &Veer) -> Vec<String> {
 
 /// Send the head and first chunk of a chunked request, wait until the backend has the head,
 /// then send a malformed chunk-size line: the request breaks mid-stream. The answer.
-async fn malformed_mid_stream(veer: &Veer, rec: &Recorder, method: &str) -> (u16, String) {
+async fn malformed_mid_stream(veer: &Veer, rec: &RawBackend, method: &str) -> (u16, String) {
     let before = rec.seen().len();
     let mut s = TcpStream::connect(veer.addr).await.unwrap();
     s.write_all(
@@ -142,13 +111,9 @@ async fn malformed_mid_stream(veer: &Veer, rec: &Recorder, method: &str) -> (u16
     .await;
     s.write_all(b"zz\r\n").await.unwrap();
     let head = if method == "HEAD" {
-        read_head(&mut s).await
+        read_head_only(&mut s).await
     } else {
-        tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-            .await
-            .expect("no answer in time")
-            .expect("closed without an answer")
-            .1
+        read_answer(&mut s).await.1
     };
     (status_of(&head), head)
 }
@@ -204,7 +169,7 @@ async fn a_malformed_first_chunk_gets_400_and_nothing_reaches_the_backend_whatev
         )
         .await
         .unwrap();
-        let head = read_head(&mut s).await;
+        let head = read_head_only(&mut s).await;
         assert_eq!(status_of(&head), 400, "{method}: {head}");
         assert!(
             head.to_ascii_lowercase().contains("connection: close"),
@@ -227,12 +192,7 @@ async fn a_malformed_chunk_mid_stream_aborts_the_upstream_request_and_gets_400()
         assert_eq!(status, 400, "{method}: {head}");
         // The backend got the head and the first chunk, then a broken request: the upstream
         // connection is cut, the body never completes.
-        eventually(
-            "the upstream connection to be cut",
-            Duration::from_secs(5),
-            || rec.open() == 0,
-        )
-        .await;
+        rec.all_closed().await;
         let seen = &rec.seen()[i];
         assert!(seen.head.starts_with(method), "{}", seen.head);
         assert_eq!(seen.body, b"hello", "{method}");
@@ -262,7 +222,7 @@ async fn valid_bodies_on_get_and_head_are_forwarded_whole() {
     s.write_all(format!("HEAD /search HTTP/1.1\r\nHost: app\r\n{chunked}").as_bytes())
         .await
         .unwrap();
-    assert_eq!(status_of(&read_head(&mut s).await), 200);
+    assert_eq!(status_of(&read_head_only(&mut s).await), 200);
 
     let (status, _, body) = exchange(
         veer.addr,
@@ -376,12 +336,7 @@ async fn an_http2_body_that_breaks_its_content_length_never_reaches_the_backend_
             }
         }
     }
-    eventually(
-        "upstream connections to close",
-        Duration::from_secs(5),
-        || rec.open() == 0,
-    )
-    .await;
+    rec.all_closed().await;
     let seen = rec.seen();
     assert!(seen.iter().all(|s| !s.complete), "{seen:?}");
     // The clients are fine, and so is the backend.
@@ -432,12 +387,7 @@ async fn malformed_and_cut_bodies_never_trip_the_breaker_of_a_lone_backend() {
         .await;
         drop(s);
     }
-    eventually(
-        "upstream connections to be cut",
-        Duration::from_secs(5),
-        || rec.open() == 0,
-    )
-    .await;
+    rec.all_closed().await;
     let seen = rec.seen();
     assert_eq!(seen.len(), 7, "{seen:?}");
     assert!(seen.iter().all(|s| !s.complete), "{seen:?}");
@@ -484,11 +434,7 @@ async fn broken_bodies_do_not_count_in_a_rollout_step() {
         })
         .await;
         s.write_all(b"zz\r\n").await.unwrap();
-        let (status, _, _) =
-            tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-                .await
-                .unwrap()
-                .expect("an answer");
+        let (status, _, _) = read_answer(&mut s).await;
         assert_eq!(status, 400);
     }
     let f = veer::rollout::stats(&rt, "app").unwrap().figures().canary;
@@ -519,10 +465,7 @@ async fn a_broken_body_is_not_retried_on_another_backend() {
     })
     .await;
     s.write_all(b"zz\r\n").await.unwrap();
-    let (status, _, _) = tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-        .await
-        .unwrap()
-        .expect("an answer");
+    let (status, _, _) = read_answer(&mut s).await;
     assert_eq!(status, 400);
     // The answer came after the only attempt there will be.
     assert_eq!(a.seen().len() + b.seen().len(), 1);
@@ -534,6 +477,7 @@ async fn a_broken_body_is_not_retried_on_another_backend() {
 // Item 4: slow request bodies get 408 and give their upstream connection back.
 
 const SLOW: &str = "request_body_timeout = \"2s\"\nrequest_body_min_rate = 1000\n";
+const SLOW_1S: &str = "request_body_timeout = \"1s\"\nrequest_body_min_rate = 1000\n";
 
 /// The R-U-Dead-Yet upload over HTTP/1.1: declares 100 kB, sends a byte a second. The status
 /// and head it gets, and how long after its first byte.
@@ -610,13 +554,18 @@ fn assert_408_in_time(what: &str, status: u16, elapsed: Duration) {
 
 /// After the uploads: the backend got each of them, none whole, and every connection they
 /// held is closed; the backend is still fine.
-async fn assert_released(veer: &Veer, rec: &Recorder, n: usize) {
+/// Wait until `n` uploads each hold a backend connection.
+async fn uploads_hold(rec: &RawBackend, n: usize) {
     eventually(
-        "the upstream connections to close",
-        Duration::from_secs(5),
-        || rec.open() == 0,
+        "each upload to hold a backend connection",
+        Duration::from_secs(2),
+        || rec.open() == n,
     )
     .await;
+}
+
+async fn assert_released(veer: &Veer, rec: &RawBackend, n: usize) {
+    rec.all_closed().await;
     let seen = rec.seen();
     assert_eq!(seen.len(), n, "{seen:?}");
     assert!(seen.iter().all(|s| !s.complete), "{seen:?}");
@@ -633,12 +582,7 @@ async fn slow_http1_uploads_get_408_and_release_their_upstream_connections() {
     let uploads: Vec<_> = (0..5)
         .map(|_| tokio::spawn(slow_http1_upload(veer.addr)))
         .collect();
-    eventually(
-        "each upload to hold a backend connection",
-        Duration::from_secs(2),
-        || rec.open() == 5,
-    )
-    .await;
+    uploads_hold(&rec, 5).await;
     for u in uploads {
         let (status, head, elapsed) = u.await.unwrap();
         assert_408_in_time(&head, status, elapsed);
@@ -652,25 +596,32 @@ async fn slow_http1_uploads_get_408_and_release_their_upstream_connections() {
     veer.shutdown().await;
 }
 
+/// Five slow uploads to `uri` over one HTTP/2 connection: each holds a backend connection
+/// until its 408, then gives it back.
+async fn five_slow_h2_uploads(
+    veer: &Veer,
+    rec: &RawBackend,
+    client: h2::client::SendRequest<Bytes>,
+    uri: &'static str,
+    what: &str,
+) {
+    let uploads: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(slow_h2_upload(client.clone(), uri)))
+        .collect();
+    uploads_hold(rec, 5).await;
+    for u in uploads {
+        let (status, elapsed) = u.await.unwrap();
+        assert_408_in_time(what, status, elapsed);
+    }
+    assert_released(veer, rec, 5).await;
+}
+
 #[tokio::test]
 async fn slow_h2c_uploads_get_408_and_release_their_upstream_connections() {
     let rec = recorder().await;
     let veer = start(&[rec.addr], SLOW).await;
     let client = h2c_client(veer.addr).await;
-    let uploads: Vec<_> = (0..5)
-        .map(|_| tokio::spawn(slow_h2_upload(client.clone(), "http://app/up")))
-        .collect();
-    eventually(
-        "each upload to hold a backend connection",
-        Duration::from_secs(2),
-        || rec.open() == 5,
-    )
-    .await;
-    for u in uploads {
-        let (status, elapsed) = u.await.unwrap();
-        assert_408_in_time("h2c", status, elapsed);
-    }
-    assert_released(&veer, &rec, 5).await;
+    five_slow_h2_uploads(&veer, &rec, client, "http://app/up", "h2c").await;
     veer.shutdown().await;
 }
 
@@ -679,31 +630,14 @@ async fn slow_https_h2_uploads_get_408_and_release_their_upstream_connections() 
     let rec = recorder().await;
     let (veer, tls, roots) = start_tls(rec.addr, SLOW).await;
     let client = h2_tls_client(tls, "bodies.test", roots).await;
-    let uploads: Vec<_> = (0..5)
-        .map(|_| tokio::spawn(slow_h2_upload(client.clone(), "https://bodies.test/up")))
-        .collect();
-    eventually(
-        "each upload to hold a backend connection",
-        Duration::from_secs(2),
-        || rec.open() == 5,
-    )
-    .await;
-    for u in uploads {
-        let (status, elapsed) = u.await.unwrap();
-        assert_408_in_time("https h2", status, elapsed);
-    }
-    assert_released(&veer, &rec, 5).await;
+    five_slow_h2_uploads(&veer, &rec, client, "https://bodies.test/up", "https h2").await;
     veer.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_body_silent_for_the_timeout_gets_408_whatever_it_earned() {
     let rec = recorder().await;
-    let veer = start(
-        &[rec.addr],
-        "request_body_timeout = \"1s\"\nrequest_body_min_rate = 1000\n",
-    )
-    .await;
+    let veer = start(&[rec.addr], SLOW_1S).await;
     // 100 kB at once earns 100 s; then silence.
     let mut s = TcpStream::connect(veer.addr).await.unwrap();
     s.write_all(b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Length: 200000\r\n\r\n")
@@ -711,22 +645,14 @@ async fn a_body_silent_for_the_timeout_gets_408_whatever_it_earned() {
         .unwrap();
     s.write_all(&vec![b'x'; 100_000]).await.unwrap();
     let started = Instant::now();
-    let (status, _, _) = tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-        .await
-        .expect("no answer in time")
-        .expect("closed without an answer");
+    let (status, _, _) = read_answer(&mut s).await;
     assert_eq!(status, 408);
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );
-    eventually(
-        "the upstream connection to close",
-        Duration::from_secs(5),
-        || rec.open() == 0,
-    )
-    .await;
+    rec.all_closed().await;
     veer.shutdown().await;
 }
 
@@ -756,11 +682,7 @@ async fn a_steady_upload_above_the_min_rate_is_not_cut_and_zero_is_no_limit() {
     let rec = recorder().await;
     // 500 bytes every 300 ms: 1667 bytes/s, above the 1000 asked for, for 1.8 s in all,
     // longer than the 1 s timeout.
-    let veer = start(
-        &[rec.addr],
-        "request_body_timeout = \"1s\"\nrequest_body_min_rate = 1000\n",
-    )
-    .await;
+    let veer = start(&[rec.addr], SLOW_1S).await;
     let mut s = TcpStream::connect(veer.addr).await.unwrap();
     s.write_all(b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Length: 3000\r\n\r\n")
         .await
@@ -769,11 +691,7 @@ async fn a_steady_upload_above_the_min_rate_is_not_cut_and_zero_is_no_limit() {
         s.write_all(&[b'x'; 500]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let (status, _, body) =
-        tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-            .await
-            .unwrap()
-            .expect("an answer");
+    let (status, _, body) = read_answer(&mut s).await;
     assert_eq!((status, &body[..]), (200, &b"got 3000"[..]));
     veer.shutdown().await;
 
@@ -785,11 +703,7 @@ async fn a_steady_upload_above_the_min_rate_is_not_cut_and_zero_is_no_limit() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     s.write_all(b"world").await.unwrap();
-    let (status, _, body) =
-        tokio::time::timeout(Duration::from_secs(10), read_http_response(&mut s))
-            .await
-            .unwrap()
-            .expect("an answer");
+    let (status, _, body) = read_answer(&mut s).await;
     assert_eq!((status, &body[..]), (200, &b"got 10"[..]));
     veer.shutdown().await;
 }

@@ -5,320 +5,10 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-// ---------------------------------------------------------------------------------------------
-// A raw backend and a raw client.
-
-/// One request as the backend read it.
-#[derive(Debug, Clone)]
-struct Seen {
-    target: String,
-    /// Names lower-cased, in the order received.
-    headers: Vec<(String, String)>,
-    /// Decoded (chunked framing removed).
-    body: Vec<u8>,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
-
-/// What the backend does once it has read a request.
-enum Answer {
-    /// Write these bytes and read the next request on the same connection.
-    Reply(Vec<u8>),
-    /// Write these bytes (a 101), then echo every byte that arrives.
-    SwitchAndEcho(Vec<u8>),
-}
-
-struct RawBackend {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    /// Bytes echoed after a switch: anything here went through a tunnel.
-    echoed: Arc<AtomicUsize>,
-}
-
-impl RawBackend {
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Read more into `buf`; false at the end of the stream.
-async fn more(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 8192];
-    match s.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            true
-        }
-    }
-}
-
-/// Decode a chunked body from the front of `buf` (reading more as needed), leaving what
-/// follows it in `buf`. `None` if the stream ends or the framing is broken.
-async fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = loop {
-            if let Some(i) = find(buf, b"\r\n") {
-                break i;
-            }
-            if !more(s, buf).await {
-                return None;
-            }
-        };
-        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
-        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
-        buf.drain(..line_end + 2);
-        if size == 0 {
-            // No trailers in these tests: the blank line ends the body.
-            while buf.len() < 2 {
-                if !more(s, buf).await {
-                    return None;
-                }
-            }
-            buf.drain(..2);
-            return Some(body);
-        }
-        while buf.len() < size + 2 {
-            if !more(s, buf).await {
-                return None;
-            }
-        }
-        body.extend_from_slice(&buf[..size]);
-        buf.drain(..size + 2);
-    }
-}
-
-/// Read one message head from the front of `buf`: (head length, first line, headers).
-async fn read_head(
-    s: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> Option<(usize, String, Vec<(String, String)>)> {
-    let end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if !more(s, buf).await {
-            return None;
-        }
-    };
-    let text = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let mut lines = text.split("\r\n");
-    let first = lines.next()?.to_string();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Some((end, first, headers))
-}
-
-fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-/// A raw TCP backend: records each request it reads and answers with `answer`'s bytes.
-async fn raw_backend(answer: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> RawBackend {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let echoed = Arc::new(AtomicUsize::new(0));
-    let answer = Arc::new(answer);
-    let (seen2, echoed2) = (seen.clone(), echoed.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            let (seen, echoed, answer) = (seen2.clone(), echoed2.clone(), answer.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let Some((end, first, headers)) = read_head(&mut s, &mut buf).await else {
-                        return;
-                    };
-                    buf.drain(..end);
-                    let mut parts = first.split(' ');
-                    let _method = parts.next();
-                    let target = parts.next().unwrap_or("").to_string();
-                    let chunked = header_of(&headers, "transfer-encoding")
-                        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-                    let body = if chunked {
-                        let Some(b) = read_chunked(&mut s, &mut buf).await else {
-                            return;
-                        };
-                        b
-                    } else {
-                        let n: usize = header_of(&headers, "content-length")
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0);
-                        while buf.len() < n {
-                            if !more(&mut s, &mut buf).await {
-                                return;
-                            }
-                        }
-                        buf.drain(..n).collect()
-                    };
-                    let req = Seen {
-                        target,
-                        headers,
-                        body,
-                    };
-                    let a = answer(&req);
-                    seen.lock().unwrap().push(req);
-                    match a {
-                        Answer::Reply(bytes) => {
-                            if s.write_all(&bytes).await.is_err() {
-                                return;
-                            }
-                        }
-                        Answer::SwitchAndEcho(bytes) => {
-                            if s.write_all(&bytes).await.is_err() {
-                                return;
-                            }
-                            let mut chunk = [0u8; 4096];
-                            if !buf.is_empty() {
-                                echoed.fetch_add(buf.len(), Ordering::SeqCst);
-                                let _ = s.write_all(&buf).await;
-                            }
-                            loop {
-                                match s.read(&mut chunk).await {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(n) => {
-                                        echoed.fetch_add(n, Ordering::SeqCst);
-                                        if s.write_all(&chunk[..n]).await.is_err() {
-                                            return;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    RawBackend { addr, seen, echoed }
-}
-
-/// `200 OK` with `text` as a Content-Length body.
-fn ok(text: &str) -> Answer {
-    Answer::Reply(
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
-            text.len()
-        )
-        .into_bytes(),
-    )
-}
-
-/// The 101 a backend sends to switch to `proto`.
-fn switch_to(proto: &str) -> Answer {
-    Answer::SwitchAndEcho(
-        format!(
-            "HTTP/1.1 101 Switching Protocols\r\nupgrade: {proto}\r\nconnection: upgrade\r\n\r\n"
-        )
-        .into_bytes(),
-    )
-}
-
-/// One response as the client read it.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        header_of(&self.headers, name)
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// A client connection to veer, reading responses as they frame themselves.
-struct Client {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Self {
-        Client {
-            s: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-        }
-    }
-
-    /// Send `bytes` and read one response (a 101's head only). Panics on a timeout: a
-    /// hang is a failure here.
-    async fn send(&mut self, bytes: &[u8]) -> Option<Resp> {
-        self.s.write_all(bytes).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.read())
-            .await
-            .expect("no answer within 10s")
-    }
-
-    async fn read(&mut self) -> Option<Resp> {
-        let (end, first, headers) = read_head(&mut self.s, &mut self.buf).await?;
-        self.buf.drain(..end);
-        let status: u16 = first.split(' ').nth(1)?.parse().ok()?;
-        let body = if status == 101 || status == 204 || status == 304 {
-            Vec::new()
-        } else if header_of(&headers, "transfer-encoding").is_some() {
-            read_chunked(&mut self.s, &mut self.buf).await?
-        } else if let Some(n) = header_of(&headers, "content-length") {
-            let n: usize = n.parse().ok()?;
-            while self.buf.len() < n {
-                if !more(&mut self.s, &mut self.buf).await {
-                    return None;
-                }
-            }
-            self.buf.drain(..n).collect()
-        } else {
-            while more(&mut self.s, &mut self.buf).await {}
-            std::mem::take(&mut self.buf)
-        };
-        Some(Resp {
-            status,
-            headers,
-            body,
-        })
-    }
-
-    /// Did the connection end (or stay silent) within `wait`, with nothing more read?
-    async fn nothing_more(&mut self, wait: Duration) -> bool {
-        let mut chunk = [0u8; 1024];
-        match tokio::time::timeout(wait, self.s.read(&mut chunk)).await {
-            Err(_) | Ok(Ok(0)) | Ok(Err(_)) => self.buf.is_empty(),
-            Ok(Ok(_)) => false,
-        }
-    }
-}
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 /// One pool (`app`) of `backends`, one route, and `server` lines (with their own listen).
 fn one_pool(backend: SocketAddr, server: &str) -> String {
@@ -353,7 +43,7 @@ async fn an_h2c_upgrade_is_stripped_and_answered_as_plain_http1() {
     })
     .await;
     let veer = start_veer(&one_pool(b.addr, "")).await;
-    let mut c = Client::connect(veer.addr).await;
+    let mut c = RawClient::connect(veer.addr).await;
     // Body-less (the fast path), then with a body (hyper's path).
     let r = c.send(&h2c_request("GET", "/one", "", "")).await.unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "plain /one"), "{r:?}");
@@ -396,11 +86,7 @@ async fn an_h2c_upgrade_is_stripped_and_answered_as_plain_http1() {
         assert_eq!(s.header("x-forwarded-for"), ["127.0.0.1"], "{s:?}");
     }
     assert_eq!(seen[1].body, b"hello");
-    assert_eq!(
-        b.echoed.load(Ordering::SeqCst),
-        0,
-        "bytes went through a tunnel"
-    );
+    assert_eq!(b.echoed(), 0, "bytes went through a tunnel");
     veer.shutdown().await;
 }
 
@@ -414,7 +100,7 @@ async fn a_backend_that_switches_protocols_unasked_gets_502_and_no_tunnel() {
         h2c_request("POST", "/hyper", "Content-Length: 5\r\n", "hello"),
         b"GET /plain HTTP/1.1\r\nHost: app\r\n\r\n".to_vec(),
     ] {
-        let mut c = Client::connect(veer.addr).await;
+        let mut c = RawClient::connect(veer.addr).await;
         let r = c.send(&req).await.unwrap();
         assert_eq!(r.status, 502, "{r:?}");
         // Whatever the client sends next is parsed by veer (a bad request), never echoed.
@@ -430,11 +116,7 @@ async fn a_backend_that_switches_protocols_unasked_gets_502_and_no_tunnel() {
         seen.iter().all(|s| s.header("upgrade").is_empty()),
         "{seen:?}"
     );
-    assert_eq!(
-        b.echoed.load(Ordering::SeqCst),
-        0,
-        "bytes went through a tunnel"
-    );
+    assert_eq!(b.echoed(), 0, "bytes went through a tunnel");
     veer.shutdown().await;
 }
 
@@ -449,7 +131,7 @@ fn upgrade_request(proto: &str) -> Vec<u8> {
 
 /// Send an upgrade for `proto`; with a 101, send bytes through and return what came back.
 async fn try_upgrade(addr: SocketAddr, proto: &str) -> (u16, Option<Vec<u8>>) {
-    let mut c = Client::connect(addr).await;
+    let mut c = RawClient::connect(addr).await;
     let r = c.send(&upgrade_request(proto)).await.unwrap();
     if r.status != 101 {
         return (r.status, None);
@@ -457,7 +139,7 @@ async fn try_upgrade(addr: SocketAddr, proto: &str) -> (u16, Option<Vec<u8>>) {
     c.s.write_all(b"ping through").await.unwrap();
     let mut got = std::mem::take(&mut c.buf);
     while got.len() < 12 {
-        if !more(&mut c.s, &mut got).await {
+        if !fill(&mut c.s, &mut got).await {
             break;
         }
     }
@@ -506,8 +188,11 @@ async fn every_upgrade_but_h2c_or_only_the_configured_ones_are_tunnelled() {
         [vec!["websocket"], vec!["WebSocket"], vec![], vec![]],
         "{seen:?}"
     );
-    let echoed = b.echoed.load(Ordering::SeqCst);
-    assert_eq!(echoed, 36, "only the x-custom and two WebSocket tunnels carried bytes");
+    let echoed = b.echoed();
+    assert_eq!(
+        echoed, 36,
+        "only the x-custom and two WebSocket tunnels carried bytes"
+    );
     veer.shutdown().await;
 
     // Configured: x-custom too, and no WebSocket.
@@ -528,7 +213,7 @@ async fn every_upgrade_but_h2c_or_only_the_configured_ones_are_tunnelled() {
     let veer = start_veer(&one_pool(b.addr, "")).await;
     assert_eq!(try_upgrade(veer.addr, "websocket").await, (502, None));
     assert_eq!(b.seen()[0].header("upgrade"), ["websocket"]);
-    assert_eq!(b.echoed.load(Ordering::SeqCst), 0);
+    assert_eq!(b.echoed(), 0);
     veer.shutdown().await;
 }
 
@@ -565,9 +250,14 @@ fn h2c_cannot_be_configured_as_an_upgrade() {
 
 /// Two pools, `secret` (routed by `/secret`) and `site` (everything else), each a backend
 /// answering with its name and the target it read.
+/// A raw backend answering `NAME TARGET` to every request.
+async fn named(name: &'static str) -> RawBackend {
+    raw_backend(move |r| ok(&format!("{name} {}", r.target))).await
+}
+
 async fn secret_and_site() -> (RawBackend, RawBackend, Veer) {
-    let secret = raw_backend(|r| ok(&format!("secret {}", r.target))).await;
-    let site = raw_backend(|r| ok(&format!("site {}", r.target))).await;
+    let secret = named("secret").await;
+    let site = named("site").await;
     let veer = start_veer(&format!(
         "[pools.secret]\nbackends = [\"{}\"]\n[pools.site]\nbackends = [\"{}\"]\n\
          [[routes]]\nname = \"secret\"\npath_prefix = \"/secret\"\nsplit = {{ secret = 1 }}\n\
@@ -581,7 +271,7 @@ async fn secret_and_site() -> (RawBackend, RawBackend, Veer) {
 #[tokio::test]
 async fn percent_encoded_unreserved_characters_are_decoded_before_routing() {
     let (secret, site, veer) = secret_and_site().await;
-    let mut c = Client::connect(veer.addr).await;
+    let mut c = RawClient::connect(veer.addr).await;
     for (target, want) in [
         // Decoded, routed and forwarded as every backend reads it.
         ("/%73ecret/x", "secret /secret/x"),
@@ -628,7 +318,7 @@ async fn a_percent_that_starts_no_escape_is_400_and_reaches_no_backend() {
     // `%%37%33` would read as `%73` once decoded: veer and a backend would disagree.
     for target in ["/%%37%33ecret/x", "/a%zz", "/a%4", "/secret/%"] {
         let req = format!("GET {target} HTTP/1.1\r\nHost: app\r\n\r\n");
-        let r = Client::connect(veer.addr)
+        let r = RawClient::connect(veer.addr)
             .await
             .send(req.as_bytes())
             .await
@@ -639,10 +329,10 @@ async fn a_percent_that_starts_no_escape_is_400_and_reaches_no_backend() {
     veer.shutdown().await;
 }
 
-#[tokio::test]
-async fn an_absolute_form_target_is_routed_and_forwarded_by_its_authority() {
-    let internal = raw_backend(|r| ok(&format!("internal {}", r.target))).await;
-    let probe = raw_backend(|r| ok(&format!("probe {}", r.target))).await;
+/// Two routes by host: `internal.example` to pool internal, `probe.test` to pool probe.
+async fn internal_and_probe() -> (RawBackend, RawBackend, Veer) {
+    let internal = named("internal").await;
+    let probe = named("probe").await;
     let veer = start_veer(&format!(
         "[pools.internal]\nbackends = [\"{}\"]\n[pools.probe]\nbackends = [\"{}\"]\n\
          [[routes]]\nname = \"internal\"\nhosts = [\"internal.example\"]\nsplit = {{ internal = 1 }}\n\
@@ -650,7 +340,13 @@ async fn an_absolute_form_target_is_routed_and_forwarded_by_its_authority() {
         internal.addr, probe.addr
     ))
     .await;
-    let mut c = Client::connect(veer.addr).await;
+    (internal, probe, veer)
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_is_routed_and_forwarded_by_its_authority() {
+    let (internal, probe, veer) = internal_and_probe().await;
+    let mut c = RawClient::connect(veer.addr).await;
     let r = c
         .send(b"GET http://internal.example/abs?x=1 HTTP/1.1\r\nHost: probe.test\r\n\r\n")
         .await
@@ -699,7 +395,7 @@ async fn an_absolute_form_target_is_routed_and_forwarded_by_its_authority() {
         &b"GET http://user@internal.example/ HTTP/1.1\r\nHost: internal.example\r\n\r\n"[..],
         b"GET ftp://internal.example/ HTTP/1.1\r\nHost: internal.example\r\n\r\n",
     ] {
-        let r = Client::connect(veer.addr).await.send(req).await;
+        let r = RawClient::connect(veer.addr).await.send(req).await;
         assert!(r.as_ref().is_none_or(|r| r.status == 400), "{r:?}");
     }
     assert_eq!(internal.seen().len(), 3);
@@ -709,15 +405,7 @@ async fn an_absolute_form_target_is_routed_and_forwarded_by_its_authority() {
 #[tokio::test]
 async fn an_http2_authority_wins_over_a_host_header() {
     use http_body_util::Empty;
-    let internal = raw_backend(|r| ok(&format!("internal {}", r.target))).await;
-    let probe = raw_backend(|r| ok(&format!("probe {}", r.target))).await;
-    let veer = start_veer(&format!(
-        "[pools.internal]\nbackends = [\"{}\"]\n[pools.probe]\nbackends = [\"{}\"]\n\
-         [[routes]]\nname = \"internal\"\nhosts = [\"internal.example\"]\nsplit = {{ internal = 1 }}\n\
-         [[routes]]\nname = \"probe\"\nhosts = [\"probe.test\"]\nsplit = {{ probe = 1 }}\n",
-        internal.addr, probe.addr
-    ))
-    .await;
+    let (internal, probe, veer) = internal_and_probe().await;
     let tcp = TcpStream::connect(veer.addr).await.unwrap();
     let (mut h2, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -742,9 +430,9 @@ async fn an_http2_authority_wins_over_a_host_header() {
 
 #[tokio::test]
 async fn connection_cannot_strip_host_length_or_forwarding_headers() {
-    let b = raw_backend(|r| ok(&format!("got {}", r.target))).await;
+    let b = named("got").await;
     let veer = start_veer(&one_pool(b.addr, "")).await;
-    let mut c = Client::connect(veer.addr).await;
+    let mut c = RawClient::connect(veer.addr).await;
     let named = "Connection: Host, Content-Length, X-Forwarded-For, x-forwarded-proto, \
                  Forwarded, X-Other\r\n\
                  X-Forwarded-For: 10.1.1.1\r\nForwarded: for=10.1.1.1\r\nX-Other: 1\r\n";
@@ -753,7 +441,7 @@ async fn connection_cannot_strip_host_length_or_forwarding_headers() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
-    let mut c = Client::connect(veer.addr).await;
+    let mut c = RawClient::connect(veer.addr).await;
     let r = c
         .send(
             format!(
@@ -809,7 +497,7 @@ async fn an_upstream_answer_with_content_length_and_chunked_is_read_as_chunked()
     let veer = start_veer(&one_pool(b.addr, "")).await;
     for req in both_paths() {
         // Twice on one client connection: the first answer's framing was right.
-        let mut c = Client::connect(veer.addr).await;
+        let mut c = RawClient::connect(veer.addr).await;
         for _ in 0..2 {
             let r = c.send(req).await.unwrap();
             assert_eq!((r.status, r.text().as_str()), (200, "hello world"), "{r:?}");
@@ -840,7 +528,7 @@ async fn an_upstream_answer_with_conflicting_or_invalid_length_is_502() {
         let b = raw_backend(move |_| Answer::Reply(answer.clone().into_bytes())).await;
         let veer = start_veer(&one_pool(b.addr, "")).await;
         for req in both_paths() {
-            let r = Client::connect(veer.addr).await.send(req).await;
+            let r = RawClient::connect(veer.addr).await.send(req).await;
             assert_eq!(
                 r.map(|r| r.status),
                 Some(502),
@@ -859,7 +547,7 @@ async fn an_upstream_answer_with_conflicting_or_invalid_length_is_502() {
         let b = raw_backend(move |_| Answer::Reply(answer.clone().into_bytes())).await;
         let veer = start_veer(&one_pool(b.addr, "")).await;
         for req in both_paths() {
-            let r = Client::connect(veer.addr).await.send(req).await.unwrap();
+            let r = RawClient::connect(veer.addr).await.send(req).await.unwrap();
             assert_eq!((r.status, r.text().as_str()), (200, "hello"), "{r:?}");
             let lengths: Vec<_> = r
                 .headers
@@ -884,7 +572,7 @@ async fn an_http_1_0_answer_with_transfer_encoding_is_502() {
     .await;
     let veer = start_veer(&one_pool(b.addr, "")).await;
     for req in both_paths() {
-        let mut c = Client::connect(veer.addr).await;
+        let mut c = RawClient::connect(veer.addr).await;
         assert_eq!(c.send(req).await.unwrap().status, 502);
         assert!(c.nothing_more(Duration::from_millis(200)).await);
     }

@@ -10,20 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use support::*;
 
-fn json(g: &Got) -> Value {
-    serde_json::from_str(&g.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", g.body))
-}
-
-fn pool(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
-    let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "[pools.{name}]\nbackends = [{}]\n{extra}\n",
-        list.join(", ")
-    )
-}
-
-fn route(split: &str, extra: &str) -> String {
-    format!("[[routes]]\nname = \"web\"\nsplit = {split}\nretry = {{ attempts = 1 }}\n{extra}\n")
+/// Route `web` at `split` with retries off, and `extra` keys.
+fn one_try_route(split: &str, extra: &str) -> String {
+    route(split, &format!("retry = {{ attempts = 1 }}\n{extra}"))
 }
 
 const BREAKER: &str = "[pools.p.circuit_breaker]\nconsecutive_failures = 3\nopen_for = \"1m\"\n";
@@ -36,7 +25,8 @@ async fn a_pool_of_one_answers_503_from_the_fourth_request_and_the_backend_sees_
     // Several rounds: with the trip left to the background task, the 4th request raced it.
     for round in 0..8 {
         let bad = upstream_with(|_req| async { respond(500, "bad") }).await;
-        let veer = start_veer(&(pool("p", &[bad.addr], BREAKER) + &route("{ p = 1 }", ""))).await;
+        let veer =
+            start_veer(&(pool("p", &[bad.addr], BREAKER) + &one_try_route("{ p = 1 }", ""))).await;
         let url = veer.url("/");
         for i in 1..=3 {
             let got = get(&url).await;
@@ -73,7 +63,8 @@ async fn pipelined_requests_cannot_slip_past_the_trip() {
     // Six requests in one write: veer reads the 4th right after answering the 3rd, with no
     // chance for a background task to run in between. Only the request path can stop it.
     let bad = upstream_with(|_req| async { respond(500, "bad") }).await;
-    let veer = start_veer(&(pool("p", &[bad.addr], BREAKER) + &route("{ p = 1 }", ""))).await;
+    let veer =
+        start_veer(&(pool("p", &[bad.addr], BREAKER) + &one_try_route("{ p = 1 }", ""))).await;
     let one = "GET / HTTP/1.1\r\nHost: t\r\n\r\n";
     let last = "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
     let bytes = one.repeat(5) + last;
@@ -94,9 +85,10 @@ async fn in_a_pool_of_two_the_fourth_request_goes_to_the_other_backend() {
     for round in 0..5 {
         let bad = upstream_with(|_req| async { respond(500, "bad") }).await;
         let good = upstream("good").await;
-        let veer =
-            start_veer(&(pool("p", &[bad.addr, good.addr], BREAKER) + &route("{ p = 1 }", "")))
-                .await;
+        let veer = start_veer(
+            &(pool("p", &[bad.addr, good.addr], BREAKER) + &one_try_route("{ p = 1 }", "")),
+        )
+        .await;
         let url = veer.url("/");
         let mut failed = 0;
         for _ in 0..30 {
@@ -120,13 +112,25 @@ async fn in_a_pool_of_two_the_fourth_request_goes_to_the_other_backend() {
 
 // ---------------------------------------------------------------- item 10: fallback and effective split
 
-fn blue_green(blue: SocketAddr, green: SocketAddr, split: &str, extra: &str) -> String {
-    pool("blue", &[blue], "") + &pool("green", &[green], "") + &route(split, extra)
+/// veer over pools blue and green, route web at `split` with `extra` keys.
+async fn start_blue_green(blue: &Upstream, green: &Upstream, split: &str, extra: &str) -> Veer {
+    let pools = pool("blue", &[blue.addr], "") + &pool("green", &[green.addr], "");
+    start_veer(&(pools + &one_try_route(split, extra))).await
+}
+
+/// Drain `addr` in `pool` (at once: a 1 s drain with nothing in flight).
+fn drain(veer: &Veer, pool: &str, addr: SocketAddr) {
+    assert!(
+        veer.rt()
+            .registry
+            .set_draining(pool, addr, true, Duration::from_secs(1)),
+        "{pool} has {addr}"
+    );
 }
 
 /// The `effective` shares of the web route in /api/status.
 async fn effective(veer: &Veer) -> Value {
-    let status = json(&get(&veer.admin_url("/api/status")).await);
+    let status = json_of(&get(&veer.admin_url("/api/status")).await);
     let web = status["routes"]
         .as_array()
         .unwrap()
@@ -142,23 +146,14 @@ async fn effective(veer: &Veer) -> Value {
 async fn after_a_swap_the_idle_slot_takes_the_traffic_production_cannot() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
     // A completed swap: green is production, blue idle at 0.
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 0, green = 100 }",
-        "",
-    ))
-    .await;
+    let veer = start_blue_green(&blue, &green, "{ blue = 0, green = 100 }", "").await;
     let url = veer.url("/");
     assert_eq!(get(&url).await.body, "green");
     assert_eq!(
         effective(&veer).await,
         serde_json::json!({ "blue": 0.0, "green": 100.0 })
     );
-    assert!(veer
-        .rt()
-        .registry
-        .set_draining("green", green.addr, true, Duration::from_secs(1)));
+    drain(&veer, "green", green.addr);
     let before = blue.hits();
     for _ in 0..20 {
         let got = get(&url).await;
@@ -170,10 +165,7 @@ async fn after_a_swap_the_idle_slot_takes_the_traffic_production_cannot() {
         serde_json::json!({ "blue": 100.0, "green": 0.0 })
     );
     // Nothing anywhere: 503, and the shares say so.
-    assert!(veer
-        .rt()
-        .registry
-        .set_draining("blue", blue.addr, true, Duration::from_secs(1)));
+    drain(&veer, "blue", blue.addr);
     assert_eq!(get(&url).await.status, 503);
     assert_eq!(
         effective(&veer).await,
@@ -186,17 +178,8 @@ async fn after_a_swap_the_idle_slot_takes_the_traffic_production_cannot() {
 async fn fallback_weighted_keeps_the_old_rule_and_false_none() {
     for extra in ["fallback = \"weighted\"", "fallback = false"] {
         let (blue, green) = (upstream("blue").await, upstream("green").await);
-        let veer = start_veer(&blue_green(
-            blue.addr,
-            green.addr,
-            "{ blue = 0, green = 100 }",
-            extra,
-        ))
-        .await;
-        assert!(veer
-            .rt()
-            .registry
-            .set_draining("green", green.addr, true, Duration::from_secs(1)));
+        let veer = start_blue_green(&blue, &green, "{ blue = 0, green = 100 }", extra).await;
+        drain(&veer, "green", green.addr);
         for _ in 0..5 {
             let got = get(&veer.url("/")).await;
             assert_eq!(got.status, 503, "{extra}: {}", got.body);
@@ -211,21 +194,18 @@ async fn fallback_weighted_keeps_the_old_rule_and_false_none() {
     }
     // With weighted pools only, "weighted" still moves a share between them.
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
+    let veer = start_blue_green(
+        &blue,
+        &green,
         "{ blue = 75, green = 25 }",
         "fallback = \"weighted\"",
-    ))
+    )
     .await;
     assert_eq!(
         effective(&veer).await,
         serde_json::json!({ "blue": 75.0, "green": 25.0 })
     );
-    assert!(veer
-        .rt()
-        .registry
-        .set_draining("blue", blue.addr, true, Duration::from_secs(1)));
+    drain(&veer, "blue", blue.addr);
     assert_eq!(
         effective(&veer).await,
         serde_json::json!({ "blue": 0.0, "green": 100.0 })
@@ -239,17 +219,8 @@ async fn fallback_weighted_keeps_the_old_rule_and_false_none() {
 #[tokio::test]
 async fn the_status_page_bar_shows_where_traffic_goes() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 0, green = 100 }",
-        "",
-    ))
-    .await;
-    assert!(veer
-        .rt()
-        .registry
-        .set_draining("green", green.addr, true, Duration::from_secs(1)));
+    let veer = start_blue_green(&blue, &green, "{ blue = 0, green = 100 }", "").await;
+    drain(&veer, "green", green.addr);
     let dom = rendered_dom(&veer.admin_url("/"), 3000).await;
     // The configured weights stay on the segments; the bar's size is the effective share.
     assert!(
@@ -279,19 +250,22 @@ async fn rejected(veer: &Veer) -> f64 {
         .unwrap_or_else(|| panic!("no veer_override_rejected_total for web:\n{m}"))
 }
 
-const OVERRIDE: &str = "override = { header = \"x-veer-pool\", cookie = \"veer_pool\"";
+/// veer with route web at blue 100, green 0, and an override by header `x-veer-pool` and
+/// cookie `veer_pool` with `keys` (like `allow_from = [...]`).
+async fn start_override(blue: &Upstream, green: &Upstream, keys: &str) -> Veer {
+    let o = format!("override = {{ header = \"x-veer-pool\", cookie = \"veer_pool\", {keys} }}");
+    start_blue_green(blue, green, "{ blue = 100, green = 0 }", &o).await
+}
 
 #[tokio::test]
 async fn allow_from_is_matched_on_the_peer_address() {
     // The test client connects from 127.0.0.1.
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let deny = format!("{OVERRIDE}, allow_from = [\"10.0.0.0/8\", \"2001:db8::/32\"] }}");
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 100, green = 0 }",
-        &deny,
-    ))
+    let veer = start_override(
+        &blue,
+        &green,
+        "allow_from = [\"10.0.0.0/8\", \"2001:db8::/32\"]",
+    )
     .await;
     let url = veer.url("/");
     assert_eq!(rejected(&veer).await, 0.0, "the counter exists at zero");
@@ -306,13 +280,11 @@ async fn allow_from_is_matched_on_the_peer_address() {
     assert_eq!(rejected(&veer).await, 2.0);
     veer.shutdown().await;
 
-    let allow = format!("{OVERRIDE}, allow_from = [\"10.0.0.0/8\", \"127.0.0.0/8\"] }}");
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 100, green = 0 }",
-        &allow,
-    ))
+    let veer = start_override(
+        &blue,
+        &green,
+        "allow_from = [\"10.0.0.0/8\", \"127.0.0.0/8\"]",
+    )
     .await;
     let got = get_with(&veer.url("/"), &[("x-veer-pool", "green")]).await;
     assert_eq!(got.body, "green");
@@ -331,14 +303,7 @@ async fn secret_tokens_force_only_their_pool() {
     let env = "VEER_HOSTILE_ROUTING_SECRET_A";
     secret_env(env, "correct horse battery staple");
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let o = format!("{OVERRIDE}, secret_env = \"{env}\" }}");
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 100, green = 0 }",
-        &o,
-    ))
-    .await;
+    let veer = start_override(&blue, &green, &format!("secret_env = \"{env}\"")).await;
     let url = veer.url("/");
     let secret = b"correct horse battery staple";
     let green_token = veer::routing::pool_override::token(secret, "green");
@@ -383,13 +348,11 @@ async fn allow_from_and_secret_together_need_both() {
     secret_env(env, "s3cret");
     let (blue, green) = (upstream("blue").await, upstream("green").await);
     let token = veer::routing::pool_override::token(b"s3cret", "green");
-    let o = format!("{OVERRIDE}, allow_from = [\"10.0.0.0/8\"], secret_env = \"{env}\" }}");
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 100, green = 0 }",
-        &o,
-    ))
+    let veer = start_override(
+        &blue,
+        &green,
+        &format!("allow_from = [\"10.0.0.0/8\"], secret_env = \"{env}\""),
+    )
     .await;
     let got = get_with(&veer.url("/"), &[("x-veer-pool", &token)]).await;
     assert_eq!(
@@ -398,13 +361,11 @@ async fn allow_from_and_secret_together_need_both() {
     );
     assert_eq!(rejected(&veer).await, 1.0);
     veer.shutdown().await;
-    let o = format!("{OVERRIDE}, allow_from = [\"127.0.0.0/8\"], secret_env = \"{env}\" }}");
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 100, green = 0 }",
-        &o,
-    ))
+    let veer = start_override(
+        &blue,
+        &green,
+        &format!("allow_from = [\"127.0.0.0/8\"], secret_env = \"{env}\""),
+    )
     .await;
     assert_eq!(
         get_with(&veer.url("/"), &[("x-veer-pool", &token)])
@@ -445,14 +406,7 @@ async fn the_cli_prints_the_token_veer_accepts() {
         .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
 
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let o = format!("{OVERRIDE}, secret_env = \"{env}\" }}");
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 100, green = 0 }",
-        &o,
-    ))
-    .await;
+    let veer = start_override(&blue, &green, &format!("secret_env = \"{env}\"")).await;
     let got = get_with(&veer.url("/"), &[("x-veer-pool", token)]).await;
     assert_eq!(got.body, "green");
     assert_eq!(green.hits(), 1);
@@ -484,12 +438,10 @@ async fn the_cli_prints_the_token_veer_accepts() {
 
 #[tokio::test]
 async fn veer_check_names_the_line_of_a_missing_secret() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("veer.toml");
     let text = "[pools.blue]\nbackends = [\"127.0.0.1:9001\"]\n[[routes]]\nname = \"web\"\n\
                 split = { blue = 1 }\n\
                 override = { header = \"x-veer-pool\", secret_env = \"VEER_HOSTILE_ROUTING_NEVER_SET\" }\n";
-    std::fs::write(&path, text).unwrap();
+    let (_dir, path) = write_config(text);
     let out = std::process::Command::new(veer_bin())
         .args(["check", "--config"])
         .arg(&path)

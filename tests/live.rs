@@ -72,16 +72,8 @@ async fn api(admin: SocketAddr, method: &str, path: &str, body: &str, token: Opt
     send(b.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await
 }
 
-fn json(g: &Got) -> serde_json::Value {
-    serde_json::from_str(&g.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", g.body))
-}
-
 fn reloads(v: &Veer, result: &str) -> u64 {
     v.rt().metrics.reloads.with_label_values(&[result]).get()
-}
-
-fn live_split(v: &Veer) -> Vec<(String, u32)> {
-    v.rt().config().route("web").unwrap().split.clone()
 }
 
 /// A unique environment variable name for one test's admin token (tests share the process).
@@ -110,7 +102,7 @@ async fn reload_by_in_place_edit_applies_within_2s() {
     .await;
     assert!(took < Duration::from_secs(2));
     assert_eq!(
-        live_split(&v),
+        web_split(v.rt()),
         vec![("blue".into(), 0), ("green".into(), 1)]
     );
     assert!(reloads(&v, "success") >= 1);
@@ -216,7 +208,7 @@ async fn bad_file_changes_nothing_and_is_counted() {
     // The API reports the same errors, located.
     let g = api(v.admin, "POST", "/api/reload", "", None).await;
     assert_eq!(g.status, 400, "{}", g.body);
-    let j = json(&g);
+    let j = json_of(&g);
     let errors = j["errors"].as_array().unwrap();
     assert!(!errors.is_empty());
     let first = errors[0].as_str().unwrap();
@@ -314,7 +306,7 @@ async fn reload_removing_a_backend_lets_its_slow_request_finish() {
     })
     .await;
     // The removed backend shows as draining with its request still in flight.
-    let status = json(&api(v.admin, "GET", "/api/status", "", None).await);
+    let status = json_of(&api(v.admin, "GET", "/api/status", "", None).await);
     let b = status["pools"]["blue"]["backends"]
         .as_array()
         .unwrap()
@@ -467,7 +459,10 @@ async fn api_needs_the_bearer_token() {
             "{method} {path} without a token: {}",
             none.body
         );
-        assert!(json(&none)["error"].as_str().unwrap().contains("missing"));
+        assert!(json_of(&none)["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing"));
         assert!(none
             .header("www-authenticate")
             .unwrap()
@@ -482,7 +477,7 @@ async fn api_needs_the_bearer_token() {
     }
     let right = api(v.admin, "GET", "/api/status", "", Some("s3cret-token")).await;
     assert_eq!(right.status, 200);
-    assert_eq!(json(&right)["routes"][0]["name"], "web");
+    assert_eq!(json_of(&right)["routes"][0]["name"], "web");
     // Wrong scheme.
     let basic = get_with(
         &v.admin_url("/api/status"),
@@ -555,7 +550,7 @@ async fn api_split_is_written_back_keeping_comments_and_survives_restart() {
     )
     .await;
     assert_eq!(g.status, 200, "{}", g.body);
-    let j = json(&g);
+    let j = json_of(&g);
     assert_eq!(j["split"], serde_json::json!({"blue": 0, "green": 100}));
     assert_eq!(j["route"], "web");
     // Live at once (the API applies; it does not wait for the watcher).
@@ -580,7 +575,7 @@ async fn api_split_is_written_back_keeping_comments_and_survives_restart() {
     let g = api(v.admin, "POST", "/api/routes/web/swap", "", None).await;
     assert_eq!(g.status, 200, "{}", g.body);
     assert_eq!(
-        json(&g)["split"],
+        json_of(&g)["split"],
         serde_json::json!({"blue": 100, "green": 0})
     );
     assert!(std::fs::read_to_string(&v.config_path)
@@ -588,21 +583,14 @@ async fn api_split_is_written_back_keeping_comments_and_survives_restart() {
         .contains("split = { blue = 100, green = 0 }   # shifted"));
     let g = api(v.admin, "POST", "/api/routes/web/swap", "", None).await;
     assert_eq!(
-        json(&g)["split"],
+        json_of(&g)["split"],
         serde_json::json!({"blue": 0, "green": 100})
     );
 
     // Restart from the file: the changed split is what comes up.
-    let Veer {
-        running,
-        dir,
-        config_path,
-        ..
-    } = v;
-    running.unwrap().shutdown().await;
-    let v = start_veer_file(dir, config_path).await;
+    let v = v.restart().await;
     assert_eq!(
-        live_split(&v),
+        web_split(v.rt()),
         vec![("blue".into(), 0), ("green".into(), 100)]
     );
     assert!(answers(v.url("/"), "green").await);
@@ -627,7 +615,7 @@ async fn read_only_config_file_gives_409_and_changes_nothing() {
     .await;
     assert_eq!(g.status, 409, "{}", g.body);
     assert!(
-        json(&g)["error"].as_str().unwrap().contains("read-only"),
+        json_of(&g)["error"].as_str().unwrap().contains("read-only"),
         "{}",
         g.body
     );
@@ -636,7 +624,7 @@ async fn read_only_config_file_gives_409_and_changes_nothing() {
     assert_eq!(std::fs::read(&v.config_path).unwrap(), before);
     assert_eq!(v.rt().snapshot().version, version);
     assert_eq!(
-        live_split(&v),
+        web_split(v.rt()),
         vec![("blue".into(), 1), ("green".into(), 0)]
     );
     assert!(answers(v.url("/"), "blue").await);
@@ -681,7 +669,7 @@ async fn unknown_things_are_404() {
     for (method, path, body) in cases {
         let g = api(v.admin, method, &path, body, None).await;
         assert_eq!(g.status, 404, "{method} {path}: {}", g.body);
-        assert!(json(&g)["error"].is_string());
+        assert!(json_of(&g)["error"].is_string());
     }
     // A known path with the wrong method.
     let g = api(v.admin, "GET", "/api/routes/web/split", "", None).await;
@@ -710,7 +698,7 @@ async fn bad_requests_are_400_and_change_nothing() {
     for (body, why) in cases {
         let g = api(v.admin, "PUT", "/api/routes/web/split", body, None).await;
         assert_eq!(g.status, 400, "{body}: {}", g.body);
-        let msg = json(&g)["error"].as_str().unwrap().to_string();
+        let msg = json_of(&g)["error"].as_str().unwrap().to_string();
         assert!(msg.contains(why), "{body}: {msg}");
     }
     let g = api(
@@ -724,7 +712,7 @@ async fn bad_requests_are_400_and_change_nothing() {
     assert_eq!(g.status, 400);
     assert_eq!(std::fs::read(&v.config_path).unwrap(), before);
     assert_eq!(
-        live_split(&v),
+        web_split(v.rt()),
         vec![("blue".into(), 1), ("green".into(), 0)]
     );
     v.shutdown().await;
@@ -749,22 +737,22 @@ async fn swap_refuses_an_unhealthy_target_unless_forced() {
     let v = start_veer(&text).await;
     let g = api(v.admin, "POST", "/api/routes/web/swap", "", None).await;
     assert_eq!(g.status, 409, "{}", g.body);
-    assert!(json(&g)["error"].as_str().unwrap().contains("green"));
+    assert!(json_of(&g)["error"].as_str().unwrap().contains("green"));
     assert_eq!(
-        live_split(&v),
+        web_split(v.rt()),
         vec![("blue".into(), 100), ("green".into(), 0)]
     );
     let g = api(v.admin, "POST", "/api/routes/web/swap?force=true", "", None).await;
     assert_eq!(g.status, 200, "{}", g.body);
     assert_eq!(
-        live_split(&v),
+        web_split(v.rt()),
         vec![("blue".into(), 0), ("green".into(), 100)]
     );
     // Swapping back moves traffic to healthy blue: no force needed.
     let g = api(v.admin, "POST", "/api/routes/web/swap", "", None).await;
     assert_eq!(g.status, 200, "{}", g.body);
     assert_eq!(
-        live_split(&v),
+        web_split(v.rt()),
         vec![("blue".into(), 100), ("green".into(), 0)]
     );
     v.shutdown().await;
@@ -784,7 +772,10 @@ async fn swap_needs_exactly_two_pools() {
     .await;
     let g = api(v.admin, "POST", "/api/routes/web/swap", "", None).await;
     assert_eq!(g.status, 409, "{}", g.body);
-    assert!(json(&g)["error"].as_str().unwrap().contains("exactly two"));
+    assert!(json_of(&g)["error"]
+        .as_str()
+        .unwrap()
+        .contains("exactly two"));
     v.shutdown().await;
 }
 
@@ -805,11 +796,11 @@ async fn drain_and_undrain_through_the_api() {
     )
     .await;
     assert_eq!(g.status, 202, "{}", g.body);
-    assert_eq!(json(&g)["draining"], true);
+    assert_eq!(json_of(&g)["draining"], true);
     for _ in 0..10 {
         assert!(answers(v.url("/"), "b2").await);
     }
-    let status = json(&api(v.admin, "GET", "/api/status", "", None).await);
+    let status = json_of(&api(v.admin, "GET", "/api/status", "", None).await);
     let backends = status["pools"]["blue"]["backends"].as_array().unwrap();
     let b = backends
         .iter()
@@ -854,30 +845,18 @@ async fn api_reload_reports_what_changed() {
         upstream("b2").await,
         upstream("g1").await,
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("veer.toml");
-    std::fs::write(
-        &path,
-        with_listeners(&two_pools(&[b1.addr], &[g1.addr], 1, 0)),
-    )
-    .unwrap();
-    let config = veer::config::Config::load(&path).unwrap();
-    let opts = veer::app::StartOptions {
-        watch_config: false,
-    };
-    let running = veer::app::start_with(config, Some(path.clone()), opts)
-        .await
-        .unwrap();
-    let admin = running.admin;
+    let (dir, path) = write_config(&with_listeners(&two_pools(&[b1.addr], &[g1.addr], 1, 0)));
+    let v = start_veer_file_unwatched(dir, path.clone()).await;
+    let admin = v.admin;
     let mut next = two_pools(&[b2.addr], &[g1.addr], 1, 3);
     next.push_str("\n[[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nsplit = { green = 1 }\n");
     std::fs::write(&path, with_listeners(&next)).unwrap();
     // Without the watcher nothing happens until asked.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(running.rt.config().routes.len(), 1);
+    assert_eq!(v.rt().config().routes.len(), 1);
     let g = api(admin, "POST", "/api/reload", "", None).await;
     assert_eq!(g.status, 200, "{}", g.body);
-    let j = json(&g);
+    let j = json_of(&g);
     assert_eq!(j["changed"], true);
     assert_eq!(j["routes_added"], serde_json::json!(["api"]));
     assert_eq!(
@@ -897,17 +876,12 @@ async fn api_reload_reports_what_changed() {
     assert!(j["version"].as_u64().unwrap() >= 2);
     // Again with no change: 200, nothing changed, still counted as a reload.
     let g = api(admin, "POST", "/api/reload", "", None).await;
-    assert_eq!(json(&g)["changed"], false);
+    assert_eq!(json_of(&g)["changed"], false);
     assert_eq!(
-        running
-            .rt
-            .metrics
-            .reloads
-            .with_label_values(&["success"])
-            .get(),
+        v.rt().metrics.reloads.with_label_values(&["success"]).get(),
         2
     );
-    running.shutdown().await;
+    v.shutdown().await;
 }
 
 /// A reload that adds a listener serves on it at once; connections on the listener that
@@ -1029,13 +1003,13 @@ async fn without_a_file_changes_apply_in_memory() {
     assert!(answers(&url, "green").await);
     let g = api(admin, "POST", "/api/routes/web/swap", "", None).await;
     assert_eq!(
-        json(&g)["split"],
+        json_of(&g)["split"],
         serde_json::json!({"blue": 5, "green": 0})
     );
     assert!(answers(&url, "blue").await);
     let g = api(admin, "POST", "/api/reload", "", None).await;
     assert_eq!(g.status, 409, "{}", g.body);
-    assert!(json(&g)["error"]
+    assert!(json_of(&g)["error"]
         .as_str()
         .unwrap()
         .contains("without a config file"));

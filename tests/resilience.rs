@@ -179,18 +179,6 @@ async fn counted(name: &'static str) -> Counted {
     }
 }
 
-fn pool(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
-    let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "[pools.{name}]\nbackends = [{}]\n{extra}\n",
-        list.join(", ")
-    )
-}
-
-fn route(split: &str, extra: &str) -> String {
-    format!("[[routes]]\nname = \"web\"\nsplit = {split}\n{extra}\n")
-}
-
 const NO_RETRY: &str = "retry = { attempts = 1 }";
 
 // ---------------------------------------------------------------- circuit breaker (paused clock)

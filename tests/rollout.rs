@@ -48,52 +48,6 @@ async fn two_upstreams() -> (Upstream, Upstream) {
     (upstream("blue").await, upstream("green").await)
 }
 
-/// Wait (tokio time, so paused tests jump) until the rollout's status satisfies `pred`.
-async fn wait_status(rt: &Runtime, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
-    let mut rx = rt.rollouts.watch("web").expect("route web has a rollout");
-    let got = match tokio::time::timeout(Duration::from_secs(3600), rx.wait_for(|s| pred(s))).await
-    {
-        Ok(Ok(s)) => Some(s.clone()),
-        _ => None,
-    };
-    got.unwrap_or_else(|| {
-        panic!(
-            "timed out waiting for: {what}; status: {:?}",
-            rt.rollouts
-                .status("web")
-                .map(|s| (s.state, s.step, s.reason))
-        )
-    })
-}
-
-async fn wait_step(rt: &Runtime, step: usize) -> Status {
-    wait_status(rt, &format!("progressing at step {step}"), |s| {
-        s.state == RolloutState::Progressing && s.step == step && s.stats.is_some()
-    })
-    .await
-}
-
-async fn wait_state(rt: &Runtime, state: RolloutState) -> Status {
-    wait_status(rt, state.as_str(), |s| s.state == state).await
-}
-
-/// The live weight of green in route web.
-fn green_weight(rt: &Runtime) -> u32 {
-    rt.config()
-        .route("web")
-        .unwrap()
-        .weight_of("green")
-        .unwrap()
-}
-
-/// Feed `n` attempts to `pool` into the running step: every `fail_every`-th fails.
-fn feed(rt: &Runtime, pool: &str, n: u64, fail_every: u64, latency: Duration) {
-    let s = veer::rollout::stats(rt, "web").expect("a step is running");
-    for i in 1..=n {
-        s.record(pool, fail_every > 0 && i % fail_every == 0, latency);
-    }
-}
-
 /// What the config file says: (green weight, state, step).
 fn file_progress(v: &Veer) -> (u32, Option<RolloutState>, Option<usize>) {
     let c = Config::load(&v.config_path).expect("the written file is valid");
@@ -108,19 +62,6 @@ async fn act(rt: &Arc<Runtime>, action: &str) -> Result<Status, veer::rollout::A
 
 async fn post(url: &str) -> Got {
     send(Request::post(url).body(Full::new(Bytes::new())).unwrap()).await
-}
-
-fn json(g: &Got) -> Value {
-    serde_json::from_str(&g.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", g.body))
-}
-
-/// The value of a sample line with all of `labels` in /metrics text.
-fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| labels.iter().all(|lab| l.contains(lab)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -172,7 +113,7 @@ async fn healthy_canary_walks_every_step_writes_each_one_and_succeeds() {
     assert!(veer::rollout::stats(&rt, "web").is_none());
     let m = rt.metrics.render(&rt.registry);
     assert_eq!(
-        metric(
+        metric_sample(
             &m,
             "veer_rollouts_total",
             &["route=\"web\"", "result=\"succeeded\""]
@@ -181,7 +122,7 @@ async fn healthy_canary_walks_every_step_writes_each_one_and_succeeds() {
         "{m}"
     );
     assert_eq!(
-        metric(&m, "veer_rollout_step", &["route=\"web\""]),
+        metric_sample(&m, "veer_rollout_step", &["route=\"web\""]),
         Some(-1.0)
     );
     v.shutdown().await;
@@ -237,7 +178,7 @@ async fn failing_canary_rolls_back_at_the_first_step_and_stays_rolled_back() {
     assert_eq!(green_weight(&rt), 0);
     let m = rt.metrics.render(&rt.registry);
     assert_eq!(
-        metric(
+        metric_sample(
             &m,
             "veer_rollouts_total",
             &["route=\"web\"", "result=\"rolled_back\""]
@@ -459,7 +400,7 @@ async fn promote_goes_straight_to_100() {
     assert_eq!(act(&rt, "pause").await.unwrap_err().status(), 409);
     let m = rt.metrics.render(&rt.registry);
     assert_eq!(
-        metric(
+        metric_sample(
             &m,
             "veer_rollouts_total",
             &["route=\"web\"", "result=\"succeeded\""]
@@ -499,7 +440,7 @@ async fn abort_rolls_back_and_start_runs_it_again() {
     assert_eq!(green_weight(&rt), 5);
     let m = rt.metrics.render(&rt.registry);
     assert_eq!(
-        metric(
+        metric_sample(
             &m,
             "veer_rollouts_total",
             &["route=\"web\"", "result=\"rolled_back\""]
@@ -507,7 +448,7 @@ async fn abort_rolls_back_and_start_runs_it_again() {
         Some(1.0)
     );
     assert_eq!(
-        metric(&m, "veer_rollout_step", &["route=\"web\""]),
+        metric_sample(&m, "veer_rollout_step", &["route=\"web\""]),
         Some(0.0)
     );
     v.shutdown().await;
@@ -529,15 +470,7 @@ async fn a_restart_mid_rollout_resumes_at_the_same_step() {
         (50, Some(RolloutState::Progressing), Some(2))
     );
     drop(rt);
-    let Veer {
-        running,
-        dir,
-        config_path,
-        ..
-    } = v;
-    running.unwrap().shutdown().await;
-
-    let v = start_veer_file(dir, config_path).await;
+    let v = v.restart().await;
     let rt = v.rt().clone();
     let s = rt.rollouts.status("web").unwrap();
     assert_eq!(
@@ -557,14 +490,7 @@ async fn a_restart_mid_rollout_resumes_at_the_same_step() {
     drop(rt);
 
     // A finished rollout stays finished across a restart.
-    let Veer {
-        running,
-        dir,
-        config_path,
-        ..
-    } = v;
-    running.unwrap().shutdown().await;
-    let v = start_veer_file(dir, config_path).await;
+    let v = v.restart().await;
     let rt = v.rt().clone();
     tokio::time::sleep(Duration::from_secs(300)).await;
     assert_eq!(
@@ -585,14 +511,7 @@ async fn a_restart_while_awaiting_approval_keeps_waiting() {
     tokio::time::sleep(Duration::from_secs(61)).await;
     wait_state(&rt, RolloutState::AwaitingApproval).await;
     drop(rt);
-    let Veer {
-        running,
-        dir,
-        config_path,
-        ..
-    } = v;
-    running.unwrap().shutdown().await;
-    let v = start_veer_file(dir, config_path).await;
+    let v = v.restart().await;
     let rt = v.rt().clone();
     let s = wait_state(&rt, RolloutState::AwaitingApproval).await;
     assert_eq!(s.step, 0);
@@ -873,7 +792,7 @@ approval = true
         // Each step passes, then waits for approval: the weight holds while we look.
         let s = tokio::time::timeout(
             Duration::from_secs(10),
-            wait_status(&rt, "awaiting approval", |s| {
+            wait_rollout(&rt, "awaiting approval", |s| {
                 s.state == RolloutState::AwaitingApproval && s.step == k
             }),
         )
@@ -1019,16 +938,19 @@ async fn actions_and_status_over_the_admin_api() {
 
     let r = post(&v.admin_url("/api/routes/nope/rollout/pause")).await;
     assert_eq!(r.status, 404, "{}", r.body);
-    assert!(json(&r)["error"].as_str().unwrap().contains("nope"));
+    assert!(json_of(&r)["error"].as_str().unwrap().contains("nope"));
     let r = post(&v.admin_url("/api/routes/plain/rollout/pause")).await;
     assert_eq!(r.status, 404, "{}", r.body);
     let r = post(&v.admin_url("/api/routes/web/rollout/dance")).await;
     assert_eq!(r.status, 400, "{}", r.body);
     let r = post(&v.admin_url("/api/routes/web/rollout/approve")).await;
     assert_eq!(r.status, 409, "{}", r.body);
-    assert!(json(&r)["error"].as_str().unwrap().contains("progressing"));
+    assert!(json_of(&r)["error"]
+        .as_str()
+        .unwrap()
+        .contains("progressing"));
 
-    let st = json(&get(&v.admin_url("/api/status")).await);
+    let st = json_of(&get(&v.admin_url("/api/status")).await);
     let web = st["routes"]
         .as_array()
         .unwrap()
@@ -1068,7 +990,7 @@ async fn actions_and_status_over_the_admin_api() {
 
     let r = post(&v.admin_url("/api/routes/web/rollout/pause")).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let body = json(&r);
+    let body = json_of(&r);
     assert_eq!(body["rollout"]["state"], "paused");
     assert_eq!(body["action"], "pause");
     assert_eq!(
@@ -1084,14 +1006,14 @@ async fn actions_and_status_over_the_admin_api() {
         200
     );
     let r = post(&v.admin_url("/api/routes/web/rollout/promote")).await;
-    assert_eq!(json(&r)["rollout"]["state"], "succeeded");
-    assert_eq!(json(&r)["rollout"]["weight"], 100);
+    assert_eq!(json_of(&r)["rollout"]["state"], "succeeded");
+    assert_eq!(json_of(&r)["rollout"]["weight"], 100);
     let r = post(&v.admin_url("/api/routes/web/rollout/abort")).await;
     assert_eq!(r.status, 409, "{}", r.body);
 
     let m = get(&v.admin_url("/metrics")).await.body;
     assert_eq!(
-        metric(
+        metric_sample(
             &m,
             "veer_rollouts_total",
             &["route=\"web\"", "result=\"succeeded\""]
@@ -1100,7 +1022,7 @@ async fn actions_and_status_over_the_admin_api() {
         "{m}"
     );
     assert_eq!(
-        metric(&m, "veer_rollout_step", &["route=\"web\""]),
+        metric_sample(&m, "veer_rollout_step", &["route=\"web\""]),
         Some(-1.0)
     );
     v.shutdown().await;
@@ -1178,7 +1100,7 @@ async fn demo_with_rollout_starts_a_canary_of_green() {
     );
     let mut ro = Value::Null;
     for _ in 0..100 {
-        let st = json(&get(&status_url).await);
+        let st = json_of(&get(&status_url).await);
         ro = st["routes"][0]["rollout"].clone();
         if ro["state"] == "progressing" {
             break;
@@ -1191,7 +1113,7 @@ async fn demo_with_rollout_starts_a_canary_of_green() {
     // Once green's health checks pass, it can be told to fail, through the proxy, for the
     // whole pool.
     for _ in 0..200 {
-        let st = json(&get(&status_url).await);
+        let st = json_of(&get(&status_url).await);
         let green = st["pools"]["green"]["backends"].as_array().unwrap().clone();
         if green.iter().all(|b| b["health"] == "healthy") {
             break;

@@ -16,7 +16,6 @@ use std::time::Duration;
 use support::*;
 use veer::config::reload::{self, Trigger};
 use veer::config::RolloutState;
-use veer::rollout::Status;
 use veer::runtime::Runtime;
 
 /// Two pools (blue with two backends) and route `web` at `split`, with `state_file` when
@@ -28,22 +27,28 @@ fn config_text(
     state_file: Option<&Path>,
     extra: &str,
 ) -> String {
-    let blue: Vec<String> = blue.iter().map(|a| format!("\"{a}\"")).collect();
     let state = state_file
         .map(|p| format!("state_file = \"{}\"\n", p.display()))
         .unwrap_or_default();
     format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n{state}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n# the blue slot\n[pools.blue]\nbackends = [{}]\n\n[pools.green]\nbackends = [\"{green}\"]\n\n[[routes]]\nname = \"web\"\nsplit = {split}  # set by the release pipeline\n{extra}",
-        blue.join(", ")
+        quoted(blue)
     )
 }
 
-/// A config file in a fresh folder.
-fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+/// A path for a state file in a fresh folder (not created).
+fn state_file() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("veer.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = dir.path().join("state.toml");
     (dir, path)
+}
+
+/// veer started from `text` written to a config file made unwritable first; the file's path.
+async fn start_unwritable(text: &str) -> (Veer, PathBuf, Unwritable) {
+    let (dir, path) = write_config(text);
+    let ro = make_unwritable(&path);
+    let v = start_veer_file(dir, path.clone()).await;
+    (v, path, ro)
 }
 
 /// Who answers `url` (the upstream's name), over a real socket.
@@ -51,25 +56,10 @@ async fn who(url: &str) -> String {
     get(url).await.body
 }
 
-fn split_of(rt: &Runtime) -> Vec<(String, u32)> {
-    rt.config().route("web").unwrap().split.clone()
-}
-
 fn persisted(rt: &Runtime) -> bool {
     veer::admin::status::status_json(rt)["persisted"]
         .as_bool()
         .expect("persisted is a boolean at the top of /api/status")
-}
-
-async fn restart(v: Veer) -> Veer {
-    let Veer {
-        running,
-        dir,
-        config_path,
-        ..
-    } = v;
-    running.unwrap().shutdown().await;
-    start_veer_file(dir, config_path).await
 }
 
 #[tokio::test]
@@ -79,8 +69,7 @@ async fn api_changes_and_drains_go_to_the_state_file_and_a_restart_keeps_them() 
         upstream("blue-2").await,
         upstream("green").await,
     );
-    let state_dir = tempfile::tempdir().unwrap();
-    let state = state_dir.path().join("state.toml");
+    let (_state_dir, state) = state_file();
     let text = config_text(
         &[b1.addr, b2.addr],
         g.addr,
@@ -88,9 +77,7 @@ async fn api_changes_and_drains_go_to_the_state_file_and_a_restart_keeps_them() 
         Some(&state),
         "",
     );
-    let (dir, path) = write_config(&text);
-    let ro = make_unwritable(&path);
-    let v = start_veer_file(dir, path.clone()).await;
+    let (v, path, ro) = start_unwritable(&text).await;
     assert!(persisted(v.rt()));
 
     let r = admin_call(
@@ -127,9 +114,9 @@ async fn api_changes_and_drains_go_to_the_state_file_and_a_restart_keeps_them() 
     assert_eq!(json_of(&status)["persisted"], true);
 
     // A new veer on the same config and state file starts where this one stood.
-    let v = restart(v).await;
+    let v = v.restart().await;
     assert_eq!(
-        split_of(v.rt()),
+        web_split(v.rt()),
         vec![("blue".into(), 0), ("green".into(), 100)]
     );
     assert_eq!(who(&v.url("/")).await, "green");
@@ -168,20 +155,13 @@ async fn api_changes_and_drains_go_to_the_state_file_and_a_restart_keeps_them() 
 #[tokio::test]
 async fn a_config_edit_to_the_same_key_wins_and_clears_the_entry() {
     let (b, g) = (upstream("blue").await, upstream("green").await);
-    let state_dir = tempfile::tempdir().unwrap();
-    let state = state_dir.path().join("state.toml");
+    let (_state_dir, state) = state_file();
     let text =
         |split: &str, extra: &str| config_text(&[b.addr], g.addr, split, Some(&state), extra);
     let (dir, path) = write_config(&text("{ blue = 100, green = 0 }", ""));
-    let opts = veer::app::StartOptions {
-        watch_config: false,
-    };
-    let config = veer::config::Config::load(&path).unwrap();
-    let running = veer::app::start_with(config, Some(path.clone()), opts)
-        .await
-        .unwrap();
-    let (rt, admin) = (running.rt.clone(), running.admin);
-    let url = format!("http://{}/", running.listen[0]);
+    let v = start_veer_file_unwatched(dir, path.clone()).await;
+    let (rt, admin) = (v.rt().clone(), v.admin);
+    let url = v.url("/");
 
     let r = admin_call(
         admin,
@@ -209,7 +189,10 @@ async fn a_config_edit_to_the_same_key_wins_and_clears_the_entry() {
     let r = admin_call(admin, "POST", "/api/reload", "").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(rt.config().route("web").unwrap().retry.attempts, 3);
-    assert_eq!(split_of(&rt), vec![("blue".into(), 0), ("green".into(), 1)]);
+    assert_eq!(
+        web_split(&rt),
+        vec![("blue".into(), 0), ("green".into(), 1)]
+    );
     assert_eq!(who(&url).await, "green");
 
     // Editing the split itself: the config wins and the entry is cleared from the file.
@@ -220,7 +203,10 @@ async fn a_config_edit_to_the_same_key_wins_and_clears_the_entry() {
     .unwrap();
     let r = admin_call(admin, "POST", "/api/reload", "").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(split_of(&rt), vec![("blue".into(), 1), ("green".into(), 1)]);
+    assert_eq!(
+        web_split(&rt),
+        vec![("blue".into(), 1), ("green".into(), 1)]
+    );
     let saved = std::fs::read_to_string(&state).unwrap();
     assert!(!saved.contains("[routes.web.split]"), "{saved}");
     // The drain, another key, stays.
@@ -240,17 +226,14 @@ async fn a_config_edit_to_the_same_key_wins_and_clears_the_entry() {
     let saved = std::fs::read_to_string(&state).unwrap();
     assert!(saved.contains("was = { blue = 1, green = 1 }"), "{saved}");
     drop(rt);
-    running.shutdown().await;
-    drop(dir);
+    v.shutdown().await;
 }
 
 #[tokio::test]
 async fn force_without_a_state_file_lives_in_memory_until_a_reload() {
     let (b, g) = (upstream("blue").await, upstream("green").await);
     let text = config_text(&[b.addr], g.addr, "{ blue = 1, green = 0 }", None, "");
-    let (dir, path) = write_config(&text);
-    let ro = make_unwritable(&path);
-    let v = start_veer_file(dir, path.clone()).await;
+    let (v, path, ro) = start_unwritable(&text).await;
 
     let body = r#"{"blue": 0, "green": 1}"#;
     let r = admin_call(v.admin, "PUT", "/api/routes/web/split", body).await;
@@ -291,7 +274,7 @@ async fn force_without_a_state_file_lives_in_memory_until_a_reload() {
     let r = admin_call(v.admin, "POST", "/api/reload", "").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
-        split_of(v.rt()),
+        web_split(v.rt()),
         vec![("blue".into(), 1), ("green".into(), 0)]
     );
     assert_eq!(who(&v.url("/")).await, "blue");
@@ -300,45 +283,10 @@ async fn force_without_a_state_file_lives_in_memory_until_a_reload() {
     v.shutdown().await;
 }
 
-/// Wait (tokio time) until route web's rollout status satisfies `pred`.
-async fn wait_rollout(rt: &Runtime, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
-    let mut rx = rt.rollouts.watch("web").expect("route web has a rollout");
-    let got = tokio::time::timeout(Duration::from_secs(3600), rx.wait_for(|s| pred(s)))
-        .await
-        .ok()
-        .and_then(|r| r.ok().map(|s| s.clone()));
-    got.unwrap_or_else(|| {
-        panic!(
-            "timed out waiting for: {what}; status: {:?}",
-            rt.rollouts
-                .status("web")
-                .map(|s| (s.state, s.step, s.reason))
-        )
-    })
-}
-
-async fn wait_step(rt: &Runtime, step: usize) -> Status {
-    wait_rollout(rt, &format!("progressing at step {step}"), |s| {
-        s.state == RolloutState::Progressing && s.step == step && s.stats.is_some()
-    })
-    .await
-}
-
 /// A healthy step: enough fast traffic to green, then the interval passes.
 async fn pass_step(rt: &Runtime) {
-    let s = veer::rollout::stats(rt, "web").expect("a step is running");
-    for _ in 0..100 {
-        s.record("green", false, Duration::from_millis(5));
-    }
+    feed(rt, "green", 100, 0, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_secs(61)).await;
-}
-
-fn green(rt: &Runtime) -> u32 {
-    rt.config()
-        .route("web")
-        .unwrap()
-        .weight_of("green")
-        .unwrap()
 }
 
 const ROLLOUT: &str = "\n[routes.rollout]\nto = \"green\"\nsteps = [5, 25, 100]\nstep_interval = \"1m\"\nmin_requests = 100\n";
@@ -346,8 +294,7 @@ const ROLLOUT: &str = "\n[routes.rollout]\nto = \"green\"\nsteps = [5, 25, 100]\
 #[tokio::test(start_paused = true)]
 async fn rollout_steps_go_to_the_state_file_and_a_restart_resumes_there() {
     let (b, g) = (upstream("blue").await, upstream("green").await);
-    let state_dir = tempfile::tempdir().unwrap();
-    let state = state_dir.path().join("state.toml");
+    let (_state_dir, state) = state_file();
     let text = config_text(
         &[b.addr],
         g.addr,
@@ -355,15 +302,13 @@ async fn rollout_steps_go_to_the_state_file_and_a_restart_resumes_there() {
         Some(&state),
         ROLLOUT,
     );
-    let (dir, path) = write_config(&text);
-    let ro = make_unwritable(&path);
-    let v = start_veer_file(dir, path.clone()).await;
+    let (v, path, ro) = start_unwritable(&text).await;
     let rt: Arc<Runtime> = v.rt().clone();
     wait_step(&rt, 0).await;
-    assert_eq!(green(&rt), 5);
+    assert_eq!(green_weight(&rt), 5);
     pass_step(&rt).await;
     wait_step(&rt, 1).await;
-    assert_eq!(green(&rt), 25);
+    assert_eq!(green_weight(&rt), 25);
     assert!(persisted(&rt));
     let saved = std::fs::read_to_string(&state).unwrap();
     assert!(saved.contains("set = { blue = 75, green = 25 }"), "{saved}");
@@ -373,21 +318,21 @@ async fn rollout_steps_go_to_the_state_file_and_a_restart_resumes_there() {
     drop(rt);
 
     // Restarted: the same step, never earlier or later.
-    let v = restart(v).await;
+    let v = v.restart().await;
     let rt = v.rt().clone();
     let s = rt.rollouts.status("web").unwrap();
     assert_eq!((s.state, s.step), (RolloutState::Progressing, 1));
     wait_step(&rt, 1).await;
-    assert_eq!(green(&rt), 25);
+    assert_eq!(green_weight(&rt), 25);
     pass_step(&rt).await;
     wait_step(&rt, 2).await;
     pass_step(&rt).await;
     wait_rollout(&rt, "succeeded", |s| s.state == RolloutState::Succeeded).await;
-    assert_eq!(green(&rt), 100);
+    assert_eq!(green_weight(&rt), 100);
     drop(rt);
 
     // Finished stays finished across a restart and a reload.
-    let v = restart(v).await;
+    let v = v.restart().await;
     let rt = v.rt().clone();
     reload::reload(&rt, Trigger::Api).await.unwrap();
     tokio::time::sleep(Duration::from_secs(300)).await;
@@ -395,7 +340,7 @@ async fn rollout_steps_go_to_the_state_file_and_a_restart_resumes_there() {
         rt.rollouts.status("web").unwrap().state,
         RolloutState::Succeeded
     );
-    assert_eq!(green(&rt), 100);
+    assert_eq!(green_weight(&rt), 100);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     drop(rt);
     drop(ro);
@@ -412,20 +357,18 @@ async fn without_a_state_file_an_unwritable_config_still_runs_the_rollout_in_mem
         None,
         ROLLOUT,
     );
-    let (dir, path) = write_config(&text);
-    let ro = make_unwritable(&path);
-    let v = start_veer_file(dir, path.clone()).await;
+    let (v, path, ro) = start_unwritable(&text).await;
     let rt = v.rt().clone();
     // Not stuck pending: the first step runs at once, in memory.
     wait_step(&rt, 0).await;
-    assert_eq!(green(&rt), 5);
+    assert_eq!(green_weight(&rt), 5);
     assert!(!persisted(&rt), "the progress lives in memory only");
     pass_step(&rt).await;
     wait_step(&rt, 1).await;
-    assert_eq!(green(&rt), 25);
+    assert_eq!(green_weight(&rt), 25);
     // A reload of the (unchanged) file keeps the rollout's weight.
     reload::reload(&rt, Trigger::Api).await.unwrap();
-    assert_eq!(green(&rt), 25);
+    assert_eq!(green_weight(&rt), 25);
     assert_eq!(rt.rollouts.status("web").unwrap().step, 1);
     // An operator action that cannot be written changes nothing, unless forced.
     let e = rt.rollouts.act(&rt, "web", "pause").await.unwrap_err();
@@ -447,7 +390,7 @@ async fn without_a_state_file_an_unwritable_config_still_runs_the_rollout_in_mem
     wait_step(&rt, 2).await;
     pass_step(&rt).await;
     wait_rollout(&rt, "succeeded", |s| s.state == RolloutState::Succeeded).await;
-    assert_eq!(green(&rt), 100);
+    assert_eq!(green_weight(&rt), 100);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     assert!(!persisted(&rt));
     drop(rt);
@@ -466,9 +409,7 @@ async fn rollout_actions_over_the_api_take_force_when_nothing_can_be_written() {
         None,
         &rollout,
     );
-    let (dir, path) = write_config(&text);
-    let ro = make_unwritable(&path);
-    let v = start_veer_file(dir, path.clone()).await;
+    let (v, path, ro) = start_unwritable(&text).await;
     wait_step(v.rt(), 0).await;
     let r = admin_call(v.admin, "POST", "/api/routes/web/rollout/pause", "").await;
     assert_eq!(r.status, 409, "{}", r.body);
@@ -492,8 +433,7 @@ async fn rollout_actions_over_the_api_take_force_when_nothing_can_be_written() {
 #[tokio::test]
 async fn a_state_file_that_does_not_read_is_left_alone_and_named() {
     let (b, g) = (upstream("blue").await, upstream("green").await);
-    let state_dir = tempfile::tempdir().unwrap();
-    let state = state_dir.path().join("state.toml");
+    let (_state_dir, state) = state_file();
     let broken = "[routes.web.split]\nset = { blue = 0, green = 1 }\nwas = \"oops\"\n";
     std::fs::write(&state, broken).unwrap();
     let text = config_text(
@@ -598,8 +538,7 @@ async fn a_state_file_that_cannot_be_written_refuses_changes_unless_forced() {
         upstream("blue-2").await,
         upstream("green").await,
     );
-    let state_dir = tempfile::tempdir().unwrap();
-    let state = state_dir.path().join("state.toml");
+    let (_state_dir, state) = state_file();
     std::fs::write(&state, "").unwrap();
     let text = config_text(
         &[b1.addr, b2.addr],
@@ -616,7 +555,9 @@ async fn a_state_file_that_cannot_be_written_refuses_changes_unless_forced() {
     let r = admin_call(v.admin, "PUT", "/api/routes/web/split", body).await;
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(r.body.contains(&state.display().to_string()), "{}", r.body);
-    assert_eq!(who(&v.url("/")).await, "blue-1");
+    // Refused: traffic still goes to blue (either backend: round robin starts at random).
+    let first = who(&v.url("/")).await;
+    assert!(first == "blue-1" || first == "blue-2", "{first}");
     let r = admin_call(v.admin, "PUT", "/api/routes/web/split?force=true", body).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(json_of(&r)["persisted"], false);

@@ -9,36 +9,10 @@ mod support;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
-
-/// Find the browser, or fail saying how to get one.
-fn chromium_path() -> PathBuf {
-    if let Ok(p) = std::env::var("VEER_CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for name in [
-        "chromium",
-        "chromium-browser",
-        "google-chrome",
-        "google-chrome-stable",
-    ] {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    panic!(
-        "the status page test needs a headless browser, and none was found on PATH: \
-         install Debian's chromium (`apt-get install -y chromium`) or set VEER_CHROMIUM"
-    );
-}
 
 /// A headless Chromium showing one page, driven over its DevTools websocket.
 struct Browser {
@@ -53,7 +27,7 @@ struct Browser {
 impl Browser {
     async fn open(url: &str) -> Browser {
         let profile = tempfile::tempdir().unwrap();
-        let child = tokio::process::Command::new(chromium_path())
+        let child = tokio::process::Command::new(chromium_binary())
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -76,7 +50,10 @@ impl Browser {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start chromium ({}): {e}", chromium_path().display())
+                panic!(
+                    "cannot start chromium ({}): {e}",
+                    chromium_binary().display()
+                )
             });
 
         // Chromium writes its DevTools port into the profile once it listens.

@@ -438,6 +438,13 @@ mod tests {
         assert_eq!(p.ejected.load(Ordering::Relaxed), 0);
     }
 
+    /// A closed gate that trips at `threshold` consecutive failures.
+    fn gate(threshold: u32) -> Gate {
+        let g = Gate::default();
+        g.set_threshold(threshold);
+        g
+    }
+
     fn pool(size: u32) -> PoolShared {
         let p = PoolShared::default();
         p.size.store(size, Ordering::Relaxed);
@@ -447,8 +454,7 @@ mod tests {
     #[test]
     fn the_failure_that_reaches_the_threshold_opens_the_gate_itself() {
         let p = pool(2);
-        let g = Gate::default();
-        g.set_threshold(3);
+        let g = gate(3);
         assert_eq!(g.try_acquire(), Some(false));
         assert!(!g.record(false, false, &p));
         assert!(!g.record(true, false, &p));
@@ -469,8 +475,7 @@ mod tests {
     #[test]
     fn a_failed_trial_opens_the_gate_at_once_and_trials_are_counted() {
         let p = pool(2);
-        let g = Gate::default();
-        g.set_threshold(1);
+        let g = gate(1);
         assert!(g.record(false, false, &p));
         g.half_open(2);
         assert_eq!(g.state(), BreakerState::HalfOpen);
@@ -499,9 +504,7 @@ mod tests {
     #[test]
     fn at_the_cap_the_gate_stays_closed_and_the_next_failure_tries_again() {
         let p = pool(2);
-        let (a, b) = (Gate::default(), Gate::default());
-        a.set_threshold(2);
-        b.set_threshold(2);
+        let (a, b) = (gate(2), gate(2));
         a.record(false, false, &p);
         assert!(a.record(false, false, &p));
         b.record(false, false, &p);
@@ -519,13 +522,11 @@ mod tests {
     #[test]
     fn a_retired_gate_never_trips() {
         let p = pool(2);
-        let g = Gate::default();
-        g.set_threshold(1);
+        let g = gate(1);
         assert!(!g.retire(), "closed: no slot to give back");
         assert!(!g.record(false, false, &p));
         assert_eq!(p.ejected.load(Ordering::Relaxed), 0, "no slot taken");
-        let g = Gate::default();
-        g.set_threshold(1);
+        let g = gate(1);
         assert!(g.record(false, false, &p));
         assert!(g.retire(), "open: its slot must be given back");
     }
@@ -534,8 +535,7 @@ mod tests {
     fn concurrent_failures_trip_once_and_take_one_slot() {
         for _ in 0..200 {
             let p = Arc::new(pool(8));
-            let g = Arc::new(Gate::default());
-            g.set_threshold(3);
+            let g = Arc::new(gate(3));
             let threads: Vec<_> = (0..4)
                 .map(|_| {
                     let (p, g) = (p.clone(), g.clone());

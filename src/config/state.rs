@@ -889,23 +889,42 @@ mod tests {
 
     const ROLLOUT: &str = "[routes.rollout]\nto = \"green\"\nsteps = [10, 50, 100]\n";
 
-    #[test]
-    fn entries_apply_while_the_config_says_what_it_said() {
-        let base = config("{ blue = 100, green = 0 }", ROLLOUT);
+    /// A state holding route web's rollout progress (blue, green weights; state; step) and
+    /// a drain of blue's `drained`, recorded against `base`.
+    fn progressed_and_drained(
+        base: &Config,
+        (blue, green): (u32, u32),
+        state: RolloutState,
+        step: usize,
+        drained: &str,
+    ) -> State {
         let mut s = State::default();
         Change::Progress {
             route: "web".into(),
-            split: vec![("blue".into(), 50), ("green".into(), 50)],
-            state: RolloutState::Progressing,
-            step: 1,
+            split: vec![("blue".into(), blue), ("green".into(), green)],
+            state,
+            step,
         }
-        .record(&mut s, &base);
+        .record(&mut s, base);
         Change::Drain {
             pool: "blue".into(),
-            addr: "127.0.0.1:9002".parse().unwrap(),
+            addr: drained.parse().unwrap(),
             on: true,
         }
-        .record(&mut s, &base);
+        .record(&mut s, base);
+        s
+    }
+
+    #[test]
+    fn entries_apply_while_the_config_says_what_it_said() {
+        let base = config("{ blue = 100, green = 0 }", ROLLOUT);
+        let s = progressed_and_drained(
+            &base,
+            (50, 50),
+            RolloutState::Progressing,
+            1,
+            "127.0.0.1:9002",
+        );
         let (c, dropped) = s.clone().lay_over(&base);
         assert!(dropped.is_empty(), "{dropped:?}");
         let r = c.route("web").unwrap();
@@ -952,20 +971,13 @@ mod tests {
     #[test]
     fn the_file_reads_back_what_was_written() {
         let base = config("{ blue = 100, green = 0 }", ROLLOUT);
-        let mut s = State::default();
-        Change::Progress {
-            route: "web".into(),
-            split: vec![("blue".into(), 0), ("green".into(), 100)],
-            state: RolloutState::Succeeded,
-            step: 2,
-        }
-        .record(&mut s, &base);
-        Change::Drain {
-            pool: "blue".into(),
-            addr: "127.0.0.1:9001".parse().unwrap(),
-            on: true,
-        }
-        .record(&mut s, &base);
+        let s = progressed_and_drained(
+            &base,
+            (0, 100),
+            RolloutState::Succeeded,
+            2,
+            "127.0.0.1:9001",
+        );
         let text = s.to_toml(Some(Path::new("/etc/veer/veer.toml")));
         assert!(text.contains("[routes.web.split]"), "{text}");
         assert!(text.contains("set = { blue = 0, green = 100 }"), "{text}");

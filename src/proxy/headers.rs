@@ -162,7 +162,9 @@ pub fn upgrade_allowed(value: &HeaderValue, allowed: &[String]) -> bool {
         // h2c is refused whatever the config says (validation refuses it too).
         !name.is_empty()
             && !name.eq_ignore_ascii_case("h2c")
-            && allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(name))
+            && allowed
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(name))
     })
 }
 

@@ -318,32 +318,22 @@ mod tests {
     #[test]
     fn the_effective_split_follows_availability_and_fallback() {
         let names = ["blue", "green"];
-        assert_eq!(
-            shares(&names, &[90, 10], Fallback::All, &[true, true]),
-            vec![9000, 1000]
-        );
-        assert_eq!(
-            shares(&names, &[90, 10], Fallback::All, &[false, true]),
-            vec![0, 10_000]
-        );
-        assert_eq!(
-            shares(&names, &[90, 10], Fallback::Off, &[false, true]),
-            vec![0, 1000]
-        );
-        // After a completed swap, production down: the idle slot takes it all...
-        assert_eq!(
-            shares(&names, &[0, 100], Fallback::All, &[true, false]),
-            vec![10_000, 0]
-        );
-        // ...unless only weighted pools may take it.
-        assert_eq!(
-            shares(&names, &[0, 100], Fallback::Weighted, &[true, false]),
-            vec![0, 0]
-        );
-        assert_eq!(
-            shares(&names, &[0, 100], Fallback::All, &[false, false]),
-            vec![0, 0]
-        );
+        for (weights, f, available, want) in [
+            ([90, 10], Fallback::All, [true, true], [9000, 1000]),
+            ([90, 10], Fallback::All, [false, true], [0, 10_000]),
+            ([90, 10], Fallback::Off, [false, true], [0, 1000]),
+            // After a completed swap, production down: the idle slot takes it all...
+            ([0, 100], Fallback::All, [true, false], [10_000, 0]),
+            // ...unless only weighted pools may take it.
+            ([0, 100], Fallback::Weighted, [true, false], [0, 0]),
+            ([0, 100], Fallback::All, [false, false], [0, 0]),
+        ] {
+            assert_eq!(
+                shares(&names, &weights, f, &available),
+                want,
+                "{weights:?} {f:?} {available:?}"
+            );
+        }
     }
 
     #[test]

@@ -21,6 +21,20 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod config;
+mod metrics;
+mod raw;
+mod rollout;
+// Not every test file uses every part.
+#[allow(unused_imports)]
+pub use config::*;
+#[allow(unused_imports)]
+pub use metrics::*;
+#[allow(unused_imports)]
+pub use raw::*;
+#[allow(unused_imports)]
+pub use rollout::*;
+
 pub type BoxResp = Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>;
 type Handler =
     Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = BoxResp> + Send>> + Send + Sync>;
@@ -136,6 +150,12 @@ impl Veer {
             r.shutdown().await;
         }
     }
+    /// Shut down and start again from the same config file (and folder).
+    pub async fn restart(mut self) -> Veer {
+        let running = self.running.take().expect("veer is running");
+        running.shutdown().await;
+        start_veer_file(self.dir, self.config_path).await
+    }
 }
 
 /// Config text with `listen` and admin on port 0 prepended unless the text has a `[server]`
@@ -178,8 +198,27 @@ pub async fn start_veer_file(dir: tempfile::TempDir, path: PathBuf) -> Veer {
     start_with(dir, path, config).await
 }
 
+/// [`start_veer_file`] with the file watcher off: only the API (or a signal) reloads.
+pub async fn start_veer_file_unwatched(dir: tempfile::TempDir, path: PathBuf) -> Veer {
+    let config =
+        veer::config::Config::load(&path).unwrap_or_else(|e| panic!("config invalid:\n{e}"));
+    let opts = veer::app::StartOptions {
+        watch_config: false,
+    };
+    start_with_options(dir, path, config, opts).await
+}
+
 async fn start_with(dir: tempfile::TempDir, path: PathBuf, config: veer::config::Config) -> Veer {
-    let running = veer::app::start(config, Some(path.clone()))
+    start_with_options(dir, path, config, veer::app::StartOptions::default()).await
+}
+
+async fn start_with_options(
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    config: veer::config::Config,
+    opts: veer::app::StartOptions,
+) -> Veer {
+    let running = veer::app::start_with(config, Some(path.clone()), opts)
         .await
         .expect("veer starts");
     Veer {
@@ -369,18 +408,6 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-// ---------------------------------------------------------------- shared by tests/hostile_routing.rs
-
-/// The value of the /metrics sample `name` whose labels include every one of `labels`
-/// (like `route="web"`).
-pub fn metric_sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| labels.iter().all(|lab| l.contains(lab)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// A headless Chromium (Debian's `chromium`, or `VEER_CHROMIUM`), as the status page tests use.
 pub fn chromium_binary() -> PathBuf {
     if let Ok(p) = std::env::var("VEER_CHROMIUM") {
@@ -399,7 +426,10 @@ pub fn chromium_binary() -> PathBuf {
             }
         }
     }
-    panic!("this test needs a headless browser: install Debian's chromium or set VEER_CHROMIUM");
+    panic!(
+        "this test needs a headless browser, and none was found on PATH: \
+         install Debian's chromium (`apt-get install -y chromium`) or set VEER_CHROMIUM"
+    );
 }
 
 /// The DOM of `url` after its scripts have had `budget_ms` of virtual time (Chromium's
@@ -430,276 +460,6 @@ pub async fn rendered_dom(url: &str, budget_ms: u64) -> String {
         .expect("chromium did not finish within 60 s")
         .expect("chromium runs");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Hostile request bodies (tests/hostile_bodies.rs): an upstream that records what it received
-// of each request, raw HTTP/1.1 responses, and HTTP/2 clients (h2c and over TLS).
-
-/// What a [`Recorder`] saw of one request.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub head: String,
-    /// The body as decoded so far (chunked framing removed).
-    pub body: Vec<u8>,
-    /// The body arrived whole, as its framing said; false for a request cut off.
-    pub complete: bool,
-}
-
-/// A raw HTTP/1.1 upstream that records each request it reads (head, body, whether the body
-/// was complete) and its connections, and answers `got N` (N body bytes) to each complete one.
-pub struct Recorder {
-    pub addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    open: Arc<AtomicUsize>,
-    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
-    stop: CancellationToken,
-}
-
-impl Recorder {
-    /// Connections accepted so far.
-    pub fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::SeqCst)
-    }
-    /// Every request seen so far, in the order their heads arrived.
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-struct OpenGuard(Arc<AtomicUsize>);
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Start a [`Recorder`].
-pub async fn recorder() -> Recorder {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (accepted, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let stop = CancellationToken::new();
-    let (a, o, s, st) = (accepted.clone(), open.clone(), seen.clone(), stop.clone());
-    tokio::spawn(async move {
-        loop {
-            let stream = tokio::select! {
-                r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
-                _ = st.cancelled() => return,
-            };
-            a.fetch_add(1, Ordering::SeqCst);
-            o.fetch_add(1, Ordering::SeqCst);
-            let guard = OpenGuard(o.clone());
-            let (seen, st) = (s.clone(), st.clone());
-            tokio::spawn(async move {
-                let _guard = guard;
-                tokio::select! {
-                    _ = record_conn(stream, seen) => {}
-                    _ = st.cancelled() => {}
-                }
-            });
-        }
-    });
-    Recorder {
-        addr,
-        accepted,
-        open,
-        seen,
-        stop,
-    }
-}
-
-fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The value of a header in a lower-cased head, if present.
-pub fn header_value<'a>(lower_head: &'a str, name: &str) -> Option<&'a str> {
-    lower_head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim() == name)
-        .map(|(_, v)| v.trim())
-}
-
-async fn fill(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut chunk = [0u8; 8192];
-    match s.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            true
-        }
-    }
-}
-
-async fn record_conn(mut s: tokio::net::TcpStream, seen: Arc<std::sync::Mutex<Vec<Seen>>>) {
-    use tokio::io::AsyncWriteExt;
-    let mut buf = Vec::new();
-    loop {
-        let head_end = loop {
-            if let Some(i) = find_bytes(&buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            if !fill(&mut s, &mut buf).await {
-                return;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        buf.drain(..head_end);
-        let idx = {
-            let mut v = seen.lock().unwrap();
-            v.push(Seen {
-                head: head.clone(),
-                body: Vec::new(),
-                complete: false,
-            });
-            v.len() - 1
-        };
-        let add = |data: &[u8]| seen.lock().unwrap()[idx].body.extend_from_slice(data);
-        let lower = head.to_ascii_lowercase();
-        let whole =
-            if header_value(&lower, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-                read_chunked(&mut s, &mut buf, &add).await
-            } else if let Some(n) = header_value(&lower, "content-length") {
-                let Ok(n) = n.parse::<usize>() else { return };
-                loop {
-                    if buf.len() >= n {
-                        add(&buf[..n]);
-                        buf.drain(..n);
-                        break true;
-                    }
-                    if !fill(&mut s, &mut buf).await {
-                        add(&buf);
-                        break false;
-                    }
-                }
-            } else {
-                true
-            };
-        if !whole {
-            return; // cut off: nothing to answer
-        }
-        let n = {
-            let mut v = seen.lock().unwrap();
-            v[idx].complete = true;
-            v[idx].body.len()
-        };
-        let text = format!("got {n}");
-        let resp = if lower.starts_with("head ") {
-            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", text.len())
-        } else {
-            format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
-                text.len()
-            )
-        };
-        if s.write_all(resp.as_bytes()).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Decode a chunked body into `add`; false if it is cut off or malformed.
-async fn read_chunked(
-    s: &mut tokio::net::TcpStream,
-    buf: &mut Vec<u8>,
-    add: &impl Fn(&[u8]),
-) -> bool {
-    loop {
-        let line_end = loop {
-            if let Some(i) = find_bytes(buf, b"\r\n") {
-                break i;
-            }
-            if !fill(s, buf).await {
-                return false;
-            }
-        };
-        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
-        let Ok(size) = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-        else {
-            return false;
-        };
-        buf.drain(..line_end + 2);
-        if size == 0 {
-            // Trailers, up to the empty line.
-            loop {
-                let end = loop {
-                    if let Some(i) = find_bytes(buf, b"\r\n") {
-                        break i;
-                    }
-                    if !fill(s, buf).await {
-                        return false;
-                    }
-                };
-                buf.drain(..end + 2);
-                if end == 0 {
-                    return true;
-                }
-            }
-        }
-        while buf.len() < size + 2 {
-            if !fill(s, buf).await {
-                add(&buf[..buf.len().min(size)]);
-                return false;
-            }
-        }
-        add(&buf[..size]);
-        if &buf[size..size + 2] != b"\r\n" {
-            return false;
-        }
-        buf.drain(..size + 2);
-    }
-}
-
-/// One HTTP/1.1 response read off a raw stream: status, head, body (Content-Length or
-/// chunked). `None` if the peer closed before a whole one.
-pub async fn read_http_response(s: &mut tokio::net::TcpStream) -> Option<(u16, String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = find_bytes(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if !fill(s, &mut buf).await {
-            return None;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    let lower = head.to_ascii_lowercase();
-    let body = if header_value(&lower, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        while find_bytes(&buf[head_end..], b"0\r\n\r\n").is_none() {
-            if !fill(s, &mut buf).await {
-                return None;
-            }
-        }
-        buf[head_end..].to_vec()
-    } else {
-        let want: usize = header_value(&lower, "content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() - head_end < want {
-            if !fill(s, &mut buf).await {
-                return None;
-            }
-        }
-        buf[head_end..head_end + want].to_vec()
-    };
-    Some((status, head, body))
 }
 
 /// An HTTP/2 client with prior knowledge over plain TCP (h2c).
@@ -757,15 +517,6 @@ pub async fn h2_tls_client(
         let _ = conn.await;
     });
     send
-}
-
-/// The value of a Prometheus sample (`name{labels}` exactly as exported), 0 when absent.
-pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.rsplit_once(' ').filter(|(k, _)| *k == series))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// A file made unwritable for a test, even for root (tests run as root here): `chattr +i`
