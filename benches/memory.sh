@@ -24,7 +24,7 @@ if [ -z "${VEER_BIN:-}" ]; then
 fi
 B1=127.0.0.1:18181; B2=127.0.0.1:18182; P=18190; PS=18191; ADMIN=18194
 ports_free 18181 18182 $P $PS $ADMIN
-ulimit -n $((N * 2 + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+ulimit -n $((N * 5 + 2048)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 W=$(mktemp -d -t veer-memory.XXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
@@ -131,7 +131,7 @@ for proxy in haproxy nginx veer; do
     port=$P; [ "${mode#tls}" != "$mode" ] && port=$PS
     python3 benches/idle_clients.py 127.0.0.1 $port "$N" $mode localhost >"$W/clients.out" 2>&1 &
     cpid=$!
-    for _ in $(seq 1200); do grep -q '^ready\|^failed' "$W/clients.out" && break; sleep 0.1; done
+    for _ in $(seq 6000); do grep -q '^ready\|^failed' "$W/clients.out" && break; sleep 0.1; done
     grep -q '^ready' "$W/clients.out" || { echo "$proxy $mode: clients: $(cat "$W/clients.out")" >&2; exit 1; }
     after=$(settle "$pid")
     R[$proxy,$mode]=$(python3 -c "print(f'{($after - $base) / $N:.2f}')")
