@@ -21,6 +21,18 @@ fn web_pool(up: &Upstream) -> String {
     )
 }
 
+/// veer in `dir` with one `[[tls.certificates]]` entry per stem (`{stem}.crt`, `{stem}.key`,
+/// already written there), in front of an [`echo_upstream`] (keep it: dropping it stops it).
+async fn start_serving(dir: tempfile::TempDir, stems: &[&str]) -> (TlsVeer, Upstream) {
+    let up = echo_upstream().await;
+    let certs: String = stems
+        .iter()
+        .map(|s| format!("[[tls.certificates]]\ncert = \"{s}.crt\"\nkey = \"{s}.key\"\n"))
+        .collect();
+    let v = start_in(dir, &format!("{certs}{}", web_pool(&up))).await;
+    (v, up)
+}
+
 // ---------- downstream HTTPS ----------
 
 #[tokio::test]
@@ -28,15 +40,7 @@ async fn https_speaks_http1_and_http2_by_alpn() {
     let ca = Ca::new();
     let dir = tempfile::tempdir().unwrap();
     ca.write_leaf(dir.path(), "a", &["a.test"]);
-    let up = echo_upstream().await;
-    let v = start_in(
-        dir,
-        &format!(
-            "[[tls.certificates]]\ncert = \"a.crt\"\nkey = \"a.key\"\n{}",
-            web_pool(&up)
-        ),
-    )
-    .await;
+    let (v, _up) = start_serving(dir, &["a"]).await;
 
     // HTTP/1.1 by ALPN, certificate chain verified against the test CA.
     let tls = handshake(
@@ -112,17 +116,7 @@ async fn sni_picks_the_certificate_and_unknown_or_missing_sni_gets_the_first() {
     ] {
         ca.write_leaf(dir.path(), &format!("certs/{name}"), names);
     }
-    let up = echo_upstream().await;
-    let v = start_in(
-        dir,
-        &format!(
-            "[[tls.certificates]]\ncert = \"certs/default.crt\"\nkey = \"certs/default.key\"\n\
-             [[tls.certificates]]\ncert = \"certs/a.crt\"\nkey = \"certs/a.key\"\n\
-             [[tls.certificates]]\ncert = \"certs/b.crt\"\nkey = \"certs/b.key\"\n{}",
-            web_pool(&up)
-        ),
-    )
-    .await;
+    let (v, _up) = start_serving(dir, &["certs/default", "certs/a", "certs/b"]).await;
     assert_eq!(served_names(v.tls, Some("a.test")).await, ["a.test"]);
     assert_eq!(served_names(v.tls, Some("A.TEST")).await, ["a.test"]);
     assert_eq!(
@@ -207,16 +201,7 @@ async fn pkcs1_rsa_and_sec1_ec_keys_load() {
     assert!(std::fs::read_to_string(d.join("ec.key"))
         .unwrap()
         .contains("BEGIN EC PRIVATE KEY"));
-    let up = echo_upstream().await;
-    let v = start_in(
-        dir,
-        &format!(
-            "[[tls.certificates]]\ncert = \"rsa.crt\"\nkey = \"rsa.key\"\n\
-             [[tls.certificates]]\ncert = \"ec.crt\"\nkey = \"ec.key\"\n{}",
-            web_pool(&up)
-        ),
-    )
-    .await;
+    let (v, _up) = start_serving(dir, &["rsa", "ec"]).await;
     assert_eq!(served_names(v.tls, Some("rsa.test")).await, ["rsa.test"]);
     assert_eq!(served_names(v.tls, Some("ec.test")).await, ["ec.test"]);
     v.veer.shutdown().await;
@@ -262,16 +247,7 @@ async fn replaced_certificate_serves_new_handshakes_and_open_connections_keep_wo
     std::os::unix::fs::symlink("..v1", d.join("secret/..data")).unwrap();
     std::os::unix::fs::symlink("..data/tls.crt", d.join("secret/tls.crt")).unwrap();
     std::os::unix::fs::symlink("..data/tls.key", d.join("secret/tls.key")).unwrap();
-    let up = echo_upstream().await;
-    let v = start_in(
-        dir,
-        &format!(
-            "[[tls.certificates]]\ncert = \"a.crt\"\nkey = \"a.key\"\n\
-             [[tls.certificates]]\ncert = \"secret/tls.crt\"\nkey = \"secret/tls.key\"\n{}",
-            web_pool(&up)
-        ),
-    )
-    .await;
+    let (v, _up) = start_serving(dir, &["a", "secret/tls"]).await;
     let tls = handshake(v.tls, Some("a.test"), client_config(None, &[b"http/1.1"])).await;
     assert!(names_of(&tls.get_ref().1.peer_certificates().unwrap()[0])
         .contains(&"one.a.test".to_string()));
@@ -320,15 +296,7 @@ async fn mismatched_key_is_refused_by_reload_and_the_old_pair_stays() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     ca.write_leaf(&d, "a", &["a.test", "one.a.test"]);
-    let up = echo_upstream().await;
-    let v = start_in(
-        dir,
-        &format!(
-            "[[tls.certificates]]\ncert = \"a.crt\"\nkey = \"a.key\"\n{}",
-            web_pool(&up)
-        ),
-    )
-    .await;
+    let (v, _up) = start_serving(dir, &["a"]).await;
     let_startup_settle().await;
     let (_, other_key) = ca.leaf(&["a.test"]);
     replace(&d.join("a.key"), &other_key);
@@ -510,15 +478,7 @@ async fn curl_http2_against_the_https_listener() {
     let ca = Ca::new();
     let dir = tempfile::tempdir().unwrap();
     ca.write_leaf(dir.path(), "a", &["a.test"]);
-    let up = echo_upstream().await;
-    let v = start_in(
-        dir,
-        &format!(
-            "[[tls.certificates]]\ncert = \"a.crt\"\nkey = \"a.key\"\n{}",
-            web_pool(&up)
-        ),
-    )
-    .await;
+    let (v, _up) = start_serving(dir, &["a"]).await;
     let port = v.tls.port();
     let out = tokio::process::Command::new("curl")
         .args([
