@@ -138,14 +138,7 @@ async fn unreachable_upstream_gives_502() {
 
 #[tokio::test]
 async fn no_available_backend_gives_503_with_retry_after_at_once() {
-    let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 90, green = 10 }",
-        "",
-    ))
-    .await;
+    let (blue, green, veer) = blue_green_veer("{ blue = 90, green = 10 }", "").await;
     let reg = &veer.rt().registry;
     // Fallback: with blue drained, its share goes to green.
     assert!(reg.set_draining("blue", blue.addr, true, Duration::from_secs(1)));
@@ -170,13 +163,10 @@ async fn no_available_backend_gives_503_with_retry_after_at_once() {
 
 #[tokio::test]
 async fn no_fallback_means_503_for_the_chosen_pool() {
-    let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
+    let (_blue, green, veer) = blue_green_veer(
         "{ blue = 50, green = 50 }",
         "fallback = false\nsticky = { header = \"x-user\" }",
-    ))
+    )
     .await;
     veer.rt()
         .registry

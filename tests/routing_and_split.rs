@@ -35,14 +35,7 @@ async fn forwards_to_the_only_pool() {
 
 #[tokio::test]
 async fn split_ratio_without_stickiness_is_exact() {
-    let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 90, green = 10 }",
-        "",
-    ))
-    .await;
+    let (_blue, _green, veer) = blue_green_veer("{ blue = 90, green = 10 }", "").await;
     let counts = count_bodies(&veer.url("/"), 4000, &[]).await;
     let g = share(&counts, "green");
     assert!(
@@ -55,13 +48,10 @@ async fn split_ratio_without_stickiness_is_exact() {
 
 #[tokio::test]
 async fn split_ratio_with_sticky_cookie_for_new_users() {
-    let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
+    let (_blue, _green, veer) = blue_green_veer(
         "{ blue = 90, green = 10 }",
         "sticky = { cookie = \"veer_id\" }",
-    ))
+    )
     .await;
     // Every request comes without the cookie: each is a new user with a random id.
     let counts = count_bodies(&veer.url("/"), 4000, &[]).await;
@@ -75,15 +65,8 @@ async fn split_ratio_with_sticky_cookie_for_new_users() {
 
 #[tokio::test]
 async fn sticky_cookie_pins_users_and_weight_changes_only_move_users_in() {
-    let (blue, green) = (upstream("blue").await, upstream("green").await);
     let sticky = "sticky = { cookie = \"veer_id\" }";
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 90, green = 10 }",
-        sticky,
-    ))
-    .await;
+    let (blue, green, veer) = blue_green_veer("{ blue = 90, green = 10 }", sticky).await;
     let client = client();
     let pool_of = |user: String| {
         let client = client.clone();
@@ -164,13 +147,10 @@ async fn sticky_cookie_pins_users_and_weight_changes_only_move_users_in() {
 
 #[tokio::test]
 async fn sticky_cookie_is_set_when_missing_and_then_honoured() {
-    let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
+    let (_blue, _green, veer) = blue_green_veer(
         "{ blue = 50, green = 50 }",
         "sticky = { cookie = \"veer_id\" }",
-    ))
+    )
     .await;
     for _ in 0..10 {
         let first = get(&veer.url("/")).await;
@@ -197,13 +177,10 @@ async fn sticky_cookie_is_set_when_missing_and_then_honoured() {
 
 #[tokio::test]
 async fn sticky_by_header() {
-    let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
+    let (_blue, _green, veer) = blue_green_veer(
         "{ blue = 50, green = 50 }",
         "sticky = { header = \"x-user-id\" }",
-    ))
+    )
     .await;
     let mut green_users = 0;
     for i in 0..200 {
@@ -239,14 +216,8 @@ async fn get_from(src: [u8; 4], proxy: SocketAddr) -> String {
 
 #[tokio::test]
 async fn sticky_by_client_ip() {
-    let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
-        "{ blue = 50, green = 50 }",
-        "sticky = { client_ip = true }",
-    ))
-    .await;
+    let (_blue, _green, veer) =
+        blue_green_veer("{ blue = 50, green = 50 }", "sticky = { client_ip = true }").await;
     let mut seen = HashMap::<String, usize>::new();
     for last in 2..62u8 {
         let a = get_from([127, 0, 0, last], veer.addr).await;
@@ -265,13 +236,10 @@ async fn sticky_by_client_ip() {
 
 #[tokio::test]
 async fn override_by_header_and_cookie_forces_the_pool() {
-    let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(
-        blue.addr,
-        green.addr,
+    let (_blue, _green, veer) = blue_green_veer(
         "{ blue = 100, green = 0 }",
         "override = { header = \"x-veer-pool\", cookie = \"veer_pool\" }",
-    ))
+    )
     .await;
     let url = veer.url("/");
     let plain = count_bodies(&url, 200, &[]).await;

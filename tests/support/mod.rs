@@ -167,6 +167,14 @@ impl Veer {
     }
 }
 
+/// Upstreams `blue` and `green` (each answering its name) and a veer over them with route
+/// `web` at `split` and `route_extra` lines ([`blue_green`]).
+pub async fn blue_green_veer(split: &str, route_extra: &str) -> (Upstream, Upstream, Veer) {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let veer = start_veer(&blue_green(blue.addr, green.addr, split, route_extra)).await;
+    (blue, green, veer)
+}
+
 /// Config text with `listen` and admin on port 0 prepended unless the text has a `[server]`
 /// or `[admin]` of its own.
 pub fn with_listeners(config: &str) -> String {
