@@ -26,3 +26,21 @@ pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
     std::fs::write(&path, text).unwrap();
     (dir, path)
 }
+
+/// Two pools, blue and green, one backend each, and one route with `route_extra` lines.
+pub fn blue_green(blue: SocketAddr, green: SocketAddr, split: &str, route_extra: &str) -> String {
+    format!(
+        "[pools.blue]\nbackends = [\"{blue}\"]\n\
+         [pools.green]\nbackends = [\"{green}\"]\n\
+         [[routes]]\nname = \"web\"\nsplit = {split}\n{route_extra}\n"
+    )
+}
+
+/// One pool (`app`) of one backend, one route `web`, after `server` lines (with their own
+/// listen; empty for the defaults).
+pub fn one_pool(addr: SocketAddr, server: &str) -> String {
+    format!(
+        "{server}[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [pools.app]\nbackends = [\"{addr}\"]\n[[routes]]\nname = \"web\"\nsplit = {{ app = 1 }}\n"
+    )
+}

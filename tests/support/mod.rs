@@ -22,18 +22,27 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod config;
+mod echo;
+mod h2;
 mod metrics;
 mod raw;
 mod rollout;
+mod tls;
 // Not every test file uses every part.
 #[allow(unused_imports)]
 pub use config::*;
+#[allow(unused_imports)]
+pub use echo::*;
+#[allow(unused_imports)]
+pub use h2::*;
 #[allow(unused_imports)]
 pub use metrics::*;
 #[allow(unused_imports)]
 pub use raw::*;
 #[allow(unused_imports)]
 pub use rollout::*;
+#[allow(unused_imports)]
+pub use tls::*;
 
 pub type BoxResp = Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>;
 type Handler =
@@ -156,6 +165,14 @@ impl Veer {
         running.shutdown().await;
         start_veer_file(self.dir, self.config_path).await
     }
+}
+
+/// Upstreams `blue` and `green` (each answering its name) and a veer over them with route
+/// `web` at `split` and `route_extra` lines ([`blue_green`]).
+pub async fn blue_green_veer(split: &str, route_extra: &str) -> (Upstream, Upstream, Veer) {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let veer = start_veer(&blue_green(blue.addr, green.addr, split, route_extra)).await;
+    (blue, green, veer)
 }
 
 /// Config text with `listen` and admin on port 0 prepended unless the text has a `[server]`
@@ -290,6 +307,62 @@ pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Got {
         b = b.header(*k, *v);
     }
     send(b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Send `n` GETs spread over 8 concurrent keep-alive clients; count answers by body.
+pub async fn count_bodies(
+    url: &str,
+    n: usize,
+    headers: &[(&str, &str)],
+) -> std::collections::HashMap<String, usize> {
+    use std::collections::HashMap;
+    let client = client();
+    let headers: Arc<Vec<(String, String)>> = Arc::new(
+        headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let client = client.clone();
+            let url = url.to_string();
+            let headers = headers.clone();
+            let share = n / 8 + usize::from(t < n % 8);
+            tokio::spawn(async move {
+                let mut counts: HashMap<String, usize> = HashMap::new();
+                for _ in 0..share {
+                    let mut b = Request::get(&url);
+                    for (k, v) in headers.iter() {
+                        b = b.header(k, v);
+                    }
+                    let resp = client
+                        .request(b.body(Full::new(Bytes::new())).unwrap())
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), 200);
+                    let body = resp.into_body().collect().await.unwrap().to_bytes();
+                    *counts
+                        .entry(String::from_utf8_lossy(&body).into_owned())
+                        .or_default() += 1;
+                }
+                counts
+            })
+        })
+        .collect();
+    let mut total: HashMap<String, usize> = HashMap::new();
+    for t in tasks {
+        for (k, v) in t.await.unwrap() {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    total
+}
+
+/// The share of the answers counted by [`count_bodies`] that were `key`.
+pub fn share(counts: &std::collections::HashMap<String, usize>, key: &str) -> f64 {
+    let all: usize = counts.values().sum();
+    *counts.get(key).unwrap_or(&0) as f64 / all as f64
 }
 
 /// Send raw bytes on a fresh TCP connection and read until the peer closes or `wait` passes.
@@ -460,63 +533,6 @@ pub async fn rendered_dom(url: &str, budget_ms: u64) -> String {
         .expect("chromium did not finish within 60 s")
         .expect("chromium runs");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// An HTTP/2 client with prior knowledge over plain TCP (h2c).
-pub async fn h2c_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
-}
-
-/// A CA-signed certificate for `name` written as `cert.pem` and `key.pem` into `dir`, and
-/// the roots a client needs to trust it.
-pub fn write_test_cert(dir: &std::path::Path, name: &str) -> rustls::RootCertStore {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = p.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
-    roots
-}
-
-/// An HTTP/2 client over TLS (ALPN h2) to `addr`, trusting `roots`, asking for `name`.
-pub async fn h2_tls_client(
-    addr: SocketAddr,
-    name: &str,
-    roots: rustls::RootCertStore,
-) -> h2::client::SendRequest<Bytes> {
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(server_name, tcp)
-        .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (send, conn) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
 }
 
 /// A file made unwritable for a test, even for root (tests run as root here): `chattr +i`

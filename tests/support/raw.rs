@@ -197,6 +197,10 @@ pub enum Answer {
     Reply(Vec<u8>),
     /// Write these bytes (a 101), then echo every byte that arrives.
     SwitchAndEcho(Vec<u8>),
+    /// Write these bytes, then close the connection.
+    ReplyAndClose(Vec<u8>),
+    /// Close the connection without a word.
+    Close,
 }
 
 /// `200 OK` with `text` as a Content-Length body.
@@ -385,6 +389,12 @@ async fn serve_conn(
                     return;
                 }
             }
+            Answer::ReplyAndClose(bytes) => {
+                let _ = s.write_all(&bytes).await;
+                let _ = s.shutdown().await;
+                return;
+            }
+            Answer::Close => return,
             Answer::SwitchAndEcho(bytes) => {
                 if s.write_all(&bytes).await.is_err() {
                     return;
@@ -434,15 +444,15 @@ impl Resp {
     }
 }
 
-/// Read one response from the front of `buf` (reading more as needed): a 101, 204 or 304 has
-/// no body, else Transfer-Encoding, Content-Length or the end of the stream frames it. `None`
+/// Read one response from the front of `buf` (reading more as needed): a 1xx, 204 or 304 has
+/// no body (after an interim 1xx the caller reads the final response next), else Transfer-Encoding, Content-Length or the end of the stream frames it. `None`
 /// if the peer closed before a whole one.
 pub async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Resp> {
     let head = read_head(s, buf).await?;
     let status: u16 = head.first.split(' ').nth(1)?.parse().ok()?;
     let mut body = Vec::new();
     let mut add = |d: &[u8]| body.extend_from_slice(d);
-    let whole = if status == 101 || status == 204 || status == 304 {
+    let whole = if (100..200).contains(&status) || status == 204 || status == 304 {
         true
     } else if header_of(&head.headers, "transfer-encoding").is_some() {
         read_chunked(s, buf, &mut add).await
@@ -471,6 +481,32 @@ pub async fn read_answer(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
         .expect("no answer in time")
         .expect("closed without an answer");
     (r.status, r.head, r.body)
+}
+
+/// One response read off `s` (see [`read_response`]) as its head and decoded body; `None`
+/// if the peer closed before a whole one. Unbounded: callers that expect silence put their
+/// own timeout around it.
+pub async fn read_head_body(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    read_response(s, &mut Vec::new())
+        .await
+        .map(|r| (r.head, r.body))
+}
+
+/// Wait until the peer closes the stream (read returns 0 or an error), up to `limit`.
+/// Returns how long it took, or `None` if it stayed open.
+pub async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    let mut chunk = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return start.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
 }
 
 /// A client connection to veer, reading responses as they frame themselves.
