@@ -204,6 +204,64 @@ fn encode(spec: &BodySpec) -> Vec<u8> {
     out
 }
 
+/// The reference's reading of a valid body.
+fn reference_done(b: &[u8]) -> (fuzz::Decoded, Option<&'static str>) {
+    match read_chunked(b) {
+        Chunked::Done(d, l) => (d, l),
+        other => panic!("{:?}: {other:?}", String::from_utf8_lossy(b)),
+    }
+}
+
+/// The reference itself, on the grammar's corners.
+#[test]
+fn the_reference_reads_the_grammar() {
+    let (d, l) = reference_done(
+        b"5;a=1;b=\"x y\"\r\nhello\r\n00006 ; c\r\n world\r\n0\r\nX-T: 1 \r\n\r\nNEXT",
+    );
+    assert_eq!(d.data, b"hello world");
+    assert_eq!(d.trailers, vec![("x-t".to_string(), b"1".to_vec())]);
+    assert_eq!(
+        &b"5;a=1;b=\"x y\"\r\nhello\r\n00006 ; c\r\n world\r\n0\r\nX-T: 1 \r\n\r\nNEXT"[d.len..],
+        b"NEXT"
+    );
+    assert_eq!(l, None);
+    assert_eq!(
+        reference_done(b"5 \r\nhello\r\n0\r\n\r\n").1,
+        Some("whitespace after the chunk size")
+    );
+    assert_eq!(
+        reference_done(b"5;\r\nhello\r\n0\r\n\r\n").1,
+        Some("chunk extension outside the grammar")
+    );
+    for bad in [
+        &b"zz\r\n"[..],
+        b"+5\r\nhello\r\n0\r\n\r\n",
+        b" 5\r\nhello\r\n0\r\n\r\n",
+        b"5\nhello\r\n0\r\n\r\n",
+        b"5\r\nhelloX\r\n0\r\n\r\n",
+        b"ffffffffffffffffff\r\n",
+        b"0x5\r\nhello\r\n0\r\n\r\n",
+        b"0\r\n folded: x\r\n\r\n",
+    ] {
+        assert!(
+            matches!(read_chunked(bad), Chunked::Invalid(_)),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    for short in [
+        &b""[..],
+        b"5",
+        b"5\r",
+        b"5\r\nhel",
+        b"5\r\nhello\r",
+        b"0\r\n",
+        b"0\r\nx: 1\r\n",
+    ] {
+        assert_eq!(read_chunked(short), Chunked::Incomplete, "{short:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Driving the real decoder.
 

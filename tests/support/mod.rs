@@ -368,3 +368,7 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// Byte mutations and a strict chunked reader for the property tests (the stable stand-in
+/// for cargo-fuzz); the library's unit tests include the same file by path.
+pub mod fuzz;
