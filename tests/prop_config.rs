@@ -13,7 +13,7 @@ use std::path::Path;
 use support::fuzz::{mutate, Mutation};
 
 /// Cases per property when `PROPTEST_CASES` is not set.
-const DEFAULT_CASES: u32 = 256;
+const DEFAULT_CASES: u32 = 512;
 
 fn runner() -> TestRunner {
     let cases = std::env::var("PROPTEST_CASES")

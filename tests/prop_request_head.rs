@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Cases for the random property when `PROPTEST_CASES` is not set (the file stays within
 /// about ten seconds of a debug build on two cores).
-const DEFAULT_CASES: u32 = 160;
+const DEFAULT_CASES: u32 = 400;
 
 /// Known holes that other work on this issue is fixing. A case that needs one of them is
 /// still sent (veer must answer and stay up) but its answer is not compared, so these

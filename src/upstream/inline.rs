@@ -639,12 +639,12 @@ impl UpstreamBodyInline {
                     self.finish();
                     return Poll::Ready(Ok(None));
                 }
-                if let Some(end) = find(buf, b"\r\n\r\n") {
-                    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let mut trailers = HeaderMap::new();
-                    if let Ok(httparse::Status::Complete((_, hs))) =
-                        httparse::parse_headers(&buf[..end + 4], &mut raw)
-                    {
+                // httparse says where the section ends (it also takes a bare LF as a line
+                // end): the body ends there, not at the next CRLF CRLF further on.
+                let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let parsed = match httparse::parse_headers(buf, &mut raw) {
+                    Ok(httparse::Status::Complete((n, hs))) => {
+                        let mut trailers = HeaderMap::new();
                         for h in hs {
                             if let (Ok(k), Ok(v)) = (
                                 HeaderName::from_bytes(h.name.as_bytes()),
@@ -653,10 +653,13 @@ impl UpstreamBodyInline {
                                 trailers.append(k, v);
                             }
                         }
-                    } else {
-                        return Poll::Ready(Err("bad trailers".into()));
+                        Some((n, trailers))
                     }
-                    buf.advance(end + 4);
+                    Ok(httparse::Status::Partial) => None,
+                    Err(_) => return Poll::Ready(Err("bad trailers".into())),
+                };
+                if let Some((n, trailers)) = parsed {
+                    buf.advance(n);
                     self.finish();
                     return Poll::Ready(Ok(Some(Frame::trailers(trailers))));
                 }
