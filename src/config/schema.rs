@@ -318,11 +318,13 @@ impl Walker {
         };
         let here = item.span().map_or(key_offset, |r| r.start);
         match (item, shape) {
-            (Item::Table(t), Table(f)) => {
+            // A `[section]` is the same data as an inline table (TOML), also where a string
+            // or a boolean would do.
+            (Item::Table(t), Table(f) | StrOrTable(f) | BoolOrTable(f)) => {
                 self.table_like(t, f, path, here_or(t.span(), key_offset))
             }
             (Item::Table(t), Map(inner)) => self.map(t, inner, path),
-            (Item::ArrayOfTables(a), Array(Table(f))) => {
+            (Item::ArrayOfTables(a), Array(Table(f) | StrOrTable(f))) => {
                 for (i, t) in a.iter().enumerate() {
                     let label = element_label(path, i, t.get("name").and_then(|n| n.as_str()));
                     self.table_like(t, f, &label, here_or(t.span(), key_offset));

@@ -135,6 +135,24 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool
     had_te
 }
 
+/// Is a request's `Transfer-Encoding` exactly `chunked`? hyper checks only that chunked
+/// comes last and decodes it once: any coding before it (`gzip, chunked`) would reach the
+/// backend still applied but no longer announced (the header is hop-by-hop), and chunked
+/// twice is invalid (RFC 9112 §6.1).
+pub fn only_chunked(h: &HeaderMap) -> bool {
+    let mut codings = 0;
+    for v in h.get_all(header::TRANSFER_ENCODING) {
+        let Ok(s) = v.to_str() else { return false };
+        for t in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if !t.eq_ignore_ascii_case("chunked") {
+                return false;
+            }
+            codings += 1;
+        }
+    }
+    codings <= 1
+}
+
 /// Is this an HTTP/1.1 upgrade request that veer tunnels? It needs `Connection: upgrade`
 /// and an `Upgrade` offering only protocols in `allowed` (`[server] upgrades`). Any other
 /// upgrade is not one, `h2c` above all (a raw tunnel past veer's parser, routing and
@@ -469,6 +487,25 @@ mod tests {
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.example");
+    }
+
+    #[test]
+    fn only_a_single_chunked_coding_is_forwarded() {
+        let te = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TRANSFER_ENCODING, v.parse().unwrap());
+            }
+            only_chunked(&h)
+        };
+        assert!(te(&[]));
+        assert!(te(&["chunked"]));
+        assert!(te(&[" Chunked "]));
+        assert!(te(&["chunked,"]));
+        assert!(!te(&["gzip, chunked"]));
+        assert!(!te(&["gzip", "chunked"]));
+        assert!(!te(&["chunked, chunked"]));
+        assert!(!te(&["chunked", "chunked"]));
     }
 
     #[test]

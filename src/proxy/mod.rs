@@ -143,6 +143,22 @@ pub fn handle(
 ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
     use futures_util::future::{ready, FutureExt};
     let (rt, conn) = (&ctx.0, &ctx.1);
+    // Authority-form (`GET host:80`) is for CONNECT only (RFC 9112 §3.2.3): it has no path
+    // to route, and is a malformed request, not a missing route.
+    if req.uri().scheme().is_none()
+        && req.uri().authority().is_some()
+        && req.method() != Method::CONNECT
+    {
+        return Either::Left(ready(Failure::BadRequest.response()));
+    }
+    // Raw bytes beyond ASCII are no URI (RFC 3986), and backends differ on how to read them.
+    let ascii = req
+        .uri()
+        .path_and_query()
+        .is_none_or(|pq| pq.as_str().is_ascii());
+    if !ascii || !headers::only_chunked(req.headers()) {
+        return Either::Left(ready(Failure::BadRequest.response()));
+    }
     let snap = rt.snapshot();
     // The host: the request target's authority where there is one (absolute-form over
     // HTTP/1.1, RFC 9112 §3.2.2, and HTTP/2's :authority both win over a Host header), else
@@ -165,6 +181,11 @@ pub fn handle(
                 match host_header {
                     // HTTP/2 clients often send both, the same.
                     Some(h) if h.as_bytes() == a.as_str().as_bytes() => Some(h),
+                    // The target's authority wins, but an invalid Host is still a malformed
+                    // request (RFC 9112 §3.2).
+                    Some(h) if !valid_host(h.as_bytes()) => {
+                        return Either::Left(ready(Failure::BadRequest.response()))
+                    }
                     _ => {
                         let Ok(h) = HeaderValue::from_str(a.as_str()) else {
                             return Either::Left(ready(Failure::BadRequest.response()));
@@ -247,11 +268,36 @@ pub fn handle(
     }))
 }
 
-/// A Host is a name or an IP literal with an optional port: anything else (spaces, `/`, `@`,
-/// control bytes) is a malformed request, never forwarded.
+/// A Host is a name or an IP literal with an optional port (RFC 9112 §3.2): anything else
+/// (spaces, `/`, `@`, control bytes, a second colon, a port that is not digits) is a
+/// malformed request, never forwarded.
 fn valid_host(h: &[u8]) -> bool {
-    h.iter()
-        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
+    let name = |s: &[u8]| {
+        s.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    };
+    let port = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+    match h {
+        [b'[', rest @ ..] => match rest.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let (ip, after) = (&rest[..end], &rest[end + 1..]);
+                !ip.is_empty()
+                    && ip
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+                    && match after {
+                        [] => true,
+                        [b':', p @ ..] => port(p),
+                        _ => false,
+                    }
+            }
+            None => false,
+        },
+        _ => match h.iter().position(|&b| b == b':') {
+            Some(c) => name(&h[..c]) && port(&h[c + 1..]),
+            None => name(h),
+        },
+    }
 }
 
 /// A request that chose its route on a snapshot a reload has just replaced can find that

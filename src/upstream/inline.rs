@@ -644,9 +644,7 @@ impl UpstreamBodyInline {
         match step {
             Chunk::Size => {
                 if let Some(end) = find(buf, b"\r\n") {
-                    let line = std::str::from_utf8(&buf[..end]).map_err(|_| "bad chunk size")?;
-                    let hex = line.split(';').next().unwrap_or("").trim();
-                    let size = u64::from_str_radix(hex, 16).map_err(|_| "bad chunk size")?;
+                    let size = chunk_size(&buf[..end]).ok_or("bad chunk size")?;
                     buf.advance(end + 2);
                     self.state = State::Chunked(if size == 0 {
                         Chunk::Trailers
@@ -687,12 +685,12 @@ impl UpstreamBodyInline {
                     self.finish();
                     return Poll::Ready(Ok(None));
                 }
-                if let Some(end) = find(buf, b"\r\n\r\n") {
-                    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let mut trailers = HeaderMap::new();
-                    if let Ok(httparse::Status::Complete((_, hs))) =
-                        httparse::parse_headers(&buf[..end + 4], &mut raw)
-                    {
+                // httparse says where the section ends (it also takes a bare LF as a line
+                // end): the body ends there, not at the next CRLF CRLF further on.
+                let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let parsed = match httparse::parse_headers(buf, &mut raw) {
+                    Ok(httparse::Status::Complete((n, hs))) => {
+                        let mut trailers = HeaderMap::new();
                         for h in hs {
                             if let (Ok(k), Ok(v)) = (
                                 HeaderName::from_bytes(h.name.as_bytes()),
@@ -701,10 +699,13 @@ impl UpstreamBodyInline {
                                 trailers.append(k, v);
                             }
                         }
-                    } else {
-                        return Poll::Ready(Err("bad trailers".into()));
+                        Some((n, trailers))
                     }
-                    buf.advance(end + 4);
+                    Ok(httparse::Status::Partial) => None,
+                    Err(_) => return Poll::Ready(Err("bad trailers".into())),
+                };
+                if let Some((n, trailers)) = parsed {
+                    buf.advance(n);
                     self.finish();
                     return Poll::Ready(Ok(Some(Frame::trailers(trailers))));
                 }
@@ -991,3 +992,22 @@ mod tests {
         assert_eq!(b.accepted(), 1);
     }
 }
+
+/// A chunk-size line without its CRLF (RFC 9112 §7.1): hex digits, then extensions, which
+/// are ignored (§7.1.1). No sign, no leading whitespace, no bare CR or other control byte:
+/// a size read more loosely than the next hop reads it is a way to split a response.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let size = line[..digits].iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(16)?
+            .checked_add((d as char).to_digit(16)?.into())
+    });
+    let ext = &line[digits..];
+    let ext = &ext[ext.iter().take_while(|&&b| b == b' ' || b == b'\t').count()..];
+    let clean = ext.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+    (digits > 0 && clean && (ext.is_empty() || ext[0] == b';')).then_some(size?)
+}
+
+#[cfg(test)]
+#[path = "inline_prop.rs"]
+mod props;

@@ -590,3 +590,7 @@ pub async fn admin_call(admin: SocketAddr, method: &str, path: &str, body: &str)
 pub fn json_of(g: &Got) -> serde_json::Value {
     serde_json::from_str(&g.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", g.body))
 }
+
+/// Byte mutations and a strict chunked reader for the property tests (the stable stand-in
+/// for cargo-fuzz); the library's unit tests include the same file by path.
+pub mod fuzz;
