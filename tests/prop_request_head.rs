@@ -355,7 +355,7 @@ fn read_request(buf: &[u8], side: Side) -> Step {
         return reject(&[400], "a request-target that is no path");
     }
     if !target_chars_ok(&t) {
-        if t.iter().any(|&b| b >= 0x7f || b < 0x21) {
+        if t.iter().any(|&b| !(0x21..0x7f).contains(&b)) {
             return reject(&[400], "non-ASCII in the request-target");
         }
         semantic("characters outside RFC 3986 in the target", &mut lenient);
@@ -589,9 +589,7 @@ fn remove_dot_segments(path: &[u8]) -> Vec<u8> {
     while !input.is_empty() {
         if input.starts_with(b"../") {
             input.drain(..3);
-        } else if input.starts_with(b"./") {
-            input.drain(..2);
-        } else if input.starts_with(b"/./") {
+        } else if input.starts_with(b"./") || input.starts_with(b"/./") {
             input.drain(..2);
         } else if input == b"/." {
             input = b"/".to_vec();
@@ -769,9 +767,9 @@ fn expected(req: &Req) -> Expected {
     let ws = upgrade(req) == Some(true);
     let mut named: Vec<String> = req.tokens("connection");
     named.retain(|n| {
-        !matches!(n.as_str(), "host" | "content-length" | "forwarded")
-            && !n.starts_with("x-forwarded-")
-            && !(ws && n == "upgrade")
+        let needed = matches!(n.as_str(), "host" | "content-length" | "forwarded")
+            || n.starts_with("x-forwarded-");
+        !(needed || (ws && n == "upgrade"))
     });
     let hop = |k: &str| {
         matches!(
