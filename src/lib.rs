@@ -28,6 +28,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod body;
 pub mod breaker;
 pub mod client;
 pub mod config;
