@@ -32,6 +32,7 @@ pub mod body;
 pub mod breaker;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod health;
 pub mod metrics;
