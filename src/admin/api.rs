@@ -1,5 +1,5 @@
 //! The admin API's control endpoints (SPEC §3): bearer-token auth for `/api/*`, route splits,
-//! slot swaps, backend drain/undrain and reloads. Changes go through [`control::change`](crate::control::change):
+//! slot swaps, backend drain/undrain and reloads. Changes go through [`control::change()`](crate::control::change()):
 //! written first (into the config file, or the state file), then applied, or nothing
 //! changes; `?force=true` applies a change that cannot be written in memory only.
 

@@ -4,10 +4,10 @@
 //! [`Runtime::change_lock`](crate::runtime::Runtime::change_lock), so a bad file or a failed
 //! write changes nothing, and changes are applied one at a time.
 //!
-//! - [`apply`]: stage a validated config (clients, listeners, certificates) and commit it.
-//! - [`reload`]: reload the config file (file change, SIGHUP, API).
-//! - [`change`]: API edits and rollout progress, written back (SPEC §3) then applied.
-//! - [`watch`]: the config file watcher and the certificate watcher.
+//! - [`apply`](mod@apply): stage a validated config (clients, listeners, certificates) and commit it.
+//! - [`reload`](mod@reload): reload the config file (file change, SIGHUP, API).
+//! - [`change`](mod@change): API edits and rollout progress, written back (SPEC §3) then applied.
+//! - [`watch`](mod@watch): the config file watcher and the certificate watcher.
 
 pub mod apply;
 pub mod change;

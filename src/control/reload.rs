@@ -1,5 +1,5 @@
 //! Reloading the config file: the file watcher, SIGHUP and `POST /api/reload` all end in
-//! [`reload`] (or, for the watcher, [`reload_locked`]). The file is validated fully first, with
+//! [`reload`] (or, for the watcher, `reload_locked`). The file is validated fully first, with
 //! the state file laid over it, so a bad file changes nothing.
 
 use super::apply::{commit, install, stage, unchanged, ApplyError, ReloadReport};
