@@ -140,7 +140,7 @@ impl Runtime {
         // Before the swap, as when the registry spawned them: a new backend's breaker and
         // checker run from the first request that can pick it.
         for (b, trips) in start.breakers {
-            crate::breaker::spawn(&b, &self.registry.tasks, trips);
+            self.registry.tasks.spawn(b.breaker_task(trips));
         }
         for b in start.health {
             crate::health::spawn(&b, &self.registry.tasks);

@@ -119,12 +119,6 @@ const UPWARD: &[(&str, &str, &str)] = &[
         "upstream",
         "the choice returns a Lease on a Pool's backend; same as routing/mod.rs",
     ),
-    (
-        "src/breaker/mod.rs",
-        "upstream",
-        "breaker::run takes a whole Backend and its PoolShared; goes when it takes a gate, an \
-         ejection budget and its config (issue 13 step 3)",
-    ),
 ];
 
 fn layer_of(module: &str) -> Option<u8> {
