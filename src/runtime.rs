@@ -53,7 +53,7 @@ pub struct Runtime {
     pub change_lock: tokio::sync::Mutex<()>,
     /// The proxy listeners (set by `app::start`), so a reload from any trigger can apply
     /// `server.listen`. Weak: the listeners hold the runtime.
-    pub listeners: std::sync::OnceLock<std::sync::Weak<crate::app::Listeners>>,
+    pub listeners: std::sync::OnceLock<std::sync::Weak<crate::proxy::listeners::Listeners>>,
     /// Rollout controllers, started and stopped as configs go live.
     pub rollouts: crate::rollout::Rollouts,
     /// API changes and rollout progress laid over the config file (`[server] state_file`).
@@ -94,8 +94,16 @@ impl Runtime {
         });
         rt.rollouts.bind(&rt);
         rt.build_and_swap(config, None)?;
-        crate::config::reload::apply_drains(&rt);
+        rt.apply_drains();
         Ok(rt)
+    }
+
+    /// Drain the backends the state keeps drained (at start and after every reload).
+    pub fn apply_drains(&self) {
+        let timeout = self.config().server.drain_timeout;
+        for (pool, addr, on) in self.state.drains() {
+            self.registry.set_draining(&pool, addr, on, timeout);
+        }
     }
 
     /// The current snapshot (for one request, or one admin call).
@@ -128,7 +136,15 @@ impl Runtime {
         old: Option<&Config>,
     ) -> Result<ApplyReport, RegistryError> {
         self.registry.check_clients(&config)?;
-        let (pools, backends) = self.registry.sync(&config, old)?;
+        let (pools, backends, start) = self.registry.sync(&config, old)?;
+        // Before the swap, as when the registry spawned them: a new backend's breaker and
+        // checker run from the first request that can pick it.
+        for (b, trips) in start.breakers {
+            self.registry.tasks.spawn(b.breaker_task(trips));
+        }
+        for b in start.health {
+            crate::health::spawn(&b, &self.registry.tasks);
+        }
         let mut states = self.route_states.lock().unwrap_or_else(|e| e.into_inner());
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut report = ApplyReport {

@@ -7,7 +7,6 @@
 //! connections already established keep the keys they negotiated.
 
 use crate::config::{validate::resolve, Config, PoolConfig, TlsConfig};
-use crate::runtime::Runtime;
 use crate::upstream::client::ClientError;
 use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -17,18 +16,12 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// A certificate expiring sooner than this gets a warning from `veer check`.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
-
-/// How often the watcher looks at the certificate files.
-pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Errors loading TLS material; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -270,7 +263,7 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-fn cert_paths(tls: &TlsConfig, config_file: &Path) -> Vec<(PathBuf, PathBuf)> {
+pub fn cert_paths(tls: &TlsConfig, config_file: &Path) -> Vec<(PathBuf, PathBuf)> {
     tls.certificates
         .iter()
         .map(|c| (resolve(config_file, &c.cert), resolve(config_file, &c.key)))
@@ -369,80 +362,6 @@ pub fn reload(
     let old = swap.load_full();
     swap.store(build_server_config(&certs, Some(&old))?);
     Ok(())
-}
-
-/// What the watcher compares: each certificate and key file's path and content hash (`None`
-/// when unreadable). Content, not mtime, so a rename or symlink swap is seen too.
-fn fingerprint(config: &Config, config_file: &Path) -> Vec<(PathBuf, Option<u64>)> {
-    cert_paths(&config.tls, config_file)
-        .into_iter()
-        .flat_map(|(c, k)| [c, k])
-        .map(|p| {
-            let h = std::fs::read(&p).ok().map(|data| {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                data.hash(&mut h);
-                h.finish()
-            });
-            (p, h)
-        })
-        .collect()
-}
-
-/// Watch the configured certificate files and reload them on change. A change is applied
-/// once it has been stable for one poll, so a cert and key written one after the other are
-/// loaded as a pair. `current` gives the certificate set the TLS listeners use (`None` while
-/// there are none). A config reload that names other files loads them itself; the watcher
-/// then just follows the new paths.
-pub fn spawn_watcher<F>(rt: Arc<Runtime>, current: F, tasks: &TaskTracker, stop: CancellationToken)
-where
-    F: Fn() -> Option<Arc<ArcSwap<rustls::ServerConfig>>> + Send + 'static,
-{
-    let file = rt.config_path.clone().unwrap_or_default();
-    let mut loaded = fingerprint(&rt.config(), &file);
-    tasks.spawn(async move {
-        let mut tick = tokio::time::interval(WATCH_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut seen = loaded.clone();
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.cancelled() => return,
-            }
-            let Some(swap) = current() else { continue };
-            let config = rt.config();
-            let (cfg, f) = (config.clone(), file.clone());
-            // File reads stay off the async workers.
-            let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&cfg, &f)).await else {
-                continue;
-            };
-            let same_paths =
-                now.len() == loaded.len() && now.iter().zip(&loaded).all(|(a, b)| a.0 == b.0);
-            if now == loaded || !same_paths {
-                loaded = now.clone();
-                seen = now;
-                continue;
-            }
-            if now != seen {
-                seen = now;
-                continue;
-            }
-            let (cfg, f) = (config.clone(), file.clone());
-            let result = tokio::task::spawn_blocking(move || reload(&swap, &cfg, &f)).await;
-            match result {
-                Ok(Ok(())) => {
-                    tracing::info!("TLS certificates reloaded");
-                    rt.metrics.reloads.with_label_values(&["success"]).inc();
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "TLS certificate reload failed; old ones stay");
-                    rt.metrics.reloads.with_label_values(&["failure"]).inc();
-                }
-                Err(_) => continue,
-            }
-            // A failed pair is not retried until the files change again.
-            loaded = now;
-        }
-    });
 }
 
 /// Root certificates of the system, read once per process.

@@ -165,7 +165,7 @@ async fn failing_canary_rolls_back_at_the_first_step_and_stays_rolled_back() {
 
     // Stays rolled back: time passes, and reloading the (unchanged) file does not restart it.
     tokio::time::sleep(Duration::from_secs(600)).await;
-    veer::config::reload::reload(&rt, veer::config::reload::Trigger::Api)
+    veer::control::reload(&rt, veer::control::Trigger::Api)
         .await
         .ok();
     let c = Config::load(&v.config_path).unwrap();

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
-use veer::config::reload::{self, Trigger};
 use veer::config::RolloutState;
+use veer::control::{self as reload, Trigger};
 use veer::runtime::Runtime;
 
 /// Two pools (blue with two backends) and route `web` at `split`, with `state_file` when

@@ -1,13 +1,13 @@
 //! The admin API's control endpoints (SPEC §3): bearer-token auth for `/api/*`, route splits,
-//! slot swaps, backend drain/undrain and reloads. Changes go through [`reload::change`]:
+//! slot swaps, backend drain/undrain and reloads. Changes go through [`control::change()`](crate::control::change()):
 //! written first (into the config file, or the state file), then applied, or nothing
 //! changes; `?force=true` applies a change that cannot be written in memory only.
 
 use super::{error, json, AdminResponse};
-use crate::config::reload::{self, ChangeError, ReloadError, ReloadReport, Trigger, Unwritable};
 use crate::config::state::Change;
 use crate::config::writeback::WritebackError;
 use crate::config::ConfigErrors;
+use crate::control::{self as reload, ChangeError, ReloadError, ReloadReport, Trigger, Unwritable};
 use crate::runtime::Runtime;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};

@@ -5,7 +5,7 @@ pub mod guard;
 pub mod rollout;
 pub mod status;
 
-use crate::app::Listeners;
+use crate::proxy::listeners::Listeners;
 use crate::proxy::server::bind as _bind;
 use crate::runtime::Runtime;
 use bytes::Bytes;

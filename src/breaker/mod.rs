@@ -221,22 +221,43 @@ impl Gate {
 }
 
 use crate::config::BreakerConfig;
-use crate::upstream::backend::PoolShared;
-use crate::upstream::Backend;
 use prometheus::IntCounter;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
+use tokio_util::sync::CancellationToken;
+
+/// The ejection budget of a pool: pool-wide state that outlives snapshots (today's name).
+#[derive(Debug, Default)]
+pub struct PoolShared {
+    /// Backends whose breaker is open or half-open now.
+    pub ejected: AtomicU32,
+    /// Backends in the pool now (not counting removed ones).
+    pub size: AtomicU32,
+}
+
+impl PoolShared {
+    /// Take one ejection slot, unless the pool is at its cap ([`max_ejected`]):
+    /// the request that trips a breaker takes it, the breaker's task gives it back on closing.
+    pub fn try_eject(&self) -> bool {
+        let cap = max_ejected(self.size.load(Ordering::Relaxed));
+        self.ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                (e < cap).then_some(e + 1)
+            })
+            .is_ok()
+    }
+
+    /// Give back a slot taken with [`PoolShared::try_eject`].
+    pub fn release_ejection(&self) {
+        let _ = self
+            .ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1));
+    }
+}
 
 /// The longest a breaker stays open by backoff alone (Envoy's default `max_ejection_time`).
 pub const MAX_OPEN: Duration = Duration::from_secs(300);
-
-/// Start the breaker state machine of a backend; it ends when the backend is closed.
-/// `trips` counts openings (the `veer_circuit_breaker_trips_total` series of this backend).
-pub fn spawn(backend: &Arc<Backend>, tasks: &TaskTracker, trips: Option<IntCounter>) {
-    tasks.spawn(run(backend.clone(), trips));
-}
 
 /// How long the breaker stays open after its `trips`-th recent trip (1-based), before jitter.
 pub fn open_duration(cfg: &BreakerConfig, trips: u32) -> Duration {
@@ -276,10 +297,10 @@ enum Woke {
     Closed,
 }
 
-async fn wait_wake(b: &Backend) -> Woke {
+async fn wait_wake(gate: &Gate, closed: &CancellationToken) -> Woke {
     tokio::select! {
-        _ = b.breaker.wake.notified() => Woke::Go,
-        _ = b.closed.cancelled() => Woke::Closed,
+        _ = gate.wake.notified() => Woke::Go,
+        _ = closed.cancelled() => Woke::Closed,
     }
 }
 
@@ -292,53 +313,61 @@ enum Verdict {
 }
 
 /// The timed part of the state machine: open (opened by a request) → half-open → closed, or
-/// open again with a longer open time.
-async fn run(b: Arc<Backend>, trips_metric: Option<IntCounter>) {
-    let gate = &b.breaker;
+/// open again with a longer open time. Knows only its gate, the pool's ejection `budget`, its
+/// config (read at each step, so a reload is followed), when to stop (`closed`) and a `name`
+/// for logs; `trips_metric` counts openings (`veer_circuit_breaker_trips_total`).
+pub async fn run<G, C>(
+    gate: G,
+    budget: Arc<PoolShared>,
+    config: C,
+    closed: CancellationToken,
+    name: String,
+    trips_metric: Option<IntCounter>,
+) where
+    G: std::ops::Deref<Target = Gate>,
+    C: Fn() -> BreakerConfig,
+{
+    let gate: &Gate = &gate;
     let mut trips = 0u32;
     let mut closed_since = Instant::now();
     'closed: loop {
         // Closed: a request opens the gate (`Gate::record`) and wakes us.
-        if let Woke::Closed = wait_wake(&b).await {
+        if let Woke::Closed = wait_wake(gate, &closed).await {
             break;
         }
         if gate.state() != BreakerState::Open {
             continue;
         }
-        trips = decayed(
-            trips,
-            closed_since.elapsed(),
-            b.pool_config().circuit_breaker.open_for,
-        ) + 1;
+        trips = decayed(trips, closed_since.elapsed(), config().open_for) + 1;
         loop {
             // Open: no requests for the (grown) open time.
             if let Some(m) = &trips_metric {
                 m.inc();
             }
-            let cfg = b.pool_config().circuit_breaker.clone();
+            let cfg = config();
             let open = jittered(open_duration(&cfg, trips), cfg.jitter);
-            tracing::warn!(backend = %b.id, open_for = ?open, trips, failures = gate.consecutive_failures(), "circuit breaker opened");
+            tracing::warn!(backend = %name, open_for = ?open, trips, failures = gate.consecutive_failures(), "circuit breaker opened");
             let until = Instant::now() + open;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => break,
-                    _ = b.breaker.wake.notified() => {
+                    _ = gate.wake.notified() => {
                         if gate.threshold() == 0 {
                             break;
                         }
                     }
-                    _ = b.closed.cancelled() => break 'closed,
+                    _ = closed.cancelled() => break 'closed,
                 }
             }
             let verdict = if gate.threshold() == 0 {
                 Verdict::Off
             } else {
                 // Half-open: let the trial requests through and judge them.
-                let needed = b.pool_config().circuit_breaker.half_open_requests.max(1);
+                let needed = config().half_open_requests.max(1);
                 gate.half_open(needed);
-                tracing::info!(backend = %b.id, trials = needed, "circuit breaker half-open");
+                tracing::info!(backend = %name, trials = needed, "circuit breaker half-open");
                 loop {
-                    if let Woke::Closed = wait_wake(&b).await {
+                    if let Woke::Closed = wait_wake(gate, &closed).await {
                         break 'closed;
                     }
                     if gate.threshold() == 0 {
@@ -372,13 +401,13 @@ async fn run(b: Arc<Backend>, trips_metric: Option<IntCounter>) {
             gate.flip(HALF_OPEN, OPEN);
             trips = trips.saturating_add(1);
         }
-        b.pool_shared.release_ejection();
+        budget.release_ejection();
         closed_since = Instant::now();
-        tracing::info!(backend = %b.id, "circuit breaker closed");
+        tracing::info!(backend = %name, "circuit breaker closed");
     }
     // The backend is gone: no trip from now on, and its ejection slot goes back to the pool.
     if gate.retire() {
-        b.pool_shared.release_ejection();
+        budget.release_ejection();
     }
 }
 
@@ -580,7 +609,10 @@ mod tests {
         }
     }
 
-    // ---- the task, on tokio's paused clock
+    // ---- the task, on tokio's paused clock (through a whole backend, as veer runs it)
+
+    use crate::upstream::Backend;
+    use tokio_util::task::TaskTracker;
 
     struct Harness {
         backend: Arc<Backend>,
@@ -613,7 +645,7 @@ mod tests {
             b.breaker.set_threshold(threshold);
             let trips = IntCounter::new("trips", "trips").unwrap();
             let tasks = TaskTracker::new();
-            spawn(&b, &tasks, Some(trips.clone()));
+            tasks.spawn(b.breaker_task(Some(trips.clone())));
             Harness {
                 backend: b,
                 trips,
@@ -641,6 +673,70 @@ mod tests {
     async fn after(ms: u64) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         settle().await;
+    }
+
+    /// The state machine alone: a bare gate, an ejection budget and a config, no backend.
+    #[tokio::test(start_paused = true)]
+    async fn run_drives_a_bare_gate_with_its_budget_and_config() {
+        let gate = Arc::new(Gate::default());
+        gate.set_threshold(2);
+        let budget = Arc::new(PoolShared::default());
+        budget.size.store(2, Ordering::Relaxed);
+        let open_for = Arc::new(std::sync::atomic::AtomicU64::new(10));
+        let config = {
+            let open_for = open_for.clone();
+            move || BreakerConfig {
+                consecutive_failures: 2,
+                half_open_requests: 1,
+                ..cfg(open_for.load(Ordering::Relaxed))
+            }
+        };
+        let closed = CancellationToken::new();
+        let trips = IntCounter::new("trips", "trips").unwrap();
+        let task = tokio::spawn(run(
+            gate.clone(),
+            budget.clone(),
+            config,
+            closed.clone(),
+            "bare".into(),
+            Some(trips.clone()),
+        ));
+        settle().await;
+        assert!(!gate.record(false, false, &budget));
+        assert!(
+            gate.record(false, false, &budget),
+            "the second failure opens"
+        );
+        assert_eq!(budget.ejected.load(Ordering::Relaxed), 1);
+        settle().await;
+        assert_eq!(trips.get(), 1);
+        after(9_999).await;
+        assert_eq!(gate.state(), BreakerState::Open);
+        after(1).await;
+        assert_eq!(gate.state(), BreakerState::HalfOpen, "after open_for");
+        assert_eq!(gate.try_acquire(), Some(true));
+        gate.record(true, true, &budget);
+        settle().await;
+        assert_eq!(gate.state(), BreakerState::Closed);
+        assert_eq!(budget.ejected.load(Ordering::Relaxed), 0, "slot given back");
+        // The config is read at each step: a reload to 30 s is followed by the next trip.
+        open_for.store(30, Ordering::Relaxed);
+        after(60_000).await;
+        gate.record(false, false, &budget);
+        assert!(gate.record(false, false, &budget));
+        settle().await;
+        after(29_999).await;
+        assert_eq!(gate.state(), BreakerState::Open);
+        after(1).await;
+        assert_eq!(gate.state(), BreakerState::HalfOpen);
+        // Closing ends the task and gives the slot it held back.
+        closed.cancel();
+        task.await.unwrap();
+        assert_eq!(budget.ejected.load(Ordering::Relaxed), 0);
+        assert!(
+            !gate.record(false, false, &budget),
+            "a retired gate never trips"
+        );
     }
 
     #[tokio::test(start_paused = true)]

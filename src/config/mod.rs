@@ -4,7 +4,6 @@
 
 pub mod duration;
 pub mod raw;
-pub mod reload;
 pub mod schema;
 pub mod state;
 pub mod validate;

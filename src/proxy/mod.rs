@@ -7,6 +7,7 @@
 pub mod body;
 pub mod headers;
 mod http2;
+pub mod listeners;
 pub mod server;
 
 use crate::config::Protocol;

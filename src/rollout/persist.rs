@@ -1,6 +1,6 @@
 //! A rollout's progress as one [`Change`]: the split, and `state` and `step` in
 //! `[routes.rollout]`, so a restart resumes where the rollout stood. Where it is written (the
-//! config file, the state file, or memory only) is decided by [`crate::config::reload`].
+//! config file, the state file, or memory only) is decided by [`crate::control`].
 
 use crate::config::state::Change;
 use crate::config::writeback::WritebackError;

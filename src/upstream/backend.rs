@@ -1,6 +1,7 @@
 //! One backend: its identity and the state that outlives config reloads.
 
 use crate::breaker::Gate;
+pub use crate::breaker::PoolShared;
 use crate::config::PoolConfig;
 use crate::upstream::client::UpstreamClient;
 use arc_swap::ArcSwap;
@@ -75,35 +76,6 @@ pub struct Backend {
     pub pool_shared: Arc<PoolShared>,
 }
 
-/// Pool-wide state that outlives snapshots.
-#[derive(Debug, Default)]
-pub struct PoolShared {
-    /// Backends whose breaker is open or half-open now.
-    pub ejected: AtomicU32,
-    /// Backends in the pool now (not counting removed ones).
-    pub size: AtomicU32,
-}
-
-impl PoolShared {
-    /// Take one ejection slot, unless the pool is at its cap ([`crate::breaker::max_ejected`]):
-    /// the request that trips a breaker takes it, the breaker's task gives it back on closing.
-    pub fn try_eject(&self) -> bool {
-        let cap = crate::breaker::max_ejected(self.size.load(Ordering::Relaxed));
-        self.ejected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
-                (e < cap).then_some(e + 1)
-            })
-            .is_ok()
-    }
-
-    /// Give back a slot taken with [`PoolShared::try_eject`].
-    pub fn release_ejection(&self) {
-        let _ = self
-            .ejected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1));
-    }
-}
-
 impl fmt::Debug for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Backend")
@@ -142,6 +114,23 @@ impl Backend {
             closed,
             client: ArcSwap::from_pointee(client),
         }
+    }
+
+    /// This backend's breaker task ([`crate::breaker::run`] on its gate, its pool's ejection
+    /// budget and its pool's breaker config); it ends when the backend is closed.
+    pub fn breaker_task(
+        self: &Arc<Self>,
+        trips: Option<prometheus::IntCounter>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (me, cfg) = (self.clone(), self.clone());
+        crate::breaker::run(
+            BreakerOf(me),
+            self.pool_shared.clone(),
+            move || cfg.pool_config().circuit_breaker.clone(),
+            self.closed.clone(),
+            self.id.to_string(),
+            trips,
+        )
     }
 
     pub fn pool_config(&self) -> Arc<PoolConfig> {
@@ -333,5 +322,15 @@ impl Drop for Lease {
             self.backend.breaker.release_trial();
         }
         self.backend.end_one();
+    }
+}
+
+/// A backend seen as its breaker gate (what [`crate::breaker::run`] drives).
+struct BreakerOf(Arc<Backend>);
+
+impl std::ops::Deref for BreakerOf {
+    type Target = Gate;
+    fn deref(&self) -> &Gate {
+        &self.0.breaker
     }
 }

@@ -8,10 +8,8 @@
 //! carry the name the backend expects without any DNS lookup.
 
 use super::conns::Conns;
+use crate::body::{BodyClock, BodyError, BodyLimit, ClientBodyError, ClientFault, RequestBody};
 use crate::config::{PoolConfig, Protocol};
-use crate::proxy::body::{
-    BodyClock, BodyError, BodyLimit, ClientBodyError, ClientFault, RequestBody,
-};
 use crate::upstream::Backend;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;

@@ -7,7 +7,7 @@
 
 use super::client::{BodySlot, Connector, UpBody};
 use super::inline::{self, InlineConn, UpstreamBody};
-use crate::proxy::body::ClientFault;
+use crate::body::ClientFault;
 use crossbeam_queue::ArrayQueue;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, Uri};

@@ -29,6 +29,17 @@ pub struct BackendChanges {
     pub removed: Vec<String>,
 }
 
+/// Background tasks a [`Registry::sync`] asks for: the caller (the layer that owns task
+/// lifecycles) starts them, so the registry never spawns a health checker itself.
+#[derive(Debug, Default)]
+#[must_use = "the backends need their health checkers and breakers started"]
+pub struct ToStart {
+    /// New backends: each needs its breaker task (with its trips counter, if metrics are on).
+    pub breakers: Vec<(Arc<Backend>, Option<prometheus::IntCounter>)>,
+    /// Backends whose health checks were switched on (new or not): each needs a checker.
+    pub health: Vec<Arc<Backend>>,
+}
+
 /// All backends, current and draining. Touched by reloads and the admin API, never by requests.
 #[derive(Debug)]
 pub struct Registry {
@@ -95,9 +106,10 @@ impl Registry {
         self: &Arc<Self>,
         config: &Config,
         old: Option<&Config>,
-    ) -> Result<(RuntimePools, BackendChanges), RegistryError> {
+    ) -> Result<(RuntimePools, BackendChanges, ToStart), RegistryError> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut changes = BackendChanges::default();
+        let mut start = ToStart::default();
         let mut pools = HashMap::new();
         let mut keep = BTreeMap::new();
         for pc in config.pools.values() {
@@ -140,11 +152,13 @@ impl Registry {
                             .trips
                             .as_ref()
                             .map(|t| t.with_label_values(&[&*b.id.pool, &*b.addr_label]));
-                        crate::breaker::spawn(&b, &self.tasks, trips);
+                        start.breakers.push((b.clone(), trips));
                         b
                     }
                 };
-                self.configure(&backend, &pc_arc, fresh);
+                if self.configure(&backend, &pc_arc, fresh) {
+                    start.health.push(backend.clone());
+                }
                 keep.insert(id, backend.clone());
                 list.push(backend);
             }
@@ -161,7 +175,7 @@ impl Registry {
         inner
             .pools
             .retain(|name, _| config.pools.contains_key(name.as_ref()));
-        Ok((pools, changes))
+        Ok((pools, changes, start))
     }
 
     fn client(
@@ -177,7 +191,8 @@ impl Registry {
 
     /// Apply the pool's settings to a backend; start or stop its health checker. `fresh`: the
     /// backend was just created (it has never served).
-    fn configure(&self, b: &Arc<Backend>, pc: &Arc<PoolConfig>, fresh: bool) {
+    /// Follow `pc`; true when the backend's health checks were switched on (it needs a checker).
+    fn configure(&self, b: &Arc<Backend>, pc: &Arc<PoolConfig>, fresh: bool) -> bool {
         let had_checks = b.is_checked();
         let old_pc = b.pool_config();
         b.set_pool_config(pc.clone());
@@ -198,7 +213,7 @@ impl Registry {
                     Health::Healthy
                 });
                 b.set_checked(true);
-                crate::health::spawn(b, &self.tasks);
+                return true;
             }
             (None, true) => {
                 b.set_checked(false);
@@ -212,6 +227,7 @@ impl Registry {
             }
             _ => {}
         }
+        false
     }
 
     /// Drain a backend: wait for its in-flight requests (bounded by `timeout`), then close it.
