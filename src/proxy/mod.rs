@@ -15,7 +15,7 @@ use crate::runtime::{Runtime, Snapshot};
 use crate::upstream::client::{
     BodySlot, Checkin, ErrorSource, GrpcVerdict, UpBody, UpstreamBody, UpstreamError,
 };
-use crate::upstream::inline::Head;
+use crate::upstream::h1::Head;
 use crate::upstream::{Backend, Lease};
 use body::{BodyLimit, ClientFault, ProxyBody, RequestBody};
 use futures_util::future::Either;

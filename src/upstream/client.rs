@@ -29,8 +29,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+pub use super::body::UpstreamBody;
 pub use super::conns::{Checkin, ErrorSource, UpstreamError};
-pub use super::inline::UpstreamBody;
 
 pub type Connector = hyper_rustls::HttpsConnector<Dial>;
 
@@ -284,10 +284,10 @@ impl UpstreamClient {
     }
 
     /// Send a body-less HTTP/1.1 request from a borrowed head: the fast path without a request
-    /// built for it (see [`super::inline::Head`]). Only for HTTP/1.1 pools.
+    /// built for it (see [`super::h1::Head`]). Only for HTTP/1.1 pools.
     pub fn send_head<'a>(
         &self,
-        head: super::inline::Head<'a>,
+        head: super::h1::Head<'a>,
     ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, Checkin), UpstreamError>> + Send + 'a
     {
         debug_assert!(!self.http2);

@@ -1,12 +1,14 @@
 //! Backends and pools: identity and per-backend state ([`backend`]), the runtime pool and its
 //! balancers ([`pool`]), the upstream HTTP client ([`client`]) with its connection pool
-//! ([`conns`]) and fast path ([`inline`]), and the registry that keeps per-backend state
+//! ([`conns`]), its HTTP/1.1 fast path ([`h1`]) and the response body either reads
+//! ([`body`]), and the registry that keeps per-backend state
 //! across reloads and drains what a reload removes ([`registry`]).
 
 pub mod backend;
+pub mod body;
 pub mod client;
 pub mod conns;
-pub mod inline;
+pub mod h1;
 pub mod pool;
 pub mod registry;
 #[cfg(test)]
