@@ -16,7 +16,8 @@
 //! - [`proxy`]: listeners, connections (hyper for HTTP/1.1 and h2c, the h2 crate directly for
 //!   HTTP/2 over TLS), forwarding, header rewriting, retries.
 //! - [`admin`]: admin API, status page, metrics endpoint. [`metrics`]: Prometheus.
-//! - [`client`]: the admin API client behind `veer status`, `split`, `swap`, `drain`, `reload`.
+//! - [`cli`]: the admin API client behind `veer status`, `split`, `swap`, `drain`, `reload`,
+//!   and the rendering of its answers.
 //! - [`rollout`]: the progressive rollout controller.
 //! - [`tls`]: certificates for HTTPS listeners and TLS to upstreams.
 //! - [`app`]: start and graceful shutdown of a whole veer. [`demo`]: `veer demo`.
@@ -29,7 +30,7 @@
 pub mod admin;
 pub mod app;
 pub mod breaker;
-pub mod client;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod health;
