@@ -1,7 +1,7 @@
 //! Raw config → typed [`Config`], collecting every problem with its line and column.
 //!
-//! By section: [`server`] (`[server]`, `[admin]`), [`pool`] (`[pools.*]`), [`route`]
-//! (`[[routes]]` with their rollouts); this file holds the shared [`Ctx`] (spans to line and
+//! By section: `server` (`[server]`, `[admin]`), `pool` (`[pools.*]`), `route`
+//! (`[[routes]]` with their rollouts); this file holds the shared `Ctx` (spans to line and
 //! column, the common value checks), the entry point and the whole-config checks (TLS
 //! certificates, overlapping routes).
 

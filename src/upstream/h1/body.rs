@@ -2,7 +2,7 @@
 //! it holds the connection.
 
 use super::{BoxError, InlineConn, MAX_HEADERS, MAX_LINE, READ_CHUNK, READ_MAX};
-use crate::upstream::conns::Conns;
+use crate::upstream::conn_pool::Conns;
 use bytes::{Buf, Bytes};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};

@@ -6,8 +6,8 @@
 //! that came with the head is answered from memory with the connection already back in the
 //! pool. Everything else (request bodies, upgrades, HTTP/2) goes through hyper.
 //!
-//! By what each part does: [`write`] writes the request head, [`parse`] reads the response
-//! head and its framing, [`body`] decodes the body that follows (fixed length, chunked, or to
+//! By what each part does: `write` writes the request head, `parse` reads the response
+//! head and its framing, `body` decodes the body that follows (fixed length, chunked, or to
 //! the close); this file holds the pooled connection and the exchange that runs them in turn.
 
 mod body;
@@ -21,8 +21,8 @@ pub(crate) use parse::single_content_length;
 pub use write::Head;
 
 use super::body::UpstreamBody;
-use super::client::ConnIo;
-use super::conns::{Conns, UpstreamError};
+use super::conn_pool::{Conns, UpstreamError};
+use super::http_client::ConnIo;
 use body::{Chunk, State};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, Method, Request, Response, StatusCode};
@@ -120,7 +120,7 @@ impl Conn {
 }
 
 /// Can this request take the fast path?
-pub fn eligible(req: &Request<super::client::UpBody>) -> bool {
+pub fn eligible(req: &Request<super::http_client::UpBody>) -> bool {
     req.method() != Method::CONNECT
         && http_body::Body::is_end_stream(req.body())
         && !req.headers().contains_key(header::UPGRADE)

@@ -2,7 +2,7 @@
 
 use super::{MAX_HEAD, MAX_HEADERS};
 use crate::upstream::body::UpstreamBody;
-use crate::upstream::conns::UpstreamError;
+use crate::upstream::conn_pool::UpstreamError;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};

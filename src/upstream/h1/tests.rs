@@ -26,7 +26,7 @@ async fn the_request_head_carries_method_path_and_headers() {
     let c = client(b.addr);
     let req = http::Request::get(format!("http://{}/a/b?x=1", c.authority))
         .header("x-test", "yes")
-        .body(crate::upstream::client::UpBody::empty())
+        .body(crate::upstream::http_client::UpBody::empty())
         .unwrap();
     let (_, echoed, _) = exchange(&c, req).await;
     assert!(echoed.starts_with("GET /a/b?x=1 HTTP/1.1|"), "{echoed}");
@@ -164,7 +164,7 @@ async fn connection_close_and_http_1_0_answers_are_not_reused() {
     let c = client(b.addr);
     assert_eq!(exchange(&c, get(&c)).await.1, "ok");
     let old = http::Request::get(format!("http://{}/old", c.authority))
-        .body(crate::upstream::client::UpBody::empty())
+        .body(crate::upstream::http_client::UpBody::empty())
         .unwrap();
     assert_eq!(exchange(&c, old).await.1, "ok");
     assert_eq!(c.conns.idle_count(), 0);
@@ -257,7 +257,7 @@ async fn connection_headers_about_this_hop_are_dropped_others_left_for_stripping
     assert!(resp.headers().get("keep-alive").is_none());
     assert_eq!(resp.headers()["content-length"], "2");
     let named = http::Request::get(format!("http://{}/named", c.authority))
-        .body(crate::upstream::client::UpBody::empty())
+        .body(crate::upstream::http_client::UpBody::empty())
         .unwrap();
     let (resp, _, _) = exchange(&c, named).await;
     // Kept so the proxy's hop-by-hop pass removes what it names.

@@ -19,7 +19,7 @@ pub struct Head<'a> {
 
 impl<'a> Head<'a> {
     /// The head of a request that already has all it sends (a Host among its headers).
-    pub fn of(req: &'a Request<crate::upstream::client::UpBody>) -> Self {
+    pub fn of(req: &'a Request<crate::upstream::http_client::UpBody>) -> Self {
         Head {
             method: req.method(),
             target: req.uri().path_and_query().map_or("/", |pq| pq.as_str()),

@@ -6,8 +6,8 @@
 //! pop and push.
 
 use super::body::UpstreamBody;
-use super::client::{BodySlot, Connector, UpBody};
 use super::h1::{self, InlineConn};
+use super::http_client::{BodySlot, Connector, UpBody};
 use crate::proxy::body::ClientFault;
 use crossbeam_queue::ArrayQueue;
 use http::uri::PathAndQuery;
@@ -392,7 +392,7 @@ impl Conns {
         connecting.await
     }
 
-    async fn dial(&self) -> Result<super::client::ConnIo, UpstreamError> {
+    async fn dial(&self) -> Result<super::http_client::ConnIo, UpstreamError> {
         self.connector
             .clone()
             .oneshot(self.target.clone())
@@ -492,7 +492,7 @@ mod tests {
     use crate::upstream::testing::{backend, client, exchange, until, Reply};
 
     /// A request hyper's path takes (the fast path leaves upgrades to it).
-    fn via_hyper(c: &crate::upstream::client::UpstreamClient) -> Request<UpBody> {
+    fn via_hyper(c: &crate::upstream::http_client::UpstreamClient) -> Request<UpBody> {
         Request::get(format!("http://{}/", c.authority))
             .header(http::header::UPGRADE, "none")
             .body(UpBody::empty())
