@@ -36,6 +36,8 @@
 //! - [`control`]: staging, applying and committing every change (file watcher, SIGHUP,
 //!   admin API, rollout steps, certificate watcher).
 //! - [`admin`]: admin API, status page, metrics endpoint.
+//! - [`cli`]: the admin API client behind `veer status`, `split`, `swap`, `drain`, `reload`,
+//!   and the rendering of its answers.
 //! - [`app`]: start and graceful shutdown of a whole veer. [`demo`]: `veer demo`.
 //! - [`client`]: the admin API client behind `veer status`, `split`, `swap`, `drain`, `reload`.
 //!
@@ -48,7 +50,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod breaker;
-pub mod client;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;

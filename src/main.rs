@@ -128,7 +128,7 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct AdminOpts {
     /// Admin API URL. The bearer token is read from VEER_ADMIN_TOKEN.
-    #[arg(long, env = "VEER_ADMIN", value_name = "URL", default_value = veer::client::DEFAULT_ADMIN)]
+    #[arg(long, env = "VEER_ADMIN", value_name = "URL", default_value = veer::cli::DEFAULT_ADMIN)]
     admin: String,
     /// Print the API's JSON answer (for scripts).
     #[arg(long)]
@@ -396,7 +396,7 @@ fn override_token(pool: &str, secret_env: &str) -> Result<()> {
 }
 
 fn admin_command(cmd: Command) -> Result<()> {
-    use veer::client::{self, AdminClient};
+    use veer::cli::{render, AdminClient, AdminError};
     let api = match &cmd {
         Command::Status { api }
         | Command::Split { api, .. }
@@ -421,15 +421,15 @@ fn admin_command(cmd: Command) -> Result<()> {
         .context("cannot start the tokio runtime")?;
     let result = rt.block_on(async {
         match &cmd {
-            Command::Status { .. } => c.status().await.map(|v| (client::render_status(&v), v)),
+            Command::Status { .. } => c.status().await.map(|v| (render::render_status(&v), v)),
             Command::Split { route, weights, .. } => c
                 .split(route, weights)
                 .await
-                .map(|v| (client::render_split(route, &v), v)),
+                .map(|v| (render::render_split(route, &v), v)),
             Command::Swap { route, force, .. } => c
                 .swap(route, *force)
                 .await
-                .map(|v| (client::render_split(route, &v), v)),
+                .map(|v| (render::render_split(route, &v), v)),
             Command::Drain { pool, addr, .. } => c.drain(pool, addr, true).await.map(|v| {
                 (
                     format!("{pool} {addr}: draining; in-flight requests finish, no new ones\n"),
@@ -440,11 +440,11 @@ fn admin_command(cmd: Command) -> Result<()> {
                 .drain(pool, addr, false)
                 .await
                 .map(|v| (format!("{pool} {addr}: back in service\n"), v)),
-            Command::Reload { .. } => c.reload().await.map(|v| (client::render_reload(&v), v)),
+            Command::Reload { .. } => c.reload().await.map(|v| (render::render_reload(&v), v)),
             Command::Rollout { route, action, .. } => c
                 .rollout(route, action.as_str())
                 .await
-                .map(|v| (client::render_rollout_answer(route, action.as_str(), &v), v)),
+                .map(|v| (render::render_rollout_answer(route, action.as_str(), &v), v)),
             Command::Run { .. }
             | Command::Check { .. }
             | Command::Demo { .. }
@@ -467,7 +467,7 @@ fn admin_command(cmd: Command) -> Result<()> {
         }
         Err(e) => {
             if json {
-                if let client::ClientError::Api { body, .. } = &e {
+                if let AdminError::Api { body, .. } = &e {
                     // Scripts get the API's error document on stdout as well as the exit code.
                     println!("{body}");
                 }

@@ -354,7 +354,7 @@ async fn http2_authority_is_checked_like_host() {
 async fn the_cli_client_and_same_origin_requests_keep_working() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
     let v = veer_on(blue.addr, green.addr, "listen = \"127.0.0.1:0\"").await;
-    let c = veer::client::AdminClient::new(&v.admin_url(""), None).unwrap();
+    let c = veer::cli::AdminClient::new(&v.admin_url(""), None).unwrap();
     let r = c
         .split("web", &[("blue".into(), 0), ("green".into(), 5)])
         .await

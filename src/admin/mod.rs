@@ -6,7 +6,6 @@ pub mod rollout;
 pub mod status;
 
 use crate::proxy::listeners::Listeners;
-use crate::proxy::server::bind as _bind;
 use crate::runtime::Runtime;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -25,11 +24,11 @@ pub type AdminResponse = Response<Full<Bytes>>;
 /// Serve the admin API until `stop`.
 pub async fn serve(
     rt: Arc<Runtime>,
-    listeners: Arc<Listeners>,
+    // Unused: kept until app.rs's call drops it (app.rs belongs to the control-layer change).
+    _listeners: Arc<Listeners>,
     listener: TcpListener,
     stop: CancellationToken,
 ) {
-    let _ = _bind;
     // The bound address (port resolved) decides which Hosts are this listener (guard.rs).
     let Ok(local) = listener.local_addr() else {
         tracing::error!("admin listener has no local address; not serving");
@@ -43,12 +42,10 @@ pub async fn serve(
             _ = stop.cancelled() => return,
         };
         let rt = rt.clone();
-        let listeners = listeners.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let rt = rt.clone();
-                let listeners = listeners.clone();
-                async move { Ok::<_, Infallible>(route(&rt, &listeners, local, loopback, req).await) }
+                async move { Ok::<_, Infallible>(route(&rt, local, loopback, req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -83,7 +80,6 @@ fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Admi
 
 async fn route(
     rt: &Arc<Runtime>,
-    _listeners: &Arc<Listeners>,
     local: std::net::SocketAddr,
     loopback: bool,
     req: Request<Incoming>,

@@ -13,10 +13,10 @@ pub mod server;
 use crate::config::Protocol;
 use crate::routing::{choice, Route};
 use crate::runtime::{Runtime, Snapshot};
-use crate::upstream::client::{
+use crate::upstream::h1::Head;
+use crate::upstream::http_client::{
     BodySlot, Checkin, ErrorSource, GrpcVerdict, UpBody, UpstreamBody, UpstreamError,
 };
-use crate::upstream::inline::Head;
 use crate::upstream::{Backend, Lease};
 use body::{BodyLimit, ClientFault, ProxyBody, RequestBody};
 use futures_util::future::Either;
@@ -553,7 +553,7 @@ fn forward(
                     let status = resp.status();
                     // gRPC statuses count only where the pool says so; most come in the trailers,
                     // judged by the body as they pass.
-                    let grpc = crate::upstream::client::grpc_verdict(&backend, resp.headers());
+                    let grpc = crate::upstream::http_client::grpc_verdict(&backend, resp.headers());
                     let failed = status.is_server_error() || grpc == GrpcVerdict::Failed;
                     if grpc != GrpcVerdict::AtTrailers {
                         lease.record(!failed);

@@ -3,7 +3,7 @@
 use crate::breaker::Gate;
 pub use crate::breaker::PoolShared;
 use crate::config::PoolConfig;
-use crate::upstream::client::UpstreamClient;
+use crate::upstream::http_client::UpstreamClient;
 use arc_swap::ArcSwap;
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,12 +1,14 @@
 //! Backends and pools: identity and per-backend state ([`backend`]), the runtime pool and its
-//! balancers ([`pool`]), the upstream HTTP client ([`client`]) with its connection pool
-//! ([`conns`]) and fast path ([`inline`]), and the registry that keeps per-backend state
-//! across reloads and drains what a reload removes ([`registry`]).
+//! balancers ([`pool`]), the upstream HTTP client ([`http_client`]) with each backend's
+//! connection pool ([`conn_pool`]), its HTTP/1.1 fast path ([`h1`]) and the response body
+//! either reads ([`body`]), and the registry that keeps per-backend state across reloads and
+//! drains what a reload removes ([`registry`]).
 
 pub mod backend;
-pub mod client;
-pub mod conns;
-pub mod inline;
+pub mod body;
+pub mod conn_pool;
+pub mod h1;
+pub mod http_client;
 pub mod pool;
 pub mod registry;
 #[cfg(test)]
@@ -15,3 +17,8 @@ mod testing;
 pub use backend::{Backend, BackendId, Health, Lease};
 pub use pool::Pool;
 pub use registry::Registry;
+
+// The old module paths, for the branches of issue 13 not yet merged (they import
+// `upstream::client` and `upstream::conns`); to be removed once they use the new names.
+pub use conn_pool as conns;
+pub use http_client as client;

@@ -1,7 +1,7 @@
 //! Test backends that speak raw HTTP/1.1, for the upstream client's tests.
 
-use super::client::{UpBody, UpstreamClient};
-use super::inline::UpstreamBody;
+use super::body::UpstreamBody;
+use super::http_client::{UpBody, UpstreamClient};
 use http::{HeaderMap, Request, Response};
 use http_body_util::BodyExt;
 use std::net::SocketAddr;

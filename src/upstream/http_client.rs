@@ -1,5 +1,5 @@
 //! The upstream HTTP client: one per backend (so draining a backend can close exactly its
-//! connections, see [`super::conns`]) speaking the pool's protocol (HTTP/1.1, HTTP/2 over TLS
+//! connections, see [`super::conn_pool`]) speaking the pool's protocol (HTTP/1.1, HTTP/2 over TLS
 //! by ALPN, or h2c) with optional TLS; and [`UpBody`], a request body that can be handed to a
 //! second backend when the first never took it (connect failure).
 //!
@@ -7,7 +7,7 @@
 //! and presents a fixed TLS server name (the pool's `sni`, else the backend IP), so URIs can
 //! carry the name the backend expects without any DNS lookup.
 
-use super::conns::Conns;
+use super::conn_pool::Conns;
 use crate::body::{BodyClock, BodyError, BodyLimit, ClientBodyError, ClientFault, RequestBody};
 use crate::config::{PoolConfig, Protocol};
 use crate::upstream::Backend;
@@ -27,8 +27,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-pub use super::conns::{Checkin, ErrorSource, UpstreamError};
-pub use super::inline::UpstreamBody;
+pub use super::body::UpstreamBody;
+pub use super::conn_pool::{Checkin, ErrorSource, UpstreamError};
 
 pub type Connector = hyper_rustls::HttpsConnector<Dial>;
 
@@ -282,10 +282,10 @@ impl UpstreamClient {
     }
 
     /// Send a body-less HTTP/1.1 request from a borrowed head: the fast path without a request
-    /// built for it (see [`super::inline::Head`]). Only for HTTP/1.1 pools.
+    /// built for it (see [`super::h1::Head`]). Only for HTTP/1.1 pools.
     pub fn send_head<'a>(
         &self,
-        head: super::inline::Head<'a>,
+        head: super::h1::Head<'a>,
     ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, Checkin), UpstreamError>> + Send + 'a
     {
         debug_assert!(!self.http2);

@@ -5,8 +5,9 @@
 //! and a task spawned per request to wait for the connection to come back; this costs a queue
 //! pop and push.
 
-use super::client::{BodySlot, Connector, UpBody};
-use super::inline::{self, InlineConn, UpstreamBody};
+use super::body::UpstreamBody;
+use super::h1::{self, InlineConn};
+use super::http_client::{BodySlot, Connector, UpBody};
 use crate::body::ClientFault;
 use crossbeam_queue::ArrayQueue;
 use http::uri::PathAndQuery;
@@ -116,7 +117,7 @@ pub struct Conns {
     /// The authority for a `Host` header when a request has none.
     authority: http::uri::Authority,
     idle: ArrayQueue<Idle>,
-    /// Connections of the fast path ([`inline`]), which owns them between exchanges.
+    /// Connections of the fast path ([`h1`]), which owns them between exchanges.
     inline_idle: ArrayQueue<InlineConn>,
     shared: arc_swap::ArcSwapOption<http2::SendRequest<UpBody>>,
     /// Held while an HTTP/2 connection is being made, so a burst of requests makes one.
@@ -212,7 +213,7 @@ impl Conns {
             return Either::Right(self.send_h2(req));
         }
         self.prepare_h1(&mut req);
-        if inline::eligible(&req) {
+        if h1::eligible(&req) {
             Either::Left(self.send_inline(req))
         } else {
             // hyper writes the URI as given: it must be origin-form (`/path?query`).
@@ -257,7 +258,7 @@ impl Conns {
                     ));
                 }
                 Ok(mut resp) => {
-                    inline::single_content_length(resp.headers_mut());
+                    h1::single_content_length(resp.headers_mut());
                     let resp = resp.map(UpstreamBody::Hyper);
                     return Ok((resp, Checkin(Some((self, tx)))));
                 }
@@ -274,14 +275,14 @@ impl Conns {
         self: Arc<Self>,
         req: Request<UpBody>,
     ) -> Result<(Response<UpstreamBody>, Checkin), UpstreamError> {
-        self.send_head(inline::Head::of(&req)).await
+        self.send_head(h1::Head::of(&req)).await
     }
 
-    /// The fast path with a borrowed head (see [`inline::Head`]); the caller makes sure the
+    /// The fast path with a borrowed head (see [`h1::Head`]); the caller makes sure the
     /// request has no body and is no upgrade or CONNECT, and that this is an HTTP/1.1 pool.
     pub async fn send_head(
         self: Arc<Self>,
-        head: inline::Head<'_>,
+        head: h1::Head<'_>,
     ) -> Result<(Response<UpstreamBody>, Checkin), UpstreamError> {
         // A connection that closed before answering anything is tried again elsewhere only
         // when sending the request twice is harmless.
@@ -299,10 +300,10 @@ impl Conns {
                 Some(c) => (c, true),
                 None => (self.connect_inline().await?, false),
             };
-            match inline::exchange(&self, conn, &head).await {
+            match h1::exchange(&self, conn, &head).await {
                 Ok(resp) => return Ok((resp, Checkin::default())),
-                Err(inline::Failed::BeforeResponse(_)) if reused && idempotent => continue,
-                Err(inline::Failed::BeforeResponse(e) | inline::Failed::Other(e)) => return Err(e),
+                Err(h1::Failed::BeforeResponse(_)) if reused && idempotent => continue,
+                Err(h1::Failed::BeforeResponse(e) | h1::Failed::Other(e)) => return Err(e),
             }
         }
     }
@@ -391,7 +392,7 @@ impl Conns {
         connecting.await
     }
 
-    async fn dial(&self) -> Result<super::client::ConnIo, UpstreamError> {
+    async fn dial(&self) -> Result<super::http_client::ConnIo, UpstreamError> {
         self.connector
             .clone()
             .oneshot(self.target.clone())
@@ -491,7 +492,7 @@ mod tests {
     use crate::upstream::testing::{backend, client, exchange, until, Reply};
 
     /// A request hyper's path takes (the fast path leaves upgrades to it).
-    fn via_hyper(c: &crate::upstream::client::UpstreamClient) -> Request<UpBody> {
+    fn via_hyper(c: &crate::upstream::http_client::UpstreamClient) -> Request<UpBody> {
         Request::get(format!("http://{}/", c.authority))
             .header(http::header::UPGRADE, "none")
             .body(UpBody::empty())

@@ -7,10 +7,12 @@
 
 use super::*;
 use crate::upstream::testing::{backend, client, get, Reply};
+use http::Version;
+use http_body::Body as _;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-#[path = "../../tests/support/fuzz.rs"]
+#[path = "../../../tests/support/fuzz.rs"]
 mod fuzz;
 use fuzz::{read_chunked, Chunked, Mutation};
 

@@ -1,0 +1,8 @@
+//! The command line's library half: [`client`], the admin API client behind `veer status`,
+//! `split`, `swap`, `drain`, `undrain`, `reload` and `rollout`; and [`render`], which turns
+//! its JSON answers into text and tables.
+
+pub mod client;
+pub mod render;
+
+pub use client::{AdminClient, AdminError, DEFAULT_ADMIN};
