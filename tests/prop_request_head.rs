@@ -442,8 +442,15 @@ fn read_request(buf: &[u8], side: Side) -> Step {
                 } else {
                     Hole::MalformedBody
                 };
+                // A request refused on its head (asterisk-form: no route, 404) is answered
+                // before its body is read; the connection closes and nothing reaches a backend.
+                let statuses: &'static [u16] = if soft_reject.is_some() {
+                    &[400, 404]
+                } else {
+                    &[400]
+                };
                 return Step::Msg(Msg {
-                    verdict: Verdict::Reject(&[400], "malformed chunked body"),
+                    verdict: Verdict::Reject(statuses, "malformed chunked body"),
                     len: 0,
                     persistent: false,
                     may_wait: false,
