@@ -1367,11 +1367,22 @@ impl Harness {
 /// Check `input` whole and at each of `splits` (each a list of split points).
 fn check_input(h: &Harness, input: &[u8], splits: &[Vec<usize>]) -> Result<(), String> {
     let (msgs, tail) = read_all(input);
+    // Whether each answer is to a HEAD (no body follows its Content-Length); for a refused
+    // request, read off its request line (leading empty lines skipped, RFC 9112 §2.2).
+    let mut at = 0;
     let expect: Vec<(bool, bool)> = msgs
         .iter()
-        .map(|m| match &m.verdict {
-            Verdict::Forward(r) | Verdict::Either(r, ..) => (r.method == "HEAD", false),
-            Verdict::Reject(..) => (false, m.may_wait),
+        .map(|m| {
+            let start = &input[at.min(input.len())..];
+            at += m.len;
+            let line = &start[start
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count()..];
+            match &m.verdict {
+                Verdict::Forward(r) | Verdict::Either(r, ..) => (r.method == "HEAD", false),
+                Verdict::Reject(..) => (line.starts_with(b"HEAD "), m.may_wait),
+            }
         })
         .collect();
     let skip =
