@@ -345,6 +345,10 @@ fn read_request(buf: &[u8], side: Side) -> Step {
         if after_scheme[..authority_end].contains(&b'@') {
             return reject(&[400], "userinfo in an absolute-form target");
         }
+        // An http(s) URI with an empty host is invalid (RFC 9110 §4.2.1).
+        if authority_end == 0 {
+            return reject(&[400], "an absolute-form target without a host");
+        }
     } else if t == b"*" {
         if req.method != "OPTIONS" {
             // Refused (veer: no route, 404) with the framing intact: the connection may go on.
