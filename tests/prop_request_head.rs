@@ -346,7 +346,7 @@ fn read_request(buf: &[u8], side: Side) -> Step {
             return reject(&[400], "userinfo in an absolute-form target");
         }
         // An http(s) URI with an empty host is invalid (RFC 9110 §4.2.1).
-        if authority_end == 0 {
+        if authority_end == 0 || after_scheme[0] == b':' {
             return reject(&[400], "an absolute-form target without a host");
         }
     } else if t == b"*" {
