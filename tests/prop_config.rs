@@ -8,7 +8,7 @@
 mod support;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestRunner};
 use std::path::Path;
 use support::fuzz::{mutate, Mutation};
 
@@ -16,15 +16,7 @@ use support::fuzz::{mutate, Mutation};
 const DEFAULT_CASES: u32 = 512;
 
 fn runner() -> TestRunner {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    TestRunner::new(RunnerConfig {
-        cases,
-        failure_persistence: None,
-        ..RunnerConfig::default()
-    })
+    support::fuzz::runner(DEFAULT_CASES)
 }
 
 fn run<T: std::fmt::Debug>(

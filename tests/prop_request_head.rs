@@ -15,7 +15,7 @@
 mod support;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1416,17 +1416,7 @@ fn check_input(h: &Harness, input: &[u8], splits: &[Vec<usize>]) -> Result<(), S
     Ok(())
 }
 
-fn runner(default_cases: u32) -> TestRunner {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default_cases);
-    TestRunner::new(RunnerConfig {
-        cases,
-        failure_persistence: None,
-        ..RunnerConfig::default()
-    })
-}
+use fuzz::runner;
 
 fn show(input: &[u8]) -> String {
     let s = lossy(input);

@@ -1,8 +1,8 @@
 //! Stable stand-ins for fuzzing (cargo-fuzz needs nightly): byte mutations, and a strict
 //! reader of the chunked transfer coding (RFC 9112 §7.1), the reference the property tests
 //! compare veer's decoders with (the request side through hyper, tests/prop_request_head.rs;
-//! the upstream fast path, src/upstream/inline_prop.rs). Plain std: it is included by path
-//! from the library's unit tests too.
+//! the upstream fast path, src/upstream/h1/props.rs), and the runner they share. Included by
+//! path from the library's unit tests too.
 //!
 //! ```text
 //! chunked-body = *chunk last-chunk trailer-section CRLF
@@ -369,4 +369,18 @@ pub fn encode(data: &[u8], sizes: &[usize]) -> Vec<u8> {
     }
     out.extend_from_slice(b"0\r\n\r\n");
     out
+}
+
+/// A proptest runner for `PROPTEST_CASES` cases (default `default_cases`); reproducers go into
+/// the reports and the regression tests, not into files.
+pub fn runner(default_cases: u32) -> proptest::test_runner::TestRunner {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_cases);
+    proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    })
 }

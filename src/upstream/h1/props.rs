@@ -10,7 +10,7 @@ use crate::upstream::testing::{backend, client, get, Reply};
 use http::Version;
 use http_body::Body as _;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestRunner};
 
 #[path = "../../../tests/support/fuzz.rs"]
 mod fuzz;
@@ -21,16 +21,7 @@ use fuzz::{read_chunked, Chunked, Mutation};
 const DEFAULT_CASES: u32 = 128;
 
 fn runner() -> TestRunner {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    TestRunner::new(Config {
-        cases,
-        // Reproducers go into the report and the regression tests below, not into files.
-        failure_persistence: None,
-        ..Config::default()
-    })
+    fuzz::runner(DEFAULT_CASES)
 }
 
 /// Holes in `parse_head`, the response framing that other work on this issue is changing
