@@ -18,7 +18,7 @@
 //!  4  proxy, rollout                listeners, connections, forwarding, retries; rollouts
 //!  3  health, runtime               health checkers; the live snapshot behind an ArcSwap
 //!  2  upstream                      backends, pools, balancers, connection pools
-//!  1  tls, breaker, routing, metrics
+//!  1  tls, breaker, routing, metrics, dns
 //!  0  config, body                  text in, typed Config out; the client's request body
 //! ```
 //!
@@ -54,6 +54,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod dns;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub rollout_step: IntGaugeVec,
     pub rollouts: IntCounterVec,
+    /// `veer_dns_resolutions_total{pool,result}`: lookups of backend names (SPEC §9).
+    pub dns_resolutions: IntCounterVec,
     codes: Mutex<HashMap<CodeKey, Arc<CodeCounters>>>,
     exported_backends: Mutex<HashSet<(String, String)>>,
     /// Route → pools of its split, as last exported in `veer_route_weight`.
@@ -168,6 +170,11 @@ impl Metrics {
                 "veer_rollouts_total",
                 "Finished rollouts by result.",
                 &["route", "result"],
+            ),
+            dns_resolutions: counter(
+                "veer_dns_resolutions_total",
+                "Lookups of backend names, by pool and result (success or failure).",
+                &["pool", "result"],
             ),
             registry: r,
             codes: Mutex::new(HashMap::new()),

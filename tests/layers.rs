@@ -20,6 +20,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("breaker", 1),
     ("routing", 1),
     ("metrics", 1),
+    // Name lookups for backends by name (SPEC §9): config in, addresses out.
+    ("dns", 1),
     // 2: backends, pools, connection pools.
     ("upstream", 2),
     // 3: health checkers, the snapshot.
