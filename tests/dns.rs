@@ -40,7 +40,10 @@ fn no_jitter(c: &mut veer::config::Config) {
 /// The backends of pool `pool` in `/api/status`.
 async fn status_backends(veer: &Veer, pool: &str) -> Vec<Value> {
     let s = json_of(&get(&veer.admin_url("/api/status")).await);
-    s["pools"][pool]["backends"].as_array().cloned().unwrap_or_default()
+    s["pools"][pool]["backends"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Those of them whose addr is `addr`.
@@ -64,7 +67,10 @@ async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
         if f().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < end, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -90,8 +96,9 @@ async fn a_name_with_two_a_records_is_two_backends_each_with_its_own_health() {
     for (b, addr) in [(one.up.addr, "one"), (two.up.addr, "two")] {
         let entry = find(&bs, b).unwrap_or_else(|| panic!("{addr} missing: {bs:?}"));
         assert_eq!(entry["name"], name.as_str(), "{entry}");
-        // The name's weight (1) split evenly over its two addresses.
+        // The name's weight (1) split evenly over its two addresses; no slow start.
         assert_eq!(entry["weight"], 0.5, "{entry}");
+        assert_eq!(entry["weight_now"], 0.5, "{entry}");
     }
     let seen = bodies(&veer, "/", 40).await;
     assert_eq!(seen.get("200 one"), Some(&20), "{seen:?}");
@@ -141,14 +148,21 @@ async fn changed_records_drain_the_removed_address_and_check_the_new_one_first()
 
     let asked = std::time::Instant::now();
     dns.set("api", &[v4(1), v4(3)], 1).await;
-    wait_for("the second address removed and the third added", async || {
-        let bs = status_backends(&veer, "web").await;
-        find(&bs, two.up.addr).is_some_and(|b| b["removed"] == true && b["draining"] == true)
-            && find(&bs, three.up.addr).is_some()
-    })
+    wait_for(
+        "the second address removed and the third added",
+        async || {
+            let bs = status_backends(&veer, "web").await;
+            find(&bs, two.up.addr).is_some_and(|b| b["removed"] == true && b["draining"] == true)
+                && find(&bs, three.up.addr).is_some()
+        },
+    )
     .await;
     // Within the TTL (1 s) and a lookup's time, not dns_refresh (30 s).
-    assert!(asked.elapsed() < Duration::from_secs(5), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
     let bs = status_backends(&veer, "web").await;
     let t = find(&bs, three.up.addr).unwrap();
     assert_eq!(t["name"], name.as_str());
@@ -192,14 +206,22 @@ async fn a_stopped_dns_server_keeps_the_last_addresses_and_counts_failures() {
     let metrics = || async { get(&veer.admin_url("/metrics")).await.body };
     let m = metrics().await;
     assert!(
-        metric_sum(&m, "veer_dns_resolutions_total", &["pool=\"web\"", "result=\"success\""]) >= 1.0,
+        metric_sum(
+            &m,
+            "veer_dns_resolutions_total",
+            &["pool=\"web\"", "result=\"success\""]
+        ) >= 1.0,
         "{m}"
     );
 
     dns.stop();
     wait_for("failed lookups counted", async || {
         let m = metrics().await;
-        metric_sum(&m, "veer_dns_resolutions_total", &["pool=\"web\"", "result=\"failure\""]) >= 2.0
+        metric_sum(
+            &m,
+            "veer_dns_resolutions_total",
+            &["pool=\"web\"", "result=\"failure\""],
+        ) >= 2.0
     })
     .await;
     let bs = status_backends(&veer, "web").await;
@@ -230,7 +252,11 @@ async fn a_name_never_resolved_leaves_the_pool_empty_and_its_share_falls_back() 
     assert_eq!(seen.get("200 green"), Some(&10), "{seen:?}");
     let m = get(&veer.admin_url("/metrics")).await.body;
     assert!(
-        metric_sum(&m, "veer_dns_resolutions_total", &["pool=\"blue\"", "result=\"failure\""]) >= 1.0,
+        metric_sum(
+            &m,
+            "veer_dns_resolutions_total",
+            &["pool=\"blue\"", "result=\"failure\""]
+        ) >= 1.0,
         "{m}"
     );
     veer.shutdown().await;
@@ -291,6 +317,40 @@ async fn check_warns_but_does_not_fail_on_a_name_it_cannot_resolve() {
     );
 }
 
+#[tokio::test]
+async fn an_undrained_backend_ramps_and_status_shows_weight_now() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let config = format!(
+        "[pools.web]\nbackends = [{{ addr = \"{}\", weight = 4 }}, {{ addr = \"{}\", weight = 4 }}]\nslow_start = \"60s\"\n{}",
+        a.addr,
+        b.addr,
+        route("{ web = 100 }", "")
+    );
+    let veer = start_veer(&config).await;
+    let now_of = |bs: &[Value]| find(bs, b.addr).unwrap()["weight_now"].as_f64().unwrap();
+    // Present from the start: full weight.
+    assert_eq!(now_of(&status_backends(&veer, "web").await), 4.0);
+    let drain = format!("/api/pools/web/backends/{}/drain?force=true", b.addr);
+    let r = admin_call(veer.admin, "POST", &drain, "").await;
+    assert!((200..300).contains(&r.status), "{} {}", r.status, r.body);
+    assert_eq!(now_of(&status_backends(&veer, "web").await), 0.0);
+    // Let the slow-start task see it drained, then undrain: it comes back at 10%.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let undrain = format!("/api/pools/web/backends/{}/undrain", b.addr);
+    let r = admin_call(veer.admin, "POST", &undrain, "").await;
+    assert!((200..300).contains(&r.status), "{} {}", r.status, r.body);
+    let w = now_of(&status_backends(&veer, "web").await);
+    assert!(
+        (0.4..=0.5).contains(&w),
+        "weight_now {w}, want about 10% of 4"
+    );
+    // And it grows (0.9 × 4 / 60 per second).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let w2 = now_of(&status_backends(&veer, "web").await);
+    assert!(w2 > w && w2 < 1.0, "weight_now {w} then {w2}");
+    veer.shutdown().await;
+}
+
 // ---------- IPv6 ----------
 
 /// The request head an IPv6 upstream saw, through a veer listening on [::1].
@@ -348,7 +408,12 @@ async fn ipv6_backends_by_aaaa_and_literal_listeners_xff_stickiness_and_health()
     let veer = start_veer(&config).await;
     let g = get(&veer.url("/")).await;
     assert_eq!(g.status, 200, "{}", g.body);
-    assert_eq!(echoed_get(&echoed(&g.body), "x-forwarded-for"), vec!["::1"], "{}", g.body);
+    assert_eq!(
+        echoed_get(&echoed(&g.body), "x-forwarded-for"),
+        vec!["::1"],
+        "{}",
+        g.body
+    );
     veer.shutdown().await;
 }
 

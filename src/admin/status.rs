@@ -75,7 +75,8 @@ pub fn status_json(rt: &Control) -> Value {
             .map(|b| {
                 let weight = configured_weight(pc, pool.map(|p| &**p), b);
                 let weight_now = if b.is_available() {
-                    weight * f64::from(b.ramp_own()) / f64::from(crate::upstream::backend::RAMP_FULL)
+                    weight * f64::from(b.ramp_own())
+                        / f64::from(crate::upstream::backend::RAMP_FULL)
                 } else {
                     0.0
                 };

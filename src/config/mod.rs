@@ -246,7 +246,10 @@ pub struct BackendConfig {
 pub enum BackendAddr {
     Ip(SocketAddr),
     /// `NAME:PORT`; `host` is lower case, without a trailing dot.
-    Name { host: String, port: u16 },
+    Name {
+        host: String,
+        port: u16,
+    },
 }
 
 impl BackendAddr {
@@ -257,17 +260,19 @@ impl BackendAddr {
             return Some(BackendAddr::Ip(a));
         }
         let (host, port) = s.rsplit_once(':')?;
-        let port = (!port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| port.parse::<u16>().ok())
-            .flatten()
-            .filter(|&p| p != 0)?;
+        let port =
+            (!port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| port.parse::<u16>().ok())
+                .flatten()
+                .filter(|&p| p != 0)?;
         let host = host.strip_suffix('.').unwrap_or(host);
         let label_ok = |l: &str| {
             !l.is_empty()
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         // An all-digit last label would be a mistyped IPv4 address, not a name.
         let last_numeric = host

@@ -4,9 +4,9 @@
 //! become backends, health-checked before they serve; vanished ones drain). A failed lookup
 //! keeps the last good addresses. Requests never wait on any of this.
 
+use super::Control;
 use crate::config::{BackendAddr, Config};
 use crate::dns::{refresh_after, Resolver};
-use crate::runtime::Runtime;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +22,15 @@ type Key = (String, BackendAddr);
 
 /// Resolve the config's names once (bounded by a few seconds), then keep them resolved in a
 /// task on `tasks` until shutdown.
-pub async fn start(rt: &Arc<Runtime>, tasks: &TaskTracker) {
+pub async fn start(rt: &Arc<Control>, tasks: &TaskTracker) {
     let mut names = Names::default();
     if tokio::time::timeout(FIRST_ROUND, names.round(rt))
         .await
         .is_err()
     {
-        tracing::warn!("backend names not all resolved after {FIRST_ROUND:?}; going on, they are tried again");
+        tracing::warn!(
+            "backend names not all resolved after {FIRST_ROUND:?}; going on, they are tried again"
+        );
     }
     let rt = rt.clone();
     tasks.spawn(async move { names.run(&rt).await });
@@ -42,7 +44,7 @@ struct Names {
 }
 
 impl Names {
-    async fn run(&mut self, rt: &Arc<Runtime>) {
+    async fn run(&mut self, rt: &Arc<Control>) {
         loop {
             let due = self.next.values().min().copied();
             tokio::select! {
@@ -55,7 +57,7 @@ impl Names {
     }
 
     /// Look up every name that is due (or new), then rebuild the snapshot if addresses changed.
-    async fn round(&mut self, rt: &Arc<Runtime>) {
+    async fn round(&mut self, rt: &Arc<Control>) {
         let config = rt.config();
         let wanted = names(&config);
         self.next.retain(|k, _| wanted.iter().any(|(w, _)| w == k));
@@ -124,7 +126,7 @@ impl Names {
 }
 
 /// Make the registry's new addresses live: the same config, built again.
-async fn rebuild(rt: &Arc<Runtime>) {
+async fn rebuild(rt: &Arc<Control>) {
     let _lock = rt.change_lock.lock().await;
     let config = (*rt.config()).clone();
     match rt.apply(config) {
@@ -183,4 +185,3 @@ pub async fn unresolvable(config: &Config) -> Vec<String> {
         .flatten()
         .collect()
 }
-

@@ -441,7 +441,9 @@ fn expand(
         match &bc.addr {
             BackendAddr::Ip(a) => out.push((BackendId::ip(pool.clone(), *a), w as u32)),
             BackendAddr::Name { .. } => {
-                let Some(list) = addrs(&bc.addr) else { continue };
+                let Some(list) = addrs(&bc.addr) else {
+                    continue;
+                };
                 let label: Arc<str> = bc.addr.to_string().into();
                 let each = (w / list.len().max(1) as u64).max(1) as u32;
                 for a in list.iter() {
@@ -484,7 +486,10 @@ mod tests {
             .map(|i| format!("10.0.0.{i}:80").parse().unwrap())
             .collect();
         assert!(registry.set_resolved("p", &name, addrs.clone()));
-        assert!(!registry.set_resolved("p", &name, addrs.clone()), "no change");
+        assert!(
+            !registry.set_resolved("p", &name, addrs.clone()),
+            "no change"
+        );
         let (pools, changes, _) = registry.sync(&config, Some(&config)).unwrap();
         let p = &pools["p"];
         assert_eq!(changes.added.len(), 4, "{changes:?}");
@@ -500,7 +505,13 @@ mod tests {
         assert_eq!(changes.removed.len(), 2, "{changes:?}");
         assert_eq!(pools["p"].weights, vec![6, 2, 2]);
         assert!(Arc::ptr_eq(&pools["p"].backends[1], &kept));
-        assert_eq!(registry.get("p", addrs[0]).map(|b| b.id.clone()), Some(kept.id.clone()));
-        assert!(registry.all().iter().any(|b| b.id.addr == addrs[3] && b.is_removed()));
+        assert_eq!(
+            registry.get("p", addrs[0]).map(|b| b.id.clone()),
+            Some(kept.id.clone())
+        );
+        assert!(registry
+            .all()
+            .iter()
+            .any(|b| b.id.addr == addrs[3] && b.is_removed()));
     }
 }

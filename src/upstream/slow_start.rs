@@ -100,7 +100,10 @@ impl Ramps {
         let mut i = 0;
         while i < backends.len() {
             let pool = &backends[i].id.pool;
-            let end = i + backends[i..].iter().take_while(|b| &b.id.pool == pool).count();
+            let end = i + backends[i..]
+                .iter()
+                .take_while(|b| &b.id.pool == pool)
+                .count();
             let top = (i..end)
                 .filter(|&j| is_up(&backends[j]))
                 .map(|j| own[j])
@@ -171,18 +174,29 @@ mod tests {
         // Undrained between two ticks: it takes traffic at 10% of its weight at once.
         registry.set_draining("p", pool.backends[1].id.addr, false, drain);
         let s = share_of_second(&pool, 20_000, hold);
-        assert!((s - ideal(0.1)).abs() < tolerance, "{lb}: at once {s}, want {}", ideal(0.1));
+        assert!(
+            (s - ideal(0.1)).abs() < tolerance,
+            "{lb}: at once {s}, want {}",
+            ideal(0.1)
+        );
         // The next tick (600 ms) sees it up; from there it grows linearly over slow_start
         // (10 s). Each look is just after a tick that is 2.4 s further on.
         tokio::time::sleep(TICK / 2 + TICK / 4).await;
         for (at, f) in [(2.4, 0.316), (4.8, 0.532), (7.2, 0.748)] {
             tokio::time::sleep(Duration::from_millis(2400)).await;
             let s = share_of_second(&pool, 20_000, hold);
-            assert!((s - ideal(f)).abs() < tolerance, "{lb}: at {at}s {s}, want {}", ideal(f));
+            assert!(
+                (s - ideal(f)).abs() < tolerance,
+                "{lb}: at {at}s {s}, want {}",
+                ideal(f)
+            );
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
         let s = share_of_second(&pool, 20_000, hold);
-        assert!((s - 0.5).abs() < tolerance, "{lb}: after slow_start {s}, want 0.5");
+        assert!(
+            (s - 0.5).abs() < tolerance,
+            "{lb}: after slow_start {s}, want 0.5"
+        );
         assert_eq!(pool.backends[1].ramp_own(), RAMP_FULL);
         stop.cancel();
         task.await.unwrap();
@@ -211,7 +225,10 @@ mod tests {
         assert_eq!((b.ramp_own(), b.ramp()), (RAMP_FULL, RAMP_FULL));
         // Its breaker opens, then closes: it ramps from 10% again.
         b.breaker.set_threshold(1);
-        assert!(b.breaker.record(false, false, &b.pool_shared), "the breaker opens");
+        assert!(
+            b.breaker.record(false, false, &b.pool_shared),
+            "the breaker opens"
+        );
         ramps.update(&registry.current(), t0 + TICK);
         assert_eq!(b.ramp_own(), RAMP_FLOOR);
         b.breaker.force_close();

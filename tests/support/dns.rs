@@ -41,9 +41,17 @@ impl DnsServer {
         let zone = Arc::new(zone);
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&origin), vec![zone.clone()]);
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // UDP and TCP on one port: a port free for UDP may be taken for TCP; try another.
+        let (udp, tcp) = 'bind: {
+            for _ in 0..50 {
+                let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                if let Ok(tcp) = tokio::net::TcpListener::bind(udp.local_addr().unwrap()).await {
+                    break 'bind (udp, tcp);
+                }
+            }
+            panic!("no port free for both UDP and TCP");
+        };
         let addr = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
         let mut server = ServerFuture::new(catalog);
         server.register_socket(udp);
         server.register_listener(tcp, std::time::Duration::from_secs(5));

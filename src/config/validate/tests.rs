@@ -259,7 +259,10 @@ split = { blue = 1 }
     assert_eq!(c.server.dns_servers.len(), 2);
     let p = &c.pools["blue"];
     let addrs: Vec<String> = p.backends.iter().map(|b| b.addr.to_string()).collect();
-    assert_eq!(addrs, ["api.internal:8080", "[::1]:9001", "green.internal:8080"]);
+    assert_eq!(
+        addrs,
+        ["api.internal:8080", "[::1]:9001", "green.internal:8080"]
+    );
     assert!(matches!(p.backends[1].addr, BackendAddr::Ip(_)));
     assert_eq!(p.dns_refresh, Duration::from_secs(10));
     assert_eq!(p.slow_start, Some(Duration::from_secs(30)));
@@ -285,7 +288,10 @@ fn bad_names_and_refresh_are_errors() {
         let e = errs(&text);
         assert!(e.iter().any(|e| e.contains(why)), "{backend}: {e:?}");
     }
-    let text = OK.replace("[pools.green]\n", "[pools.green]\ndns_refresh = \"500ms\"\n");
+    let text = OK.replace(
+        "[pools.green]\n",
+        "[pools.green]\ndns_refresh = \"500ms\"\n",
+    );
     let e = errs(&text);
     assert!(
         e.iter()
