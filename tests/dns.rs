@@ -47,7 +47,7 @@ async fn status_backends(veer: &Veer, pool: &str) -> Vec<Value> {
 }
 
 /// Those of them whose addr is `addr`.
-fn find<'a>(bs: &'a [Value], addr: SocketAddr) -> Option<&'a Value> {
+fn find(bs: &[Value], addr: SocketAddr) -> Option<&Value> {
     bs.iter().find(|b| b["addr"] == addr.to_string())
 }
 
