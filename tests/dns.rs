@@ -351,6 +351,30 @@ async fn an_undrained_backend_ramps_and_status_shows_weight_now() {
     veer.shutdown().await;
 }
 
+#[tokio::test]
+async fn the_status_page_lists_a_names_addresses_under_it() {
+    let port = common_port(&[v4(1), v4(2)]);
+    let _one = named_upstream(SocketAddr::new(v4(1), port), "one").await;
+    let _two = named_upstream(SocketAddr::new(v4(2), port), "two").await;
+    let lit = upstream("lit").await;
+    let dns = DnsServer::start("test.").await;
+    dns.set("api", &[v4(1), v4(2)], 60).await;
+    let name = format!("{}:{port}", dns.name("api"));
+    let veer = veer_over(&dns, &format!("\"{}\", \"{name}\"", lit.addr), "").await;
+    let dom = rendered_dom(&veer.admin_url("/"), 3000).await;
+    let group = dom
+        .find(&format!(r#"data-name="{name}""#))
+        .unwrap_or_else(|| panic!("no row for the name: {dom}"));
+    assert!(dom[group..].contains("2 addresses"), "{dom}");
+    // Its two addresses follow its row, indented; the literal is a row of its own.
+    let a1 = dom.find(&format!(r#"data-backend="127.0.0.1:{port}""#)).unwrap();
+    let a2 = dom.find(&format!(r#"data-backend="127.0.0.2:{port}""#)).unwrap();
+    assert!(group < a1 && group < a2, "{dom}");
+    assert!(dom.contains(r#"class="addr member""#), "{dom}");
+    assert!(dom.contains(&format!(r#"data-backend="{}""#, lit.addr)), "{dom}");
+    veer.shutdown().await;
+}
+
 // ---------- IPv6 ----------
 
 /// The request head an IPv6 upstream saw, through a veer listening on [::1].
