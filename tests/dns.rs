@@ -367,11 +367,18 @@ async fn the_status_page_lists_a_names_addresses_under_it() {
         .unwrap_or_else(|| panic!("no row for the name: {dom}"));
     assert!(dom[group..].contains("2 addresses"), "{dom}");
     // Its two addresses follow its row, indented; the literal is a row of its own.
-    let a1 = dom.find(&format!(r#"data-backend="127.0.0.1:{port}""#)).unwrap();
-    let a2 = dom.find(&format!(r#"data-backend="127.0.0.2:{port}""#)).unwrap();
+    let a1 = dom
+        .find(&format!(r#"data-backend="127.0.0.1:{port}""#))
+        .unwrap();
+    let a2 = dom
+        .find(&format!(r#"data-backend="127.0.0.2:{port}""#))
+        .unwrap();
     assert!(group < a1 && group < a2, "{dom}");
     assert!(dom.contains(r#"class="addr member""#), "{dom}");
-    assert!(dom.contains(&format!(r#"data-backend="{}""#, lit.addr)), "{dom}");
+    assert!(
+        dom.contains(&format!(r#"data-backend="{}""#, lit.addr)),
+        "{dom}"
+    );
     veer.shutdown().await;
 }
 
