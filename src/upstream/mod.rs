@@ -8,6 +8,7 @@ pub mod backend;
 pub mod body;
 pub mod conn_pool;
 pub mod h1;
+mod idle;
 pub mod http_client;
 pub mod pool;
 pub mod registry;
