@@ -9,26 +9,35 @@ use prometheus::{
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// Counts of responses by status code for one (route, pool, backend).
-#[derive(Debug)]
+/// Counts of responses by status code for one (route, pool, backend): a block of 100 counters
+/// per status class, allocated at the class's first response, so a backend that has answered
+/// nothing costs a few words and one that only ever answers 2xx costs one block.
+#[derive(Debug, Default)]
 pub struct CodeCounters {
-    counts: Box<[AtomicU64]>,
-}
-
-impl Default for CodeCounters {
-    fn default() -> Self {
-        CodeCounters {
-            counts: (0..500).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
+    classes: [OnceLock<Box<[AtomicU64; 100]>>; 5],
 }
 
 impl CodeCounters {
     pub fn inc(&self, status: u16) {
         let i = (status.clamp(100, 599) - 100) as usize;
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let class = &self.classes[i / 100];
+        // Allocates once per class; from then on an atomic load.
+        let block = class.get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
+        block[i % 100].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (status code, count) of every code counted at least once.
+    fn counted(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.classes.iter().enumerate().flat_map(|(c, class)| {
+            class.get().into_iter().flat_map(move |block| {
+                block.iter().enumerate().filter_map(move |(i, n)| {
+                    let n = n.load(Ordering::Relaxed);
+                    (n > 0).then_some((100 * (c as u16 + 1) + i as u16, n))
+                })
+            })
+        })
     }
 }
 
@@ -44,7 +53,8 @@ pub struct RouteMetrics {
     pub override_rejected: IntCounter,
 }
 
-type CodeKey = (String, String, String);
+/// (route, pool, backend): names shared with the snapshot, so a series key allocates nothing.
+type CodeKey = (Arc<str>, Arc<str>, Arc<str>);
 
 /// All of veer's metrics.
 pub struct Metrics {
@@ -233,16 +243,14 @@ impl Metrics {
                     let _ = self.rollouts.remove_label_values(&[route, result]);
                 }
                 codes.retain(|(r, pool, backend), c| {
-                    if r != route {
+                    if **r != **route {
                         return true;
                     }
-                    for (i, n) in c.counts.iter().enumerate() {
-                        if n.load(Ordering::Relaxed) > 0 {
-                            let code = (i + 100).to_string();
-                            let _ = self
-                                .requests
-                                .remove_label_values(&[r, pool, backend, &code]);
-                        }
+                    for (code, _) in c.counted() {
+                        let code = code.to_string();
+                        let _ = self
+                            .requests
+                            .remove_label_values(&[&**r, &**pool, &**backend, code.as_str()]);
                     }
                     false
                 });
@@ -255,16 +263,17 @@ impl Metrics {
     pub fn route_metrics(&self, route: &str, pools: &[Arc<crate::upstream::Pool>]) -> RouteMetrics {
         let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
         let mut per_pool = Vec::with_capacity(pools.len());
+        let (route_name, none): (Arc<str>, Arc<str>) = (route.into(), "".into());
         for p in pools {
             let labels = p
                 .backends
                 .iter()
-                .map(|b| &*b.addr_label)
-                .chain(std::iter::once(""));
+                .map(|b| &b.addr_label)
+                .chain(std::iter::once(&none));
             let list = labels
                 .map(|backend| {
                     codes
-                        .entry((route.to_string(), p.name.to_string(), backend.to_string()))
+                        .entry((route_name.clone(), p.name.clone(), backend.clone()))
                         .or_default()
                         .clone()
                 })
@@ -286,15 +295,11 @@ impl Metrics {
         {
             let codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
             for ((route, pool, backend), c) in codes.iter() {
-                for (i, n) in c.counts.iter().enumerate() {
-                    let n = n.load(Ordering::Relaxed);
-                    if n == 0 {
-                        continue;
-                    }
-                    let code = (i + 100).to_string();
+                for (code, n) in c.counted() {
+                    let code = code.to_string();
                     let counter = self
                         .requests
-                        .with_label_values(&[route, pool, backend, &code]);
+                        .with_label_values(&[&**route, &**pool, &**backend, code.as_str()]);
                     let prev = counter.get();
                     if n > prev {
                         counter.inc_by(n - prev);
