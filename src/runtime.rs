@@ -137,11 +137,8 @@ impl Runtime {
     ) -> Result<ApplyReport, RegistryError> {
         self.registry.check_clients(&config)?;
         let (pools, backends, start) = self.registry.sync(&config, old)?;
-        // Before the swap, as when the registry spawned them: a new backend's breaker and
-        // checker run from the first request that can pick it.
-        for (b, trips) in start.breakers {
-            self.registry.tasks.spawn(b.breaker_task(trips));
-        }
+        // Before the swap, as when the registry spawned them: a new backend's checker runs
+        // from the first request that can pick it.
         for b in start.health {
             crate::health::spawn(&b, &self.registry.tasks);
         }

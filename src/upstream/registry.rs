@@ -3,7 +3,7 @@
 //! Closed lifecycle).
 
 use super::backend::PoolShared;
-use super::client::UpstreamClient;
+use super::client::{ClientTemplate, UpstreamClient};
 use super::{Backend, BackendId, Health, Pool};
 use crate::config::{Config, PoolConfig};
 use prometheus::IntCounterVec;
@@ -30,12 +30,11 @@ pub struct BackendChanges {
 }
 
 /// Background tasks a [`Registry::sync`] asks for: the caller (the layer that owns task
-/// lifecycles) starts them, so the registry never spawns a health checker itself.
+/// lifecycles) starts them, so the registry never spawns a health checker itself. Breakers
+/// need none: the registry's one watcher times each trip (see [`Registry::watch_breakers`]).
 #[derive(Debug, Default)]
-#[must_use = "the backends need their health checkers and breakers started"]
+#[must_use = "the backends need their health checkers started"]
 pub struct ToStart {
-    /// New backends: each needs its breaker task (with its trips counter, if metrics are on).
-    pub breakers: Vec<(Arc<Backend>, Option<prometheus::IntCounter>)>,
     /// Backends whose health checks were switched on (new or not): each needs a checker.
     pub health: Vec<Arc<Backend>>,
 }
@@ -51,6 +50,10 @@ pub struct Registry {
     pub base: Option<PathBuf>,
     /// `veer_circuit_breaker_trips_total`, when metrics are kept.
     trips: Option<IntCounterVec>,
+    /// Told of every breaker trip (through the pools' [`PoolShared`]); its watcher starts
+    /// the task that times the trip. Nothing waits per backend while breakers are closed.
+    tripped: Arc<tokio::sync::Notify>,
+    watching: std::sync::Once,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +62,9 @@ struct Inner {
     /// Removed by a reload, still finishing in-flight requests.
     draining: Vec<Arc<Backend>>,
     pools: HashMap<Arc<str>, Arc<PoolShared>>,
+    /// The runtime pools of the last sync: a pool whose config did not change is handed to
+    /// the next snapshot as it is (its backends, balancer order and position), not rebuilt.
+    last: HashMap<Arc<str>, Arc<Pool>>,
 }
 
 /// Errors applying pools to the registry.
@@ -80,6 +86,8 @@ impl Registry {
             shutdown: CancellationToken::new(),
             base,
             trips: None,
+            tripped: Arc::new(tokio::sync::Notify::new()),
+            watching: std::sync::Once::new(),
         }
     }
 
@@ -107,15 +115,34 @@ impl Registry {
         config: &Config,
         old: Option<&Config>,
     ) -> Result<(RuntimePools, BackendChanges, ToStart), RegistryError> {
+        self.watching.call_once(|| {
+            self.tasks.spawn(self.clone().watch_breakers());
+        });
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut changes = BackendChanges::default();
         let mut start = ToStart::default();
         let mut pools = HashMap::new();
         let mut keep = BTreeMap::new();
+        let mut last = std::mem::take(&mut inner.last);
         for pc in config.pools.values() {
+            if let Some(pool) = last.remove(pc.name.as_str()) {
+                if *pool.config == *pc && Self::keep_pool(&mut inner, &pool, &mut keep) {
+                    pools.insert(pool.name.clone(), pool);
+                    continue;
+                }
+            }
             let pc_arc = Arc::new(pc.clone());
             let name: Arc<str> = pc.name.as_str().into();
-            let shared = inner.pools.entry(name.clone()).or_default().clone();
+            let shared = inner
+                .pools
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    Arc::new(PoolShared {
+                        tripped: Some(self.tripped.clone()),
+                        ..PoolShared::default()
+                    })
+                })
+                .clone();
             shared
                 .size
                 .store(pc.backends.len() as u32, Ordering::Relaxed);
@@ -126,6 +153,8 @@ impl Registry {
                     || o.connect_timeout != pc.connect_timeout
             });
             let mut list = Vec::with_capacity(pc.backends.len());
+            // Built when the first of the pool's backends needs a client, once per pool.
+            let mut template = None;
             for bc in &pc.backends {
                 let id = BackendId {
                     pool: name.clone(),
@@ -135,25 +164,19 @@ impl Registry {
                 let backend = match inner.backends.remove(&id) {
                     Some(b) => {
                         if transport_changed {
-                            b.set_client(self.client(bc.addr, pc)?);
+                            b.set_client(self.client_from(&mut template, bc.addr, pc)?);
                         }
                         b
                     }
                     None => {
                         fresh = true;
                         changes.added.push(id.to_string());
-                        let b = Arc::new(Backend::new(
+                        Arc::new(Backend::new(
                             id.clone(),
-                            self.client(bc.addr, pc)?,
+                            self.client_from(&mut template, bc.addr, pc)?,
                             pc_arc.clone(),
                             shared.clone(),
-                        ));
-                        let trips = self
-                            .trips
-                            .as_ref()
-                            .map(|t| t.with_label_values(&[&*b.id.pool, &*b.addr_label]));
-                        start.breakers.push((b.clone(), trips));
-                        b
+                        ))
                     }
                 };
                 if self.configure(&backend, &pc_arc, fresh) {
@@ -175,7 +198,32 @@ impl Registry {
         inner
             .pools
             .retain(|name, _| config.pools.contains_key(name.as_ref()));
+        inner.last = pools.clone();
         Ok((pools, changes, start))
+    }
+
+    /// Carry an unchanged pool over to the next snapshot: its backends stay as they are.
+    /// False (nothing moved) when one of them is no longer current (the pool is rebuilt).
+    fn keep_pool(
+        inner: &mut Inner,
+        pool: &Pool,
+        keep: &mut BTreeMap<BackendId, Arc<Backend>>,
+    ) -> bool {
+        let current = |b: &Arc<Backend>| {
+            inner
+                .backends
+                .get(&b.id)
+                .is_some_and(|c| Arc::ptr_eq(c, b))
+        };
+        if !pool.backends.iter().all(current) {
+            return false;
+        }
+        for b in &pool.backends {
+            if let Some((id, b)) = inner.backends.remove_entry(&b.id) {
+                keep.insert(id, b);
+            }
+        }
+        true
     }
 
     fn client(
@@ -187,6 +235,50 @@ impl Registry {
             pool: pc.name.clone(),
             source: e,
         })
+    }
+
+    /// The breaker watcher: at every trip, start a task to time each backend whose breaker
+    /// was opened and has none (a trip's timing ends with it: a closed breaker costs no task).
+    /// Trips are rare, so looking over every backend then is cheap; a trip while it looks
+    /// leaves a wake-up for the next round.
+    async fn watch_breakers(self: Arc<Self>) {
+        let me = Arc::downgrade(&self);
+        let (tripped, shutdown) = (self.tripped.clone(), self.shutdown.clone());
+        drop(self);
+        loop {
+            tokio::select! {
+                _ = tripped.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let Some(me) = me.upgrade() else { return };
+            for b in me.all() {
+                if b.claim_breaker_timing() {
+                    let trips = me
+                        .trips
+                        .as_ref()
+                        .map(|t| t.with_label_values(&[&*b.id.pool, &*b.addr_label]));
+                    me.tasks.spawn(b.breaker_trips(trips));
+                }
+            }
+        }
+    }
+
+    /// A backend's client from its pool's template, building the template on first use.
+    fn client_from(
+        &self,
+        template: &mut Option<ClientTemplate>,
+        addr: std::net::SocketAddr,
+        pc: &PoolConfig,
+    ) -> Result<UpstreamClient, RegistryError> {
+        let err = |e| RegistryError::Client {
+            pool: pc.name.clone(),
+            source: e,
+        };
+        let t = match template {
+            Some(t) => t,
+            None => template.insert(ClientTemplate::new(pc, self.base.as_deref()).map_err(err)?),
+        };
+        UpstreamClient::with_template(addr, pc, t).map_err(err)
     }
 
     /// Apply the pool's settings to a backend; start or stop its health checker. `fresh`: the
@@ -254,7 +346,7 @@ impl Registry {
             } else {
                 tracing::info!(backend = %b.id, "backend drained");
             }
-            b.closed.cancel();
+            b.close();
             // Close its pooled connections now, even if an old snapshot still holds the backend.
             me.close_connections(&b);
             let mut inner = me.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -340,7 +432,7 @@ impl Registry {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for b in inner.backends.values().chain(inner.draining.iter()) {
             b.cut_in_flight();
-            b.closed.cancel();
+            b.close();
         }
     }
 }
