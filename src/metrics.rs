@@ -8,7 +8,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
 };
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Counts of responses by status code for one (route, pool, backend): a block of 100 counters
@@ -41,11 +41,38 @@ impl CodeCounters {
     }
 }
 
+/// A route's latency histogram for one pool, made at its first observation: a histogram
+/// series is about a kilobyte, and most routes of a large config see no traffic for most of
+/// their pools. From then on an atomic load before the observation.
+#[derive(Debug, Clone)]
+pub struct LazyHistogram {
+    vec: HistogramVec,
+    route: Arc<str>,
+    pool: Arc<str>,
+    made: OnceLock<Histogram>,
+    /// Cleared when a reload removes the route (its series go): a request still on it then
+    /// must not make its series again.
+    alive: Arc<AtomicBool>,
+}
+
+impl LazyHistogram {
+    pub fn observe(&self, v: f64) {
+        if let Some(h) = self.made.get() {
+            return h.observe(v);
+        }
+        if self.alive.load(Ordering::Acquire) {
+            self.made
+                .get_or_init(|| self.vec.with_label_values(&[&*self.route, &*self.pool]))
+                .observe(v);
+        }
+    }
+}
+
 /// The metric handles a route in one snapshot uses.
 #[derive(Debug, Clone)]
 pub struct RouteMetrics {
     /// Per pool (split order).
-    pub duration: Vec<Histogram>,
+    pub duration: Vec<LazyHistogram>,
     /// Per pool, per backend (pool order), plus one last entry for "no backend".
     pub codes: Vec<Vec<Arc<CodeCounters>>>,
     pub retries: IntCounter,
@@ -76,6 +103,8 @@ pub struct Metrics {
     exported_backends: Mutex<HashSet<(String, String)>>,
     /// Route → pools of its split, as last exported in `veer_route_weight`.
     exported_routes: Mutex<HashMap<String, Vec<String>>>,
+    /// Routes whose lazily made series may still be made ([`LazyHistogram`]).
+    alive: Mutex<HashMap<Arc<str>, Arc<AtomicBool>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -183,6 +212,7 @@ impl Metrics {
             codes: Mutex::new(HashMap::new()),
             exported_backends: Mutex::new(HashSet::new()),
             exported_routes: Mutex::new(HashMap::new()),
+            alive: Mutex::new(HashMap::new()),
         };
         // Counters start at zero so dashboards and alerts see them before the first event.
         for result in ["success", "failure"] {
@@ -231,7 +261,11 @@ impl Metrics {
             .collect();
         if !removed.is_empty() {
             let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut alive = self.alive.lock().unwrap_or_else(|e| e.into_inner());
             for (route, pools) in removed {
+                if let Some(flag) = alive.remove(route.as_str()) {
+                    flag.store(false, Ordering::Release);
+                }
                 for p in pools {
                     let _ = self.route_weight.remove_label_values(&[route, p]);
                     let _ = self.duration.remove_label_values(&[route, p]);
@@ -264,6 +298,13 @@ impl Metrics {
         let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
         let mut per_pool = Vec::with_capacity(pools.len());
         let (route_name, none): (Arc<str>, Arc<str>) = (route.into(), "".into());
+        let alive = self
+            .alive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(route_name.clone())
+            .or_insert_with(|| Arc::new(AtomicBool::new(true)))
+            .clone();
         for p in pools {
             let labels = p
                 .backends
@@ -283,7 +324,13 @@ impl Metrics {
         RouteMetrics {
             duration: pools
                 .iter()
-                .map(|p| self.duration.with_label_values(&[route, &p.name]))
+                .map(|p| LazyHistogram {
+                    vec: self.duration.clone(),
+                    route: route_name.clone(),
+                    pool: p.name.clone(),
+                    made: OnceLock::new(),
+                    alive: alive.clone(),
+                })
                 .collect(),
             codes: per_pool,
             retries: self.retries.with_label_values(&[route]),
