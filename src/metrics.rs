@@ -282,9 +282,12 @@ impl Metrics {
                     }
                     for (code, _) in c.counted() {
                         let code = code.to_string();
-                        let _ = self
-                            .requests
-                            .remove_label_values(&[&**r, &**pool, &**backend, code.as_str()]);
+                        let _ = self.requests.remove_label_values(&[
+                            &**r,
+                            &**pool,
+                            &**backend,
+                            code.as_str(),
+                        ]);
                     }
                     false
                 });
@@ -344,9 +347,12 @@ impl Metrics {
             for ((route, pool, backend), c) in codes.iter() {
                 for (code, n) in c.counted() {
                     let code = code.to_string();
-                    let counter = self
-                        .requests
-                        .with_label_values(&[&**route, &**pool, &**backend, code.as_str()]);
+                    let counter = self.requests.with_label_values(&[
+                        &**route,
+                        &**pool,
+                        &**backend,
+                        code.as_str(),
+                    ]);
                     let prev = counter.get();
                     if n > prev {
                         counter.inc_by(n - prev);

@@ -85,7 +85,10 @@ type TableKey = (Vec<String>, Vec<u32>);
 static TABLES: Mutex<Option<HashMap<TableKey, Weak<[u8]>>>> = Mutex::new(None);
 
 fn shared_table(pools: &[&str], weights: &[u32]) -> Arc<[u8]> {
-    let key = (pools.iter().map(|p| p.to_string()).collect(), weights.to_vec());
+    let key = (
+        pools.iter().map(|p| p.to_string()).collect(),
+        weights.to_vec(),
+    );
     let mut tables = TABLES.lock().unwrap_or_else(|e| e.into_inner());
     let tables = tables.get_or_insert_with(HashMap::new);
     if let Some(t) = tables.get(&key).and_then(Weak::upgrade) {

@@ -1,7 +1,7 @@
 //! One backend: its identity and the state that outlives config reloads.
 
-use crate::breaker::{BreakerState, Episode, Gate};
 pub use crate::breaker::PoolShared;
+use crate::breaker::{BreakerState, Episode, Gate};
 use crate::config::PoolConfig;
 use crate::upstream::http_client::UpstreamClient;
 use arc_swap::ArcSwap;
@@ -126,7 +126,8 @@ impl Backend {
     /// Claim the timing of this backend's breaker, which a request has just opened: true when
     /// no task times it yet, and the caller is to run [`Backend::breaker_trips`].
     pub fn claim_breaker_timing(&self) -> bool {
-        self.breaker.state() == BreakerState::Open && !self.breaker_timed.swap(true, Ordering::AcqRel)
+        self.breaker.state() == BreakerState::Open
+            && !self.breaker_timed.swap(true, Ordering::AcqRel)
     }
 
     /// Time the trip of this backend's breaker that [`Backend::claim_breaker_timing`] claimed

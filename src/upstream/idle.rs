@@ -4,13 +4,13 @@
 //! creation, used or not (4,000 backends: a quarter of a GiB). Here the capacity is split into
 //! tiers that double in size; a tier is allocated the first time every tier before it is
 //! full, and kept (a backend's peak of idle connections is the best guess of its next one).
-//! Popping takes from the first tier that has something, so a backend whose load shrinks
-//! leaves its later tiers idle and the reaper retires what sits there.
-//!
-//! The request path does what it did with one queue, plus an atomic load per tier it looks
-//! at: nothing is locked, and nothing is allocated except when a tier is first needed.
+//! Pushing and popping start at the newest (largest) tier, which holds the connections in
+//! steady use, so the request path does what it did with one queue plus one atomic load:
+//! nothing is locked, and nothing is allocated except when a tier is first needed. Earlier
+//! tiers are used when it is full or empty; what sits there unused, the reaper retires.
 
 use crossbeam_queue::ArrayQueue;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// Slots of the first tier; each next tier has twice as many, the last takes the rest.
@@ -21,14 +21,17 @@ const TIERS: usize = 8;
 pub(crate) struct IdleQueue<T> {
     /// Boxed: an `ArrayQueue` is a few hundred bytes of cache-padded indices by itself.
     tiers: [OnceLock<Box<ArrayQueue<T>>>; TIERS],
+    /// Tiers allocated so far (they are allocated in order).
+    allocated: AtomicUsize,
     capacity: usize,
 }
 
 impl<T> IdleQueue<T> {
-    /// A queue for up to `capacity` items (at least [`FIRST`] + …), nothing allocated yet.
+    /// A queue for up to `capacity` items, nothing allocated yet.
     pub(crate) fn new(capacity: usize) -> Self {
         IdleQueue {
             tiers: Default::default(),
+            allocated: AtomicUsize::new(0),
             capacity,
         }
     }
@@ -47,17 +50,21 @@ impl<T> IdleQueue<T> {
 
     /// Add an item; gives it back when the queue is full.
     pub(crate) fn push(&self, mut item: T) -> Result<(), T> {
-        for (i, tier) in self.tiers.iter().enumerate() {
-            let q = match tier.get() {
-                Some(q) => q,
-                None => {
-                    let size = self.tier_size(i);
-                    if size == 0 {
-                        break;
-                    }
-                    tier.get_or_init(|| Box::new(ArrayQueue::new(size)))
-                }
-            };
+        for q in self.allocated().rev() {
+            match q.push(item) {
+                Ok(()) => return Ok(()),
+                Err(back) => item = back,
+            }
+        }
+        // Every allocated tier is full: the next one, if the capacity has room for it.
+        let next = self.allocated.load(Ordering::Acquire);
+        for i in next..TIERS {
+            let size = self.tier_size(i);
+            if size == 0 {
+                break;
+            }
+            let q = self.tiers[i].get_or_init(|| Box::new(ArrayQueue::new(size)));
+            self.allocated.fetch_max(i + 1, Ordering::AcqRel);
             match q.push(item) {
                 Ok(()) => return Ok(()),
                 Err(back) => item = back,
@@ -66,10 +73,9 @@ impl<T> IdleQueue<T> {
         Err(item)
     }
 
-    /// Take an item from the first tier that has one.
+    /// Take an item, from the newest tier that has one.
     pub(crate) fn pop(&self) -> Option<T> {
-        // Tiers are allocated in order: the first missing one ends the search.
-        self.allocated().find_map(|q| q.pop())
+        self.allocated().rev().find_map(|q| q.pop())
     }
 
     /// Items queued now.
@@ -97,8 +103,10 @@ impl<T> IdleQueue<T> {
         self.allocated().map(|q| q.capacity()).sum()
     }
 
-    fn allocated(&self) -> impl Iterator<Item = &ArrayQueue<T>> {
-        self.tiers.iter().map_while(|t| t.get().map(|q| &**q))
+    /// The allocated tiers, oldest first.
+    fn allocated(&self) -> impl DoubleEndedIterator<Item = &ArrayQueue<T>> {
+        let n = self.allocated.load(Ordering::Acquire);
+        self.tiers[..n].iter().filter_map(|t| t.get().map(|q| &**q))
     }
 }
 
@@ -129,11 +137,28 @@ mod tests {
         assert_eq!(q.slots(), 1024);
         assert_eq!(q.len(), 1024);
         assert_eq!(q.push(9999), Err(9999), "a full queue gives the item back");
-        // Everything comes back out, the first tier's first.
-        assert_eq!(q.pop(), Some(0));
+        // Everything comes back out, the newest tier's first.
+        assert_eq!(q.pop(), Some(508));
         let mut rest: Vec<i32> = std::iter::from_fn(|| q.pop()).collect();
+        rest.push(508);
         rest.sort();
-        assert_eq!(rest, (1..1024).collect::<Vec<_>>());
+        assert_eq!(rest, (0..1024).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn steady_use_stays_in_the_newest_tier() {
+        let q = IdleQueue::new(1024);
+        for i in 0..14 {
+            q.push(i).unwrap();
+        }
+        assert_eq!(q.slots(), 4 + 8 + 16);
+        // Take one, give it back, many times: the newest tier serves and nothing grows.
+        for _ in 0..100 {
+            let c = q.pop().unwrap();
+            assert!(c >= 12, "{c} came from an older tier");
+            q.push(c).unwrap();
+        }
+        assert_eq!((q.slots(), q.len()), (28, 14));
     }
 
     #[test]

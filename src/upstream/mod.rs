@@ -8,8 +8,8 @@ pub mod backend;
 pub mod body;
 pub mod conn_pool;
 pub mod h1;
-mod idle;
 pub mod http_client;
+mod idle;
 pub mod pool;
 pub mod registry;
 #[cfg(test)]

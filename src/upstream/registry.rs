@@ -209,12 +209,8 @@ impl Registry {
         pool: &Pool,
         keep: &mut BTreeMap<BackendId, Arc<Backend>>,
     ) -> bool {
-        let current = |b: &Arc<Backend>| {
-            inner
-                .backends
-                .get(&b.id)
-                .is_some_and(|c| Arc::ptr_eq(c, b))
-        };
+        let current =
+            |b: &Arc<Backend>| inner.backends.get(&b.id).is_some_and(|c| Arc::ptr_eq(c, b));
         if !pool.backends.iter().all(current) {
             return false;
         }
