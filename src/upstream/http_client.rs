@@ -10,6 +10,7 @@
 use super::conn_pool::Conns;
 use crate::body::{BodyClock, BodyError, BodyLimit, ClientBodyError, ClientFault, RequestBody};
 use crate::config::{PoolConfig, Protocol};
+use crate::tls::UpstreamTlsError;
 use crate::upstream::Backend;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
@@ -199,23 +200,6 @@ pub struct UpstreamClient {
     pub cuts: Arc<CutSet>,
 }
 
-/// Errors building a client (TLS material).
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot read CA file {path}: {source}")]
-    Ca {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("CA file {0} holds no usable certificate")]
-    EmptyCa(String),
-    #[error("sni {0:?} is not a valid DNS name")]
-    BadSni(String),
-    #[error("TLS setup: {0}")]
-    Tls(#[from] rustls::Error),
-}
-
 /// What the clients of one pool's backends share: the TLS setup (roots, verifier, ALPN),
 /// built once per pool rather than once per backend. A pool without TLS never uses it, so all
 /// of them share one.
@@ -232,7 +216,10 @@ impl std::fmt::Debug for ClientTemplate {
 
 impl ClientTemplate {
     /// The template for a pool with this config; `base` resolves relative paths.
-    pub fn new(pool: &PoolConfig, base: Option<&std::path::Path>) -> Result<Self, ClientError> {
+    pub fn new(
+        pool: &PoolConfig,
+        base: Option<&std::path::Path>,
+    ) -> Result<Self, UpstreamTlsError> {
         if pool.tls.is_none() {
             static PLAIN: std::sync::OnceLock<ClientTemplate> = std::sync::OnceLock::new();
             if let Some(t) = PLAIN.get() {
@@ -244,7 +231,7 @@ impl ClientTemplate {
         Self::build(pool, base)
     }
 
-    fn build(pool: &PoolConfig, base: Option<&std::path::Path>) -> Result<Self, ClientError> {
+    fn build(pool: &PoolConfig, base: Option<&std::path::Path>) -> Result<Self, UpstreamTlsError> {
         let mut tls = crate::tls::upstream_client_config(pool, base)?;
         // ALPN offers exactly the pool's protocol (nothing for HTTP/1.1, as hyper-rustls does).
         tls.alpn_protocols = if pool.protocol == Protocol::H1 {
@@ -280,7 +267,7 @@ impl UpstreamClient {
         addr: SocketAddr,
         pool: &PoolConfig,
         base: Option<&std::path::Path>,
-    ) -> Result<Self, ClientError> {
+    ) -> Result<Self, UpstreamTlsError> {
         Self::with_template(addr, pool, &ClientTemplate::new(pool, base)?)
     }
 
@@ -289,7 +276,7 @@ impl UpstreamClient {
         addr: SocketAddr,
         pool: &PoolConfig,
         template: &ClientTemplate,
-    ) -> Result<Self, ClientError> {
+    ) -> Result<Self, UpstreamTlsError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -297,7 +284,7 @@ impl UpstreamClient {
         http.set_keepalive(Some(Duration::from_secs(60)));
         let target = format!("http://{addr}")
             .parse()
-            .map_err(|_| ClientError::BadSni(addr.to_string()))?;
+            .map_err(|_| UpstreamTlsError::BadSni(addr.to_string()))?;
         let cuts = Arc::new(CutSet::default());
         let dial = Dial {
             http,
@@ -318,11 +305,11 @@ impl UpstreamClient {
                 Some(sni) => format!("{sni}:{}", addr.port()).parse(),
                 None => addr.to_string().parse(),
             }
-            .map_err(|_| ClientError::BadSni(addr.to_string()))?;
+            .map_err(|_| UpstreamTlsError::BadSni(addr.to_string()))?;
         let scheme = if pool.tls.is_some() { "https" } else { "http" };
         let target = format!("{scheme}://{addr}")
             .parse()
-            .map_err(|_| ClientError::BadSni(addr.to_string()))?;
+            .map_err(|_| UpstreamTlsError::BadSni(addr.to_string()))?;
         Ok(UpstreamClient {
             conns: Conns::new(connector, target, http2, authority.clone()),
             scheme,
@@ -357,7 +344,10 @@ impl UpstreamClient {
 
     /// Check that a pool's client can be built (TLS material readable) and warn when its
     /// backends' certificates go unverified. Called once per pool at every config load.
-    pub fn check(pool: &PoolConfig, base: Option<&std::path::Path>) -> Result<(), ClientError> {
+    pub fn check(
+        pool: &PoolConfig,
+        base: Option<&std::path::Path>,
+    ) -> Result<(), UpstreamTlsError> {
         UpstreamClient::new(pool.backends[0].addr, pool, base)?;
         if pool.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
             tracing::warn!(
