@@ -155,6 +155,19 @@ for proxy in haproxy nginx veer; do
   done
 done
 
+# Startup and reload times of the large configs (veer only): until /readyz answers, and a
+# `POST /api/reload` that changes one weight (a backend's in the 4,000-backend config, a
+# route's split in the 1,000-route one). Target (issue 15): both under 200 ms.
+echo "=== veer: startup and one-weight reload of the large configs (median of 5) ==="
+veer_conf_mem veer-times-backends backends "$BACKENDS" >/dev/null
+printf '%-26s ' "$BACKENDS backends:"
+python3 benches/config_times.py "$VEER_BIN" "$W/veer-times-backends.toml" $ADMIN \
+  '"127.1.0.1:80"' '{ addr = "127.1.0.1:80", weight = 2 }' 5
+veer_conf_mem veer-times-routes routes "$ROUTES" >/dev/null
+printf '%-26s ' "$ROUTES routes of 2 pools:"
+python3 benches/config_times.py "$VEER_BIN" "$W/veer-times-routes.toml" $ADMIN \
+  'b0 = 90, g0 = 10' 'b0 = 80, g0 = 20' 5
+
 echo "=== summary: KiB of RSS per item (and veer / other) ==="
 printf '%-18s %10s %10s %10s %14s %14s\n' item haproxy nginx veer veer/haproxy veer/nginx
 for item in connect h1 tls-h1 tls-h2 backends routes; do

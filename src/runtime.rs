@@ -115,11 +115,8 @@ impl Runtime {
     ) -> Result<ApplyReport, RegistryError> {
         self.registry.check_clients(&config)?;
         let (pools, backends, start) = self.registry.sync(&config, old)?;
-        // Before the swap, as when the registry spawned them: a new backend's breaker and
-        // checker run from the first request that can pick it.
-        for (b, trips) in start.breakers {
-            self.registry.tasks.spawn(b.breaker_task(trips));
-        }
+        // Before the swap, as when the registry spawned them: a new backend's checker runs
+        // from the first request that can pick it.
         for b in start.health {
             crate::health::spawn(&b, &self.registry.tasks);
         }
@@ -129,9 +126,21 @@ impl Runtime {
             backends,
             ..Default::default()
         };
+        // A route whose config and pools did not change is carried over as it is (issue 15:
+        // a reload that changes one weight rebuilds that route, not the thousand others).
+        let current = self.snapshot.load_full();
+        let previous: HashMap<&str, &Arc<Route>> = current
+            .router
+            .routes()
+            .iter()
+            .map(|r| (&*r.name, r))
+            .collect();
         for rc in &config.routes {
             let state = states.entry(rc.name.clone()).or_default().clone();
-            routes.push(Arc::new(self.build_route(rc, &pools, state)));
+            routes.push(match previous.get(rc.name.as_str()) {
+                Some(r) if unchanged(r, rc, &pools) => Arc::clone(r),
+                _ => Arc::new(self.build_route(rc, &pools, state)),
+            });
             match old.and_then(|o| o.route(&rc.name)) {
                 None if old.is_some() => report.routes_added.push(rc.name.clone()),
                 Some(o) if o.split != rc.split => {
@@ -189,6 +198,17 @@ impl Runtime {
             state,
         }
     }
+}
+
+/// Does `route` (of the live snapshot) stand as it is for `rc` over the new `pools`?
+fn unchanged(route: &Route, rc: &RouteConfig, pools: &HashMap<Arc<str>, Arc<Pool>>) -> bool {
+    *route.config == *rc
+        && route.pools.len() == rc.split.len()
+        && route.pools.iter().zip(&rc.split).all(|(p, (name, _))| {
+            pools
+                .get(name.as_str())
+                .is_some_and(|now| Arc::ptr_eq(now, p))
+        })
 }
 
 /// Each pool's name and backend labels, for its route's metric handles.

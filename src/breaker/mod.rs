@@ -147,6 +147,9 @@ impl Gate {
         }
         if self.flip(CLOSED, OPEN) {
             self.wake.notify_one();
+            if let Some(watcher) = &pool.tripped {
+                watcher.notify_one();
+            }
             true
         } else {
             // Another request tripped it first (it holds its own slot), or the task retired.
@@ -234,6 +237,9 @@ pub struct PoolShared {
     pub ejected: AtomicU32,
     /// Backends in the pool now (not counting removed ones).
     pub size: AtomicU32,
+    /// Told of every trip in the pool, when one watcher starts the timing of trips (an
+    /// [`episode`] each) instead of a task per backend waiting for one.
+    pub tripped: Option<Arc<Notify>>,
 }
 
 impl PoolShared {
@@ -312,10 +318,37 @@ enum Verdict {
     Off,
 }
 
+/// What a breaker remembers between trips: how many were recent (for the backoff) and since
+/// when it has been closed (one trip forgiven per `open_for` closed).
+#[derive(Debug, Clone, Copy)]
+pub struct History {
+    trips: u32,
+    closed_since: Instant,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            trips: 0,
+            closed_since: Instant::now(),
+        }
+    }
+}
+
+/// How a trip's [`episode`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Episode {
+    /// Closed again (the ejection slot given back).
+    Closed,
+    /// The backend was closed meanwhile: the caller retires the gate.
+    Gone,
+}
+
 /// The timed part of the state machine: open (opened by a request) → half-open → closed, or
 /// open again with a longer open time. Knows only its gate, the pool's ejection `budget`, its
 /// config (read at each step, so a reload is followed), when to stop (`closed`) and a `name`
-/// for logs; `trips_metric` counts openings (`veer_circuit_breaker_trips_total`).
+/// for logs; `trips_metric` counts openings (`veer_circuit_breaker_trips_total`). Runs for
+/// the gate's whole life; [`episode`] is one trip of it, for a caller that times only trips.
 pub async fn run<G, C>(
     gate: G,
     budget: Arc<PoolShared>,
@@ -328,9 +361,8 @@ pub async fn run<G, C>(
     C: Fn() -> BreakerConfig,
 {
     let gate: &Gate = &gate;
-    let mut trips = 0u32;
-    let mut closed_since = Instant::now();
-    'closed: loop {
+    let mut history = History::default();
+    loop {
         // Closed: a request opens the gate (`Gate::record`) and wakes us.
         if let Woke::Closed = wait_wake(gate, &closed).await {
             break;
@@ -338,77 +370,112 @@ pub async fn run<G, C>(
         if gate.state() != BreakerState::Open {
             continue;
         }
-        trips = decayed(trips, closed_since.elapsed(), config().open_for) + 1;
-        loop {
-            // Open: no requests for the (grown) open time.
-            if let Some(m) = &trips_metric {
-                m.inc();
-            }
-            let cfg = config();
-            let open = jittered(open_duration(&cfg, trips), cfg.jitter);
-            tracing::warn!(backend = %name, open_for = ?open, trips, failures = gate.consecutive_failures(), "circuit breaker opened");
-            let until = Instant::now() + open;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => break,
-                    _ = gate.wake.notified() => {
-                        if gate.threshold() == 0 {
-                            break;
-                        }
-                    }
-                    _ = closed.cancelled() => break 'closed,
-                }
-            }
-            let verdict = if gate.threshold() == 0 {
-                Verdict::Off
-            } else {
-                // Half-open: let the trial requests through and judge them.
-                let needed = config().half_open_requests.max(1);
-                gate.half_open(needed);
-                tracing::info!(backend = %name, trials = needed, "circuit breaker half-open");
-                loop {
-                    if let Woke::Closed = wait_wake(gate, &closed).await {
-                        break 'closed;
-                    }
-                    if gate.threshold() == 0 {
-                        break Verdict::Off;
-                    }
-                    // A failed trial has already opened the gate again (`Gate::record`).
-                    let (ok, failed) = gate.trials();
-                    if failed > 0 || gate.state() == BreakerState::Open {
-                        break Verdict::Failed;
-                    }
-                    if ok >= needed {
-                        break Verdict::Passed;
-                    }
-                }
-            };
-            match verdict {
-                Verdict::Passed => {
-                    if gate.close_after_trials() {
-                        break;
-                    }
-                    // A trial failed just as the others passed: open again.
-                }
-                Verdict::Failed => {}
-                Verdict::Off => {
-                    gate.force_close();
-                    break;
-                }
-            }
-            // Open again (the request whose trial failed has already flipped it; this only
-            // covers a failure counted without the flip).
-            gate.flip(HALF_OPEN, OPEN);
-            trips = trips.saturating_add(1);
+        let ended = episode(
+            gate,
+            &budget,
+            &config,
+            &closed,
+            &name,
+            trips_metric.as_ref(),
+            &mut history,
+        )
+        .await;
+        if ended == Episode::Gone {
+            break;
         }
-        budget.release_ejection();
-        closed_since = Instant::now();
-        tracing::info!(backend = %name, "circuit breaker closed");
     }
     // The backend is gone: no trip from now on, and its ejection slot goes back to the pool.
     if gate.retire() {
         budget.release_ejection();
     }
+}
+
+/// One trip of a gate a request has just opened: the open time (grown by the recent trips in
+/// `history`), half-open trials, and open again until they pass; then closed, the ejection
+/// slot given back.
+pub async fn episode<C: Fn() -> BreakerConfig>(
+    gate: &Gate,
+    budget: &PoolShared,
+    config: &C,
+    closed: &CancellationToken,
+    name: &str,
+    trips_metric: Option<&IntCounter>,
+    history: &mut History,
+) -> Episode {
+    let mut trips = decayed(
+        history.trips,
+        history.closed_since.elapsed(),
+        config().open_for,
+    ) + 1;
+    loop {
+        // Open: no requests for the (grown) open time.
+        if let Some(m) = trips_metric {
+            m.inc();
+        }
+        let cfg = config();
+        let open = jittered(open_duration(&cfg, trips), cfg.jitter);
+        tracing::warn!(backend = %name, open_for = ?open, trips, failures = gate.consecutive_failures(), "circuit breaker opened");
+        let until = Instant::now() + open;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                _ = gate.wake.notified() => {
+                    if gate.threshold() == 0 {
+                        break;
+                    }
+                }
+                _ = closed.cancelled() => return Episode::Gone,
+            }
+        }
+        let verdict = if gate.threshold() == 0 {
+            Verdict::Off
+        } else {
+            // Half-open: let the trial requests through and judge them.
+            let needed = config().half_open_requests.max(1);
+            gate.half_open(needed);
+            tracing::info!(backend = %name, trials = needed, "circuit breaker half-open");
+            loop {
+                if let Woke::Closed = wait_wake(gate, closed).await {
+                    return Episode::Gone;
+                }
+                if gate.threshold() == 0 {
+                    break Verdict::Off;
+                }
+                // A failed trial has already opened the gate again (`Gate::record`).
+                let (ok, failed) = gate.trials();
+                if failed > 0 || gate.state() == BreakerState::Open {
+                    break Verdict::Failed;
+                }
+                if ok >= needed {
+                    break Verdict::Passed;
+                }
+            }
+        };
+        match verdict {
+            Verdict::Passed => {
+                if gate.close_after_trials() {
+                    break;
+                }
+                // A trial failed just as the others passed: open again.
+            }
+            Verdict::Failed => {}
+            Verdict::Off => {
+                gate.force_close();
+                break;
+            }
+        }
+        // Open again (the request whose trial failed has already flipped it; this only
+        // covers a failure counted without the flip).
+        gate.flip(HALF_OPEN, OPEN);
+        trips = trips.saturating_add(1);
+    }
+    budget.release_ejection();
+    *history = History {
+        trips,
+        closed_since: Instant::now(),
+    };
+    tracing::info!(backend = %name, "circuit breaker closed");
+    Episode::Closed
 }
 
 #[cfg(test)]
@@ -638,13 +705,26 @@ mod tests {
             pc.circuit_breaker.half_open_requests = half_open;
             let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
             let client = crate::upstream::client::UpstreamClient::new(addr, &pc, None).unwrap();
-            let shared = Arc::new(pool(pool_size));
+            let tripped = Arc::new(Notify::new());
+            let shared = Arc::new(PoolShared {
+                tripped: Some(tripped.clone()),
+                ..pool(pool_size)
+            });
             let id = crate::upstream::BackendId::ip("p".into(), addr);
             let b = Arc::new(Backend::new(id, client, Arc::new(pc), shared));
             b.breaker.set_threshold(threshold);
             let trips = IntCounter::new("trips", "trips").unwrap();
             let tasks = TaskTracker::new();
-            tasks.spawn(b.breaker_task(Some(trips.clone())));
+            // As the registry's watcher does: a task times each trip.
+            let (watched, counter, timers) = (b.clone(), trips.clone(), tasks.clone());
+            tokio::spawn(async move {
+                loop {
+                    tripped.notified().await;
+                    if watched.claim_breaker_timing() {
+                        timers.spawn(watched.breaker_trips(Some(counter.clone())));
+                    }
+                }
+            });
             Harness {
                 backend: b,
                 trips,

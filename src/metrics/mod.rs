@@ -9,8 +9,8 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
 };
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A backend's state as its gauges show it, read off the registry at scrape time (the
 /// caller reads it: metrics/ holds counters and knows no backend type).
@@ -25,24 +25,60 @@ pub struct BackendGauges {
     pub draining: bool,
 }
 
-/// Counts of responses by status code for one (route, pool, backend).
-#[derive(Debug)]
+/// Counts of responses by status code for one (route, pool, backend): a block of 100 counters
+/// per status class, allocated at the class's first response, so a backend that has answered
+/// nothing costs a few words and one that only ever answers 2xx costs one block.
+#[derive(Debug, Default)]
 pub struct CodeCounters {
-    counts: Box<[AtomicU64]>,
-}
-
-impl Default for CodeCounters {
-    fn default() -> Self {
-        CodeCounters {
-            counts: (0..500).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
+    classes: [OnceLock<Box<[AtomicU64; 100]>>; 5],
 }
 
 impl CodeCounters {
     pub fn inc(&self, status: u16) {
         let i = (status.clamp(100, 599) - 100) as usize;
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let class = &self.classes[i / 100];
+        // Allocates once per class; from then on an atomic load.
+        let block = class.get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
+        block[i % 100].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (status code, count) of every code counted at least once.
+    fn counted(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.classes.iter().enumerate().flat_map(|(c, class)| {
+            class.get().into_iter().flat_map(move |block| {
+                block.iter().enumerate().filter_map(move |(i, n)| {
+                    let n = n.load(Ordering::Relaxed);
+                    (n > 0).then_some((100 * (c as u16 + 1) + i as u16, n))
+                })
+            })
+        })
+    }
+}
+
+/// A route's latency histogram for one pool, made at its first observation: a histogram
+/// series is about a kilobyte, and most routes of a large config see no traffic for most of
+/// their pools. From then on an atomic load before the observation.
+#[derive(Debug, Clone)]
+pub struct LazyHistogram {
+    vec: HistogramVec,
+    route: Arc<str>,
+    pool: Arc<str>,
+    made: OnceLock<Histogram>,
+    /// Cleared when a reload removes the route (its series go): a request still on it then
+    /// must not make its series again.
+    alive: Arc<AtomicBool>,
+}
+
+impl LazyHistogram {
+    pub fn observe(&self, v: f64) {
+        if let Some(h) = self.made.get() {
+            return h.observe(v);
+        }
+        if self.alive.load(Ordering::Acquire) {
+            self.made
+                .get_or_init(|| self.vec.with_label_values(&[&*self.route, &*self.pool]))
+                .observe(v);
+        }
     }
 }
 
@@ -50,7 +86,7 @@ impl CodeCounters {
 #[derive(Debug, Clone)]
 pub struct RouteMetrics {
     /// Per pool (split order).
-    pub duration: Vec<Histogram>,
+    pub duration: Vec<LazyHistogram>,
     /// Per pool, per backend (pool order), plus one last entry for "no backend".
     pub codes: Vec<Vec<Arc<CodeCounters>>>,
     pub retries: IntCounter,
@@ -58,7 +94,8 @@ pub struct RouteMetrics {
     pub override_rejected: IntCounter,
 }
 
-type CodeKey = (String, String, String);
+/// (route, pool, backend): names shared with the snapshot, so a series key allocates nothing.
+type CodeKey = (Arc<str>, Arc<str>, Arc<str>);
 
 /// All of veer's metrics.
 pub struct Metrics {
@@ -82,6 +119,8 @@ pub struct Metrics {
     exported_backends: Mutex<HashSet<(String, String)>>,
     /// Route → pools of its split, as last exported in `veer_route_weight`.
     exported_routes: Mutex<HashMap<String, Vec<String>>>,
+    /// Routes whose lazily made series may still be made ([`LazyHistogram`]).
+    alive: Mutex<HashMap<Arc<str>, Arc<AtomicBool>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -194,6 +233,7 @@ impl Metrics {
             codes: Mutex::new(HashMap::new()),
             exported_backends: Mutex::new(HashSet::new()),
             exported_routes: Mutex::new(HashMap::new()),
+            alive: Mutex::new(HashMap::new()),
         };
         // Counters start at zero so dashboards and alerts see them before the first event.
         for result in ["success", "failure"] {
@@ -242,7 +282,11 @@ impl Metrics {
             .collect();
         if !removed.is_empty() {
             let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut alive = self.alive.lock().unwrap_or_else(|e| e.into_inner());
             for (route, pools) in removed {
+                if let Some(flag) = alive.remove(route.as_str()) {
+                    flag.store(false, Ordering::Release);
+                }
                 for p in pools {
                     let _ = self.route_weight.remove_label_values(&[route, p]);
                     let _ = self.duration.remove_label_values(&[route, p]);
@@ -254,16 +298,17 @@ impl Metrics {
                     let _ = self.rollouts.remove_label_values(&[route, result]);
                 }
                 codes.retain(|(r, pool, backend), c| {
-                    if r != route {
+                    if **r != **route {
                         return true;
                     }
-                    for (i, n) in c.counts.iter().enumerate() {
-                        if n.load(Ordering::Relaxed) > 0 {
-                            let code = (i + 100).to_string();
-                            let _ = self
-                                .requests
-                                .remove_label_values(&[r, pool, backend, &code]);
-                        }
+                    for (code, _) in c.counted() {
+                        let code = code.to_string();
+                        let _ = self.requests.remove_label_values(&[
+                            &**r,
+                            &**pool,
+                            &**backend,
+                            code.as_str(),
+                        ]);
                     }
                     false
                 });
@@ -277,12 +322,28 @@ impl Metrics {
     pub fn route_metrics(&self, route: &str, pools: &[(&str, Vec<&str>)]) -> RouteMetrics {
         let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
         let mut per_pool = Vec::with_capacity(pools.len());
+        let (route_name, none): (Arc<str>, Arc<str>) = (route.into(), "".into());
+        let alive = self
+            .alive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(route_name.clone())
+            .or_insert_with(|| Arc::new(AtomicBool::new(true)))
+            .clone();
+        let mut names = Vec::with_capacity(pools.len());
         for (name, backends) in pools {
+            let pool: Arc<str> = (*name).into();
+            names.push(pool.clone());
             let labels = backends.iter().copied().chain(std::iter::once(""));
             let list = labels
                 .map(|backend| {
+                    let backend = if backend.is_empty() {
+                        none.clone()
+                    } else {
+                        backend.into()
+                    };
                     codes
-                        .entry((route.to_string(), name.to_string(), backend.to_string()))
+                        .entry((route_name.clone(), pool.clone(), backend))
                         .or_default()
                         .clone()
                 })
@@ -292,7 +353,14 @@ impl Metrics {
         RouteMetrics {
             duration: pools
                 .iter()
-                .map(|(name, _)| self.duration.with_label_values(&[route, name]))
+                .zip(names)
+                .map(|(_, pool)| LazyHistogram {
+                    vec: self.duration.clone(),
+                    route: route_name.clone(),
+                    pool,
+                    made: OnceLock::new(),
+                    alive: alive.clone(),
+                })
                 .collect(),
             codes: per_pool,
             retries: self.retries.with_label_values(&[route]),
@@ -304,15 +372,14 @@ impl Metrics {
         {
             let codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
             for ((route, pool, backend), c) in codes.iter() {
-                for (i, n) in c.counts.iter().enumerate() {
-                    let n = n.load(Ordering::Relaxed);
-                    if n == 0 {
-                        continue;
-                    }
-                    let code = (i + 100).to_string();
-                    let counter = self
-                        .requests
-                        .with_label_values(&[route, pool, backend, &code]);
+                for (code, n) in c.counted() {
+                    let code = code.to_string();
+                    let counter = self.requests.with_label_values(&[
+                        &**route,
+                        &**pool,
+                        &**backend,
+                        code.as_str(),
+                    ]);
                     let prev = counter.get();
                     if n > prev {
                         counter.inc_by(n - prev);

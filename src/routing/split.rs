@@ -9,6 +9,9 @@
 /// Number of sticky buckets.
 pub const BUCKETS: u32 = 10_000;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
 const SEED: u64 = 0x7665_6572_5f62_6b74; // "veer_bkt"
 
 /// 64-bit FNV-1a with a fixed seed and a final avalanche, stable across builds and versions.
@@ -35,10 +38,20 @@ pub fn bucket_of(key: &[u8]) -> u32 {
     (hash64(key) % BUCKETS as u64) as u32
 }
 
-/// Bucket → pool index, for one route's weights.
+/// Bucket → pool index, for one route's weights. Costs what the split needs: nothing for one
+/// pool, a share for two (the position of a bucket is computed, not looked up), and a table
+/// of one byte per bucket for more, shared by every route with the same pools and weights.
 #[derive(Debug, Clone)]
-pub struct SplitTable {
-    table: Box<[u8]>,
+pub struct SplitTable(Split);
+
+#[derive(Debug, Clone)]
+enum Split {
+    /// Every bucket goes to the first pool (one pool, or two that weigh nothing).
+    First,
+    /// Two pools: the buckets whose [`position`] is below `share` go to the second.
+    Two { share: u32 },
+    /// Three pools or more: weighted rendezvous, one byte per bucket.
+    Table(Arc<[u8]>),
 }
 
 impl SplitTable {
@@ -46,24 +59,47 @@ impl SplitTable {
     pub fn new(pools: &[&str], weights: &[u32]) -> Self {
         let n = weights.len();
         let total: u64 = weights.iter().map(|&w| w as u64).sum();
-        let mut table = vec![0u8; BUCKETS as usize].into_boxed_slice();
-        if n == 2 && total > 0 {
+        SplitTable(if n == 2 && total > 0 {
             let share = ((weights[1] as u64 * BUCKETS as u64 + total / 2) / total) as u32;
-            for (b, slot) in table.iter_mut().enumerate() {
-                *slot = if position(b as u32) < share { 1 } else { 0 };
-            }
+            Split::Two { share }
         } else if n > 2 {
-            for (b, slot) in table.iter_mut().enumerate() {
-                *slot = rendezvous(b as u32, pools, weights, usize::MAX).unwrap_or(0) as u8;
-            }
-        }
-        SplitTable { table }
+            Split::Table(shared_table(pools, weights))
+        } else {
+            Split::First
+        })
     }
 
     /// The pool index of a bucket.
     pub fn pool_of(&self, bucket: u32) -> usize {
-        self.table[(bucket % BUCKETS) as usize] as usize
+        match &self.0 {
+            Split::First => 0,
+            Split::Two { share } => (position(bucket % BUCKETS) < *share) as usize,
+            Split::Table(t) => t[(bucket % BUCKETS) as usize] as usize,
+        }
     }
+}
+
+/// Rendezvous tables by pools and weights, held weakly: the routes that use one keep it, and
+/// a reload that changes nothing about a split finds the one it already built.
+type TableKey = (Vec<String>, Vec<u32>);
+static TABLES: Mutex<Option<HashMap<TableKey, Weak<[u8]>>>> = Mutex::new(None);
+
+fn shared_table(pools: &[&str], weights: &[u32]) -> Arc<[u8]> {
+    let key = (
+        pools.iter().map(|p| p.to_string()).collect(),
+        weights.to_vec(),
+    );
+    let mut tables = TABLES.lock().unwrap_or_else(|e| e.into_inner());
+    let tables = tables.get_or_insert_with(HashMap::new);
+    if let Some(t) = tables.get(&key).and_then(Weak::upgrade) {
+        return t;
+    }
+    tables.retain(|_, t| t.strong_count() > 0);
+    let t: Arc<[u8]> = (0..BUCKETS)
+        .map(|b| rendezvous(b, pools, weights, usize::MAX).unwrap_or(0) as u8)
+        .collect();
+    tables.insert(key, Arc::downgrade(&t));
+    t
 }
 
 /// A fixed permutation of the buckets, so that a pool's share is not one contiguous run of
@@ -135,6 +171,21 @@ mod tests {
         }
         let s = share(&a, 0) as f64 / BUCKETS as f64;
         assert!((0.47..0.53).contains(&s), "{s}");
+    }
+
+    #[test]
+    fn routes_with_the_same_pools_and_weights_share_one_table() {
+        let a = SplitTable::new(&["a", "b", "c"], &[5, 3, 2]);
+        let b = SplitTable::new(&["a", "b", "c"], &[5, 3, 2]);
+        let c = SplitTable::new(&["a", "b", "c"], &[5, 3, 3]);
+        let table = |t: &SplitTable| match &t.0 {
+            Split::Table(t) => t.clone(),
+            other => panic!("three pools make a table, not {other:?}"),
+        };
+        assert!(Arc::ptr_eq(&table(&a), &table(&b)));
+        assert!(!Arc::ptr_eq(&table(&a), &table(&c)));
+        assert_eq!(SplitTable::new(&["blue"], &[7]).pool_of(3), 0);
+        assert_eq!(SplitTable::new(&["blue", "green"], &[0, 0]).pool_of(3), 0);
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! One backend: its identity and the state that outlives config reloads.
 
-use crate::breaker::Gate;
 pub use crate::breaker::PoolShared;
+use crate::breaker::{BreakerState, Episode, Gate};
 use crate::config::PoolConfig;
 use crate::upstream::http_client::UpstreamClient;
 use arc_swap::ArcSwap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -101,6 +101,11 @@ pub struct Backend {
     pool_config: ArcSwap<PoolConfig>,
     /// State shared by the pool's backends across reloads (breaker ejection count).
     pub pool_shared: Arc<PoolShared>,
+    /// A task times this backend's breaker now: one is started per trip (see
+    /// [`Backend::breaker_trips`]), none waits while the breaker is closed.
+    breaker_timed: AtomicBool,
+    /// The breaker's memory between trips; only the task timing a trip touches it.
+    breaker_history: Mutex<crate::breaker::History>,
 }
 
 impl fmt::Debug for Backend {
@@ -141,24 +146,68 @@ impl Backend {
             idle: Notify::new(),
             closed,
             client: ArcSwap::from_pointee(client),
+            breaker_timed: AtomicBool::new(false),
+            breaker_history: Mutex::default(),
         }
     }
 
-    /// This backend's breaker task ([`crate::breaker::run`] on its gate, its pool's ejection
-    /// budget and its pool's breaker config); it ends when the backend is closed.
-    pub fn breaker_task(
+    /// Claim the timing of this backend's breaker, which a request has just opened: true when
+    /// no task times it yet, and the caller is to run [`Backend::breaker_trips`].
+    pub fn claim_breaker_timing(&self) -> bool {
+        self.breaker.state() == BreakerState::Open
+            && !self.breaker_timed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Time the trip of this backend's breaker that [`Backend::claim_breaker_timing`] claimed
+    /// (open, half-open, closed again; [`crate::breaker::episode`]), and any trip that comes
+    /// before the task has let go; ends when the breaker is closed, or the backend is.
+    pub fn breaker_trips(
         self: &Arc<Self>,
         trips: Option<prometheus::IntCounter>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let (me, cfg) = (self.clone(), self.clone());
-        crate::breaker::run(
-            BreakerOf(me),
-            self.pool_shared.clone(),
-            move || cfg.pool_config().circuit_breaker.clone(),
-            self.closed.clone(),
-            self.id.to_string(),
-            trips,
-        )
+        let b = self.clone();
+        async move {
+            let config = || b.pool_config().circuit_breaker.clone();
+            let name = b.id.to_string();
+            loop {
+                let mut history = *b.breaker_history.lock().unwrap_or_else(|e| e.into_inner());
+                let ended = crate::breaker::episode(
+                    &b.breaker,
+                    &b.pool_shared,
+                    &config,
+                    &b.closed,
+                    &name,
+                    trips.as_ref(),
+                    &mut history,
+                )
+                .await;
+                *b.breaker_history.lock().unwrap_or_else(|e| e.into_inner()) = history;
+                if ended == Episode::Gone {
+                    b.retire_breaker();
+                    return;
+                }
+                b.breaker_timed.store(false, Ordering::Release);
+                // A trip after the close but before the line above woke a watcher that found
+                // the timing still claimed: take it again here, unless the watcher has.
+                if !b.claim_breaker_timing() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Close the backend for good: cut what it still has in flight, stop its tasks, and retire
+    /// its breaker (no trip from now on; an ejection slot it held goes back to the pool).
+    pub fn close(&self) {
+        self.closed.cancel();
+        self.retire_breaker();
+    }
+
+    fn retire_breaker(&self) {
+        // Whoever retires first (the close, or the task timing a trip) gives the slot back.
+        if self.breaker.retire() {
+            self.pool_shared.release_ejection();
+        }
     }
 
     pub fn pool_config(&self) -> Arc<PoolConfig> {
@@ -383,15 +432,5 @@ impl Drop for Lease {
             self.backend.breaker.release_trial();
         }
         self.backend.end_one();
-    }
-}
-
-/// A backend seen as its breaker gate (what [`crate::breaker::run`] drives).
-struct BreakerOf(Arc<Backend>);
-
-impl std::ops::Deref for BreakerOf {
-    type Target = Gate;
-    fn deref(&self) -> &Gate {
-        &self.0.breaker
     }
 }

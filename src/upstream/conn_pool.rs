@@ -8,8 +8,8 @@
 use super::body::UpstreamBody;
 use super::h1::{self, InlineConn};
 use super::http_client::{BodySlot, Connector, UpBody};
+use super::idle::IdleQueue;
 use crate::body::ClientFault;
-use crossbeam_queue::ArrayQueue;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, Uri};
 use hyper::client::conn::{http1, http2};
@@ -116,9 +116,10 @@ pub struct Conns {
     http2: bool,
     /// The authority for a `Host` header when a request has none.
     authority: http::uri::Authority,
-    idle: ArrayQueue<Idle>,
+    /// Both queues take memory as they fill ([`IdleQueue`]): a backend costs what it uses.
+    idle: IdleQueue<Idle>,
     /// Connections of the fast path ([`h1`]), which owns them between exchanges.
-    inline_idle: ArrayQueue<InlineConn>,
+    inline_idle: IdleQueue<InlineConn>,
     shared: arc_swap::ArcSwapOption<http2::SendRequest<UpBody>>,
     /// Held while an HTTP/2 connection is being made, so a burst of requests makes one.
     h2_connecting: tokio::sync::Mutex<()>,
@@ -182,8 +183,8 @@ impl Conns {
             target,
             http2,
             authority,
-            idle: ArrayQueue::new(MAX_IDLE),
-            inline_idle: ArrayQueue::new(MAX_IDLE),
+            idle: IdleQueue::new(MAX_IDLE),
+            inline_idle: IdleQueue::new(MAX_IDLE),
             shared: arc_swap::ArcSwapOption::empty(),
             h2_connecting: tokio::sync::Mutex::new(()),
             reaper: AtomicBool::new(false),
@@ -466,21 +467,10 @@ impl Conns {
                 };
                 tokio::time::sleep(every).await;
                 let Some(me) = weak.upgrade() else { return };
-                for _ in 0..me.idle.len() {
-                    match me.idle.pop() {
-                        Some(i) if !i.tx.is_closed() && i.since.elapsed() < me.idle_timeout => {
-                            let _ = me.idle.push(i);
-                        }
-                        _ => {}
-                    }
-                }
-                for _ in 0..me.inline_idle.len() {
-                    if let Some(mut c) = me.inline_idle.pop() {
-                        if c.since.elapsed() < me.idle_timeout && c.still_open() {
-                            let _ = me.inline_idle.push(c);
-                        }
-                    }
-                }
+                me.idle
+                    .retain(|i| !i.tx.is_closed() && i.since.elapsed() < me.idle_timeout);
+                me.inline_idle
+                    .retain(|c| c.since.elapsed() < me.idle_timeout && c.still_open());
             }
         });
     }

@@ -200,12 +200,82 @@ pub struct UpstreamClient {
     pub cuts: Arc<CutSet>,
 }
 
+/// What the clients of one pool's backends share: the TLS setup (roots, verifier, ALPN),
+/// built once per pool rather than once per backend. A pool without TLS never uses it, so all
+/// of them share one.
+#[derive(Clone)]
+pub struct ClientTemplate {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for ClientTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTemplate")
+    }
+}
+
+impl ClientTemplate {
+    /// The template for a pool with this config; `base` resolves relative paths.
+    pub fn new(
+        pool: &PoolConfig,
+        base: Option<&std::path::Path>,
+    ) -> Result<Self, UpstreamTlsError> {
+        if pool.tls.is_none() {
+            static PLAIN: std::sync::OnceLock<ClientTemplate> = std::sync::OnceLock::new();
+            if let Some(t) = PLAIN.get() {
+                return Ok(t.clone());
+            }
+            let t = Self::build(pool, base)?;
+            return Ok(PLAIN.get_or_init(|| t).clone());
+        }
+        Self::build(pool, base)
+    }
+
+    fn build(pool: &PoolConfig, base: Option<&std::path::Path>) -> Result<Self, UpstreamTlsError> {
+        let mut tls = crate::tls::upstream_client_config(pool, base)?;
+        // ALPN offers exactly the pool's protocol (nothing for HTTP/1.1, as hyper-rustls does).
+        tls.alpn_protocols = if pool.protocol == Protocol::H1 {
+            Vec::new()
+        } else {
+            vec![b"h2".to_vec()]
+        };
+        // Each backend keeps its own sessions (see `UpstreamClient::with_template`).
+        tls.resumption = rustls::client::Resumption::disabled();
+        Ok(ClientTemplate { tls: Arc::new(tls) })
+    }
+
+    /// The TLS config of one backend's client: the pool's, with a session cache of its own
+    /// sized for the one server name it talks to (the default holds 32 servers' worth, about
+    /// 16 KiB per backend).
+    fn for_backend(&self, pool: &PoolConfig) -> Arc<rustls::ClientConfig> {
+        if pool.tls.is_none() {
+            return self.tls.clone();
+        }
+        let mut tls = (*self.tls).clone();
+        tls.resumption = rustls::client::Resumption::in_memory_sessions(TICKETS_PER_SERVER);
+        Arc::new(tls)
+    }
+}
+
+/// TLS 1.3 tickets rustls keeps per server (its `MAX_TLS13_TICKETS_PER_SERVER`): a cache of
+/// this size holds one server.
+const TICKETS_PER_SERVER: usize = 8;
+
 impl UpstreamClient {
     /// Build the client for `addr` in a pool with this config; `base` resolves relative paths.
     pub fn new(
         addr: SocketAddr,
         pool: &PoolConfig,
         base: Option<&std::path::Path>,
+    ) -> Result<Self, UpstreamTlsError> {
+        Self::with_template(addr, pool, &ClientTemplate::new(pool, base)?)
+    }
+
+    /// Build the client for `addr` in a pool with this config from the pool's template.
+    pub fn with_template(
+        addr: SocketAddr,
+        pool: &PoolConfig,
+        template: &ClientTemplate,
     ) -> Result<Self, UpstreamTlsError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -221,19 +291,15 @@ impl UpstreamClient {
             target,
             cuts: cuts.clone(),
         };
-        let tls = crate::tls::upstream_client_config(pool, base)?;
         let name = crate::tls::upstream_server_name(pool, addr)?;
-        // ALPN offers exactly the pool's protocol.
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .with_server_name_resolver(FixedServerNameResolver::new(name));
         let http2 = pool.protocol != Protocol::H1;
-        let connector = if http2 {
-            builder.enable_http2().wrap_connector(dial)
-        } else {
-            builder.enable_http1().wrap_connector(dial)
-        };
+        // https or http, by the target's scheme.
+        let connector = hyper_rustls::HttpsConnector::new(
+            dial,
+            template.for_backend(pool),
+            false,
+            Arc::new(FixedServerNameResolver::new(name)),
+        );
         let authority: http::uri::Authority =
             match pool.tls.as_ref().and_then(|t| t.sni.as_ref()) {
                 Some(sni) => format!("{sni}:{}", addr.port()).parse(),

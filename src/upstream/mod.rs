@@ -9,6 +9,7 @@ pub mod body;
 pub mod conn_pool;
 pub mod h1;
 pub mod http_client;
+mod idle;
 pub mod pool;
 pub mod registry;
 pub mod slow_start;

@@ -3,7 +3,7 @@
 //! Closed lifecycle).
 
 use super::backend::{PoolShared, RAMP_FLOOR};
-use super::client::UpstreamClient;
+use super::client::{ClientTemplate, UpstreamClient};
 use super::{Backend, BackendId, Health, Pool};
 use crate::config::{BackendAddr, Config, PoolConfig};
 use prometheus::IntCounterVec;
@@ -30,12 +30,11 @@ pub struct BackendChanges {
 }
 
 /// Background tasks a [`Registry::sync`] asks for: the caller (the layer that owns task
-/// lifecycles) starts them, so the registry never spawns a health checker itself.
+/// lifecycles) starts them, so the registry never spawns a health checker itself. Breakers
+/// need none: the registry's one watcher times each trip (see [`Registry::watch_breakers`]).
 #[derive(Debug, Default)]
-#[must_use = "the backends need their health checkers and breakers started"]
+#[must_use = "the backends need their health checkers started"]
 pub struct ToStart {
-    /// New backends: each needs its breaker task (with its trips counter, if metrics are on).
-    pub breakers: Vec<(Arc<Backend>, Option<prometheus::IntCounter>)>,
     /// Backends whose health checks were switched on (new or not): each needs a checker.
     pub health: Vec<Arc<Backend>>,
 }
@@ -53,6 +52,10 @@ pub struct Registry {
     trips: Option<IntCounterVec>,
     /// Woken by a sync that met a name never resolved (the DNS task resolves it at once).
     pub dns_wake: tokio::sync::Notify,
+    /// Told of every breaker trip (through the pools' [`PoolShared`]); its watcher starts
+    /// the task that times the trip. Nothing waits per backend while breakers are closed.
+    tripped: Arc<tokio::sync::Notify>,
+    watching: std::sync::Once,
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +68,9 @@ struct Inner {
     resolved: HashMap<(Arc<str>, BackendAddr), Arc<[std::net::SocketAddr]>>,
     /// A sync has run: backends created after it are new (slow start ramps them).
     started: bool,
+    /// The runtime pools of the last sync: a pool whose config did not change is handed to
+    /// the next snapshot as it is (its backends, balancer order and position), not rebuilt.
+    last: HashMap<Arc<str>, Arc<Pool>>,
 }
 
 /// Errors applying pools to the registry.
@@ -87,6 +93,8 @@ impl Registry {
             base,
             trips: None,
             dns_wake: tokio::sync::Notify::new(),
+            tripped: Arc::new(tokio::sync::Notify::new()),
+            watching: std::sync::Once::new(),
         }
     }
 
@@ -114,31 +122,58 @@ impl Registry {
         config: &Config,
         old: Option<&Config>,
     ) -> Result<(RuntimePools, BackendChanges, ToStart), RegistryError> {
+        self.watching.call_once(|| {
+            self.tasks.spawn(self.clone().watch_breakers());
+        });
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut changes = BackendChanges::default();
         let mut start = ToStart::default();
         let mut pools = HashMap::new();
         let mut keep = BTreeMap::new();
         let mut unresolved = false;
+        let mut last = std::mem::take(&mut inner.last);
         for pc in config.pools.values() {
-            let pc_arc = Arc::new(pc.clone());
             let name: Arc<str> = pc.name.as_str().into();
-            let shared = inner.pools.entry(name.clone()).or_default().clone();
+            let members = expand(pc, &name, &inner.resolved, &mut unresolved);
+            if let Some(pool) = last.remove(pc.name.as_str()) {
+                // Unchanged: the same config and, for names, the same addresses.
+                let same_members = pool.backends.len() == members.len()
+                    && pool.backends.iter().zip(&members).all(|(b, (id, _))| b.id == *id);
+                if *pool.config == *pc
+                    && same_members
+                    && Self::keep_pool(&mut inner, &pool, &mut keep)
+                {
+                    pools.insert(pool.name.clone(), pool);
+                    continue;
+                }
+            }
+            let pc_arc = Arc::new(pc.clone());
+            let shared = inner
+                .pools
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    Arc::new(PoolShared {
+                        tripped: Some(self.tripped.clone()),
+                        ..PoolShared::default()
+                    })
+                })
+                .clone();
             let old_pc = old.and_then(|o| o.pools.get(&pc.name));
             let transport_changed = old_pc.is_some_and(|o| {
                 o.protocol != pc.protocol
                     || o.tls != pc.tls
                     || o.connect_timeout != pc.connect_timeout
             });
-            let members = expand(pc, &name, &inner.resolved, &mut unresolved);
             let mut list = Vec::with_capacity(members.len());
             let mut weights = Vec::with_capacity(members.len());
+            // Built when the first of the pool's backends needs a client, once per pool.
+            let mut template = None;
             for (id, weight) in members {
                 let mut fresh = false;
                 let backend = match inner.backends.remove(&id) {
                     Some(b) => {
                         if transport_changed {
-                            b.set_client(self.client(&id, pc)?);
+                            b.set_client(self.client_from(&mut template, &id, pc)?);
                         }
                         b
                     }
@@ -147,7 +182,7 @@ impl Registry {
                         changes.added.push(id.to_string());
                         let b = Arc::new(Backend::new(
                             id.clone(),
-                            self.client(&id, pc)?,
+                            self.client_from(&mut template, &id, pc)?,
                             pc_arc.clone(),
                             shared.clone(),
                         ));
@@ -155,11 +190,6 @@ impl Registry {
                             // New: it starts at 10% (the slow-start task ramps it from here).
                             b.set_ramp(RAMP_FLOOR, RAMP_FLOOR);
                         }
-                        let trips = self
-                            .trips
-                            .as_ref()
-                            .map(|t| t.with_label_values(&[&*b.id.pool, &*b.addr_label]));
-                        start.breakers.push((b.clone(), trips));
                         b
                     }
                 };
@@ -194,7 +224,28 @@ impl Registry {
         inner
             .pools
             .retain(|name, _| config.pools.contains_key(name.as_ref()));
+        inner.last = pools.clone();
         Ok((pools, changes, start))
+    }
+
+    /// Carry an unchanged pool over to the next snapshot: its backends stay as they are.
+    /// False (nothing moved) when one of them is no longer current (the pool is rebuilt).
+    fn keep_pool(
+        inner: &mut Inner,
+        pool: &Pool,
+        keep: &mut BTreeMap<BackendId, Arc<Backend>>,
+    ) -> bool {
+        let current =
+            |b: &Arc<Backend>| inner.backends.get(&b.id).is_some_and(|c| Arc::ptr_eq(c, b));
+        if !pool.backends.iter().all(current) {
+            return false;
+        }
+        for b in &pool.backends {
+            if let Some((id, b)) = inner.backends.remove_entry(&b.id) {
+                keep.insert(id, b);
+            }
+        }
+        true
     }
 
     fn client(&self, id: &BackendId, pc: &PoolConfig) -> Result<UpstreamClient, RegistryError> {
@@ -241,6 +292,55 @@ impl Registry {
             .resolved
             .get(&(Arc::<str>::from(pool), name.clone()))
             .cloned()
+    }
+
+    /// The breaker watcher: at every trip, start a task to time each backend whose breaker
+    /// was opened and has none (a trip's timing ends with it: a closed breaker costs no task).
+    /// Trips are rare, so looking over every backend then is cheap; a trip while it looks
+    /// leaves a wake-up for the next round.
+    async fn watch_breakers(self: Arc<Self>) {
+        let me = Arc::downgrade(&self);
+        let (tripped, shutdown) = (self.tripped.clone(), self.shutdown.clone());
+        drop(self);
+        loop {
+            tokio::select! {
+                _ = tripped.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let Some(me) = me.upgrade() else { return };
+            for b in me.all() {
+                if b.claim_breaker_timing() {
+                    let trips = me
+                        .trips
+                        .as_ref()
+                        .map(|t| t.with_label_values(&[&*b.id.pool, &*b.addr_label]));
+                    me.tasks.spawn(b.breaker_trips(trips));
+                }
+            }
+        }
+    }
+
+    /// A backend's client from its pool's template, building the template on first use.
+    fn client_from(
+        &self,
+        template: &mut Option<ClientTemplate>,
+        id: &BackendId,
+        pc: &PoolConfig,
+    ) -> Result<UpstreamClient, RegistryError> {
+        let err = |e| RegistryError::Client {
+            pool: pc.name.clone(),
+            source: e,
+        };
+        if id.name.is_some() && pc.tls.as_ref().is_some_and(|t| t.sni.is_none()) {
+            // Verified against the name it was found by: its own TLS setup (rare).
+            return self.client(id, pc);
+        }
+        let addr = id.addr;
+        let t = match template {
+            Some(t) => t,
+            None => template.insert(ClientTemplate::new(pc, self.base.as_deref()).map_err(err)?),
+        };
+        UpstreamClient::with_template(addr, pc, t).map_err(err)
     }
 
     /// Apply the pool's settings to a backend; start or stop its health checker. `fresh`: the
@@ -308,7 +408,7 @@ impl Registry {
             } else {
                 tracing::info!(backend = %b.id, "backend drained");
             }
-            b.closed.cancel();
+            b.close();
             // Close its pooled connections now, even if an old snapshot still holds the backend.
             me.close_connections(&b);
             let mut inner = me.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -408,7 +508,7 @@ impl Registry {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for b in inner.backends.values().chain(inner.draining.iter()) {
             b.cut_in_flight();
-            b.closed.cancel();
+            b.close();
         }
     }
 }

@@ -268,15 +268,17 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
                     None => vec![("*".to_string(), name_span.clone())],
                 };
                 if let Some(rc) = build_route(cx, span.clone(), route, &pools) {
-                    if let Some(first) = names.get(&rc.name) {
+                    if let Some(&first) = names.get(&rc.name) {
+                        // The line only for an error: counting lines for every route made
+                        // loading a thousand routes quadratic in the file's size.
+                        let first = cx.at(first).0;
                         let msg = format!(
                             "routes: duplicate route name {:?} (first defined on line {first})",
                             rc.name
                         );
                         cx.err(name_span.clone(), msg);
                     } else {
-                        let line = cx.at(name_span.start).0;
-                        names.insert(rc.name.clone(), line);
+                        names.insert(rc.name.clone(), name_span.start);
                     }
                     for (host, host_span) in hosts {
                         let key = (host, rc.path_prefix.clone());
