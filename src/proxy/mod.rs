@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod headers;
+mod http1;
 mod http2;
 pub mod listeners;
 pub mod server;
