@@ -15,6 +15,7 @@
 #        PARTS="conns tables"  what to measure (conns: idle client connections; tables: per
 #                               backend and per route)
 #        PROXIES="haproxy nginx veer"  which proxies (ratios need haproxy and nginx)
+#        PORT_BASE=18180  ports used: BASE+1, +2 (backends), +10, +11 (proxy), +14 (admin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-3000}; BACKENDS=${2:-4000}; ROUTES=${3:-1000}
@@ -25,8 +26,9 @@ if [ -z "${VEER_BIN:-}" ]; then
   [ -n "${NO_BUILD:-}" ] || cargo build --release --quiet
   VEER_BIN=target/release/veer
 fi
-B1=127.0.0.1:18181; B2=127.0.0.1:18182; P=18190; PS=18191; ADMIN=18194
-ports_free 18181 18182 $P $PS $ADMIN
+O=${PORT_BASE:-18180}  # another run beside this one needs another PORT_BASE
+B1=127.0.0.1:$((O + 1)); B2=127.0.0.1:$((O + 2)); P=$((O + 10)); PS=$((O + 11)); ADMIN=$((O + 14))
+ports_free "${B1#*:}" "${B2#*:}" $P $PS $ADMIN
 ulimit -n $((N * 5 + 2048)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 W=$(mktemp -d -t veer-memory.XXXX)
 pids=()
