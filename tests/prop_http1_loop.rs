@@ -55,7 +55,9 @@ fn encode(reqs: &[Req]) -> Vec<u8> {
     let mut out = Vec::new();
     for (id, r) in reqs.iter().enumerate() {
         let version = if r.http10 { "1.0" } else { "1.1" };
-        out.extend_from_slice(format!("{} {} HTTP/{version}\r\nHost: app\r\n", r.method, r.path).as_bytes());
+        out.extend_from_slice(
+            format!("{} {} HTTP/{version}\r\nHost: app\r\n", r.method, r.path).as_bytes(),
+        );
         out.extend_from_slice(format!("X-Id: {id}\r\nX-Len: {}\r\n", r.answer_len).as_bytes());
         if r.chunked {
             out.extend_from_slice(b"X-Chunked: 1\r\n");
@@ -89,7 +91,11 @@ struct Answer {
     body: Vec<u8>,
 }
 
-async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>, head_req: bool) -> Result<Answer, String> {
+async fn read_answer(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head_req: bool,
+) -> Result<Answer, String> {
     loop {
         let mut hs = [httparse::EMPTY_HEADER; 64];
         let mut r = httparse::Response::new(&mut hs);
@@ -100,7 +106,12 @@ async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>, head_req: bool) -> Re
                 let headers: Vec<(String, String)> = r
                     .headers
                     .iter()
-                    .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
                     .collect();
                 let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
                 let no_body = head_req || status == 204 || status == 304;
@@ -108,27 +119,40 @@ async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>, head_req: bool) -> Re
                     let rest = &buf[n..];
                     let done = if no_body {
                         Some((Vec::new(), 0))
-                    } else if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+                    } else if get("transfer-encoding")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+                    {
                         match read_chunked(rest) {
                             Chunked::Done(d, None) => Some((d.data, d.len)),
                             Chunked::Incomplete => None,
                             other => return Err(format!("bad chunked answer: {other:?}")),
                         }
                     } else if let Some(len) = get("content-length") {
-                        let len: usize = len.parse().map_err(|_| format!("content-length {len}"))?;
+                        let len: usize =
+                            len.parse().map_err(|_| format!("content-length {len}"))?;
                         (rest.len() >= len).then(|| (rest[..len].to_vec(), len))
                     } else {
                         return Err(format!("answer without framing: {headers:?}"));
                     };
                     if let Some((body, used)) = done {
                         buf.drain(..n + used);
-                        return Ok(Answer { status, http10, headers, body });
+                        return Ok(Answer {
+                            status,
+                            http10,
+                            headers,
+                            body,
+                        });
                     }
                     fill(s, buf).await?;
                 }
             }
             Ok(httparse::Status::Partial) => fill(s, buf).await?,
-            Err(e) => return Err(format!("unreadable answer ({e}): {:?}", String::from_utf8_lossy(buf))),
+            Err(e) => {
+                return Err(format!(
+                    "unreadable answer ({e}): {:?}",
+                    String::from_utf8_lossy(buf)
+                ))
+            }
         }
     }
 }
@@ -165,8 +189,19 @@ fn harness() -> Harness {
             let record = record.clone();
             async move {
                 let (parts, body) = req.into_parts();
-                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                let h = |k: &str| parts.headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let h = |k: &str| {
+                    parts
+                        .headers
+                        .get(k)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
                 let id: usize = h("x-id").parse().unwrap_or(0);
                 let len: usize = h("x-len").parse().unwrap_or(0);
                 let headers = parts
@@ -233,27 +268,48 @@ impl Harness {
             }
         }
         // Served: up to and including the first that closes.
-        let served = reqs.iter().position(|r| r.close).map_or(reqs.len(), |i| i + 1);
+        let served = reqs
+            .iter()
+            .position(|r| r.close)
+            .map_or(reqs.len(), |i| i + 1);
         let mut buf = Vec::new();
         for (id, r) in reqs[..served].iter().enumerate() {
             let a = read_answer(&mut s, &mut buf, r.method == "HEAD")
                 .await
                 .map_err(|e| format!("answer {id}: {e}"))?;
             if a.status != 200 {
-                return Err(format!("answer {id}: status {} ({:?})", a.status, a.headers));
+                return Err(format!(
+                    "answer {id}: status {} ({:?})",
+                    a.status, a.headers
+                ));
             }
-            let want = if r.method == "HEAD" { Vec::new() } else { answer_body(id, r.answer_len) };
+            let want = if r.method == "HEAD" {
+                Vec::new()
+            } else {
+                answer_body(id, r.answer_len)
+            };
             if a.body != want {
-                return Err(format!("answer {id}: body {} bytes, want {}", a.body.len(), want.len()));
+                return Err(format!(
+                    "answer {id}: body {} bytes, want {}",
+                    a.body.len(),
+                    want.len()
+                ));
             }
             if !a.headers.iter().any(|(k, _)| k == "date") {
                 return Err(format!("answer {id}: no date"));
             }
-            let says = |t: &str| a.headers.iter().any(|(k, v)| k == "connection" && v.to_ascii_lowercase().contains(t));
+            let says = |t: &str| {
+                a.headers
+                    .iter()
+                    .any(|(k, v)| k == "connection" && v.to_ascii_lowercase().contains(t))
+            };
             // An HTTP/1.0 answer closes unless it says keep-alive.
             let closes = says("close") || a.http10 && !says("keep-alive");
             if r.close != closes {
-                return Err(format!("answer {id}: connection close {closes}, want {}", r.close));
+                return Err(format!(
+                    "answer {id}: connection close {closes}, want {}",
+                    r.close
+                ));
             }
         }
         if served < reqs.len() || reqs.last().is_some_and(|r| r.close) {
@@ -266,7 +322,10 @@ impl Harness {
         }
         let seen = self.seen.lock().unwrap().clone();
         if seen.len() != served {
-            return Err(format!("upstream saw {} requests, want {served}: {seen:?}", seen.len()));
+            return Err(format!(
+                "upstream saw {} requests, want {served}: {seen:?}",
+                seen.len()
+            ));
         }
         for (id, (r, got)) in reqs.iter().zip(&seen).enumerate() {
             let want = Seen {
@@ -296,30 +355,39 @@ fn req() -> impl Strategy<Value = Req> {
         prop_oneof![0..200usize, 0..20_000usize],
         any::<bool>(),
     )
-        .prop_map(|(method, path, mut headers, body, http10, answer_len, chunked)| {
-            // One of each name (the upstream's map keeps the first of repeated ones).
-            let mut names = std::collections::HashSet::new();
-            headers.retain(|(k, _)| names.insert(k.clone()));
-            let path = if path.is_empty() || path.contains("/.") || path.contains("..") {
-                "/p".to_string()
-            } else {
-                path
-            };
-            Req {
-                method,
-                path,
-                headers,
-                body: if method == "POST" { Some(body.unwrap_or_default()) } else { body.filter(|_| false) },
-                http10,
-                answer_len,
-                chunked: chunked && !http10,
-                close: false,
-            }
-        })
+        .prop_map(
+            |(method, path, mut headers, body, http10, answer_len, chunked)| {
+                // One of each name (the upstream's map keeps the first of repeated ones).
+                let mut names = std::collections::HashSet::new();
+                headers.retain(|(k, _)| names.insert(k.clone()));
+                let path = if path.is_empty() || path.contains("/.") || path.contains("..") {
+                    "/p".to_string()
+                } else {
+                    path
+                };
+                Req {
+                    method,
+                    path,
+                    headers,
+                    body: if method == "POST" {
+                        Some(body.unwrap_or_default())
+                    } else {
+                        body.filter(|_| false)
+                    },
+                    http10,
+                    answer_len,
+                    chunked: chunked && !http10,
+                    close: false,
+                }
+            },
+        )
 }
 
 fn pipeline() -> impl Strategy<Value = (Vec<Req>, bool)> {
-    (prop::collection::vec(req(), 1..5), prop::bool::weighted(0.3))
+    (
+        prop::collection::vec(req(), 1..5),
+        prop::bool::weighted(0.3),
+    )
 }
 
 #[test]
@@ -335,7 +403,10 @@ fn pipelined_requests_split_anywhere_are_answered_in_order_as_a_strict_reader_re
         let mut split: Vec<usize> = split.iter().map(|p| p % (len + 1)).collect();
         split.sort_unstable();
         h.check(&reqs, &split).map_err(|e| {
-            TestCaseError::fail(format!("{e}\ninput: {:?}", String::from_utf8_lossy(&encode(&reqs))))
+            TestCaseError::fail(format!(
+                "{e}\ninput: {:?}",
+                String::from_utf8_lossy(&encode(&reqs))
+            ))
         })
     });
     if let Err(e) = result {
@@ -361,13 +432,20 @@ fn a_fixed_pipeline_split_at_every_byte_boundary_is_answered_the_same() {
     let mut post = r("POST", "/d", 3, false);
     post.body = Some(b"hello".to_vec());
     for reqs in [
-        vec![r("GET", "/a", 3000, true), r("HEAD", "/b", 10, false), last.clone()],
+        vec![
+            r("GET", "/a", 3000, true),
+            r("HEAD", "/b", 10, false),
+            last.clone(),
+        ],
         vec![r("GET", "/a", 0, false), post, r("GET", "/e", 2, true)],
     ] {
         let len = encode(&reqs).len();
         for k in 1..len {
             if let Err(e) = h.check(&reqs, &[k]) {
-                panic!("split at {k}: {e}\ninput: {:?}", String::from_utf8_lossy(&encode(&reqs)));
+                panic!(
+                    "split at {k}: {e}\ninput: {:?}",
+                    String::from_utf8_lossy(&encode(&reqs))
+                );
             }
         }
     }
