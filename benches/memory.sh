@@ -12,6 +12,10 @@
 # Usage: benches/memory.sh [clients=3000] [backends=4000] [routes=1000]
 # Needs: apt-get install -y haproxy nginx openssl python3 curl
 # Env:   VEER_BIN=path  the veer binary (default: target/release/veer, built unless NO_BUILD=1)
+#        PARTS="conns tables"  what to measure (conns: idle client connections; tables: per
+#                               backend and per route)
+#        PROXIES="haproxy nginx veer"  which proxies (ratios need haproxy and nginx)
+#        PORT_BASE=18180  ports used: BASE+1, +2 (backends), +10, +11 (proxy), +14 (admin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-3000}; BACKENDS=${2:-4000}; ROUTES=${3:-1000}
@@ -22,8 +26,9 @@ if [ -z "${VEER_BIN:-}" ]; then
   [ -n "${NO_BUILD:-}" ] || cargo build --release --quiet
   VEER_BIN=target/release/veer
 fi
-B1=127.0.0.1:18181; B2=127.0.0.1:18182; P=18190; PS=18191; ADMIN=18194
-ports_free 18181 18182 $P $PS $ADMIN
+O=${PORT_BASE:-18180}  # another run beside this one needs another PORT_BASE
+B1=127.0.0.1:$((O + 1)); B2=127.0.0.1:$((O + 2)); P=$((O + 10)); PS=$((O + 11)); ADMIN=$((O + 14))
+ports_free "${B1#*:}" "${B2#*:}" $P $PS $ADMIN
 ulimit -n $((N * 5 + 2048)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 W=$(mktemp -d -t veer-memory.XXXX)
 pids=()
@@ -123,9 +128,14 @@ start() {
 }
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }  # frees the ports
 
+PARTS=${PARTS:-conns tables}; PROXIES=${PROXIES:-haproxy nginx veer}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 declare -A R
+items=()
+if part conns; then
+items+=(connect h1 tls-h1 tls-h2)
 echo "=== idle client connections: $N each (KiB per connection) ==="
-for proxy in haproxy nginx veer; do
+for proxy in $PROXIES; do
   for mode in connect h1 tls-h1 tls-h2; do
     start $proxy conns 1; pid=$SPID; base=$SRSS
     port=$P; [ "${mode#tls}" != "$mode" ] && port=$PS
@@ -140,9 +150,12 @@ for proxy in haproxy nginx veer; do
     stop "$pid"
   done
 done
+fi
 
+if part tables; then
+items+=(backends routes)
 echo "=== per backend ($BACKENDS against 1) and per route ($ROUTES host routes of 2 pools against 1) ==="
-for proxy in haproxy nginx veer; do
+for proxy in $PROXIES; do
   for kind in backends routes; do
     n=$BACKENDS; [ $kind = routes ] && n=$ROUTES
     start $proxy $kind 1; one=$SRSS; stop "$SPID"
@@ -154,6 +167,7 @@ for proxy in haproxy nginx veer; do
       $proxy $kind "$one" "$n" "$many" "${R[$proxy,$kind]}" "$(python3 -c "print($t1 - $t0)")"
   done
 done
+fi
 
 # Startup and reload times of the large configs (veer only): until /readyz answers, and a
 # `POST /api/reload` that changes one weight (a backend's in the 4,000-backend config, a
@@ -170,13 +184,13 @@ python3 benches/config_times.py "$VEER_BIN" "$W/veer-times-routes.toml" $ADMIN \
 
 echo "=== summary: KiB of RSS per item (and veer / other) ==="
 printf '%-18s %10s %10s %10s %14s %14s\n' item haproxy nginx veer veer/haproxy veer/nginx
-for item in connect h1 tls-h1 tls-h2 backends routes; do
-  python3 - "$item" "${R[haproxy,$item]}" "${R[nginx,$item]}" "${R[veer,$item]}" <<'PY'
-import sys
+for item in "${items[@]}"; do
+  python3 - "$item" "${R[haproxy,$item]:-nan}" "${R[nginx,$item]:-nan}" "${R[veer,$item]:-nan}" <<'PY'
+import math, sys
 item, h, n, v = sys.argv[1], *map(float, sys.argv[2:])
 label = {"connect": "idle, no request", "h1": "idle keep-alive", "tls-h1": "idle TLS h1",
          "tls-h2": "idle TLS h2", "backends": "backend", "routes": "route (2 pools)"}[item]
-ratio = lambda a, b: f"{a / b:.2f}" if b > 0.05 else "-"
+ratio = lambda a, b: f"{a / b:.2f}" if b > 0.05 and not math.isnan(a) else "-"
 print(f"{label:18s} {h:10.2f} {n:10.2f} {v:10.2f} {ratio(v, h):>14s} {ratio(v, n):>14s}")
 PY
 done

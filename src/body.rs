@@ -17,6 +17,8 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// A client's request body.
 #[derive(Debug)]
 pub enum RequestBody {
+    /// None: a request veer's own HTTP/1.1 loop read (it serves only those without a body).
+    Empty,
     /// HTTP/1.1 and h2c, served by hyper.
     Hyper(hyper::body::Incoming),
     /// HTTP/2 over TLS, served on the h2 crate directly (see `server::h2`).
@@ -51,6 +53,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
             RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             RequestBody::H2 {
                 recv, data_done, ..
@@ -77,6 +80,7 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
+            RequestBody::Empty => true,
             RequestBody::Hyper(b) => b.is_end_stream(),
             RequestBody::H2 { recv, .. } => recv.is_end_stream(),
         }
@@ -84,6 +88,7 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Hyper(b) => b.size_hint(),
             RequestBody::H2 {
                 length: Some(n), ..

@@ -8,6 +8,7 @@
 pub mod body;
 mod forward;
 pub mod headers;
+mod http1;
 mod http2;
 pub mod listeners;
 mod retry;

@@ -121,29 +121,43 @@ async fn serve_stream(
     transport: Transport,
     closing: CancellationToken,
 ) {
-    let settings = rt.config().server.clone();
+    // The config of the connection's start, shared (a copy of the server settings would
+    // cost every idle connection its own allocations).
+    let config = rt.config();
+    let settings = &config.server;
+    // Each kind of connection is boxed: this future, inside every connection's task, is
+    // then only as large as the one it serves (an idle HTTP/1.1 connection carries no h2 or
+    // TLS handshake state).
     match transport {
         Transport::Plain => {
             let info = ConnInfo::new(peer, "http");
-            serve_connection(rt, stream, info, &settings, closing).await
+            Box::pin(super::http1::serve(rt, stream, info, settings, closing)).await
         }
-        Transport::Tls(cfg) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.load_full());
-            // The handshake counts against the header read timeout: a silent client is dropped.
-            match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await
-            {
-                Ok(Ok(tls)) => {
-                    let info = ConnInfo::new(peer, "https");
-                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        serve_h2(rt, tls, info, &settings, closing).await
-                    } else {
-                        serve_connection(rt, tls, info, &settings, closing).await
-                    }
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        Transport::Tls(cfg) => Box::pin(serve_tls(rt, stream, peer, cfg, settings, closing)).await,
+    }
+}
+
+async fn serve_tls(
+    rt: Arc<Runtime>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    cfg: Arc<ArcSwap<rustls::ServerConfig>>,
+    settings: &ServerConfig,
+    closing: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg.load_full());
+    // The handshake counts against the header read timeout: a silent client is dropped.
+    match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let info = ConnInfo::new(peer, "https");
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                Box::pin(serve_h2(rt, tls, info, settings, closing)).await
+            } else {
+                Box::pin(super::http1::serve(rt, tls, info, settings, closing)).await
             }
         }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
@@ -351,14 +365,16 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 }
 
-/// Serve one connection until it ends, is idle too long, is too slow sending a request head,
-/// or shutdown asks it to close.
+/// Serve one connection with hyper until it ends, is idle too long, is too slow sending a
+/// request head, or shutdown asks it to close. `h1_only` after veer's own loop has served
+/// requests on it (an HTTP/2 preface is only one at a connection's start).
 pub async fn serve_connection<I>(
     rt: Arc<Runtime>,
     io: I,
     info: ConnInfo,
     settings: &ServerConfig,
     closing: CancellationToken,
+    h1_only: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -390,6 +406,9 @@ pub async fn serve_connection<I>(
     });
     let streams = StreamExec::default();
     let mut builder = auto::Builder::new(streams.clone());
+    if h1_only {
+        builder = builder.http1_only();
+    }
     builder
         .http1()
         .timer(TokioTimer::new())
