@@ -18,7 +18,8 @@
 //!  4  proxy, rollout                listeners, connections, forwarding, retries; rollouts
 //!  3  health, runtime               health checkers; the live snapshot behind an ArcSwap
 //!  2  upstream                      backends, pools, balancers, connection pools
-//!  1  tls, breaker, routing, metrics
+//!  1  tls, breaker, routing, metrics, cluster   (cluster: the fleet's store client,
+//!                                   document, membership and leadership)
 //!  0  config, body                  text in, typed Config out; the client's request body
 //! ```
 //!
@@ -51,6 +52,7 @@ pub mod app;
 pub mod body;
 pub mod breaker;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -58,6 +58,8 @@ pub struct Runtime {
     pub rollouts: crate::rollout::Rollouts,
     /// API changes and rollout progress laid over the config file (`[server] state_file`).
     pub state: crate::config::state::Store,
+    /// Fleet mode (`[cluster]`, SPEC §7): set once at start; unset for a single replica.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Fleet>>,
 }
 
 impl Runtime {
@@ -91,6 +93,7 @@ impl Runtime {
             listeners: std::sync::OnceLock::new(),
             rollouts: crate::rollout::Rollouts::default(),
             state,
+            cluster: std::sync::OnceLock::new(),
         });
         rt.rollouts.bind(&rt);
         rt.build_and_swap(config, None)?;

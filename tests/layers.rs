@@ -20,6 +20,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("breaker", 1),
     ("routing", 1),
     ("metrics", 1),
+    // Fleet mode's store side: the etcd client, the document, membership and leadership
+    // (knows the store and the config; applying a revision is control/fleet.rs's part).
+    ("cluster", 1),
     // 2: backends, pools, connection pools.
     ("upstream", 2),
     // 3: health checkers, the snapshot.

@@ -137,6 +137,21 @@ pub const ROOT: Shape = Table(&[
     ),
     ("pools", Map(&Table(POOL))),
     ("routes", Array(&Table(ROUTE))),
+    // Fleet mode (SPEC §7).
+    (
+        "cluster",
+        Table(&[
+            ("etcd", Array(&Str)),
+            ("prefix", Str),
+            ("node", Str),
+            ("lease_ttl", Dur),
+            ("username_env", Str),
+            ("password_env", Str),
+            ("ca", Str),
+            ("cert", Str),
+            ("key", Str),
+        ]),
+    ),
 ]);
 
 /// One problem found by the walk: where it starts and what it is.

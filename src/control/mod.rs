@@ -8,9 +8,11 @@
 //! - [`reload`](mod@reload): reload the config file (file change, SIGHUP, API).
 //! - [`change`](mod@change): API edits and rollout progress, written back (SPEC §3) then applied.
 //! - [`watch`](mod@watch): the config file watcher and the certificate watcher.
+//! - [`fleet`](mod@fleet): fleet mode: the store's document as one more source of changes.
 
 pub mod apply;
 pub mod change;
+pub mod fleet;
 pub mod reload;
 pub mod watch;
 
