@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 mod config;
 mod echo;
+pub mod etcd;
 mod h2;
 mod metrics;
 mod raw;

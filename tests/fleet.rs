@@ -1,0 +1,383 @@
+//! Fleet mode (SPEC §7) on a real 3-member etcd cluster and real veer processes: one config
+//! document shared by every replica, API changes as compare-and-swap writes, fleet-wide
+//! drains, one leader, and what a store outage does.
+
+mod support;
+
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use support::etcd::EtcdCluster;
+use support::*;
+
+/// A fleet under test: etcd, two upstreams, a folder of replica configs.
+struct Bed {
+    etcd: EtcdCluster,
+    dir: tempfile::TempDir,
+    prefix: String,
+    blue: Upstream,
+    green: Upstream,
+}
+
+impl Bed {
+    async fn new() -> Bed {
+        let etcd = EtcdCluster::start().await;
+        let prefix = format!("/veer/t{}", std::process::id());
+        Bed {
+            etcd,
+            dir: tempfile::tempdir().unwrap(),
+            prefix,
+            blue: upstream("blue").await,
+            green: upstream("green").await,
+        }
+    }
+
+    fn doc_key(&self) -> String {
+        format!("{}/doc/config", self.prefix)
+    }
+
+    /// A replica's file: its own sections, `[cluster]`, and the pools and routes it seeds
+    /// the store with when the store has none.
+    fn config(&self, node: &str, ttl: &str, route_extra: &str) -> String {
+        format!(
+            r#"[server]
+listen = ["127.0.0.1:0"]
+[admin]
+listen = "127.0.0.1:0"
+
+[cluster]
+etcd = {etcd}
+prefix = "{prefix}"
+node = "{node}"
+lease_ttl = "{ttl}"
+
+# The fleet's pools: seeded into the store by the first replica.
+[pools.blue]
+backends = ["{blue}"]  # v1
+[pools.green]
+backends = ["{green}"]  # v2
+
+[[routes]]
+name = "web"
+split = {{ blue = 100, green = 0 }}  # the split, kept by API writes
+{route_extra}
+"#,
+            etcd = self.etcd.endpoints_toml(),
+            prefix = self.prefix,
+            blue = self.blue.addr,
+            green = self.green.addr,
+        )
+    }
+
+    fn path(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("{node}.toml"))
+    }
+
+    async fn replica(&self, node: &str, ttl: &str, route_extra: &str) -> VeerProcess {
+        let path = self.path(node);
+        std::fs::write(&path, self.config(node, ttl, route_extra)).unwrap();
+        spawn_veer(&path).await
+    }
+}
+
+async fn status(admin: SocketAddr) -> Value {
+    json_of(&admin_call(admin, "GET", "/api/status", "").await)
+}
+
+fn green_weight(s: &Value) -> u64 {
+    s["routes"][0]["split"]["green"].as_u64().unwrap_or(u64::MAX)
+}
+
+/// Poll `f` every 20 ms until it is true; panics after `within`. Returns the time taken.
+async fn until<F, Fut>(what: &str, within: Duration, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return start.elapsed();
+        }
+        if start.elapsed() > within {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn put_split(admin: SocketAddr, blue: u32, green: u32) -> Got {
+    admin_call(
+        admin,
+        "PUT",
+        "/api/routes/web/split",
+        &format!(r#"{{"blue": {blue}, "green": {green}}}"#),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_split_on_one_replica_is_served_by_all_within_a_second_and_keeps_comments() {
+    let bed = Bed::new().await;
+    let a = bed.replica("a", "3s", "").await;
+    let b = bed.replica("b", "3s", "").await;
+    let c = bed.replica("c", "3s", "").await;
+    // A seeded the document from its file, comments and all.
+    let doc = bed.etcd.get(&bed.doc_key()).expect("the document was seeded");
+    assert!(doc.contains("# v1") && doc.contains("# the split"), "{doc}");
+    assert!(!doc.contains("[cluster]") && !doc.contains("[server]"), "{doc}");
+
+    let r = put_split(a.admin, 10, 90).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let took = until("B and C serve the split", Duration::from_secs(3), || async {
+        green_weight(&status(b.admin).await) == 90 && green_weight(&status(c.admin).await) == 90
+    })
+    .await;
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let doc = bed.etcd.get(&bed.doc_key()).unwrap();
+    assert!(
+        doc.contains("split = { blue = 10, green = 90 }  # the split, kept by API writes"),
+        "{doc}"
+    );
+    assert!(doc.contains("# The fleet's pools"), "{doc}");
+    // B's proxy sends traffic to green now.
+    let counts = count_bodies(&format!("http://{}/", b.addr), 50, &[]).await;
+    assert!(share(&counts, "green") > 0.7, "{counts:?}");
+    // The status says who is who.
+    let s = status(c.admin).await;
+    assert_eq!(s["cluster"]["node"], "c");
+    assert_eq!(s["cluster"]["store"], "up");
+    assert_eq!(
+        s["cluster"]["revision"].as_i64().unwrap(),
+        bed.etcd.mod_revision(&bed.doc_key())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_splits_on_two_replicas_both_land_in_order() {
+    let bed = Bed::new().await;
+    let a = bed.replica("a", "3s", "").await;
+    let b = bed.replica("b", "3s", "").await;
+    let before = bed.etcd.mod_revision(&bed.doc_key());
+    for round in 0..5u32 {
+        let (ra, rb) = tokio::join!(put_split(a.admin, 30 + round, 70), put_split(b.admin, 60 + round, 40));
+        assert_eq!(ra.status, 200, "{}", ra.body);
+        assert_eq!(rb.status, 200, "{}", rb.body);
+    }
+    // Every write is a revision of its own in the store's history: none overwrote another.
+    let now = bed.etcd.mod_revision(&bed.doc_key());
+    let mut seen = Vec::new();
+    let mut rev = now;
+    while rev > before {
+        let (mr, text) = bed.etcd.get_at(&bed.doc_key(), rev).unwrap();
+        if mr <= before {
+            break;
+        }
+        seen.push(text);
+        rev = mr - 1;
+    }
+    assert_eq!(seen.len(), 10, "ten writes, ten revisions");
+    for round in 0..5u32 {
+        for want in [
+            format!("blue = {}, green = 70", 30 + round),
+            format!("blue = {}, green = 40", 60 + round),
+        ] {
+            assert!(seen.iter().any(|t| t.contains(&want)), "{want} lost: {seen:?}");
+        }
+    }
+    // Both replicas end on the last revision.
+    until("both replicas on the last revision", Duration::from_secs(2), || async {
+        status(a.admin).await["cluster"]["revision"] == now
+            && status(b.admin).await["cluster"]["revision"] == now
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_through_one_replica_drains_the_backend_on_every_replica() {
+    let bed = Bed::new().await;
+    let a = bed.replica("a", "3s", "").await;
+    let b = bed.replica("b", "3s", "").await;
+    let c = bed.replica("c", "3s", "").await;
+    let r = admin_call(
+        b.admin,
+        "POST",
+        &format!("/api/pools/blue/backends/{}/drain", bed.blue.addr),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let draining = |s: &Value| s["pools"]["blue"]["backends"][0]["draining"] == true;
+    until("every replica drains blue", Duration::from_secs(1), || async {
+        draining(&status(a.admin).await)
+            && draining(&status(b.admin).await)
+            && draining(&status(c.admin).await)
+    })
+    .await;
+    // No replica sends it new requests (green, the fallback, takes them).
+    let hits = bed.blue.hits();
+    for v in [&a, &b, &c] {
+        for _ in 0..10 {
+            get(&format!("http://{}/", v.addr)).await;
+        }
+    }
+    assert_eq!(bed.blue.hits(), hits, "a drained backend got requests");
+    // Undrain through C: back everywhere.
+    let r = admin_call(
+        c.admin,
+        "POST",
+        &format!("/api/pools/blue/backends/{}/undrain", bed.blue.addr),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    until("every replica restores blue", Duration::from_secs(1), || async {
+        !draining(&status(a.admin).await) && !draining(&status(b.admin).await)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_revision_changes_nothing_on_any_replica_and_is_reported() {
+    let bed = Bed::new().await;
+    let a = bed.replica("a", "3s", "").await;
+    let b = bed.replica("b", "3s", "").await;
+    let good = bed.etcd.get(&bed.doc_key()).unwrap();
+    let good_rev = bed.etcd.mod_revision(&bed.doc_key());
+    // A route naming a pool that does not exist, written behind veer's back.
+    let bad = good.replace("split = { blue = 100, green = 0 }", "split = { blue = 50, red = 50 }");
+    bed.etcd.ctl_with_stdin(&["put", &bed.doc_key()], Some(&bad));
+    for v in [&a, &b] {
+        until("the bad revision is reported", Duration::from_secs(2), || async {
+            status(v.admin).await["cluster"]["document_error"].is_string()
+        })
+        .await;
+        let s = status(v.admin).await;
+        assert_eq!(s["cluster"]["revision"], good_rev, "{s}");
+        assert_eq!(green_weight(&s), 0, "{s}");
+        let err = s["cluster"]["document_error"].as_str().unwrap();
+        assert!(err.contains(&format!("etcd:{}:", bed.doc_key())), "{err}");
+        let m = get(&format!("http://{}/metrics", v.admin)).await.body;
+        assert!(m.contains("veer_config_reloads_total{result=\"failure\"} 1"), "{m}");
+    }
+    // Traffic is unchanged.
+    let counts = count_bodies(&format!("http://{}/", a.addr), 20, &[]).await;
+    assert_eq!(share(&counts, "blue"), 1.0, "{counts:?}");
+    // A good revision after it is applied everywhere.
+    bed.etcd.ctl_with_stdin(&["put", &bed.doc_key()], Some(&good.replace("blue = 100, green = 0", "blue = 0, green = 100")));
+    until("a good revision is applied", Duration::from_secs(2), || async {
+        green_weight(&status(a.admin).await) == 100 && green_weight(&status(b.admin).await) == 100
+    })
+    .await;
+    assert!(status(a.admin).await["cluster"]["document_error"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_leader_and_a_killed_leader_is_replaced_within_the_ttl() {
+    let bed = Bed::new().await;
+    let mut reps = vec![
+        bed.replica("a", "2s", "").await,
+        bed.replica("b", "2s", "").await,
+        bed.replica("c", "2s", "").await,
+    ];
+    let leaders = |ss: &[Value]| {
+        ss.iter()
+            .filter(|s| s["cluster"]["is_leader"] == true)
+            .map(|s| s["cluster"]["node"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    async fn all(reps: &[VeerProcess]) -> Vec<Value> {
+        let mut out = Vec::new();
+        for r in reps {
+            out.push(status(r.admin).await);
+        }
+        out
+    }
+    until("one leader", Duration::from_secs(5), || async { leaders(&all(&reps).await).len() == 1 }).await;
+    // Sampled for a while: never two.
+    for _ in 0..20 {
+        let ss = all(&reps).await;
+        assert!(leaders(&ss).len() <= 1, "{ss:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ss = all(&reps).await;
+    let leader = leaders(&ss)[0].clone();
+    assert!(ss.iter().all(|s| s["cluster"]["leader"] == leader.as_str()), "{ss:?}");
+    assert_eq!(ss[0]["cluster"]["nodes"].as_array().unwrap().len(), 3, "{}", ss[0]);
+    let m = get(&format!("http://{}/metrics", reps[0].admin)).await.body;
+    assert!(m.contains("veer_cluster_store_up 1"), "{m}");
+    assert!(m.contains("veer_cluster_leader "), "{m}");
+    // kill -9 the leader: another one leads within lease_ttl + 2 s.
+    let i = ["a", "b", "c"].iter().position(|n| *n == leader).unwrap();
+    let dead = reps.remove(i);
+    dead.signal("KILL");
+    let took = until("a new leader", Duration::from_secs(6), || async {
+        let ss = all(&reps).await;
+        let l = leaders(&ss);
+        l.len() == 1 && l[0] != leader
+    })
+    .await;
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_outage_serves_the_last_config_refuses_changes_then_converges() {
+    let mut bed = Bed::new().await;
+    let a = bed.replica("a", "2s", "").await;
+    let b = bed.replica("b", "2s", "").await;
+    assert_eq!(put_split(a.admin, 50, 50).await.status, 200);
+    until("b applied", Duration::from_secs(2), || async { green_weight(&status(b.admin).await) == 50 }).await;
+    // One member down: nothing changes.
+    bed.etcd.kill(0);
+    assert_eq!(put_split(b.admin, 40, 60).await.status, 200);
+    until("a applied", Duration::from_secs(3), || async { green_weight(&status(a.admin).await) == 60 }).await;
+    // Quorum lost: requests keep flowing, readyz stays 200, API changes answer 503.
+    bed.etcd.kill(1);
+    until("the replicas see the store down", Duration::from_secs(8), || async {
+        status(a.admin).await["cluster"]["store"] == "down" && status(b.admin).await["cluster"]["store"] == "down"
+    })
+    .await;
+    let mut failed = 0;
+    for v in [&a, &b] {
+        for _ in 0..20 {
+            if get(&format!("http://{}/", v.addr)).await.status != 200 {
+                failed += 1;
+            }
+        }
+        assert_eq!(get(&format!("http://{}/readyz", v.admin)).await.status, 200);
+    }
+    assert_eq!(failed, 0);
+    let r = put_split(a.admin, 0, 100).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(json_of(&r)["error"], "cluster store unreachable");
+    assert_eq!(green_weight(&status(a.admin).await), 60, "nothing changed");
+    until("veer_cluster_store_up 0", Duration::from_secs(1), || async {
+        get(&format!("http://{}/metrics", a.admin)).await.body.contains("veer_cluster_store_up 0")
+    })
+    .await;
+    // A replica restarted during the outage serves the fleet's config from its cache.
+    let b_path = bed.path("b");
+    b.signal("KILL");
+    drop(b);
+    let cache = std::fs::read_to_string(format!("{}.fleet-cache", b_path.display())).unwrap();
+    assert!(cache.contains("green = 60"), "{cache}");
+    let b = spawn_veer(&b_path).await;
+    let s = status(b.admin).await;
+    assert_eq!(green_weight(&s), 60, "{s}");
+    let counts = count_bodies(&format!("http://{}/", b.addr), 40, &[]).await;
+    assert!(share(&counts, "green") > 0.3, "{counts:?}");
+    // Quorum back: a change written meanwhile is served by everyone.
+    bed.etcd.restart(0);
+    bed.etcd.restart(1);
+    bed.etcd.wait_healthy(Duration::from_secs(20)).await;
+    until("the replicas see the store up", Duration::from_secs(8), || async {
+        status(a.admin).await["cluster"]["store"] == "up" && status(b.admin).await["cluster"]["store"] == "up"
+    })
+    .await;
+    assert_eq!(put_split(b.admin, 20, 80).await.status, 200);
+    until("converged", Duration::from_secs(3), || async {
+        green_weight(&status(a.admin).await) == 80 && green_weight(&status(b.admin).await) == 80
+    })
+    .await;
+}
