@@ -381,3 +381,61 @@ async fn store_outage_serves_the_last_config_refuses_changes_then_converges() {
     })
     .await;
 }
+
+fn veer_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(veer_bin()).args(args).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_push_refuses_a_bad_file_with_its_errors_and_applies_a_good_one_everywhere() {
+    let bed = Bed::new().await;
+    let a = bed.replica("a", "3s", "").await;
+    let b = bed.replica("b", "3s", "").await;
+    let local = bed.path("a");
+    let local_s = local.to_str().unwrap();
+    let rev = bed.etcd.mod_revision(&bed.doc_key());
+    // A file with two errors: both printed as FILE:LINE:COL, nothing written.
+    let bad = bed.dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "[pools.blue]\nbackends = [\"{}\"]\nlb = \"random\"\n\n[[routes]]\nname = \"web\"\nsplit = {{ blue = 1, red = 1 }}\n",
+            bed.blue.addr
+        ),
+    )
+    .unwrap();
+    let out = veer_cli(&["cluster", "push", "--config", local_s, bad.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    let bad_s = bad.display().to_string();
+    assert!(stdout.contains(&format!("{bad_s}:3:")), "{stdout}");
+    assert!(stdout.contains(&format!("{bad_s}:7:")), "{stdout}");
+    assert_eq!(bed.etcd.mod_revision(&bed.doc_key()), rev, "nothing written");
+    // A good file: every replica applies it.
+    let good = bed.dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "# pushed by hand\n[pools.blue]\nbackends = [\"{}\"]\n[pools.green]\nbackends = [\"{}\"]\n\n[[routes]]\nname = \"web\"\nsplit = {{ blue = 25, green = 75 }}\n",
+            bed.blue.addr, bed.green.addr
+        ),
+    )
+    .unwrap();
+    let out = veer_cli(&["cluster", "push", "--config", local_s, good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    until("both replicas apply the push", Duration::from_secs(2), || async {
+        green_weight(&status(a.admin).await) == 75 && green_weight(&status(b.admin).await) == 75
+    })
+    .await;
+    let out = veer_cli(&["cluster", "pull", "--config", local_s]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("# pushed by hand\n"));
+    until("both replicas listed", Duration::from_secs(3), || async {
+        let out = veer_cli(&["cluster", "status", "--config", local_s, "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v["nodes"].as_array().is_some_and(|n| n.len() == 2) && v["leader"].is_string()
+    })
+    .await;
+    let out = veer_cli(&["status", "--admin", &format!("http://{}", a.admin)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fleet: this replica is a"), "{text}");
+}
