@@ -5,117 +5,9 @@
 mod support;
 
 use serde_json::Value;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
-use support::etcd::EtcdCluster;
+use std::time::Duration;
+use support::etcd::*;
 use support::*;
-
-/// A fleet under test: etcd, two upstreams, a folder of replica configs.
-struct Bed {
-    etcd: EtcdCluster,
-    dir: tempfile::TempDir,
-    prefix: String,
-    blue: Upstream,
-    green: Upstream,
-}
-
-impl Bed {
-    async fn new() -> Bed {
-        let etcd = EtcdCluster::start().await;
-        let prefix = format!("/veer/t{}", std::process::id());
-        Bed {
-            etcd,
-            dir: tempfile::tempdir().unwrap(),
-            prefix,
-            blue: upstream("blue").await,
-            green: upstream("green").await,
-        }
-    }
-
-    fn doc_key(&self) -> String {
-        format!("{}/doc/config", self.prefix)
-    }
-
-    /// A replica's file: its own sections, `[cluster]`, and the pools and routes it seeds
-    /// the store with when the store has none.
-    fn config(&self, node: &str, ttl: &str, route_extra: &str) -> String {
-        format!(
-            r#"[server]
-listen = ["127.0.0.1:0"]
-[admin]
-listen = "127.0.0.1:0"
-
-[cluster]
-etcd = {etcd}
-prefix = "{prefix}"
-node = "{node}"
-lease_ttl = "{ttl}"
-
-# The fleet's pools: seeded into the store by the first replica.
-[pools.blue]
-backends = ["{blue}"]  # v1
-[pools.green]
-backends = ["{green}"]  # v2
-
-[[routes]]
-name = "web"
-split = {{ blue = 100, green = 0 }}  # the split, kept by API writes
-{route_extra}
-"#,
-            etcd = self.etcd.endpoints_toml(),
-            prefix = self.prefix,
-            blue = self.blue.addr,
-            green = self.green.addr,
-        )
-    }
-
-    fn path(&self, node: &str) -> PathBuf {
-        self.dir.path().join(format!("{node}.toml"))
-    }
-
-    async fn replica(&self, node: &str, ttl: &str, route_extra: &str) -> VeerProcess {
-        let path = self.path(node);
-        std::fs::write(&path, self.config(node, ttl, route_extra)).unwrap();
-        spawn_veer(&path).await
-    }
-}
-
-async fn status(admin: SocketAddr) -> Value {
-    json_of(&admin_call(admin, "GET", "/api/status", "").await)
-}
-
-fn green_weight(s: &Value) -> u64 {
-    s["routes"][0]["split"]["green"].as_u64().unwrap_or(u64::MAX)
-}
-
-/// Poll `f` every 20 ms until it is true; panics after `within`. Returns the time taken.
-async fn until<F, Fut>(what: &str, within: Duration, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if f().await {
-            return start.elapsed();
-        }
-        if start.elapsed() > within {
-            panic!("timed out after {within:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn put_split(admin: SocketAddr, blue: u32, green: u32) -> Got {
-    admin_call(
-        admin,
-        "PUT",
-        "/api/routes/web/split",
-        &format!(r#"{{"blue": {blue}, "green": {green}}}"#),
-    )
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_split_on_one_replica_is_served_by_all_within_a_second_and_keeps_comments() {
@@ -131,7 +23,7 @@ async fn an_api_split_on_one_replica_is_served_by_all_within_a_second_and_keeps_
     let r = put_split(a.admin, 10, 90).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let took = until("B and C serve the split", Duration::from_secs(3), || async {
-        green_weight(&status(b.admin).await) == 90 && green_weight(&status(c.admin).await) == 90
+        green_of(&status(b.admin).await) == 90 && green_of(&status(c.admin).await) == 90
     })
     .await;
     assert!(took < Duration::from_secs(1), "took {took:?}");
@@ -255,7 +147,7 @@ async fn a_bad_revision_changes_nothing_on_any_replica_and_is_reported() {
         .await;
         let s = status(v.admin).await;
         assert_eq!(s["cluster"]["revision"], good_rev, "{s}");
-        assert_eq!(green_weight(&s), 0, "{s}");
+        assert_eq!(green_of(&s), 0, "{s}");
         let err = s["cluster"]["document_error"].as_str().unwrap();
         assert!(err.contains(&format!("etcd:{}:", bed.doc_key())), "{err}");
         let m = get(&format!("http://{}/metrics", v.admin)).await.body;
@@ -267,7 +159,7 @@ async fn a_bad_revision_changes_nothing_on_any_replica_and_is_reported() {
     // A good revision after it is applied everywhere.
     bed.etcd.ctl_with_stdin(&["put", &bed.doc_key()], Some(&good.replace("blue = 100, green = 0", "blue = 0, green = 100")));
     until("a good revision is applied", Duration::from_secs(2), || async {
-        green_weight(&status(a.admin).await) == 100 && green_weight(&status(b.admin).await) == 100
+        green_of(&status(a.admin).await) == 100 && green_of(&status(b.admin).await) == 100
     })
     .await;
     assert!(status(a.admin).await["cluster"]["document_error"].is_null());
@@ -327,11 +219,11 @@ async fn store_outage_serves_the_last_config_refuses_changes_then_converges() {
     let a = bed.replica("a", "2s", "").await;
     let b = bed.replica("b", "2s", "").await;
     assert_eq!(put_split(a.admin, 50, 50).await.status, 200);
-    until("b applied", Duration::from_secs(2), || async { green_weight(&status(b.admin).await) == 50 }).await;
+    until("b applied", Duration::from_secs(2), || async { green_of(&status(b.admin).await) == 50 }).await;
     // One member down: nothing changes.
     bed.etcd.kill(0);
     assert_eq!(put_split(b.admin, 40, 60).await.status, 200);
-    until("a applied", Duration::from_secs(3), || async { green_weight(&status(a.admin).await) == 60 }).await;
+    until("a applied", Duration::from_secs(3), || async { green_of(&status(a.admin).await) == 60 }).await;
     // Quorum lost: requests keep flowing, readyz stays 200, API changes answer 503.
     bed.etcd.kill(1);
     until("the replicas see the store down", Duration::from_secs(8), || async {
@@ -351,7 +243,7 @@ async fn store_outage_serves_the_last_config_refuses_changes_then_converges() {
     let r = put_split(a.admin, 0, 100).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(json_of(&r)["error"], "cluster store unreachable");
-    assert_eq!(green_weight(&status(a.admin).await), 60, "nothing changed");
+    assert_eq!(green_of(&status(a.admin).await), 60, "nothing changed");
     until("veer_cluster_store_up 0", Duration::from_secs(1), || async {
         get(&format!("http://{}/metrics", a.admin)).await.body.contains("veer_cluster_store_up 0")
     })
@@ -364,7 +256,7 @@ async fn store_outage_serves_the_last_config_refuses_changes_then_converges() {
     assert!(cache.contains("green = 60"), "{cache}");
     let b = spawn_veer(&b_path).await;
     let s = status(b.admin).await;
-    assert_eq!(green_weight(&s), 60, "{s}");
+    assert_eq!(green_of(&s), 60, "{s}");
     let counts = count_bodies(&format!("http://{}/", b.addr), 40, &[]).await;
     assert!(share(&counts, "green") > 0.3, "{counts:?}");
     // Quorum back: a change written meanwhile is served by everyone.
@@ -377,7 +269,7 @@ async fn store_outage_serves_the_last_config_refuses_changes_then_converges() {
     .await;
     assert_eq!(put_split(b.admin, 20, 80).await.status, 200);
     until("converged", Duration::from_secs(3), || async {
-        green_weight(&status(a.admin).await) == 80 && green_weight(&status(b.admin).await) == 80
+        green_of(&status(a.admin).await) == 80 && green_of(&status(b.admin).await) == 80
     })
     .await;
 }
@@ -424,7 +316,7 @@ async fn cluster_push_refuses_a_bad_file_with_its_errors_and_applies_a_good_one_
     let out = veer_cli(&["cluster", "push", "--config", local_s, good.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     until("both replicas apply the push", Duration::from_secs(2), || async {
-        green_weight(&status(a.admin).await) == 75 && green_weight(&status(b.admin).await) == 75
+        green_of(&status(a.admin).await) == 75 && green_of(&status(b.admin).await) == 75
     })
     .await;
     let out = veer_cli(&["cluster", "pull", "--config", local_s]);

@@ -197,6 +197,11 @@ impl Fleet {
     pub fn revision(&self) -> i64 {
         self.revision.load(Ordering::Acquire)
     }
+    /// The leader's node name, as last read from the store.
+    pub fn leader(&self) -> Option<String> {
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).leader.clone()
+    }
+
     /// This replica's lease (0: none now).
     pub fn lease(&self) -> i64 {
         self.lease.load(Ordering::Acquire)

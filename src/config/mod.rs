@@ -508,6 +508,11 @@ pub struct RolloutConfig {
     pub state: Option<RolloutState>,
     /// Persisted index into `steps`.
     pub step: Option<usize>,
+    /// Fleet mode: when the persisted step started (Unix ms), so a new leader resumes it with
+    /// the same clock.
+    pub step_started_ms: Option<u64>,
+    /// Fleet mode: when the persisted approval wait ends (Unix ms).
+    pub approval_deadline_ms: Option<u64>,
 }
 
 impl RolloutConfig {

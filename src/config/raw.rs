@@ -215,4 +215,8 @@ pub struct RawRollout {
     pub state: Option<S<String>>,
     /// Written back by veer: the index into `steps` reached.
     pub step: Option<S<i64>>,
+    /// Written by the fleet's leader (SPEC §7): when the step started (Unix ms).
+    pub step_started_ms: Option<S<i64>>,
+    /// Written by the fleet's leader: when the approval wait ends (Unix ms).
+    pub approval_deadline_ms: Option<S<i64>>,
 }

@@ -72,6 +72,9 @@ const ROLLOUT: &[(&str, Shape)] = &[
     ("notify_url", Str),
     ("state", Str),
     ("step", Int),
+    // Fleet mode: the step clock, written by the leader (SPEC §7).
+    ("step_started_ms", Int),
+    ("approval_deadline_ms", Int),
 ];
 const ROUTE: &[(&str, Shape)] = &[
     ("name", Required(&Str)),

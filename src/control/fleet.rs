@@ -10,6 +10,7 @@ use super::change::ChangeError;
 use crate::cluster::store::{Event, WatchItem};
 use crate::cluster::{self, document, Fleet, FleetError, Revision};
 use crate::config::state::Change;
+use crate::config::writeback::WritebackError;
 use crate::config::Config;
 use crate::runtime::Runtime;
 use std::collections::BTreeSet;
@@ -136,7 +137,24 @@ pub fn spawn(rt: &Arc<Runtime>, fleet: Arc<Fleet>, tasks: &TaskTracker) {
     let _ = rt.cluster.set(fleet.clone());
     tasks.spawn(fleet.clone().run_membership(rt.shutdown.clone()));
     tasks.spawn(follow(rt.clone(), fleet.clone()));
+    tasks.spawn(lead(rt.clone(), fleet.clone()));
     tasks.spawn(gauges(rt.clone(), fleet));
+}
+
+/// Start and stop the rollout controllers as leadership here starts and ends.
+async fn lead(rt: Arc<Runtime>, fleet: Arc<Fleet>) {
+    let mut rx = fleet.leadership.subscribe();
+    loop {
+        tokio::select! {
+            _ = rt.shutdown.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+        let leading = *rx.borrow_and_update();
+        // Under the change lock, so no revision is applied halfway through.
+        let _lock = rt.change_lock.lock().await;
+        tracing::info!(leading, "fleet leadership changed; rollout controllers follow");
+        rt.rollouts.leadership_changed(&rt.config());
+    }
 }
 
 /// `veer_cluster_leader`, `veer_cluster_store_up`, `veer_cluster_config_revision`.
@@ -376,14 +394,31 @@ pub async fn change(rt: &Arc<Runtime>, fleet: &Arc<Fleet>, change: &Change) -> R
         return Ok(unchanged(rt));
     }
     let fenced = matches!(change, Change::Progress { .. });
+    write(rt, fleet, &change.subject(), &|d| change.edit_doc(d), fenced).await
+}
+
+/// Edit the fleet's document with `edit` (a compare-and-swap; with `fenced`, only while this
+/// replica leads), then apply the new revision here at once.
+pub async fn write(
+    rt: &Arc<Runtime>,
+    fleet: &Arc<Fleet>,
+    subject: &str,
+    edit: &(dyn Fn(&mut toml_edit::DocumentMut) -> Result<(), WritebackError> + Send + Sync),
+    fenced: bool,
+) -> Result<ReloadReport, ChangeError> {
+    if !fleet.store_up() {
+        return Err(ChangeError::Cluster(FleetError::Unreachable(
+            "the store did not answer the last beat".into(),
+        )));
+    }
     let (rev, doc) = fleet
-        .edit_document(&|d| change.edit_doc(d), fenced)
+        .edit_document(edit, fenced)
         .await
         .map_err(|e| match e {
             FleetError::Invalid(errors) => ChangeError::Invalid(errors),
             e => ChangeError::Cluster(e),
         })?;
-    tracing::info!(revision = rev.revision, "{} changed in the fleet document", change.subject());
+    tracing::info!(revision = rev.revision, "{subject} changed in the fleet document");
     match apply_revision(rt, fleet, rev, Some(doc)).await {
         Ok(r) => Ok(r),
         Err(RevisionError::Apply(e)) => Err(ChangeError::Apply(e)),

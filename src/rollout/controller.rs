@@ -109,6 +109,8 @@ pub(super) fn spawn(
         pending_start: false,
         passed_logged: false,
         tick,
+        step_started_ms: now_ms(),
+        resume_clock: Some((def.step_started_ms, def.approval_deadline_ms)),
     };
     tokio::spawn(c.run(start, cmd_rx));
     Handle {
@@ -144,6 +146,30 @@ struct Controller {
     /// The running step's pass was already reported (its advance may be retried).
     passed_logged: bool,
     tick: Duration,
+    /// Fleet mode: when the running step started, as written into the document (Unix ms).
+    step_started_ms: u64,
+    /// Fleet mode: the step clock the document held when this controller started, used once
+    /// to resume the same step with the same clock (never earlier, never later).
+    resume_clock: Option<(Option<u64>, Option<u64>)>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The instant that was (or will be) at Unix time `ms`.
+fn instant_of(ms: u64) -> Instant {
+    let now = Instant::now();
+    let wall = now_ms();
+    if ms <= wall {
+        now.checked_sub(Duration::from_millis(wall - ms))
+            .unwrap_or(now)
+    } else {
+        now + Duration::from_millis(ms - wall)
+    }
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {
@@ -210,6 +236,12 @@ impl Controller {
                 tracing::info!(route = %self.route, step, "rollout resumes awaiting approval");
                 self.state = RolloutState::AwaitingApproval;
                 self.await_approval(false);
+                // Fleet mode: the deadline the document holds, not a new one.
+                if let Some((_, Some(ms))) = self.resume_clock.take() {
+                    self.approval_deadline = Some(instant_of(ms));
+                    self.schedule();
+                    self.publish();
+                }
             }
             Some(s) => {
                 if s == RolloutState::Paused {
@@ -382,8 +414,43 @@ impl Controller {
             })
             .collect();
         let progress = Progress { split, state, step };
+        if live.cluster.is_some() {
+            // Fleet mode: a fenced write of the document (only the leader's lands), with
+            // the step clock, applied here once written.
+            drop(guard);
+            let fleet = rt.cluster.get().cloned().ok_or(CommitError::Gone)?;
+            let (started, deadline) = self.clock_for(state, step);
+            let change = progress.change(&self.route);
+            let route = self.route.clone();
+            let edit = move |d: &mut toml_edit::DocumentMut| {
+                change.edit_doc(d)?;
+                crate::config::writeback::set_rollout_clock(d, &route, started, deadline)
+            };
+            reload::fleet::write(&rt, &fleet, &format!("rollout of route {:?}", self.route), &edit, true)
+                .await?;
+            return Ok(());
+        }
         reload::change_locked(&rt, &guard, &progress.change(&self.route), how)?;
         Ok(())
+    }
+
+    /// Fleet mode: the step clock to write with progress `state` at `step`: a step that goes
+    /// on keeps its start, a new one starts now; an approval wait ends `approval_timeout`
+    /// from now.
+    fn clock_for(&self, state: RolloutState, step: usize) -> (Option<u64>, Option<u64>) {
+        match state {
+            RolloutState::Progressing
+                if self.state == RolloutState::Progressing && self.step == step =>
+            {
+                (Some(self.step_started_ms), None)
+            }
+            RolloutState::Progressing => (Some(now_ms()), None),
+            RolloutState::AwaitingApproval => (
+                None,
+                Some(now_ms() + self.def.approval_timeout.as_millis() as u64),
+            ),
+            _ => (None, None),
+        }
     }
 
     fn pool_healthy(&self) -> bool {
@@ -442,6 +509,12 @@ impl Controller {
         self.step = k;
         self.paused_from = None;
         self.step_started = Instant::now();
+        self.step_started_ms = now_ms();
+        // Fleet mode: a new leader resumes the step the document holds with its clock.
+        if let Some((Some(ms), _)) = self.resume_clock.take().filter(|_| resumed) {
+            self.step_started = instant_of(ms);
+            self.step_started_ms = ms;
+        }
         self.approval_deadline = None;
         self.figures = None;
         self.verdict = None;

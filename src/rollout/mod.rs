@@ -205,6 +205,15 @@ impl Rollouts {
             return;
         }
         let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        // Fleet mode: only the leader runs rollout controllers; the others serve the steps
+        // it writes into the document.
+        if new.cluster.is_some() && !rt.cluster.get().is_some_and(|f| f.is_leader()) {
+            for (name, h) in handles.drain() {
+                h.cancel.cancel();
+                tracing::debug!(route = %name, "rollout controller stopped: not the fleet's leader");
+            }
+            return;
+        }
         for rc in &new.routes {
             let Some(def) = &rc.rollout else { continue };
             let start = match handles.get(&rc.name) {
@@ -240,6 +249,18 @@ impl Rollouts {
             }
             keep
         });
+    }
+
+    /// Fleet mode: leadership here started or ended. The leader resumes every rollout where
+    /// the document says it stands (with its step clock); a replica that lost it stops its
+    /// controllers at once.
+    pub fn leadership_changed(&self, live: &Config) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .for_each(|(_, h)| h.cancel.cancel());
+        self.sync(None, live);
     }
 
     /// The published status of a route's rollout.
@@ -282,6 +303,12 @@ impl Rollouts {
         }
         let action =
             Action::parse(action).ok_or_else(|| ActionError::UnknownAction(action.to_string()))?;
+        if let Some(f) = rt.cluster.get().filter(|f| !f.is_leader()) {
+            return Err(ActionError::Conflict(format!(
+                "this replica is not the fleet's leader; rollout actions go to the leader ({})",
+                f.leader().unwrap_or_else(|| "none yet".into())
+            )));
+        }
         let cmd = {
             let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
             handles
@@ -347,10 +374,41 @@ pub fn figures_json(def: &RolloutConfig, f: &Figures) -> Value {
     v
 }
 
+/// Fleet mode, on a replica that does not lead: the rollout as the document says it stands
+/// (the leader's controller walks it). `null` otherwise.
+fn follower_json(rt: &Runtime, route: &str) -> Value {
+    if rt.cluster.get().is_none() {
+        return Value::Null;
+    }
+    let snap = rt.snapshot();
+    let Some(rc) = snap.config.route(route) else {
+        return Value::Null;
+    };
+    let Some(def) = &rc.rollout else {
+        return Value::Null;
+    };
+    let total: u64 = rc.split.iter().map(|(_, w)| *w as u64).sum();
+    let weight = rc
+        .weight_of(&def.to)
+        .map(|w| (w as u64 * 100 + total / 2).checked_div(total).unwrap_or(0));
+    json!({
+        "state": def.state.unwrap_or(RolloutState::Pending).as_str(),
+        "step": def.step.unwrap_or(0),
+        "steps": def.steps,
+        "weight": weight,
+        "to": def.to,
+        "approval": def.approval,
+        "step_interval_ms": ms(def.step_interval),
+        "step_started_ms": def.step_started_ms,
+        "approval_deadline_ms": def.approval_deadline_ms,
+        "led_by": rt.cluster.get().and_then(|f| f.leader()),
+    })
+}
+
 /// The `rollout` object of a route in `/api/status`: `null` without a rollout.
 pub fn status_json(rt: &Runtime, route: &str) -> Value {
     let Some(s) = rt.rollouts.status(route) else {
-        return Value::Null;
+        return follower_json(rt, route);
     };
     let snap = rt.snapshot();
     let weight = snap.config.route(route).and_then(|rc| {

@@ -2,8 +2,11 @@
 //! ports in a temp dir, for the fleet tests. Members can be killed and started again; every
 //! process is killed when the cluster is dropped.
 
+use super::*;
+use serde_json::Value;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::Instant;
 
 pub struct Member {
     pub name: String,
@@ -255,3 +258,110 @@ impl Drop for EtcdCluster {
         }
     }
 }
+
+/// A fleet under test: etcd, two upstreams, a folder of replica configs.
+pub struct Bed {
+    pub etcd: EtcdCluster,
+    pub dir: tempfile::TempDir,
+    pub prefix: String,
+    pub blue: Upstream,
+    pub green: Upstream,
+}
+
+impl Bed {
+    pub async fn new() -> Bed {
+        let etcd = EtcdCluster::start().await;
+        let prefix = format!("/veer/t{}", std::process::id());
+        Bed {
+            etcd,
+            dir: tempfile::tempdir().unwrap(),
+            prefix,
+            blue: upstream("blue").await,
+            green: upstream("green").await,
+        }
+    }
+
+    pub fn doc_key(&self) -> String {
+        format!("{}/doc/config", self.prefix)
+    }
+
+    /// A replica's file: its own sections, `[cluster]`, and the pools and routes it seeds
+    /// the store with when the store has none.
+    pub fn config(&self, node: &str, ttl: &str, route_extra: &str) -> String {
+        format!(
+            r#"[server]
+listen = ["127.0.0.1:0"]
+[admin]
+listen = "127.0.0.1:0"
+
+[cluster]
+etcd = {etcd}
+prefix = "{prefix}"
+node = "{node}"
+lease_ttl = "{ttl}"
+
+# The fleet's pools: seeded into the store by the first replica.
+[pools.blue]
+backends = ["{blue}"]  # v1
+[pools.green]
+backends = ["{green}"]  # v2
+
+[[routes]]
+name = "web"
+split = {{ blue = 100, green = 0 }}  # the split, kept by API writes
+{route_extra}
+"#,
+            etcd = self.etcd.endpoints_toml(),
+            prefix = self.prefix,
+            blue = self.blue.addr,
+            green = self.green.addr,
+        )
+    }
+
+    pub fn path(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("{node}.toml"))
+    }
+
+    pub async fn replica(&self, node: &str, ttl: &str, route_extra: &str) -> VeerProcess {
+        let path = self.path(node);
+        std::fs::write(&path, self.config(node, ttl, route_extra)).unwrap();
+        spawn_veer(&path).await
+    }
+}
+
+pub async fn status(admin: SocketAddr) -> Value {
+    json_of(&admin_call(admin, "GET", "/api/status", "").await)
+}
+
+pub fn green_of(s: &Value) -> u64 {
+    s["routes"][0]["split"]["green"].as_u64().unwrap_or(u64::MAX)
+}
+
+/// Poll `f` every 20 ms until it is true; panics after `within`. Returns the time taken.
+pub async fn until<F, Fut>(what: &str, within: Duration, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return start.elapsed();
+        }
+        if start.elapsed() > within {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn put_split(admin: SocketAddr, blue: u32, green: u32) -> Got {
+    admin_call(
+        admin,
+        "PUT",
+        "/api/routes/web/split",
+        &format!(r#"{{"blue": {blue}, "green": {green}}}"#),
+    )
+    .await
+}
+

@@ -1,0 +1,185 @@
+//! Fleet mode rollouts (SPEC §7) on a real 3-member etcd and real veer processes: one leader
+//! walks the rollout, writes each step with its start time into the document before it takes
+//! effect, a new leader resumes the same step with the same clock, and a deposed leader
+//! writes nothing.
+
+mod support;
+
+use std::time::Duration;
+use support::etcd::*;
+use support::*;
+
+/// `key = N` of the `[routes.rollout]` in the document (`None`: absent).
+fn doc_int(doc: &str, key: &str) -> Option<i64> {
+    let v: toml::Value = toml::from_str(doc).ok()?;
+    v["routes"][0]["rollout"].get(key)?.as_integer()
+}
+
+fn doc_state(doc: &str) -> Option<String> {
+    let v: toml::Value = toml::from_str(doc).ok()?;
+    Some(v["routes"][0]["rollout"].get("state")?.as_str()?.to_string())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn leaders(reps: &[&VeerProcess]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in reps {
+        let s = status(r.admin).await;
+        if s["cluster"]["is_leader"] == true {
+            out.push(s["cluster"]["node"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+const ROLLOUT: &str = "[routes.rollout]  # walked by the fleet's leader\nto = \"green\"\nsteps = [10, 50, 100]\nstep_interval = \"6s\"\nmin_requests = 0\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_and_the_new_one_resumes_the_same_step_with_the_same_clock() {
+    let bed = Bed::new().await;
+    let mut reps = vec![
+        bed.replica("a", "2s", ROLLOUT).await,
+        bed.replica("b", "2s", ROLLOUT).await,
+        bed.replica("c", "2s", ROLLOUT).await,
+    ];
+    let key = bed.doc_key();
+    // Step 1 written by the leader, with its start time, before it takes effect.
+    until("step 1 written", Duration::from_secs(10), || async {
+        bed.etcd.get(&key).is_some_and(|d| doc_int(&d, "step") == Some(1))
+    })
+    .await;
+    let doc = bed.etcd.get(&key).unwrap();
+    assert_eq!(doc_state(&doc).as_deref(), Some("progressing"), "{doc}");
+    assert!(doc.contains("# walked by the fleet's leader"), "{doc}");
+    let started = doc_int(&doc, "step_started_ms").expect("the step's start time is written");
+    // Every replica serves the step; exactly one leads, at every sample.
+    for r in &reps {
+        let r = &*r;
+        until("the step is served", Duration::from_secs(1), || async {
+            green_of(&status(r.admin).await) == 50
+        })
+        .await;
+    }
+    let all: Vec<&VeerProcess> = reps.iter().collect();
+    for _ in 0..10 {
+        assert_eq!(leaders(&all).await.len(), 1);
+    }
+    let leader = leaders(&all).await.remove(0);
+    // kill -9 the leader mid-step.
+    let i = ["a", "b", "c"].iter().position(|n| *n == leader).unwrap();
+    let dead = reps.remove(i);
+    dead.signal("KILL");
+    let rest: Vec<&VeerProcess> = reps.iter().collect();
+    let took = until("a new leader", Duration::from_secs(6), || async {
+        let l = leaders(&rest).await;
+        l.len() == 1 && l[0] != leader
+    })
+    .await;
+    assert!(took < Duration::from_secs(4), "took {took:?} (lease_ttl 2s + 2s)");
+    let new_leader = leaders(&rest).await.remove(0);
+    let mut nl = rest[0];
+    for r in &rest {
+        if status(r.admin).await["cluster"]["node"] == new_leader.as_str() {
+            nl = r;
+        }
+    }
+    // Same step, same clock: its elapsed time counts from the step's written start (the
+    // step lasts 6 s; the failover took less).
+    let s = status(nl.admin).await;
+    let ro = &s["routes"][0]["rollout"];
+    assert_eq!(ro["state"], "progressing", "{ro}");
+    assert_eq!(ro["step"], 1, "{ro}");
+    let elapsed = ro["step_elapsed_ms"].as_f64().unwrap() as i64;
+    let expect = now_ms() - started;
+    assert!(
+        (elapsed - expect).abs() < 500,
+        "elapsed {elapsed} ms, but the step started {expect} ms ago: {ro}"
+    );
+    let doc = bed.etcd.get(&key).unwrap();
+    assert_eq!(doc_int(&doc, "step"), Some(1), "{doc}");
+    assert_eq!(doc_int(&doc, "step_started_ms"), Some(started), "the step's clock is kept");
+    // The rollout goes on as it would have: the next step starts one interval after step 1.
+    until("step 2 written", Duration::from_secs(10), || async {
+        bed.etcd.get(&key).is_some_and(|d| doc_int(&d, "step") == Some(2))
+    })
+    .await;
+    let doc = bed.etcd.get(&key).unwrap();
+    let started2 = doc_int(&doc, "step_started_ms").unwrap();
+    assert!(
+        (6000..7000).contains(&(started2 - started)),
+        "step 2 began {} ms after step 1",
+        started2 - started
+    );
+    // A rollback on the new leader moves every replica back within 1 s.
+    let r = admin_call(nl.admin, "POST", "/api/routes/web/rollout/abort", "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for r in &rest {
+        let r = *r;
+        until("rolled back everywhere", Duration::from_secs(1), || async {
+            green_of(&status(r.admin).await) == 0
+        })
+        .await;
+    }
+    assert_eq!(doc_state(&bed.etcd.get(&key).unwrap()).as_deref(), Some("rolled_back"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_that_wakes_up_late_writes_nothing() {
+    let bed = Bed::new().await;
+    let fast = "[routes.rollout]\nto = \"green\"\nsteps = [10, 20, 30, 40, 50, 60, 100]\nstep_interval = \"1s\"\nmin_requests = 0\n";
+    let reps = [
+        bed.replica("a", "2s", fast).await,
+        bed.replica("b", "2s", fast).await,
+        bed.replica("c", "2s", fast).await,
+    ];
+    let key = bed.doc_key();
+    until("the rollout runs", Duration::from_secs(10), || async {
+        bed.etcd.get(&key).is_some_and(|d| doc_int(&d, "step") == Some(1))
+    })
+    .await;
+    let all: Vec<&VeerProcess> = reps.iter().collect();
+    let leader = leaders(&all).await.remove(0);
+    let i = ["a", "b", "c"].iter().position(|n| *n == leader).unwrap();
+    let old = &reps[i];
+    let others: Vec<&VeerProcess> = reps.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, r)| r).collect();
+    old.signal("STOP");
+    until("another leader", Duration::from_secs(6), || async {
+        let l = leaders(&others).await;
+        l.len() == 1 && l[0] != leader
+    })
+    .await;
+    let rev_before = bed.etcd.mod_revision(&key);
+    // Past the TTL and a step of the new leader's, wake the old one.
+    until("the new leader takes a step", Duration::from_secs(4), || async {
+        bed.etcd.mod_revision(&key) > rev_before
+    })
+    .await;
+    let log_at = old.stderr.lock().unwrap().len();
+    let from_rev = bed.etcd.mod_revision(&key);
+    old.signal("CONT");
+    until("the rollout succeeds", Duration::from_secs(15), || async {
+        bed.etcd.get(&key).is_some_and(|d| doc_state(&d).as_deref() == Some("succeeded"))
+    })
+    .await;
+    let s = status(old.admin).await;
+    assert_eq!(s["cluster"]["is_leader"], false, "{s}");
+    assert_eq!(green_of(&s), 100, "the old leader follows the fleet: {s}");
+    let log = old.stderr.lock().unwrap()[log_at..].to_string();
+    assert!(!log.contains("changed in the fleet document"), "the deposed leader wrote:\n{log}");
+    // The steps in the store's history never went back.
+    let mut rev = bed.etcd.mod_revision(&key);
+    let mut steps = Vec::new();
+    while rev >= from_rev {
+        let Some((mr, text)) = bed.etcd.get_at(&key, rev) else { break };
+        steps.push(doc_int(&text, "step").unwrap_or(0));
+        rev = mr - 1;
+    }
+    steps.reverse();
+    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
+}
