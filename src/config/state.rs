@@ -65,6 +65,19 @@ pub struct RolloutEntry {
     pub was: String,
 }
 
+/// What to do with a change that cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwritable {
+    /// Change nothing: the API answers 409.
+    Refuse,
+    /// `?force=true`: apply it in memory only, until the next reload (or the next change
+    /// written into the config file, which rereads it); `"persisted": false` until then.
+    Force,
+    /// A rollout's progress: apply it in memory and keep it over reloads, so a rollout never
+    /// waits on a file; written with the next write that succeeds.
+    Remember,
+}
+
 /// One change made through the API or by a rollout, in the form every target takes: the
 /// config document (write-back), a config in memory, and the state file.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +92,8 @@ pub enum Change {
         split: Split,
         state: RolloutState,
         step: usize,
+        /// Fleet mode: the step clock, written into the fleet's document with the step.
+        clock: Option<StepClock>,
     },
     /// Drain state lives outside the config file; only a state file keeps it over a restart.
     Drain {
@@ -86,6 +101,14 @@ pub enum Change {
         addr: SocketAddr,
         on: bool,
     },
+}
+
+/// Fleet mode (SPEC §7): when a rollout step started and when its approval wait ends (Unix
+/// ms), written with the step so a new leader resumes it with the same clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StepClock {
+    pub started_ms: Option<u64>,
+    pub deadline_ms: Option<u64>,
 }
 
 impl Change {
@@ -108,9 +131,14 @@ impl Change {
                 split,
                 state,
                 step,
+                clock,
             } => {
                 writeback::set_split(doc, route, split)?;
-                writeback::set_rollout_progress(doc, route, *state, *step)
+                writeback::set_rollout_progress(doc, route, *state, *step)?;
+                match clock {
+                    Some(c) => writeback::set_rollout_clock(doc, route, c.started_ms, c.deadline_ms),
+                    None => Ok(()),
+                }
             }
             Change::Drain { .. } => Ok(()),
         }
@@ -129,6 +157,7 @@ impl Change {
                 split,
                 state,
                 step,
+                ..
             } => {
                 if let Some(r) = config.route_mut(route) {
                     r.split = split.clone();
@@ -165,6 +194,7 @@ impl Change {
                 split,
                 state: st,
                 step,
+                ..
             } => {
                 state.splits.insert(
                     route.clone(),
@@ -904,6 +934,7 @@ mod tests {
             split: vec![("blue".into(), blue), ("green".into(), green)],
             state,
             step,
+            clock: None,
         }
         .record(&mut s, base);
         Change::Drain {

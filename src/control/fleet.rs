@@ -12,7 +12,7 @@ use crate::cluster::{self, document, Fleet, FleetError, Revision};
 use crate::config::state::Change;
 use crate::config::writeback::WritebackError;
 use crate::config::Config;
-use crate::runtime::Runtime;
+use super::Control;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -133,7 +133,7 @@ struct Drained(Mutex<BTreeSet<String>>);
 
 /// Start fleet mode on a running runtime: membership and leadership, the watch on the
 /// document and drains, the `veer_cluster_*` metrics.
-pub fn spawn(rt: &Arc<Runtime>, fleet: Arc<Fleet>, tasks: &TaskTracker) {
+pub fn spawn(rt: &Arc<Control>, fleet: Arc<Fleet>, tasks: &TaskTracker) {
     let _ = rt.cluster.set(fleet.clone());
     tasks.spawn(fleet.clone().run_membership(rt.shutdown.clone()));
     tasks.spawn(follow(rt.clone(), fleet.clone()));
@@ -142,7 +142,7 @@ pub fn spawn(rt: &Arc<Runtime>, fleet: Arc<Fleet>, tasks: &TaskTracker) {
 }
 
 /// Start and stop the rollout controllers as leadership here starts and ends.
-async fn lead(rt: Arc<Runtime>, fleet: Arc<Fleet>) {
+async fn lead(rt: Arc<Control>, fleet: Arc<Fleet>) {
     let mut rx = fleet.leadership.subscribe();
     loop {
         tokio::select! {
@@ -158,7 +158,7 @@ async fn lead(rt: Arc<Runtime>, fleet: Arc<Fleet>) {
 }
 
 /// `veer_cluster_leader`, `veer_cluster_store_up`, `veer_cluster_config_revision`.
-async fn gauges(rt: Arc<Runtime>, fleet: Arc<Fleet>) {
+async fn gauges(rt: Arc<Control>, fleet: Arc<Fleet>) {
     let reg = &rt.metrics.registry;
     let make = |name: &str, help: &str| {
         let g = prometheus::IntGauge::new(name, help).expect("a valid metric");
@@ -186,7 +186,7 @@ async fn gauges(rt: Arc<Runtime>, fleet: Arc<Fleet>) {
 /// Follow the document and the drains until shutdown: read them, then watch from the
 /// revision after the read; when the watch ends (a member died, the store went away, the
 /// revision was compacted), read again and watch from there, so no revision is missed.
-async fn follow(rt: Arc<Runtime>, fleet: Arc<Fleet>) {
+async fn follow(rt: Arc<Control>, fleet: Arc<Fleet>) {
     let drained = Drained::default();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -241,7 +241,7 @@ async fn follow(rt: Arc<Runtime>, fleet: Arc<Fleet>) {
     }
 }
 
-async fn sleep_or_stop(rt: &Runtime, d: Duration) -> bool {
+async fn sleep_or_stop(rt: &Control, d: Duration) -> bool {
     tokio::select! {
         _ = rt.shutdown.cancelled() => true,
         _ = tokio::time::sleep(d) => false,
@@ -249,7 +249,7 @@ async fn sleep_or_stop(rt: &Runtime, d: Duration) -> bool {
 }
 
 /// Read the document and drains and apply what differs; the revision to watch from.
-async fn converge(rt: &Arc<Runtime>, fleet: &Arc<Fleet>, drained: &Drained) -> Result<i64, FleetError> {
+async fn converge(rt: &Control, fleet: &Arc<Fleet>, drained: &Drained) -> Result<i64, FleetError> {
     let r = fleet.store.get(&fleet.doc_prefix(), true).await?;
     let mut saw_drains = false;
     for kv in r.kvs {
@@ -272,7 +272,7 @@ async fn converge(rt: &Arc<Runtime>, fleet: &Arc<Fleet>, drained: &Drained) -> R
     Ok(r.revision + 1)
 }
 
-async fn on_event(rt: &Arc<Runtime>, fleet: &Arc<Fleet>, drained: &Drained, ev: Event) {
+async fn on_event(rt: &Control, fleet: &Arc<Fleet>, drained: &Drained, ev: Event) {
     match ev {
         Event::Put(kv) if kv.key == fleet.config_key() => {
             let rev = Revision {
@@ -295,7 +295,7 @@ async fn on_event(rt: &Arc<Runtime>, fleet: &Arc<Fleet>, drained: &Drained, ev: 
 }
 
 /// Drain what the fleet drains, restore what it no longer does.
-fn apply_drains(rt: &Runtime, drained: &Drained, next: BTreeSet<String>) {
+fn apply_drains(rt: &Control, drained: &Drained, next: BTreeSet<String>) {
     let mut cur = drained.0.lock().unwrap_or_else(|p| p.into_inner());
     let timeout = rt.config().server.drain_timeout;
     for e in cur.difference(&next) {
@@ -325,7 +325,7 @@ pub enum RevisionError {
 /// Apply one revision of the document (validated as a file reload is) unless a newer one is
 /// live already. `doc`: its config when the caller validated it.
 async fn apply_revision(
-    rt: &Arc<Runtime>,
+    rt: &Control,
     fleet: &Fleet,
     rev: Revision,
     doc: Option<Config>,
@@ -335,7 +335,7 @@ async fn apply_revision(
 }
 
 fn apply_revision_locked(
-    rt: &Runtime,
+    rt: &Control,
     fleet: &Fleet,
     rev: Revision,
     doc: Option<Config>,
@@ -380,7 +380,7 @@ fn apply_revision_locked(
 
 /// An API change in fleet mode: a compare-and-swap of the document (or of the drains), then
 /// applied here at once; the other replicas apply it from their watch.
-pub async fn change(rt: &Arc<Runtime>, fleet: &Arc<Fleet>, change: &Change) -> Result<ReloadReport, ChangeError> {
+pub async fn change(rt: &Control, fleet: &Arc<Fleet>, change: &Change) -> Result<ReloadReport, ChangeError> {
     if !fleet.store_up() {
         return Err(ChangeError::Cluster(FleetError::Unreachable("the store did not answer the last beat".into())));
     }
@@ -400,7 +400,7 @@ pub async fn change(rt: &Arc<Runtime>, fleet: &Arc<Fleet>, change: &Change) -> R
 /// Edit the fleet's document with `edit` (a compare-and-swap; with `fenced`, only while this
 /// replica leads), then apply the new revision here at once.
 pub async fn write(
-    rt: &Arc<Runtime>,
+    rt: &Control,
     fleet: &Arc<Fleet>,
     subject: &str,
     edit: &(dyn Fn(&mut toml_edit::DocumentMut) -> Result<(), WritebackError> + Send + Sync),
