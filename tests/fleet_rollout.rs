@@ -183,3 +183,53 @@ async fn a_deposed_leader_that_wakes_up_late_writes_nothing() {
     steps.reverse();
     assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_sums_the_fleet_so_a_rollout_no_single_replica_could_pass_succeeds() {
+    let bed = Bed::new().await;
+    // min_requests 35 per step; each replica gets ~40 requests a step, ~20 to green at 50%.
+    let rollout = "[routes.rollout]\nto = \"green\"\nsteps = [50, 100]\nstep_interval = \"4s\"\nmin_requests = 35\n";
+    let reps = [
+        bed.replica("a", "3s", rollout).await,
+        bed.replica("b", "3s", rollout).await,
+        bed.replica("c", "3s", rollout).await,
+    ];
+    let key = bed.doc_key();
+    until("step 0 written", Duration::from_secs(10), || async {
+        bed.etcd.get(&key).is_some_and(|d| doc_int(&d, "step") == Some(0) && doc_int(&d, "step_started_ms").is_some())
+    })
+    .await;
+    let all: Vec<&VeerProcess> = reps.iter().collect();
+    let mut green_in_step0 = [0usize; 3];
+    let mut step = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut samples = 0;
+    while std::time::Instant::now() < deadline {
+        for (i, r) in reps.iter().enumerate() {
+            let g = get(&format!("http://{}/", r.addr)).await;
+            assert_eq!(g.status, 200);
+            if step == 0 && g.body == "green" {
+                green_in_step0[i] += 1;
+            }
+        }
+        samples += 1;
+        if samples % 10 == 0 {
+            assert_eq!(leaders(&all).await.len(), 1, "exactly one leader at every sample");
+            let doc = bed.etcd.get(&key).unwrap();
+            step = doc_int(&doc, "step").unwrap_or(0);
+            if doc_state(&doc).as_deref() == Some("succeeded") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let doc = bed.etcd.get(&key).unwrap();
+    assert_eq!(doc_state(&doc).as_deref(), Some("succeeded"), "{doc}");
+    // No replica alone saw min_requests of green in step 0; the fleet did.
+    assert!(green_in_step0.iter().all(|&n| n < 35), "{green_in_step0:?}");
+    assert!(green_in_step0.iter().sum::<usize>() >= 35, "{green_in_step0:?}");
+    for r in &reps {
+        let r = r;
+        until("green everywhere", Duration::from_secs(1), || async { green_of(&status(r.admin).await) == 100 }).await;
+    }
+}

@@ -103,6 +103,8 @@ pub struct Fleet {
     info: Mutex<Info>,
     /// The pools and routes live here, laid over a reloaded local file.
     doc: Mutex<Option<Arc<Config>>>,
+    /// The other replicas' published rollout counters, as the leader last read them.
+    remote_counters: Mutex<Vec<(String, Vec<u8>)>>,
     /// Flips whenever leadership here starts or ends.
     pub leadership: tokio::sync::watch::Sender<bool>,
 }
@@ -157,6 +159,7 @@ impl Fleet {
             revision: AtomicI64::new(0),
             info: Mutex::new(Info::default()),
             doc: Mutex::new(None),
+            remote_counters: Mutex::new(Vec::new()),
             leadership: tokio::sync::watch::channel(false).0,
         })
     }
@@ -197,6 +200,16 @@ impl Fleet {
     pub fn revision(&self) -> i64 {
         self.revision.load(Ordering::Acquire)
     }
+    /// The other replicas' rollout counters (node, value), as last read.
+    pub fn remote_counters(&self) -> Vec<(String, Vec<u8>)> {
+        self.remote_counters.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Keep what the leader read of the other replicas' counters.
+    pub fn set_remote_counters(&self, c: Vec<(String, Vec<u8>)>) {
+        *self.remote_counters.lock().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+
     /// The leader's node name, as last read from the store.
     pub fn leader(&self) -> Option<String> {
         self.info.lock().unwrap_or_else(|p| p.into_inner()).leader.clone()

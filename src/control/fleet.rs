@@ -138,6 +138,7 @@ pub fn spawn(rt: &Arc<Control>, fleet: Arc<Fleet>, tasks: &TaskTracker) {
     tasks.spawn(fleet.clone().run_membership(rt.shutdown.clone()));
     tasks.spawn(follow(rt.clone(), fleet.clone()));
     tasks.spawn(lead(rt.clone(), fleet.clone()));
+    tasks.spawn(counters(rt.clone(), fleet.clone()));
     tasks.spawn(gauges(rt.clone(), fleet));
 }
 
@@ -154,6 +155,44 @@ async fn lead(rt: Arc<Control>, fleet: Arc<Fleet>) {
         let _lock = rt.change_lock.lock().await;
         tracing::info!(leading, "fleet leadership changed; rollout controllers follow");
         rt.rollouts.leadership_changed(&rt.config());
+    }
+}
+
+/// The fleet-wide gate's counts (SPEC §7): a replica that does not lead counts the running
+/// step of every rollout and publishes the counts under its lease twice a second; the leader
+/// reads everyone's for its controllers to judge on.
+async fn counters(rt: Arc<Control>, fleet: Arc<Fleet>) {
+    let mut counting = crate::rollout::fleet::Counting::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut published_empty = false;
+    loop {
+        tokio::select! {
+            _ = rt.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !fleet.store_up() {
+            continue;
+        }
+        if fleet.is_leader() {
+            counting.clear(&rt);
+            let read = tokio::time::timeout(Duration::from_secs(1), fleet.read_counters()).await;
+            if let Ok(Ok(all)) = read {
+                let others = all.into_iter().filter(|(n, _)| *n != fleet.node).collect();
+                fleet.set_remote_counters(others);
+            }
+            published_empty = false;
+            continue;
+        }
+        counting.sync(&rt, &rt.config());
+        let value = counting.counters_json();
+        // Nothing running: say so once, not twice a second.
+        let empty = value == b"{}";
+        if empty && published_empty {
+            continue;
+        }
+        let sent = tokio::time::timeout(Duration::from_secs(1), fleet.publish_counters(value)).await;
+        published_empty = empty && matches!(sent, Ok(Ok(())));
     }
 }
 

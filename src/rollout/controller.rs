@@ -130,6 +130,7 @@ pub(super) fn spawn(
         tick,
         step_started_ms: now_ms(),
         resume_clock: Some((def.step_started_ms, def.approval_deadline_ms)),
+        written_started_ms: std::sync::atomic::AtomicU64::new(0),
     };
     tokio::spawn(c.run(start, cmd_rx));
     Handle {
@@ -171,6 +172,8 @@ struct Controller {
     /// Fleet mode: the step clock the document held when this controller started, used once
     /// to resume the same step with the same clock (never earlier, never later).
     resume_clock: Option<(Option<u64>, Option<u64>)>,
+    /// Fleet mode: the start of a new step as it was written (0: none), for the step to take.
+    written_started_ms: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -442,9 +445,15 @@ impl Controller {
             RolloutState::Progressing
                 if self.state == RolloutState::Progressing && self.step == step =>
             {
-                (Some(self.step_started_ms), None)
+                let resumed = self.resume_clock.and_then(|(s, _)| s);
+                (Some(resumed.unwrap_or(self.step_started_ms)), None)
             }
-            RolloutState::Progressing => (Some(now_ms()), None),
+            RolloutState::Progressing => {
+                let t = now_ms();
+                self.written_started_ms
+                    .store(t, std::sync::atomic::Ordering::Relaxed);
+                (Some(t), None)
+            }
             RolloutState::AwaitingApproval => (
                 None,
                 Some(now_ms() + self.def.approval_timeout.as_millis() as u64),
@@ -455,6 +464,16 @@ impl Controller {
             started_ms,
             deadline_ms,
         }
+    }
+
+    /// Fleet mode: this replica's figures of the running step plus the other replicas'
+    /// published counts of the same step (SPEC §7); a single replica's own figures.
+    fn fleet_figures(&self, own: Figures) -> Figures {
+        let Some(fleet) = self.rt.upgrade().and_then(|rt| rt.cluster.get().cloned()) else {
+            return own;
+        };
+        let id = (self.step, self.step_started_ms);
+        super::fleet::sum(own, &fleet.remote_counters(), &self.route, id).0
     }
 
     fn pool_healthy(&self) -> bool {
@@ -513,7 +532,14 @@ impl Controller {
         self.step = k;
         self.paused_from = None;
         self.step_started = Instant::now();
-        self.step_started_ms = now_ms();
+        // The start written with the step, so the fleet's counts match it.
+        self.step_started_ms = match self
+            .written_started_ms
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => now_ms(),
+            t => t,
+        };
         // Fleet mode: a new leader resumes the step the document holds with its clock.
         if let Some((Some(ms), _)) = self.resume_clock.take().filter(|_| resumed) {
             self.step_started = instant_of(ms);
@@ -591,7 +617,7 @@ impl Controller {
                     }
                     return;
                 };
-                let f = stats.figures();
+                let f = self.fleet_figures(stats.figures());
                 if let Some(reason) = gate::fail_fast(&self.def, &f, &self.def.to) {
                     self.gate_failed(reason, f).await;
                     return;
@@ -628,7 +654,7 @@ impl Controller {
             }
             RolloutState::AwaitingApproval => {
                 if let Some(stats) = self.stats.clone() {
-                    let f = stats.figures();
+                    let f = self.fleet_figures(stats.figures());
                     if let Some(reason) = gate::fail_fast(&self.def, &f, &self.def.to) {
                         self.gate_failed(reason, f).await;
                         return;

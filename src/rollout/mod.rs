@@ -10,6 +10,7 @@
 //! - [`persist`]: progress as one change (split, `state`, `step`), written into the config
 //!   file or the state file, or kept in memory when neither can be written.
 //! - [`notify`]: events POSTed to `notify_url`.
+//! - [`fleet`](mod@fleet): fleet mode's gate on the whole fleet's traffic.
 //!
 //! [`Rollouts`] (owned by the control layer) keeps the controllers: [`Rollouts::sync`] runs every
 //! time a config is made live, starts a controller for a new or changed `[routes.rollout]`
@@ -23,6 +24,7 @@
 //! (percent on `to`), "gate": {…figures, verdict, reason…}}` ([`status_json`]).
 
 pub mod controller;
+pub mod fleet;
 pub mod gate;
 pub mod notify;
 pub mod persist;
