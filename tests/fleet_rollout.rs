@@ -233,3 +233,42 @@ async fn the_gate_sums_the_fleet_so_a_rollout_no_single_replica_could_pass_succe
         until("green everywhere", Duration::from_secs(1), || async { green_of(&status(r.admin).await) == 100 }).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_lost_mid_rollout_takes_no_step_and_the_rollout_goes_on_when_it_is_back() {
+    let mut bed = Bed::new().await;
+    let rollout = "[routes.rollout]\nto = \"green\"\nsteps = [10, 50, 100]\nstep_interval = \"2s\"\nmin_requests = 0\n";
+    let reps = [
+        bed.replica("a", "2s", rollout).await,
+        bed.replica("b", "2s", rollout).await,
+    ];
+    let key = bed.doc_key();
+    until("step 1 written", Duration::from_secs(10), || async {
+        bed.etcd.get(&key).is_some_and(|d| doc_int(&d, "step") == Some(1))
+    })
+    .await;
+    for r in &reps {
+        until("step 1 served", Duration::from_secs(1), || async { green_of(&status(r.admin).await) == 50 }).await;
+    }
+    bed.etcd.kill(1);
+    bed.etcd.kill(2);
+    // Twice the step interval without a quorum: every replica stays at step 1 and serves.
+    let end = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < end {
+        for r in &reps {
+            assert_eq!(green_of(&status(r.admin).await), 50, "a step was taken without the store");
+            assert_eq!(get(&format!("http://{}/", r.addr)).await.status, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bed.etcd.restart(1);
+    bed.etcd.restart(2);
+    bed.etcd.wait_healthy(Duration::from_secs(20)).await;
+    until("the rollout succeeds", Duration::from_secs(15), || async {
+        bed.etcd.get(&key).is_some_and(|d| doc_state(&d).as_deref() == Some("succeeded"))
+    })
+    .await;
+    for r in &reps {
+        until("converged", Duration::from_secs(2), || async { green_of(&status(r.admin).await) == 100 }).await;
+    }
+}

@@ -103,6 +103,8 @@ pub struct Fleet {
     info: Mutex<Info>,
     /// The pools and routes live here, laid over a reloaded local file.
     doc: Mutex<Option<Arc<Config>>>,
+    /// Rollbacks applied here during a store outage, to write when it answers.
+    rollbacks: Mutex<Vec<crate::config::state::Change>>,
     /// The other replicas' published rollout counters, as the leader last read them.
     remote_counters: Mutex<Vec<(String, Vec<u8>)>>,
     /// Flips whenever leadership here starts or ends.
@@ -160,6 +162,7 @@ impl Fleet {
             info: Mutex::new(Info::default()),
             doc: Mutex::new(None),
             remote_counters: Mutex::new(Vec::new()),
+            rollbacks: Mutex::new(Vec::new()),
             leadership: tokio::sync::watch::channel(false).0,
         })
     }
@@ -200,6 +203,16 @@ impl Fleet {
     pub fn revision(&self) -> i64 {
         self.revision.load(Ordering::Acquire)
     }
+    /// A rollback applied here that the store could not take yet.
+    pub fn remember_rollback(&self, c: crate::config::state::Change) {
+        self.rollbacks.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+    }
+
+    /// The rollbacks still to write (taken).
+    pub fn take_rollbacks(&self) -> Vec<crate::config::state::Change> {
+        std::mem::take(&mut *self.rollbacks.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// The other replicas' rollout counters (node, value), as last read.
     pub fn remote_counters(&self) -> Vec<(String, Vec<u8>)> {
         self.remote_counters.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -11,7 +11,7 @@ use crate::cluster::store::{Event, WatchItem};
 use crate::cluster::{self, document, Fleet, FleetError, Revision};
 use crate::config::state::Change;
 use crate::config::writeback::WritebackError;
-use crate::config::Config;
+use crate::config::{Config, RolloutState};
 use super::Control;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -174,6 +174,7 @@ async fn counters(rt: Arc<Control>, fleet: Arc<Fleet>) {
         if !fleet.store_up() {
             continue;
         }
+        write_pending(&rt, &fleet).await;
         if fleet.is_leader() {
             counting.clear(&rt);
             let read = tokio::time::timeout(Duration::from_secs(1), fleet.read_counters()).await;
@@ -417,9 +418,69 @@ fn apply_revision_locked(
     Ok(report)
 }
 
+/// A rollout step in fleet mode (the leader's, fenced). A rollback the store cannot take now
+/// is applied here at once (safety first) and written as soon as the store answers
+/// ([`write_pending`]); any other step waits for the store.
+pub async fn commit_progress(
+    rt: &Control,
+    fleet: &Arc<Fleet>,
+    change: &Change,
+) -> Result<ReloadReport, ChangeError> {
+    match change_on(rt, fleet, change).await {
+        Err(ChangeError::Cluster(FleetError::Unreachable(why)))
+            if matches!(change, Change::Progress { state: RolloutState::RolledBack, .. }) =>
+        {
+            let lock = rt.change_lock.lock().await;
+            let mut next = (*rt.config()).clone();
+            change.edit_config(&mut next);
+            let staged = stage(rt, next, &lock)?;
+            let r = commit(rt, staged, &lock)?;
+            fleet.remember_rollback(change.clone());
+            tracing::warn!("{}: rolled back here at once; the store is unreachable ({why}), the rollback is written when it answers", change.subject());
+            Ok(r)
+        }
+        other => other,
+    }
+}
+
+/// Write the rollbacks the store could not take, now that it answers: each only if the
+/// document's rollout still stands where it was rolled back from.
+pub async fn write_pending(rt: &Control, fleet: &Arc<Fleet>) {
+    for change in fleet.take_rollbacks() {
+        let Change::Progress { route, step, .. } = &change else { continue };
+        let (route, step) = (route.clone(), *step);
+        let edit = |d: &mut toml_edit::DocumentMut| {
+            let still = d
+                .get("routes")
+                .and_then(|r| r.as_array_of_tables())
+                .and_then(|rs| rs.iter().find(|t| t.get("name").and_then(|n| n.as_str()) == Some(route.as_str())))
+                .and_then(|t| t.get("rollout"))
+                .is_some_and(|r| {
+                    let state = r.get("state").and_then(|s| s.as_str());
+                    let at = r.get("step").and_then(|s| s.as_integer());
+                    !matches!(state, Some("succeeded" | "rolled_back")) && at.is_none_or(|a| a == step as i64)
+                });
+            if still {
+                change.edit_doc(d)
+            } else {
+                Ok(())
+            }
+        };
+        match write(rt, fleet, &change.subject(), &edit, false).await {
+            Ok(_) => tracing::info!("{}: the rollback made during the store outage is written", change.subject()),
+            Err(ChangeError::Cluster(FleetError::Unreachable(_))) => fleet.remember_rollback(change),
+            Err(e) => tracing::error!("{}: the rollback made during the store outage cannot be written: {e}", change.subject()),
+        }
+    }
+}
+
 /// An API change in fleet mode: a compare-and-swap of the document (or of the drains), then
 /// applied here at once; the other replicas apply it from their watch.
 pub async fn change(rt: &Control, fleet: &Arc<Fleet>, change: &Change) -> Result<ReloadReport, ChangeError> {
+    change_on(rt, fleet, change).await
+}
+
+async fn change_on(rt: &Control, fleet: &Arc<Fleet>, change: &Change) -> Result<ReloadReport, ChangeError> {
     if !fleet.store_up() {
         return Err(ChangeError::Cluster(FleetError::Unreachable("the store did not answer the last beat".into())));
     }

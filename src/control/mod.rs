@@ -120,7 +120,7 @@ impl Committer for Control {
                 // Fleet mode: a fenced compare-and-swap of the fleet's document (only the
                 // leader's write lands), applied here once written.
                 drop(lock);
-                fleet::change(self, &fleet, &change)
+                fleet::commit_progress(self, &fleet, &change)
                     .await
                     .map_err(|e| CommitError::Change(Refused(Box::new(e))))?;
                 return Ok(());
