@@ -272,3 +272,51 @@ async fn quorum_lost_mid_rollout_takes_no_step_and_the_rollout_goes_on_when_it_i
         until("converged", Duration::from_secs(2), || async { green_of(&status(r.admin).await) == 100 }).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_dies_takes_its_counts_away_and_the_leader_says_so() {
+    let bed = Bed::new().await;
+    // A gate that waits forever (min_requests out of reach), so the reason is visible.
+    let rollout = "[routes.rollout]\nto = \"green\"\nsteps = [50, 100]\nstep_interval = \"1s\"\nmin_requests = 1000000\n";
+    let mut reps = vec![
+        bed.replica("a", "2s", rollout).await,
+        bed.replica("b", "2s", rollout).await,
+        bed.replica("c", "2s", rollout).await,
+    ];
+    let key = bed.doc_key();
+    until("step 0 written", Duration::from_secs(10), || async {
+        bed.etcd.get(&key).is_some_and(|d| doc_int(&d, "step_started_ms").is_some())
+    })
+    .await;
+    let leader = {
+        let all: Vec<&VeerProcess> = reps.iter().collect();
+        leaders(&all).await.remove(0)
+    };
+    let li = ["a", "b", "c"].iter().position(|n| *n == leader).unwrap();
+    let fi = (li + 1) % 3;
+    let follower = ["a", "b", "c"][fi];
+    // Traffic through the follower, counted by it and summed by the leader.
+    let started = doc_int(&bed.etcd.get(&key).unwrap(), "step_started_ms").unwrap();
+    let ckey = format!("{}/counters/{follower}", bed.prefix);
+    until("the follower counts the step", Duration::from_secs(3), || async {
+        bed.etcd.get(&ckey).is_some_and(|v| v.contains(&format!("\"started_ms\":{started}")))
+    })
+    .await;
+    for _ in 0..20 {
+        get(&format!("http://{}/", reps[fi].addr)).await;
+    }
+    let leader_admin = reps[li].admin;
+    until("the leader sums the follower's counts", Duration::from_secs(5), || async {
+        let g = &status(leader_admin).await["routes"][0]["rollout"]["gate"];
+        g["requests"].as_u64().unwrap_or(0) + g["baseline"]["requests"].as_u64().unwrap_or(0) >= 20
+    })
+    .await;
+    reps.remove(fi).signal("KILL");
+    let want = format!("replica {follower} left the fleet");
+    until("the gate's reason names the dead replica", Duration::from_secs(6), || async {
+        status(leader_admin).await["routes"][0]["rollout"]["gate"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&want))
+    })
+    .await;
+}

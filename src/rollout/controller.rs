@@ -96,6 +96,7 @@ pub(super) fn spawn(
         state,
         step,
         step_started: None,
+        step_started_ms: 0,
         approval_deadline: None,
         stats: None,
         figures: None,
@@ -131,6 +132,7 @@ pub(super) fn spawn(
         step_started_ms: now_ms(),
         resume_clock: Some((def.step_started_ms, def.approval_deadline_ms)),
         written_started_ms: std::sync::atomic::AtomicU64::new(0),
+        fleet_nodes: std::sync::Mutex::new(FleetNodes::default()),
     };
     tokio::spawn(c.run(start, cmd_rx));
     Handle {
@@ -174,6 +176,16 @@ struct Controller {
     resume_clock: Option<(Option<u64>, Option<u64>)>,
     /// Fleet mode: the start of a new step as it was written (0: none), for the step to take.
     written_started_ms: std::sync::atomic::AtomicU64,
+    /// Fleet mode: the replicas whose counts of the running step were summed, and the ones
+    /// that left since (their lease, and their counts, gone).
+    fleet_nodes: std::sync::Mutex<FleetNodes>,
+}
+
+#[derive(Default)]
+struct FleetNodes {
+    step: super::fleet::StepId,
+    seen: std::collections::BTreeSet<String>,
+    gone: std::collections::BTreeSet<String>,
 }
 
 fn now_ms() -> u64 {
@@ -309,6 +321,7 @@ impl Controller {
             state: self.state,
             step: self.step,
             step_started: (self.state == RolloutState::Progressing).then_some(self.step_started),
+            step_started_ms: self.step_started_ms,
             approval_deadline: self
                 .approval_deadline
                 .filter(|_| self.state == RolloutState::AwaitingApproval),
@@ -473,7 +486,33 @@ impl Controller {
             return own;
         };
         let id = (self.step, self.step_started_ms);
-        super::fleet::sum(own, &fleet.remote_counters(), &self.route, id).0
+        let (sum, from) = super::fleet::sum(own, &fleet.remote_counters(), &self.route, id);
+        let mut n = self.fleet_nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if n.step != id {
+            *n = FleetNodes {
+                step: id,
+                ..FleetNodes::default()
+            };
+        }
+        let from: std::collections::BTreeSet<String> = from.into_iter().collect();
+        let gone: Vec<String> = n.seen.difference(&from).cloned().collect();
+        n.gone.extend(gone);
+        n.gone.retain(|g| !from.contains(g));
+        n.seen.extend(from);
+        sum
+    }
+
+    /// A gate reason, with the replicas whose counts of this step left with them.
+    fn with_fleet_note(&self, reason: String) -> String {
+        let n = self.fleet_nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if n.gone.is_empty() || n.step != (self.step, self.step_started_ms) {
+            return reason;
+        }
+        let names: Vec<&str> = n.gone.iter().map(String::as_str).collect();
+        format!(
+            "{reason} (replica {} left the fleet; its counts of this step are gone)",
+            names.join(", ")
+        )
     }
 
     fn pool_healthy(&self) -> bool {
@@ -634,10 +673,12 @@ impl Controller {
                             self.advance(f).await;
                         }
                         Verdict::Fail(reason) => {
+                            let reason = self.with_fleet_note(reason);
                             self.gate_failed(reason, f).await;
                             return;
                         }
                         Verdict::Wait(reason) => {
+                            let reason = self.with_fleet_note(reason);
                             let first = self.verdict != Some("waiting");
                             self.verdict = Some("waiting");
                             self.reason = Some(reason);

@@ -148,6 +148,8 @@ pub struct Status {
     pub step: usize,
     pub step_started: Option<Instant>,
     pub approval_deadline: Option<Instant>,
+    /// Fleet mode: the running step's start as written (Unix ms), which names its counts.
+    pub step_started_ms: u64,
     /// The running step's statistics (read live for the status).
     pub stats: Option<Arc<StepStats>>,
     /// Figures kept from the last judgement once the step's statistics are gone (the failing
@@ -450,7 +452,12 @@ pub fn status_json(rollouts: &Rollouts, rt: &Runtime, route: &str) -> Value {
     let now = Instant::now();
     let def = &s.def;
     let healthy = snap.pools.get(def.to.as_str()).map(|p| can_serve(p));
-    let figures = s.stats.as_ref().map(|st| st.figures()).or(s.figures);
+    let figures = s.stats.as_ref().map(|st| st.figures()).map(|f| match rt.cluster.get() {
+        // Fleet mode: the figures the leader judges on, the whole fleet's.
+        Some(fleet) => fleet::sum(f, &fleet.remote_counters(), route, (s.step, s.step_started_ms)).0,
+        None => f,
+    });
+    let figures = figures.or(s.figures);
     let mut gate = figures
         .map(|f| figures_json(def, &f))
         .unwrap_or_else(|| json!({}));
