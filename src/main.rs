@@ -431,7 +431,11 @@ fn cluster(action: ClusterAction) -> ExitCode {
         match &action {
             ClusterAction::Push { file, .. } => {
                 let rev = c::push(&fleet, file).await?;
-                println!("{}: pushed as revision {rev} of etcd:{}", file.display(), fleet.config_key());
+                println!(
+                    "{}: pushed as revision {rev} of etcd:{}",
+                    file.display(),
+                    fleet.config_key()
+                );
             }
             ClusterAction::Pull { .. } => print!("{}", c::pull(&fleet).await?.text),
             ClusterAction::Status { json, .. } => {

@@ -16,15 +16,25 @@ async fn an_api_split_on_one_replica_is_served_by_all_within_a_second_and_keeps_
     let b = bed.replica("b", "3s", "").await;
     let c = bed.replica("c", "3s", "").await;
     // A seeded the document from its file, comments and all.
-    let doc = bed.etcd.get(&bed.doc_key()).expect("the document was seeded");
+    let doc = bed
+        .etcd
+        .get(&bed.doc_key())
+        .expect("the document was seeded");
     assert!(doc.contains("# v1") && doc.contains("# the split"), "{doc}");
-    assert!(!doc.contains("[cluster]") && !doc.contains("[server]"), "{doc}");
+    assert!(
+        !doc.contains("[cluster]") && !doc.contains("[server]"),
+        "{doc}"
+    );
 
     let r = put_split(a.admin, 10, 90).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let took = until("B and C serve the split", Duration::from_secs(3), || async {
-        green_of(&status(b.admin).await) == 90 && green_of(&status(c.admin).await) == 90
-    })
+    let took = until(
+        "B and C serve the split",
+        Duration::from_secs(3),
+        || async {
+            green_of(&status(b.admin).await) == 90 && green_of(&status(c.admin).await) == 90
+        },
+    )
     .await;
     assert!(took < Duration::from_secs(1), "took {took:?}");
     let doc = bed.etcd.get(&bed.doc_key()).unwrap();
@@ -53,7 +63,10 @@ async fn concurrent_splits_on_two_replicas_both_land_in_order() {
     let b = bed.replica("b", "3s", "").await;
     let before = bed.etcd.mod_revision(&bed.doc_key());
     for round in 0..5u32 {
-        let (ra, rb) = tokio::join!(put_split(a.admin, 30 + round, 70), put_split(b.admin, 60 + round, 40));
+        let (ra, rb) = tokio::join!(
+            put_split(a.admin, 30 + round, 70),
+            put_split(b.admin, 60 + round, 40)
+        );
         assert_eq!(ra.status, 200, "{}", ra.body);
         assert_eq!(rb.status, 200, "{}", rb.body);
     }
@@ -75,14 +88,21 @@ async fn concurrent_splits_on_two_replicas_both_land_in_order() {
             format!("blue = {}, green = 70", 30 + round),
             format!("blue = {}, green = 40", 60 + round),
         ] {
-            assert!(seen.iter().any(|t| t.contains(&want)), "{want} lost: {seen:?}");
+            assert!(
+                seen.iter().any(|t| t.contains(&want)),
+                "{want} lost: {seen:?}"
+            );
         }
     }
     // Both replicas end on the last revision.
-    until("both replicas on the last revision", Duration::from_secs(2), || async {
-        status(a.admin).await["cluster"]["revision"] == now
-            && status(b.admin).await["cluster"]["revision"] == now
-    })
+    until(
+        "both replicas on the last revision",
+        Duration::from_secs(2),
+        || async {
+            status(a.admin).await["cluster"]["revision"] == now
+                && status(b.admin).await["cluster"]["revision"] == now
+        },
+    )
     .await;
 }
 
@@ -101,11 +121,15 @@ async fn a_drain_through_one_replica_drains_the_backend_on_every_replica() {
     .await;
     assert_eq!(r.status, 202, "{}", r.body);
     let draining = |s: &Value| s["pools"]["blue"]["backends"][0]["draining"] == true;
-    until("every replica drains blue", Duration::from_secs(1), || async {
-        draining(&status(a.admin).await)
-            && draining(&status(b.admin).await)
-            && draining(&status(c.admin).await)
-    })
+    until(
+        "every replica drains blue",
+        Duration::from_secs(1),
+        || async {
+            draining(&status(a.admin).await)
+                && draining(&status(b.admin).await)
+                && draining(&status(c.admin).await)
+        },
+    )
     .await;
     // No replica sends it new requests (green, the fallback, takes them).
     let hits = bed.blue.hits();
@@ -124,9 +148,11 @@ async fn a_drain_through_one_replica_drains_the_backend_on_every_replica() {
     )
     .await;
     assert_eq!(r.status, 202, "{}", r.body);
-    until("every replica restores blue", Duration::from_secs(1), || async {
-        !draining(&status(a.admin).await) && !draining(&status(b.admin).await)
-    })
+    until(
+        "every replica restores blue",
+        Duration::from_secs(1),
+        || async { !draining(&status(a.admin).await) && !draining(&status(b.admin).await) },
+    )
     .await;
 }
 
@@ -138,12 +164,18 @@ async fn a_bad_revision_changes_nothing_on_any_replica_and_is_reported() {
     let good = bed.etcd.get(&bed.doc_key()).unwrap();
     let good_rev = bed.etcd.mod_revision(&bed.doc_key());
     // A route naming a pool that does not exist, written behind veer's back.
-    let bad = good.replace("split = { blue = 100, green = 0 }", "split = { blue = 50, red = 50 }");
-    bed.etcd.ctl_with_stdin(&["put", &bed.doc_key()], Some(&bad));
+    let bad = good.replace(
+        "split = { blue = 100, green = 0 }",
+        "split = { blue = 50, red = 50 }",
+    );
+    bed.etcd
+        .ctl_with_stdin(&["put", &bed.doc_key()], Some(&bad));
     for v in [&a, &b] {
-        until("the bad revision is reported", Duration::from_secs(2), || async {
-            status(v.admin).await["cluster"]["document_error"].is_string()
-        })
+        until(
+            "the bad revision is reported",
+            Duration::from_secs(2),
+            || async { status(v.admin).await["cluster"]["document_error"].is_string() },
+        )
         .await;
         let s = status(v.admin).await;
         assert_eq!(s["cluster"]["revision"], good_rev, "{s}");
@@ -151,16 +183,26 @@ async fn a_bad_revision_changes_nothing_on_any_replica_and_is_reported() {
         let err = s["cluster"]["document_error"].as_str().unwrap();
         assert!(err.contains(&format!("etcd:{}:", bed.doc_key())), "{err}");
         let m = get(&format!("http://{}/metrics", v.admin)).await.body;
-        assert!(m.contains("veer_config_reloads_total{result=\"failure\"} 1"), "{m}");
+        assert!(
+            m.contains("veer_config_reloads_total{result=\"failure\"} 1"),
+            "{m}"
+        );
     }
     // Traffic is unchanged.
     let counts = count_bodies(&format!("http://{}/", a.addr), 20, &[]).await;
     assert_eq!(share(&counts, "blue"), 1.0, "{counts:?}");
     // A good revision after it is applied everywhere.
-    bed.etcd.ctl_with_stdin(&["put", &bed.doc_key()], Some(&good.replace("blue = 100, green = 0", "blue = 0, green = 100")));
-    until("a good revision is applied", Duration::from_secs(2), || async {
-        green_of(&status(a.admin).await) == 100 && green_of(&status(b.admin).await) == 100
-    })
+    bed.etcd.ctl_with_stdin(
+        &["put", &bed.doc_key()],
+        Some(&good.replace("blue = 100, green = 0", "blue = 0, green = 100")),
+    );
+    until(
+        "a good revision is applied",
+        Duration::from_secs(2),
+        || async {
+            green_of(&status(a.admin).await) == 100 && green_of(&status(b.admin).await) == 100
+        },
+    )
     .await;
     assert!(status(a.admin).await["cluster"]["document_error"].is_null());
 }
@@ -186,7 +228,10 @@ async fn exactly_one_leader_and_a_killed_leader_is_replaced_within_the_ttl() {
         }
         out
     }
-    until("one leader", Duration::from_secs(5), || async { leaders(&all(&reps).await).len() == 1 }).await;
+    until("one leader", Duration::from_secs(5), || async {
+        leaders(&all(&reps).await).len() == 1
+    })
+    .await;
     // Sampled for a while: never two.
     for _ in 0..20 {
         let ss = all(&reps).await;
@@ -195,8 +240,16 @@ async fn exactly_one_leader_and_a_killed_leader_is_replaced_within_the_ttl() {
     }
     let ss = all(&reps).await;
     let leader = leaders(&ss)[0].clone();
-    assert!(ss.iter().all(|s| s["cluster"]["leader"] == leader.as_str()), "{ss:?}");
-    assert_eq!(ss[0]["cluster"]["nodes"].as_array().unwrap().len(), 3, "{}", ss[0]);
+    assert!(
+        ss.iter().all(|s| s["cluster"]["leader"] == leader.as_str()),
+        "{ss:?}"
+    );
+    assert_eq!(
+        ss[0]["cluster"]["nodes"].as_array().unwrap().len(),
+        3,
+        "{}",
+        ss[0]
+    );
     let m = get(&format!("http://{}/metrics", reps[0].admin)).await.body;
     assert!(m.contains("veer_cluster_store_up 1"), "{m}");
     assert!(m.contains("veer_cluster_leader "), "{m}");
@@ -219,16 +272,27 @@ async fn store_outage_serves_the_last_config_refuses_changes_then_converges() {
     let a = bed.replica("a", "2s", "").await;
     let b = bed.replica("b", "2s", "").await;
     assert_eq!(put_split(a.admin, 50, 50).await.status, 200);
-    until("b applied", Duration::from_secs(2), || async { green_of(&status(b.admin).await) == 50 }).await;
+    until("b applied", Duration::from_secs(2), || async {
+        green_of(&status(b.admin).await) == 50
+    })
+    .await;
     // One member down: nothing changes.
     bed.etcd.kill(0);
     assert_eq!(put_split(b.admin, 40, 60).await.status, 200);
-    until("a applied", Duration::from_secs(3), || async { green_of(&status(a.admin).await) == 60 }).await;
+    until("a applied", Duration::from_secs(3), || async {
+        green_of(&status(a.admin).await) == 60
+    })
+    .await;
     // Quorum lost: requests keep flowing, readyz stays 200, API changes answer 503.
     bed.etcd.kill(1);
-    until("the replicas see the store down", Duration::from_secs(8), || async {
-        status(a.admin).await["cluster"]["store"] == "down" && status(b.admin).await["cluster"]["store"] == "down"
-    })
+    until(
+        "the replicas see the store down",
+        Duration::from_secs(8),
+        || async {
+            status(a.admin).await["cluster"]["store"] == "down"
+                && status(b.admin).await["cluster"]["store"] == "down"
+        },
+    )
     .await;
     let mut failed = 0;
     for v in [&a, &b] {
@@ -244,9 +308,16 @@ async fn store_outage_serves_the_last_config_refuses_changes_then_converges() {
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(json_of(&r)["error"], "cluster store unreachable");
     assert_eq!(green_of(&status(a.admin).await), 60, "nothing changed");
-    until("veer_cluster_store_up 0", Duration::from_secs(1), || async {
-        get(&format!("http://{}/metrics", a.admin)).await.body.contains("veer_cluster_store_up 0")
-    })
+    until(
+        "veer_cluster_store_up 0",
+        Duration::from_secs(1),
+        || async {
+            get(&format!("http://{}/metrics", a.admin))
+                .await
+                .body
+                .contains("veer_cluster_store_up 0")
+        },
+    )
     .await;
     // A replica restarted during the outage serves the fleet's config from its cache.
     let b_path = bed.path("b");
@@ -263,9 +334,14 @@ async fn store_outage_serves_the_last_config_refuses_changes_then_converges() {
     bed.etcd.restart(0);
     bed.etcd.restart(1);
     bed.etcd.wait_healthy(Duration::from_secs(20)).await;
-    until("the replicas see the store up", Duration::from_secs(8), || async {
-        status(a.admin).await["cluster"]["store"] == "up" && status(b.admin).await["cluster"]["store"] == "up"
-    })
+    until(
+        "the replicas see the store up",
+        Duration::from_secs(8),
+        || async {
+            status(a.admin).await["cluster"]["store"] == "up"
+                && status(b.admin).await["cluster"]["store"] == "up"
+        },
+    )
     .await;
     assert_eq!(put_split(b.admin, 20, 80).await.status, 200);
     until("converged", Duration::from_secs(3), || async {
@@ -275,7 +351,10 @@ async fn store_outage_serves_the_last_config_refuses_changes_then_converges() {
 }
 
 fn veer_cli(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(veer_bin()).args(args).output().unwrap()
+    std::process::Command::new(veer_bin())
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,13 +375,23 @@ async fn cluster_push_refuses_a_bad_file_with_its_errors_and_applies_a_good_one_
         ),
     )
     .unwrap();
-    let out = veer_cli(&["cluster", "push", "--config", local_s, bad.to_str().unwrap()]);
+    let out = veer_cli(&[
+        "cluster",
+        "push",
+        "--config",
+        local_s,
+        bad.to_str().unwrap(),
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     let bad_s = bad.display().to_string();
     assert!(stdout.contains(&format!("{bad_s}:3:")), "{stdout}");
     assert!(stdout.contains(&format!("{bad_s}:7:")), "{stdout}");
-    assert_eq!(bed.etcd.mod_revision(&bed.doc_key()), rev, "nothing written");
+    assert_eq!(
+        bed.etcd.mod_revision(&bed.doc_key()),
+        rev,
+        "nothing written"
+    );
     // A good file: every replica applies it.
     let good = bed.dir.path().join("good.toml");
     std::fs::write(
@@ -313,11 +402,25 @@ async fn cluster_push_refuses_a_bad_file_with_its_errors_and_applies_a_good_one_
         ),
     )
     .unwrap();
-    let out = veer_cli(&["cluster", "push", "--config", local_s, good.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    until("both replicas apply the push", Duration::from_secs(2), || async {
-        green_of(&status(a.admin).await) == 75 && green_of(&status(b.admin).await) == 75
-    })
+    let out = veer_cli(&[
+        "cluster",
+        "push",
+        "--config",
+        local_s,
+        good.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    until(
+        "both replicas apply the push",
+        Duration::from_secs(2),
+        || async {
+            green_of(&status(a.admin).await) == 75 && green_of(&status(b.admin).await) == 75
+        },
+    )
     .await;
     let out = veer_cli(&["cluster", "pull", "--config", local_s]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("# pushed by hand\n"));

@@ -17,7 +17,12 @@ fn doc_int(doc: &str, key: &str) -> Option<i64> {
 
 fn doc_state(doc: &str) -> Option<String> {
     let v: toml::Value = toml::from_str(doc).ok()?;
-    Some(v["routes"][0]["rollout"].get("state")?.as_str()?.to_string())
+    Some(
+        v["routes"][0]["rollout"]
+            .get("state")?
+            .as_str()?
+            .to_string(),
+    )
 }
 
 fn now_ms() -> i64 {
@@ -51,7 +56,9 @@ async fn a_killed_leader_is_replaced_and_the_new_one_resumes_the_same_step_with_
     let key = bed.doc_key();
     // Step 1 written by the leader, with its start time, before it takes effect.
     until("step 1 written", Duration::from_secs(10), || async {
-        bed.etcd.get(&key).is_some_and(|d| doc_int(&d, "step") == Some(1))
+        bed.etcd
+            .get(&key)
+            .is_some_and(|d| doc_int(&d, "step") == Some(1))
     })
     .await;
     let doc = bed.etcd.get(&key).unwrap();
@@ -60,7 +67,6 @@ async fn a_killed_leader_is_replaced_and_the_new_one_resumes_the_same_step_with_
     let started = doc_int(&doc, "step_started_ms").expect("the step's start time is written");
     // Every replica serves the step; exactly one leads, at every sample.
     for r in &reps {
-        let r = &*r;
         until("the step is served", Duration::from_secs(1), || async {
             green_of(&status(r.admin).await) == 50
         })
@@ -81,7 +87,10 @@ async fn a_killed_leader_is_replaced_and_the_new_one_resumes_the_same_step_with_
         l.len() == 1 && l[0] != leader
     })
     .await;
-    assert!(took < Duration::from_secs(4), "took {took:?} (lease_ttl 2s + 2s)");
+    assert!(
+        took < Duration::from_secs(4),
+        "took {took:?} (lease_ttl 2s + 2s)"
+    );
     let new_leader = leaders(&rest).await.remove(0);
     let mut nl = rest[0];
     for r in &rest {
@@ -103,10 +112,16 @@ async fn a_killed_leader_is_replaced_and_the_new_one_resumes_the_same_step_with_
     );
     let doc = bed.etcd.get(&key).unwrap();
     assert_eq!(doc_int(&doc, "step"), Some(1), "{doc}");
-    assert_eq!(doc_int(&doc, "step_started_ms"), Some(started), "the step's clock is kept");
+    assert_eq!(
+        doc_int(&doc, "step_started_ms"),
+        Some(started),
+        "the step's clock is kept"
+    );
     // The rollout goes on as it would have: the next step starts one interval after step 1.
     until("step 2 written", Duration::from_secs(10), || async {
-        bed.etcd.get(&key).is_some_and(|d| doc_int(&d, "step") == Some(2))
+        bed.etcd
+            .get(&key)
+            .is_some_and(|d| doc_int(&d, "step") == Some(2))
     })
     .await;
     let doc = bed.etcd.get(&key).unwrap();
@@ -126,7 +141,10 @@ async fn a_killed_leader_is_replaced_and_the_new_one_resumes_the_same_step_with_
         })
         .await;
     }
-    assert_eq!(doc_state(&bed.etcd.get(&key).unwrap()).as_deref(), Some("rolled_back"));
+    assert_eq!(
+        doc_state(&bed.etcd.get(&key).unwrap()).as_deref(),
+        Some("rolled_back")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,14 +158,21 @@ async fn a_deposed_leader_that_wakes_up_late_writes_nothing() {
     ];
     let key = bed.doc_key();
     until("the rollout runs", Duration::from_secs(10), || async {
-        bed.etcd.get(&key).is_some_and(|d| doc_int(&d, "step") == Some(1))
+        bed.etcd
+            .get(&key)
+            .is_some_and(|d| doc_int(&d, "step") == Some(1))
     })
     .await;
     let all: Vec<&VeerProcess> = reps.iter().collect();
     let leader = leaders(&all).await.remove(0);
     let i = ["a", "b", "c"].iter().position(|n| *n == leader).unwrap();
     let old = &reps[i];
-    let others: Vec<&VeerProcess> = reps.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, r)| r).collect();
+    let others: Vec<&VeerProcess> = reps
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(_, r)| r)
+        .collect();
     old.signal("STOP");
     until("another leader", Duration::from_secs(6), || async {
         let l = leaders(&others).await;
@@ -156,27 +181,36 @@ async fn a_deposed_leader_that_wakes_up_late_writes_nothing() {
     .await;
     let rev_before = bed.etcd.mod_revision(&key);
     // Past the TTL and a step of the new leader's, wake the old one.
-    until("the new leader takes a step", Duration::from_secs(4), || async {
-        bed.etcd.mod_revision(&key) > rev_before
-    })
+    until(
+        "the new leader takes a step",
+        Duration::from_secs(4),
+        || async { bed.etcd.mod_revision(&key) > rev_before },
+    )
     .await;
     let log_at = old.stderr.lock().unwrap().len();
     let from_rev = bed.etcd.mod_revision(&key);
     old.signal("CONT");
     until("the rollout succeeds", Duration::from_secs(15), || async {
-        bed.etcd.get(&key).is_some_and(|d| doc_state(&d).as_deref() == Some("succeeded"))
+        bed.etcd
+            .get(&key)
+            .is_some_and(|d| doc_state(&d).as_deref() == Some("succeeded"))
     })
     .await;
     let s = status(old.admin).await;
     assert_eq!(s["cluster"]["is_leader"], false, "{s}");
     assert_eq!(green_of(&s), 100, "the old leader follows the fleet: {s}");
     let log = old.stderr.lock().unwrap()[log_at..].to_string();
-    assert!(!log.contains("changed in the fleet document"), "the deposed leader wrote:\n{log}");
+    assert!(
+        !log.contains("changed in the fleet document"),
+        "the deposed leader wrote:\n{log}"
+    );
     // The steps in the store's history never went back.
     let mut rev = bed.etcd.mod_revision(&key);
     let mut steps = Vec::new();
     while rev >= from_rev {
-        let Some((mr, text)) = bed.etcd.get_at(&key, rev) else { break };
+        let Some((mr, text)) = bed.etcd.get_at(&key, rev) else {
+            break;
+        };
         steps.push(doc_int(&text, "step").unwrap_or(0));
         rev = mr - 1;
     }
@@ -196,7 +230,9 @@ async fn the_gate_sums_the_fleet_so_a_rollout_no_single_replica_could_pass_succe
     ];
     let key = bed.doc_key();
     until("step 0 written", Duration::from_secs(10), || async {
-        bed.etcd.get(&key).is_some_and(|d| doc_int(&d, "step") == Some(0) && doc_int(&d, "step_started_ms").is_some())
+        bed.etcd.get(&key).is_some_and(|d| {
+            doc_int(&d, "step") == Some(0) && doc_int(&d, "step_started_ms").is_some()
+        })
     })
     .await;
     let all: Vec<&VeerProcess> = reps.iter().collect();
@@ -214,7 +250,11 @@ async fn the_gate_sums_the_fleet_so_a_rollout_no_single_replica_could_pass_succe
         }
         samples += 1;
         if samples % 10 == 0 {
-            assert_eq!(leaders(&all).await.len(), 1, "exactly one leader at every sample");
+            assert_eq!(
+                leaders(&all).await.len(),
+                1,
+                "exactly one leader at every sample"
+            );
             let doc = bed.etcd.get(&key).unwrap();
             step = doc_int(&doc, "step").unwrap_or(0);
             if doc_state(&doc).as_deref() == Some("succeeded") {
@@ -227,10 +267,15 @@ async fn the_gate_sums_the_fleet_so_a_rollout_no_single_replica_could_pass_succe
     assert_eq!(doc_state(&doc).as_deref(), Some("succeeded"), "{doc}");
     // No replica alone saw min_requests of green in step 0; the fleet did.
     assert!(green_in_step0.iter().all(|&n| n < 35), "{green_in_step0:?}");
-    assert!(green_in_step0.iter().sum::<usize>() >= 35, "{green_in_step0:?}");
+    assert!(
+        green_in_step0.iter().sum::<usize>() >= 35,
+        "{green_in_step0:?}"
+    );
     for r in &reps {
-        let r = r;
-        until("green everywhere", Duration::from_secs(1), || async { green_of(&status(r.admin).await) == 100 }).await;
+        until("green everywhere", Duration::from_secs(1), || async {
+            green_of(&status(r.admin).await) == 100
+        })
+        .await;
     }
 }
 
@@ -244,11 +289,16 @@ async fn quorum_lost_mid_rollout_takes_no_step_and_the_rollout_goes_on_when_it_i
     ];
     let key = bed.doc_key();
     until("step 1 written", Duration::from_secs(10), || async {
-        bed.etcd.get(&key).is_some_and(|d| doc_int(&d, "step") == Some(1))
+        bed.etcd
+            .get(&key)
+            .is_some_and(|d| doc_int(&d, "step") == Some(1))
     })
     .await;
     for r in &reps {
-        until("step 1 served", Duration::from_secs(1), || async { green_of(&status(r.admin).await) == 50 }).await;
+        until("step 1 served", Duration::from_secs(1), || async {
+            green_of(&status(r.admin).await) == 50
+        })
+        .await;
     }
     bed.etcd.kill(1);
     bed.etcd.kill(2);
@@ -256,7 +306,11 @@ async fn quorum_lost_mid_rollout_takes_no_step_and_the_rollout_goes_on_when_it_i
     let end = std::time::Instant::now() + Duration::from_secs(4);
     while std::time::Instant::now() < end {
         for r in &reps {
-            assert_eq!(green_of(&status(r.admin).await), 50, "a step was taken without the store");
+            assert_eq!(
+                green_of(&status(r.admin).await),
+                50,
+                "a step was taken without the store"
+            );
             assert_eq!(get(&format!("http://{}/", r.addr)).await.status, 200);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -265,11 +319,16 @@ async fn quorum_lost_mid_rollout_takes_no_step_and_the_rollout_goes_on_when_it_i
     bed.etcd.restart(2);
     bed.etcd.wait_healthy(Duration::from_secs(20)).await;
     until("the rollout succeeds", Duration::from_secs(15), || async {
-        bed.etcd.get(&key).is_some_and(|d| doc_state(&d).as_deref() == Some("succeeded"))
+        bed.etcd
+            .get(&key)
+            .is_some_and(|d| doc_state(&d).as_deref() == Some("succeeded"))
     })
     .await;
     for r in &reps {
-        until("converged", Duration::from_secs(2), || async { green_of(&status(r.admin).await) == 100 }).await;
+        until("converged", Duration::from_secs(2), || async {
+            green_of(&status(r.admin).await) == 100
+        })
+        .await;
     }
 }
 
@@ -285,7 +344,9 @@ async fn a_replica_that_dies_takes_its_counts_away_and_the_leader_says_so() {
     ];
     let key = bed.doc_key();
     until("step 0 written", Duration::from_secs(10), || async {
-        bed.etcd.get(&key).is_some_and(|d| doc_int(&d, "step_started_ms").is_some())
+        bed.etcd
+            .get(&key)
+            .is_some_and(|d| doc_int(&d, "step_started_ms").is_some())
     })
     .await;
     let leader = {
@@ -298,25 +359,40 @@ async fn a_replica_that_dies_takes_its_counts_away_and_the_leader_says_so() {
     // Traffic through the follower, counted by it and summed by the leader.
     let started = doc_int(&bed.etcd.get(&key).unwrap(), "step_started_ms").unwrap();
     let ckey = format!("{}/counters/{follower}", bed.prefix);
-    until("the follower counts the step", Duration::from_secs(3), || async {
-        bed.etcd.get(&ckey).is_some_and(|v| v.contains(&format!("\"started_ms\":{started}")))
-    })
+    until(
+        "the follower counts the step",
+        Duration::from_secs(3),
+        || async {
+            bed.etcd
+                .get(&ckey)
+                .is_some_and(|v| v.contains(&format!("\"started_ms\":{started}")))
+        },
+    )
     .await;
     for _ in 0..20 {
         get(&format!("http://{}/", reps[fi].addr)).await;
     }
     let leader_admin = reps[li].admin;
-    until("the leader sums the follower's counts", Duration::from_secs(5), || async {
-        let g = &status(leader_admin).await["routes"][0]["rollout"]["gate"];
-        g["requests"].as_u64().unwrap_or(0) + g["baseline"]["requests"].as_u64().unwrap_or(0) >= 20
-    })
+    until(
+        "the leader sums the follower's counts",
+        Duration::from_secs(5),
+        || async {
+            let g = &status(leader_admin).await["routes"][0]["rollout"]["gate"];
+            g["requests"].as_u64().unwrap_or(0) + g["baseline"]["requests"].as_u64().unwrap_or(0)
+                >= 20
+        },
+    )
     .await;
     reps.remove(fi).signal("KILL");
     let want = format!("replica {follower} left the fleet");
-    until("the gate's reason names the dead replica", Duration::from_secs(6), || async {
-        status(leader_admin).await["routes"][0]["rollout"]["gate"]["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains(&want))
-    })
+    until(
+        "the gate's reason names the dead replica",
+        Duration::from_secs(6),
+        || async {
+            status(leader_admin).await["routes"][0]["rollout"]["gate"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(&want))
+        },
+    )
     .await;
 }

@@ -4,10 +4,10 @@
 //! changes; `?force=true` applies a change that cannot be written in memory only.
 
 use super::{error, json, AdminResponse};
+use crate::cluster::FleetError;
 use crate::config::state::Change;
 use crate::config::writeback::WritebackError;
 use crate::config::ConfigErrors;
-use crate::cluster::FleetError;
 use crate::control::Control;
 use crate::control::{self as reload, ChangeError, ReloadError, ReloadReport, Trigger, Unwritable};
 use bytes::Bytes;
@@ -118,9 +118,10 @@ fn change_error(e: ChangeError) -> AdminResponse {
         ChangeError::Cluster(FleetError::Invalid(errors) | FleetError::DocumentInvalid(errors)) => {
             errors_json(StatusCode::CONFLICT, &e, errors)
         }
-        ChangeError::Cluster(FleetError::Store(_)) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; nothing was changed"))
-        }
+        ChangeError::Cluster(FleetError::Store(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{e}; nothing was changed"),
+        ),
         ChangeError::Cluster(_) => error(StatusCode::CONFLICT, format!("{e}; nothing was changed")),
         ChangeError::Invalid(errors) => errors_json(StatusCode::BAD_REQUEST, &e, errors),
         ChangeError::FileInvalid(errors) => errors_json(StatusCode::CONFLICT, &e, errors),

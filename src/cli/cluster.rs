@@ -37,9 +37,8 @@ pub fn open(local: &Path) -> Result<Arc<Fleet>, ClusterCliError> {
 /// Validate `file` (a whole config file, or only its pools and routes) and make its pools
 /// and routes the fleet's document. The new revision.
 pub async fn push(fleet: &Fleet, file: &Path) -> Result<i64, ClusterCliError> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        ClusterCliError::Config(format!("{}: cannot read: {e}", file.display()))
-    })?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ClusterCliError::Config(format!("{}: cannot read: {e}", file.display())))?;
     // Checked as the file it is, so errors point into it.
     Config::parse(file, &text).map_err(ClusterCliError::Invalid)?;
     let doc = document::seed_text(&text).map_err(ClusterCliError::Config)?;
@@ -57,7 +56,11 @@ pub async fn pull(fleet: &Fleet) -> Result<cluster::Revision, ClusterCliError> {
 /// The fleet as the store sees it: document revision, leader, replicas.
 pub async fn status(fleet: &Fleet) -> Result<Value, ClusterCliError> {
     let doc = fleet.read_document().await?;
-    let leader = fleet.store.get(&fleet.leader_key(), false).await.map_err(FleetError::from)?;
+    let leader = fleet
+        .store
+        .get(&fleet.leader_key(), false)
+        .await
+        .map_err(FleetError::from)?;
     let p = fleet.nodes_prefix();
     let nodes = fleet.store.get(&p, true).await.map_err(FleetError::from)?;
     let now = std::time::SystemTime::now()
@@ -84,7 +87,11 @@ pub fn render(v: &Value) -> String {
     if let Some(node) = v["node"].as_str() {
         out.push_str(&format!(
             "fleet: this replica is {node}{}, store {}, document revision {}\n",
-            if v["is_leader"] == true { " (leader)" } else { "" },
+            if v["is_leader"] == true {
+                " (leader)"
+            } else {
+                ""
+            },
             v["store"].as_str().unwrap_or("?"),
             v["revision"]
         ));

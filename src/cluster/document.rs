@@ -84,7 +84,11 @@ pub fn cache_text(revision: i64, text: &str) -> String {
 /// The revision and document of a cache file.
 pub fn parse_cache(text: &str) -> Option<(i64, &str)> {
     let (first, rest) = text.split_once('\n')?;
-    let rev = first.strip_prefix("# veer fleet cache: revision ")?.trim().parse().ok()?;
+    let rev = first
+        .strip_prefix("# veer fleet cache: revision ")?
+        .trim()
+        .parse()
+        .ok()?;
     Some((rev, rest))
 }
 
@@ -106,7 +110,10 @@ mod tests {
         let seed = seed_text(LOCAL).unwrap();
         assert!(seed.contains("# the pools"), "{seed}");
         assert!(seed.contains("# v1"), "{seed}");
-        assert!(!seed.contains("[server]") && !seed.contains("[cluster]"), "{seed}");
+        assert!(
+            !seed.contains("[server]") && !seed.contains("[cluster]"),
+            "{seed}"
+        );
         let c = parse(Path::new("etcd:/t/config"), &seed).unwrap();
         assert_eq!(c.routes[0].name, "web");
     }

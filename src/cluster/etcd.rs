@@ -11,8 +11,7 @@
 //! renewed once per call.
 
 use super::store::{
-    prefix_end, Compare, Event, Kv, Op, Range, Store, StoreError, TxnResult, WatchItem,
-    WatchStream,
+    prefix_end, Compare, Event, Kv, Op, Range, Store, StoreError, TxnResult, WatchItem, WatchStream,
 };
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -149,7 +148,9 @@ impl Etcd {
         let mut roots = rustls::RootCertStore::empty();
         match &opts.ca {
             Some(ca) => {
-                for c in crate::tls::read_certs(ca).map_err(|e| EtcdSetupError::Tls(e.to_string()))? {
+                for c in
+                    crate::tls::read_certs(ca).map_err(|e| EtcdSetupError::Tls(e.to_string()))?
+                {
                     roots
                         .add(c)
                         .map_err(|e| EtcdSetupError::Tls(e.to_string()))?;
@@ -260,7 +261,11 @@ impl Etcd {
         while i < n {
             let at = (first + i) % n;
             if self.credentials.is_some()
-                && self.token.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+                && self
+                    .token
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_none()
             {
                 if let Err(e) = self.authenticate(at).await {
                     match e {
@@ -286,7 +291,9 @@ impl Etcd {
                     *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     continue;
                 }
-                Err(CallError::Auth) => return Err(StoreError::Store("authentication failed".into())),
+                Err(CallError::Auth) => {
+                    return Err(StoreError::Store("authentication failed".into()))
+                }
                 Err(CallError::Store(m)) => return Err(StoreError::Store(m)),
                 Err(CallError::Endpoint(m)) => {
                     last = format!("{}: {m}", self.endpoints[at]);
@@ -318,11 +325,7 @@ impl Etcd {
         Ok(())
     }
 
-    async fn watch_on(
-        &self,
-        prefix: &str,
-        from: i64,
-    ) -> Result<WatchStream, StoreError> {
+    async fn watch_on(&self, prefix: &str, from: i64) -> Result<WatchStream, StoreError> {
         let n = self.endpoints.len();
         let first = self.current.load(Ordering::Relaxed) % n;
         let body = json!({"create_request": {
@@ -399,7 +402,9 @@ impl Etcd {
                 };
                 let data = match frame {
                     None => {
-                        let _ = tx.send(Err(StoreError::Unreachable("the watch ended".into()))).await;
+                        let _ = tx
+                            .send(Err(StoreError::Unreachable("the watch ended".into())))
+                            .await;
                         return;
                     }
                     Some(Err(e)) => {
@@ -643,7 +648,9 @@ mod tests {
             serde_json::from_str(r#"{"result":{"canceled":true,"compact_revision":"5"}}"#).unwrap();
         assert!(matches!(
             watch_item(&c),
-            Ok(WatchItem::Compacted { compact_revision: 5 })
+            Ok(WatchItem::Compacted {
+                compact_revision: 5
+            })
         ));
     }
 }

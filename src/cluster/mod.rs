@@ -131,8 +131,10 @@ fn now_ms() -> u64 {
 pub fn connect(cfg: &ClusterConfig) -> Result<etcd::Etcd, String> {
     let credentials = match (&cfg.username_env, &cfg.password_env) {
         (Some(u), Some(p)) => {
-            let user = std::env::var(u).map_err(|_| format!("cluster.username_env: {u} is not set"))?;
-            let pass = std::env::var(p).map_err(|_| format!("cluster.password_env: {p} is not set"))?;
+            let user =
+                std::env::var(u).map_err(|_| format!("cluster.username_env: {u} is not set"))?;
+            let pass =
+                std::env::var(p).map_err(|_| format!("cluster.password_env: {p} is not set"))?;
             Some((user, pass))
         }
         _ => None,
@@ -205,7 +207,10 @@ impl Fleet {
     }
     /// A rollback applied here that the store could not take yet.
     pub fn remember_rollback(&self, c: crate::config::state::Change) {
-        self.rollbacks.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        self.rollbacks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(c);
     }
 
     /// The rollbacks still to write (taken).
@@ -215,17 +220,27 @@ impl Fleet {
 
     /// The other replicas' rollout counters (node, value), as last read.
     pub fn remote_counters(&self) -> Vec<(String, Vec<u8>)> {
-        self.remote_counters.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.remote_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Keep what the leader read of the other replicas' counters.
     pub fn set_remote_counters(&self, c: Vec<(String, Vec<u8>)>) {
-        *self.remote_counters.lock().unwrap_or_else(|p| p.into_inner()) = c;
+        *self
+            .remote_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = c;
     }
 
     /// The leader's node name, as last read from the store.
     pub fn leader(&self) -> Option<String> {
-        self.info.lock().unwrap_or_else(|p| p.into_inner()).leader.clone()
+        self.info
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .leader
+            .clone()
     }
 
     /// This replica's lease (0: none now).
@@ -237,13 +252,18 @@ impl Fleet {
     pub fn set_applied(&self, revision: i64, doc: Arc<Config>) {
         self.revision.store(revision, Ordering::Release);
         *self.doc.lock().unwrap_or_else(|p| p.into_inner()) = Some(doc);
-        self.info.lock().unwrap_or_else(|p| p.into_inner()).document_error = None;
+        self.info
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .document_error = None;
     }
 
     /// A revision that failed validation (live config unchanged).
     pub fn set_document_error(&self, revision: i64, why: &ConfigErrors) {
-        self.info.lock().unwrap_or_else(|p| p.into_inner()).document_error =
-            Some(format!("revision {revision}: {why}"));
+        self.info
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .document_error = Some(format!("revision {revision}: {why}"));
     }
 
     /// A reloaded local file with the fleet's pools and routes in place of its own.
@@ -406,12 +426,21 @@ impl Fleet {
     }
 
     /// Drain or restore a backend on every replica: a compare-and-swap of the drains key.
-    pub async fn write_drain(&self, pool: &str, addr: SocketAddr, on: bool) -> Result<BTreeSet<String>, FleetError> {
+    pub async fn write_drain(
+        &self,
+        pool: &str,
+        addr: SocketAddr,
+        on: bool,
+    ) -> Result<BTreeSet<String>, FleetError> {
         let entry = drain_entry(pool, addr);
         let key = self.drains_key();
         for _ in 0..CAS_TRIES {
             let (rev, mut set) = self.read_drains().await?;
-            let changed = if on { set.insert(entry.clone()) } else { set.remove(&entry) };
+            let changed = if on {
+                set.insert(entry.clone())
+            } else {
+                set.remove(&entry)
+            };
             if !changed {
                 return Ok(set);
             }
@@ -457,8 +486,7 @@ impl Fleet {
     pub async fn read_counters(&self) -> Result<Vec<(String, Vec<u8>)>, FleetError> {
         let p = self.counters_prefix();
         let r = self.store.get(&p, true).await?;
-        Ok(r
-            .kvs
+        Ok(r.kvs
             .into_iter()
             .map(|kv| (kv.key[p.len()..].to_string(), kv.value))
             .collect())
@@ -532,7 +560,8 @@ impl Fleet {
         let lease = self.lease.swap(0, Ordering::AcqRel);
         self.step_down("veer is shutting down");
         if lease != 0 {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.store.lease_revoke(lease)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), self.store.lease_revoke(lease)).await;
         }
     }
 
@@ -552,7 +581,10 @@ impl Fleet {
             }
         }
         if lease == 0 {
-            lease = self.store.lease_grant(self.ttl.as_secs().max(1) as i64).await?;
+            lease = self
+                .store
+                .lease_grant(self.ttl.as_secs().max(1) as i64)
+                .await?;
             self.lease.store(lease, Ordering::Release);
         }
         let me = json!({"node": self.node, "seen_ms": now_ms()}).to_string();
@@ -567,7 +599,13 @@ impl Fleet {
             )
             .await?;
         let leader_key = self.leader_key();
-        let mut current = self.store.get(&leader_key, false).await?.kvs.into_iter().next();
+        let mut current = self
+            .store
+            .get(&leader_key, false)
+            .await?
+            .kvs
+            .into_iter()
+            .next();
         if current.is_none() {
             let r = self
                 .store
@@ -583,9 +621,17 @@ impl Fleet {
             if !r.succeeded {
                 tracing::debug!("another replica took the leader key first");
             }
-            current = self.store.get(&leader_key, false).await?.kvs.into_iter().next();
+            current = self
+                .store
+                .get(&leader_key, false)
+                .await?
+                .kvs
+                .into_iter()
+                .next();
         }
-        let leader = current.as_ref().map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        let leader = current
+            .as_ref()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
         match &current {
             Some(kv) if kv.value == self.node.as_bytes() && kv.lease == lease => {
                 self.become_leader(kv.create_revision)
@@ -601,7 +647,10 @@ impl Fleet {
             .into_iter()
             .map(|kv| {
                 let v: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
-                (kv.key[p.len()..].to_string(), v["seen_ms"].as_u64().unwrap_or(0))
+                (
+                    kv.key[p.len()..].to_string(),
+                    v["seen_ms"].as_u64().unwrap_or(0),
+                )
             })
             .collect();
         let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());

@@ -115,8 +115,11 @@ pub trait Store: Send + Sync + 'static {
     /// Read `key`, or every key starting with it when `prefix`.
     fn get(&self, key: &str, prefix: bool) -> BoxFuture<'_, Result<Range, StoreError>>;
     /// If every compare holds, make the writes, in one transaction.
-    fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>)
-        -> BoxFuture<'_, Result<TxnResult, StoreError>>;
+    fn txn(
+        &self,
+        compares: Vec<Compare>,
+        ops: Vec<Op>,
+    ) -> BoxFuture<'_, Result<TxnResult, StoreError>>;
     /// Watch every key under `prefix` from revision `from` (inclusive).
     fn watch(&self, prefix: &str, from: i64) -> BoxFuture<'_, Result<WatchStream, StoreError>>;
     /// A new lease of `ttl_secs`; its id.

@@ -136,7 +136,9 @@ impl Change {
                 writeback::set_split(doc, route, split)?;
                 writeback::set_rollout_progress(doc, route, *state, *step)?;
                 match clock {
-                    Some(c) => writeback::set_rollout_clock(doc, route, c.started_ms, c.deadline_ms),
+                    Some(c) => {
+                        writeback::set_rollout_clock(doc, route, c.started_ms, c.deadline_ms)
+                    }
                     None => Ok(()),
                 }
             }

@@ -313,7 +313,10 @@ pub fn set_rollout_clock(
     deadline_ms: Option<u64>,
 ) -> Result<(), WritebackError> {
     let t = route_table(doc, route)?;
-    let fields = [("step_started_ms", started_ms), ("approval_deadline_ms", deadline_ms)];
+    let fields = [
+        ("step_started_ms", started_ms),
+        ("approval_deadline_ms", deadline_ms),
+    ];
     match t.get_mut("rollout") {
         Some(toml_edit::Item::Table(r)) => {
             for (k, v) in fields {

@@ -7,12 +7,12 @@
 
 use super::apply::{commit, stage, unchanged, ApplyError, ReloadReport};
 use super::change::ChangeError;
+use super::Control;
 use crate::cluster::store::{Event, WatchItem};
 use crate::cluster::{self, document, Fleet, FleetError, Revision};
 use crate::config::state::Change;
 use crate::config::writeback::WritebackError;
 use crate::config::{Config, RolloutState};
-use super::Control;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -32,7 +32,9 @@ pub enum FleetStartError {
     NothingToSeed,
     #[error("[cluster]: the store is unreachable ({0}) and there is no usable {1} to start from")]
     NoCache(String, String),
-    #[error("[cluster]: the fleet document in the store is invalid and there is no usable cache:\n{0}")]
+    #[error(
+        "[cluster]: the fleet document in the store is invalid and there is no usable cache:\n{0}"
+    )]
     Invalid(crate::config::ConfigErrors),
 }
 
@@ -96,7 +98,9 @@ pub async fn prepare(
                     (r.revision, doc)
                 }
                 Err(e) => {
-                    tracing::error!("the fleet document in the store is invalid; starting from the cache:\n{e}");
+                    tracing::error!(
+                        "the fleet document in the store is invalid; starting from the cache:\n{e}"
+                    );
                     fleet.set_document_error(r.revision, &e);
                     from_cache().ok_or(FleetStartError::Invalid(e))?
                 }
@@ -109,7 +113,10 @@ pub async fn prepare(
                 .map(|c| c.display().to_string())
                 .unwrap_or_else(|| "fleet cache".into());
             let (rev, doc) = from_cache().ok_or(FleetStartError::NoCache(e.to_string(), name))?;
-            tracing::warn!(revision = rev, "cluster store unreachable ({e}); serving the fleet's config from the cache");
+            tracing::warn!(
+                revision = rev,
+                "cluster store unreachable ({e}); serving the fleet's config from the cache"
+            );
             (rev, doc)
         }
     };
@@ -153,7 +160,10 @@ async fn lead(rt: Arc<Control>, fleet: Arc<Fleet>) {
         let leading = *rx.borrow_and_update();
         // Under the change lock, so no revision is applied halfway through.
         let _lock = rt.change_lock.lock().await;
-        tracing::info!(leading, "fleet leadership changed; rollout controllers follow");
+        tracing::info!(
+            leading,
+            "fleet leadership changed; rollout controllers follow"
+        );
         rt.rollouts.leadership_changed(&rt.config());
     }
 }
@@ -197,7 +207,8 @@ async fn counters(rt: Arc<Control>, fleet: Arc<Fleet>) {
         if empty && published_empty {
             continue;
         }
-        let sent = tokio::time::timeout(Duration::from_secs(1), fleet.publish_counters(value)).await;
+        let sent =
+            tokio::time::timeout(Duration::from_secs(1), fleet.publish_counters(value)).await;
         published_empty = empty && matches!(sent, Ok(Ok(())));
     }
 }
@@ -210,7 +221,10 @@ async fn gauges(rt: Arc<Control>, fleet: Arc<Fleet>) {
         let _ = reg.register(Box::new(g.clone()));
         g
     };
-    let leader = make("veer_cluster_leader", "1 while this replica leads the fleet");
+    let leader = make(
+        "veer_cluster_leader",
+        "1 while this replica leads the fleet",
+    );
     let up = make("veer_cluster_store_up", "1 while the cluster store answers");
     let rev = make(
         "veer_cluster_config_revision",
@@ -273,11 +287,16 @@ async fn follow(rt: Arc<Control>, fleet: Arc<Fleet>) {
                     }
                 }
                 Some(Ok(WatchItem::Compacted { compact_revision })) => {
-                    tracing::info!(compact_revision, "fleet watch compacted; reading the document again");
+                    tracing::info!(
+                        compact_revision,
+                        "fleet watch compacted; reading the document again"
+                    );
                     break;
                 }
                 Some(Err(e)) => {
-                    tracing::info!("fleet watch ended ({e}); watching again from the last revision applied");
+                    tracing::info!(
+                        "fleet watch ended ({e}); watching again from the last revision applied"
+                    );
                     break;
                 }
                 None => break,
@@ -389,14 +408,20 @@ fn apply_revision_locked(
     if rev.revision <= fleet.revision() {
         return Ok(unchanged(rt));
     }
-    let doc = match doc.map(Ok).unwrap_or_else(|| document::parse(&fleet.doc_name(), &rev.text)) {
+    let doc = match doc
+        .map(Ok)
+        .unwrap_or_else(|| document::parse(&fleet.doc_name(), &rev.text))
+    {
         Ok(d) => d,
         Err(errors) => {
             rt.metrics.reloads.with_label_values(&["failure"]).inc();
             for e in &errors.0 {
                 tracing::error!("{e}");
             }
-            tracing::error!(revision = rev.revision, "fleet document refused; the old config stays live");
+            tracing::error!(
+                revision = rev.revision,
+                "fleet document refused; the old config stays live"
+            );
             fleet.set_document_error(rev.revision, &errors);
             return Err(RevisionError::Invalid(errors));
         }
@@ -411,13 +436,21 @@ fn apply_revision_locked(
             Ok(r) => r,
             Err(e) => {
                 rt.metrics.reloads.with_label_values(&["failure"]).inc();
-                tracing::error!(revision = rev.revision, "cannot apply the fleet document: {e}");
+                tracing::error!(
+                    revision = rev.revision,
+                    "cannot apply the fleet document: {e}"
+                );
                 return Err(e.into());
             }
         }
     };
     rt.metrics.reloads.with_label_values(&["success"]).inc();
-    tracing::info!(revision = rev.revision, version = report.applied.version, changed = report.changed, "fleet document applied");
+    tracing::info!(
+        revision = rev.revision,
+        version = report.applied.version,
+        changed = report.changed,
+        "fleet document applied"
+    );
     fleet.set_applied(rev.revision, Arc::new(doc));
     write_cache(rt.config_path.as_deref(), &rev);
     Ok(report)
@@ -433,7 +466,13 @@ pub async fn commit_progress(
 ) -> Result<ReloadReport, ChangeError> {
     match change_on(rt, fleet, change).await {
         Err(ChangeError::Cluster(FleetError::Unreachable(why)))
-            if matches!(change, Change::Progress { state: RolloutState::RolledBack, .. }) =>
+            if matches!(
+                change,
+                Change::Progress {
+                    state: RolloutState::RolledBack,
+                    ..
+                }
+            ) =>
         {
             let lock = rt.change_lock.lock().await;
             let mut next = (*rt.config()).clone();
@@ -452,18 +491,24 @@ pub async fn commit_progress(
 /// document's rollout still stands where it was rolled back from.
 pub async fn write_pending(rt: &Control, fleet: &Arc<Fleet>) {
     for change in fleet.take_rollbacks() {
-        let Change::Progress { route, step, .. } = &change else { continue };
+        let Change::Progress { route, step, .. } = &change else {
+            continue;
+        };
         let (route, step) = (route.clone(), *step);
         let edit = |d: &mut toml_edit::DocumentMut| {
             let still = d
                 .get("routes")
                 .and_then(|r| r.as_array_of_tables())
-                .and_then(|rs| rs.iter().find(|t| t.get("name").and_then(|n| n.as_str()) == Some(route.as_str())))
+                .and_then(|rs| {
+                    rs.iter()
+                        .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(route.as_str()))
+                })
                 .and_then(|t| t.get("rollout"))
                 .is_some_and(|r| {
                     let state = r.get("state").and_then(|s| s.as_str());
                     let at = r.get("step").and_then(|s| s.as_integer());
-                    !matches!(state, Some("succeeded" | "rolled_back")) && at.is_none_or(|a| a == step as i64)
+                    !matches!(state, Some("succeeded" | "rolled_back"))
+                        && at.is_none_or(|a| a == step as i64)
                 });
             if still {
                 change.edit_doc(d)
@@ -472,22 +517,40 @@ pub async fn write_pending(rt: &Control, fleet: &Arc<Fleet>) {
             }
         };
         match write(rt, fleet, &change.subject(), &edit, false).await {
-            Ok(_) => tracing::info!("{}: the rollback made during the store outage is written", change.subject()),
-            Err(ChangeError::Cluster(FleetError::Unreachable(_))) => fleet.remember_rollback(change),
-            Err(e) => tracing::error!("{}: the rollback made during the store outage cannot be written: {e}", change.subject()),
+            Ok(_) => tracing::info!(
+                "{}: the rollback made during the store outage is written",
+                change.subject()
+            ),
+            Err(ChangeError::Cluster(FleetError::Unreachable(_))) => {
+                fleet.remember_rollback(change)
+            }
+            Err(e) => tracing::error!(
+                "{}: the rollback made during the store outage cannot be written: {e}",
+                change.subject()
+            ),
         }
     }
 }
 
 /// An API change in fleet mode: a compare-and-swap of the document (or of the drains), then
 /// applied here at once; the other replicas apply it from their watch.
-pub async fn change(rt: &Control, fleet: &Arc<Fleet>, change: &Change) -> Result<ReloadReport, ChangeError> {
+pub async fn change(
+    rt: &Control,
+    fleet: &Arc<Fleet>,
+    change: &Change,
+) -> Result<ReloadReport, ChangeError> {
     change_on(rt, fleet, change).await
 }
 
-async fn change_on(rt: &Control, fleet: &Arc<Fleet>, change: &Change) -> Result<ReloadReport, ChangeError> {
+async fn change_on(
+    rt: &Control,
+    fleet: &Arc<Fleet>,
+    change: &Change,
+) -> Result<ReloadReport, ChangeError> {
     if !fleet.store_up() {
-        return Err(ChangeError::Cluster(FleetError::Unreachable("the store did not answer the last beat".into())));
+        return Err(ChangeError::Cluster(FleetError::Unreachable(
+            "the store did not answer the last beat".into(),
+        )));
     }
     if let Change::Drain { pool, addr, on } = change {
         fleet
@@ -499,7 +562,14 @@ async fn change_on(rt: &Control, fleet: &Arc<Fleet>, change: &Change) -> Result<
         return Ok(unchanged(rt));
     }
     let fenced = matches!(change, Change::Progress { .. });
-    write(rt, fleet, &change.subject(), &|d| change.edit_doc(d), fenced).await
+    write(
+        rt,
+        fleet,
+        &change.subject(),
+        &|d| change.edit_doc(d),
+        fenced,
+    )
+    .await
 }
 
 /// Edit the fleet's document with `edit` (a compare-and-swap; with `fenced`, only while this
@@ -523,7 +593,10 @@ pub async fn write(
             FleetError::Invalid(errors) => ChangeError::Invalid(errors),
             e => ChangeError::Cluster(e),
         })?;
-    tracing::info!(revision = rev.revision, "{subject} changed in the fleet document");
+    tracing::info!(
+        revision = rev.revision,
+        "{subject} changed in the fleet document"
+    );
     match apply_revision(rt, fleet, rev, Some(doc)).await {
         Ok(r) => Ok(r),
         Err(RevisionError::Apply(e)) => Err(ChangeError::Apply(e)),

@@ -52,8 +52,7 @@ impl Counting {
                 def.state,
                 Some(RolloutState::Progressing | RolloutState::AwaitingApproval)
             );
-            let (Some(step), Some(started), true) = (def.step, def.step_started_ms, running)
-            else {
+            let (Some(step), Some(started), true) = (def.step, def.step_started_ms, running) else {
                 continue;
             };
             let Some(route) = snap.router.get(&rc.name) else {
@@ -64,7 +63,8 @@ impl Counting {
             let current = route.state.rollout.load_full();
             match self.steps.get(&rc.name) {
                 // Ours, still in the slot (a reload keeps the route's state).
-                Some((sid, s)) if *sid == id && current.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)) => {}
+                Some((sid, s))
+                    if *sid == id && current.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)) => {}
                 _ => {
                     let baseline = rc
                         .split
@@ -120,16 +120,26 @@ impl Counting {
 
 /// The leader's `local` figures of `route`'s step `id` plus every other replica's published
 /// counts of the same step; and the replicas that contributed.
-pub fn sum(local: Figures, remote: &[(String, Vec<u8>)], route: &str, id: StepId) -> (Figures, Vec<String>) {
+pub fn sum(
+    local: Figures,
+    remote: &[(String, Vec<u8>)],
+    route: &str,
+    id: StepId,
+) -> (Figures, Vec<String>) {
     let mut f = local;
     let mut from = Vec::new();
     for (node, raw) in remote {
-        let Ok(v) = serde_json::from_slice::<Value>(raw) else { continue };
+        let Ok(v) = serde_json::from_slice::<Value>(raw) else {
+            continue;
+        };
         let r = &v[route];
         if r["step"].as_u64() != Some(id.0 as u64) || r["started_ms"].as_u64() != Some(id.1) {
             continue;
         }
-        for (mine, theirs) in [(&mut f.canary, side_of(&r["to"])), (&mut f.baseline, side_of(&r["baseline"]))] {
+        for (mine, theirs) in [
+            (&mut f.canary, side_of(&r["to"])),
+            (&mut f.baseline, side_of(&r["baseline"])),
+        ] {
             mine.requests += theirs.requests;
             mine.failures += theirs.failures;
             mine.slow += theirs.slow;
@@ -146,8 +156,17 @@ mod tests {
 
     #[test]
     fn sums_only_the_same_step_and_keeps_slow_counts_exact() {
-        let side = |r, f, s| SideFigures { requests: r, failures: f, slow: s, streak: 0, p99: None };
-        let local = Figures { canary: side(10, 1, 2), baseline: side(20, 0, 0) };
+        let side = |r, f, s| SideFigures {
+            requests: r,
+            failures: f,
+            slow: s,
+            streak: 0,
+            p99: None,
+        };
+        let local = Figures {
+            canary: side(10, 1, 2),
+            baseline: side(20, 0, 0),
+        };
         let a = br#"{"web": {"step": 1, "started_ms": 5, "to": {"requests": 7, "failures": 2, "slow": 1, "p99_us": 900}, "baseline": {"requests": 3}}}"#.to_vec();
         let old = br#"{"web": {"step": 0, "started_ms": 1, "to": {"requests": 100}}}"#.to_vec();
         let (f, from) = sum(local, &[("a".into(), a), ("b".into(), old)], "web", (1, 5));

@@ -452,11 +452,23 @@ pub fn status_json(rollouts: &Rollouts, rt: &Runtime, route: &str) -> Value {
     let now = Instant::now();
     let def = &s.def;
     let healthy = snap.pools.get(def.to.as_str()).map(|p| can_serve(p));
-    let figures = s.stats.as_ref().map(|st| st.figures()).map(|f| match rt.cluster.get() {
-        // Fleet mode: the figures the leader judges on, the whole fleet's.
-        Some(fleet) => fleet::sum(f, &fleet.remote_counters(), route, (s.step, s.step_started_ms)).0,
-        None => f,
-    });
+    let figures = s
+        .stats
+        .as_ref()
+        .map(|st| st.figures())
+        .map(|f| match rt.cluster.get() {
+            // Fleet mode: the figures the leader judges on, the whole fleet's.
+            Some(fleet) => {
+                fleet::sum(
+                    f,
+                    &fleet.remote_counters(),
+                    route,
+                    (s.step, s.step_started_ms),
+                )
+                .0
+            }
+            None => f,
+        });
     let figures = figures.or(s.figures);
     let mut gate = figures
         .map(|f| figures_json(def, &f))

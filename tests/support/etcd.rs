@@ -237,7 +237,9 @@ impl EtcdCluster {
 async fn healthy(port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ask = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
         s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
             .await
             .ok()?;
@@ -334,7 +336,9 @@ pub async fn status(admin: SocketAddr) -> Value {
 }
 
 pub fn green_of(s: &Value) -> u64 {
-    s["routes"][0]["split"]["green"].as_u64().unwrap_or(u64::MAX)
+    s["routes"][0]["split"]["green"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
 }
 
 /// Poll `f` every 20 ms until it is true; panics after `within`. Returns the time taken.
@@ -364,4 +368,3 @@ pub async fn put_split(admin: SocketAddr, blue: u32, green: u32) -> Got {
     )
     .await
 }
-

@@ -11,9 +11,10 @@ pub(super) fn build_cluster(cx: &mut Ctx<'_>, raw: S<RawCluster>) -> ClusterConf
             whole.start..whole.start,
             "cluster.etcd: required; list the etcd members, like [\"http://10.0.0.1:2379\"]",
         ),
-        Some(list) if list.get_ref().is_empty() => {
-            cx.err(list.span(), "cluster.etcd: must name at least one etcd member")
-        }
+        Some(list) if list.get_ref().is_empty() => cx.err(
+            list.span(),
+            "cluster.etcd: must name at least one etcd member",
+        ),
         Some(list) => {
             for e in list.into_inner() {
                 let s = e.get_ref().trim().trim_end_matches('/');
@@ -76,7 +77,10 @@ pub(super) fn build_cluster(cx: &mut Ctx<'_>, raw: S<RawCluster>) -> ClusterConf
         if !valid_env(v.get_ref()) {
             cx.err(
                 v.span(),
-                format!("cluster.{field}: {:?} is not an environment variable name", v.get_ref()),
+                format!(
+                    "cluster.{field}: {:?} is not an environment variable name",
+                    v.get_ref()
+                ),
             );
         }
         Some(v.into_inner())
