@@ -73,7 +73,7 @@ pub(super) fn reload_locked(
     lock: &MutexGuard<'_, ()>,
 ) -> Result<ReloadReport, ReloadError> {
     let prepared = text
-        .and_then(|t| Config::parse(path, &t))
+        .and_then(|t| Config::parse_checked(path, &t, &crate::tls::CertificateFiles))
         // Fleet mode: the file gives this replica's own sections, the store the rest.
         .map(|c| match rt.cluster.get() {
             Some(fleet) => fleet.overlay(c),
