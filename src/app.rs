@@ -62,9 +62,28 @@ pub async fn start_with(
         });
     }
     let max_conns = config.server.max_connections;
+    // Fleet mode: the pools and routes come from the store (or its cache), before anything
+    // is served.
+    let (config, fleet) = match &config.cluster {
+        None => (config, None),
+        Some(_) => {
+            let text = match &path {
+                Some(p) => std::fs::read_to_string(p)
+                    .map_err(|e| StartError::Cluster(format!("{}: {e}", p.display())))?,
+                None => String::new(),
+            };
+            let p = crate::control::fleet::prepare(config, &text, path.as_deref())
+                .await
+                .map_err(|e| StartError::Cluster(e.to_string()))?;
+            (p.config, Some(p.fleet))
+        }
+    };
     let rt = Control::new(config.clone(), path.clone())?;
     let conns = Arc::new(Connections::new(max_conns));
     let tasks = TaskTracker::new();
+    if let Some(fleet) = fleet {
+        crate::control::fleet::spawn(&rt, fleet, &tasks);
+    }
     let listeners = Arc::new(Listeners::new(
         rt.runtime.clone(),
         conns.clone(),

@@ -23,8 +23,9 @@
 //!  3  routing                       matching, sticky buckets, split tables, override and
 //!                                   fallback choice over a snapshot's pools
 //!  2  upstream                      backends, pools, balancers, connection pools
-//!  1  tls, breaker, metrics, dns    certificates; breaker state machines; counters;
-//!                                   looking up backend names
+//!  1  tls, breaker, metrics,        certificates; breaker state machines; counters;
+//!     dns, cluster                  looking up backend names; fleet mode's store client,
+//!                                   document, membership, leadership
 //!  0  config, body                  text in, typed Config out; the client's request body
 //! ```
 //!
@@ -61,6 +62,7 @@ pub mod app;
 pub mod body;
 pub mod breaker;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod demo;

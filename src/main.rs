@@ -108,6 +108,11 @@ enum Command {
         #[command(flatten)]
         api: AdminOpts,
     },
+    /// Fleet mode: the fleet's config document and members in etcd (`[cluster]` of --config).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Print the override value that forces POOL where `override.secret_env` is set.
     ///
     /// The value is POOL.HEX, HEX the lowercase hex HMAC-SHA256 of POOL keyed with the secret
@@ -121,6 +126,30 @@ enum Command {
         /// Env var holding the secret (the route's `override.secret_env`).
         #[arg(long, value_name = "NAME", default_value = veer::routing::pool_override::DEFAULT_SECRET_ENV)]
         secret_env: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterAction {
+    /// Validate FILE and make its pools and routes the fleet's document (every replica applies it).
+    Push {
+        /// The local config file whose [cluster] names the store.
+        #[arg(long)]
+        config: PathBuf,
+        /// A config file (only its [pools.*] and [[routes]] are pushed).
+        file: PathBuf,
+    },
+    /// Print the fleet's document.
+    Pull {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The fleet as the store sees it: document revision, leader, replicas.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -173,6 +202,7 @@ fn main() -> ExitCode {
         (Some(Command::OverrideToken { pool, secret_env }), _) => {
             override_token(&pool, &secret_env)
         }
+        (Some(Command::Cluster { action }), _) => return cluster(action),
         (Some(cmd), _) => admin_command(cmd),
         (None, None) => {
             eprintln!(
@@ -385,6 +415,64 @@ fn free_or_ephemeral(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 }
 
 /// Run one admin-API client command and print its answer.
+/// `veer cluster push|pull|status`. A push of an invalid file prints its errors
+/// (FILE:LINE:COL) and changes nothing.
+fn cluster(action: ClusterAction) -> ExitCode {
+    use veer::cli::cluster::{self as c, ClusterCliError};
+    let config = match &action {
+        ClusterAction::Push { config, .. }
+        | ClusterAction::Pull { config }
+        | ClusterAction::Status { config, .. } => config.clone(),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("veer: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let fleet = c::open(&config)?;
+        match &action {
+            ClusterAction::Push { file, .. } => {
+                let rev = c::push(&fleet, file).await?;
+                println!(
+                    "{}: pushed as revision {rev} of etcd:{}",
+                    file.display(),
+                    fleet.config_key()
+                );
+            }
+            ClusterAction::Pull { .. } => print!("{}", c::pull(&fleet).await?.text),
+            ClusterAction::Status { json, .. } => {
+                let v = c::status(&fleet).await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                } else {
+                    print!("{}", c::render(&v));
+                }
+            }
+        }
+        Ok::<(), ClusterCliError>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ClusterCliError::Invalid(errors)) => {
+            for e in &errors.0 {
+                println!("{e}");
+            }
+            eprintln!("veer: invalid; the fleet's document was not changed");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("veer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `veer override-token POOL`: the value veer accepts, computed as the config load does.
 fn override_token(pool: &str, secret_env: &str) -> Result<()> {
     if pool.is_empty()
@@ -416,6 +504,7 @@ fn admin_command(cmd: Command) -> Result<()> {
         Command::Run { .. }
         | Command::Check { .. }
         | Command::Demo { .. }
+        | Command::Cluster { .. }
         | Command::OverrideToken { .. } => {
             bail!("not an admin command")
         }
@@ -456,6 +545,7 @@ fn admin_command(cmd: Command) -> Result<()> {
             Command::Run { .. }
             | Command::Check { .. }
             | Command::Demo { .. }
+            | Command::Cluster { .. }
             | Command::OverrideToken { .. } => {
                 unreachable!("filtered above")
             }

@@ -51,6 +51,8 @@ pub struct Runtime {
     ready: AtomicBool,
     /// Cancelled when graceful shutdown begins.
     pub shutdown: CancellationToken,
+    /// Fleet mode (`[cluster]`, SPEC §7): set once at start; unset for a single replica.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Fleet>>,
 }
 
 impl Runtime {
@@ -79,6 +81,7 @@ impl Runtime {
             version: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
+            cluster: std::sync::OnceLock::new(),
         });
         rt.build_and_swap(config, None)?;
         Ok(rt)

@@ -21,6 +21,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 1),
     // Name lookups for backends by name (SPEC §9): config in, addresses out.
     ("dns", 1),
+    // Fleet mode's store side: the etcd client, the document, membership and leadership
+    // (knows the store and the config; applying a revision is control/fleet.rs's part).
+    ("cluster", 1),
     // 2: backends, pools, connection pools.
     ("upstream", 2),
     // 3: where a request goes, over a snapshot's pools (a route holds its pools).

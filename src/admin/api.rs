@@ -4,6 +4,7 @@
 //! changes; `?force=true` applies a change that cannot be written in memory only.
 
 use super::{error, json, AdminResponse};
+use crate::cluster::FleetError;
 use crate::config::state::Change;
 use crate::config::writeback::WritebackError;
 use crate::config::ConfigErrors;
@@ -110,6 +111,18 @@ fn errors_json(
 
 fn change_error(e: ChangeError) -> AdminResponse {
     match &e {
+        ChangeError::Cluster(FleetError::Unreachable(why)) => {
+            tracing::warn!("admin API change refused: cluster store unreachable ({why})");
+            error(StatusCode::SERVICE_UNAVAILABLE, "cluster store unreachable")
+        }
+        ChangeError::Cluster(FleetError::Invalid(errors) | FleetError::DocumentInvalid(errors)) => {
+            errors_json(StatusCode::CONFLICT, &e, errors)
+        }
+        ChangeError::Cluster(FleetError::Store(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{e}; nothing was changed"),
+        ),
+        ChangeError::Cluster(_) => error(StatusCode::CONFLICT, format!("{e}; nothing was changed")),
         ChangeError::Invalid(errors) => errors_json(StatusCode::BAD_REQUEST, &e, errors),
         ChangeError::FileInvalid(errors) => errors_json(StatusCode::CONFLICT, &e, errors),
         ChangeError::File(WritebackError::Invalid(errors)) => {
@@ -348,8 +361,16 @@ pub async fn swap(rt: &Arc<Control>, route: &str, query: &str) -> AdminResponse 
         split: vec![(a.clone(), *wb), (b.clone(), *wa)],
     };
     let gaining = gaining.clone();
-    let result = reload::change_locked(rt, &lock, &change, unwritable(query));
-    drop(lock);
+    let result = if rt.cluster.get().is_some() {
+        // Fleet mode: a compare-and-swap of the store's document, which takes the lock
+        // itself to apply it.
+        drop(lock);
+        reload::change(rt, &change, unwritable(query)).await
+    } else {
+        let r = reload::change_locked(rt, &lock, &change, unwritable(query));
+        drop(lock);
+        r
+    };
     match result {
         Ok(r) => {
             tracing::info!(route, gaining = %gaining, force, "slots swapped through the admin API");

@@ -104,6 +104,8 @@ pub fn status_json(rt: &Control) -> Value {
         "pools": pools,
         // False while a change lives in memory only (SPEC §3): a restart would lose it.
         "persisted": rt.state.persisted(),
+        // Fleet mode (SPEC §7): null for a single replica.
+        "cluster": rt.cluster.get().map(|f| f.status_json()),
     })
 }
 

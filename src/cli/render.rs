@@ -21,6 +21,9 @@ pub fn render_status(v: &Value) -> String {
         }
         _ => out.push_str(&format!("config v{version}\n")),
     }
+    if v["cluster"].is_object() {
+        out.push_str(&super::cluster::render(&v["cluster"]));
+    }
     if v["persisted"] == Value::Bool(false) {
         out.push_str("warning: some changes live in memory only (not written to the config or state file); a restart loses them\n");
     }

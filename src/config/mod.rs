@@ -76,6 +76,8 @@ pub struct Config {
     /// Pools by name (sorted, so iteration order is stable).
     pub pools: BTreeMap<String, PoolConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[cluster]`: fleet mode (SPEC §7); `None`: one replica on its own.
+    pub cluster: Option<ClusterConfig>,
     /// Non-fatal findings (for example a certificate expiring soon), shown by `veer check`.
     pub warnings: Vec<String>,
 }
@@ -210,6 +212,41 @@ pub fn split_authority(s: &str) -> Option<(String, Option<u16>)> {
         Some(_) => return None,
     };
     Some((host, port))
+}
+
+/// `[cluster]`: the replicas sharing `prefix` on an etcd v3 cluster form one fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Member URLs (`http://` or `https://`).
+    pub etcd: Vec<String>,
+    /// Key prefix of the fleet, without a trailing `/`.
+    pub prefix: String,
+    /// This replica's name; empty: host name and admin port ([`ClusterConfig::node_name`]).
+    pub node: String,
+    pub lease_ttl: Duration,
+    pub username_env: Option<String>,
+    pub password_env: Option<String>,
+    /// TLS to etcd (resolved against the config file's folder).
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl ClusterConfig {
+    /// `node`, or `HOST:ADMIN_PORT` when it is empty.
+    pub fn node_name(&self, admin: SocketAddr) -> String {
+        if !self.node.is_empty() {
+            return self.node.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "veer".into());
+        format!("{host}:{}", admin.port())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -554,6 +591,11 @@ pub struct RolloutConfig {
     pub state: Option<RolloutState>,
     /// Persisted index into `steps`.
     pub step: Option<usize>,
+    /// Fleet mode: when the persisted step started (Unix ms), so a new leader resumes it with
+    /// the same clock.
+    pub step_started_ms: Option<u64>,
+    /// Fleet mode: when the persisted approval wait ends (Unix ms).
+    pub approval_deadline_ms: Option<u64>,
 }
 
 impl RolloutConfig {

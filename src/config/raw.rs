@@ -22,6 +22,24 @@ pub struct RawConfig {
     pub pools: Option<BTreeMap<S<String>, S<RawPool>>>,
     #[serde(default)]
     pub routes: Option<S<Vec<S<RawRoute>>>>,
+    /// Fleet mode (SPEC §7).
+    #[serde(default)]
+    pub cluster: Option<S<RawCluster>>,
+}
+
+/// `[cluster]`: fleet mode on etcd (SPEC §7).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub etcd: Option<S<Vec<S<String>>>>,
+    pub prefix: Option<S<String>>,
+    pub node: Option<S<String>>,
+    pub lease_ttl: Option<S<String>>,
+    pub username_env: Option<S<String>>,
+    pub password_env: Option<S<String>>,
+    pub ca: Option<S<String>>,
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -200,4 +218,8 @@ pub struct RawRollout {
     pub state: Option<S<String>>,
     /// Written back by veer: the index into `steps` reached.
     pub step: Option<S<i64>>,
+    /// Written by the fleet's leader (SPEC §7): when the step started (Unix ms).
+    pub step_started_ms: Option<S<i64>>,
+    /// Written by the fleet's leader: when the approval wait ends (Unix ms).
+    pub approval_deadline_ms: Option<S<i64>>,
 }

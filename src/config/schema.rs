@@ -75,6 +75,9 @@ const ROLLOUT: &[(&str, Shape)] = &[
     ("notify_url", Str),
     ("state", Str),
     ("step", Int),
+    // Fleet mode: the step clock, written by the leader (SPEC §7).
+    ("step_started_ms", Int),
+    ("approval_deadline_ms", Int),
 ];
 const ROUTE: &[(&str, Shape)] = &[
     ("name", Required(&Str)),
@@ -142,6 +145,21 @@ pub const ROOT: Shape = Table(&[
     ),
     ("pools", Map(&Table(POOL))),
     ("routes", Array(&Table(ROUTE))),
+    // Fleet mode (SPEC §7).
+    (
+        "cluster",
+        Table(&[
+            ("etcd", Array(&Str)),
+            ("prefix", Str),
+            ("node", Str),
+            ("lease_ttl", Dur),
+            ("username_env", Str),
+            ("password_env", Str),
+            ("ca", Str),
+            ("cert", Str),
+            ("key", Str),
+        ]),
+    ),
 ]);
 
 /// One problem found by the walk: where it starts and what it is.

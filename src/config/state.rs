@@ -92,6 +92,8 @@ pub enum Change {
         split: Split,
         state: RolloutState,
         step: usize,
+        /// Fleet mode: the step clock, written into the fleet's document with the step.
+        clock: Option<StepClock>,
     },
     /// Drain state lives outside the config file; only a state file keeps it over a restart.
     Drain {
@@ -99,6 +101,14 @@ pub enum Change {
         addr: SocketAddr,
         on: bool,
     },
+}
+
+/// Fleet mode (SPEC §7): when a rollout step started and when its approval wait ends (Unix
+/// ms), written with the step so a new leader resumes it with the same clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StepClock {
+    pub started_ms: Option<u64>,
+    pub deadline_ms: Option<u64>,
 }
 
 impl Change {
@@ -121,9 +131,16 @@ impl Change {
                 split,
                 state,
                 step,
+                clock,
             } => {
                 writeback::set_split(doc, route, split)?;
-                writeback::set_rollout_progress(doc, route, *state, *step)
+                writeback::set_rollout_progress(doc, route, *state, *step)?;
+                match clock {
+                    Some(c) => {
+                        writeback::set_rollout_clock(doc, route, c.started_ms, c.deadline_ms)
+                    }
+                    None => Ok(()),
+                }
             }
             Change::Drain { .. } => Ok(()),
         }
@@ -142,6 +159,7 @@ impl Change {
                 split,
                 state,
                 step,
+                ..
             } => {
                 if let Some(r) = config.route_mut(route) {
                     r.split = split.clone();
@@ -178,6 +196,7 @@ impl Change {
                 split,
                 state: st,
                 step,
+                ..
             } => {
                 state.splits.insert(
                     route.clone(),
@@ -924,6 +943,7 @@ mod tests {
             split: vec![("blue".into(), blue), ("green".into(), green)],
             state,
             step,
+            clock: None,
         }
         .record(&mut s, base);
         Change::Drain {

@@ -304,6 +304,51 @@ pub fn set_rollout_progress(
     Ok(())
 }
 
+/// Fleet mode: set (or, with `None`, remove) `step_started_ms` and `approval_deadline_ms` in
+/// a route's `[routes.rollout]`, so a new leader resumes the step with the same clock.
+pub fn set_rollout_clock(
+    doc: &mut DocumentMut,
+    route: &str,
+    started_ms: Option<u64>,
+    deadline_ms: Option<u64>,
+) -> Result<(), WritebackError> {
+    let t = route_table(doc, route)?;
+    let fields = [
+        ("step_started_ms", started_ms),
+        ("approval_deadline_ms", deadline_ms),
+    ];
+    match t.get_mut("rollout") {
+        Some(toml_edit::Item::Table(r)) => {
+            for (k, v) in fields {
+                match v {
+                    Some(v) => set_value(r.entry(k), toml_edit::Value::from(v as i64)),
+                    None => {
+                        r.remove(k);
+                    }
+                }
+            }
+        }
+        Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(r))) => {
+            for (k, v) in fields {
+                match v {
+                    Some(v) => {
+                        r.insert(k, toml_edit::Value::from(v as i64));
+                    }
+                    None => {
+                        r.remove(k);
+                    }
+                }
+            }
+        }
+        _ => {
+            return Err(WritebackError::Edit(format!(
+                "route {route:?} has no [routes.rollout] table"
+            )))
+        }
+    }
+    Ok(())
+}
+
 /// Replace a value, keeping the comment that trails it.
 fn set_value(entry: toml_edit::Entry<'_>, v: toml_edit::Value) {
     match entry {

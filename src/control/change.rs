@@ -31,6 +31,9 @@ pub enum ChangeError {
     State(StateError),
     #[error("cannot apply the change: {0}")]
     Apply(#[from] ApplyError),
+    /// Fleet mode: the store refused or could not be reached.
+    #[error(transparent)]
+    Cluster(crate::cluster::FleetError),
 }
 
 /// Make `change` live: written first (into the config file, or the state file when the
@@ -41,6 +44,10 @@ pub async fn change(
     change: &Change,
     unwritable: Unwritable,
 ) -> Result<ReloadReport, ChangeError> {
+    // Fleet mode: the store is the truth; the change is a compare-and-swap of its document.
+    if let Some(fleet) = rt.cluster.get() {
+        return super::fleet::change(rt, fleet, change).await;
+    }
     let lock = rt.change_lock.lock().await;
     change_locked(rt, &lock, change, unwritable)
 }

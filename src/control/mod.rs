@@ -9,10 +9,12 @@
 //! - [`change`](mod@change): API edits and rollout progress, written back (SPEC §3) then applied.
 //! - [`dns`](mod@dns): keeping backends by name resolved (SPEC §9).
 //! - [`watch`](mod@watch): the config file watcher and the certificate watcher.
+//! - [`fleet`](mod@fleet): fleet mode: the store's document as one more source of changes.
 
 pub mod apply;
 pub mod change;
 pub mod dns;
+pub mod fleet;
 pub mod reload;
 pub mod watch;
 
@@ -116,6 +118,15 @@ impl Committer for Control {
         Box::pin(async move {
             let lock = self.change_lock.lock().await;
             let change = edit(&self.config())?;
+            if let Some(fleet) = self.cluster.get().cloned() {
+                // Fleet mode: a fenced compare-and-swap of the fleet's document (only the
+                // leader's write lands), applied here once written.
+                drop(lock);
+                fleet::commit_progress(self, &fleet, &change)
+                    .await
+                    .map_err(|e| CommitError::Change(Refused(Box::new(e))))?;
+                return Ok(());
+            }
             change_locked(self, &lock, &change, how)
                 .map_err(|e| CommitError::Change(Refused(Box::new(e))))?;
             Ok(())

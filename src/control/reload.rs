@@ -74,6 +74,11 @@ pub(super) fn reload_locked(
 ) -> Result<ReloadReport, ReloadError> {
     let prepared = text
         .and_then(|t| Config::parse_checked(path, &t, &crate::tls::CertificateFiles))
+        // Fleet mode: the file gives this replica's own sections, the store the rest.
+        .map(|c| match rt.cluster.get() {
+            Some(fleet) => fleet.overlay(c),
+            None => c,
+        })
         .map_err(ReloadError::Invalid)
         .and_then(|base| rt.state.prepare_reload(base).map_err(ReloadError::State));
     let same = matches!(&prepared, Ok(p) if p.config == *rt.config());

@@ -28,6 +28,9 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("admin API on non-loopback {addr} needs a token: set the {env} environment variable")]
     NoToken { addr: SocketAddr, env: String },
+    /// Fleet mode could not start (`[cluster]`).
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// A listener's identity in the config: address as written, and whether it is TLS.

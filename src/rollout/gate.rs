@@ -180,6 +180,8 @@ mod tests {
             notify_url: None,
             state: None,
             step: None,
+            step_started_ms: None,
+            approval_deadline_ms: None,
         }
     }
 

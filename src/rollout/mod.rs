@@ -10,6 +10,7 @@
 //! - [`persist`]: progress as one change (split, `state`, `step`), written into the config
 //!   file or the state file, or kept in memory when neither can be written.
 //! - [`notify`]: events POSTed to `notify_url`.
+//! - [`fleet`](mod@fleet): fleet mode's gate on the whole fleet's traffic.
 //!
 //! [`Rollouts`] (owned by the control layer) keeps the controllers: [`Rollouts::sync`] runs every
 //! time a config is made live, starts a controller for a new or changed `[routes.rollout]`
@@ -23,6 +24,7 @@
 //! (percent on `to`), "gate": {…figures, verdict, reason…}}` ([`status_json`]).
 
 pub mod controller;
+pub mod fleet;
 pub mod gate;
 pub mod notify;
 pub mod persist;
@@ -137,6 +139,8 @@ pub struct Status {
     pub step: usize,
     pub step_started: Option<Instant>,
     pub approval_deadline: Option<Instant>,
+    /// Fleet mode: the running step's start as written (Unix ms), which names its counts.
+    pub step_started_ms: u64,
     /// The running step's statistics (read live for the status).
     pub stats: Option<Arc<StepStats>>,
     /// Figures kept from the last judgement once the step's statistics are gone (the failing
@@ -222,6 +226,15 @@ impl Rollouts {
             return;
         }
         let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        // Fleet mode: only the leader runs rollout controllers; the others serve the steps
+        // it writes into the document.
+        if new.cluster.is_some() && !rt.cluster.get().is_some_and(|f| f.is_leader()) {
+            for (name, h) in handles.drain() {
+                h.cancel.cancel();
+                tracing::debug!(route = %name, "rollout controller stopped: not the fleet's leader");
+            }
+            return;
+        }
         for rc in &new.routes {
             let Some(def) = &rc.rollout else { continue };
             let start = match handles.get(&rc.name) {
@@ -260,6 +273,18 @@ impl Rollouts {
             }
             keep
         });
+    }
+
+    /// Fleet mode: leadership here started or ended. The leader resumes every rollout where
+    /// the document says it stands (with its step clock); a replica that lost it stops its
+    /// controllers at once.
+    pub fn leadership_changed(&self, live: &Config) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .for_each(|(_, h)| h.cancel.cancel());
+        self.sync(None, live);
     }
 
     /// The published status of a route's rollout.
@@ -302,6 +327,12 @@ impl Rollouts {
         }
         let action =
             Action::parse(action).ok_or_else(|| ActionError::UnknownAction(action.to_string()))?;
+        if let Some(f) = rt.cluster.get().filter(|f| !f.is_leader()) {
+            return Err(ActionError::Conflict(format!(
+                "this replica is not the fleet's leader; rollout actions go to the leader ({})",
+                f.leader().unwrap_or_else(|| "none yet".into())
+            )));
+        }
         let cmd = {
             let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
             handles
@@ -367,10 +398,41 @@ pub fn figures_json(def: &RolloutConfig, f: &Figures) -> Value {
     v
 }
 
+/// Fleet mode, on a replica that does not lead: the rollout as the document says it stands
+/// (the leader's controller walks it). `null` otherwise.
+fn follower_json(rt: &Runtime, route: &str) -> Value {
+    if rt.cluster.get().is_none() {
+        return Value::Null;
+    }
+    let snap = rt.snapshot();
+    let Some(rc) = snap.config.route(route) else {
+        return Value::Null;
+    };
+    let Some(def) = &rc.rollout else {
+        return Value::Null;
+    };
+    let total: u64 = rc.split.iter().map(|(_, w)| *w as u64).sum();
+    let weight = rc
+        .weight_of(&def.to)
+        .map(|w| (w as u64 * 100 + total / 2).checked_div(total).unwrap_or(0));
+    json!({
+        "state": def.state.unwrap_or(RolloutState::Pending).as_str(),
+        "step": def.step.unwrap_or(0),
+        "steps": def.steps,
+        "weight": weight,
+        "to": def.to,
+        "approval": def.approval,
+        "step_interval_ms": ms(def.step_interval),
+        "step_started_ms": def.step_started_ms,
+        "approval_deadline_ms": def.approval_deadline_ms,
+        "led_by": rt.cluster.get().and_then(|f| f.leader()),
+    })
+}
+
 /// The `rollout` object of a route in `/api/status`: `null` without a rollout.
 pub fn status_json(rollouts: &Rollouts, rt: &Runtime, route: &str) -> Value {
     let Some(s) = rollouts.status(route) else {
-        return Value::Null;
+        return follower_json(rt, route);
     };
     let snap = rt.snapshot();
     let weight = snap.config.route(route).and_then(|rc| {
@@ -381,7 +443,24 @@ pub fn status_json(rollouts: &Rollouts, rt: &Runtime, route: &str) -> Value {
     let now = Instant::now();
     let def = &s.def;
     let healthy = snap.pools.get(def.to.as_str()).map(|p| can_serve(p));
-    let figures = s.stats.as_ref().map(|st| st.figures()).or(s.figures);
+    let figures = s
+        .stats
+        .as_ref()
+        .map(|st| st.figures())
+        .map(|f| match rt.cluster.get() {
+            // Fleet mode: the figures the leader judges on, the whole fleet's.
+            Some(fleet) => {
+                fleet::sum(
+                    f,
+                    &fleet.remote_counters(),
+                    route,
+                    (s.step, s.step_started_ms),
+                )
+                .0
+            }
+            None => f,
+        });
+    let figures = figures.or(s.figures);
     let mut gate = figures
         .map(|f| figures_json(def, &f))
         .unwrap_or_else(|| json!({}));

@@ -2,7 +2,7 @@
 //! `[routes.rollout]`, so a restart resumes where the rollout stood. Where it is written (the
 //! config file, the state file, or memory only) is decided by [`crate::control`].
 
-use crate::config::state::Change;
+use crate::config::state::{Change, StepClock};
 use crate::config::writeback::WritebackError;
 use crate::config::{Config, RolloutState};
 use toml_edit::DocumentMut;
@@ -13,6 +13,8 @@ pub struct Progress {
     pub split: Vec<(String, u32)>,
     pub state: RolloutState,
     pub step: usize,
+    /// Fleet mode: the step clock written with it (`None`: a single replica writes none).
+    pub clock: Option<StepClock>,
 }
 
 impl Progress {
@@ -23,6 +25,7 @@ impl Progress {
             split: self.split.clone(),
             state: self.state,
             step: self.step,
+            clock: self.clock,
         }
     }
 }
@@ -65,6 +68,7 @@ state = "progressing" # written by veer
             split: vec![("blue".into(), 50), ("green".into(), 50)],
             state: RolloutState::Paused,
             step: 1,
+            clock: None,
         };
         edit_doc(&mut doc, "web", &p).unwrap();
         let out = doc.to_string();

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 mod config;
 mod dns;
 mod echo;
+pub mod etcd;
 mod h2;
 mod metrics;
 mod raw;

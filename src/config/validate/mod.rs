@@ -5,6 +5,7 @@
 //! column, the common value checks), the entry point and the whole-config checks (TLS
 //! certificates, overlapping routes).
 
+mod cluster;
 mod pool;
 mod route;
 mod server;
@@ -231,8 +232,11 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         );
     }
 
+    let cluster = raw.cluster.map(|c| cluster::build_cluster(cx, c));
     let mut pools = BTreeMap::new();
     match raw.pools {
+        // In fleet mode the pools and routes may live in the store alone.
+        None if cluster.is_some() => {}
         None => cx.err(0..0, "no [pools.*] defined; at least one pool is required"),
         Some(p) => {
             for (name, pool) in p {
@@ -247,6 +251,7 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
 
     let mut routes = Vec::new();
     match raw.routes {
+        None if cluster.is_some() => {}
         None => cx.err(
             0..0,
             "no [[routes]] defined; at least one route is required",
@@ -314,6 +319,7 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         tls,
         pools,
         routes,
+        cluster,
         warnings,
     }
 }

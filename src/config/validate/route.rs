@@ -419,6 +419,14 @@ pub(super) fn build_route(
                 .filter(|u| !u.is_empty()),
             state,
             step,
+            step_started_ms: r
+                .step_started_ms
+                .as_ref()
+                .and_then(|v| u64::try_from(*v.get_ref()).ok()),
+            approval_deadline_ms: r
+                .approval_deadline_ms
+                .as_ref()
+                .and_then(|v| u64::try_from(*v.get_ref()).ok()),
         }
     });
     let _ = span;

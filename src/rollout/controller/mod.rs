@@ -26,7 +26,7 @@ use super::gate::{self, Verdict};
 use super::notify::{EventKind, GateResult, Notifier};
 use super::stats::{Figures, StepStats};
 use super::{Command, Committer, Handle, Start, Status};
-use crate::config::state::Unwritable;
+use crate::config::state::{StepClock, Unwritable};
 use crate::config::writeback::WritebackError;
 use crate::config::{format_duration, RolloutConfig, RolloutState, RouteConfig};
 use crate::runtime::Runtime;
@@ -102,6 +102,7 @@ pub(super) fn spawn(
         state,
         step,
         step_started: None,
+        step_started_ms: 0,
         approval_deadline: None,
         stats: None,
         figures: None,
@@ -134,6 +135,10 @@ pub(super) fn spawn(
         pending_start: false,
         passed_logged: false,
         tick,
+        step_started_ms: now_ms(),
+        resume_clock: Some((def.step_started_ms, def.approval_deadline_ms)),
+        written_started_ms: std::sync::atomic::AtomicU64::new(0),
+        fleet_nodes: std::sync::Mutex::new(FleetNodes::default()),
     };
     tokio::spawn(c.run(start, cmd_rx));
     Handle {
@@ -170,6 +175,42 @@ struct Controller {
     /// The running step's pass was already reported (its advance may be retried).
     passed_logged: bool,
     tick: Duration,
+    /// Fleet mode: when the running step started, as written into the document (Unix ms).
+    step_started_ms: u64,
+    /// Fleet mode: the step clock the document held when this controller started, used once
+    /// to resume the same step with the same clock (never earlier, never later).
+    resume_clock: Option<(Option<u64>, Option<u64>)>,
+    /// Fleet mode: the start of a new step as it was written (0: none), for the step to take.
+    written_started_ms: std::sync::atomic::AtomicU64,
+    /// Fleet mode: the replicas whose counts of the running step were summed, and the ones
+    /// that left since (their lease, and their counts, gone).
+    fleet_nodes: std::sync::Mutex<FleetNodes>,
+}
+
+#[derive(Default)]
+struct FleetNodes {
+    step: super::fleet::StepId,
+    seen: std::collections::BTreeSet<String>,
+    gone: std::collections::BTreeSet<String>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The instant that was (or will be) at Unix time `ms`.
+fn instant_of(ms: u64) -> Instant {
+    let now = Instant::now();
+    let wall = now_ms();
+    if ms <= wall {
+        now.checked_sub(Duration::from_millis(wall - ms))
+            .unwrap_or(now)
+    } else {
+        now + Duration::from_millis(ms - wall)
+    }
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {
@@ -236,6 +277,12 @@ impl Controller {
                 tracing::info!(route = %self.route, step, "rollout resumes awaiting approval");
                 self.state = RolloutState::AwaitingApproval;
                 self.await_approval(false);
+                // Fleet mode: the deadline the document holds, not a new one.
+                if let Some((_, Some(ms))) = self.resume_clock.take() {
+                    self.approval_deadline = Some(instant_of(ms));
+                    self.schedule();
+                    self.publish();
+                }
             }
             Some(s) => {
                 if s == RolloutState::Paused {
@@ -280,6 +327,7 @@ impl Controller {
             state: self.state,
             step: self.step,
             step_started: (self.state == RolloutState::Progressing).then_some(self.step_started),
+            step_started_ms: self.step_started_ms,
             approval_deadline: self
                 .approval_deadline
                 .filter(|_| self.state == RolloutState::AwaitingApproval),
@@ -307,6 +355,71 @@ impl Controller {
             }
         }
         self.stats = stats;
+    }
+
+    /// Fleet mode: the step clock to write with progress `state` at `step`: a step that goes
+    /// on keeps its start, a new one starts now; an approval wait ends `approval_timeout`
+    /// from now.
+    fn clock_for(&self, state: RolloutState, step: usize) -> StepClock {
+        let (started_ms, deadline_ms) = match state {
+            RolloutState::Progressing
+                if self.state == RolloutState::Progressing && self.step == step =>
+            {
+                let resumed = self.resume_clock.and_then(|(s, _)| s);
+                (Some(resumed.unwrap_or(self.step_started_ms)), None)
+            }
+            RolloutState::Progressing => {
+                let t = now_ms();
+                self.written_started_ms
+                    .store(t, std::sync::atomic::Ordering::Relaxed);
+                (Some(t), None)
+            }
+            RolloutState::AwaitingApproval => (
+                None,
+                Some(now_ms() + self.def.approval_timeout.as_millis() as u64),
+            ),
+            _ => (None, None),
+        };
+        StepClock {
+            started_ms,
+            deadline_ms,
+        }
+    }
+
+    /// Fleet mode: this replica's figures of the running step plus the other replicas'
+    /// published counts of the same step (SPEC §7); a single replica's own figures.
+    fn fleet_figures(&self, own: Figures) -> Figures {
+        let Some(fleet) = self.rt.upgrade().and_then(|rt| rt.cluster.get().cloned()) else {
+            return own;
+        };
+        let id = (self.step, self.step_started_ms);
+        let (sum, from) = super::fleet::sum(own, &fleet.remote_counters(), &self.route, id);
+        let mut n = self.fleet_nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if n.step != id {
+            *n = FleetNodes {
+                step: id,
+                ..FleetNodes::default()
+            };
+        }
+        let from: std::collections::BTreeSet<String> = from.into_iter().collect();
+        let gone: Vec<String> = n.seen.difference(&from).cloned().collect();
+        n.gone.extend(gone);
+        n.gone.retain(|g| !from.contains(g));
+        n.seen.extend(from);
+        sum
+    }
+
+    /// A gate reason, with the replicas whose counts of this step left with them.
+    fn with_fleet_note(&self, reason: String) -> String {
+        let n = self.fleet_nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if n.gone.is_empty() || n.step != (self.step, self.step_started_ms) {
+            return reason;
+        }
+        let names: Vec<&str> = n.gone.iter().map(String::as_str).collect();
+        format!(
+            "{reason} (replica {} left the fleet; its counts of this step are gone)",
+            names.join(", ")
+        )
     }
 
     pub(super) fn pool_healthy(&self) -> bool {
@@ -365,6 +478,19 @@ impl Controller {
         self.step = k;
         self.paused_from = None;
         self.step_started = Instant::now();
+        // The start written with the step, so the fleet's counts match it.
+        self.step_started_ms = match self
+            .written_started_ms
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => now_ms(),
+            t => t,
+        };
+        // Fleet mode: a new leader resumes the step the document holds with its clock.
+        if let Some((Some(ms), _)) = self.resume_clock.take().filter(|_| resumed) {
+            self.step_started = instant_of(ms);
+            self.step_started_ms = ms;
+        }
         self.approval_deadline = None;
         self.figures = None;
         self.verdict = None;
@@ -423,7 +549,7 @@ impl Controller {
                     }
                     return;
                 };
-                let f = stats.figures();
+                let f = self.fleet_figures(stats.figures());
                 if let Some(reason) = gate::fail_fast(&self.def, &f, &self.def.to) {
                     self.gate_failed(reason, f).await;
                     return;
@@ -440,10 +566,12 @@ impl Controller {
                             self.advance(f).await;
                         }
                         Verdict::Fail(reason) => {
+                            let reason = self.with_fleet_note(reason);
                             self.gate_failed(reason, f).await;
                             return;
                         }
                         Verdict::Wait(reason) => {
+                            let reason = self.with_fleet_note(reason);
                             let first = self.verdict != Some(GateResult::Waiting);
                             self.verdict = Some(GateResult::Waiting);
                             self.reason = Some(reason);
@@ -460,7 +588,7 @@ impl Controller {
             }
             RolloutState::AwaitingApproval => {
                 if let Some(stats) = self.stats.clone() {
-                    let f = stats.figures();
+                    let f = self.fleet_figures(stats.figures());
                     if let Some(reason) = gate::fail_fast(&self.def, &f, &self.def.to) {
                         self.gate_failed(reason, f).await;
                         return;

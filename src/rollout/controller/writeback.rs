@@ -18,6 +18,8 @@ impl Controller {
     ) -> Result<(), CommitError> {
         let committer = self.committer.upgrade().ok_or(CommitError::Gone)?;
         let (cancel, route, def) = (&self.cancel, self.route.as_str(), &*self.def);
+        // Fleet mode: the step clock goes into the document with the step.
+        let clock = self.clock_for(state, step);
         let edit = Box::new(move |live: &crate::config::Config| {
             if cancel.is_cancelled() {
                 return Err(CommitError::Superseded);
@@ -31,7 +33,14 @@ impl Controller {
                 .iter()
                 .map(|(p, _)| (p.clone(), if *p == def.to { weight } else { 100 - weight }))
                 .collect();
-            Ok(Progress { split, state, step }.change(route))
+            let clock = live.cluster.is_some().then_some(clock);
+            Ok(Progress {
+                split,
+                state,
+                step,
+                clock,
+            }
+            .change(route))
         });
         committer.commit(edit, how).await
     }
