@@ -58,6 +58,8 @@ pub struct Runtime {
     pub rollouts: crate::rollout::Rollouts,
     /// API changes and rollout progress laid over the config file (`[server] state_file`).
     pub state: crate::config::state::Store,
+    /// The access log, when `[log] access` is on (set once by `app::start`).
+    pub access_log: std::sync::OnceLock<crate::log::access::AccessLog>,
 }
 
 impl Runtime {
@@ -91,6 +93,7 @@ impl Runtime {
             listeners: std::sync::OnceLock::new(),
             rollouts: crate::rollout::Rollouts::default(),
             state,
+            access_log: std::sync::OnceLock::new(),
         });
         rt.rollouts.bind(&rt);
         rt.build_and_swap(config, None)?;

@@ -20,6 +20,10 @@ const LAYERS: &[(&str, u8)] = &[
     ("breaker", 1),
     ("routing", 1),
     ("metrics", 1),
+    // Log lines, the access log's writer, request IDs (issue 16).
+    ("log", 1),
+    // Listening sockets from a parent veer or systemd; starting the successor (issue 16).
+    ("handover", 1),
     // 2: backends, pools, connection pools.
     ("upstream", 2),
     // 3: health checkers, the snapshot.

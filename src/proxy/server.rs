@@ -74,6 +74,24 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// The listener handed over for `addr` (a parent veer's during an upgrade, systemd's), else a
+/// freshly bound one: an inherited address is never bound again.
+pub fn listen(kind: crate::handover::Kind, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    match crate::handover::take_listener(kind, addr) {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            // systemd's sockets come without veer's options.
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(CLIENT_KEEPALIVE_IDLE)
+                .with_interval(Duration::from_secs(10));
+            socket2::SockRef::from(&l).set_tcp_keepalive(&keepalive)?;
+            tracing::info!(%addr, "listening on an inherited socket");
+            TcpListener::from_std(l)
+        }
+        None => bind(addr),
+    }
+}
+
 /// How long a client connection is silent before the kernel probes it (then every 10 s;
 /// the kernel's probe count, 9 by default, decides when it gives up).
 const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
