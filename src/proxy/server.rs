@@ -385,10 +385,15 @@ pub async fn serve_connection<I>(
     let peer = info.peer;
     // One shared context: one reference count per request, not one per field.
     let ctx = Arc::new((rt, info));
+    let closing_now = closing.clone();
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         use futures_util::FutureExt;
         let guard = ActiveGuard::new(&act);
         let h2 = req.version() == http::Version::HTTP_2;
+        // Shutting down (or upgrading): an HTTP/1.1 client is told to close with this answer,
+        // so it opens its next connection (to the new process) instead of losing a request
+        // to a close.
+        let close = !h2 && closing_now.is_cancelled();
         // What can be decided at once is, here; the future is boxed once (it is a few KiB,
         // and hyper and the executor would move it several times).
         let handling = handle(ctx.clone(), req.map(RequestBody::Hyper));
@@ -398,6 +403,12 @@ pub async fn serve_connection<I>(
                 // would drop it from an HTTP/2 answer with a warning each time.
                 if h2 && matches!(resp.body(), ProxyBody::Full(_)) {
                     resp.headers_mut().remove(http::header::CONNECTION);
+                }
+                if close && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
                 }
                 Ok::<_, Infallible>(resp.map(|inner| Tracked {
                     inner,
@@ -512,12 +523,17 @@ async fn run<C, E>(
     let timer = tokio::time::sleep(check);
     tokio::pin!(timer);
     let mut shutting = false;
+    // Shutdown found the connection idle: it is closed at this instant (see below).
+    let mut linger: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        let at = match activity.deadline(header_read, idle) {
+        let mut at = match activity.deadline(header_read, idle) {
             Some((at, _)) => at.min(now + check),
             None => now + check,
         };
+        if let Some(l) = linger {
+            at = at.min(l);
+        }
         timer.as_mut().reset(at);
         tokio::select! {
             res = conn.as_mut() => {
@@ -528,9 +544,22 @@ async fn run<C, E>(
             }
             _ = closing.cancelled(), if !shutting => {
                 shutting = true;
-                shutdown(conn.as_mut());
+                // An idle keep-alive connection closed this instant can lose a request the
+                // client is sending right now. It gets a moment: a request that comes is
+                // answered with `Connection: close` (see `serve_connection`), and the
+                // connection closes after it, or at the end of the moment.
+                if activity.active.load(Ordering::Acquire) > 0 {
+                    shutdown(conn.as_mut());
+                } else {
+                    linger = Some(Instant::now() + SHUTDOWN_LINGER.min(idle));
+                }
             }
             _ = timer.as_mut() => {
+                if linger.is_some_and(|l| l <= Instant::now()) {
+                    linger = None;
+                    shutdown(conn.as_mut());
+                    continue;
+                }
                 // Re-read: a request may have started since the deadline was computed.
                 match activity.deadline(header_read, idle) {
                     // A slow head is cut even during shutdown.
@@ -548,6 +577,9 @@ async fn run<C, E>(
         }
     }
 }
+
+/// How long shutdown leaves an idle connection open for a request already on its way.
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
 
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
