@@ -276,3 +276,57 @@ async fn a_new_binary_that_fails_leaves_the_old_one_serving() {
         .unwrap();
     assert!(status.success());
 }
+
+/// systemd socket activation: the listener comes as descriptor 3 with `LISTEN_FDS=1` and no
+/// name veer knows; veer matches it by its address and serves on it (binding the address
+/// again would fail: the test holds it).
+#[tokio::test]
+async fn a_first_start_takes_its_listener_from_systemd() {
+    use command_fds::{CommandFdExt, FdMapping};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let up = upstream_with(|_| async { respond(200, "ok") }).await;
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("veer.toml");
+    std::fs::write(
+        &path,
+        config(up.addr).replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"{addr}\"]"),
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(veer_bin());
+    cmd.args(["run", "--config"])
+        .arg(&path)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "veer.socket")
+        .env("VEER_LOG", "info")
+        .stderr(std::process::Stdio::piped());
+    cmd.fd_mappings(vec![FdMapping {
+        parent_fd: std::os::fd::OwnedFd::from(held),
+        child_fd: 3,
+    }])
+    .unwrap();
+    let mut child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let announced = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            log.push_str(&l);
+            log.push('\n');
+            if l.starts_with("veer: proxy=") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(announced, Ok(true), "veer did not start; log:\n{log}");
+    assert!(log.contains("listening on an inherited socket"), "{log}");
+    assert_eq!(get(&format!("http://{addr}/")).await.status, 200);
+}
