@@ -2,8 +2,8 @@
 //! tasks, and graceful shutdown.
 
 use crate::config::Config;
+use crate::control::Control;
 use crate::proxy::server::Connections;
-use crate::runtime::Runtime;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ pub use crate::proxy::listeners::{ListenerChanges, Listeners, StagedListeners, S
 
 /// A running veer.
 pub struct Running {
-    pub rt: Arc<Runtime>,
+    pub rt: Arc<Control>,
     /// Bound proxy addresses (ports resolved when the config said 0).
     pub listen: Vec<SocketAddr>,
     pub tls_listen: Vec<SocketAddr>,
@@ -67,7 +67,7 @@ pub async fn start_with(
         });
     }
     let max_conns = config.server.max_connections;
-    let rt = Runtime::new(config.clone(), path.clone())?;
+    let rt = Control::new(config.clone(), path.clone())?;
     if let Some(log) =
         crate::log::access::AccessLog::start(&config.log, rt.metrics.access_log_dropped.clone())
             .map_err(StartError::AccessLog)?
@@ -77,7 +77,7 @@ pub async fn start_with(
     let conns = Arc::new(Connections::new(max_conns));
     let tasks = TaskTracker::new();
     let listeners = Arc::new(Listeners::new(
-        rt.clone(),
+        rt.runtime.clone(),
         conns.clone(),
         max_conns,
         tasks.clone(),
@@ -99,7 +99,6 @@ pub async fn start_with(
     let admin_stop = CancellationToken::new();
     tasks.spawn(crate::admin::serve(
         rt.clone(),
-        listeners.clone(),
         admin_listener,
         admin_stop.clone(),
     ));
@@ -187,6 +186,6 @@ impl Running {
 }
 
 /// Reload the config file (SIGHUP). Errors are logged and counted by the reload itself.
-pub async fn reload_from_signal(rt: &Arc<Runtime>) {
+pub async fn reload_from_signal(rt: &Arc<Control>) {
     let _ = crate::control::reload(rt, crate::control::Trigger::Signal).await;
 }
