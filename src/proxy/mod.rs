@@ -4,6 +4,7 @@
 //! Per request: one snapshot load, route match, pool by sticky bucket and split, backend by
 //! the pool's balancer, then forward with retries on a different backend where safe.
 
+pub mod access;
 pub mod body;
 pub mod headers;
 mod http2;
@@ -36,6 +37,9 @@ pub struct ConnInfo {
     pub scheme: &'static str,
     /// The peer's address as an `X-Forwarded-For` entry, formatted once per connection.
     pub client_ip: HeaderValue,
+    /// TLS: the SNI name the client asked for ("" without one); `None` for plain HTTP. For
+    /// the access log.
+    pub tls: Option<Arc<str>>,
 }
 
 impl ConnInfo {
@@ -44,6 +48,15 @@ impl ConnInfo {
             peer,
             scheme,
             client_ip: headers::client_ip_value(peer.ip()),
+            tls: None,
+        }
+    }
+
+    /// A TLS connection's, with the SNI name it asked for.
+    pub fn tls(peer: SocketAddr, sni: Option<&str>) -> Self {
+        ConnInfo {
+            tls: Some(Arc::from(sni.unwrap_or(""))),
+            ..ConnInfo::new(peer, "https")
         }
     }
 }

@@ -151,7 +151,7 @@ async fn serve_stream(
             match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await
             {
                 Ok(Ok(tls)) => {
-                    let info = ConnInfo::new(peer, "https");
+                    let info = ConnInfo::tls(peer, tls.get_ref().1.server_name());
                     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                         serve_h2(rt, tls, info, &settings, closing).await
                     } else {
@@ -401,7 +401,7 @@ pub async fn serve_connection<I>(
             Box::pin(handling.map(move |mut resp| {
                 // veer's own `Connection: close` (after a 400 or 408) is HTTP/1.1's; hyper
                 // would drop it from an HTTP/2 answer with a warning each time.
-                if h2 && matches!(resp.body(), ProxyBody::Full(_)) {
+                if h2 && resp.body().is_full() {
                     resp.headers_mut().remove(http::header::CONNECTION);
                 }
                 if close && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
