@@ -100,6 +100,11 @@ impl Pending {
         e.upstream = upstream;
     }
 
+    /// Attempts made so far.
+    pub fn attempts(&self) -> u32 {
+        self.entry.attempts
+    }
+
     /// The pool chosen, before any backend (a 503 with none left still names it).
     pub fn pool(&mut self, pool: &Arc<str>) {
         self.entry.pool = Some(pool.clone());
@@ -145,6 +150,13 @@ pub fn reason(f: Failure, connect: bool) -> &'static str {
         Failure::Timeout => "timeout",
         Failure::ClientTimeout => "client_timeout",
         Failure::ClientGone => "client_gone",
+    }
+}
+
+/// Note in the entry, if any, that veer answered itself with `f`.
+pub fn answered_self(log: &mut Option<Pending>, f: Failure, connect: bool) {
+    if let Some(l) = log.as_mut() {
+        l.failed(reason(f, connect));
     }
 }
 

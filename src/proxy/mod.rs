@@ -155,6 +155,21 @@ pub fn handle(
     ctx: ConnCtx,
     mut req: Request<RequestBody>,
 ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+    use futures_util::future::FutureExt;
+    let id = access::request_id(&mut req);
+    // Built only when the access log is on.
+    let log = access::Pending::begin(&ctx, &req, &id);
+    dispatch(ctx, req, log).map(move |(resp, log)| access::finish(resp, id, log))
+}
+
+type Logged = (Response<ProxyBody>, Option<access::Pending>);
+
+/// [`handle`] with the request's log entry, handed back with the answer.
+fn dispatch(
+    ctx: ConnCtx,
+    mut req: Request<RequestBody>,
+    mut log: Option<access::Pending>,
+) -> impl Future<Output = Logged> + Send + 'static {
     use futures_util::future::{ready, FutureExt};
     let (rt, conn) = (&ctx.0, &ctx.1);
     // Authority-form (`GET host:80`) is for CONNECT only (RFC 9112 §3.2.3): it has no path
@@ -163,7 +178,7 @@ pub fn handle(
         && req.uri().authority().is_some()
         && req.method() != Method::CONNECT
     {
-        return Either::Left(ready(Failure::BadRequest.response()));
+        return Either::Left(ready(access::own(Failure::BadRequest, log)));
     }
     // Raw bytes beyond ASCII are no URI (RFC 3986), and backends differ on how to read them.
     let ascii = req
@@ -171,7 +186,7 @@ pub fn handle(
         .path_and_query()
         .is_none_or(|pq| pq.as_str().is_ascii());
     if !ascii || !headers::only_chunked(req.headers()) {
-        return Either::Left(ready(Failure::BadRequest.response()));
+        return Either::Left(ready(access::own(Failure::BadRequest, log)));
     }
     let snap = rt.snapshot();
     // The host: the request target's authority where there is one (absolute-form over
@@ -181,7 +196,7 @@ pub fn handle(
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let (host_header, second) = (hosts.next().cloned(), hosts.next().is_some());
     if second {
-        return Either::Left(ready(Failure::BadRequest.response()));
+        return Either::Left(ready(access::own(Failure::BadRequest, log)));
     }
     let host_value =
         match req.uri().authority() {
@@ -190,7 +205,7 @@ pub fn handle(
                 if !req.uri().scheme_str().is_none_or(|s| {
                     s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https")
                 }) {
-                    return Either::Left(ready(Failure::BadRequest.response()));
+                    return Either::Left(ready(access::own(Failure::BadRequest, log)));
                 }
                 match host_header {
                     // HTTP/2 clients often send both, the same.
@@ -198,11 +213,11 @@ pub fn handle(
                     // The target's authority wins, but an invalid Host is still a malformed
                     // request (RFC 9112 §3.2).
                     Some(h) if !valid_host(h.as_bytes()) => {
-                        return Either::Left(ready(Failure::BadRequest.response()))
+                        return Either::Left(ready(access::own(Failure::BadRequest, log)))
                     }
                     _ => {
                         let Ok(h) = HeaderValue::from_str(a.as_str()) else {
-                            return Either::Left(ready(Failure::BadRequest.response()));
+                            return Either::Left(ready(access::own(Failure::BadRequest, log)));
                         };
                         req.headers_mut().insert(header::HOST, h.clone());
                         Some(h)
@@ -212,9 +227,9 @@ pub fn handle(
         };
     let raw_host = match &host_value {
         Some(v) if valid_host(v.as_bytes()) => v.to_str().unwrap_or_default(),
-        Some(_) => return Either::Left(ready(Failure::BadRequest.response())),
+        Some(_) => return Either::Left(ready(access::own(Failure::BadRequest, log))),
         None if req.version() == Version::HTTP_11 => {
-            return Either::Left(ready(Failure::BadRequest.response()))
+            return Either::Left(ready(access::own(Failure::BadRequest, log)))
         }
         None => "",
     };
@@ -224,7 +239,7 @@ pub fn handle(
     // malformed escape is a malformed request.
     let normalized = match crate::routing::normalize_path(req.uri().path()) {
         Ok(n) => n,
-        Err(_) => return Either::Left(ready(Failure::BadRequest.response())),
+        Err(_) => return Either::Left(ready(access::own(Failure::BadRequest, log))),
     };
     if let Some(path) = normalized {
         let pq = match req.uri().query() {
@@ -234,16 +249,19 @@ pub fn handle(
         let mut parts = req.uri().clone().into_parts();
         match http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)) {
             Ok(pq) => parts.path_and_query = Some(pq),
-            Err(_) => return Either::Left(ready(Failure::BadRequest.response())),
+            Err(_) => return Either::Left(ready(access::own(Failure::BadRequest, log))),
         }
         match Uri::from_parts(parts) {
             Ok(u) => *req.uri_mut() = u,
-            Err(_) => return Either::Left(ready(Failure::BadRequest.response())),
+            Err(_) => return Either::Left(ready(access::own(Failure::BadRequest, log))),
         }
     }
     let Some(route) = snap.router.find(&host, req.uri().path()).cloned() else {
-        return Either::Left(ready(Failure::NoRoute.response()));
+        return Either::Left(ready(access::own(Failure::NoRoute, log)));
     };
+    if let Some(l) = log.as_mut() {
+        l.route(&route.name);
+    }
 
     // Which pool: forced by an allowed override, else the user's bucket under today's weights.
     let choice = choice::choose(&route, req.headers(), conn.peer.ip());
@@ -259,9 +277,9 @@ pub fn handle(
         upgrade.then(|| Box::new((hyper::upgrade::on(&mut req), snap.config.clone())));
     let (parts, body) = req.into_parts();
     let forwarding = forward(
-        ctx, snap, route, parts, body, pool_idx, bucket, host_value, upgrade,
+        ctx, snap, route, parts, body, pool_idx, bucket, host_value, upgrade, log,
     );
-    Either::Right(forwarding.map(move |(mut resp, pending)| {
+    Either::Right(forwarding.map(move |(mut resp, pending, mut log)| {
         if let (Some(down), Some(p)) = (down_upgrade, pending) {
             let (down, config) = *down;
             // A switch to anything but an upgrade veer tunnels is the backend breaking the
@@ -269,16 +287,17 @@ pub fn handle(
             let switched_to = resp.headers().get(header::UPGRADE);
             if !switched_to.is_some_and(|v| headers::upgrade_allowed(v, &config.server.upgrades)) {
                 tracing::debug!(upgrade = ?switched_to, "backend switched to a protocol not tunnelled");
-                return Failure::BadGateway.response();
+                return access::own(Failure::BadGateway, log);
             }
-            tunnel(down, p);
+            // The tunnel's one log line is written when it closes.
+            tunnel(down, p, log.take());
         }
         if let Some(c) = new_cookie {
             if let Ok(v) = HeaderValue::from_str(&c) {
                 resp.headers_mut().append(header::SET_COOKIE, v);
             }
         }
-        resp
+        (resp, log)
     }))
 }
 
@@ -352,7 +371,14 @@ fn forward(
     bucket: u32,
     host_value: Option<HeaderValue>,
     upgrade: bool,
-) -> impl Future<Output = (Response<ProxyBody>, Option<PendingTunnel>)> + Send {
+    mut log: Option<access::Pending>,
+) -> impl Future<
+    Output = (
+        Response<ProxyBody>,
+        Option<PendingTunnel>,
+        Option<access::Pending>,
+    ),
+> + Send {
     async move {
         let (rt, conn, snap, route) = (&*ctx.0, &ctx.1, &*snap, &route);
         let retry = &route.config.retry;
@@ -405,7 +431,8 @@ fn forward(
                     if let Some(c) = route.metrics.codes[pool_idx].last() {
                         c.inc(fault.code());
                     }
-                    return (Failure::from(fault).response(), None);
+                    access::answered_self(&mut log, Failure::from(fault), false);
+                    return (Failure::from(fault).response(), None, log);
                 }
             }
         }
@@ -423,6 +450,8 @@ fn forward(
         // The downstream host as an HTTP/2 :authority, parsed on first need.
         let mut h2_authority: Option<Option<http::uri::Authority>> = None;
         let mut last_failure = Failure::NoBackend;
+        // Whether the last failure was a connect failure (for the access log's `error`).
+        let mut last_connect = false;
         let mut last_pool = pool_idx;
         // A retryable upstream answer (502/503/504) is kept until a retry is really sent, so when
         // none can be (no budget, no other backend) the client gets that answer, not veer's own.
@@ -503,7 +532,8 @@ fn forward(
                     uri.authority = Some(authority);
                     uri.path_and_query = Some(path_and_query.clone());
                     let Ok(uri) = Uri::from_parts(uri) else {
-                        return (Failure::BadRequest.response(), None);
+                        access::answered_self(&mut log, Failure::BadRequest, false);
+                        return (Failure::BadRequest.response(), None, log);
                     };
                     uri
                 } else {
@@ -561,6 +591,10 @@ fn forward(
             let body_unsent = slot.is_some() && !body_taken;
             let can_retry_any = attempt < retry.attempts && !body_taken;
             let can_retry_idem = can_retry_any && (idempotent || !retry.idempotent_only);
+            if let Some(l) = log.as_mut() {
+                let answered = matches!(result, Outcome::Response(..)).then(|| started.elapsed());
+                l.attempt(&route.pools[pidx].name, &backend.addr_label, answered);
+            }
             match result {
                 Outcome::Response(resp, checkin) => {
                     let status = resp.status();
@@ -578,7 +612,8 @@ fn forward(
                         held = Some(Box::new((resp, checkin, lease)));
                         continue;
                     }
-                    return relay(resp, checkin, lease, upgrade, body_timeout, slot.as_ref());
+                    let (r, t) = relay(resp, checkin, lease, upgrade, body_timeout, slot.as_ref());
+                    return (r, t, log);
                 }
                 Outcome::Error(e) if e.side() == ErrorSource::Downstream => {
                     // The client's body failed (malformed, cut short, too slow) and the exchange
@@ -588,11 +623,13 @@ fn forward(
                     let fault = e.client_fault().unwrap_or(ClientFault::Gone);
                     tracing::debug!(backend = %backend.id, error = %e, "request body failed");
                     count(route, pidx, &backend, backend_slot, fault.code());
-                    return (Failure::from(fault).response(), None);
+                    access::answered_self(&mut log, Failure::from(fault), false);
+                    return (Failure::from(fault).response(), None, log);
                 }
                 Outcome::Error(e) => {
                     lease.record(false);
                     let connect = e.is_connect();
+                    last_connect = connect;
                     tracing::debug!(backend = %backend.id, error = ?e, "upstream request failed");
                     count(route, pidx, &backend, backend_slot, 502);
                     rollout_observe(route, pidx, true, started);
@@ -601,7 +638,8 @@ fn forward(
                     if ((connect || reset_retryable) && can_retry_any) || can_retry_idem {
                         continue;
                     }
-                    return (Failure::BadGateway.response(), None);
+                    access::answered_self(&mut log, Failure::BadGateway, connect);
+                    return (Failure::BadGateway.response(), None, log);
                 }
                 Outcome::Timeout => {
                     lease.record(false);
@@ -611,13 +649,15 @@ fn forward(
                     if can_retry_idem {
                         continue;
                     }
-                    return (Failure::Timeout.response(), None);
+                    access::answered_self(&mut log, Failure::Timeout, false);
+                    return (Failure::Timeout.response(), None, log);
                 }
             }
         }
         if let Some(h) = held {
             let (resp, checkin, lease) = *h;
-            return relay(resp, checkin, lease, upgrade, body_timeout, slot.as_ref());
+            let (r, t) = relay(resp, checkin, lease, upgrade, body_timeout, slot.as_ref());
+            return (r, t, log);
         }
         if last_failure == Failure::NoBackend {
             let none = route.metrics.codes[last_pool].last();
@@ -625,7 +665,13 @@ fn forward(
                 c.inc(503);
             }
         }
-        (last_failure.response(), None)
+        if let Some(l) = log.as_mut() {
+            if l.attempts() == 0 {
+                l.pool(&route.pools[last_pool].name);
+            }
+        }
+        access::answered_self(&mut log, last_failure, last_connect);
+        (last_failure.response(), None, log)
     }
 }
 
@@ -752,7 +798,7 @@ struct PendingTunnel {
 }
 
 /// Join the two upgraded connections and copy bytes both ways until either side closes.
-fn tunnel(down: hyper::upgrade::OnUpgrade, p: PendingTunnel) {
+fn tunnel(down: hyper::upgrade::OnUpgrade, p: PendingTunnel, log: Option<access::Pending>) {
     tokio::spawn(async move {
         let PendingTunnel { upstream, lease } = p;
         let (down, up) = match tokio::try_join!(down, upstream) {
@@ -766,7 +812,11 @@ fn tunnel(down: hyper::upgrade::OnUpgrade, p: PendingTunnel) {
         let mut up = hyper_util::rt::TokioIo::new(up);
         // A tunnel is in flight like any request: a drain timeout or shutdown cuts the
         // backend connection under it, which ends the copy.
-        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        let copied = tokio::io::copy_bidirectional(&mut down, &mut up).await;
         drop(lease);
+        if let Some(l) = log {
+            let (client_to_backend, backend_to_client) = copied.unwrap_or((0, 0));
+            l.tunnel_closed(client_to_backend, backend_to_client);
+        }
     });
 }
