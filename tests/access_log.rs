@@ -444,3 +444,86 @@ async fn sigusr1_reopens_the_file() {
     assert_eq!(old.len(), 1, "{old:?}");
     assert!(old[0].contains("\"path\":\"/\""));
 }
+
+/// Start the binary on `config` with these env vars; (its stderr so far, the process).
+async fn veer_with_env(
+    config: &str,
+    env: &[(&str, &str)],
+) -> (Arc<Mutex<String>>, tokio::process::Child, tempfile::TempDir) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("veer.toml");
+    std::fs::write(&path, with_listeners(config)).unwrap();
+    let mut cmd = tokio::process::Command::new(veer_bin());
+    cmd.args(["run", "--config"])
+        .arg(&path)
+        .env_remove("VEER_LOG")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let l = log.clone();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut l = l.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let l = log.clone();
+    eventually("veer announces itself", Duration::from_secs(20), || {
+        l.lock().unwrap().contains("veer: proxy=")
+    })
+    .await;
+    (log, child, dir)
+}
+
+#[tokio::test]
+async fn own_log_lines_are_json_with_format_json_and_rust_log_still_filters() {
+    let (up, _) = recording_upstream().await;
+    let config = format!(
+        "[log]\nformat = \"json\"\n[pools.app]\nbackends = [\"{}\"]\n[[routes]]\nname = \"web\"\nsplit = {{ app = 1 }}\n",
+        up.addr
+    );
+    let (log, _child, _dir) = veer_with_env(&config, &[("RUST_LOG", "veer=debug")]).await;
+    let text = log.lock().unwrap().clone();
+    let mut levels = std::collections::BTreeSet::new();
+    for line in text.lines().filter(|l| !l.starts_with("veer: proxy=")) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v.get("timestamp").is_some() && v.get("message").is_some(),
+            "{v}"
+        );
+        levels.insert(v["level"].as_str().unwrap().to_string());
+    }
+    assert!(levels.contains("INFO"), "{text}");
+    // RUST_LOG (VEER_LOG unset) still chooses what is logged.
+    assert!(
+        levels.contains("DEBUG"),
+        "RUST_LOG=veer=debug ignored:\n{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "colour codes in JSON logs");
+}
+
+#[tokio::test]
+async fn text_logs_have_no_colour_codes_off_a_terminal() {
+    let (up, _) = recording_upstream().await;
+    let config = format!(
+        "[pools.app]\nbackends = [\"{}\"]\n[[routes]]\nname = \"web\"\nsplit = {{ app = 1 }}\n",
+        up.addr
+    );
+    let (log, _child, _dir) = veer_with_env(&config, &[("VEER_LOG", "info")]).await;
+    let text = log.lock().unwrap().clone();
+    assert!(text.contains("INFO"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes on a pipe:\n{text:?}"
+    );
+}
