@@ -36,6 +36,10 @@ pub enum StartError {
 /// A listener's identity in the config: address as written, and whether it is TLS.
 type ListenKey = (SocketAddr, bool);
 
+/// A serving listener: bound address, its accept loop's stop, and a duplicate of the socket
+/// for an upgrade's handover.
+type Live = (SocketAddr, CancellationToken, Option<OwnedFd>);
+
 /// The proxy listeners, keyed by address, so a reload can add and remove them without
 /// touching the others.
 pub struct Listeners {
@@ -45,7 +49,7 @@ pub struct Listeners {
     tls: Mutex<Option<Arc<ArcSwap<rustls::ServerConfig>>>>,
     /// Bound address, the accept loop's stop, and a duplicate of the socket to hand to the
     /// next binary on an upgrade (closed with the entry).
-    live: Mutex<HashMap<ListenKey, (SocketAddr, CancellationToken, Option<OwnedFd>)>>,
+    live: Mutex<HashMap<ListenKey, Live>>,
     /// The connection limit as configured, and what the semaphore still has to give back.
     limit: Arc<Mutex<ConnLimit>>,
     tasks: TaskTracker,
