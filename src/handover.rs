@@ -180,11 +180,21 @@ pub async fn start_successor(
     sockets: Vec<(String, OwnedFd)>,
     timeout: Duration,
 ) -> Result<u32, UpgradeError> {
-    use command_fds::{CommandFdExt, FdMapping};
     let (exe, args) = SELF
         .get()
         .cloned()
         .ok_or_else(|| UpgradeError::Fds("the binary's path is not known".into()))?;
+    start_program(&exe, &args, sockets, timeout).await
+}
+
+/// [`start_successor`] with the program and its arguments given.
+pub async fn start_program(
+    exe: &std::path::Path,
+    args: &[std::ffi::OsString],
+    sockets: Vec<(String, OwnedFd)>,
+    timeout: Duration,
+) -> Result<u32, UpgradeError> {
+    use command_fds::{CommandFdExt, FdMapping};
     let (ours, theirs) = UnixDatagram::pair().map_err(|e| UpgradeError::Fds(e.to_string()))?;
     let mut names: Vec<String> = Vec::with_capacity(sockets.len() + 1);
     let mut mappings = Vec::with_capacity(sockets.len() + 1);
@@ -200,8 +210,8 @@ pub async fn start_successor(
         child_fd: 3 + names.len() as i32,
     });
     names.push(READY_NAME.into());
-    let mut cmd = std::process::Command::new(&exe);
-    cmd.args(&args)
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args)
         .env("LISTEN_FDS", names.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"))
         .env_remove("LISTEN_PID")
@@ -268,5 +278,40 @@ mod tests {
         assert_eq!(name(Kind::Https, v6), "https@[++1]+8443");
         let v4: SocketAddr = "127.0.0.1:0".parse().unwrap();
         assert_eq!(name(Kind::Admin, v4), "admin@127.0.0.1+0");
+    }
+
+    /// A new binary that never says it is ready is killed at the bound (paused time: the
+    /// bound passes at once once nothing else is going on).
+    #[tokio::test(start_paused = true)]
+    async fn a_successor_not_ready_in_time_is_killed() {
+        let started = std::time::Instant::now();
+        let r = start_program(
+            std::path::Path::new("sleep"),
+            &["300".into()],
+            Vec::new(),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(
+            matches!(r, Err(UpgradeError::NotReady(d)) if d == Duration::from_secs(30)),
+            "{r:?}"
+        );
+        // Killed and reaped, not waited out.
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn a_successor_that_exits_is_reported() {
+        let r = start_program(
+            std::path::Path::new("sh"),
+            &["-c".into(), "exit 3".into()],
+            Vec::new(),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(
+            matches!(&r, Err(UpgradeError::Exited(s)) if s.code() == Some(3)),
+            "{r:?}"
+        );
     }
 }
