@@ -23,8 +23,9 @@ pub struct Running {
     pub listeners: Arc<Listeners>,
     conns: Arc<Connections>,
     admin_stop: CancellationToken,
-    /// A duplicate of the admin socket, for the next binary of an upgrade.
-    admin_fd: Option<std::os::fd::OwnedFd>,
+    /// A duplicate of the admin socket and its handover name (by the address it was started
+    /// on), for the next binary of an upgrade.
+    admin_fd: Option<(String, std::os::fd::OwnedFd)>,
     tasks: TaskTracker,
 }
 
@@ -91,7 +92,12 @@ pub async fn start_with(
         })?;
     let admin_fd = {
         use std::os::fd::AsFd;
-        admin_listener.as_fd().try_clone_to_owned().ok()
+        let name = crate::handover::name(crate::handover::Kind::Admin, admin_addr);
+        admin_listener
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(|fd| (name, fd))
     };
     // An inherited socket the config no longer names is closed, not held forever.
     crate::handover::close_unclaimed();
@@ -134,12 +140,10 @@ impl Running {
     /// process is gone (killed if it hung) and this one serves on. Counted either way.
     pub async fn upgrade(&self) -> Result<u32, crate::handover::UpgradeError> {
         let mut sockets = self.listeners.handover();
-        if let Some(fd) = self.admin_fd.as_ref().and_then(|f| f.try_clone().ok()) {
-            let addr = self.rt.config().admin.listen;
-            sockets.push((
-                crate::handover::name(crate::handover::Kind::Admin, addr),
-                fd,
-            ));
+        if let Some((name, fd)) = &self.admin_fd {
+            if let Ok(fd) = fd.try_clone() {
+                sockets.push((name.clone(), fd));
+            }
         }
         let result = crate::handover::start_successor(sockets, UPGRADE_READY_TIMEOUT).await;
         let label = if result.is_ok() { "success" } else { "failure" };
