@@ -14,12 +14,18 @@
 //! and no `state_file`), automatic transitions go on in memory with a warning, so a rollout is
 //! never stuck; an operator action then changes nothing (409) unless `?force=true`. The clock
 //! is tokio's, so tests drive it with paused time.
+//!
+//! The state machine is here; operator actions in `actions`, writing progress in
+//! `writeback`, logging and notifying events in `events`.
+
+mod actions;
+mod events;
+mod writeback;
 
 use super::gate::{self, Verdict};
-use super::notify::{Event, Notifier};
-use super::persist::Progress;
+use super::notify::{EventKind, GateResult, Notifier};
 use super::stats::{Figures, StepStats};
-use super::{figures_json, Action, ActionError, Command, Committer, Handle, Start, Status};
+use super::{Command, Committer, Handle, Start, Status};
 use crate::config::state::Unwritable;
 use crate::config::writeback::WritebackError;
 use crate::config::{format_duration, RolloutConfig, RolloutState, RouteConfig};
@@ -156,7 +162,7 @@ struct Controller {
     approval_deadline: Option<Instant>,
     stats: Option<Arc<StepStats>>,
     figures: Option<Figures>,
-    verdict: Option<&'static str>,
+    verdict: Option<GateResult>,
     reason: Option<String>,
     next_check: Option<Instant>,
     /// A fresh start could not be written yet; retried at each check.
@@ -174,7 +180,7 @@ async fn sleep_until_opt(t: Option<Instant>) {
 }
 
 impl Controller {
-    async fn run(mut self, start: Start, mut cmds: mpsc::Receiver<Command>) {
+    pub(super) async fn run(mut self, start: Start, mut cmds: mpsc::Receiver<Command>) {
         self.begin(start).await;
         loop {
             tokio::select! {
@@ -194,15 +200,15 @@ impl Controller {
         self.install_stats(None);
     }
 
-    fn weight_of_step(&self, step: usize) -> u32 {
+    pub(super) fn weight_of_step(&self, step: usize) -> u32 {
         self.def.steps.get(step).copied().unwrap_or(0)
     }
 
-    fn last_step(&self) -> usize {
+    pub(super) fn last_step(&self) -> usize {
         self.def.steps.len().saturating_sub(1)
     }
 
-    async fn begin(&mut self, start: Start) {
+    pub(super) async fn begin(&mut self, start: Start) {
         let (state, step) = match start {
             Start::Fresh | Start::Resume { state: None, .. } => (None, 0),
             Start::Resume {
@@ -219,7 +225,7 @@ impl Controller {
             Some(RolloutState::Progressing) => {
                 // The file already says where we are; make sure the split agrees. (The
                 // "resumed" event logs it.)
-                if let Err(e) = self.enter_step(step, "resumed", true, AUTO).await {
+                if let Err(e) = self.enter_step(step, EventKind::Resumed, true, AUTO).await {
                     tracing::error!(route = %self.route, error = %e, "cannot resume rollout step; will retry");
                     self.state = RolloutState::Progressing;
                     self.next_check = Some(Instant::now() + self.tick);
@@ -241,8 +247,8 @@ impl Controller {
         }
     }
 
-    async fn start_fresh(&mut self) {
-        match self.enter_step(0, "started", false, AUTO).await {
+    pub(super) async fn start_fresh(&mut self) {
+        match self.enter_step(0, EventKind::Started, false, AUTO).await {
             Ok(()) => self.pending_start = false,
             Err(CommitError::Superseded | CommitError::Gone) => {}
             Err(e) => {
@@ -257,7 +263,7 @@ impl Controller {
     }
 
     /// Publish the status and the step gauge.
-    fn publish(&self) {
+    pub(super) fn publish(&self) {
         let active = matches!(
             self.state,
             RolloutState::Progressing | RolloutState::Paused | RolloutState::AwaitingApproval
@@ -284,69 +290,8 @@ impl Controller {
         });
     }
 
-    /// Log and notify one event.
-    fn emit(&self, event: &'static str, verdict: Option<&'static str>, figures: Option<&Figures>) {
-        let weight = match self.state {
-            RolloutState::Succeeded => 100,
-            RolloutState::RolledBack | RolloutState::Pending => 0,
-            _ => self.weight_of_step(self.step),
-        };
-        let gate = figures.map(|f| figures_json(&self.def, f));
-        let reason = self.reason.clone();
-        let (step, steps, to) = (self.step + 1, self.def.steps.len(), &self.def.to);
-        let figs = figures
-            .map(|f| {
-                let c = &f.canary;
-                let p99 = c.p99.map(format_duration).unwrap_or_else(|| "-".into());
-                format!(
-                    "{} requests to {to}, {} failed ({}), p99 {p99}",
-                    c.requests,
-                    c.failures,
-                    gate::pct(c.error_rate())
-                )
-            })
-            .unwrap_or_default();
-        let why = reason
-            .as_deref()
-            .map(|r| format!(": {r}"))
-            .unwrap_or_default();
-        let msg = match event {
-            "started" | "step" | "resumed" => {
-                format!("rollout {event}: step {step}/{steps}, {to} at {weight}%")
-            }
-            "gate" => format!(
-                "rollout gate {} at step {step}/{steps} ({figs}){why}",
-                verdict.unwrap_or("")
-            ),
-            "succeeded" => format!("rollout succeeded, {to} at 100%{why}"),
-            "rolled_back" => format!(
-                "rollout rolled back at step {step}/{steps}, all traffic to {}{why} ({figs})",
-                self.baseline
-            ),
-            _ => format!("rollout {event} at step {step}/{steps}, {to} at {weight}%{why}"),
-        };
-        if event == "rolled_back" || verdict == Some("failed") {
-            tracing::warn!(route = %self.route, event, step = self.step, weight, "{msg}");
-        } else {
-            tracing::info!(route = %self.route, event, step = self.step, weight, "{msg}");
-        }
-        self.notifier.send(Event {
-            route: self.route.clone(),
-            event,
-            state: self.state.as_str(),
-            step: self.step,
-            weight,
-            to: self.def.to.clone(),
-            baseline: self.baseline.clone(),
-            verdict,
-            reason,
-            gate,
-            time_ms: Event::now_ms(),
-        });
-    }
-
     /// Put `stats` in the route's slot (or clear it when it still holds ours).
-    fn install_stats(&mut self, stats: Option<Arc<StepStats>>) {
+    pub(super) fn install_stats(&mut self, stats: Option<Arc<StepStats>>) {
         let Some(rt) = self.rt.upgrade() else { return };
         let snap = rt.snapshot();
         let Some(route) = snap.router.get(&self.route) else {
@@ -364,36 +309,7 @@ impl Controller {
         self.stats = stats;
     }
 
-    /// Write the progress (the config file, the state file, or memory without either) and
-    /// make it live. `how`: what to do when it cannot be written (see [`Unwritable`]).
-    async fn commit(
-        &self,
-        weight: u32,
-        state: RolloutState,
-        step: usize,
-        how: Unwritable,
-    ) -> Result<(), CommitError> {
-        let committer = self.committer.upgrade().ok_or(CommitError::Gone)?;
-        let (cancel, route, def) = (&self.cancel, self.route.as_str(), &*self.def);
-        let edit = Box::new(move |live: &crate::config::Config| {
-            if cancel.is_cancelled() {
-                return Err(CommitError::Superseded);
-            }
-            let rc = live.route(route).ok_or(CommitError::Superseded)?;
-            if !rc.rollout.as_ref().is_some_and(|d| d.definition_eq(def)) {
-                return Err(CommitError::Superseded);
-            }
-            let split: Vec<(String, u32)> = rc
-                .split
-                .iter()
-                .map(|(p, _)| (p.clone(), if *p == def.to { weight } else { 100 - weight }))
-                .collect();
-            Ok(Progress { split, state, step }.change(route))
-        });
-        committer.commit(edit, how).await
-    }
-
-    fn pool_healthy(&self) -> bool {
+    pub(super) fn pool_healthy(&self) -> bool {
         self.rt
             .upgrade()
             .and_then(|rt| {
@@ -405,7 +321,7 @@ impl Controller {
             .unwrap_or(false)
     }
 
-    fn schedule(&mut self) {
+    pub(super) fn schedule(&mut self) {
         let now = Instant::now();
         let mut next = now + self.tick;
         match self.state {
@@ -432,10 +348,10 @@ impl Controller {
     }
 
     /// Set the weight of step `k` and start its clock and statistics.
-    async fn enter_step(
+    pub(super) async fn enter_step(
         &mut self,
         k: usize,
-        event: &'static str,
+        event: EventKind,
         resumed: bool,
         how: Unwritable,
     ) -> Result<(), CommitError> {
@@ -462,7 +378,7 @@ impl Controller {
     }
 
     /// Empty statistics for a new step (or an approval wait) of this rollout.
-    fn fresh_stats(&self) -> Arc<StepStats> {
+    pub(super) fn fresh_stats(&self) -> Arc<StepStats> {
         Arc::new(StepStats::new(
             &self.def.to,
             &self.baseline,
@@ -470,25 +386,8 @@ impl Controller {
         ))
     }
 
-    /// Does the live config already show this progress?
-    fn split_matches(&self, weight: u32, state: RolloutState, step: usize) -> bool {
-        let Some(rt) = self.rt.upgrade() else {
-            return false;
-        };
-        let live = rt.config();
-        live.route(&self.route).is_some_and(|rc| {
-            let total: u32 = rc.split.iter().map(|(_, w)| *w).sum();
-            rc.weight_of(&self.def.to)
-                .is_some_and(|w| w * 100 == weight * total.max(1))
-                && rc
-                    .rollout
-                    .as_ref()
-                    .is_some_and(|r| r.state == Some(state) && r.step == Some(step))
-        })
-    }
-
     /// Enter `awaiting_approval` at the current step (already written); `emit` the event.
-    fn await_approval(&mut self, emit: bool) {
+    pub(super) fn await_approval(&mut self, emit: bool) {
         self.state = RolloutState::AwaitingApproval;
         self.approval_deadline = Some(Instant::now() + self.def.approval_timeout);
         self.reason = Some(format!(
@@ -504,18 +403,21 @@ impl Controller {
         self.schedule();
         self.publish();
         if emit {
-            self.emit("awaiting_approval", None, None);
+            self.emit(EventKind::AwaitingApproval, None, None);
         }
     }
 
-    async fn check(&mut self) {
+    pub(super) async fn check(&mut self) {
         let now = Instant::now();
         match self.state {
             RolloutState::Pending if self.pending_start => self.start_fresh().await,
             RolloutState::Progressing => {
                 let Some(stats) = self.stats.clone() else {
                     // A resume whose write failed: try again.
-                    if let Err(e) = self.enter_step(self.step, "resumed", true, AUTO).await {
+                    if let Err(e) = self
+                        .enter_step(self.step, EventKind::Resumed, true, AUTO)
+                        .await
+                    {
                         tracing::debug!(route = %self.route, error = %e, "resume retry failed");
                         self.schedule();
                     }
@@ -531,9 +433,9 @@ impl Controller {
                         Verdict::Pass => {
                             if !self.passed_logged {
                                 self.passed_logged = true;
-                                self.verdict = Some("passed");
+                                self.verdict = Some(GateResult::Passed);
                                 self.reason = None;
-                                self.emit("gate", Some("passed"), Some(&f));
+                                self.emit(EventKind::Gate, Some(GateResult::Passed), Some(&f));
                             }
                             self.advance(f).await;
                         }
@@ -542,11 +444,11 @@ impl Controller {
                             return;
                         }
                         Verdict::Wait(reason) => {
-                            let first = self.verdict != Some("waiting");
-                            self.verdict = Some("waiting");
+                            let first = self.verdict != Some(GateResult::Waiting);
+                            self.verdict = Some(GateResult::Waiting);
                             self.reason = Some(reason);
                             if first {
-                                self.emit("gate", Some("waiting"), Some(&f));
+                                self.emit(EventKind::Gate, Some(GateResult::Waiting), Some(&f));
                             }
                             self.publish();
                         }
@@ -580,15 +482,15 @@ impl Controller {
     }
 
     /// The gate failed (at the step's end or by fail fast): report it, then roll back.
-    async fn gate_failed(&mut self, reason: String, f: Figures) {
-        self.verdict = Some("failed");
+    pub(super) async fn gate_failed(&mut self, reason: String, f: Figures) {
+        self.verdict = Some(GateResult::Failed);
         self.reason = Some(reason.clone());
-        self.emit("gate", Some("failed"), Some(&f));
+        self.emit(EventKind::Gate, Some(GateResult::Failed), Some(&f));
         self.roll_back(reason, Some(f), AUTO).await.ok();
     }
 
     /// The step passed: next step, approval, or success.
-    async fn advance(&mut self, f: Figures) {
+    pub(super) async fn advance(&mut self, f: Figures) {
         let result = if self.step >= self.last_step() {
             self.succeed("the last step passed".into(), Some(f), AUTO)
                 .await
@@ -610,7 +512,8 @@ impl Controller {
                 Err(e) => Err(e),
             }
         } else {
-            self.enter_step(self.step + 1, "step", false, AUTO).await
+            self.enter_step(self.step + 1, EventKind::Step, false, AUTO)
+                .await
         };
         if let Err(e) = result {
             // Hold at this step; the next check judges again and retries.
@@ -623,7 +526,7 @@ impl Controller {
         }
     }
 
-    async fn succeed(
+    pub(super) async fn succeed(
         &mut self,
         reason: String,
         f: Option<Figures>,
@@ -633,13 +536,13 @@ impl Controller {
         self.commit(100, RolloutState::Succeeded, last, how).await?;
         self.state = RolloutState::Succeeded;
         self.step = last;
-        self.finish(reason, f, "succeeded");
+        self.finish(reason, f, EventKind::Succeeded);
         Ok(())
     }
 
     /// Roll back: all traffic to the baseline. Automatic rollbacks take effect in memory even
     /// when nothing can be written (safety first); operator aborts follow the API rule.
-    async fn roll_back(
+    pub(super) async fn roll_back(
         &mut self,
         reason: String,
         f: Option<Figures>,
@@ -655,11 +558,11 @@ impl Controller {
             return Err(e);
         }
         self.state = RolloutState::RolledBack;
-        self.finish(reason, f, "rolled_back");
+        self.finish(reason, f, EventKind::RolledBack);
         Ok(())
     }
 
-    fn finish(&mut self, reason: String, f: Option<Figures>, result: &'static str) {
+    pub(super) fn finish(&mut self, reason: String, f: Option<Figures>, result: EventKind) {
         self.figures = f.or(self.figures);
         self.reason = Some(reason);
         self.approval_deadline = None;
@@ -669,107 +572,10 @@ impl Controller {
         if let Some(rt) = self.rt.upgrade() {
             rt.metrics
                 .rollouts
-                .with_label_values(&[&self.route, result])
+                .with_label_values(&[&self.route, result.as_str()])
                 .inc();
         }
         self.publish();
         self.emit(result, None, self.figures.as_ref());
-    }
-
-    fn conflict(&self, what: &str) -> ActionError {
-        ActionError::Conflict(format!(
-            "cannot {what}: the rollout of route {:?} is {}",
-            self.route,
-            self.state.as_str()
-        ))
-    }
-
-    /// An operator action. `force` (`?force=true`): go on in memory when the progress cannot
-    /// be written, as automatic steps do; otherwise such an action changes nothing (409).
-    async fn act(&mut self, action: Action, force: bool) -> Result<Status, ActionError> {
-        use RolloutState::*;
-        let how = if force { AUTO } else { Unwritable::Refuse };
-        let running = matches!(self.state, Progressing | Paused | AwaitingApproval);
-        match action {
-            Action::Start => {
-                if running {
-                    return Err(self.conflict("start (abort it first)"));
-                }
-                self.pending_start = false;
-                self.enter_step(0, "started", false, how)
-                    .await
-                    .map_err(ActionError::Commit)?;
-            }
-            Action::Pause => {
-                if !matches!(self.state, Progressing | AwaitingApproval) {
-                    return Err(self.conflict("pause"));
-                }
-                self.commit(self.weight_of_step(self.step), Paused, self.step, how)
-                    .await
-                    .map_err(ActionError::Commit)?;
-                self.paused_from = Some(self.state);
-                self.state = Paused;
-                self.figures = self.stats.as_ref().map(|s| s.figures()).or(self.figures);
-                self.install_stats(None);
-                self.reason = Some("paused by operator".into());
-                self.next_check = None;
-                self.publish();
-                self.emit("paused", None, None);
-            }
-            Action::Resume => {
-                if self.state != Paused {
-                    return Err(self.conflict("resume"));
-                }
-                if self.paused_from == Some(AwaitingApproval) {
-                    self.commit(
-                        self.weight_of_step(self.step),
-                        AwaitingApproval,
-                        self.step,
-                        how,
-                    )
-                    .await
-                    .map_err(ActionError::Commit)?;
-                    self.await_approval(false);
-                    self.emit("resumed", None, None);
-                } else {
-                    // The step starts over: a full interval of fresh statistics.
-                    self.enter_step(self.step, "resumed", false, how)
-                        .await
-                        .map_err(ActionError::Commit)?;
-                }
-            }
-            Action::Approve => {
-                if self.state != AwaitingApproval {
-                    return Err(self.conflict("approve"));
-                }
-                let next = (self.step + 1).min(self.last_step());
-                self.commit(self.weight_of_step(next), Progressing, next, how)
-                    .await
-                    .map_err(ActionError::Commit)?;
-                self.emit("approved", None, None);
-                self.enter_step(next, "step", true, how)
-                    .await
-                    .map_err(ActionError::Commit)?;
-            }
-            Action::Promote => {
-                if !(running || self.state == Pending) {
-                    return Err(self.conflict("promote (start it again first)"));
-                }
-                let f = self.stats.as_ref().map(|s| s.figures());
-                self.succeed("promoted by operator".into(), f, how)
-                    .await
-                    .map_err(ActionError::Commit)?;
-            }
-            Action::Abort => {
-                if !(running || self.state == Pending) {
-                    return Err(self.conflict("abort"));
-                }
-                let f = self.stats.as_ref().map(|s| s.figures()).or(self.figures);
-                self.roll_back("aborted by operator".into(), f, how)
-                    .await
-                    .map_err(ActionError::Commit)?;
-            }
-        }
-        Ok(self.status.borrow().clone())
     }
 }
