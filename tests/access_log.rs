@@ -486,12 +486,37 @@ async fn veer_with_env(
 
 #[tokio::test]
 async fn own_log_lines_are_json_with_format_json_and_rust_log_still_filters() {
-    let (up, _) = recording_upstream().await;
+    // A backend that is not there: the failed attempt is logged at debug.
+    let dead = dead_addr().await;
     let config = format!(
-        "[log]\nformat = \"json\"\n[pools.app]\nbackends = [\"{}\"]\n[[routes]]\nname = \"web\"\nsplit = {{ app = 1 }}\n",
-        up.addr
+        "[log]\nformat = \"json\"\n[pools.app]\nbackends = [\"{dead}\"]\n[[routes]]\nname = \"web\"\nsplit = {{ app = 1 }}\nretry = {{ attempts = 1 }}\n"
     );
-    let (log, _child, _dir) = veer_with_env(&config, &[("RUST_LOG", "veer=debug")]).await;
+    let (log, _child, dir) = veer_with_env(&config, &[("RUST_LOG", "veer=debug")]).await;
+    let _ = dir;
+    let addr = {
+        let text = log.lock().unwrap().clone();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("veer: proxy="))
+            .unwrap()
+            .to_string();
+        line.split("proxy=http://")
+            .nth(1)
+            .unwrap()
+            .split([',', ' '])
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(get(&format!("http://{addr}/")).await.status, 502);
+    let l = log.clone();
+    // RUST_LOG (VEER_LOG unset) still chooses what is logged.
+    eventually(
+        "a debug line (RUST_LOG=veer=debug)",
+        Duration::from_secs(5),
+        || l.lock().unwrap().contains("\"level\":\"DEBUG\""),
+    )
+    .await;
     let text = log.lock().unwrap().clone();
     let mut levels = std::collections::BTreeSet::new();
     for line in text.lines().filter(|l| !l.starts_with("veer: proxy=")) {
@@ -503,11 +528,9 @@ async fn own_log_lines_are_json_with_format_json_and_rust_log_still_filters() {
         );
         levels.insert(v["level"].as_str().unwrap().to_string());
     }
-    assert!(levels.contains("INFO"), "{text}");
-    // RUST_LOG (VEER_LOG unset) still chooses what is logged.
     assert!(
-        levels.contains("DEBUG"),
-        "RUST_LOG=veer=debug ignored:\n{text}"
+        levels.contains("INFO") && levels.contains("DEBUG"),
+        "{text}"
     );
     assert!(!text.contains('\u{1b}'), "colour codes in JSON logs");
 }
