@@ -550,3 +550,41 @@ async fn text_logs_have_no_colour_codes_off_a_terminal() {
         "colour codes on a pipe:\n{text:?}"
     );
 }
+
+/// A client that goes away before its answer still gets its line: 499, `client_gone`.
+#[tokio::test]
+async fn a_client_gone_before_the_answer_is_logged_as_499() {
+    use tokio::io::AsyncWriteExt;
+    let up = upstream_with(|_| async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        respond(200, "late")
+    })
+    .await;
+    let veer = start_veer(&format!(
+        "{}[pools.app]\nbackends = [\"{}\"]\n[[routes]]\nname = \"web\"\nsplit = {{ app = 1 }}\n",
+        log_section(""),
+        up.addr
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(veer.addr).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let hits = up.hits.clone();
+    eventually(
+        "the request reached the backend",
+        Duration::from_secs(5),
+        || hits.load(Ordering::SeqCst) > 0,
+    )
+    .await;
+    drop(s);
+    let line = &json_lines(&{
+        wait_lines(&log_path(&veer), 1).await;
+        log_path(&veer)
+    })[0];
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["error"], "client_gone");
+    assert_eq!(line["path"], "/slow");
+    assert_eq!(line["route"], "web");
+    veer.shutdown().await;
+}

@@ -29,9 +29,11 @@ pub fn request_id<B>(req: &mut Request<B>) -> HeaderValue {
     id
 }
 
-/// A request's log entry while it is handled, with the connection it needs at the end.
+/// A request's log entry while it is handled, with the connection it needs at the end. One
+/// dropped unwritten (the client went away before its answer) is written with status 499,
+/// as nginx does.
 pub struct Pending {
-    entry: Box<Entry>,
+    entry: Option<Box<Entry>>,
     started: Instant,
     ctx: ConnCtx,
 }
@@ -47,7 +49,7 @@ impl Pending {
         };
         let info = &ctx.1;
         Some(Pending {
-            entry: Box::new(Entry {
+            entry: Some(Box::new(Entry {
                 time: SystemTime::now(),
                 request_id: id.clone(),
                 client_ip: info.peer.ip(),
@@ -74,7 +76,7 @@ impl Pending {
                 user_agent: h.get(header::USER_AGENT).cloned(),
                 referer: h.get(header::REFERER).cloned(),
                 error: None,
-            }),
+            })),
             started: Instant::now(),
             ctx: ctx.clone(),
         })
@@ -82,7 +84,9 @@ impl Pending {
 
     /// The route the request matched.
     pub fn route(&mut self, route: &Arc<str>) {
-        self.entry.route = Some(route.clone());
+        if let Some(e) = self.entry.as_mut() {
+            e.route = Some(route.clone());
+        }
     }
 
     /// An attempt answered (or failed) on `backend` of `pool`; `upstream` is the time to its
@@ -93,49 +97,70 @@ impl Pending {
         backend: &Arc<str>,
         upstream: Option<std::time::Duration>,
     ) {
-        let e = &mut self.entry;
-        e.attempts += 1;
-        e.pool = Some(pool.clone());
-        e.backend = Some(backend.clone());
-        e.upstream = upstream;
+        if let Some(e) = self.entry.as_mut() {
+            e.attempts += 1;
+            e.pool = Some(pool.clone());
+            e.backend = Some(backend.clone());
+            e.upstream = upstream;
+        }
     }
 
     /// Attempts made so far.
     pub fn attempts(&self) -> u32 {
-        self.entry.attempts
+        self.entry.as_ref().map_or(0, |e| e.attempts)
     }
 
     /// The pool chosen, before any backend (a 503 with none left still names it).
     pub fn pool(&mut self, pool: &Arc<str>) {
-        self.entry.pool = Some(pool.clone());
+        if let Some(e) = self.entry.as_mut() {
+            e.pool = Some(pool.clone());
+        }
     }
 
     /// veer answered itself, for this reason.
     pub fn failed(&mut self, why: &'static str) {
-        self.entry.error = Some(why);
+        if let Some(e) = self.entry.as_mut() {
+            e.error = Some(why);
+        }
     }
 
     /// Hand the finished entry to the writer (when sampling keeps it).
     fn submit(mut self, status: u16, bytes_in: Option<u64>, bytes_out: u64) {
+        self.write(status, bytes_in, bytes_out);
+    }
+
+    fn write(&mut self, status: u16, bytes_in: Option<u64>, bytes_out: u64) {
+        let Some(mut e) = self.entry.take() else {
+            return;
+        };
         let Some(log) = self.ctx.0.access_log.get() else {
             return;
         };
-        if !log.keeps(status, self.entry.error.is_some()) {
+        if !log.keeps(status, e.error.is_some()) {
             return;
         }
-        let e = &mut self.entry;
         e.status = status;
         e.bytes_out = bytes_out;
         if let Some(b) = bytes_in {
             e.bytes_in = b;
         }
         e.duration = self.started.elapsed();
-        log.submit(self.entry);
+        log.submit(e);
     }
 
     /// A tunnel (WebSocket) closed after this many bytes each way: its one line.
     pub fn tunnel_closed(self, bytes_in: u64, bytes_out: u64) {
         self.submit(101, Some(bytes_in), bytes_out);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.entry.is_some() {
+            // Handled no further: the client went away before its answer.
+            self.failed("client_gone");
+            self.write(499, None, 0);
+        }
     }
 }
 

@@ -444,6 +444,9 @@ pub(super) fn tunnel(
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
+                if let Some(l) = log {
+                    l.tunnel_closed(0, 0);
+                }
                 return;
             }
         };
