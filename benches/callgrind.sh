@@ -7,6 +7,7 @@
 #
 # Usage: benches/callgrind.sh BINARY [BINARY…]   (e.g. an old build beside target/release/veer)
 # Env:   N=20000 LOW=2000 CONNS=16 H2=1 (HTTPS with HTTP/2 instead of plain HTTP/1.1)
+#        ACCESS=PATH  with the access log on, to PATH (a file, /dev/null); JSON lines
 # Needs: apt-get install -y valgrind nginx nghttp2-client openssl
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,7 @@ make_cert "$W" cert localhost
 backend_conf "$W" $B1 $B2
 nginx -c "$W/backend.conf" -p "$W" & pids+=($!)
 veer_conf 127.0.0.1:$P 127.0.0.1:$PS 127.0.0.1:$ADMIN "$W/cert" $B1 $B2 bench >"$W/veer.toml"
+[ -n "${ACCESS:-}" ] && printf '[log]\naccess = "%s"\n' "$ACCESS" >>"$W/veer.toml"
 url=http://127.0.0.1:$P/; flags=(--h1); [ -n "${H2:-}" ] && { url=https://127.0.0.1:$PS/; flags=(); }
 
 # ir BINARY REQUESTS: total instructions of one veer run that served REQUESTS requests.

@@ -3,11 +3,13 @@
 # nginx backends at 90/10), driven by ../shared/bench/compare.sh. Quote the medians and the
 # veer/other ratios it prints, never one round's absolute figure.
 #
-# Usage: benches/load.sh [plain|resilience|both] [rounds=3] [seconds=5] [connections=64]
+# Usage: benches/load.sh [plain|resilience|both|access] [rounds=3] [seconds=5] [connections=64]
 #   plain       the default blue/green split (compare.sh's own veer config)
 #   resilience  the same with active health checks (interval 1s) and circuit breakers on
 #               both pools, to compare against plain (issue 3: within 5% on rps and cpu/req)
 #   both        plain, then resilience (the default)
+#   access      plain with the access log off, to a file and to /dev/null, round by round
+#               (issue 16: within 5% of requests/s with it on)
 # Needs: apt-get install -y wrk haproxy nginx caddy
 # Env:   COMPARE=path/to/compare.sh (default ../shared/bench/compare.sh, beside the repo)
 #        NO_BUILD=1 to skip `cargo build --release`
@@ -64,6 +66,14 @@ name = "bench"
 split = { blue = 90, green = 10 }
 EOF
 
+# The plain config with an access log (JSON) to $1.
+access_template() {
+  local t
+  t=$(mktemp /tmp/veer-bench-access.XXXX)
+  printf '[server]\nlisten = ["@LISTEN@"]\nworkers = 1\n[admin]\nlisten = "127.0.0.1:18094"\n[log]\naccess = "%s"\n[pools.blue]\nbackends = ["@B1@"]\n[pools.green]\nbackends = ["@B2@"]\n[[routes]]\nname = "bench"\nsplit = { blue = 90, green = 10 }\n' "$1" >"$t"
+  echo "$t"
+}
+
 # One compare.sh run; its per-round lines ("ROUND NAME RPS P50 P99 CPU_US ...") are also kept,
 # tagged with the mode, for the summary.
 RESULTS=$(mktemp /tmp/veer-bench-results.XXXX)
@@ -84,7 +94,20 @@ case "$MODE" in
       run resilience 1 "$RESILIENCE"
     done
     ;;
-  *) echo "unknown mode $MODE (plain, resilience or both)" >&2; exit 2 ;;
+  access)
+    ACCESS_FILE=$(mktemp /tmp/veer-bench-access-log.XXXX)
+    T_FILE=$(access_template "$ACCESS_FILE")
+    T_NULL=$(access_template /dev/null)
+    for _ in $(seq "$ROUNDS"); do
+      run plain 1
+      run access_file 1 "$T_FILE"
+      run access_null 1 "$T_NULL"
+      : >"$ACCESS_FILE" # keep the disk out of it
+    done
+    echo "access log lines in the last round's file: $(wc -l <"$ACCESS_FILE")"
+    rm -f "$ACCESS_FILE" "$T_FILE" "$T_NULL"
+    ;;
+  *) echo "unknown mode $MODE (plain, resilience, both or access)" >&2; exit 2 ;;
 esac
 
 echo "=== every round (mode, round, target, req/s, p50, p99, cpu/req us) ==="
@@ -115,6 +138,10 @@ for mode in dict.fromkeys(k[0] for k in med):
         o = med.get((mode, other))
         if o:
             print(f"{mode}: veer/{other}: rps {v['rps']/o['rps']:.2f}  p99 {v['p99']/o['p99']:.2f}  cpu/req {v['cpu']/o['cpu']:.2f}")
+for mode in ('access_file', 'access_null'):
+    p, a = med.get(('plain', 'veer')), med.get((mode, 'veer'))
+    if p and a:
+        print(f"veer {mode}/plain (log off): rps {a['rps']/p['rps']:.3f}  cpu/req {a['cpu']/p['cpu']:.3f}  p99 {a['p99']/p['p99']:.3f}")
 p, r = med.get(('plain', 'veer')), med.get(('resilience', 'veer'))
 if p and r:
     print(f"veer resilience/plain: rps {r['rps']/p['rps']:.3f}  cpu/req {r['cpu']/p['cpu']:.3f}  p99 {r['p99']/p['p99']:.3f}")

@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::control::Control;
-use crate::proxy::server::{bind, Connections};
+use crate::proxy::server::Connections;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,8 +23,14 @@ pub struct Running {
     pub listeners: Arc<Listeners>,
     conns: Arc<Connections>,
     admin_stop: CancellationToken,
+    /// A duplicate of the admin socket and its handover name (by the address it was started
+    /// on), for the next binary of an upgrade.
+    admin_fd: Option<(String, std::os::fd::OwnedFd)>,
     tasks: TaskTracker,
 }
+
+/// How long the new binary of an upgrade has to say it is ready before it is killed.
+pub const UPGRADE_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to start veer, beyond the config.
 #[derive(Debug, Clone)]
@@ -79,6 +85,12 @@ pub async fn start_with(
         }
     };
     let rt = Control::new(config.clone(), path.clone())?;
+    if let Some(log) =
+        crate::log::access::AccessLog::start(&config.log, rt.metrics.access_log_dropped.clone())
+            .map_err(StartError::AccessLog)?
+    {
+        let _ = rt.access_log.set(log);
+    }
     let conns = Arc::new(Connections::new(max_conns));
     let tasks = TaskTracker::new();
     if let Some(fleet) = fleet {
@@ -92,10 +104,22 @@ pub async fn start_with(
     ));
     let _ = rt.listeners.set(Arc::downgrade(&listeners));
     let (listen, tls_listen) = listeners.ensure(&config, path.as_deref())?;
-    let admin_listener = bind(admin_addr).map_err(|e| StartError::Bind {
-        addr: admin_addr,
-        source: e,
-    })?;
+    let admin_listener = crate::proxy::server::listen(crate::handover::Kind::Admin, admin_addr)
+        .map_err(|e| StartError::Bind {
+            addr: admin_addr,
+            source: e,
+        })?;
+    let admin_fd = {
+        use std::os::fd::AsFd;
+        let name = crate::handover::name(crate::handover::Kind::Admin, admin_addr);
+        admin_listener
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(|fd| (name, fd))
+    };
+    // An inherited socket the config no longer names is closed, not held forever.
+    crate::handover::close_unclaimed();
     let admin = admin_listener.local_addr().unwrap_or(admin_addr);
     let admin_stop = CancellationToken::new();
     tasks.spawn(crate::admin::serve(
@@ -129,11 +153,40 @@ pub async fn start_with(
         listeners,
         conns,
         admin_stop,
+        admin_fd,
         tasks,
     })
 }
 
 impl Running {
+    /// Upgrade in place (SIGUSR2, SPEC.md §12): start the binary at the same path with the
+    /// same arguments, hand it every listening socket (proxy, TLS, admin) and wait until it
+    /// is ready. On `Ok` the caller shuts this process down gracefully; on `Err` the new
+    /// process is gone (killed if it hung) and this one serves on. Counted either way.
+    pub async fn upgrade(&self) -> Result<u32, crate::handover::UpgradeError> {
+        let mut sockets = self.listeners.handover();
+        if let Some((name, fd)) = &self.admin_fd {
+            if let Ok(fd) = fd.try_clone() {
+                sockets.push((name.clone(), fd));
+            }
+        }
+        let result = crate::handover::start_successor(sockets, UPGRADE_READY_TIMEOUT).await;
+        let label = if result.is_ok() { "success" } else { "failure" };
+        self.rt.metrics.upgrades.with_label_values(&[label]).inc();
+        if let Ok(pid) = result {
+            // systemd follows the new process as the service's main one.
+            crate::handover::sd_notify(&format!("MAINPID={pid}"));
+        }
+        result
+    }
+
+    /// Reopen the access log file (SIGUSR1, after logrotate moved it).
+    pub fn reopen_access_log(&self) {
+        if let Some(log) = self.rt.access_log.get() {
+            log.reopen();
+        }
+    }
+
     /// Graceful shutdown: not ready at once, stop accepting, ask connections to close, let
     /// in-flight requests finish (up to `drain_timeout`), then stop everything.
     pub async fn shutdown(self) {
@@ -155,6 +208,9 @@ impl Running {
         self.admin_stop.cancel();
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
+        if let Some(log) = self.rt.access_log.get() {
+            log.flush(Duration::from_secs(1)).await;
+        }
     }
 }
 

@@ -13,11 +13,27 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use veer::config::Config;
 
+/// Logging and signals, for `veer --help`.
+const AFTER_HELP: &str = "\
+Logging:
+  VEER_LOG      what is logged, as an EnvFilter (e.g. info, veer=debug,hyper=warn); default info
+  RUST_LOG      read when VEER_LOG is not set
+  NO_COLOR      set (non-empty): no colours; colours are used only when stderr is a terminal
+  [log] format = \"json\" in the config: one JSON object a line (no colours)
+
+Signals (veer run):
+  SIGHUP        reload the config file
+  SIGUSR1       reopen the access log file (after logrotate moved it)
+  SIGUSR2       upgrade in place: start the binary at the same path with the same arguments,
+                hand it the listening sockets, then finish in-flight requests and exit 0
+  SIGTERM/INT   graceful shutdown";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "veer",
     version,
-    about = "A traffic-shifting reverse proxy for blue/green and canary releases"
+    about = "A traffic-shifting reverse proxy for blue/green and canary releases",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     /// Config file (same as `veer run --config FILE`).
@@ -220,14 +236,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VEER_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+fn init_logging(format: veer::config::LogFormat) {
+    veer::log::init(format);
 }
 
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
@@ -280,6 +290,8 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn run(path: PathBuf) -> Result<()> {
+    // Before any thread starts: sockets from a parent veer (upgrade) or systemd.
+    veer::handover::take_from_env();
     let config = match Config::load_checked(&path, &veer::tls::CertificateFiles) {
         Ok(c) => c,
         Err(errors) => {
@@ -289,7 +301,7 @@ fn run(path: PathBuf) -> Result<()> {
             bail!("invalid config {}", path.display());
         }
     };
-    init_logging();
+    init_logging(config.log.format);
     // Said before anything else: where changes will (not) be kept decides how to run veer.
     for w in veer::config::state::persistence_warnings(&path, &config) {
         tracing::warn!(file = %path.display(), "{w}");
@@ -299,8 +311,13 @@ fn run(path: PathBuf) -> Result<()> {
         let mut signals = Signals::install()?;
         let running = veer::app::start(config, Some(path.clone())).await?;
         announce(&running);
-        signals.wait(&running).await;
-        tracing::info!("shutting down");
+        // A parent veer (upgrade) or systemd waits for this.
+        veer::handover::notify_ready();
+        if signals.wait(&running).await {
+            tracing::info!("upgraded: the new process serves; finishing in-flight requests");
+        } else {
+            tracing::info!("shutting down");
+        }
         running.shutdown().await;
         Ok(())
     })
@@ -326,6 +343,8 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -335,17 +354,31 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 
-    /// Reload on SIGHUP; return on SIGTERM or SIGINT.
-    async fn wait(&mut self, running: &veer::app::Running) {
+    /// Reload on SIGHUP, reopen the access log on SIGUSR1, upgrade on SIGUSR2; return on
+    /// SIGTERM or SIGINT (false), or once a new process has taken over (true).
+    async fn wait(&mut self, running: &veer::app::Running) -> bool {
         loop {
             tokio::select! {
-                _ = self.term.recv() => return,
-                _ = self.int.recv() => return,
+                _ = self.term.recv() => return false,
+                _ = self.int.recv() => return false,
                 _ = self.hup.recv() => {
                     veer::app::reload_from_signal(&running.rt).await;
+                }
+                _ = self.usr1.recv() => running.reopen_access_log(),
+                _ = self.usr2.recv() => {
+                    tracing::info!("SIGUSR2: starting the new binary");
+                    match running.upgrade().await {
+                        Ok(pid) => {
+                            tracing::info!(pid, "upgrade: new process ready and serving");
+                            return true;
+                        }
+                        Err(e) => tracing::error!(error = %e, "upgrade failed; this process serves on"),
+                    }
                 }
             }
         }
@@ -353,7 +386,7 @@ impl Signals {
 }
 
 fn demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr, rollout: bool) -> Result<()> {
-    init_logging();
+    init_logging(veer::config::LogFormat::Text);
     let rt = runtime(0)?;
     rt.block_on(async move {
         // Each pool shares one failure share: `POST /fail?rate=…` sets it for the pool.

@@ -53,6 +53,8 @@ pub struct Runtime {
     pub shutdown: CancellationToken,
     /// Fleet mode (`[cluster]`, SPEC §7): set once at start; unset for a single replica.
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::Fleet>>,
+    /// The access log, when `[log] access` is on (set once by `app::start`).
+    pub access_log: std::sync::OnceLock<crate::log::access::AccessLog>,
 }
 
 impl Runtime {
@@ -82,6 +84,7 @@ impl Runtime {
             ready: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             cluster: std::sync::OnceLock::new(),
+            access_log: std::sync::OnceLock::new(),
         });
         rt.build_and_swap(config, None)?;
         Ok(rt)

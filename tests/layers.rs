@@ -24,6 +24,10 @@ const LAYERS: &[(&str, u8)] = &[
     // Fleet mode's store side: the etcd client, the document, membership and leadership
     // (knows the store and the config; applying a revision is control/fleet.rs's part).
     ("cluster", 1),
+    // Log lines, the access log's writer, request IDs (issue 16).
+    ("log", 1),
+    // Listening sockets from a parent veer or systemd; starting the successor (issue 16).
+    ("handover", 1),
     // 2: backends, pools, connection pools.
     ("upstream", 2),
     // 3: where a request goes, over a snapshot's pools (a route holds its pools).

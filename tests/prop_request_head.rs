@@ -727,6 +727,8 @@ struct Expected {
     host: Option<Vec<u8>>,
     xff: Vec<u8>,
     xfh: Vec<Vec<u8>>,
+    /// The client's X-Request-Id when it sent one sane one (kept); else veer makes one.
+    request_id: Option<Vec<u8>>,
     /// End-to-end headers that must arrive as they were (by name, values in order).
     headers: BTreeMap<String, Vec<Vec<u8>>>,
     /// Names not compared.
@@ -744,9 +746,16 @@ const OWN_CHECKS: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    // veer's request ID (issue 16): checked on its own.
+    "x-request-id",
 ];
 
 const CLIENT_IP: &[u8] = b"127.0.0.1";
+
+/// veer keeps an incoming X-Request-Id of 1..=128 visible ASCII bytes (one only).
+fn sane_request_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.iter().all(|c| (0x21..=0x7e).contains(c))
+}
 
 fn expected(req: &Req) -> Expected {
     let lower = req.target.to_ascii_lowercase();
@@ -838,7 +847,13 @@ fn expected(req: &Req) -> Expected {
         Some(h) => vec![h.clone()],
         None => prior_xfh,
     };
+    let ids = req.all("x-request-id");
+    let request_id = match ids.as_slice() {
+        [one] if sane_request_id(one.trim_ascii()) => Some(one.trim_ascii().to_vec()),
+        _ => None,
+    };
     Expected {
+        request_id,
         method: req.method.clone(),
         targets,
         host: if req.version == 0 && req.all("host").is_empty() {
@@ -879,6 +894,18 @@ fn compare(want: &Expected, got: &Req) -> Result<(), String> {
     if let Some(h) = &want.host {
         if hosts[0] != h.as_slice() {
             return Err(format!("Host {:?}, want {:?}", lossy(hosts[0]), lossy(h)));
+        }
+    }
+    let ids = got.all("x-request-id");
+    match (ids.as_slice(), &want.request_id) {
+        ([id], Some(kept)) if *id == kept.as_slice() => {}
+        ([id], None) if id.len() == 32 && id.iter().all(u8::is_ascii_hexdigit) => {}
+        _ => {
+            return Err(format!(
+                "X-Request-Id {:?}, want {:?} (or a new one)",
+                ids.iter().map(|v| lossy(v)).collect::<Vec<_>>(),
+                want.request_id.as_deref().map(lossy)
+            ))
         }
     }
     let xff = got.all("x-forwarded-for");
@@ -1323,7 +1350,28 @@ fn same(a: &Outcome, b: &Outcome) -> bool {
             .take_while(|x| **x == Answer::Upstream)
             .count()
     };
-    ak[..ups(a)] == bk[..ups(b)] && ups(a) == ups(b) && a.records == b.records
+    // An X-Request-Id veer made is new on every run: compared as "made", not by value.
+    let records = |o: &Outcome| -> Vec<Record> {
+        o.records
+            .iter()
+            .map(|r| match r {
+                Record::Req(q) => {
+                    let mut q = q.clone();
+                    for (k, v) in q.headers.iter_mut() {
+                        if k == "x-request-id"
+                            && v.len() == 32
+                            && v.iter().all(u8::is_ascii_hexdigit)
+                        {
+                            *v = b"made".to_vec();
+                        }
+                    }
+                    Record::Req(q)
+                }
+                other => other.clone(),
+            })
+            .collect()
+    };
+    ak[..ups(a)] == bk[..ups(b)] && ups(a) == ups(b) && records(a) == records(b)
 }
 
 /// Check `input` whole and at each of `splits` (each a list of split points).

@@ -72,6 +72,7 @@ impl ConfigErrors {
 pub struct Config {
     pub server: ServerConfig,
     pub admin: AdminConfig,
+    pub log: LogConfig,
     pub tls: TlsConfig,
     /// Pools by name (sorted, so iteration order is stable).
     pub pools: BTreeMap<String, PoolConfig>,
@@ -148,6 +149,52 @@ impl Default for AdminConfig {
             hosts: Vec::new(),
         }
     }
+}
+
+/// `[log]`: veer's own log lines and the access log (SPEC.md §8).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// veer's own log lines on stderr.
+    pub format: LogFormat,
+    pub access: AccessTarget,
+    pub access_format: AccessFormat,
+    /// Fraction of requests logged (0..=1); 5xx answers and veer's own errors always are.
+    pub access_sample: f64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            access: AccessTarget::Off,
+            access_format: AccessFormat::Json,
+            access_sample: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessTarget {
+    Off,
+    Stdout,
+    Stderr,
+    /// A file, appended to (resolved against the config file's folder), reopened on SIGUSR1.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessFormat {
+    /// One JSON object a line.
+    Json,
+    /// Apache/nginx combined, followed by veer's fields as `key=value`.
+    Combined,
 }
 
 /// One `[admin] hosts` entry: `name` answers on any port, `name:port` on that port only.

@@ -15,6 +15,8 @@ pub struct RawConfig {
     pub server: Option<S<RawServer>>,
     #[serde(default)]
     pub admin: Option<S<RawAdmin>>,
+    #[serde(default)]
+    pub log: Option<S<RawLog>>,
     /// Not spanned: toml cannot span a table that only `[[tls.certificates]]` creates.
     #[serde(default)]
     pub tls: Option<RawTls>,
@@ -68,6 +70,16 @@ pub struct RawAdmin {
     pub listen: Option<S<String>>,
     pub token_env: Option<S<String>>,
     pub hosts: Option<S<Vec<S<String>>>>,
+}
+
+/// `[log]` (issue 16).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<S<String>>,
+    pub access: Option<S<String>>,
+    pub access_format: Option<S<String>>,
+    pub access_sample: Option<S<f64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

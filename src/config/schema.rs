@@ -136,6 +136,16 @@ pub const ROOT: Shape = Table(&[
         "admin",
         Table(&[("listen", Str), ("token_env", Str), ("hosts", Array(&Str))]),
     ),
+    // [log] (issue 16).
+    (
+        "log",
+        Table(&[
+            ("format", Str),
+            ("access", Str),
+            ("access_format", Str),
+            ("access_sample", Float),
+        ]),
+    ),
     (
         "tls",
         Table(&[(

@@ -100,6 +100,13 @@ pub(super) fn reload_locked(
             install(rt, p);
             return Ok(unchanged(rt));
         }
+        if p.config.log != rt.config().log {
+            // The access log's writer and the log subscriber are set up once per process.
+            tracing::warn!(
+                file = %path.display(),
+                "[log] changed: it takes effect at the next start or upgrade (SIGUSR2)"
+            );
+        }
         let staged = stage(rt, p.config.clone(), lock)?;
         let mut r = commit(rt, staged, lock)?;
         install(rt, p);

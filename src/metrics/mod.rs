@@ -115,6 +115,10 @@ pub struct Metrics {
     pub rollouts: IntCounterVec,
     /// `veer_dns_resolutions_total{pool,result}`: lookups of backend names (SPEC §9).
     pub dns_resolutions: IntCounterVec,
+    /// Access log lines dropped because the writer's queue was full (issue 16).
+    pub access_log_dropped: prometheus::IntCounter,
+    /// Upgrades in place (SIGUSR2) by result (issue 16).
+    pub upgrades: IntCounterVec,
     codes: Mutex<HashMap<CodeKey, Arc<CodeCounters>>>,
     exported_backends: Mutex<HashSet<(String, String)>>,
     /// Route → pools of its split, as last exported in `veer_route_weight`.
@@ -229,6 +233,19 @@ impl Metrics {
                 "Lookups of backend names, by pool and result (success or failure).",
                 &["pool", "result"],
             ),
+            access_log_dropped: reg(
+                &r,
+                prometheus::IntCounter::new(
+                    "veer_access_log_dropped_total",
+                    "Access log lines dropped because the writer could not keep up.",
+                )
+                .unwrap(),
+            ),
+            upgrades: counter(
+                "veer_upgrades_total",
+                "Upgrades in place (SIGUSR2) by result: success (the new process took over) or failure (it did not; this one serves on).",
+                &["result"],
+            ),
             registry: r,
             codes: Mutex::new(HashMap::new()),
             exported_backends: Mutex::new(HashSet::new()),
@@ -238,6 +255,7 @@ impl Metrics {
         // Counters start at zero so dashboards and alerts see them before the first event.
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]);
+            m.upgrades.with_label_values(&[result]);
         }
         m
     }

@@ -28,6 +28,8 @@ pub enum ProxyBody {
         request: Option<Arc<BodySlot>>,
     },
     Full(Option<Bytes>),
+    /// Any of the above, with the request's access log entry (only when the log is on).
+    Logged(Box<super::access::Logged>),
 }
 
 impl ProxyBody {
@@ -57,6 +59,14 @@ impl ProxyBody {
     }
     pub fn empty() -> Self {
         ProxyBody::Full(None)
+    }
+    /// veer's own answer (not a backend's), seen through the access log's wrapper.
+    pub fn is_full(&self) -> bool {
+        match self {
+            ProxyBody::Full(_) => true,
+            ProxyBody::Logged(l) => l.inner.is_full(),
+            ProxyBody::Upstream { .. } => false,
+        }
     }
 }
 
@@ -124,6 +134,15 @@ impl Body for ProxyBody {
                 }
             }
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Logged(l) => {
+                let polled = Pin::new(&mut l.inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &polled {
+                    if let Some(d) = f.data_ref() {
+                        l.bytes += d.len() as u64;
+                    }
+                }
+                polled
+            }
         }
     }
 
@@ -131,6 +150,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream { body, .. } => body.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Logged(l) => l.inner.is_end_stream(),
         }
     }
 
@@ -139,6 +159,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream { body, .. } => body.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Logged(l) => l.inner.size_hint(),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::body::{BodyLimit, ClientFault, ProxyBody, RequestBody};
 use super::retry::{self, is_idempotent, Allowed, Attempt, Outcome};
-use super::{headers, ConnCtx, Failure};
+use super::{access, headers, ConnCtx, Failure};
 use crate::config::Protocol;
 use crate::routing::{choice, Route};
 use crate::runtime::{Runtime, Snapshot};
@@ -56,7 +56,14 @@ pub(super) fn forward(
     bucket: u32,
     host_value: Option<HeaderValue>,
     upgrade: bool,
-) -> impl Future<Output = (Response<ProxyBody>, Option<PendingTunnel>)> + Send {
+    mut log: Option<access::Pending>,
+) -> impl Future<
+    Output = (
+        Response<ProxyBody>,
+        Option<PendingTunnel>,
+        Option<access::Pending>,
+    ),
+> + Send {
     async move {
         let (rt, conn, snap, route) = (&*ctx.0, &ctx.1, &*snap, &route);
         let retry = &route.config.retry;
@@ -109,7 +116,8 @@ pub(super) fn forward(
                     if let Some(c) = route.metrics.codes[pool_idx].last() {
                         c.inc(fault.code());
                     }
-                    return (Failure::from(fault).response(), None);
+                    access::answered_self(&mut log, Failure::from(fault), false);
+                    return (Failure::from(fault).response(), None, log);
                 }
             }
         }
@@ -127,6 +135,8 @@ pub(super) fn forward(
         // The downstream host as an HTTP/2 :authority, parsed on first need.
         let mut h2_authority: Option<Option<http::uri::Authority>> = None;
         let mut last_failure = Failure::NoBackend;
+        // Whether the last failure was a connect failure (for the access log's `error`).
+        let mut last_connect = false;
         let mut last_pool = pool_idx;
         // A retryable upstream answer (502/503/504) is kept until a retry is really sent, so when
         // none can be (no budget, no other backend) the client gets that answer, not veer's own.
@@ -206,7 +216,8 @@ pub(super) fn forward(
                     uri.authority = Some(authority);
                     uri.path_and_query = Some(path_and_query.clone());
                     let Ok(uri) = Uri::from_parts(uri) else {
-                        return (Failure::BadRequest.response(), None);
+                        access::answered_self(&mut log, Failure::BadRequest, false);
+                        return (Failure::BadRequest.response(), None, log);
                     };
                     uri
                 } else {
@@ -264,13 +275,18 @@ pub(super) fn forward(
                 started,
             };
             result.record(&at, &mut lease);
+            if let Some(l) = log.as_mut() {
+                let answered = matches!(result, Outcome::Response(..)).then(|| started.elapsed());
+                l.attempt(&route.pools[pidx].name, &backend.addr_label, answered);
+            }
             match result {
                 Outcome::Response(resp, checkin) => {
                     if matches!(resp.status().as_u16(), 502..=504) && allowed.idempotent {
                         held = Some(Box::new((resp, checkin, lease)));
                         continue;
                     }
-                    return relay(resp, checkin, lease, upgrade, body_timeout, slot.as_ref());
+                    let (r, t) = relay(resp, checkin, lease, upgrade, body_timeout, slot.as_ref());
+                    return (r, t, log);
                 }
                 Outcome::Error(e) if e.side() == ErrorSource::Downstream => {
                     // The client's body failed (malformed, cut short, too slow) and the exchange
@@ -279,28 +295,33 @@ pub(super) fn forward(
                     // or 5xx count).
                     let fault = e.client_fault().unwrap_or(ClientFault::Gone);
                     tracing::debug!(backend = %backend.id, error = %e, "request body failed");
-                    return (Failure::from(fault).response(), None);
+                    access::answered_self(&mut log, Failure::from(fault), false);
+                    return (Failure::from(fault).response(), None, log);
                 }
                 Outcome::Error(e) => {
                     tracing::debug!(backend = %backend.id, error = ?e, "upstream request failed");
                     last_failure = Failure::BadGateway;
-                    if allowed.after_error(e.is_connect()) {
+                    last_connect = e.is_connect();
+                    if allowed.after_error(last_connect) {
                         continue;
                     }
-                    return (Failure::BadGateway.response(), None);
+                    access::answered_self(&mut log, Failure::BadGateway, last_connect);
+                    return (Failure::BadGateway.response(), None, log);
                 }
                 Outcome::Timeout => {
                     last_failure = Failure::Timeout;
                     if allowed.idempotent {
                         continue;
                     }
-                    return (Failure::Timeout.response(), None);
+                    access::answered_self(&mut log, Failure::Timeout, false);
+                    return (Failure::Timeout.response(), None, log);
                 }
             }
         }
         if let Some(h) = held {
             let (resp, checkin, lease) = *h;
-            return relay(resp, checkin, lease, upgrade, body_timeout, slot.as_ref());
+            let (r, t) = relay(resp, checkin, lease, upgrade, body_timeout, slot.as_ref());
+            return (r, t, log);
         }
         if last_failure == Failure::NoBackend {
             let none = route.metrics.codes[last_pool].last();
@@ -308,7 +329,13 @@ pub(super) fn forward(
                 c.inc(503);
             }
         }
-        (last_failure.response(), None)
+        if let Some(l) = log.as_mut() {
+            if l.attempts() == 0 {
+                l.pool(&route.pools[last_pool].name);
+            }
+        }
+        access::answered_self(&mut log, last_failure, last_connect);
+        (last_failure.response(), None, log)
     }
 }
 
@@ -406,13 +433,20 @@ pub(super) struct PendingTunnel {
 }
 
 /// Join the two upgraded connections and copy bytes both ways until either side closes.
-pub(super) fn tunnel(down: hyper::upgrade::OnUpgrade, p: PendingTunnel) {
+pub(super) fn tunnel(
+    down: hyper::upgrade::OnUpgrade,
+    p: PendingTunnel,
+    log: Option<access::Pending>,
+) {
     tokio::spawn(async move {
         let PendingTunnel { upstream, lease } = p;
         let (down, up) = match tokio::try_join!(down, upstream) {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
+                if let Some(l) = log {
+                    l.tunnel_closed(0, 0);
+                }
                 return;
             }
         };
@@ -420,7 +454,11 @@ pub(super) fn tunnel(down: hyper::upgrade::OnUpgrade, p: PendingTunnel) {
         let mut up = hyper_util::rt::TokioIo::new(up);
         // A tunnel is in flight like any request: a drain timeout or shutdown cuts the
         // backend connection under it, which ends the copy.
-        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        let copied = tokio::io::copy_bidirectional(&mut down, &mut up).await;
         drop(lease);
+        if let Some(l) = log {
+            let (client_to_backend, backend_to_client) = copied.unwrap_or((0, 0));
+            l.tunnel_closed(client_to_backend, backend_to_client);
+        }
     });
 }

@@ -187,7 +187,7 @@ where
         let (mut parts, body) = resp.into_parts();
         let end = body.is_end_stream();
         // veer's own answers say how long they are; relayed ones carry the backend's framing.
-        if let ProxyBody::Full(_) = &body {
+        if body.is_full() {
             // An HTTP/1.1 `Connection: close` (after a 400 or 408) means nothing here, and h2
             // refuses to send a head that has it.
             parts.headers.remove(header::CONNECTION);

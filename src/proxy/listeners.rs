@@ -1,12 +1,13 @@
 //! The proxy listeners, keyed by address, so a reload can add and remove them without
 //! touching the others: staged (bound, TLS loaded) before a change goes live, committed after.
 
-use super::server::{accept_loop, bind, Connections, Transport};
+use super::server::{accept_loop, listen, Connections, Transport};
 use crate::config::Config;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
@@ -31,10 +32,16 @@ pub enum StartError {
     /// Fleet mode could not start (`[cluster]`).
     #[error("{0}")]
     Cluster(String),
+    #[error("{0}")]
+    AccessLog(#[source] std::io::Error),
 }
 
 /// A listener's identity in the config: address as written, and whether it is TLS.
 type ListenKey = (SocketAddr, bool);
+
+/// A serving listener: bound address, its accept loop's stop, and a duplicate of the socket
+/// for an upgrade's handover.
+type Live = (SocketAddr, CancellationToken, Option<OwnedFd>);
 
 /// The proxy listeners, keyed by address, so a reload can add and remove them without
 /// touching the others.
@@ -43,7 +50,9 @@ pub struct Listeners {
     conns: Arc<Connections>,
     /// The certificate set shared by every TLS listener; swapped on reload.
     tls: Mutex<Option<Arc<ArcSwap<rustls::ServerConfig>>>>,
-    live: Mutex<HashMap<ListenKey, (SocketAddr, CancellationToken)>>,
+    /// Bound address, the accept loop's stop, and a duplicate of the socket to hand to the
+    /// next binary on an upgrade (closed with the entry).
+    live: Mutex<HashMap<ListenKey, Live>>,
     /// The connection limit as configured, and what the semaphore still has to give back.
     limit: Arc<Mutex<ConnLimit>>,
     tasks: TaskTracker,
@@ -129,7 +138,12 @@ impl Listeners {
             if live.contains_key(key) || fresh.iter().any(|(k, _)| k == key) {
                 continue;
             }
-            let l = bind(key.0).map_err(|e| StartError::Bind {
+            let kind = if key.1 {
+                crate::handover::Kind::Https
+            } else {
+                crate::handover::Kind::Http
+            };
+            let l = listen(kind, key.0).map_err(|e| StartError::Bind {
                 addr: key.0,
                 source: e,
             })?;
@@ -158,7 +172,7 @@ impl Listeners {
         };
         self.resize(staged.max_connections);
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.retain(|key, (bound, stop)| {
+        live.retain(|key, (bound, stop, _)| {
             let keep = staged.wanted.contains(key);
             if !keep {
                 tracing::info!(addr = %bound, tls = key.1, "listener removed");
@@ -169,6 +183,7 @@ impl Listeners {
         });
         for (key, l) in staged.fresh {
             let bound = l.local_addr().unwrap_or(key.0);
+            let dup = l.as_fd().try_clone_to_owned().ok();
             let stop = CancellationToken::new();
             let transport = match (key.1, &tls) {
                 (true, Some(t)) => Transport::Tls(t.clone()),
@@ -182,7 +197,7 @@ impl Listeners {
                 self.conns.clone(),
                 stop.clone(),
             ));
-            live.insert(key, (bound, stop));
+            live.insert(key, (bound, stop, dup));
             changes.listeners_added.push(listen_label(&key));
         }
         changes
@@ -207,7 +222,7 @@ impl Listeners {
         let pick = |addrs: &[SocketAddr], tls: bool| -> Vec<SocketAddr> {
             addrs
                 .iter()
-                .filter_map(|a| live.get(&(*a, tls)).map(|(bound, _)| *bound))
+                .filter_map(|a| live.get(&(*a, tls)).map(|(bound, _, _)| *bound))
                 .collect()
         };
         (
@@ -263,8 +278,25 @@ impl Listeners {
     /// Stop accepting on every listener (graceful shutdown).
     pub fn stop_all(&self) {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, stop) in live.values() {
+        for (_, stop, _) in live.values() {
             stop.cancel();
         }
+    }
+
+    /// Every listening socket with its handover name, duplicated, for the next binary of an
+    /// upgrade in place.
+    pub fn handover(&self) -> Vec<(String, OwnedFd)> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.iter()
+            .filter_map(|((addr, tls), (_, _, fd))| {
+                let kind = if *tls {
+                    crate::handover::Kind::Https
+                } else {
+                    crate::handover::Kind::Http
+                };
+                let fd = fd.as_ref()?.try_clone().ok()?;
+                Some((crate::handover::name(kind, *addr), fd))
+            })
+            .collect()
     }
 }

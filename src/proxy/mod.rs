@@ -5,6 +5,7 @@
 //! Per request: one snapshot load, route match, pool by sticky bucket and split, backend by
 //! the pool's balancer, then forward with retries on a different backend where safe.
 
+pub mod access;
 pub mod body;
 mod forward;
 pub mod headers;
@@ -33,6 +34,9 @@ pub struct ConnInfo {
     pub scheme: &'static str,
     /// The peer's address as an `X-Forwarded-For` entry, formatted once per connection.
     pub client_ip: HeaderValue,
+    /// TLS: the SNI name the client asked for ("" without one); `None` for plain HTTP. For
+    /// the access log.
+    pub tls: Option<Arc<str>>,
 }
 
 impl ConnInfo {
@@ -41,6 +45,15 @@ impl ConnInfo {
             peer,
             scheme,
             client_ip: headers::client_ip_value(peer.ip()),
+            tls: None,
+        }
+    }
+
+    /// A TLS connection's, with the SNI name it asked for.
+    pub fn tls(peer: SocketAddr, sni: Option<&str>) -> Self {
+        ConnInfo {
+            tls: Some(Arc::from(sni.unwrap_or(""))),
+            ..ConnInfo::new(peer, "https")
         }
     }
 }
@@ -132,6 +145,21 @@ pub fn handle(
     ctx: ConnCtx,
     mut req: Request<RequestBody>,
 ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+    use futures_util::future::FutureExt;
+    let id = access::request_id(&mut req);
+    // Built only when the access log is on.
+    let log = access::Pending::begin(&ctx, &req, &id);
+    dispatch(ctx, req, log).map(move |(resp, log)| access::finish(resp, id, log))
+}
+
+type Logged = (Response<ProxyBody>, Option<access::Pending>);
+
+/// [`handle`] with the request's log entry, handed back with the answer.
+fn dispatch(
+    ctx: ConnCtx,
+    mut req: Request<RequestBody>,
+    mut log: Option<access::Pending>,
+) -> impl Future<Output = Logged> + Send + 'static {
     use futures_util::future::{ready, FutureExt};
     let (rt, conn) = (&ctx.0, &ctx.1);
     // Authority-form (`GET host:80`) is for CONNECT only (RFC 9112 §3.2.3): it has no path
@@ -140,7 +168,7 @@ pub fn handle(
         && req.uri().authority().is_some()
         && req.method() != Method::CONNECT
     {
-        return Either::Left(ready(Failure::BadRequest.response()));
+        return Either::Left(ready(access::own(Failure::BadRequest, log)));
     }
     // Raw bytes beyond ASCII are no URI (RFC 3986), and backends differ on how to read them.
     let ascii = req
@@ -148,7 +176,7 @@ pub fn handle(
         .path_and_query()
         .is_none_or(|pq| pq.as_str().is_ascii());
     if !ascii || !headers::only_chunked(req.headers()) {
-        return Either::Left(ready(Failure::BadRequest.response()));
+        return Either::Left(ready(access::own(Failure::BadRequest, log)));
     }
     let snap = rt.snapshot();
     // The host: the request target's authority where there is one (absolute-form over
@@ -158,7 +186,7 @@ pub fn handle(
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let (host_header, second) = (hosts.next().cloned(), hosts.next().is_some());
     if second {
-        return Either::Left(ready(Failure::BadRequest.response()));
+        return Either::Left(ready(access::own(Failure::BadRequest, log)));
     }
     let host_value =
         match req.uri().authority() {
@@ -167,7 +195,7 @@ pub fn handle(
                 if !req.uri().scheme_str().is_none_or(|s| {
                     s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https")
                 }) {
-                    return Either::Left(ready(Failure::BadRequest.response()));
+                    return Either::Left(ready(access::own(Failure::BadRequest, log)));
                 }
                 match host_header {
                     // HTTP/2 clients often send both, the same.
@@ -175,11 +203,11 @@ pub fn handle(
                     // The target's authority wins, but an invalid Host is still a malformed
                     // request (RFC 9112 §3.2).
                     Some(h) if !valid_host(h.as_bytes()) => {
-                        return Either::Left(ready(Failure::BadRequest.response()))
+                        return Either::Left(ready(access::own(Failure::BadRequest, log)))
                     }
                     _ => {
                         let Ok(h) = HeaderValue::from_str(a.as_str()) else {
-                            return Either::Left(ready(Failure::BadRequest.response()));
+                            return Either::Left(ready(access::own(Failure::BadRequest, log)));
                         };
                         req.headers_mut().insert(header::HOST, h.clone());
                         Some(h)
@@ -189,9 +217,9 @@ pub fn handle(
         };
     let raw_host = match &host_value {
         Some(v) if valid_host(v.as_bytes()) => v.to_str().unwrap_or_default(),
-        Some(_) => return Either::Left(ready(Failure::BadRequest.response())),
+        Some(_) => return Either::Left(ready(access::own(Failure::BadRequest, log))),
         None if req.version() == Version::HTTP_11 => {
-            return Either::Left(ready(Failure::BadRequest.response()))
+            return Either::Left(ready(access::own(Failure::BadRequest, log)))
         }
         None => "",
     };
@@ -201,7 +229,7 @@ pub fn handle(
     // malformed escape is a malformed request.
     let normalized = match crate::routing::normalize_path(req.uri().path()) {
         Ok(n) => n,
-        Err(_) => return Either::Left(ready(Failure::BadRequest.response())),
+        Err(_) => return Either::Left(ready(access::own(Failure::BadRequest, log))),
     };
     if let Some(path) = normalized {
         let pq = match req.uri().query() {
@@ -211,16 +239,19 @@ pub fn handle(
         let mut parts = req.uri().clone().into_parts();
         match http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)) {
             Ok(pq) => parts.path_and_query = Some(pq),
-            Err(_) => return Either::Left(ready(Failure::BadRequest.response())),
+            Err(_) => return Either::Left(ready(access::own(Failure::BadRequest, log))),
         }
         match Uri::from_parts(parts) {
             Ok(u) => *req.uri_mut() = u,
-            Err(_) => return Either::Left(ready(Failure::BadRequest.response())),
+            Err(_) => return Either::Left(ready(access::own(Failure::BadRequest, log))),
         }
     }
     let Some(route) = snap.router.find(&host, req.uri().path()).cloned() else {
-        return Either::Left(ready(Failure::NoRoute.response()));
+        return Either::Left(ready(access::own(Failure::NoRoute, log)));
     };
+    if let Some(l) = log.as_mut() {
+        l.route(&route.name);
+    }
 
     // Which pool: forced by an allowed override, else the user's bucket under today's weights.
     let choice = choice::choose(&route, req.headers(), conn.peer.ip());
@@ -236,9 +267,9 @@ pub fn handle(
         upgrade.then(|| Box::new((hyper::upgrade::on(&mut req), snap.config.clone())));
     let (parts, body) = req.into_parts();
     let forwarding = forward(
-        ctx, snap, route, parts, body, pool_idx, bucket, host_value, upgrade,
+        ctx, snap, route, parts, body, pool_idx, bucket, host_value, upgrade, log,
     );
-    Either::Right(forwarding.map(move |(mut resp, pending)| {
+    Either::Right(forwarding.map(move |(mut resp, pending, mut log)| {
         if let (Some(down), Some(p)) = (down_upgrade, pending) {
             let (down, config) = *down;
             // A switch to anything but an upgrade veer tunnels is the backend breaking the
@@ -246,16 +277,17 @@ pub fn handle(
             let switched_to = resp.headers().get(header::UPGRADE);
             if !switched_to.is_some_and(|v| headers::upgrade_allowed(v, &config.server.upgrades)) {
                 tracing::debug!(upgrade = ?switched_to, "backend switched to a protocol not tunnelled");
-                return Failure::BadGateway.response();
+                return access::own(Failure::BadGateway, log);
             }
-            tunnel(down, p);
+            // The tunnel's one log line is written when it closes.
+            tunnel(down, p, log.take());
         }
         if let Some(c) = new_cookie {
             if let Ok(v) = HeaderValue::from_str(&c) {
                 resp.headers_mut().append(header::SET_COOKIE, v);
             }
         }
-        resp
+        (resp, log)
     }))
 }
 

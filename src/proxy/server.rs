@@ -74,6 +74,24 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// The listener handed over for `addr` (a parent veer's during an upgrade, systemd's), else a
+/// freshly bound one: an inherited address is never bound again.
+pub fn listen(kind: crate::handover::Kind, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    match crate::handover::take_listener(kind, addr) {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            // systemd's sockets come without veer's options.
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(CLIENT_KEEPALIVE_IDLE)
+                .with_interval(Duration::from_secs(10));
+            socket2::SockRef::from(&l).set_tcp_keepalive(&keepalive)?;
+            tracing::info!(%addr, "listening on an inherited socket");
+            TcpListener::from_std(l)
+        }
+        None => bind(addr),
+    }
+}
+
 /// How long a client connection is silent before the kernel probes it (then every 10 s;
 /// the kernel's probe count, 9 by default, decides when it gives up).
 const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
@@ -149,7 +167,7 @@ async fn serve_tls(
     // The handshake counts against the header read timeout: a silent client is dropped.
     match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
-            let info = ConnInfo::new(peer, "https");
+            let info = ConnInfo::tls(peer, tls.get_ref().1.server_name());
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                 Box::pin(serve_h2(rt, tls, info, settings, closing)).await
             } else {
@@ -383,10 +401,15 @@ pub async fn serve_connection<I>(
     let peer = info.peer;
     // One shared context: one reference count per request, not one per field.
     let ctx = Arc::new((rt, info));
+    let closing_now = closing.clone();
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         use futures_util::FutureExt;
         let guard = ActiveGuard::new(&act);
         let h2 = req.version() == http::Version::HTTP_2;
+        // Shutting down (or upgrading): an HTTP/1.1 client is told to close with this answer,
+        // so it opens its next connection (to the new process) instead of losing a request
+        // to a close.
+        let close = !h2 && closing_now.is_cancelled();
         // What can be decided at once is, here; the future is boxed once (it is a few KiB,
         // and hyper and the executor would move it several times).
         let handling = handle(ctx.clone(), req.map(RequestBody::Hyper));
@@ -394,8 +417,14 @@ pub async fn serve_connection<I>(
             Box::pin(handling.map(move |mut resp| {
                 // veer's own `Connection: close` (after a 400 or 408) is HTTP/1.1's; hyper
                 // would drop it from an HTTP/2 answer with a warning each time.
-                if h2 && matches!(resp.body(), ProxyBody::Full(_)) {
+                if h2 && resp.body().is_full() {
                     resp.headers_mut().remove(http::header::CONNECTION);
+                }
+                if close && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
                 }
                 Ok::<_, Infallible>(resp.map(|inner| Tracked {
                     inner,
@@ -513,12 +542,17 @@ async fn run<C, E>(
     let timer = tokio::time::sleep(check);
     tokio::pin!(timer);
     let mut shutting = false;
+    // Shutdown found the connection idle: it is closed at this instant (see below).
+    let mut linger: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        let at = match activity.deadline(header_read, idle) {
+        let mut at = match activity.deadline(header_read, idle) {
             Some((at, _)) => at.min(now + check),
             None => now + check,
         };
+        if let Some(l) = linger {
+            at = at.min(l);
+        }
         timer.as_mut().reset(at);
         tokio::select! {
             res = conn.as_mut() => {
@@ -529,9 +563,22 @@ async fn run<C, E>(
             }
             _ = closing.cancelled(), if !shutting => {
                 shutting = true;
-                shutdown(conn.as_mut());
+                // An idle keep-alive connection closed this instant can lose a request the
+                // client is sending right now. It gets a moment: a request that comes is
+                // answered with `Connection: close` (see `serve_connection`), and the
+                // connection closes after it, or at the end of the moment.
+                if activity.active.load(Ordering::Acquire) > 0 {
+                    shutdown(conn.as_mut());
+                } else {
+                    linger = Some(Instant::now() + SHUTDOWN_LINGER.min(idle));
+                }
             }
             _ = timer.as_mut() => {
+                if linger.is_some_and(|l| l <= Instant::now()) {
+                    linger = None;
+                    shutdown(conn.as_mut());
+                    continue;
+                }
                 // Re-read: a request may have started since the deadline was computed.
                 match activity.deadline(header_read, idle) {
                     // A slow head is cut even during shutdown.
@@ -549,6 +596,9 @@ async fn run<C, E>(
         }
     }
 }
+
+/// How long shutdown leaves an idle connection open for a request already on its way.
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
 
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 

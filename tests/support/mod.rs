@@ -426,8 +426,13 @@ impl VeerProcess {
 
 /// Run `veer run --config PATH` and wait for its announcement line.
 pub async fn spawn_veer(path: &std::path::Path) -> VeerProcess {
+    spawn_veer_bin(std::path::Path::new(veer_bin()), path).await
+}
+
+/// [`spawn_veer`] with the binary at `bin` (a copy, say, that a test replaces).
+pub async fn spawn_veer_bin(bin: &std::path::Path, path: &std::path::Path) -> VeerProcess {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let mut child = tokio::process::Command::new(veer_bin())
+    let mut child = tokio::process::Command::new(bin)
         .args(["run", "--config"])
         .arg(path)
         .env("VEER_LOG", "info")

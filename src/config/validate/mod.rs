@@ -15,6 +15,7 @@ mod tests;
 use pool::build_pool;
 use route::build_route;
 use server::{build_admin, build_server};
+mod log;
 
 use super::raw::*;
 use super::*;
@@ -205,6 +206,7 @@ fn toml_message(s: &str) -> String {
 fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let server = build_server(cx, raw.server);
     let admin = build_admin(cx, raw.admin);
+    let log = log::build_log(cx, raw.log);
     let cert_spans: Vec<Range<usize>> = raw
         .tls
         .as_ref()
@@ -316,6 +318,7 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     Config {
         server,
         admin,
+        log,
         tls,
         pools,
         routes,

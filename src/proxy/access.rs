@@ -1,0 +1,245 @@
+//! The request path's side of the access log and request IDs (SPEC.md §8): the request ID
+//! is settled first thing; the log entry is started only when the access log is on, filled
+//! in as the request is routed and forwarded, and handed to the writer when the answer has
+//! been sent ([`Logged`], the response body's wrapper) or, for an upgrade, when the tunnel
+//! closes. Nothing here waits or takes a lock.
+
+use super::body::ProxyBody;
+use super::{ConnCtx, Failure};
+use crate::log::access::Entry;
+use crate::log::request_id;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request's ID: a sane incoming `X-Request-Id` is kept (one only: two are replaced),
+/// otherwise one is made and set on the request, so the backend gets it.
+pub fn request_id<B>(req: &mut Request<B>) -> HeaderValue {
+    let mut all = req.headers().get_all(&X_REQUEST_ID).iter();
+    if let (Some(v), None) = (all.next(), all.next()) {
+        if request_id::sane(v) {
+            return v.clone();
+        }
+    }
+    let id = request_id::generate();
+    req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+    id
+}
+
+/// A request's log entry while it is handled, with the connection it needs at the end. One
+/// dropped unwritten (the client went away before its answer) is written with status 499,
+/// as nginx does.
+pub struct Pending {
+    entry: Option<Box<Entry>>,
+    started: Instant,
+    ctx: ConnCtx,
+}
+
+impl Pending {
+    /// The entry for `req`, when the access log is on (else nothing is built).
+    pub fn begin<B>(ctx: &ConnCtx, req: &Request<B>, id: &HeaderValue) -> Option<Pending> {
+        ctx.0.access_log.get()?;
+        let h = req.headers();
+        let host = match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => h.get(header::HOST).cloned(),
+        };
+        let info = &ctx.1;
+        Some(Pending {
+            entry: Some(Box::new(Entry {
+                time: SystemTime::now(),
+                request_id: id.clone(),
+                client_ip: info.peer.ip(),
+                method: req.method().clone(),
+                host,
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
+                version: req.version(),
+                status: 0,
+                bytes_in: h
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(0),
+                bytes_out: 0,
+                duration: Default::default(),
+                upstream: None,
+                route: None,
+                pool: None,
+                backend: None,
+                attempts: 0,
+                tls: info.tls.clone(),
+                user_agent: h.get(header::USER_AGENT).cloned(),
+                referer: h.get(header::REFERER).cloned(),
+                error: None,
+            })),
+            started: Instant::now(),
+            ctx: ctx.clone(),
+        })
+    }
+
+    /// The route the request matched.
+    pub fn route(&mut self, route: &Arc<str>) {
+        if let Some(e) = self.entry.as_mut() {
+            e.route = Some(route.clone());
+        }
+    }
+
+    /// An attempt answered (or failed) on `backend` of `pool`; `upstream` is the time to its
+    /// response headers, when it answered.
+    pub fn attempt(
+        &mut self,
+        pool: &Arc<str>,
+        backend: &Arc<str>,
+        upstream: Option<std::time::Duration>,
+    ) {
+        if let Some(e) = self.entry.as_mut() {
+            e.attempts += 1;
+            e.pool = Some(pool.clone());
+            e.backend = Some(backend.clone());
+            e.upstream = upstream;
+        }
+    }
+
+    /// Attempts made so far.
+    pub fn attempts(&self) -> u32 {
+        self.entry.as_ref().map_or(0, |e| e.attempts)
+    }
+
+    /// The pool chosen, before any backend (a 503 with none left still names it).
+    pub fn pool(&mut self, pool: &Arc<str>) {
+        if let Some(e) = self.entry.as_mut() {
+            e.pool = Some(pool.clone());
+        }
+    }
+
+    /// veer answered itself, for this reason.
+    pub fn failed(&mut self, why: &'static str) {
+        if let Some(e) = self.entry.as_mut() {
+            e.error = Some(why);
+        }
+    }
+
+    /// Hand the finished entry to the writer (when sampling keeps it).
+    fn submit(mut self, status: u16, bytes_in: Option<u64>, bytes_out: u64) {
+        self.write(status, bytes_in, bytes_out);
+    }
+
+    fn write(&mut self, status: u16, bytes_in: Option<u64>, bytes_out: u64) {
+        let Some(mut e) = self.entry.take() else {
+            return;
+        };
+        let Some(log) = self.ctx.0.access_log.get() else {
+            return;
+        };
+        if !log.keeps(status, e.error.is_some()) {
+            return;
+        }
+        e.status = status;
+        e.bytes_out = bytes_out;
+        if let Some(b) = bytes_in {
+            e.bytes_in = b;
+        }
+        e.duration = self.started.elapsed();
+        log.submit(e);
+    }
+
+    /// A tunnel (WebSocket) closed after this many bytes each way: its one line.
+    pub fn tunnel_closed(self, bytes_in: u64, bytes_out: u64) {
+        self.submit(101, Some(bytes_in), bytes_out);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.entry.is_some() {
+            // Handled no further: the client went away before its answer.
+            self.failed("client_gone");
+            self.write(499, None, 0);
+        }
+    }
+}
+
+/// The reason veer gives in the log for answering itself.
+pub fn reason(f: Failure, connect: bool) -> &'static str {
+    match f {
+        Failure::NoRoute => "no_route",
+        Failure::BadRequest => "bad_request",
+        Failure::NoBackend => "no_backend",
+        Failure::BadGateway if connect => "connect_failed",
+        Failure::BadGateway => "upstream_failed",
+        Failure::Timeout => "timeout",
+        Failure::ClientTimeout => "client_timeout",
+        Failure::ClientGone => "client_gone",
+    }
+}
+
+/// Note in the entry, if any, that veer answered itself with `f`.
+pub fn answered_self(log: &mut Option<Pending>, f: Failure, connect: bool) {
+    if let Some(l) = log.as_mut() {
+        l.failed(reason(f, connect));
+    }
+}
+
+/// veer's own answer for `f`, logged as such.
+pub fn own(f: Failure, log: Option<Pending>) -> (Response<ProxyBody>, Option<Pending>) {
+    let log = log.map(|mut p| {
+        p.failed(reason(f, false));
+        p
+    });
+    (f.response(), log)
+}
+
+/// The answer as it leaves: the request ID on it, and the log entry riding on its body
+/// until the body has been sent (a 101's entry has gone with its tunnel).
+pub fn finish(
+    mut resp: Response<ProxyBody>,
+    id: HeaderValue,
+    log: Option<Pending>,
+) -> Response<ProxyBody> {
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    match log {
+        None => resp,
+        Some(pending) => {
+            let status = resp.status().as_u16();
+            resp.map(|inner| {
+                ProxyBody::Logged(Box::new(Logged {
+                    inner,
+                    pending: Some(pending),
+                    status,
+                    bytes: 0,
+                }))
+            })
+        }
+    }
+}
+
+/// A response body that counts what it sends and writes the request's log line when it is
+/// done (sent, or dropped: a client gone mid-body still gets its line).
+pub struct Logged {
+    pub(super) inner: ProxyBody,
+    pending: Option<Pending>,
+    status: u16,
+    pub(super) bytes: u64,
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            p.submit(self.status, None, self.bytes);
+        }
+    }
+}
+
+impl std::fmt::Debug for Logged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logged")
+            .field("inner", &self.inner)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
