@@ -138,7 +138,11 @@ impl Registry {
             if let Some(pool) = last.remove(pc.name.as_str()) {
                 // Unchanged: the same config and, for names, the same addresses.
                 let same_members = pool.backends.len() == members.len()
-                    && pool.backends.iter().zip(&members).all(|(b, (id, _))| b.id == *id);
+                    && pool
+                        .backends
+                        .iter()
+                        .zip(&members)
+                        .all(|(b, (id, _))| b.id == *id);
                 if *pool.config == *pc
                     && same_members
                     && Self::keep_pool(&mut inner, &pool, &mut keep)
