@@ -198,9 +198,8 @@ pub(super) async fn serve<S: Socket>(
         false
     };
     loop {
-        if closing.is_cancelled() {
-            return;
-        }
+        // Shutdown is handled where the connection waits: an idle one lingers briefly for a
+        // request already sent; one mid-head or mid-request finishes (with `Connection: close`).
         if buf.as_ref().is_none_or(BytesMut::is_empty) {
             if let Some(b) = buf.take() {
                 give_buf(b);
@@ -226,7 +225,30 @@ pub(super) async fn serve<S: Socket>(
                             }
                         }
                     }
-                    _ = closing.cancelled() => return,
+                    _ = closing.cancelled() => {
+                        // A request may already be on its way (a keep-alive client does not
+                        // know yet): it gets SHUTDOWN_LINGER to arrive, and is answered with
+                        // `Connection: close`, as on the hyper path.
+                        let ready = tokio::time::timeout(
+                            super::server::SHUTDOWN_LINGER,
+                            poll_fn(|cx| io.poll_readable(cx)),
+                        )
+                        .await;
+                        if !matches!(ready, Ok(Ok(()))) {
+                            return;
+                        }
+                        let mut b = take_buf();
+                        match try_read(&mut io, &mut b).await {
+                            Some(Ok(n)) if n > 0 => {
+                                buf = Some(b);
+                                break;
+                            }
+                            _ => {
+                                give_buf(b);
+                                return;
+                            }
+                        }
+                    }
                     _ = timer.as_mut() => {
                         if expired(timer.as_mut(), phase, since) {
                             tracing::debug!(peer = %ctx.1.peer, "connection idle or silent too long; closing");
@@ -259,7 +281,8 @@ pub(super) async fn serve<S: Socket>(
                                 Ok(_) => {}
                             }
                         }
-                        _ = closing.cancelled() => return,
+                        // A head half received when shutdown begins is read to its end
+                        // (bounded by header_read_timeout) and answered, not cut.
                         _ = timer.as_mut() => {
                             if expired(timer.as_mut(), phase, since) {
                                 tracing::debug!(peer = %ctx.1.peer, "request head not received in time; closing");

@@ -277,9 +277,12 @@ impl Listeners {
 
     /// Stop accepting on every listener (graceful shutdown).
     pub fn stop_all(&self) {
-        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, stop, _) in live.values() {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, stop, fd) in live.values_mut() {
             stop.cancel();
+            // The duplicate kept for an upgrade keeps the socket listening (new connections
+            // would wait in its backlog, never answered): close it with the listener.
+            drop(fd.take());
         }
     }
 

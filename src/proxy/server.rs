@@ -598,7 +598,7 @@ async fn run<C, E>(
 }
 
 /// How long shutdown leaves an idle connection open for a request already on its way.
-const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
+pub(super) const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
 
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 

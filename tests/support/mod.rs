@@ -432,15 +432,26 @@ pub async fn spawn_veer(path: &std::path::Path) -> VeerProcess {
 /// [`spawn_veer`] with the binary at `bin` (a copy, say, that a test replaces).
 pub async fn spawn_veer_bin(bin: &std::path::Path, path: &std::path::Path) -> VeerProcess {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let mut child = tokio::process::Command::new(bin)
-        .args(["run", "--config"])
-        .arg(path)
-        .env("VEER_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    // A copy just written may still be open for writing in a child another test thread
+    // forked meanwhile (ETXTBSY) until that child execs: try again shortly.
+    let mut tries = 0;
+    let mut child = loop {
+        match tokio::process::Command::new(bin)
+            .args(["run", "--config"])
+            .arg(path)
+            .env("VEER_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => break r.unwrap(),
+        }
+    };
     let stderr = child.stderr.take().unwrap();
     let log = Arc::new(std::sync::Mutex::new(String::new()));
     let (tx, rx) = tokio::sync::oneshot::channel();
