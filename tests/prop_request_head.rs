@@ -761,9 +761,11 @@ fn expected(req: &Req) -> Expected {
     let lower = req.target.to_ascii_lowercase();
     let (target, uri_host) = if lower.starts_with(b"http://") || lower.starts_with(b"https://") {
         let after = &req.target[req.target.iter().position(|&b| b == b':').unwrap() + 3..];
+        // The authority ends at `/`, `?` or `#` (RFC 3986 §3.2), as it does for veer's URI
+        // parser; a fragment is then dropped like one after a path.
         let end = after
             .iter()
-            .position(|&b| b == b'/' || b == b'?')
+            .position(|&b| matches!(b, b'/' | b'?' | b'#'))
             .unwrap_or(after.len());
         let mut rest = after[end..].to_vec();
         if !rest.starts_with(b"/") {
