@@ -94,10 +94,11 @@ async fn route(
         if let Some(refused) = guard::check_mutation(&req, host.as_ref(), &config.admin.hosts) {
             return refused;
         }
-        if let Some(denied) = api::authorize(rt, req.headers(), loopback) {
-            return denied;
-        }
-        return api_route(rt, req).await;
+        let who = match api::authorize(rt, req.headers(), loopback) {
+            Ok(who) => who,
+            Err(denied) => return denied,
+        };
+        return api_route(rt, req, &who).await;
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/") => status::page(),
@@ -120,7 +121,7 @@ async fn route(
 
 /// The `/api/*` endpoints (SPEC §3), after the token check. Path segments are
 /// percent-decoded; a known path with the wrong method gets 405.
-async fn api_route(rt: &Arc<Control>, req: Request<Incoming>) -> AdminResponse {
+async fn api_route(rt: &Arc<Control>, req: Request<Incoming>, who: &str) -> AdminResponse {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -133,7 +134,7 @@ async fn api_route(rt: &Arc<Control>, req: Request<Incoming>) -> AdminResponse {
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let allowed = match segs.as_slice() {
-        ["status"] => Method::GET,
+        ["status"] | ["changes"] => Method::GET,
         ["routes", _, "split"] => Method::PUT,
         ["routes", _, "swap"] | ["routes", _, "rollout", _] | ["reload"] => Method::POST,
         ["pools", _, "backends", _, "drain" | "undrain"] => Method::POST,
@@ -156,14 +157,18 @@ async fn api_route(rt: &Arc<Control>, req: Request<Incoming>) -> AdminResponse {
     }
     match segs.as_slice() {
         ["status"] => json(StatusCode::OK, &status::status_json(rt)),
-        ["routes", route, "split"] => api::put_split(rt, route, &query, req.into_body()).await,
-        ["routes", route, "swap"] => api::swap(rt, route, &query).await,
+        // The audit trail, newest first (SPEC §3).
+        ["changes"] => json(StatusCode::OK, &rt.audit.changes_json()),
+        ["routes", route, "split"] => {
+            api::put_split(rt, route, &query, req.into_body(), who).await
+        }
+        ["routes", route, "swap"] => api::swap(rt, route, &query, who).await,
         // Progressive rollouts: start, pause, resume, approve, promote, abort.
         ["routes", route, "rollout", action] => rollout::handle(rt, route, action, &query).await,
         ["pools", pool, "backends", addr, op] => {
-            api::drain(rt, pool, addr, *op == "drain", &query).await
+            api::drain(rt, pool, addr, *op == "drain", &query, who).await
         }
-        ["reload"] => api::reload(rt).await,
+        ["reload"] => api::reload(rt, who).await,
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no such endpoint: {method} {path}"),

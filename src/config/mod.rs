@@ -139,6 +139,17 @@ pub struct AdminConfig {
     pub token_env: String,
     /// Host names the admin listener answers to besides its own address and localhost.
     pub hosts: Vec<AdminHost>,
+    /// `[admin] tokens`: named tokens, each read from an env var; the name goes to the audit
+    /// trail as who made a change.
+    pub tokens: Vec<NamedToken>,
+}
+
+/// One `[admin] tokens` entry: `name = "env:VAR"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedToken {
+    pub name: String,
+    /// The env var holding the token (never the token itself: a config file is no place for it).
+    pub env: String,
 }
 
 impl Default for AdminConfig {
@@ -147,6 +158,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
             token_env: "VEER_ADMIN_TOKEN".into(),
             hosts: Vec::new(),
+            tokens: Vec::new(),
         }
     }
 }

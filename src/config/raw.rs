@@ -70,6 +70,8 @@ pub struct RawAdmin {
     pub listen: Option<S<String>>,
     pub token_env: Option<S<String>>,
     pub hosts: Option<S<Vec<S<String>>>>,
+    /// Named tokens (issue 20): name = "env:VAR".
+    pub tokens: Option<S<BTreeMap<S<String>, S<String>>>>,
 }
 
 /// `[log]` (issue 16).

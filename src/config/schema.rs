@@ -134,7 +134,13 @@ pub const ROOT: Shape = Table(&[
     ),
     (
         "admin",
-        Table(&[("listen", Str), ("token_env", Str), ("hosts", Array(&Str))]),
+        Table(&[
+            ("listen", Str),
+            ("token_env", Str),
+            ("hosts", Array(&Str)),
+            // Named tokens (issue 20).
+            ("tokens", Map(&Str)),
+        ]),
     ),
     // [log] (issue 16).
     (

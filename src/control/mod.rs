@@ -12,6 +12,7 @@
 //! - [`fleet`](mod@fleet): fleet mode: the store's document as one more source of changes.
 
 pub mod apply;
+pub mod audit;
 pub mod change;
 pub mod dns;
 pub mod fleet;
@@ -20,8 +21,9 @@ pub mod watch;
 
 pub use crate::config::state::Unwritable;
 pub use apply::{commit, stage, ApplyError, ReloadReport, Staged};
+pub use audit::{Audit, Origin, Source};
 pub use change::{change, change_locked, ChangeError};
-pub use reload::{reload, ReloadError, Trigger};
+pub use reload::{reload, reload_as, ReloadError, Trigger};
 pub use watch::{watch, DEBOUNCE};
 
 use crate::config::state::Store;
@@ -48,6 +50,8 @@ pub struct Control {
     pub listeners: OnceLock<Weak<Listeners>>,
     /// Rollout controllers, started and stopped as configs go live.
     pub rollouts: Rollouts,
+    /// The audit trail: every change made live, once (`GET /api/changes`).
+    pub audit: Audit,
 }
 
 impl std::fmt::Debug for Control {
@@ -81,6 +85,7 @@ impl Control {
                 state,
                 listeners: OnceLock::new(),
                 rollouts,
+                audit: Audit::default(),
             }
         });
         ctl.rollouts.sync(None, &ctl.config());
@@ -118,16 +123,17 @@ impl Committer for Control {
         Box::pin(async move {
             let lock = self.change_lock.lock().await;
             let change = edit(&self.config())?;
+            let origin = Origin::of(Source::Rollout);
             if let Some(fleet) = self.cluster.get().cloned() {
                 // Fleet mode: a fenced compare-and-swap of the fleet's document (only the
                 // leader's write lands), applied here once written.
                 drop(lock);
-                fleet::commit_progress(self, &fleet, &change)
+                fleet::commit_progress(self, &fleet, &change, &origin)
                     .await
                     .map_err(|e| CommitError::Change(Refused(Box::new(e))))?;
                 return Ok(());
             }
-            change_locked(self, &lock, &change, how)
+            change_locked(self, &lock, &change, how, &origin)
                 .map_err(|e| CommitError::Change(Refused(Box::new(e))))?;
             Ok(())
         })
