@@ -269,6 +269,9 @@ fn check(path: &Path) -> ExitCode {
             for w in veer::config::state::persistence_warnings(path, &c) {
                 eprintln!("{}: warning: {w}", path.display());
             }
+            for w in veer::cli::check::warnings(&c) {
+                eprintln!("{}: warning: {w}", path.display());
+            }
             // A name that does not resolve here is a warning, never a failure (SPEC §9).
             let dns = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
