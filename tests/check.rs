@@ -245,9 +245,9 @@ fn bad_duration() {
     assert_errors(
         &text,
         &[
-            "2:19: server.request_timeout: unknown unit \" parsecs\" in duration \"3 parsecs\"; use ms, s, m or h",
+            "2:19: server.request_timeout: unknown unit \" parsecs\" in duration \"3 parsecs\"; use ms, s, m, h or d",
             "3:16: server.idle_timeout: duration \"60\" has no unit; write \"60s\" or \"60ms\"",
-            "12:11: routes.web.retry.backoff: invalid duration \"soon\"; expected a number and a unit (ms, s, m, h), like \"250ms\"",
+            "12:11: routes.web.retry.backoff: invalid duration \"soon\"; expected a number and a unit (ms, s, m, h, d), like \"250ms\"",
         ],
     );
 }
@@ -415,7 +415,7 @@ sticky = { cookie = "veer id" }
     assert_errors(
         text,
         &[
-            "2:23: server.header_read_timeout: invalid duration \"ten seconds\"; expected a number and a unit (ms, s, m, h), like \"250ms\"",
+            "2:23: server.header_read_timeout: invalid duration \"ten seconds\"; expected a number and a unit (ms, s, m, h, d), like \"250ms\"",
             "3:20: server.max_header_bytes: 10 is out of range 1024..=16777216",
             "5:31: pools.blue.backends: backend 127.0.0.1:9001 is listed twice",
             "6:6: pools.blue.lb: unknown balancer \"random\"; expected \"round_robin\" or \"least_request\"",
@@ -553,4 +553,22 @@ fn example_tls_fails_on_a_fresh_clone_only_for_its_uncommitted_certificates() {
             "only missing certificate files: {lines:?}"
         );
     }
+}
+
+#[test]
+fn sticky_cookie_attributes_are_checked() {
+    assert_errors(
+        &BASE.replace(
+            "split = { blue = 90, green = 10 }",
+            "split = { blue = 90, green = 10 }\nsticky = { header = \"x-user\", secure = true }",
+        ),
+        &["8:10: routes.web.sticky: max_age and secure are attributes of a sticky cookie; they need cookie = \"NAME\""],
+    );
+    assert_errors(
+        &BASE.replace(
+            "split = { blue = 90, green = 10 }",
+            "split = { blue = 90, green = 10 }\nsticky = { cookie = \"id\", max_age = \"30y\" }",
+        ),
+        &["8:37: routes.web.sticky.max_age: unknown unit \"y\" in duration \"30y\"; use ms, s, m, h or d"],
+    );
 }

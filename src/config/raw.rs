@@ -188,6 +188,9 @@ pub struct RawSticky {
     pub cookie: Option<S<String>>,
     pub header: Option<S<String>>,
     pub client_ip: Option<bool>,
+    /// Cookie attributes (issue 20): `max_age = "30d"`, `secure = true`.
+    pub max_age: Option<S<String>>,
+    pub secure: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

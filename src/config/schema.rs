@@ -86,7 +86,14 @@ const ROUTE: &[(&str, Shape)] = &[
     ("split", Required(&Map(&Int))),
     (
         "sticky",
-        Table(&[("cookie", Str), ("header", Str), ("client_ip", Bool)]),
+        Table(&[
+            ("cookie", Str),
+            ("header", Str),
+            ("client_ip", Bool),
+            // Cookie attributes (issue 20).
+            ("max_age", Dur),
+            ("secure", Bool),
+        ]),
     ),
     (
         "override",
