@@ -480,3 +480,29 @@ min_requests = 1000
     assert_eq!(out.code, 2, "unknown actions are usage errors: {out:#?}");
     veer.shutdown().await;
 }
+
+/// A wrong route name lists the routes, as a wrong pool name lists the pools (issue 20
+/// item 4), for split, swap and rollout actions alike.
+#[tokio::test]
+async fn a_wrong_route_or_pool_name_lists_the_names() {
+    let (veer, _ups) = blue_green("").await;
+    for args in [
+        &["split", "wbe", "blue=1"][..],
+        &["swap", "wbe"][..],
+        &["rollout", "wbe", "pause"][..],
+    ] {
+        let out = cli(&veer, args).await;
+        out.failed();
+        assert!(
+            out.stderr.contains("no route named \"wbe\" (routes: web)"),
+            "{args:?}: {out:#?}"
+        );
+    }
+    let out = cli(&veer, &["drain", "bleu", "127.0.0.1:1"]).await;
+    out.failed();
+    assert!(
+        out.stderr.contains("no pool named \"bleu\" (pools: blue, green)"),
+        "{out:#?}"
+    );
+    veer.shutdown().await;
+}

@@ -79,6 +79,16 @@ pub fn authorize(
 /// Who made a change with the single `token_env` token (or on an open loopback API), SPEC §3.
 pub const WHO: &str = "admin";
 
+/// 404 for a route name that is not in the config, listing the routes (as a wrong pool
+/// name lists the pools).
+pub fn no_route(config: &crate::config::Config, route: &str) -> AdminResponse {
+    let known: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no route named {route:?} (routes: {})", known.join(", ")),
+    )
+}
+
 fn unauthorized(msg: impl std::fmt::Display) -> AdminResponse {
     let mut r = error(StatusCode::UNAUTHORIZED, msg);
     r.headers_mut().insert(
@@ -293,7 +303,7 @@ pub async fn put_split(
 ) -> AdminResponse {
     let config = rt.config();
     if config.route(route).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("no route named {route:?}"));
+        return no_route(&config, route);
     }
     let v = match read_json(body).await {
         Ok(v) => v,
@@ -352,7 +362,7 @@ pub async fn swap(rt: &Arc<Control>, route: &str, query: &str, who: &str) -> Adm
     let lock = rt.change_lock.lock().await;
     let snap = rt.snapshot();
     let Some(rc) = snap.config.route(route) else {
-        return error(StatusCode::NOT_FOUND, format!("no route named {route:?}"));
+        return no_route(&snap.config, route);
     };
     let [(a, wa), (b, wb)] = rc.split.as_slice() else {
         return error(
@@ -420,7 +430,11 @@ pub async fn drain(
 ) -> AdminResponse {
     let config = rt.config();
     if !config.pools.contains_key(pool) {
-        return error(StatusCode::NOT_FOUND, format!("no pool named {pool:?}"));
+        let known: Vec<&str> = config.pools.keys().map(String::as_str).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no pool named {pool:?} (pools: {})", known.join(", ")),
+        );
     }
     let Ok(sa) = addr.parse::<SocketAddr>() else {
         return error(

@@ -14,6 +14,9 @@ use std::sync::Arc;
 /// Run a rollout action on a route. Called after the token check; `query` is the raw query
 /// string: `force=true` applies the action in memory when its progress cannot be written.
 pub async fn handle(rt: &Arc<Control>, route: &str, action: &str, query: &str) -> AdminResponse {
+    if rt.config().route(route).is_none() {
+        return super::api::no_route(&rt.config(), route);
+    }
     let force = super::api::query_flag(query, "force");
     match rt.rollouts.act_with(rt, route, action, force).await {
         Ok(_) => json(
