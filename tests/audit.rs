@@ -316,3 +316,45 @@ async fn each_change_is_logged_once_by_the_binary() {
     );
     assert_eq!(list.as_array().unwrap().len(), 5, "{list}");
 }
+
+/// Fleet mode on a real etcd: the replica an API change was made on records it once as the
+/// API's; every other replica records the revision it applied as the fleet's, and a drain
+/// made elsewhere as a fleet drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_revisions_are_the_fleets_on_the_other_replicas() {
+    use support::etcd::*;
+    let bed = Bed::new().await;
+    let a = bed.replica("a", "3s", "").await;
+    let b = bed.replica("b", "3s", "").await;
+    let r = put_split(a.admin, 10, 90).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin_call(
+        a.admin,
+        "POST",
+        &format!("/api/pools/blue/backends/{}/drain", bed.blue.addr),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let list = |admin| async move {
+        changes(&json_of(&admin_call(admin, "GET", "/api/changes", "").await))
+    };
+    until("B applied both", Duration::from_secs(5), || async {
+        list(b.admin).await.len() == 2
+    })
+    .await;
+    let on_b = list(b.admin).await;
+    assert_eq!((on_b[1].0.as_str(), on_b[1].1.as_str()), ("fleet", "fleet"), "{on_b:?}");
+    assert!(
+        on_b[1].2.starts_with("fleet revision ")
+            && on_b[1].2.contains("route \"web\" split blue=100 green=0 -> blue=10 green=90"),
+        "{on_b:?}"
+    );
+    assert_eq!(on_b[0].1, "fleet", "{on_b:?}");
+    assert!(on_b[0].2.contains("drained"), "{on_b:?}");
+    // A saw its own writes come back through the watch: still one entry each.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let on_a = list(a.admin).await;
+    assert_eq!(on_a.len(), 2, "{on_a:?}");
+    assert!(on_a.iter().all(|c| c.0 == "admin" && c.1 == "api"), "{on_a:?}");
+}

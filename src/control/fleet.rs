@@ -328,10 +328,12 @@ async fn converge(rt: &Control, fleet: &Arc<Fleet>, drained: &Drained) -> Result
             }
         } else if kv.key == fleet.drains_key() {
             saw_drains = true;
+            let _lock = rt.change_lock.lock().await;
             apply_drains(rt, drained, cluster::parse_drains(&kv.value));
         }
     }
     if !saw_drains {
+        let _lock = rt.change_lock.lock().await;
         apply_drains(rt, drained, BTreeSet::new());
     }
     Ok(r.revision + 1)
@@ -347,9 +349,11 @@ async fn on_event(rt: &Control, fleet: &Arc<Fleet>, drained: &Drained, ev: Event
             let _ = apply_revision(rt, fleet, rev, None, true).await;
         }
         Event::Put(kv) if kv.key == fleet.drains_key() => {
+            let _lock = rt.change_lock.lock().await;
             apply_drains(rt, drained, cluster::parse_drains(&kv.value));
         }
         Event::Delete { key, .. } if key == fleet.drains_key() => {
+            let _lock = rt.change_lock.lock().await;
             apply_drains(rt, drained, BTreeSet::new());
         }
         Event::Delete { key, .. } if key == fleet.config_key() => {
@@ -594,6 +598,9 @@ async fn change_unrecorded(
         )));
     }
     if let Change::Drain { pool, addr, on } = change {
+        // Under the change lock, which the watch takes to apply drains too: it sees this
+        // replica's own drain live already when the write comes back (recorded once, here).
+        let _lock = rt.change_lock.lock().await;
         fleet
             .write_drain(pool, *addr, *on)
             .await
@@ -627,6 +634,9 @@ pub async fn write(
             "the store did not answer the last beat".into(),
         )));
     }
+    // Under the change lock until applied, so the watch, which takes it too, finds this
+    // revision live already (and the change is recorded once, as this replica's).
+    let lock = rt.change_lock.lock().await;
     let (rev, doc) = fleet
         .edit_document(edit, fenced)
         .await
@@ -638,7 +648,7 @@ pub async fn write(
         revision = rev.revision,
         "{subject} changed in the fleet document"
     );
-    match apply_revision(rt, fleet, rev, Some(doc), false).await {
+    match apply_revision_locked(rt, fleet, rev, Some(doc), &lock, false) {
         Ok(r) => Ok(r),
         Err(RevisionError::Apply(e)) => Err(ChangeError::Apply(e)),
         Err(RevisionError::Invalid(errors)) => Err(ChangeError::Invalid(errors)),
