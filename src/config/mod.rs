@@ -4,6 +4,7 @@
 
 pub mod duration;
 pub mod raw;
+pub mod rollout;
 pub mod schema;
 pub mod state;
 pub mod validate;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::{format_duration, parse_duration};
+pub use rollout::{GateCheck, GateConfig, GateWhen, HeaderValue, HotfixConfig, ProgressMeta};
 
 /// One problem in a config file, located at a line and column (both 1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -471,21 +473,17 @@ pub struct RolloutConfig {
     pub state: Option<RolloutState>,
     /// Persisted index into `steps`.
     pub step: Option<usize>,
-}
-
-impl RolloutConfig {
-    /// The definition without the persisted progress: a change here starts a new rollout.
-    pub fn definition_eq(&self, other: &RolloutConfig) -> bool {
-        self.to == other.to
-            && self.steps == other.steps
-            && self.step_interval == other.step_interval
-            && self.min_requests == other.min_requests
-            && self.max_error_rate == other.max_error_rate
-            && self.max_p99 == other.max_p99
-            && self.approval == other.approval
-            && self.approval_timeout == other.approval_timeout
-            && self.notify_url == other.notify_url
-    }
+    /// SPEC §10: the routes whose rollouts must have succeeded before this one starts.
+    pub after: Vec<String>,
+    /// SPEC §10: external gates, in file order.
+    pub gates: Vec<GateConfig>,
+    /// SPEC §10: `to`'s error rate may be at most this multiple of the baseline's (plus
+    /// `max_error_rate`).
+    pub max_error_rate_vs_baseline: Option<f64>,
+    /// SPEC §10: `[routes.rollout.hotfix]`.
+    pub hotfix: Option<HotfixConfig>,
+    /// Persisted with `state`/`step`: the step's clock, fingerprint, hotfix run.
+    pub progress: ProgressMeta,
 }
 
 impl Config {

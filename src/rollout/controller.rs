@@ -381,7 +381,7 @@ impl Controller {
                 )
             })
             .collect();
-        let progress = Progress { split, state, step };
+        let progress = Progress::record(&self.def, split, state, step, None, None, false);
         reload::change_locked(&rt, &guard, &progress.change(&self.route), how)?;
         Ok(())
     }

@@ -180,6 +180,11 @@ mod tests {
             notify_url: None,
             state: None,
             step: None,
+            after: Vec::new(),
+            gates: Vec::new(),
+            max_error_rate_vs_baseline: None,
+            hotfix: None,
+            progress: Default::default(),
         }
     }
 
