@@ -62,6 +62,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub rollout_step: IntGaugeVec,
     pub rollouts: IntCounterVec,
+    /// SPEC §10: every external gate check, by route, gate and result.
+    pub rollout_gate_checks: IntCounterVec,
     codes: Mutex<HashMap<CodeKey, Arc<CodeCounters>>>,
     exported_backends: Mutex<HashSet<(String, String)>>,
     /// Route → pools of its split, as last exported in `veer_route_weight`.
@@ -168,6 +170,11 @@ impl Metrics {
                 "veer_rollouts_total",
                 "Finished rollouts by result.",
                 &["route", "result"],
+            ),
+            rollout_gate_checks: counter(
+                "veer_rollout_gate_checks_total",
+                "External rollout gate checks by result (pass, fail, error).",
+                &["route", "gate", "result"],
             ),
             registry: r,
             codes: Mutex::new(HashMap::new()),

@@ -20,6 +20,7 @@
 //! (percent on `to`), "gate": {…figures, verdict, reason…}}` ([`status_json`]).
 
 pub mod controller;
+pub mod external;
 pub mod gate;
 pub mod notify;
 pub mod persist;

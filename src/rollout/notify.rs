@@ -92,9 +92,9 @@ impl Notifier {
     }
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(super) type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-fn client(https: bool) -> Result<HttpsClient, rustls::Error> {
+pub(super) fn client(https: bool) -> Result<HttpsClient, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     if https {
         let found = rustls_native_certs::load_native_certs();
