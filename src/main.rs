@@ -105,6 +105,10 @@ enum Command {
         /// (all traffic to the new pool now) or abort (roll back).
         #[arg(value_parser = parse_action, value_name = "ACTION")]
         action: veer::rollout::Action,
+        /// With `start`: the expedited path of `[routes.rollout.hotfix]` (fewer, shorter
+        /// steps; still gated).
+        #[arg(long)]
+        hotfix: bool,
         #[command(flatten)]
         api: AdminOpts,
     },
@@ -441,8 +445,13 @@ fn admin_command(cmd: Command) -> Result<()> {
                 .await
                 .map(|v| (format!("{pool} {addr}: back in service\n"), v)),
             Command::Reload { .. } => c.reload().await.map(|v| (render::render_reload(&v), v)),
-            Command::Rollout { route, action, .. } => c
-                .rollout(route, action.as_str())
+            Command::Rollout {
+                route,
+                action,
+                hotfix,
+                ..
+            } => c
+                .rollout(route, action.as_str(), *hotfix)
                 .await
                 .map(|v| (render::render_rollout_answer(route, action.as_str(), &v), v)),
             Command::Run { .. }

@@ -19,7 +19,7 @@ use super::gate::{self, Verdict};
 use super::notify::{Event, Notifier};
 use super::persist::Progress;
 use super::stats::{Figures, StepStats};
-use super::{figures_json, Action, ActionError, Command, Handle, Start, Status};
+use super::{figures_json, ActOptions, Action, ActionError, Command, Handle, Start, Status};
 use crate::config::writeback::WritebackError;
 use crate::config::{format_duration, RolloutConfig, RolloutState, RouteConfig};
 use crate::control::{self as reload, ChangeError, Unwritable};
@@ -163,7 +163,7 @@ impl Controller {
                 _ = self.shutdown.cancelled() => break,
                 cmd = cmds.recv() => match cmd {
                     Some(c) => {
-                        let r = self.act(c.action, c.force).await;
+                        let r = self.act(c.action, c.opts).await;
                         let _ = c.reply.send(r);
                     }
                     None => break,
@@ -679,8 +679,9 @@ impl Controller {
 
     /// An operator action. `force` (`?force=true`): go on in memory when the progress cannot
     /// be written, as automatic steps do; otherwise such an action changes nothing (409).
-    async fn act(&mut self, action: Action, force: bool) -> Result<Status, ActionError> {
+    async fn act(&mut self, action: Action, opts: ActOptions) -> Result<Status, ActionError> {
         use RolloutState::*;
+        let force = opts.force;
         let how = if force { AUTO } else { Unwritable::Refuse };
         let running = matches!(self.state, Progressing | Paused | AwaitingApproval);
         match action {
@@ -704,7 +705,11 @@ impl Controller {
                 self.state = Paused;
                 self.figures = self.stats.as_ref().map(|s| s.figures()).or(self.figures);
                 self.install_stats(None);
-                self.reason = Some("paused by operator".into());
+                let who = opts.who.as_deref().unwrap_or("operator");
+                self.reason = Some(match &opts.why {
+                    Some(why) => format!("paused by {who} {why}"),
+                    None => format!("paused by {who}"),
+                });
                 self.next_check = None;
                 self.publish();
                 self.emit("paused", None, None);

@@ -149,10 +149,22 @@ impl Status {
     }
 }
 
+/// How an operator action is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct ActOptions {
+    /// `?force=true`: go on in memory when the progress cannot be written.
+    pub force: bool,
+    /// `start?hotfix=true`: the expedited path of `[routes.rollout.hotfix]`.
+    pub hotfix: bool,
+    /// Who asks (the API token's name), shown in the state (`paused_by`) and the log.
+    pub who: Option<String>,
+    /// Why, when it is not the operator's own action (a forced manual split pauses).
+    pub why: Option<String>,
+}
+
 struct Command {
     action: Action,
-    /// `?force=true`: go on in memory when the progress cannot be written.
-    force: bool,
+    opts: ActOptions,
     reply: oneshot::Sender<Result<Status, ActionError>>,
 }
 
@@ -274,6 +286,21 @@ impl Rollouts {
         action: &str,
         force: bool,
     ) -> Result<Status, ActionError> {
+        let opts = ActOptions {
+            force,
+            ..Default::default()
+        };
+        self.act_opts(rt, route, action, opts).await
+    }
+
+    /// [`Rollouts::act`] with every option ([`ActOptions`]).
+    pub async fn act_opts(
+        &self,
+        rt: &Runtime,
+        route: &str,
+        action: &str,
+        opts: ActOptions,
+    ) -> Result<Status, ActionError> {
         let config = rt.config();
         let rc = config
             .route(route)
@@ -293,7 +320,7 @@ impl Rollouts {
         let (tx, rx) = oneshot::channel();
         cmd.send(Command {
             action,
-            force,
+            opts,
             reply: tx,
         })
         .await
