@@ -2,8 +2,8 @@
 //! tasks, and graceful shutdown.
 
 use crate::config::Config;
+use crate::control::Control;
 use crate::proxy::server::{bind, Connections};
-use crate::runtime::Runtime;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ pub use crate::proxy::listeners::{ListenerChanges, Listeners, StagedListeners, S
 
 /// A running veer.
 pub struct Running {
-    pub rt: Arc<Runtime>,
+    pub rt: Arc<Control>,
     /// Bound proxy addresses (ports resolved when the config said 0).
     pub listen: Vec<SocketAddr>,
     pub tls_listen: Vec<SocketAddr>,
@@ -62,11 +62,11 @@ pub async fn start_with(
         });
     }
     let max_conns = config.server.max_connections;
-    let rt = Runtime::new(config.clone(), path.clone())?;
+    let rt = Control::new(config.clone(), path.clone())?;
     let conns = Arc::new(Connections::new(max_conns));
     let tasks = TaskTracker::new();
     let listeners = Arc::new(Listeners::new(
-        rt.clone(),
+        rt.runtime.clone(),
         conns.clone(),
         max_conns,
         tasks.clone(),
@@ -81,7 +81,6 @@ pub async fn start_with(
     let admin_stop = CancellationToken::new();
     tasks.spawn(crate::admin::serve(
         rt.clone(),
-        listeners.clone(),
         admin_listener,
         admin_stop.clone(),
     ));
@@ -135,6 +134,6 @@ impl Running {
 }
 
 /// Reload the config file (SIGHUP). Errors are logged and counted by the reload itself.
-pub async fn reload_from_signal(rt: &Arc<Runtime>) {
+pub async fn reload_from_signal(rt: &Arc<Control>) {
     let _ = crate::control::reload(rt, crate::control::Trigger::Signal).await;
 }

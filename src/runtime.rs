@@ -1,5 +1,7 @@
-//! The live state of a running veer: the current [`Snapshot`] (one `ArcSwap` load per
-//! request), the backend [`Registry`], metrics, and the one way to change config: [`Runtime::apply`].
+//! The live state of a running veer, as the data plane reads it: the current [`Snapshot`]
+//! (one `ArcSwap` load per request), the backend [`Registry`] and the metrics. Changes are
+//! made by the control layer (`control::Control`), which builds new snapshots through
+//! [`Runtime::apply`].
 
 use crate::config::{Config, RouteConfig};
 use crate::metrics::Metrics;
@@ -49,21 +51,11 @@ pub struct Runtime {
     ready: AtomicBool,
     /// Cancelled when graceful shutdown begins.
     pub shutdown: CancellationToken,
-    /// Serialises config changes (file reloads, API writes, rollout steps).
-    pub change_lock: tokio::sync::Mutex<()>,
-    /// The proxy listeners (set by `app::start`), so a reload from any trigger can apply
-    /// `server.listen`. Weak: the listeners hold the runtime.
-    pub listeners: std::sync::OnceLock<std::sync::Weak<crate::proxy::listeners::Listeners>>,
-    /// Rollout controllers, started and stopped as configs go live.
-    pub rollouts: crate::rollout::Rollouts,
-    /// API changes and rollout progress laid over the config file (`[server] state_file`).
-    pub state: crate::config::state::Store,
 }
 
 impl Runtime {
     /// Build the runtime with its first config. Must be called inside a tokio runtime.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, RegistryError> {
-        let (state, config) = crate::config::state::Store::open(config, config_path.as_deref());
         let base = config_path
             .as_ref()
             .and_then(|p| p.parent().map(|d| d.to_path_buf()));
@@ -87,23 +79,9 @@ impl Runtime {
             version: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
-            change_lock: tokio::sync::Mutex::new(()),
-            listeners: std::sync::OnceLock::new(),
-            rollouts: crate::rollout::Rollouts::default(),
-            state,
         });
-        rt.rollouts.bind(&rt);
         rt.build_and_swap(config, None)?;
-        rt.apply_drains();
         Ok(rt)
-    }
-
-    /// Drain the backends the state keeps drained (at start and after every reload).
-    pub fn apply_drains(&self) {
-        let timeout = self.config().server.drain_timeout;
-        for (pool, addr, on) in self.state.drains() {
-            self.registry.set_draining(&pool, addr, on, timeout);
-        }
     }
 
     /// The current snapshot (for one request, or one admin call).
@@ -124,7 +102,7 @@ impl Runtime {
     }
 
     /// Make `config` live atomically. Backends that stay keep their state; removed ones drain.
-    /// Callers that also write the file hold [`Runtime::change_lock`].
+    /// Only the control layer calls it (it also starts and stops rollouts, under its lock).
     pub fn apply(&self, config: Config) -> Result<ApplyReport, RegistryError> {
         let old = self.config();
         self.build_and_swap(config, Some(&old))
@@ -183,8 +161,6 @@ impl Runtime {
             router: Router::new(routes),
             pools,
         }));
-        // Rollouts follow the config that is now live (new, changed or removed definitions).
-        self.rollouts.sync(old, &self.config());
         Ok(report)
     }
 

@@ -50,24 +50,6 @@ const LAYERS: &[(&str, u8)] = &[
 /// ran out; each says what removes it.
 const UPWARD: &[(&str, &str, &str)] = &[
     (
-        "src/runtime.rs",
-        "proxy",
-        "Runtime holds a Weak<Listeners> so every reload trigger can apply server.listen; goes \
-         when control/ owns the listeners beside the runtime",
-    ),
-    (
-        "src/runtime.rs",
-        "rollout",
-        "Runtime holds the rollout set and syncs it on apply; goes when control/ starts and \
-         stops rollout controllers from the apply report",
-    ),
-    (
-        "src/rollout/controller.rs",
-        "control",
-        "a rollout step applies its progress through control::change_locked; goes when the \
-         controller hands progress to control/ through a trait or channel",
-    ),
-    (
         "src/tls.rs",
         "upstream",
         "upstream_client_config returns upstream::client::ClientError; goes when tls/ has its \

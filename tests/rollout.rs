@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
 use veer::config::{Config, RolloutState};
+use veer::control::Control;
 use veer::rollout::Status;
-use veer::runtime::Runtime;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -56,7 +56,7 @@ fn file_progress(v: &Veer) -> (u32, Option<RolloutState>, Option<usize>) {
     (r.weight_of("green").unwrap(), ro.state, ro.step)
 }
 
-async fn act(rt: &Arc<Runtime>, action: &str) -> Result<Status, veer::rollout::ActionError> {
+async fn act(rt: &Arc<Control>, action: &str) -> Result<Status, veer::rollout::ActionError> {
     rt.rollouts.act(rt, "web", action).await
 }
 
@@ -92,7 +92,7 @@ async fn healthy_canary_walks_every_step_writes_each_one_and_succeeds() {
         // Enough healthy, fast traffic; the baseline's figures are kept beside.
         feed(&rt, "green", 150, 0, 10 * MS);
         feed(&rt, "blue", 50, 0, 10 * MS);
-        let st = veer::rollout::status_json(&rt, "web");
+        let st = veer::rollout::status_json(&rt.rollouts, &rt, "web");
         assert_eq!(st["gate"]["requests"], 150);
         assert_eq!(st["gate"]["baseline"]["requests"], 50);
         assert_eq!(st["weight"], w);
@@ -155,7 +155,7 @@ async fn failing_canary_rolls_back_at_the_first_step_and_stays_rolled_back() {
         (0, Some(RolloutState::RolledBack), Some(0))
     );
     // The failing figures stay in the status.
-    let st = veer::rollout::status_json(&rt, "web");
+    let st = veer::rollout::status_json(&rt.rollouts, &rt, "web");
     assert_eq!(st["state"], "rolled_back");
     assert_eq!(st["weight"], 0);
     assert_eq!(st["gate"]["requests"], 100);
@@ -236,7 +236,7 @@ async fn slow_canary_rolls_back_on_p99() {
         "{:?}",
         s.reason
     );
-    let st = veer::rollout::status_json(&rt, "web");
+    let st = veer::rollout::status_json(&rt.rollouts, &rt, "web");
     assert_eq!(st["gate"]["slow"], 3);
     assert!(st["gate"]["p99_ms"].as_f64().unwrap() > 500.0, "{st}");
     assert_eq!(green_weight(&rt), 0);
@@ -271,7 +271,7 @@ async fn low_traffic_waits_instead_of_passing() {
     let s = rt.rollouts.status("web").unwrap();
     assert_eq!((s.state, s.step), (RolloutState::Progressing, 0));
     assert_eq!(green_weight(&rt), 5);
-    let st = veer::rollout::status_json(&rt, "web");
+    let st = veer::rollout::status_json(&rt.rollouts, &rt, "web");
     assert_eq!(st["gate"]["verdict"], "waiting");
     let reason = st["gate"]["reason"].as_str().unwrap();
     assert!(reason.contains("50 of 100 requests to green"), "{reason}");
@@ -312,7 +312,7 @@ async fn approval_is_awaited_and_given() {
         RolloutState::AwaitingApproval
     );
     assert!(
-        veer::rollout::status_json(&rt, "web")["approval_remaining_ms"]
+        veer::rollout::status_json(&rt.rollouts, &rt, "web")["approval_remaining_ms"]
             .as_f64()
             .unwrap()
             > 0.0
@@ -557,7 +557,10 @@ async fn reload_keeps_a_finished_rollout_and_a_changed_definition_starts_anew() 
     std::fs::write(&v.config_path, &text[..cut]).unwrap();
     rt.apply(Config::load(&v.config_path).unwrap()).unwrap();
     assert!(rt.rollouts.status("web").is_none());
-    assert_eq!(veer::rollout::status_json(&rt, "web"), Value::Null);
+    assert_eq!(
+        veer::rollout::status_json(&rt.rollouts, &rt, "web"),
+        Value::Null
+    );
     tokio::time::sleep(Duration::from_secs(300)).await;
     assert_eq!(green_weight(&rt), 10);
     v.shutdown().await;
@@ -979,7 +982,7 @@ async fn actions_and_status_over_the_admin_api() {
     for _ in 0..40 {
         assert_eq!(get(&v.url("/")).await.status, 200);
     }
-    let st = veer::rollout::status_json(&rt, "web");
+    let st = veer::rollout::status_json(&rt.rollouts, &rt, "web");
     let (canary, base) = (
         st["gate"]["requests"].as_u64().unwrap(),
         st["gate"]["baseline"]["requests"].as_u64().unwrap(),
@@ -1162,7 +1165,7 @@ min_requests = 20
         vec![200],
         "{seen:?}"
     );
-    let st = veer::rollout::status_json(&rt, "web");
+    let st = veer::rollout::status_json(&rt.rollouts, &rt, "web");
     assert!(st["gate"]["errors"].as_u64().unwrap() >= 5, "{st}");
     assert!(s.reason.is_some());
     v.shutdown().await;

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 use veer::config::RolloutState;
+use veer::control::Control;
 use veer::control::{self as reload, Trigger};
-use veer::runtime::Runtime;
 
 /// Two pools (blue with two backends) and route `web` at `split`, with `state_file` when
 /// given, and `extra` appended to the route.
@@ -56,7 +56,7 @@ async fn who(url: &str) -> String {
     get(url).await.body
 }
 
-fn persisted(rt: &Runtime) -> bool {
+fn persisted(rt: &Control) -> bool {
     veer::admin::status::status_json(rt)["persisted"]
         .as_bool()
         .expect("persisted is a boolean at the top of /api/status")
@@ -284,7 +284,7 @@ async fn force_without_a_state_file_lives_in_memory_until_a_reload() {
 }
 
 /// A healthy step: enough fast traffic to green, then the interval passes.
-async fn pass_step(rt: &Runtime) {
+async fn pass_step(rt: &Control) {
     feed(rt, "green", 100, 0, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_secs(61)).await;
 }
@@ -303,7 +303,7 @@ async fn rollout_steps_go_to_the_state_file_and_a_restart_resumes_there() {
         ROLLOUT,
     );
     let (v, path, ro) = start_unwritable(&text).await;
-    let rt: Arc<Runtime> = v.rt().clone();
+    let rt: Arc<Control> = v.rt().clone();
     wait_step(&rt, 0).await;
     assert_eq!(green_weight(&rt), 5);
     pass_step(&rt).await;

@@ -7,8 +7,8 @@ use super::{error, json, AdminResponse};
 use crate::config::state::Change;
 use crate::config::writeback::WritebackError;
 use crate::config::ConfigErrors;
+use crate::control::Control;
 use crate::control::{self as reload, ChangeError, ReloadError, ReloadReport, Trigger, Unwritable};
-use crate::runtime::Runtime;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -26,7 +26,7 @@ const MAX_WEIGHT: u64 = 1_000_000;
 /// the live config names, so a reload that changes `token_env` takes effect. Without a token
 /// the API is open only on a loopback admin listener (startup refuses the rest; this covers a
 /// token variable changed by reload).
-pub fn authorize(rt: &Runtime, headers: &HeaderMap, admin_loopback: bool) -> Option<AdminResponse> {
+pub fn authorize(rt: &Control, headers: &HeaderMap, admin_loopback: bool) -> Option<AdminResponse> {
     let env = rt.config().admin.token_env.clone();
     let Some(token) = std::env::var(&env).ok().filter(|t| !t.is_empty()) else {
         if admin_loopback {
@@ -148,7 +148,7 @@ fn split_json(split: &[(String, u32)]) -> Value {
 }
 
 /// The route's split as it is live now.
-fn split_answer(rt: &Runtime, route: &str, r: &ReloadReport) -> AdminResponse {
+fn split_answer(rt: &Control, route: &str, r: &ReloadReport) -> AdminResponse {
     let snap = rt.snapshot();
     let split = snap
         .config
@@ -251,7 +251,7 @@ pub const WHO: &str = "admin";
 /// awaiting approval) would fight the rollout: 409, unless `?force=true`, which pauses the
 /// rollout first, saying who and why (SPEC §10). `Err` is the answer to give.
 async fn hold_rollout(
-    rt: &Arc<Runtime>,
+    rt: &Arc<Control>,
     route: &str,
     query: &str,
     what: &str,
@@ -298,7 +298,7 @@ async fn hold_rollout(
 /// `PUT /api/routes/{route}/split[?force=true]`: body `{pool: weight, …}` replaces the
 /// route's split.
 pub async fn put_split(
-    rt: &Arc<Runtime>,
+    rt: &Arc<Control>,
     route: &str,
     query: &str,
     body: Incoming,
@@ -361,7 +361,7 @@ pub async fn put_split(
 
 /// `POST /api/routes/{route}/swap[?force=true]`: exchange the weights of the route's two
 /// pools. Refused when the pool that gains traffic has no healthy backend, unless forced.
-pub async fn swap(rt: &Arc<Runtime>, route: &str, query: &str) -> AdminResponse {
+pub async fn swap(rt: &Arc<Control>, route: &str, query: &str) -> AdminResponse {
     let force = query_flag(query, "force");
     if rt.config().route(route).is_some() {
         if let Err(answer) = hold_rollout(rt, route, query, "swap").await {
@@ -423,7 +423,7 @@ pub async fn swap(rt: &Arc<Runtime>, route: &str, query: &str) -> AdminResponse 
 /// state survives reloads for backends that stay; a restart only with a state file, which
 /// keeps it (the config file has no place for it).
 pub async fn drain(
-    rt: &Arc<Runtime>,
+    rt: &Arc<Control>,
     pool: &str,
     addr: &str,
     on: bool,
@@ -463,7 +463,7 @@ pub async fn drain(
 }
 
 /// `POST /api/reload`: reload the config file now.
-pub async fn reload(rt: &Arc<Runtime>) -> AdminResponse {
+pub async fn reload(rt: &Arc<Control>) -> AdminResponse {
     match reload::reload(rt, Trigger::Api).await {
         Ok(r) => json(
             StatusCode::OK,

@@ -5,8 +5,7 @@ pub mod guard;
 pub mod rollout;
 pub mod status;
 
-use crate::proxy::listeners::Listeners;
-use crate::runtime::Runtime;
+use crate::control::Control;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -22,13 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub type AdminResponse = Response<Full<Bytes>>;
 
 /// Serve the admin API until `stop`.
-pub async fn serve(
-    rt: Arc<Runtime>,
-    // Unused: kept until app.rs's call drops it (app.rs belongs to the control-layer change).
-    _listeners: Arc<Listeners>,
-    listener: TcpListener,
-    stop: CancellationToken,
-) {
+pub async fn serve(rt: Arc<Control>, listener: TcpListener, stop: CancellationToken) {
     // The bound address (port resolved) decides which Hosts are this listener (guard.rs).
     let Ok(local) = listener.local_addr() else {
         tracing::error!("admin listener has no local address; not serving");
@@ -79,7 +72,7 @@ fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Admi
 }
 
 async fn route(
-    rt: &Arc<Runtime>,
+    rt: &Arc<Control>,
     local: std::net::SocketAddr,
     loopback: bool,
     req: Request<Incoming>,
@@ -127,7 +120,7 @@ async fn route(
 
 /// The `/api/*` endpoints (SPEC §3), after the token check. Path segments are
 /// percent-decoded; a known path with the wrong method gets 405.
-async fn api_route(rt: &Arc<Runtime>, req: Request<Incoming>) -> AdminResponse {
+async fn api_route(rt: &Arc<Control>, req: Request<Incoming>) -> AdminResponse {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();

@@ -7,13 +7,13 @@
 //! `?force=true`: then it goes on in memory, and `/api/status` shows `"persisted": false`).
 
 use super::{error, json, AdminResponse};
-use crate::runtime::Runtime;
+use crate::control::Control;
 use http::StatusCode;
 use std::sync::Arc;
 
 /// Run a rollout action on a route. Called after the token check; `query` is the raw query
 /// string: `force=true` applies the action in memory when its progress cannot be written.
-pub async fn handle(rt: &Arc<Runtime>, route: &str, action: &str, query: &str) -> AdminResponse {
+pub async fn handle(rt: &Arc<Control>, route: &str, action: &str, query: &str) -> AdminResponse {
     let opts = crate::rollout::ActOptions {
         force: super::api::query_flag(query, "force"),
         hotfix: super::api::query_flag(query, "hotfix"),
@@ -32,7 +32,7 @@ pub async fn handle(rt: &Arc<Runtime>, route: &str, action: &str, query: &str) -
             &serde_json::json!({
                 "route": route,
                 "action": action,
-                "rollout": crate::rollout::status_json(rt, route),
+                "rollout": crate::rollout::status_json(&rt.rollouts, rt, route),
             }),
         ),
         Err(e) => error(e.status(), e),

@@ -1,6 +1,6 @@
 //! The `/api/status` document (SPEC §3).
 
-use crate::runtime::Runtime;
+use crate::control::Control;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
@@ -41,7 +41,7 @@ pub fn page() -> Response<Full<Bytes>> {
 }
 
 /// Routes, splits, rollouts and every backend's state, as JSON.
-pub fn status_json(rt: &Runtime) -> Value {
+pub fn status_json(rt: &Control) -> Value {
     let snap = rt.snapshot();
     let loaded_at = snap
         .loaded_at
@@ -61,7 +61,7 @@ pub fn status_json(rt: &Runtime) -> Value {
                 "path_prefix": r.path_prefix,
                 "split": split,
                 "effective": effective(&snap, &r.name),
-                "rollout": crate::rollout::status_json(rt, &r.name),
+                "rollout": crate::rollout::status_json(&rt.rollouts, rt, &r.name),
             })
         })
         .collect();

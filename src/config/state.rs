@@ -67,6 +67,19 @@ pub struct RolloutEntry {
     pub meta: ProgressMeta,
 }
 
+/// What to do with a change that cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwritable {
+    /// Change nothing: the API answers 409.
+    Refuse,
+    /// `?force=true`: apply it in memory only, until the next reload (or the next change
+    /// written into the config file, which rereads it); `"persisted": false` until then.
+    Force,
+    /// A rollout's progress: apply it in memory and keep it over reloads, so a rollout never
+    /// waits on a file; written with the next write that succeeds.
+    Remember,
+}
+
 /// One change made through the API or by a rollout, in the form every target takes: the
 /// config document (write-back), a config in memory, and the state file.
 #[derive(Debug, Clone, PartialEq)]

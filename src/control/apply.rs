@@ -1,12 +1,13 @@
 //! Making a validated config live, whatever asked for it: [`stage`] prepares everything that
 //! can fail (clients build, new listeners bind, certificates load) without changing anything,
 //! [`commit`] swaps the snapshot and starts and stops listeners. Both need the change lock
-//! ([`Runtime::change_lock`]), so changes are applied one at a time.
+//! ([`Control::change_lock`]), so changes are applied one at a time.
 
+use super::Control;
 use crate::config::state::Prepared;
 use crate::config::Config;
 use crate::proxy::listeners::{ListenerChanges, Listeners, StagedListeners, StartError};
-use crate::runtime::{ApplyReport, Runtime};
+use crate::runtime::ApplyReport;
 use crate::upstream::registry::RegistryError;
 use std::sync::Arc;
 use tokio::sync::MutexGuard;
@@ -42,7 +43,7 @@ pub struct Staged {
 
 /// Prepare `config` without changing anything live. Needs the change lock.
 pub fn stage(
-    rt: &Runtime,
+    rt: &Control,
     config: Config,
     _lock: &MutexGuard<'_, ()>,
 ) -> Result<Staged, ApplyError> {
@@ -60,7 +61,7 @@ pub fn stage(
 /// Make a staged config live: one snapshot swap (requests in flight keep the snapshot they
 /// started with), then listeners start and stop. Needs the change lock.
 pub fn commit(
-    rt: &Runtime,
+    rt: &Control,
     staged: Staged,
     _lock: &MutexGuard<'_, ()>,
 ) -> Result<ReloadReport, ApplyError> {
@@ -84,7 +85,7 @@ pub fn commit(
     })
 }
 
-pub(super) fn unchanged(rt: &Runtime) -> ReloadReport {
+pub(super) fn unchanged(rt: &Control) -> ReloadReport {
     ReloadReport {
         changed: false,
         applied: ApplyReport {
@@ -97,7 +98,7 @@ pub(super) fn unchanged(rt: &Runtime) -> ReloadReport {
 }
 
 /// Make a reload's state current and apply the drains it keeps.
-pub(super) fn install(rt: &Runtime, p: Prepared) {
+pub(super) fn install(rt: &Control, p: Prepared) {
     rt.state.install(p);
     rt.apply_drains();
 }

@@ -6,10 +6,10 @@
 //! succeeds.
 
 use super::apply::{commit, stage, unchanged, ApplyError, ReloadReport};
-use crate::config::state::{self, Change, StateError};
+use super::Control;
+use crate::config::state::{self, Change, StateError, Unwritable};
 use crate::config::writeback::{self, WritebackError};
 use crate::config::{Config, ConfigErrors};
-use crate::runtime::Runtime;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::MutexGuard;
@@ -33,24 +33,11 @@ pub enum ChangeError {
     Apply(#[from] ApplyError),
 }
 
-/// What to do with a change that cannot be written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unwritable {
-    /// Change nothing: the API answers 409.
-    Refuse,
-    /// `?force=true`: apply it in memory only, until the next reload (or the next change
-    /// written into the config file, which rereads it); `"persisted": false` until then.
-    Force,
-    /// A rollout's progress: apply it in memory and keep it over reloads, so a rollout never
-    /// waits on a file; written with the next write that succeeds.
-    Remember,
-}
-
 /// Make `change` live: written first (into the config file, or the state file when the
 /// config names one), then applied. Without a config file (the demo) the live config is
 /// edited in memory. If anything fails, nothing changes, except as `unwritable` allows.
 pub async fn change(
-    rt: &Arc<Runtime>,
+    rt: &Arc<Control>,
     change: &Change,
     unwritable: Unwritable,
 ) -> Result<ReloadReport, ChangeError> {
@@ -61,7 +48,7 @@ pub async fn change(
 /// [`change`] for a caller that already holds the change lock (to decide on the live state
 /// and change it in one step).
 pub fn change_locked(
-    rt: &Runtime,
+    rt: &Control,
     lock: &MutexGuard<'_, ()>,
     change: &Change,
     unwritable: Unwritable,
@@ -138,7 +125,7 @@ pub fn change_locked(
 /// With a state file: the change is checked on the live config, written into the state
 /// file, then applied.
 fn change_state_file(
-    rt: &Runtime,
+    rt: &Control,
     lock: &MutexGuard<'_, ()>,
     path: &Path,
     change: &Change,
@@ -183,7 +170,7 @@ fn change_state_file(
 /// The change could not be written (`why`): refuse it, or go on in memory as `unwritable`
 /// says (logged, and recorded so `/api/status` shows `"persisted": false`).
 fn not_written(
-    rt: &Runtime,
+    rt: &Control,
     change: &Change,
     unwritable: Unwritable,
     why: ChangeError,
@@ -210,7 +197,7 @@ fn not_written(
 
 /// Apply a change that could not be written, in memory, if `unwritable` allows it.
 fn in_memory(
-    rt: &Runtime,
+    rt: &Control,
     lock: &MutexGuard<'_, ()>,
     change: &Change,
     unwritable: Unwritable,

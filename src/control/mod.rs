@@ -1,7 +1,7 @@
 //! The control layer: the one way a change happens — stage, validate, apply, commit —
 //! whatever its source (the config file watcher, SIGHUP, `POST /api/reload`, an admin API
 //! edit, a rollout step, the certificate watcher). Every path validates fully first and holds
-//! [`Runtime::change_lock`](crate::runtime::Runtime::change_lock), so a bad file or a failed
+//! [`Control::change_lock`], so a bad file or a failed
 //! write changes nothing, and changes are applied one at a time.
 //!
 //! - [`apply`](mod@apply): stage a validated config (clients, listeners, certificates) and commit it.
@@ -14,7 +14,109 @@ pub mod change;
 pub mod reload;
 pub mod watch;
 
+pub use crate::config::state::Unwritable;
 pub use apply::{commit, stage, ApplyError, ReloadReport, Staged};
-pub use change::{change, change_locked, ChangeError, Unwritable};
+pub use change::{change, change_locked, ChangeError};
 pub use reload::{reload, ReloadError, Trigger};
 pub use watch::{watch, DEBOUNCE};
+
+use crate::config::state::Store;
+use crate::config::Config;
+use crate::proxy::listeners::Listeners;
+use crate::rollout::controller::{CommitError, Refused};
+use crate::rollout::{Committer, Committing, Edit, Rollouts};
+use crate::runtime::{ApplyReport, Runtime};
+use crate::upstream::registry::RegistryError;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, Weak};
+
+/// What the control layer owns beside the data plane's [`Runtime`]: the change lock, the
+/// state laid over the config file, the proxy listeners and the rollout controllers. Every
+/// change goes through here; it dereferences to the runtime for reading.
+pub struct Control {
+    pub runtime: Arc<Runtime>,
+    /// Serialises config changes (file reloads, API writes, rollout steps).
+    pub change_lock: tokio::sync::Mutex<()>,
+    /// API changes and rollout progress laid over the config file (`[server] state_file`).
+    pub state: Store,
+    /// The proxy listeners (set once they are bound), so a reload from any trigger can apply
+    /// `server.listen`. Weak: the listeners outlive nothing; `app` owns them.
+    pub listeners: OnceLock<Weak<Listeners>>,
+    /// Rollout controllers, started and stopped as configs go live.
+    pub rollouts: Rollouts,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Control {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        &self.runtime
+    }
+}
+
+impl Control {
+    /// Build the runtime with its first config (the state file laid over it), start its
+    /// rollouts and apply the drains the state keeps. Must be called inside a tokio runtime.
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, RegistryError> {
+        let (state, config) = Store::open(config, config_path.as_deref());
+        let runtime = Runtime::new(config, config_path)?;
+        let ctl = Arc::new_cyclic(|me: &Weak<Control>| {
+            let rollouts = Rollouts::default();
+            let committer: Weak<dyn Committer> = me.clone();
+            rollouts.bind(&runtime, committer);
+            Control {
+                runtime,
+                change_lock: tokio::sync::Mutex::new(()),
+                state,
+                listeners: OnceLock::new(),
+                rollouts,
+            }
+        });
+        ctl.rollouts.sync(None, &ctl.config());
+        ctl.apply_drains();
+        Ok(ctl)
+    }
+
+    /// Make `config` live atomically (backends that stay keep their state; removed ones
+    /// drain), then start, restart or stop rollout controllers to match it. Callers that also
+    /// write the file hold [`Control::change_lock`].
+    pub fn apply(&self, config: Config) -> Result<ApplyReport, RegistryError> {
+        let old = self.config();
+        let report = self.runtime.apply(config)?;
+        self.rollouts.sync(Some(&old), &self.config());
+        Ok(report)
+    }
+
+    /// Drain the backends the state keeps drained (at start and after every reload).
+    pub fn apply_drains(&self) {
+        let timeout = self.config().server.drain_timeout;
+        for (pool, addr, on) in self.state.drains() {
+            self.registry.set_draining(&pool, addr, on, timeout);
+        }
+    }
+}
+
+/// A rollout step: built from the live config under the change lock, then written and
+/// applied like an API change.
+impl Committer for Control {
+    fn commit<'a>(
+        &'a self,
+        edit: Edit<'a>,
+        how: crate::config::state::Unwritable,
+    ) -> Committing<'a> {
+        Box::pin(async move {
+            let lock = self.change_lock.lock().await;
+            let change = edit(&self.config())?;
+            change_locked(self, &lock, &change, how)
+                .map_err(|e| CommitError::Change(Refused(Box::new(e))))?;
+            Ok(())
+        })
+    }
+}

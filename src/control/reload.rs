@@ -3,8 +3,8 @@
 //! the state file laid over it, so a bad file changes nothing.
 
 use super::apply::{commit, install, stage, unchanged, ApplyError, ReloadReport};
+use super::Control;
 use crate::config::{Config, ConfigErrors};
-use crate::runtime::Runtime;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::MutexGuard;
@@ -42,7 +42,7 @@ pub enum ReloadError {
 
 /// Reload the config file now (SIGHUP, `POST /api/reload`). A config equal to the live one
 /// is not swapped in, but certificates are re-read (so SIGHUP rotates them).
-pub async fn reload(rt: &Arc<Runtime>, trigger: Trigger) -> Result<ReloadReport, ReloadError> {
+pub async fn reload(rt: &Arc<Control>, trigger: Trigger) -> Result<ReloadReport, ReloadError> {
     let Some(path) = rt.config_path.clone() else {
         tracing::warn!(
             trigger = trigger.as_str(),
@@ -65,7 +65,7 @@ pub(super) fn read(path: &Path) -> Result<String, ConfigErrors> {
 /// that with `quiet_if_same` a config equal to the live one is neither counted nor logged
 /// (the watcher seeing a write-back, a comment edit, or a rewrite with the same settings).
 pub(super) fn reload_locked(
-    rt: &Runtime,
+    rt: &Control,
     path: &Path,
     text: Result<String, ConfigErrors>,
     trigger: Trigger,
@@ -106,7 +106,7 @@ pub(super) fn reload_locked(
 }
 
 /// Count and log a reload's outcome.
-fn record(rt: &Runtime, trigger: Trigger, result: &Result<ReloadReport, ReloadError>) {
+fn record(rt: &Control, trigger: Trigger, result: &Result<ReloadReport, ReloadError>) {
     let how = trigger.as_str();
     match result {
         Ok(r) => {

@@ -8,9 +8,9 @@
 //! same text does nothing.
 
 use super::reload::{read, reload_locked, Trigger};
+use super::Control;
 use crate::config::Config;
 use crate::config::ConfigErrors;
-use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Watch the config file and reload it when its content changes, until shutdown.
-pub async fn watch(rt: Arc<Runtime>, path: PathBuf) {
+pub async fn watch(rt: Arc<Control>, path: PathBuf) {
     let path = std::path::absolute(&path).unwrap_or(path);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     // The folders watched may hold other busy files (logs, say): only events on the paths
@@ -176,7 +176,7 @@ fn hash(text: &Result<String, ConfigErrors>) -> u64 {
 /// Reload when the content differs from what this watcher saw last and the config it
 /// describes differs from the live one (a write-back by the API changes the text but not
 /// the config, and is not reloaded again).
-async fn check(rt: &Arc<Runtime>, path: &Path, last: &mut Option<u64>) {
+async fn check(rt: &Arc<Control>, path: &Path, last: &mut Option<u64>) {
     let lock = rt.change_lock.lock().await;
     let text = read(path);
     let h = hash(&text);
@@ -219,7 +219,7 @@ fn fingerprint(config: &Config, config_file: &Path) -> Vec<(PathBuf, Option<u64>
 /// there are none). A config reload that names other files loads them itself; the watcher
 /// then just follows the new paths.
 pub fn spawn_cert_watcher<F>(
-    rt: Arc<Runtime>,
+    rt: Arc<Control>,
     current: F,
     tasks: &TaskTracker,
     stop: CancellationToken,

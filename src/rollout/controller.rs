@@ -19,10 +19,10 @@ use super::gate::{self, Verdict};
 use super::notify::{Event, Notifier};
 use super::persist::Progress;
 use super::stats::{Figures, StepStats};
-use super::{figures_json, ActOptions, Action, ActionError, Command, Handle, Start, Status};
+use super::{figures_json, ActOptions, Action, ActionError, Command, Committer, Handle, Start, Status};
+use crate::config::state::Unwritable;
 use crate::config::writeback::WritebackError;
 use crate::config::{format_duration, RolloutConfig, RolloutState, RouteConfig};
-use crate::control::{self as reload, ChangeError, Unwritable};
 use crate::runtime::Runtime;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -38,8 +38,9 @@ const AUTO: Unwritable = Unwritable::Remember;
 /// Why a change could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
+    /// The control layer refused or failed the change (its own error, kept whole).
     #[error(transparent)]
-    Change(#[from] ChangeError),
+    Change(Refused),
     #[error(transparent)]
     Edit(#[from] WritebackError),
     #[error("cannot apply the config: {0}")]
@@ -50,9 +51,26 @@ pub enum CommitError {
     Gone,
 }
 
+/// The control layer's reason for not making a change (its error type is above this layer).
+#[derive(Debug)]
+pub struct Refused(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Refused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 /// Start the controller task for `route`.
 pub(super) fn spawn(
     rt: &Arc<Runtime>,
+    committer: Weak<dyn Committer>,
     route: &RouteConfig,
     def: &RolloutConfig,
     start: Start,
@@ -89,6 +107,7 @@ pub(super) fn spawn(
     let tick = (def.step_interval / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let c = Controller {
         rt: Arc::downgrade(rt),
+        committer,
         shutdown: rt.shutdown.clone(),
         notifier: Notifier::start(def.notify_url.as_deref(), rt.shutdown.clone()),
         route: route.name.clone(),
@@ -121,6 +140,7 @@ pub(super) fn spawn(
 
 struct Controller {
     rt: Weak<Runtime>,
+    committer: Weak<dyn Committer>,
     shutdown: CancellationToken,
     cancel: CancellationToken,
     notifier: Notifier,
@@ -353,37 +373,24 @@ impl Controller {
         step: usize,
         how: Unwritable,
     ) -> Result<(), CommitError> {
-        let rt = self.rt.upgrade().ok_or(CommitError::Gone)?;
-        let guard = rt.change_lock.lock().await;
-        if self.cancel.is_cancelled() {
-            return Err(CommitError::Superseded);
-        }
-        let live = rt.config();
-        let rc = live.route(&self.route).ok_or(CommitError::Superseded)?;
-        if !rc
-            .rollout
-            .as_ref()
-            .is_some_and(|d| d.definition_eq(&self.def))
-        {
-            return Err(CommitError::Superseded);
-        }
-        let split: Vec<(String, u32)> = rc
-            .split
-            .iter()
-            .map(|(p, _)| {
-                (
-                    p.clone(),
-                    if *p == self.def.to {
-                        weight
-                    } else {
-                        100 - weight
-                    },
-                )
-            })
-            .collect();
-        let progress = Progress::record(&self.def, split, state, step, None, None, false);
-        reload::change_locked(&rt, &guard, &progress.change(&self.route), how)?;
-        Ok(())
+        let committer = self.committer.upgrade().ok_or(CommitError::Gone)?;
+        let (cancel, route, def) = (&self.cancel, self.route.as_str(), &*self.def);
+        let edit = Box::new(move |live: &crate::config::Config| {
+            if cancel.is_cancelled() {
+                return Err(CommitError::Superseded);
+            }
+            let rc = live.route(route).ok_or(CommitError::Superseded)?;
+            if !rc.rollout.as_ref().is_some_and(|d| d.definition_eq(def)) {
+                return Err(CommitError::Superseded);
+            }
+            let split: Vec<(String, u32)> = rc
+                .split
+                .iter()
+                .map(|(p, _)| (p.clone(), if *p == def.to { weight } else { 100 - weight }))
+                .collect();
+            Ok(Progress::record(def, split, state, step, None, None, false).change(route))
+        });
+        committer.commit(edit, how).await
     }
 
     fn pool_healthy(&self) -> bool {

@@ -11,10 +11,13 @@
 //!   file or the state file, or kept in memory when neither can be written.
 //! - [`notify`]: events POSTed to `notify_url`.
 //!
-//! [`Rollouts`] (in the [`Runtime`]) keeps the controllers: [`Rollouts::sync`] runs every
+//! [`Rollouts`] (owned by the control layer) keeps the controllers: [`Rollouts::sync`] runs every
 //! time a config is made live, starts a controller for a new or changed `[routes.rollout]`
 //! (resuming from the persisted `state`/`step` when veer starts), keeps the running one when
 //! only the persisted progress changed, and stops the ones whose rollout is gone.
+//!
+//! A controller decides; it makes its progress live through a [`Committer`] (implemented by
+//! the control layer, which writes first and then applies), so rollout/ never imports it.
 //!
 //! In `/api/status` a route's `rollout` is `{"state", "step" (index into steps), "weight"
 //! (percent on `to`), "gate": {…figures, verdict, reason…}}` ([`status_json`]).
@@ -26,16 +29,34 @@ pub mod notify;
 pub mod persist;
 pub mod stats;
 
+use crate::config::state::{Change, Unwritable};
 use crate::config::{Config, RolloutConfig, RolloutState};
 use crate::runtime::Runtime;
+use controller::CommitError;
 use serde_json::{json, Value};
 use stats::{Figures, SideFigures, StepStats};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// How a controller's progress becomes live, implemented by the control layer (the one way a
+/// change happens): under the change lock, `edit` builds the change from the live config (or
+/// says why the progress no longer applies), which is then written and applied; `how` says
+/// what to do when it cannot be written.
+pub trait Committer: Send + Sync {
+    fn commit<'a>(&'a self, edit: Edit<'a>, how: Unwritable) -> Committing<'a>;
+}
+
+/// Builds a controller's change from the live config, under the change lock.
+pub type Edit<'a> = Box<dyn FnOnce(&Config) -> Result<Change, CommitError> + Send + 'a>;
+
+/// A [`Committer::commit`] in progress.
+pub type Committing<'a> = Pin<Box<dyn Future<Output = Result<(), CommitError>> + Send + 'a>>;
 
 /// Where the request path finds the current step's statistics (empty unless a step runs).
 pub type StatsSlot = arc_swap::ArcSwapOption<StepStats>;
@@ -191,7 +212,7 @@ pub enum Start {
 /// The rollout controllers of a runtime, by route name.
 #[derive(Default)]
 pub struct Rollouts {
-    rt: OnceLock<Weak<Runtime>>,
+    bound: OnceLock<(Weak<Runtime>, Weak<dyn Committer>)>,
     handles: Mutex<HashMap<String, Handle>>,
 }
 
@@ -202,15 +223,20 @@ impl std::fmt::Debug for Rollouts {
 }
 
 impl Rollouts {
-    /// Tie to the runtime (before its first config is applied).
-    pub fn bind(&self, rt: &Arc<Runtime>) {
-        let _ = self.rt.set(Arc::downgrade(rt));
+    /// Tie to the runtime the controllers read and the committer they change it through
+    /// (before the first config is synced).
+    pub fn bind(&self, rt: &Arc<Runtime>, committer: Weak<dyn Committer>) {
+        let _ = self.bound.set((Arc::downgrade(rt), committer));
     }
 
     /// Called after `new` went live (`old` was live before; `None` at startup): start,
     /// restart or stop controllers as the `[routes.rollout]` definitions changed.
     pub fn sync(&self, old: Option<&Config>, new: &Config) {
-        let Some(rt) = self.rt.get().and_then(Weak::upgrade) else {
+        let Some((rt, committer)) = self
+            .bound
+            .get()
+            .and_then(|(rt, c)| Some((rt.upgrade()?, c.clone())))
+        else {
             return;
         };
         if tokio::runtime::Handle::try_current().is_err() {
@@ -242,7 +268,10 @@ impl Rollouts {
                 tracing::info!(route = %rc.name, "rollout definition changed; starting it anew");
                 h.cancel.cancel();
             }
-            handles.insert(rc.name.clone(), controller::spawn(&rt, rc, def, start));
+            handles.insert(
+                rc.name.clone(),
+                controller::spawn(&rt, committer.clone(), rc, def, start),
+            );
         }
         handles.retain(|name, h| {
             let keep = new.route(name).is_some_and(|r| r.rollout.is_some());
@@ -376,8 +405,8 @@ pub fn figures_json(def: &RolloutConfig, f: &Figures) -> Value {
 }
 
 /// The `rollout` object of a route in `/api/status`: `null` without a rollout.
-pub fn status_json(rt: &Runtime, route: &str) -> Value {
-    let Some(s) = rt.rollouts.status(route) else {
+pub fn status_json(rollouts: &Rollouts, rt: &Runtime, route: &str) -> Value {
+    let Some(s) = rollouts.status(route) else {
         return Value::Null;
     };
     let snap = rt.snapshot();

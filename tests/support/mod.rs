@@ -151,7 +151,7 @@ impl Veer {
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
     }
-    pub fn rt(&self) -> &Arc<veer::runtime::Runtime> {
+    pub fn rt(&self) -> &Arc<veer::control::Control> {
         &self.running.as_ref().unwrap().rt
     }
     pub async fn shutdown(mut self) {

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 use veer::config::RolloutState;
+use veer::control::Control;
 use veer::rollout::Status;
-use veer::runtime::Runtime;
 
 /// Wait (tokio time) until route web's rollout status satisfies `pred`.
-pub async fn wait_rollout(rt: &Runtime, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
+pub async fn wait_rollout(rt: &Control, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
     let mut rx = rt.rollouts.watch("web").expect("route web has a rollout");
     let got = tokio::time::timeout(Duration::from_secs(3600), rx.wait_for(|s| pred(s)))
         .await
@@ -24,7 +24,7 @@ pub async fn wait_rollout(rt: &Runtime, what: &str, pred: impl Fn(&Status) -> bo
 }
 
 /// Wait until the rollout is progressing at `step` with its statistics running.
-pub async fn wait_step(rt: &Runtime, step: usize) -> Status {
+pub async fn wait_step(rt: &Control, step: usize) -> Status {
     wait_rollout(rt, &format!("progressing at step {step}"), |s| {
         s.state == RolloutState::Progressing && s.step == step && s.stats.is_some()
     })
@@ -32,17 +32,17 @@ pub async fn wait_step(rt: &Runtime, step: usize) -> Status {
 }
 
 /// Wait until the rollout is in `state`.
-pub async fn wait_state(rt: &Runtime, state: RolloutState) -> Status {
+pub async fn wait_state(rt: &Control, state: RolloutState) -> Status {
     wait_rollout(rt, state.as_str(), |s| s.state == state).await
 }
 
 /// The live split of route web.
-pub fn web_split(rt: &Runtime) -> Vec<(String, u32)> {
+pub fn web_split(rt: &Control) -> Vec<(String, u32)> {
     rt.config().route("web").unwrap().split.clone()
 }
 
 /// The live weight of green in route web.
-pub fn green_weight(rt: &Runtime) -> u32 {
+pub fn green_weight(rt: &Control) -> u32 {
     rt.config()
         .route("web")
         .unwrap()
@@ -51,7 +51,7 @@ pub fn green_weight(rt: &Runtime) -> u32 {
 }
 
 /// Feed `n` attempts to `pool` into the running step: every `fail_every`-th fails.
-pub fn feed(rt: &Runtime, pool: &str, n: u64, fail_every: u64, latency: Duration) {
+pub fn feed(rt: &Control, pool: &str, n: u64, fail_every: u64, latency: Duration) {
     let s = veer::rollout::stats(rt, "web").expect("a step is running");
     for i in 1..=n {
         s.record(pool, fail_every > 0 && i % fail_every == 0, latency);
