@@ -283,10 +283,15 @@ async fn hold_rollout(
         hotfix: false,
         who: Some(WHO.to_string()),
         why: Some(format!("for a manual {what} (?force=true)")),
+        cascaded: false,
     };
     match rt.rollouts.act_opts(rt, route, "pause", opts).await {
         Ok(_) => {
-            tracing::warn!(route, who = WHO, "rollout paused for a forced manual {what}");
+            tracing::warn!(
+                route,
+                who = WHO,
+                "rollout paused for a forced manual {what}"
+            );
             Ok(())
         }
         // Finished or paused meanwhile: nothing to hold.

@@ -19,6 +19,7 @@ pub async fn handle(rt: &Arc<Control>, route: &str, action: &str, query: &str) -
         hotfix: super::api::query_flag(query, "hotfix"),
         who: Some(super::api::WHO.to_string()),
         why: None,
+        cascaded: false,
     };
     if opts.hotfix && action != "start" {
         return error(

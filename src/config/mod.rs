@@ -422,6 +422,8 @@ impl RouteConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RolloutState {
     Pending,
+    /// Not started yet: waiting for the rollouts named in `after`, or for `before` gates.
+    Waiting,
     Progressing,
     Paused,
     AwaitingApproval,
@@ -433,6 +435,7 @@ impl RolloutState {
     pub fn as_str(self) -> &'static str {
         match self {
             RolloutState::Pending => "pending",
+            RolloutState::Waiting => "waiting",
             RolloutState::Progressing => "progressing",
             RolloutState::Paused => "paused",
             RolloutState::AwaitingApproval => "awaiting_approval",
@@ -444,6 +447,7 @@ impl RolloutState {
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "pending" => RolloutState::Pending,
+            "waiting" => RolloutState::Waiting,
             "progressing" => RolloutState::Progressing,
             "paused" => RolloutState::Paused,
             "awaiting_approval" => RolloutState::AwaitingApproval,

@@ -121,7 +121,12 @@ pub async fn check(client: Option<&Client>, gate: &GateConfig, status: &Bytes) -
     let limit = gate.interval.clamp(MIN_CHECK_TIMEOUT, MAX_CHECK_TIMEOUT);
     let r = tokio::time::timeout(limit, ask(client, gate, status)).await;
     match r {
-        Err(_) => a.error = Some(format!("no answer within {}", crate::config::format_duration(limit))),
+        Err(_) => {
+            a.error = Some(format!(
+                "no answer within {}",
+                crate::config::format_duration(limit)
+            ))
+        }
         Ok(Err(e)) => a.error = Some(e),
         Ok(Ok(Asked::Value(v))) => {
             a.value = Some(v);
@@ -325,7 +330,9 @@ impl Phase {
     /// Take in the answer of gate `i`'s check, begun at `asked` (the next one is due an
     /// interval after that).
     pub fn record(&mut self, i: usize, answer: Answer, asked: Instant, now: Instant) {
-        let Some(r) = self.runs.get_mut(i) else { return };
+        let Some(r) = self.runs.get_mut(i) else {
+            return;
+        };
         if answer.result == Outcome::Pass {
             let since = *r.passing_since.get_or_insert(asked);
             if asked.saturating_duration_since(since) >= r.gate.steady_for {
@@ -355,7 +362,10 @@ impl Phase {
                     .map(|a| format!("; last answer: {}", a.describe()))
                     .unwrap_or_else(|| "; no answer yet".into());
                 let steady = if r.passing_since.is_some() {
-                    format!(" (passing, but not yet for {})", crate::config::format_duration(r.gate.steady_for))
+                    format!(
+                        " (passing, but not yet for {})",
+                        crate::config::format_duration(r.gate.steady_for)
+                    )
                 } else {
                     String::new()
                 };
@@ -423,27 +433,37 @@ mod tests {
     fn prometheus_answers() {
         let vec1 = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1700000000.1,"0.25"]}]}}"#;
         assert_eq!(prometheus_value(200, vec1), Ok(0.25));
-        let scalar = br#"{"status":"success","data":{"resultType":"scalar","result":[1700000000.1,"3"]}}"#;
+        let scalar =
+            br#"{"status":"success","data":{"resultType":"scalar","result":[1700000000.1,"3"]}}"#;
         assert_eq!(prometheus_value(200, scalar), Ok(3.0));
         let empty = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
         assert!(prometheus_value(200, empty).unwrap_err().contains("empty"));
         let two = br#"{"status":"success","data":{"resultType":"vector","result":[{"value":[1,"1"]},{"value":[1,"2"]}]}}"#;
-        assert!(prometheus_value(200, two).unwrap_err().contains("2 samples"));
+        assert!(prometheus_value(200, two)
+            .unwrap_err()
+            .contains("2 samples"));
         let err = br#"{"status":"error","errorType":"bad_data","error":"parse error at char 4"}"#;
         assert_eq!(
             prometheus_value(400, err).unwrap_err(),
             "HTTP 400: Prometheus bad_data: parse error at char 4"
         );
-        assert!(prometheus_value(502, b"<html>").unwrap_err().contains("not a Prometheus"));
+        assert!(prometheus_value(502, b"<html>")
+            .unwrap_err()
+            .contains("not a Prometheus"));
         let nan = br#"{"status":"success","data":{"resultType":"scalar","result":[1,"NaN"]}}"#;
         assert!(prometheus_value(200, nan).is_err());
         let matrix = br#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
-        assert!(prometheus_value(200, matrix).unwrap_err().contains("matrix"));
+        assert!(prometheus_value(200, matrix)
+            .unwrap_err()
+            .contains("matrix"));
     }
 
     #[test]
     fn encoding_keeps_promql_intact() {
-        assert_eq!(encode("sum(rate(x{a=\"b\"}[1m]))"), "sum%28rate%28x%7Ba%3D%22b%22%7D%5B1m%5D%29%29");
+        assert_eq!(
+            encode("sum(rate(x{a=\"b\"}[1m]))"),
+            "sum%28rate%28x%7Ba%3D%22b%22%7D%5B1m%5D%29%29"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -453,7 +473,10 @@ mod tests {
         let gates = vec![gate("a", 0, 60), gate("b", 0, 60)];
         let mut p = Phase::new(&gates, GateWhen::Step, false, t0).unwrap();
         assert!(Phase::new(&gates, GateWhen::Before, false, t0).is_none());
-        assert!(Phase::new(&gates, GateWhen::Step, true, t0).is_none(), "hotfix: only hotfix gates");
+        assert!(
+            Phase::new(&gates, GateWhen::Step, true, t0).is_none(),
+            "hotfix: only hotfix gates"
+        );
         let due = p.due(t0);
         assert_eq!(due.len(), 2);
         assert!(p.due(t0).is_empty(), "in flight");
@@ -469,7 +492,10 @@ mod tests {
         }
         match p.verdict(t0 + 60 * s) {
             PhaseVerdict::TimedOut(r) => {
-                assert!(r.contains("gate \"b\"") && r.contains("within 1m") && r.contains("HTTP 500"), "{r}")
+                assert!(
+                    r.contains("gate \"b\"") && r.contains("within 1m") && r.contains("HTTP 500"),
+                    "{r}"
+                )
             }
             v => panic!("{v:?}"),
         }
@@ -490,7 +516,10 @@ mod tests {
         for k in [20u32, 30] {
             p.due(t0 + k * s);
             p.record(0, answer(Outcome::Pass), t0 + k * s, t0 + k * s);
-            assert!(matches!(p.verdict(t0 + k * s), PhaseVerdict::Waiting(_)), "{k}");
+            assert!(
+                matches!(p.verdict(t0 + k * s), PhaseVerdict::Waiting(_)),
+                "{k}"
+            );
         }
         p.due(t0 + 40 * s);
         p.record(0, answer(Outcome::Pass), t0 + 40 * s, t0 + 40 * s);

@@ -269,7 +269,10 @@ mod tests {
         }
         // A clean baseline leaves the slack: 1% passes, 2% fails.
         assert_eq!(judge(&d, &both(10, 0), true, "green"), Verdict::Pass);
-        assert!(matches!(judge(&d, &both(20, 0), true, "green"), Verdict::Fail(_)));
+        assert!(matches!(
+            judge(&d, &both(20, 0), true, "green"),
+            Verdict::Fail(_)
+        ));
     }
 
     #[test]

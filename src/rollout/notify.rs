@@ -44,6 +44,9 @@ pub struct Event {
     /// The step's figures, for `gate` and final events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<serde_json::Value>,
+    /// A hotfix run (`[routes.rollout.hotfix]`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hotfix: bool,
     /// Unix time in milliseconds.
     pub time_ms: u64,
 }
