@@ -918,3 +918,28 @@ timeout = "8s"
     let _ = Bytes::new();
     v.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The status page
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_status_page_shows_each_gates_last_answer() {
+    let (b, g) = two_upstreams().await;
+    let h = hook(&[503]).await;
+    let extra = format!(
+        "steps = [10, 100]\nstep_interval = \"100ms\"\nmin_requests = 0\n[[routes.rollout.gates]]\nname = \"smoke\"\nwebhook = \"http://{}/\"\ninterval = \"1s\"\ntimeout = \"10m\"\n",
+        h.up.addr
+    );
+    let text =
+        config(b.addr, g.addr, &extra).replace("step_interval = \"1m\"\nmin_requests = 100\n", "");
+    let v = start_veer(&text).await;
+    let rt = v.rt().clone();
+    wait_route(&rt, "web", "gate answered", |s| !s.external.is_empty()).await;
+    let dom = rendered_dom(&v.admin_url("/"), 3000).await;
+    assert!(dom.contains("data-gate=\"smoke\""), "{dom}");
+    assert!(dom.contains("data-result=\"fail\""), "{dom}");
+    assert!(dom.contains("HTTP 503"), "{dom}");
+    assert!(dom.contains("awaited"), "{dom}");
+    v.shutdown().await;
+}

@@ -843,6 +843,8 @@ impl Controller {
     }
 
     fn finish(&mut self, reason: String, f: Option<Figures>, result: &'static str) {
+        self.phase = None;
+        self.checks.reset();
         self.figures = f.or(self.figures);
         self.reason = Some(reason);
         self.approval_deadline = None;
