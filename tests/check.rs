@@ -147,6 +147,20 @@ fn example_covers_every_key() {
         "approval",
         "approval_timeout",
         "notify_url",
+        // SPEC §10.
+        "after",
+        "max_error_rate_vs_baseline",
+        "routes.rollout.hotfix",
+        "routes.rollout.gates",
+        "when",
+        "prometheus",
+        "query",
+        "min",
+        "max",
+        "webhook",
+        "steady_for",
+        "headers",
+        "hotfix",
     ];
     for k in keys {
         let set = [

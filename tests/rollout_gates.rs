@@ -943,3 +943,53 @@ async fn the_status_page_shows_each_gates_last_answer() {
     assert!(dom.contains("awaited"), "{dom}");
     v.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_while_awaiting_approval_keeps_the_same_deadline() {
+    let (b, g) = two_upstreams().await;
+    let v = start_veer(&config(
+        b.addr,
+        g.addr,
+        "steps = [10, 100]\napproval = true\napproval_timeout = \"30m\"\n",
+    ))
+    .await;
+    let rt = v.rt().clone();
+    wait_step(&rt, 0).await;
+    feed_route(&rt, "web", "green", 100, 0);
+    tokio::time::sleep(61 * S).await;
+    wait_state(&rt, RolloutState::AwaitingApproval).await;
+    let deadline = veer::rollout::status_json(&rt.rollouts, &rt, "web")["approval_deadline_ms"]
+        .as_u64()
+        .unwrap();
+    let c = Config::load(&v.config_path).unwrap();
+    assert_eq!(
+        c.route("web")
+            .unwrap()
+            .rollout
+            .as_ref()
+            .unwrap()
+            .progress
+            .approval_deadline_ms,
+        Some(deadline)
+    );
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    drop(rt);
+    let v = v.restart().await;
+    let rt = v.rt().clone();
+    let s = wait_route(&rt, "web", "awaiting approval again", |s| {
+        s.state == RolloutState::AwaitingApproval && s.approval_deadline.is_some()
+    })
+    .await;
+    let j = veer::rollout::status_json(&rt.rollouts, &rt, "web");
+    assert_eq!(
+        j["approval_deadline_ms"].as_u64(),
+        Some(deadline),
+        "the same deadline"
+    );
+    assert!(s.approval_deadline.is_some());
+    // 20 minutes are left, not 30.
+    tokio::time::sleep(Duration::from_secs(20 * 60 + 2)).await;
+    let s = rt.rollouts.status("web").unwrap();
+    assert_eq!(s.state, RolloutState::RolledBack, "{:?}", s.reason);
+    v.shutdown().await;
+}

@@ -433,6 +433,7 @@ impl Controller {
             .map(|r| format!(": {r}"))
             .unwrap_or_default();
         let msg = match event {
+            "waiting" => format!("{run} waiting, {to} at 0%{why}"),
             "started" | "step" | "resumed" => {
                 format!("{run} {event}: step {step}/{steps}, {to} at {weight}%")
             }
