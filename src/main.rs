@@ -225,7 +225,7 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
+    match Config::load_checked(path, &veer::tls::CertificateFiles) {
         Ok(c) => {
             for w in &c.warnings {
                 eprintln!("{}: warning: {w}", path.display());
@@ -246,7 +246,7 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn run(path: PathBuf) -> Result<()> {
-    let config = match Config::load(&path) {
+    let config = match Config::load_checked(&path, &veer::tls::CertificateFiles) {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors.0 {

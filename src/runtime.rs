@@ -181,10 +181,25 @@ impl Runtime {
             name: rc.name.as_str().into(),
             config: Arc::new(rc.clone()),
             table: SplitTable::new(&names, &weights),
-            metrics: self.metrics.route_metrics(&rc.name, &route_pools),
+            metrics: self
+                .metrics
+                .route_metrics(&rc.name, &metric_labels(&route_pools)),
             pools: route_pools,
             weights,
             state,
         }
     }
+}
+
+/// Each pool's name and backend labels, for its route's metric handles.
+fn metric_labels(pools: &[Arc<Pool>]) -> Vec<(&str, Vec<&str>)> {
+    pools
+        .iter()
+        .map(|p| {
+            (
+                &*p.name,
+                p.backends.iter().map(|b| &*b.addr_label).collect(),
+            )
+        })
+        .collect()
 }

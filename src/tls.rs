@@ -7,7 +7,6 @@
 //! connections already established keep the keys they negotiated.
 
 use crate::config::{validate::resolve, Config, PoolConfig, TlsConfig};
-use crate::upstream::client::ClientError;
 use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -321,6 +320,15 @@ fn build_server_config(
     Ok(Arc::new(sc))
 }
 
+/// The certificate check validation runs for `veer check`, `veer run` and reloads.
+pub struct CertificateFiles;
+
+impl crate::config::CertificateCheck for CertificateFiles {
+    fn check(&self, tls: &TlsConfig, config_file: &Path) -> (Vec<(usize, String)>, Vec<String>) {
+        check_certificates(tls, config_file)
+    }
+}
+
 /// Problems `veer check` reports for `[[tls.certificates]]`: errors by entry index, and
 /// warnings (certificates expiring soon).
 pub fn check_certificates(
@@ -385,12 +393,29 @@ fn native_roots() -> Arc<rustls::RootCertStore> {
         .clone()
 }
 
+/// Errors building a client (TLS material).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamTlsError {
+    #[error("cannot read CA file {path}: {source}")]
+    Ca {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("CA file {0} holds no usable certificate")]
+    EmptyCa(String),
+    #[error("sni {0:?} is not a valid DNS name")]
+    BadSni(String),
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
 /// The client config for TLS to a pool's backends (`base` resolves a relative CA path).
 /// ALPN is left to the connector, which sets it from the pool's protocol.
 pub fn upstream_client_config(
     pool: &PoolConfig,
     base: Option<&Path>,
-) -> Result<rustls::ClientConfig, ClientError> {
+) -> Result<rustls::ClientConfig, UpstreamTlsError> {
     let builder =
         rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(VERSIONS)?;
     let Some(tls) = pool.tls.as_ref() else {
@@ -410,7 +435,7 @@ pub fn upstream_client_config(
                 Some(b) if ca.is_relative() => b.join(ca),
                 _ => ca.clone(),
             };
-            let data = std::fs::read(&path).map_err(|e| ClientError::Ca {
+            let data = std::fs::read(&path).map_err(|e| UpstreamTlsError::Ca {
                 path: path.display().to_string(),
                 source: e,
             })?;
@@ -419,7 +444,7 @@ pub fn upstream_client_config(
                 let _ = roots.add(c);
             }
             if roots.is_empty() {
-                return Err(ClientError::EmptyCa(path.display().to_string()));
+                return Err(UpstreamTlsError::EmptyCa(path.display().to_string()));
             }
             Arc::new(roots)
         }
@@ -433,10 +458,10 @@ pub fn upstream_client_config(
 pub fn upstream_server_name(
     pool: &PoolConfig,
     addr: std::net::SocketAddr,
-) -> Result<ServerName<'static>, ClientError> {
+) -> Result<ServerName<'static>, UpstreamTlsError> {
     match pool.tls.as_ref().and_then(|t| t.sni.as_ref()) {
         Some(sni) => {
-            ServerName::try_from(sni.clone()).map_err(|_| ClientError::BadSni(sni.clone()))
+            ServerName::try_from(sni.clone()).map_err(|_| UpstreamTlsError::BadSni(sni.clone()))
         }
         None => Ok(ServerName::IpAddress(addr.ip().into())),
     }

@@ -111,7 +111,7 @@ async fn healthy_canary_walks_every_step_writes_each_one_and_succeeds() {
     );
     // The request path no longer feeds anything.
     assert!(veer::rollout::stats(&rt, "web").is_none());
-    let m = rt.metrics.render(&rt.registry);
+    let m = rt.metrics.render(&rt.registry.gauges());
     assert_eq!(
         metric_sample(
             &m,
@@ -176,7 +176,7 @@ async fn failing_canary_rolls_back_at_the_first_step_and_stays_rolled_back() {
         RolloutState::RolledBack
     );
     assert_eq!(green_weight(&rt), 0);
-    let m = rt.metrics.render(&rt.registry);
+    let m = rt.metrics.render(&rt.registry.gauges());
     assert_eq!(
         metric_sample(
             &m,
@@ -398,7 +398,7 @@ async fn promote_goes_straight_to_100() {
     );
     assert_eq!(act(&rt, "promote").await.unwrap_err().status(), 409);
     assert_eq!(act(&rt, "pause").await.unwrap_err().status(), 409);
-    let m = rt.metrics.render(&rt.registry);
+    let m = rt.metrics.render(&rt.registry.gauges());
     assert_eq!(
         metric_sample(
             &m,
@@ -438,7 +438,7 @@ async fn abort_rolls_back_and_start_runs_it_again() {
     let s = act(&rt, "start").await.unwrap();
     assert_eq!((s.state, s.step), (RolloutState::Progressing, 0));
     assert_eq!(green_weight(&rt), 5);
-    let m = rt.metrics.render(&rt.registry);
+    let m = rt.metrics.render(&rt.registry.gauges());
     assert_eq!(
         metric_sample(
             &m,

@@ -119,7 +119,7 @@ fn external(rt: &Control, route: &str) -> Vec<Value> {
 }
 
 fn checks(rt: &Control, gate: &str, result: &str) -> f64 {
-    let m = rt.metrics.render(&rt.registry);
+    let m = rt.metrics.render(&rt.registry.gauges());
     metric_sum(
         &m,
         "veer_rollout_gate_checks_total",

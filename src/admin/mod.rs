@@ -112,7 +112,7 @@ async fn route(
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            rt.metrics.render(&rt.registry),
+            rt.metrics.render(&rt.registry.gauges()),
         ),
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }

@@ -3,6 +3,7 @@
 //! `[server] state_file`, kept in a state file laid over it ([`state`]).
 
 pub mod duration;
+pub mod pool_override;
 pub mod raw;
 pub mod rollout;
 pub mod schema;
@@ -358,12 +359,12 @@ pub struct Override {
     pub header: Option<String>,
     pub cookie: Option<String>,
     /// Peers that may force a pool (empty: any peer).
-    pub allow_from: Vec<crate::routing::pool_override::Cidr>,
+    pub allow_from: Vec<crate::config::pool_override::Cidr>,
     /// The env var `secret_env` named; with it, the value must be a token (see `tokens`).
     pub secret_env: Option<String>,
     /// With `secret_env`: the one valid value of each pool, computed at load so a request
     /// costs one constant-time compare.
-    pub tokens: Option<crate::routing::pool_override::Tokens>,
+    pub tokens: Option<crate::config::pool_override::Tokens>,
 }
 
 /// Where a route's traffic goes when the pool chosen for a request has nothing available.
@@ -490,17 +491,43 @@ pub struct RolloutConfig {
     pub progress: ProgressMeta,
 }
 
+/// Checks the certificate files a config names, for validation to report with their
+/// entries' positions. Implemented by `tls::CertificateFiles`: config/ stays pure.
+pub trait CertificateCheck {
+    /// Errors by `[[tls.certificates]]` index, and warnings (e.g. expiring soon).
+    fn check(&self, tls: &TlsConfig, config_file: &Path) -> (Vec<(usize, String)>, Vec<String>);
+}
+
 impl Config {
-    /// Read and validate a config file.
+    /// Read and validate a config file (certificate files not read: [`Config::load_checked`]).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors::single(path, format!("cannot read config file: {e}")))?;
         Config::parse(path, &text)
     }
 
-    /// Validate config text; `path` is only used to name the file in errors.
+    /// Validate config text; `path` is only used to name the file in errors. Certificate
+    /// files are not read (see [`Config::parse_checked`]).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         validate::validate(path, text)
+    }
+
+    /// [`Config::parse`], with the `[[tls.certificates]]` files checked by `certs` (readable,
+    /// key matching, valid now); its errors point at the entries. What `veer check`, `veer
+    /// run` and a reload use.
+    pub fn parse_checked(
+        path: &Path,
+        text: &str,
+        certs: &dyn CertificateCheck,
+    ) -> Result<Config, ConfigErrors> {
+        validate::validate_with(path, text, Some(certs))
+    }
+
+    /// [`Config::load`] with the certificate files checked (see [`Config::parse_checked`]).
+    pub fn load_checked(path: &Path, certs: &dyn CertificateCheck) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::single(path, format!("cannot read config file: {e}")))?;
+        Config::parse_checked(path, &text, certs)
     }
 
     pub fn route(&self, name: &str) -> Option<&RouteConfig> {

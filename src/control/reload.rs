@@ -73,7 +73,7 @@ pub(super) fn reload_locked(
     lock: &MutexGuard<'_, ()>,
 ) -> Result<ReloadReport, ReloadError> {
     let prepared = text
-        .and_then(|t| Config::parse(path, &t))
+        .and_then(|t| Config::parse_checked(path, &t, &crate::tls::CertificateFiles))
         .map_err(ReloadError::Invalid)
         .and_then(|base| rt.state.prepare_reload(base).map_err(ReloadError::State));
     let same = matches!(&prepared, Ok(p) if p.config == *rt.config());

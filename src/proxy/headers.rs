@@ -273,17 +273,6 @@ impl Forwarded {
     }
 }
 
-/// Find a cookie's value in the request's `Cookie` headers.
-pub fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,13 +495,5 @@ mod tests {
         assert!(!te(&["gzip", "chunked"]));
         assert!(!te(&["chunked, chunked"]));
         assert!(!te(&["chunked", "chunked"]));
-    }
-
-    #[test]
-    fn cookies() {
-        let mut h = HeaderMap::new();
-        h.insert("cookie", "a=1; veer_id=abc; b=2".parse().unwrap());
-        assert_eq!(cookie(&h, "veer_id"), Some("abc"));
-        assert_eq!(cookie(&h, "c"), None);
     }
 }

@@ -27,7 +27,10 @@ pub mod external;
 pub mod gate;
 pub mod notify;
 pub mod persist;
-pub mod stats;
+/// The per-step counters live with the other counters (metrics/, below routing/), so a
+/// route can hold its slot without importing rollout/.
+pub use crate::metrics::step as stats;
+pub use crate::metrics::step::{observe, StatsSlot};
 
 use crate::config::state::{Change, Unwritable};
 use crate::config::{Config, RolloutConfig, RolloutState};
@@ -57,18 +60,6 @@ pub type Edit<'a> = Box<dyn FnOnce(&Config) -> Result<Change, CommitError> + Sen
 
 /// A [`Committer::commit`] in progress.
 pub type Committing<'a> = Pin<Box<dyn Future<Output = Result<(), CommitError>> + Send + 'a>>;
-
-/// Where the request path finds the current step's statistics (empty unless a step runs).
-pub type StatsSlot = arc_swap::ArcSwapOption<StepStats>;
-
-/// Count one upstream attempt for the route's rollout, if a step is running: the request
-/// path's whole part in rollouts.
-#[inline]
-pub fn observe(slot: &StatsSlot, pool: &str, failed: bool, elapsed: Duration) {
-    if let Some(s) = &*slot.load() {
-        s.record(pool, failed, elapsed);
-    }
-}
 
 /// An operator action (`POST /api/routes/{route}/rollout/{action}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,8 +143,8 @@ pub struct Status {
     /// Figures kept from the last judgement once the step's statistics are gone (the failing
     /// figures of a rollback).
     pub figures: Option<Figures>,
-    /// The last gate verdict: `waiting`, `passed` or `failed`.
-    pub verdict: Option<&'static str>,
+    /// The last gate verdict.
+    pub verdict: Option<notify::GateResult>,
     /// Why the rollout waits, failed, or ended.
     pub reason: Option<String>,
     /// A hotfix run (`[routes.rollout.hotfix]`; `def` holds its steps).
@@ -467,10 +458,10 @@ pub fn status_value(rt: &Runtime, route: &str, s: &Status) -> Value {
     gate["max_error_rate_vs_baseline"] = json!(def.max_error_rate_vs_baseline);
     gate["max_p99_ms"] = json!(ms(def.max_p99));
     gate["healthy"] = json!(healthy);
-    gate["verdict"] =
-        json!(s
-            .verdict
-            .unwrap_or(if s.stats.is_some() { "pending" } else { "none" }));
+    gate["verdict"] = json!(s.verdict.map_or(
+        if s.stats.is_some() { "pending" } else { "none" },
+        notify::GateResult::as_str
+    ));
     gate["reason"] = json!(s.reason);
     gate["external"] = json!(s.external);
     gate["external_pending"] = json!(s.gates_pending);

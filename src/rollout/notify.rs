@@ -22,13 +22,65 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events waiting for delivery beyond this are dropped (and logged).
 const QUEUE: usize = 256;
 
+/// What happened to a rollout (its name in logs, events and `veer_rollouts_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Not started yet: waiting for the rollouts in `after`, or for `before` gates.
+    Waiting,
+    Started,
+    Step,
+    Gate,
+    AwaitingApproval,
+    Approved,
+    Paused,
+    Resumed,
+    Succeeded,
+    RolledBack,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Waiting => "waiting",
+            EventKind::Started => "started",
+            EventKind::Step => "step",
+            EventKind::Gate => "gate",
+            EventKind::AwaitingApproval => "awaiting_approval",
+            EventKind::Approved => "approved",
+            EventKind::Paused => "paused",
+            EventKind::Resumed => "resumed",
+            EventKind::Succeeded => "succeeded",
+            EventKind::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// The built-in gate's last verdict on a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateResult {
+    Passed,
+    /// Not enough evidence yet.
+    Waiting,
+    Failed,
+}
+
+impl GateResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateResult::Passed => "passed",
+            GateResult::Waiting => "waiting",
+            GateResult::Failed => "failed",
+        }
+    }
+}
+
 /// One rollout event, as logged and as POSTed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub route: String,
-    /// `started`, `step`, `gate`, `awaiting_approval`, `approved`, `paused`, `resumed`,
-    /// `succeeded` or `rolled_back`.
-    pub event: &'static str,
+    pub event: EventKind,
     pub state: &'static str,
     /// Index into `steps`.
     pub step: usize,
@@ -36,9 +88,9 @@ pub struct Event {
     pub weight: u32,
     pub to: String,
     pub baseline: String,
-    /// For `gate`: `passed`, `failed` or `waiting`.
+    /// For `gate`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<&'static str>,
+    pub verdict: Option<GateResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The step's figures, for `gate` and final events.
@@ -155,10 +207,10 @@ async fn deliver(uri: http::Uri, mut rx: mpsc::Receiver<Event>, stop: Cancellati
                 Err(_) => "timed out".to_string(),
             };
             if attempt == ATTEMPTS {
-                tracing::warn!(route = %event.route, event = event.event, %uri, %error, attempts = ATTEMPTS, "rollout notification not delivered; giving up");
+                tracing::warn!(route = %event.route, event = event.event.as_str(), %uri, %error, attempts = ATTEMPTS, "rollout notification not delivered; giving up");
                 break;
             }
-            tracing::debug!(route = %event.route, event = event.event, %uri, %error, attempt, "rollout notification failed; retrying");
+            tracing::debug!(route = %event.route, event = event.event.as_str(), %uri, %error, attempt, "rollout notification failed; retrying");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.cancelled() => return,

@@ -13,11 +13,21 @@ use super::pool_override::{judge, Forced};
 use super::split::{bucket_of, score};
 use super::Route;
 use crate::config::{Fallback, Sticky};
-use crate::proxy::headers::cookie;
 use crate::upstream::{Lease, Pool};
 use http::HeaderMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+
+/// Find a cookie's value in the request's `Cookie` headers.
+pub fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
 
 /// The pool chosen for a request, before any backend is picked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -451,5 +461,13 @@ mod tests {
             };
             assert_eq!(eff, want_eff, "{extra}");
         }
+    }
+
+    #[test]
+    fn cookies() {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", "a=1; veer_id=abc; b=2".parse().unwrap());
+        assert_eq!(cookie(&h, "veer_id"), Some("abc"));
+        assert_eq!(cookie(&h, "c"), None);
     }
 }

@@ -41,7 +41,7 @@ pub struct RouteState {
     /// Retry budget in thousandths of a retry.
     budget: AtomicI64,
     /// The running rollout step's statistics, fed by the request path (empty without one).
-    pub rollout: crate::rollout::StatsSlot,
+    pub rollout: crate::metrics::step::StatsSlot,
 }
 
 /// Retries always allowed in reserve, so a quiet route can still retry.

@@ -141,6 +141,18 @@ impl Backend {
         self.pool_config.store(c);
     }
 
+    /// What `/metrics` shows of this backend now.
+    pub fn gauges(&self) -> crate::metrics::BackendGauges {
+        crate::metrics::BackendGauges {
+            pool: self.id.pool.clone(),
+            addr: self.addr_label.clone(),
+            in_flight: self.in_flight() as u64,
+            healthy: self.is_healthy(),
+            breaker_state: self.breaker.state() as u8,
+            draining: self.is_draining(),
+        }
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }

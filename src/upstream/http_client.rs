@@ -10,6 +10,7 @@
 use super::conn_pool::Conns;
 use crate::body::{BodyClock, BodyError, BodyLimit, ClientBodyError, ClientFault, RequestBody};
 use crate::config::{PoolConfig, Protocol};
+use crate::tls::UpstreamTlsError;
 use crate::upstream::Backend;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
@@ -199,30 +200,13 @@ pub struct UpstreamClient {
     pub cuts: Arc<CutSet>,
 }
 
-/// Errors building a client (TLS material).
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot read CA file {path}: {source}")]
-    Ca {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("CA file {0} holds no usable certificate")]
-    EmptyCa(String),
-    #[error("sni {0:?} is not a valid DNS name")]
-    BadSni(String),
-    #[error("TLS setup: {0}")]
-    Tls(#[from] rustls::Error),
-}
-
 impl UpstreamClient {
     /// Build the client for `addr` in a pool with this config; `base` resolves relative paths.
     pub fn new(
         addr: SocketAddr,
         pool: &PoolConfig,
         base: Option<&std::path::Path>,
-    ) -> Result<Self, ClientError> {
+    ) -> Result<Self, UpstreamTlsError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -230,7 +214,7 @@ impl UpstreamClient {
         http.set_keepalive(Some(Duration::from_secs(60)));
         let target = format!("http://{addr}")
             .parse()
-            .map_err(|_| ClientError::BadSni(addr.to_string()))?;
+            .map_err(|_| UpstreamTlsError::BadSni(addr.to_string()))?;
         let cuts = Arc::new(CutSet::default());
         let dial = Dial {
             http,
@@ -255,11 +239,11 @@ impl UpstreamClient {
                 Some(sni) => format!("{sni}:{}", addr.port()).parse(),
                 None => addr.to_string().parse(),
             }
-            .map_err(|_| ClientError::BadSni(addr.to_string()))?;
+            .map_err(|_| UpstreamTlsError::BadSni(addr.to_string()))?;
         let scheme = if pool.tls.is_some() { "https" } else { "http" };
         let target = format!("{scheme}://{addr}")
             .parse()
-            .map_err(|_| ClientError::BadSni(addr.to_string()))?;
+            .map_err(|_| UpstreamTlsError::BadSni(addr.to_string()))?;
         Ok(UpstreamClient {
             conns: Conns::new(connector, target, http2, authority.clone()),
             scheme,
@@ -294,7 +278,10 @@ impl UpstreamClient {
 
     /// Check that a pool's client can be built (TLS material readable) and warn when its
     /// backends' certificates go unverified. Called once per pool at every config load.
-    pub fn check(pool: &PoolConfig, base: Option<&std::path::Path>) -> Result<(), ClientError> {
+    pub fn check(
+        pool: &PoolConfig,
+        base: Option<&std::path::Path>,
+    ) -> Result<(), UpstreamTlsError> {
         UpstreamClient::new(pool.backends[0].addr, pool, base)?;
         if pool.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
             tracing::warn!(

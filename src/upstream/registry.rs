@@ -68,7 +68,7 @@ pub enum RegistryError {
     Client {
         pool: String,
         #[source]
-        source: super::client::ClientError,
+        source: crate::tls::UpstreamTlsError,
     },
 }
 
@@ -324,6 +324,11 @@ impl Registry {
     }
 
     /// Every backend: current ones in id order, then those still draining after removal.
+    /// Every backend's gauges, for `/metrics`.
+    pub fn gauges(&self) -> Vec<crate::metrics::BackendGauges> {
+        self.all().iter().map(|b| b.gauges()).collect()
+    }
+
     pub fn all(&self) -> Vec<Arc<Backend>> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner

@@ -25,6 +25,9 @@ struct Ctx<'a> {
     file: &'a Path,
     text: &'a str,
     errors: Vec<ConfigError>,
+    /// Reads the certificate files, when the caller asks for it (config/ reads no file but
+    /// the config itself).
+    certs: Option<&'a dyn super::CertificateCheck>,
 }
 
 impl Ctx<'_> {
@@ -96,12 +99,23 @@ impl Ctx<'_> {
     }
 }
 
-/// Validate config text. `file` names the file in errors.
+/// Validate config text. `file` names the file in errors. Certificate files are not read.
 pub fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    validate_with(file, text, None)
+}
+
+/// [`validate`]; `certs`, when given, checks the `[[tls.certificates]]` files and its errors
+/// point at their entries.
+pub fn validate_with(
+    file: &Path,
+    text: &str,
+    certs: Option<&dyn super::CertificateCheck>,
+) -> Result<Config, ConfigErrors> {
     let mut cx = Ctx {
         file,
         text,
         errors: Vec::new(),
+        certs,
     };
     // Syntax first; then every unknown key, wrong type and missing key at once.
     let mut blanks = Vec::new();
@@ -301,8 +315,8 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
 
     // Certificate files: readable, key matching, valid now (expiring soon is a warning).
     let mut warnings = Vec::new();
-    if !tls.certificates.is_empty() {
-        let (errors, soon) = crate::tls::check_certificates(&tls, cx.file);
+    if let Some(certs) = cx.certs.filter(|_| !tls.certificates.is_empty()) {
+        let (errors, soon) = certs.check(&tls, cx.file);
         for (i, msg) in errors {
             cx.err(cert_spans.get(i).cloned().unwrap_or(0..0), msg);
         }

@@ -210,7 +210,7 @@ pub(super) fn build_route(
                 .into_inner()
                 .into_iter()
                 .filter_map(|c| {
-                    crate::routing::pool_override::Cidr::parse(c.get_ref().trim())
+                    crate::config::pool_override::Cidr::parse(c.get_ref().trim())
                         .map_err(|e| {
                             cx.err(c.span(), format!("{}: {e}", field("override.allow_from")))
                         })
@@ -229,11 +229,11 @@ pub(super) fn build_route(
                 );
                 (None, None)
             }
-            Some(env) => match crate::routing::pool_override::read_secret(env.get_ref()) {
+            Some(env) => match crate::config::pool_override::read_secret(env.get_ref()) {
                 Ok(secret) => {
                     let pools = pools.keys().map(String::as_str);
                     let tokens =
-                        crate::routing::pool_override::Tokens::new(secret.as_bytes(), pools);
+                        crate::config::pool_override::Tokens::new(secret.as_bytes(), pools);
                     (Some(env.into_inner()), Some(tokens))
                 }
                 Err(e) => {

@@ -236,7 +236,7 @@ fn override_allow_from_and_secret_env_are_checked_where_written() {
     let o = c.routes[0].override_.as_ref().unwrap();
     assert_eq!(o.secret_env.as_deref(), Some("VEER_TEST_VALIDATE_SECRET"));
     let tokens = o.tokens.as_ref().unwrap();
-    let green = crate::routing::pool_override::token(b"s3cret", "green");
+    let green = crate::config::pool_override::token(b"s3cret", "green");
     assert!(tokens.matches("green", &green));
     // The secret never shows in the config's debug output.
     assert!(!format!("{c:?}").contains(&green[6..]));

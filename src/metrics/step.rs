@@ -8,6 +8,18 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Where the request path finds the current step's statistics (empty unless a step runs).
+pub type StatsSlot = arc_swap::ArcSwapOption<StepStats>;
+
+/// Count one upstream attempt for the route's rollout, if a step is running: the request
+/// path's whole part in rollouts.
+#[inline]
+pub fn observe(slot: &StatsSlot, pool: &str, failed: bool, elapsed: Duration) {
+    if let Some(s) = &*slot.load() {
+        s.record(pool, failed, elapsed);
+    }
+}
+
 /// Latency buckets: 8 per power of two of microseconds, up to 2^37 µs (about 38 hours).
 const OCTAVES: usize = 38;
 const SUB: usize = 8;

@@ -3,13 +3,27 @@
 //! `MetricVec` lock. Label values come only from config names and status codes, so random
 //! paths cannot grow the series.
 
-use crate::upstream::{Backend, Registry};
+pub mod step;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// A backend's state as its gauges show it, read off the registry at scrape time (the
+/// caller reads it: metrics/ holds counters and knows no backend type).
+#[derive(Debug, Clone)]
+pub struct BackendGauges {
+    pub pool: Arc<str>,
+    pub addr: Arc<str>,
+    pub in_flight: u64,
+    pub healthy: bool,
+    /// `veer_backend_breaker_state`: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: u8,
+    pub draining: bool,
+}
 
 /// Counts of responses by status code for one (route, pool, backend).
 #[derive(Debug)]
@@ -258,20 +272,17 @@ impl Metrics {
         *exported = now;
     }
 
-    /// Handles for a route over its pools' backends; called when a snapshot is built.
-    pub fn route_metrics(&self, route: &str, pools: &[Arc<crate::upstream::Pool>]) -> RouteMetrics {
+    /// Handles for a route over its pools (name and backend labels, in the route's order);
+    /// called when a snapshot is built.
+    pub fn route_metrics(&self, route: &str, pools: &[(&str, Vec<&str>)]) -> RouteMetrics {
         let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
         let mut per_pool = Vec::with_capacity(pools.len());
-        for p in pools {
-            let labels = p
-                .backends
-                .iter()
-                .map(|b| &*b.addr_label)
-                .chain(std::iter::once(""));
+        for (name, backends) in pools {
+            let labels = backends.iter().copied().chain(std::iter::once(""));
             let list = labels
                 .map(|backend| {
                     codes
-                        .entry((route.to_string(), p.name.to_string(), backend.to_string()))
+                        .entry((route.to_string(), name.to_string(), backend.to_string()))
                         .or_default()
                         .clone()
                 })
@@ -281,7 +292,7 @@ impl Metrics {
         RouteMetrics {
             duration: pools
                 .iter()
-                .map(|p| self.duration.with_label_values(&[route, &p.name]))
+                .map(|(name, _)| self.duration.with_label_values(&[route, name]))
                 .collect(),
             codes: per_pool,
             retries: self.retries.with_label_values(&[route]),
@@ -289,7 +300,7 @@ impl Metrics {
         }
     }
 
-    fn sync(&self, registry: &Registry) {
+    fn sync(&self, backends: &[BackendGauges]) {
         {
             let codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
             for ((route, pool, backend), c) in codes.iter() {
@@ -309,11 +320,10 @@ impl Metrics {
                 }
             }
         }
-        let backends = registry.all();
         let mut now = HashSet::new();
-        for b in &backends {
+        for b in backends {
             self.set_backend(b);
-            now.insert((b.id.pool.to_string(), b.addr_label.to_string()));
+            now.insert((b.pool.to_string(), b.addr.to_string()));
         }
         let mut exported = self
             .exported_backends
@@ -333,27 +343,21 @@ impl Metrics {
         *exported = now;
     }
 
-    fn set_backend(&self, b: &Backend) {
-        let l = [&*b.id.pool, &*b.addr_label];
-        self.in_flight
-            .with_label_values(&l)
-            .set(b.in_flight() as i64);
-        self.healthy
-            .with_label_values(&l)
-            .set(b.is_healthy() as i64);
+    fn set_backend(&self, b: &BackendGauges) {
+        let l = [&*b.pool, &*b.addr];
+        self.in_flight.with_label_values(&l).set(b.in_flight as i64);
+        self.healthy.with_label_values(&l).set(b.healthy as i64);
         self.breaker_state
             .with_label_values(&l)
-            .set(b.breaker.state() as u8 as i64);
-        self.draining
-            .with_label_values(&l)
-            .set(b.is_draining() as i64);
+            .set(b.breaker_state as i64);
+        self.draining.with_label_values(&l).set(b.draining as i64);
         // Exists (at zero) before the first trip.
         self.breaker_trips.with_label_values(&l);
     }
 
-    /// The text exposition, current as of now.
-    pub fn render(&self, registry: &Registry) -> String {
-        self.sync(registry);
+    /// The text exposition, current as of now, with every backend's gauges as given.
+    pub fn render(&self, backends: &[BackendGauges]) -> String {
+        self.sync(backends);
         let mut buf = Vec::new();
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
