@@ -94,6 +94,12 @@ pub async fn start_with(
         &tasks,
         rt.shutdown.clone(),
     );
+    // Backends by name: their first addresses before veer says it is ready; slow start.
+    crate::control::dns::start(&rt, &tasks).await;
+    rt.registry.tasks.spawn(crate::upstream::slow_start::run(
+        rt.registry.clone(),
+        rt.registry.shutdown.clone(),
+    ));
     rt.set_ready(true);
     tracing::info!(%admin, "admin API listening");
     Ok(Running {

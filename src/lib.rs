@@ -23,7 +23,8 @@
 //!  3  routing                       matching, sticky buckets, split tables, override and
 //!                                   fallback choice over a snapshot's pools
 //!  2  upstream                      backends, pools, balancers, connection pools
-//!  1  tls, breaker, metrics         certificates; breaker state machines; counters
+//!  1  tls, breaker, metrics, dns    certificates; breaker state machines; counters;
+//!                                   looking up backend names
 //!  0  config, body                  text in, typed Config out; the client's request body
 //! ```
 //!
@@ -63,6 +64,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod dns;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

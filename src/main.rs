@@ -233,6 +233,14 @@ fn check(path: &Path) -> ExitCode {
             for w in veer::config::state::persistence_warnings(path, &c) {
                 eprintln!("{}: warning: {w}", path.display());
             }
+            // A name that does not resolve here is a warning, never a failure (SPEC §9).
+            let dns = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(veer::control::dns::unresolvable(&c)));
+            for w in dns.unwrap_or_default() {
+                eprintln!("{}: warning: {w}", path.display());
+            }
             println!("{}: ok: {}", path.display(), c.summary());
             ExitCode::SUCCESS
         }

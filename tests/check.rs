@@ -161,6 +161,10 @@ fn example_covers_every_key() {
         "steady_for",
         "headers",
         "hotfix",
+        // Backends by name (SPEC §9).
+        "dns_servers",
+        "dns_refresh",
+        "slow_start",
     ];
     for k in keys {
         let set = [
@@ -278,7 +282,7 @@ split = { blue = 1 }
         &[
             "2:29: server.listen: invalid address \"localhost:80\"; expected IP:PORT like \"127.0.0.1:8080\"",
             "4:10: admin.listen: invalid address \"127.0.0.1\"; expected IP:PORT like \"127.0.0.1:8080\"",
-            "6:31: pools.blue.backends: invalid address \"10.0.0.300:80\"; expected IP:PORT like \"127.0.0.1:8080\"",
+            "6:31: pools.blue.backends: invalid address \"10.0.0.300:80\"; expected IP:PORT, [IPv6]:PORT or NAME:PORT like \"127.0.0.1:8080\" or \"api.internal:8080\"",
         ],
     );
 }
@@ -452,7 +456,7 @@ split = { red = 0 }
         text,
         &[
             "2:11: server.listen: invalid address \"nope\"; expected IP:PORT like \"127.0.0.1:8080\"",
-            "3:1: unknown key \"bogus\" in [server]; expected one of: listen, workers, tls_listen, header_read_timeout, request_timeout, body_timeout, request_body_timeout, request_body_min_rate, idle_timeout, max_header_bytes, max_connections, drain_timeout, upgrades, state_file",
+            "3:1: unknown key \"bogus\" in [server]; expected one of: listen, workers, tls_listen, header_read_timeout, request_timeout, body_timeout, request_body_timeout, request_body_min_rate, idle_timeout, max_header_bytes, max_connections, drain_timeout, upgrades, state_file, dns_servers",
             "8:11: routes.web.split: pool \"red\" does not exist (pools: blue)",
             "8:17: routes.web.split: all weights are zero; at least one pool needs a positive weight",
         ],

@@ -19,6 +19,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("tls", 1),
     ("breaker", 1),
     ("metrics", 1),
+    // Name lookups for backends by name (SPEC §9): config in, addresses out.
+    ("dns", 1),
     // 2: backends, pools, connection pools.
     ("upstream", 2),
     // 3: where a request goes, over a snapshot's pools (a route holds its pools).

@@ -67,26 +67,33 @@ pub fn status_json(rt: &Control) -> Value {
         .collect();
     let mut pools = Map::new();
     let all = rt.registry.all();
-    for name in snap.config.pools.keys() {
+    for (name, pc) in &snap.config.pools {
+        let pool = snap.pools.get(name.as_str());
         let backends: Vec<Value> = all
             .iter()
             .filter(|b| &*b.id.pool == name.as_str())
             .map(|b| {
-                let weight = snap.config.pools[name]
-                    .backends
-                    .iter()
-                    .find(|c| c.addr == b.id.addr)
-                    .map(|c| c.weight)
-                    .unwrap_or(0);
-                json!({
+                let weight = configured_weight(pc, pool.map(|p| &**p), b);
+                let weight_now = if b.is_available() {
+                    weight * f64::from(b.ramp_own())
+                        / f64::from(crate::upstream::backend::RAMP_FULL)
+                } else {
+                    0.0
+                };
+                let mut v = json!({
                     "addr": &*b.addr_label,
-                    "weight": weight,
+                    "weight": number(weight),
+                    "weight_now": number(weight_now),
                     "health": if b.is_checked() { b.health().as_str() } else { "healthy" },
                     "breaker": b.breaker.state().as_str(),
                     "draining": b.is_draining(),
                     "removed": b.is_removed(),
                     "in_flight": b.in_flight(),
-                })
+                });
+                if let Some(n) = &b.id.name {
+                    v["name"] = json!(&**n);
+                }
+                v
             })
             .collect();
         pools.insert(name.clone(), json!({ "backends": backends }));
@@ -98,6 +105,44 @@ pub fn status_json(rt: &Control) -> Value {
         // False while a change lives in memory only (SPEC §3): a restart would lose it.
         "persisted": rt.state.persisted(),
     })
+}
+
+/// A backend's weight as configured: an `IP:PORT` one's own, an address of a name its share
+/// of the name's weight (split evenly over the addresses it has now); 0 once removed.
+fn configured_weight(
+    pc: &crate::config::PoolConfig,
+    pool: Option<&crate::upstream::Pool>,
+    b: &crate::upstream::Backend,
+) -> f64 {
+    use crate::config::BackendAddr;
+    if b.is_removed() {
+        return 0.0;
+    }
+    let found = pc.backends.iter().find(|c| match (&c.addr, &b.id.name) {
+        (BackendAddr::Ip(a), None) => *a == b.id.addr,
+        (BackendAddr::Name { .. }, Some(n)) => c.addr.to_string() == **n,
+        _ => false,
+    });
+    let Some(c) = found else { return 0.0 };
+    let share = match (&b.id.name, pool) {
+        (Some(n), Some(p)) => p
+            .backends
+            .iter()
+            .filter(|x| x.id.name.as_ref() == Some(n))
+            .count()
+            .max(1),
+        _ => 1,
+    };
+    f64::from(c.weight) / share as f64
+}
+
+/// A whole number as an integer, else rounded to two decimals.
+fn number(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        json!(x as i64)
+    } else {
+        json!((x * 100.0).round() / 100.0)
+    }
 }
 
 /// Where the route's traffic goes now, in percent per pool: the split as the backends' state

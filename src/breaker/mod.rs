@@ -631,16 +631,15 @@ mod tests {
                 tls: None,
                 health_check: None,
                 circuit_breaker: cfg(open_for),
+                dns_refresh: crate::config::DEFAULT_DNS_REFRESH,
+                slow_start: None,
             };
             pc.circuit_breaker.consecutive_failures = threshold;
             pc.circuit_breaker.half_open_requests = half_open;
             let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
             let client = crate::upstream::client::UpstreamClient::new(addr, &pc, None).unwrap();
             let shared = Arc::new(pool(pool_size));
-            let id = crate::upstream::BackendId {
-                pool: "p".into(),
-                addr,
-            };
+            let id = crate::upstream::BackendId::ip("p".into(), addr);
             let b = Arc::new(Backend::new(id, client, Arc::new(pc), shared));
             b.breaker.set_threshold(threshold);
             let trips = IntCounter::new("trips", "trips").unwrap();

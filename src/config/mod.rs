@@ -106,6 +106,8 @@ pub struct ServerConfig {
     /// Where API changes and rollout progress are written instead of the config file
     /// (resolved against the config file's folder); `None`: into the config file itself.
     pub state_file: Option<PathBuf>,
+    /// Name servers for backends by name; empty: the system's (`/etc/resolv.conf`, hosts).
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +127,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(30),
             upgrades: vec!["*".to_string()],
             state_file: None,
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -237,8 +240,80 @@ pub enum Protocol {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendConfig {
-    pub addr: SocketAddr,
+    pub addr: BackendAddr,
     pub weight: u32,
+}
+
+/// A backend as written: an address, or a name resolved to addresses (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BackendAddr {
+    Ip(SocketAddr),
+    /// `NAME:PORT`; `host` is lower case, without a trailing dot.
+    Name {
+        host: String,
+        port: u16,
+    },
+}
+
+impl BackendAddr {
+    /// Parse `IP:PORT`, `[IPv6]:PORT` or `NAME:PORT` (a DNS name of letters, digits, '-'
+    /// and dots). None when it is none of them.
+    pub fn parse(s: &str) -> Option<BackendAddr> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Some(BackendAddr::Ip(a));
+        }
+        let (host, port) = s.rsplit_once(':')?;
+        let port =
+            (!port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| port.parse::<u16>().ok())
+                .flatten()
+                .filter(|&p| p != 0)?;
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        // An all-digit last label would be a mistyped IPv4 address, not a name.
+        let last_numeric = host
+            .rsplit('.')
+            .next()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) || last_numeric {
+            return None;
+        }
+        Some(BackendAddr::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// The address of an `IP:PORT` backend.
+    pub fn ip(&self) -> Option<SocketAddr> {
+        match self {
+            BackendAddr::Ip(a) => Some(*a),
+            BackendAddr::Name { .. } => None,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            BackendAddr::Ip(a) => a.port(),
+            BackendAddr::Name { port, .. } => *port,
+        }
+    }
+}
+
+impl std::fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendAddr::Ip(a) => write!(f, "{a}"),
+            BackendAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -258,7 +333,14 @@ pub struct PoolConfig {
     pub tls: Option<UpstreamTls>,
     pub health_check: Option<HealthCheckConfig>,
     pub circuit_breaker: BreakerConfig,
+    /// Longest time between two resolutions of a name backend (its TTL may make it shorter).
+    pub dns_refresh: Duration,
+    /// A backend that starts taking traffic ramps from 10% to its full weight over this.
+    pub slow_start: Option<Duration>,
 }
+
+/// `dns_refresh` when the pool does not set it.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheckConfig {

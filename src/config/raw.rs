@@ -41,6 +41,7 @@ pub struct RawServer {
     pub drain_timeout: Option<S<String>>,
     pub upgrades: Option<S<Vec<S<String>>>>,
     pub state_file: Option<S<String>>,
+    pub dns_servers: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -108,6 +109,8 @@ pub struct RawPool {
     pub insecure_skip_verify: Option<bool>,
     pub health_check: Option<S<RawHealthCheck>>,
     pub circuit_breaker: Option<S<RawBreaker>>,
+    pub dns_refresh: Option<S<String>>,
+    pub slow_start: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

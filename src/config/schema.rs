@@ -59,6 +59,9 @@ const POOL: &[(&str, Shape)] = &[
     ("insecure_skip_verify", Bool),
     ("health_check", Table(HEALTH)),
     ("circuit_breaker", Table(BREAKER)),
+    // Backends by name (SPEC §9).
+    ("dns_refresh", Dur),
+    ("slow_start", Dur),
 ];
 const ROLLOUT: &[(&str, Shape)] = &[
     ("to", Required(&Str)),
@@ -151,6 +154,8 @@ pub const ROOT: Shape = Table(&[
             ("drain_timeout", Dur),
             ("upgrades", Array(&Str)),
             ("state_file", Str),
+            // Backends by name (SPEC §9).
+            ("dns_servers", Array(&Str)),
         ]),
     ),
     (

@@ -346,7 +346,14 @@ impl State {
             let present = base
                 .pools
                 .get(pool)
-                .is_some_and(|p| p.backends.iter().any(|b| b.addr == *addr));
+                // A name's addresses are known only once resolved: a drain in a pool with
+                // names is kept (it applies if the address comes back).
+                .is_some_and(|p| {
+                    p.backends.iter().any(|b| match &b.addr {
+                        crate::config::BackendAddr::Ip(a) => a == addr,
+                        crate::config::BackendAddr::Name { port, .. } => *port == addr.port(),
+                    })
+                });
             if !present {
                 dropped.push(format!(
                     "drain of {addr} in pool {pool:?}: the config no longer has that backend"

@@ -7,10 +7,12 @@
 //! - [`apply`](mod@apply): stage a validated config (clients, listeners, certificates) and commit it.
 //! - [`reload`](mod@reload): reload the config file (file change, SIGHUP, API).
 //! - [`change`](mod@change): API edits and rollout progress, written back (SPEC §3) then applied.
+//! - [`dns`](mod@dns): keeping backends by name resolved (SPEC §9).
 //! - [`watch`](mod@watch): the config file watcher and the certificate watcher.
 
 pub mod apply;
 pub mod change;
+pub mod dns;
 pub mod reload;
 pub mod watch;
 

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub rollouts: IntCounterVec,
     /// SPEC §10: every external gate check, by route, gate and result.
     pub rollout_gate_checks: IntCounterVec,
+    /// `veer_dns_resolutions_total{pool,result}`: lookups of backend names (SPEC §9).
+    pub dns_resolutions: IntCounterVec,
     codes: Mutex<HashMap<CodeKey, Arc<CodeCounters>>>,
     exported_backends: Mutex<HashSet<(String, String)>>,
     /// Route → pools of its split, as last exported in `veer_route_weight`.
@@ -189,6 +191,11 @@ impl Metrics {
                 "veer_rollout_gate_checks_total",
                 "External rollout gate checks by result (pass, fail, error).",
                 &["route", "gate", "result"],
+            ),
+            dns_resolutions: counter(
+                "veer_dns_resolutions_total",
+                "Lookups of backend names, by pool and result (success or failure).",
+                &["pool", "result"],
             ),
             registry: r,
             codes: Mutex::new(HashMap::new()),

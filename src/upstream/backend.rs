@@ -12,18 +12,41 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// A backend is the pair (pool, address): the same address in two pools is two backends.
+/// A backend is (pool, name, address): the same address in two pools is two backends, and
+/// each address a name resolves to is a backend of its own (SPEC §9), which keeps its state
+/// for as long as the name keeps resolving to it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendId {
     pub pool: Arc<str>,
+    /// `NAME:PORT` for an address found by resolving a name; None for an `IP:PORT` backend.
+    pub name: Option<Arc<str>>,
     pub addr: SocketAddr,
+}
+
+impl BackendId {
+    /// An `IP:PORT` backend of `pool`.
+    pub fn ip(pool: Arc<str>, addr: SocketAddr) -> Self {
+        BackendId {
+            pool,
+            name: None,
+            addr,
+        }
+    }
 }
 
 impl fmt::Display for BackendId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.pool, self.addr)
+        match &self.name {
+            None => write!(f, "{}/{}", self.pool, self.addr),
+            Some(n) => write!(f, "{}/{}={}", self.pool, n, self.addr),
+        }
     }
 }
+
+/// Slow start's full weight, in thousandths.
+pub const RAMP_FULL: u32 = 1000;
+/// Where slow start begins: 10% of the backend's weight.
+pub const RAMP_FLOOR: u32 = 100;
 
 /// Active health as last judged by the checker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +86,10 @@ pub struct Backend {
     removed: AtomicBool,
     /// Bulkhead limit (0 = unlimited).
     max_concurrent: AtomicU32,
+    /// Slow start, in thousandths of the backend's weight: the high half is its own ramp (for
+    /// `weight_now`), the low half that ramp relative to the pool's most advanced backend
+    /// (what the balancers use). Written by the slow-start task, read by the request path.
+    ramp: AtomicU32,
     pub breaker: Gate,
     /// Notified when in-flight reaches zero, so a drain can finish early.
     idle: Notify,
@@ -109,6 +136,7 @@ impl Backend {
             draining: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             max_concurrent: AtomicU32::new(0),
+            ramp: AtomicU32::new(pack_ramp(RAMP_FULL, RAMP_FULL)),
             breaker: Gate::default(),
             idle: Notify::new(),
             closed,
@@ -227,6 +255,23 @@ impl Backend {
         self.max_concurrent.load(Ordering::Relaxed)
     }
 
+    /// The share of its weight the balancers give it now, in thousandths ([`RAMP_FULL`]
+    /// outside slow start).
+    #[inline]
+    pub fn ramp(&self) -> u32 {
+        self.ramp.load(Ordering::Relaxed) & 0xffff
+    }
+
+    /// Its own slow-start ramp, in thousandths of its weight (`weight_now`).
+    pub fn ramp_own(&self) -> u32 {
+        self.ramp.load(Ordering::Relaxed) >> 16
+    }
+
+    /// Set by the slow-start task (and for a backend created into a slow-start pool).
+    pub fn set_ramp(&self, own: u32, relative: u32) {
+        self.ramp.store(pack_ramp(own, relative), Ordering::Relaxed);
+    }
+
     /// May new requests go here (ignoring the bulkhead)?
     pub fn is_available(&self) -> bool {
         self.is_healthy() && !self.is_draining() && self.breaker.is_passable()
@@ -304,6 +349,10 @@ impl Backend {
             notified.await;
         }
     }
+}
+
+fn pack_ramp(own: u32, relative: u32) -> u32 {
+    (own.min(RAMP_FULL) << 16) | relative.min(RAMP_FULL)
 }
 
 /// A request's hold on a backend: counts in-flight until dropped, carries the breaker trial.

@@ -282,7 +282,12 @@ impl UpstreamClient {
         pool: &PoolConfig,
         base: Option<&std::path::Path>,
     ) -> Result<(), UpstreamTlsError> {
-        UpstreamClient::new(pool.backends[0].addr, pool, base)?;
+        // The address does not matter here (a name's are not known yet); the TLS material does.
+        let first = &pool.backends[0].addr;
+        let addr = first
+            .ip()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], first.port())));
+        UpstreamClient::new(addr, pool, base)?;
         if pool.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
             tracing::warn!(
                 pool = %pool.name,

@@ -11,6 +11,7 @@ pub mod h1;
 pub mod http_client;
 pub mod pool;
 pub mod registry;
+pub mod slow_start;
 #[cfg(test)]
 mod testing;
 

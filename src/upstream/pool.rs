@@ -1,5 +1,6 @@
 //! A pool as the request path sees it: an immutable list of backends plus the balancer.
 
+use super::backend::RAMP_FULL;
 use super::{Backend, Lease};
 use crate::config::{LbKind, PoolConfig};
 use rand::Rng;
@@ -12,6 +13,9 @@ pub struct Pool {
     pub name: Arc<str>,
     pub config: Arc<PoolConfig>,
     pub backends: Vec<Arc<Backend>>,
+    /// Each backend's weight in the balancers (a name's weight split over its addresses,
+    /// scaled to whole numbers; see [`super::registry`]).
+    pub weights: Vec<u32>,
     /// Smooth weighted round-robin order (nginx's algorithm), computed once per snapshot so
     /// picking is one atomic increment.
     rr_order: Vec<u32>,
@@ -19,12 +23,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(config: Arc<PoolConfig>, backends: Vec<Arc<Backend>>) -> Self {
-        let weights: Vec<u32> = config.backends.iter().map(|b| b.weight).collect();
+    /// `weights[i]` is the weight of `backends[i]`.
+    pub fn new(config: Arc<PoolConfig>, backends: Vec<Arc<Backend>>, weights: Vec<u32>) -> Self {
+        debug_assert_eq!(backends.len(), weights.len());
         Pool {
             name: config.name.as_str().into(),
             rr_order: smooth_wrr_order(&weights),
             rr_next: AtomicUsize::new(rand::thread_rng().gen_range(0..weights.len().max(1))),
+            weights,
             config,
             backends,
         }
@@ -58,12 +64,28 @@ impl Pool {
         if n == 0 {
             return None;
         }
-        let start = self.rr_next.fetch_add(1, Ordering::Relaxed);
+        let mut start = self.rr_next.fetch_add(1, Ordering::Relaxed);
+        let mut declined = 0;
         // Walk the order from our slot; weighted order means at most `n` steps to see all.
-        for i in 0..n {
+        let mut i = 0;
+        while i < n {
             let slot = self.rr_order[(start + i) % n] as usize;
+            i += 1;
             let b = &self.backends[slot];
             if skip(b) {
+                continue;
+            }
+            // Slow start: a ramping backend takes the pick with the probability of its ramp,
+            // else the pick starts over at the next slot of the order. Starting over (not
+            // walking on) keeps every share proportional to weight × ramp.
+            let ramp = b.ramp();
+            if ramp < RAMP_FULL
+                && declined < MAX_DECLINED
+                && rand::thread_rng().gen_range(0..RAMP_FULL) >= ramp
+            {
+                declined += 1;
+                start = self.rr_next.fetch_add(1, Ordering::Relaxed);
+                i = 0;
                 continue;
             }
             if let Some(mut l) = b.try_lease() {
@@ -93,8 +115,11 @@ impl Pool {
             let ok_b = !skip(bb) && bb.is_available();
             let slot = match (ok_a, ok_b) {
                 (true, true) => {
-                    let la = (ba.in_flight() as u64 + 1) * self.config.backends[b].weight as u64;
-                    let lb = (bb.in_flight() as u64 + 1) * self.config.backends[a].weight as u64;
+                    // Load per unit of weight now (slow start lowers a ramping one's weight).
+                    let wa = self.weights[a] as u64 * ba.ramp() as u64;
+                    let wb = self.weights[b] as u64 * bb.ramp() as u64;
+                    let la = (ba.in_flight() as u64 + 1) * wb;
+                    let lb = (bb.in_flight() as u64 + 1) * wa;
                     if la <= lb {
                         a
                     } else {
@@ -113,6 +138,10 @@ impl Pool {
         None
     }
 }
+
+/// How often one pick may start over because of slow start: past this the backend in hand
+/// is taken, so a pool whose backends all ramp still picks in bounded time.
+const MAX_DECLINED: u32 = 32;
 
 /// A cheap identity for "already tried" lists (the address of the shared state).
 pub fn backend_key(b: &Arc<Backend>) -> usize {

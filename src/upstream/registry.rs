@@ -2,10 +2,10 @@
 //! that stay; backends a reload removes are drained and then closed (sozu's Normal → Closing →
 //! Closed lifecycle).
 
-use super::backend::PoolShared;
+use super::backend::{PoolShared, RAMP_FLOOR};
 use super::client::UpstreamClient;
 use super::{Backend, BackendId, Health, Pool};
-use crate::config::{Config, PoolConfig};
+use crate::config::{BackendAddr, Config, PoolConfig};
 use prometheus::IntCounterVec;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -51,6 +51,8 @@ pub struct Registry {
     pub base: Option<PathBuf>,
     /// `veer_circuit_breaker_trips_total`, when metrics are kept.
     trips: Option<IntCounterVec>,
+    /// Woken by a sync that met a name never resolved (the DNS task resolves it at once).
+    pub dns_wake: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +61,10 @@ struct Inner {
     /// Removed by a reload, still finishing in-flight requests.
     draining: Vec<Arc<Backend>>,
     pools: HashMap<Arc<str>, Arc<PoolShared>>,
+    /// The last good addresses of each (pool, name) backend, set by the DNS task.
+    resolved: HashMap<(Arc<str>, BackendAddr), Arc<[std::net::SocketAddr]>>,
+    /// A sync has run: backends created after it are new (slow start ramps them).
+    started: bool,
 }
 
 /// Errors applying pools to the registry.
@@ -80,6 +86,7 @@ impl Registry {
             shutdown: CancellationToken::new(),
             base,
             trips: None,
+            dns_wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -112,30 +119,26 @@ impl Registry {
         let mut start = ToStart::default();
         let mut pools = HashMap::new();
         let mut keep = BTreeMap::new();
+        let mut unresolved = false;
         for pc in config.pools.values() {
             let pc_arc = Arc::new(pc.clone());
             let name: Arc<str> = pc.name.as_str().into();
             let shared = inner.pools.entry(name.clone()).or_default().clone();
-            shared
-                .size
-                .store(pc.backends.len() as u32, Ordering::Relaxed);
             let old_pc = old.and_then(|o| o.pools.get(&pc.name));
             let transport_changed = old_pc.is_some_and(|o| {
                 o.protocol != pc.protocol
                     || o.tls != pc.tls
                     || o.connect_timeout != pc.connect_timeout
             });
-            let mut list = Vec::with_capacity(pc.backends.len());
-            for bc in &pc.backends {
-                let id = BackendId {
-                    pool: name.clone(),
-                    addr: bc.addr,
-                };
+            let members = expand(pc, &name, &inner.resolved, &mut unresolved);
+            let mut list = Vec::with_capacity(members.len());
+            let mut weights = Vec::with_capacity(members.len());
+            for (id, weight) in members {
                 let mut fresh = false;
                 let backend = match inner.backends.remove(&id) {
                     Some(b) => {
                         if transport_changed {
-                            b.set_client(self.client(bc.addr, pc)?);
+                            b.set_client(self.client(&id, pc)?);
                         }
                         b
                     }
@@ -144,10 +147,14 @@ impl Registry {
                         changes.added.push(id.to_string());
                         let b = Arc::new(Backend::new(
                             id.clone(),
-                            self.client(bc.addr, pc)?,
+                            self.client(&id, pc)?,
                             pc_arc.clone(),
                             shared.clone(),
                         ));
+                        if pc.slow_start.is_some() && inner.started {
+                            // New: it starts at 10% (the slow-start task ramps it from here).
+                            b.set_ramp(RAMP_FLOOR, RAMP_FLOOR);
+                        }
                         let trips = self
                             .trips
                             .as_ref()
@@ -161,8 +168,20 @@ impl Registry {
                 }
                 keep.insert(id, backend.clone());
                 list.push(backend);
+                weights.push(weight);
             }
-            pools.insert(name, Arc::new(Pool::new(pc_arc, list)));
+            shared.size.store(list.len() as u32, Ordering::Relaxed);
+            pools.insert(name, Arc::new(Pool::new(pc_arc, list, weights)));
+        }
+        inner.started = true;
+        inner.resolved.retain(|(pool, addr), _| {
+            config
+                .pools
+                .get(pool.as_ref())
+                .is_some_and(|p| p.backends.iter().any(|b| &b.addr == addr))
+        });
+        if unresolved {
+            self.dns_wake.notify_one();
         }
         // What is left was removed by this config.
         let removed = std::mem::replace(&mut inner.backends, keep);
@@ -178,15 +197,50 @@ impl Registry {
         Ok((pools, changes, start))
     }
 
-    fn client(
-        &self,
-        addr: std::net::SocketAddr,
-        pc: &PoolConfig,
-    ) -> Result<UpstreamClient, RegistryError> {
-        UpstreamClient::new(addr, pc, self.base.as_deref()).map_err(|e| RegistryError::Client {
+    fn client(&self, id: &BackendId, pc: &PoolConfig) -> Result<UpstreamClient, RegistryError> {
+        let err = |e| RegistryError::Client {
             pool: pc.name.clone(),
             source: e,
-        })
+        };
+        // TLS to an address found by a name verifies that name unless `sni` says otherwise.
+        if let Some(name) = id.name.as_deref() {
+            if let Some(tls) = pc.tls.as_ref().filter(|t| t.sni.is_none()) {
+                let host = name.rsplit_once(':').map_or(name, |(h, _)| h);
+                let mut named = pc.clone();
+                named.tls = Some(crate::config::UpstreamTls {
+                    sni: Some(host.to_string()),
+                    ..tls.clone()
+                });
+                return UpstreamClient::new(id.addr, &named, self.base.as_deref()).map_err(err);
+            }
+        }
+        UpstreamClient::new(id.addr, pc, self.base.as_deref()).map_err(err)
+    }
+
+    /// Record what a name backend resolved to. True when that changes the backends (the
+    /// caller then rebuilds the snapshot).
+    pub fn set_resolved(
+        &self,
+        pool: &str,
+        name: &BackendAddr,
+        addrs: Vec<std::net::SocketAddr>,
+    ) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (Arc::<str>::from(pool), name.clone());
+        if inner.resolved.get(&key).is_some_and(|a| **a == *addrs) {
+            return false;
+        }
+        inner.resolved.insert(key, addrs.into());
+        true
+    }
+
+    /// The last good addresses of a name backend, if it was ever resolved.
+    pub fn resolved(&self, pool: &str, name: &BackendAddr) -> Option<Arc<[std::net::SocketAddr]>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .resolved
+            .get(&(Arc::<str>::from(pool), name.clone()))
+            .cloned()
     }
 
     /// Apply the pool's settings to a backend; start or stop its health checker. `fresh`: the
@@ -304,7 +358,7 @@ impl Registry {
     /// carrying a response close when that response ends.
     fn close_connections(&self, b: &Backend) {
         let pc = b.pool_config();
-        match self.client(b.id.addr, &pc) {
+        match self.client(&b.id, &pc) {
             Ok(c) => b.set_client(c),
             Err(e) => {
                 tracing::warn!(backend = %b.id, error = %e, "cannot rebuild client to close connections")
@@ -312,15 +366,24 @@ impl Registry {
         }
     }
 
+    /// The current backend of `pool` at `addr` (an `IP:PORT` one first, else one a name
+    /// resolved to).
     pub fn get(&self, pool: &str, addr: std::net::SocketAddr) -> Option<Arc<Backend>> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = inner.backends.get(&BackendId::ip(pool.into(), addr)) {
+            return Some(b.clone());
+        }
         inner
             .backends
-            .get(&BackendId {
-                pool: pool.into(),
-                addr,
-            })
+            .values()
+            .find(|b| &*b.id.pool == pool && b.id.addr == addr)
             .cloned()
+    }
+
+    /// The current backends (not those draining after removal), in id order: grouped by pool.
+    pub fn current(&self) -> Vec<Arc<Backend>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.backends.values().cloned().collect()
     }
 
     /// Every backend: current ones in id order, then those still draining after removal.
@@ -347,5 +410,113 @@ impl Registry {
             b.cut_in_flight();
             b.closed.cancel();
         }
+    }
+}
+
+/// Above this, weights of names are rounded rather than split exactly (keeps the smooth
+/// round-robin period short).
+const MAX_SPLIT_SCALE: u64 = 840;
+
+/// The backends of a pool with their weights: an `IP:PORT` backend as written, a name as its
+/// last good addresses, its weight split evenly over them. Weights are scaled by the least
+/// common multiple of the address counts so every split is a whole number.
+fn expand(
+    pc: &PoolConfig,
+    pool: &Arc<str>,
+    resolved: &HashMap<(Arc<str>, BackendAddr), Arc<[std::net::SocketAddr]>>,
+    unresolved: &mut bool,
+) -> Vec<(BackendId, u32)> {
+    let addrs = |a: &BackendAddr| resolved.get(&(pool.clone(), a.clone()));
+    let mut scale: u64 = 1;
+    for bc in &pc.backends {
+        if let BackendAddr::Name { .. } = bc.addr {
+            match addrs(&bc.addr) {
+                Some(list) if !list.is_empty() => {
+                    let n = list.len() as u64;
+                    scale = scale / gcd(scale, n) * n;
+                }
+                _ => *unresolved = true,
+            }
+        }
+    }
+    let scale = scale.min(MAX_SPLIT_SCALE);
+    let mut out = Vec::with_capacity(pc.backends.len());
+    for bc in &pc.backends {
+        let w = bc.weight as u64 * scale;
+        match &bc.addr {
+            BackendAddr::Ip(a) => out.push((BackendId::ip(pool.clone(), *a), w as u32)),
+            BackendAddr::Name { .. } => {
+                let Some(list) = addrs(&bc.addr) else {
+                    continue;
+                };
+                let label: Arc<str> = bc.addr.to_string().into();
+                let each = (w / list.len().max(1) as u64).max(1) as u32;
+                for a in list.iter() {
+                    let id = BackendId {
+                        pool: pool.clone(),
+                        name: Some(label.clone()),
+                        addr: *a,
+                    };
+                    out.push((id, each));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_is_one_backend_per_address_with_its_weight_split_evenly() {
+        let text = "[pools.p]\nbackends = [{ addr = \"127.0.0.1:9\", weight = 3 }, { addr = \"api.test:80\", weight = 2 }]\n\
+                    [[routes]]\nname = \"r\"\nsplit = { p = 1 }\n";
+        let config = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let name = BackendAddr::parse("api.test:80").unwrap();
+        let registry = Arc::new(Registry::new(None));
+        // Never resolved: the pool has only its literal.
+        let (pools, _, _) = registry.sync(&config, None).unwrap();
+        assert_eq!(pools["p"].backends.len(), 1);
+        let addrs: Vec<std::net::SocketAddr> = (1..=4)
+            .map(|i| format!("10.0.0.{i}:80").parse().unwrap())
+            .collect();
+        assert!(registry.set_resolved("p", &name, addrs.clone()));
+        assert!(
+            !registry.set_resolved("p", &name, addrs.clone()),
+            "no change"
+        );
+        let (pools, changes, _) = registry.sync(&config, Some(&config)).unwrap();
+        let p = &pools["p"];
+        assert_eq!(changes.added.len(), 4, "{changes:?}");
+        // 3 : 2 between the literal and the name, the name's 2 split in four.
+        assert_eq!(p.weights, vec![12, 2, 2, 2, 2]);
+        assert!(p.backends[1..]
+            .iter()
+            .all(|b| b.id.name.as_deref() == Some("api.test:80")));
+        let kept = p.backends[1].clone();
+        // Two addresses go: they drain; the two that stay keep their state (same backend).
+        assert!(registry.set_resolved("p", &name, addrs[..2].to_vec()));
+        let (pools, changes, _) = registry.sync(&config, Some(&config)).unwrap();
+        assert_eq!(changes.removed.len(), 2, "{changes:?}");
+        assert_eq!(pools["p"].weights, vec![6, 2, 2]);
+        assert!(Arc::ptr_eq(&pools["p"].backends[1], &kept));
+        assert_eq!(
+            registry.get("p", addrs[0]).map(|b| b.id.clone()),
+            Some(kept.id.clone())
+        );
+        assert!(registry
+            .all()
+            .iter()
+            .any(|b| b.id.addr == addrs[3] && b.is_removed()));
     }
 }

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod config;
+mod dns;
 mod echo;
 mod h2;
 mod metrics;
@@ -31,6 +32,8 @@ mod tls;
 // Not every test file uses every part.
 #[allow(unused_imports)]
 pub use config::*;
+#[allow(unused_imports)]
+pub use dns::*;
 #[allow(unused_imports)]
 pub use echo::*;
 #[allow(unused_imports)]

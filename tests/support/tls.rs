@@ -290,6 +290,16 @@ pub async fn tls_upstream(
     cert: &str,
     key: &str,
 ) -> (SocketAddr, tokio_util::sync::CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tls_upstream_on(listener, cert, key).await
+}
+
+/// [`tls_upstream`] on a given listener (an IPv6 one, say).
+pub async fn tls_upstream_on(
+    listener: tokio::net::TcpListener,
+    cert: &str,
+    key: &str,
+) -> (SocketAddr, tokio_util::sync::CancellationToken) {
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert.as_bytes())
         .collect::<Result<_, _>>()
         .unwrap();
@@ -306,7 +316,6 @@ pub async fn tls_upstream(
     .unwrap();
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let s = stop.clone();

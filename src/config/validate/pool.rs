@@ -30,7 +30,14 @@ pub(super) fn build_pool(
             RawBackend::Addr(a) => (a, 1),
             RawBackend::Table(t) => (t.addr, t.weight.unwrap_or(1)),
         };
-        let Some(a) = cx.addr(&addr, bspan.clone(), &field("backends")) else {
+        let Some(a) = BackendAddr::parse(&addr) else {
+            cx.err(
+                bspan.clone(),
+                format!(
+                    "{}: invalid address {addr:?}; expected IP:PORT, [IPv6]:PORT or NAME:PORT like \"127.0.0.1:8080\" or \"api.internal:8080\"",
+                    field("backends")
+                ),
+            );
             continue;
         };
         if !(1..=10_000).contains(&weight) {
@@ -42,7 +49,7 @@ pub(super) fn build_pool(
                 ),
             );
         }
-        if !seen.insert(a) {
+        if !seen.insert(a.clone()) {
             cx.err(
                 bspan,
                 format!("{}: backend {addr} is listed twice", field("backends")),
@@ -217,6 +224,15 @@ pub(super) fn build_pool(
             }
         }
     };
+    let dns_refresh = cx.duration(&raw.dns_refresh, &field("dns_refresh"), DEFAULT_DNS_REFRESH);
+    if dns_refresh < Duration::from_secs(1) {
+        if let Some(s) = &raw.dns_refresh {
+            cx.err(
+                s.span(),
+                format!("{}: must be at least 1s", field("dns_refresh")),
+            );
+        }
+    }
     // A pool with errors is still returned so that routes naming it are not reported as
     // naming a missing pool; its errors are already recorded.
     Some(PoolConfig {
@@ -228,6 +244,9 @@ pub(super) fn build_pool(
         tls,
         health_check,
         circuit_breaker,
+        dns_refresh,
+        slow_start: Some(cx.duration(&raw.slow_start, &field("slow_start"), Duration::ZERO))
+            .filter(|d| !d.is_zero()),
     })
 }
 

@@ -67,6 +67,7 @@ pub(super) fn build_server(cx: &mut Ctx<'_>, raw: Option<S<RawServer>>) -> Serve
             Some(list) => build_upgrades(cx, list.into_inner()),
         },
         state_file: raw.state_file.and_then(|s| state_file(cx, s)),
+        dns_servers: addrs(cx, raw.dns_servers, "server.dns_servers", Vec::new()),
     }
 }
 

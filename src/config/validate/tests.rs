@@ -241,3 +241,61 @@ fn override_allow_from_and_secret_env_are_checked_where_written() {
     // The secret never shows in the config's debug output.
     assert!(!format!("{c:?}").contains(&green[6..]));
 }
+
+#[test]
+fn backends_by_name_ipv6_dns_refresh_and_slow_start() {
+    let text = r#"
+[server]
+dns_servers = ["127.0.0.1:5353", "[::1]:53"]
+[pools.blue]
+backends = ["API.Internal.:8080", "[::1]:9001", { addr = "green.internal:8080", weight = 3 }]
+dns_refresh = "10s"
+slow_start = "30s"
+[[routes]]
+name = "web"
+split = { blue = 1 }
+"#;
+    let c = validate(Path::new("t.toml"), text).unwrap();
+    assert_eq!(c.server.dns_servers.len(), 2);
+    let p = &c.pools["blue"];
+    let addrs: Vec<String> = p.backends.iter().map(|b| b.addr.to_string()).collect();
+    assert_eq!(
+        addrs,
+        ["api.internal:8080", "[::1]:9001", "green.internal:8080"]
+    );
+    assert!(matches!(p.backends[1].addr, BackendAddr::Ip(_)));
+    assert_eq!(p.dns_refresh, Duration::from_secs(10));
+    assert_eq!(p.slow_start, Some(Duration::from_secs(30)));
+    // Defaults: 30 s between lookups at most; no slow start.
+    let c = validate(Path::new("t.toml"), OK).unwrap();
+    assert_eq!(c.pools["blue"].dns_refresh, DEFAULT_DNS_REFRESH);
+    assert_eq!(c.pools["blue"].slow_start, None);
+}
+
+#[test]
+fn bad_names_and_refresh_are_errors() {
+    for (backend, why) in [
+        ("\"api.internal\"", "invalid address"),
+        ("\"api.internal:0\"", "invalid address"),
+        ("\"api_internal:99999\"", "invalid address"),
+        ("\"-api.internal:80\"", "invalid address"),
+        ("\"api..internal:80\"", "invalid address"),
+        ("\"1.2.3:80\"", "invalid address"),
+        ("\"::1:80\"", "invalid address"),
+        ("\"a.internal:80\", \"A.internal:80\"", "listed twice"),
+    ] {
+        let text = OK.replace("\"127.0.0.1:9101\"", backend);
+        let e = errs(&text);
+        assert!(e.iter().any(|e| e.contains(why)), "{backend}: {e:?}");
+    }
+    let text = OK.replace(
+        "[pools.green]\n",
+        "[pools.green]\ndns_refresh = \"500ms\"\n",
+    );
+    let e = errs(&text);
+    assert!(
+        e.iter()
+            .any(|e| e.contains("pools.green.dns_refresh: must be at least 1s")),
+        "{e:?}"
+    );
+}
