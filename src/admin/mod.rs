@@ -164,7 +164,7 @@ async fn api_route(rt: &Arc<Control>, req: Request<Incoming>, who: &str) -> Admi
         }
         ["routes", route, "swap"] => api::swap(rt, route, &query, who).await,
         // Progressive rollouts: start, pause, resume, approve, promote, abort.
-        ["routes", route, "rollout", action] => rollout::handle(rt, route, action, &query).await,
+        ["routes", route, "rollout", action] => rollout::handle(rt, route, action, &query, who).await,
         ["pools", pool, "backends", addr, op] => {
             api::drain(rt, pool, addr, *op == "drain", &query, who).await
         }
