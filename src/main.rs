@@ -129,8 +129,10 @@ enum Command {
     Rollout {
         /// Route name.
         route: String,
-        /// start (from the first step), pause, resume, approve (the next step), promote
-        /// (all traffic to the new pool now) or abort (roll back).
+        /// start (from step 0), pause, resume, approve (the next step), promote (all traffic
+        /// to the new pool now), abort (roll back a running rollout) or rollback (abort, or,
+        /// after the rollout succeeded, all traffic back to the baseline as a new change).
+        /// Steps count from 0, as the API's `step` does: step K is entry K of `steps`.
         #[arg(value_parser = parse_action, value_name = "ACTION")]
         action: veer::rollout::Action,
         /// With `start`: the expedited path of `[routes.rollout.hotfix]` (fewer, shorter
@@ -202,7 +204,7 @@ struct AdminOpts {
 /// The library's rollout actions, as the CLI spells them.
 fn parse_action(s: &str) -> Result<veer::rollout::Action, String> {
     veer::rollout::Action::parse(s).ok_or_else(|| {
-        format!("unknown action {s:?}; use start, pause, resume, approve, promote or abort")
+        format!("unknown action {s:?}; use start, pause, resume, approve, promote, abort or rollback")
     })
 }
 

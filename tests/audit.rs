@@ -358,3 +358,85 @@ async fn fleet_revisions_are_the_fleets_on_the_other_replicas() {
     assert_eq!(on_a.len(), 2, "{on_a:?}");
     assert!(on_a.iter().all(|c| c.0 == "admin" && c.1 == "api"), "{on_a:?}");
 }
+
+/// Approvals say who (issue 20 item 2): the audit trail, `last_change`, the rollout's
+/// notify events and the log line of an approval by a named token carry its name; the steps
+/// the rollout takes on its own are the rollout's.
+#[tokio::test]
+async fn an_approval_by_a_named_token_says_who() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let ev = events.clone();
+    let hook = upstream_with(move |req| {
+        let events = ev.clone();
+        async move {
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            events
+                .lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).unwrap());
+            respond(204, "")
+        }
+    })
+    .await;
+    let admin = set_tokens("AUDIT_APPROVE");
+    let config = format!(
+        "{admin}{}",
+        blue_green(
+            blue.addr,
+            green.addr,
+            "{ blue = 100, green = 0 }",
+            &format!(
+                "[routes.rollout]\nto = \"green\"\nsteps = [10, 100]\nstep_interval = \"100ms\"\nmin_requests = 0\napproval = true\nnotify_url = \"http://{}/hook\"\n",
+                hook.addr
+            )
+        )
+    );
+    let veer = start_veer(&config).await;
+    let a = veer.admin;
+    let root = "AUDIT_APPROVE-admin-secret";
+    let state = |v: &Value| v["routes"][0]["rollout"]["state"].as_str().unwrap_or("").to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while state(&json_of(&call(a, Some(root), "GET", "/api/status", "").await)) != "awaiting_approval" {
+        assert!(std::time::Instant::now() < deadline, "never awaited approval");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = call(
+        a,
+        Some("AUDIT_APPROVE-alice-secret"),
+        "POST",
+        "/api/routes/web/rollout/approve",
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = changes(&json_of(&call(a, Some(root), "GET", "/api/changes", "").await));
+    // Newest first: alice's approval (step 1 at 100%), the rollout's wait for it, its start.
+    let approve = &got[0];
+    assert_eq!((approve.0.as_str(), approve.1.as_str()), ("alice", "api"), "{got:?}");
+    assert!(
+        approve.2.contains("rollout progressing at step 1")
+            && approve.2.contains("blue=90 green=10 -> blue=0 green=100")
+            && approve.2.contains("approved at step 0"),
+        "{got:?}"
+    );
+    assert_eq!((got[1].0.as_str(), got[1].1.as_str()), ("rollout", "rollout"), "{got:?}");
+    assert!(got[1].2.contains("rollout awaiting_approval at step 0"), "{got:?}");
+    assert!(got[1].2.contains("waiting for approval"), "{got:?}");
+    assert!(got[2].2.contains("rollout started"), "{got:?}");
+    let s = json_of(&call(a, Some(root), "GET", "/api/status", "").await);
+    assert_eq!(s["last_change"]["who"], "alice", "{s}");
+    eventually("the approved event", Duration::from_secs(5), || {
+        events.lock().unwrap().iter().any(|e| e["event"] == "approved")
+    })
+    .await;
+    let events = events.lock().unwrap().clone();
+    let approved = events.iter().find(|e| e["event"] == "approved").unwrap();
+    assert_eq!(approved["who"], "alice", "{approved}");
+    let started = events.iter().find(|e| e["event"] == "started").unwrap();
+    assert!(started.get("who").is_none(), "{started}");
+    veer.shutdown().await;
+}

@@ -456,7 +456,8 @@ min_requests = 1000
         .skip_while(|l| !l.starts_with("ROLLOUTS"))
         .nth(2)
         .unwrap_or_default();
-    for cell in ["web", "progressing", "1/4", "green 5%", "requests 0/1000"] {
+    // Steps count from 0, as the API's `step` does (issue 20).
+    for cell in ["web", "progressing", "0 of 0-3", "green 5%", "requests 0/1000"] {
         assert!(line.contains(cell), "{cell:?} missing from {line:?}\n{s}");
     }
 
@@ -478,6 +479,31 @@ min_requests = 1000
     assert!(out.stderr.contains("409"), "{}", out.stderr);
     let out = veer_env(&["rollout", "web", "launch"], &[]).await;
     assert_eq!(out.code, 2, "unknown actions are usage errors: {out:#?}");
+
+    // After success, abort points at rollback, which moves everything back to the baseline
+    // as a change of its own (issue 20 item 4).
+    let out = cli(&veer, &["rollout", "web", "abort"]).await;
+    out.failed();
+    assert!(out.stderr.contains("`rollback` moves all traffic back to blue"), "{}", out.stderr);
+    let out = cli(&veer, &["rollout", "web", "rollback"]).await;
+    out.ok();
+    assert!(out.stdout.contains("web: rollout rolled_back"), "{}", out.stdout);
+    assert_eq!(
+        split_of(&veer, "web"),
+        vec![pair("blue", 100), pair("green", 0)]
+    );
+    let last = veer.rt().audit.last().unwrap();
+    assert_eq!((last.who.as_str(), last.source.as_str()), ("admin", "api"));
+    assert!(
+        last.what.contains("rollout rolled_back")
+            && last.what.contains("blue=0 green=100 -> blue=100 green=0")
+            && last.what.contains("rolled back by admin after it succeeded"),
+        "{}",
+        last.what
+    );
+    // Written back: a restart keeps the baseline.
+    let text = std::fs::read_to_string(&veer.config_path).unwrap();
+    assert!(text.contains("state = \"rolled_back\""), "{text}");
     veer.shutdown().await;
 }
 

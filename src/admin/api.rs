@@ -316,9 +316,9 @@ async fn hold_rollout(
         return Err(error(
             StatusCode::CONFLICT,
             format!(
-                "route {route:?} has a rollout {} (step {}, {} at {}%); a manual {what} would fight it: pause or abort the rollout first, or use ?force=true to pause it and {what} anyway",
+                "route {route:?} has a rollout {} ({}, {} at {}%); a manual {what} would fight it: pause or abort the rollout first, or use ?force=true to pause it and {what} anyway",
                 s.state.as_str(),
-                s.step + 1,
+                crate::rollout::step_text(s.step, s.def.steps.len()),
                 s.def.to,
                 s.target_weight().unwrap_or(0)
             ),

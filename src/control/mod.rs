@@ -30,7 +30,7 @@ use crate::config::state::Store;
 use crate::config::Config;
 use crate::proxy::listeners::Listeners;
 use crate::rollout::controller::{CommitError, Refused};
-use crate::rollout::{Committer, Committing, Edit, Rollouts};
+use crate::rollout::{Committer, Committing, Edit, Note, Rollouts};
 use crate::runtime::{ApplyReport, Runtime};
 use crate::upstream::registry::RegistryError;
 use std::path::PathBuf;
@@ -119,11 +119,17 @@ impl Committer for Control {
         &'a self,
         edit: Edit<'a>,
         how: crate::config::state::Unwritable,
+        note: Note,
     ) -> Committing<'a> {
         Box::pin(async move {
             let lock = self.change_lock.lock().await;
             let change = edit(&self.config())?;
-            let origin = Origin::of(Source::Rollout);
+            // An operator's action is theirs, through the API; the rest is the rollout's.
+            let origin = match note.who {
+                Some(who) => Origin::api(&who),
+                None => Origin::of(Source::Rollout),
+            }
+            .because(note.why);
             if let Some(fleet) = self.cluster.get().cloned() {
                 // Fleet mode: a fenced compare-and-swap of the fleet's document (only the
                 // leader's write lands), applied here once written.
