@@ -204,7 +204,9 @@ struct AdminOpts {
 /// The library's rollout actions, as the CLI spells them.
 fn parse_action(s: &str) -> Result<veer::rollout::Action, String> {
     veer::rollout::Action::parse(s).ok_or_else(|| {
-        format!("unknown action {s:?}; use start, pause, resume, approve, promote, abort or rollback")
+        format!(
+            "unknown action {s:?}; use start, pause, resume, approve, promote, abort or rollback"
+        )
     })
 }
 

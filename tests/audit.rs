@@ -149,16 +149,22 @@ async fn named_tokens_say_who_in_last_change_and_the_changes_list() {
     // The watcher may see the edit before the API reload does: then it is the file's.
     let reload = &got[0];
     assert!(
-        (reload.0 == "deploy-bot" && reload.1 == "api") || (reload.0 == "file" && reload.1 == "file"),
+        (reload.0 == "deploy-bot" && reload.1 == "api")
+            || (reload.0 == "file" && reload.1 == "file"),
         "{got:?}"
     );
     assert!(reload.2.contains(&green2.addr.to_string()), "{got:?}");
     assert_eq!(got.len(), 4, "one entry per change, newest first: {got:?}");
     assert_eq!((got[1].0.as_str(), got[1].1.as_str()), ("admin", "api"));
-    assert!(got[1].2.contains("blue=30 green=70 -> blue=70 green=30"), "{got:?}");
+    assert!(
+        got[1].2.contains("blue=30 green=70 -> blue=70 green=30"),
+        "{got:?}"
+    );
     assert_eq!(got[2].0, "deploy-bot");
     assert!(
-        got[2].2.contains(&format!("backend {} of pool \"blue\" drained", blue.addr)),
+        got[2]
+            .2
+            .contains(&format!("backend {} of pool \"blue\" drained", blue.addr)),
         "{got:?}"
     );
     assert_eq!(got[3].0, "alice");
@@ -172,7 +178,13 @@ async fn named_tokens_say_who_in_last_change_and_the_changes_list() {
 #[tokio::test]
 async fn the_changes_ring_keeps_the_last_hundred() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let veer = start_veer(&blue_green(blue.addr, green.addr, "{ blue = 1, green = 1 }", "")).await;
+    let veer = start_veer(&blue_green(
+        blue.addr,
+        green.addr,
+        "{ blue = 1, green = 1 }",
+        "",
+    ))
+    .await;
     for i in 0..105u32 {
         let r = admin_call(
             veer.admin,
@@ -208,12 +220,20 @@ async fn a_reload_by_signal_is_the_signals() {
     // SIGHUP with nothing changed: no change recorded.
     veer::app::reload_from_signal(veer.rt()).await;
     assert!(veer.rt().audit.last().is_none());
-    std::fs::write(&path, text.replace("blue = 90, green = 10", "blue = 70, green = 30")).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("blue = 90, green = 10", "blue = 70, green = 30"),
+    )
+    .unwrap();
     veer::app::reload_from_signal(veer.rt()).await;
     let last = veer.rt().audit.last().unwrap();
-    assert_eq!((last.who.as_str(), last.source.as_str()), ("signal", "signal"));
+    assert_eq!(
+        (last.who.as_str(), last.source.as_str()),
+        ("signal", "signal")
+    );
     assert!(
-        last.what.contains("route \"web\" split blue=90 green=10 -> blue=70 green=30"),
+        last.what
+            .contains("route \"web\" split blue=90 green=10 -> blue=70 green=30"),
         "{}",
         last.what
     );
@@ -253,11 +273,21 @@ async fn each_change_is_logged_once_by_the_binary() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    eventually("the split's audit line", Duration::from_secs(5), || audit().len() == 1).await;
+    eventually("the split's audit line", Duration::from_secs(5), || {
+        audit().len() == 1
+    })
+    .await;
     let l = &audit()[0];
-    assert_eq!((l["who"].as_str(), l["source"].as_str()), (Some("alice"), Some("api")), "{l}");
+    assert_eq!(
+        (l["who"].as_str(), l["source"].as_str()),
+        (Some("alice"), Some("api")),
+        "{l}"
+    );
     assert!(
-        l["message"].as_str().unwrap().contains("blue=90 green=10 -> blue=60 green=40"),
+        l["message"]
+            .as_str()
+            .unwrap()
+            .contains("blue=90 green=10 -> blue=60 green=40"),
         "{l}"
     );
 
@@ -269,12 +299,18 @@ async fn each_change_is_logged_once_by_the_binary() {
     assert_ne!(now, edited, "{now}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     std::fs::write(&path, &edited).unwrap();
-    eventually("the edit's audit line", Duration::from_secs(10), || audit().len() == 2).await;
+    eventually("the edit's audit line", Duration::from_secs(10), || {
+        audit().len() == 2
+    })
+    .await;
     let l = &audit()[1];
     assert_eq!(l["source"], "file", "{l}");
     assert_eq!(l["who"], "file", "{l}");
     assert!(
-        l["message"].as_str().unwrap().contains("blue=60 green=40 -> blue=20 green=80"),
+        l["message"]
+            .as_str()
+            .unwrap()
+            .contains("blue=60 green=40 -> blue=20 green=80"),
         "{l}"
     );
 
@@ -288,7 +324,10 @@ async fn each_change_is_logged_once_by_the_binary() {
     )
     .await;
     assert_eq!(r.status, 202, "{}", r.body);
-    eventually("the drain's audit line", Duration::from_secs(5), || audit().len() == 3).await;
+    eventually("the drain's audit line", Duration::from_secs(5), || {
+        audit().len() == 3
+    })
+    .await;
     assert_eq!(audit()[2]["who"], "deploy-bot");
 
     // A rollout added by an edit: the reload is one change (the file's), its first step
@@ -298,21 +337,37 @@ async fn each_change_is_logged_once_by_the_binary() {
         "{now}\n[routes.rollout]\nto = \"green\"\nsteps = [10, 100]\nstep_interval = \"1h\"\n"
     );
     std::fs::write(&path, with_rollout).unwrap();
-    eventually("the rollout's audit lines", Duration::from_secs(10), || audit().len() == 5).await;
+    eventually("the rollout's audit lines", Duration::from_secs(10), || {
+        audit().len() == 5
+    })
+    .await;
     let lines = audit();
-    let sources: Vec<&str> = lines[3..].iter().map(|l| l["source"].as_str().unwrap()).collect();
+    let sources: Vec<&str> = lines[3..]
+        .iter()
+        .map(|l| l["source"].as_str().unwrap())
+        .collect();
     assert_eq!(sources, ["file", "rollout"], "{lines:?}");
     let step = &lines[4];
     assert_eq!(step["who"], "rollout");
     assert!(
-        step["message"].as_str().unwrap().contains("rollout progressing at step 0"),
+        step["message"]
+            .as_str()
+            .unwrap()
+            .contains("rollout progressing at step 0"),
         "{step}"
     );
     // Nothing more comes: each change was logged once.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(audit().len(), 5, "{:?}", audit());
     let list = json_of(
-        &call(veer.admin, Some("AUDIT_BIN-admin-secret"), "GET", "/api/changes", "").await,
+        &call(
+            veer.admin,
+            Some("AUDIT_BIN-admin-secret"),
+            "GET",
+            "/api/changes",
+            "",
+        )
+        .await,
     );
     assert_eq!(list.as_array().unwrap().len(), 5, "{list}");
 }
@@ -337,17 +392,25 @@ async fn fleet_revisions_are_the_fleets_on_the_other_replicas() {
     .await;
     assert_eq!(r.status, 202, "{}", r.body);
     let list = |admin| async move {
-        changes(&json_of(&admin_call(admin, "GET", "/api/changes", "").await))
+        changes(&json_of(
+            &admin_call(admin, "GET", "/api/changes", "").await,
+        ))
     };
     until("B applied both", Duration::from_secs(5), || async {
         list(b.admin).await.len() == 2
     })
     .await;
     let on_b = list(b.admin).await;
-    assert_eq!((on_b[1].0.as_str(), on_b[1].1.as_str()), ("fleet", "fleet"), "{on_b:?}");
+    assert_eq!(
+        (on_b[1].0.as_str(), on_b[1].1.as_str()),
+        ("fleet", "fleet"),
+        "{on_b:?}"
+    );
     assert!(
         on_b[1].2.starts_with("fleet revision ")
-            && on_b[1].2.contains("route \"web\" split blue=100 green=0 -> blue=10 green=90"),
+            && on_b[1]
+                .2
+                .contains("route \"web\" split blue=100 green=0 -> blue=10 green=90"),
         "{on_b:?}"
     );
     assert_eq!(on_b[0].1, "fleet", "{on_b:?}");
@@ -356,7 +419,10 @@ async fn fleet_revisions_are_the_fleets_on_the_other_replicas() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let on_a = list(a.admin).await;
     assert_eq!(on_a.len(), 2, "{on_a:?}");
-    assert!(on_a.iter().all(|c| c.0 == "admin" && c.1 == "api"), "{on_a:?}");
+    assert!(
+        on_a.iter().all(|c| c.0 == "admin" && c.1 == "api"),
+        "{on_a:?}"
+    );
 }
 
 /// Approvals say who (issue 20 item 2): the audit trail, `last_change`, the rollout's
@@ -398,10 +464,21 @@ async fn an_approval_by_a_named_token_says_who() {
     let veer = start_veer(&config).await;
     let a = veer.admin;
     let root = "AUDIT_APPROVE-admin-secret";
-    let state = |v: &Value| v["routes"][0]["rollout"]["state"].as_str().unwrap_or("").to_string();
+    let state = |v: &Value| {
+        v["routes"][0]["rollout"]["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while state(&json_of(&call(a, Some(root), "GET", "/api/status", "").await)) != "awaiting_approval" {
-        assert!(std::time::Instant::now() < deadline, "never awaited approval");
+    while state(&json_of(
+        &call(a, Some(root), "GET", "/api/status", "").await,
+    )) != "awaiting_approval"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never awaited approval"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let r = call(
@@ -413,24 +490,41 @@ async fn an_approval_by_a_named_token_says_who() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let got = changes(&json_of(&call(a, Some(root), "GET", "/api/changes", "").await));
+    let got = changes(&json_of(
+        &call(a, Some(root), "GET", "/api/changes", "").await,
+    ));
     // Newest first: alice's approval (step 1 at 100%), the rollout's wait for it, its start.
     let approve = &got[0];
-    assert_eq!((approve.0.as_str(), approve.1.as_str()), ("alice", "api"), "{got:?}");
+    assert_eq!(
+        (approve.0.as_str(), approve.1.as_str()),
+        ("alice", "api"),
+        "{got:?}"
+    );
     assert!(
         approve.2.contains("rollout progressing at step 1")
             && approve.2.contains("blue=90 green=10 -> blue=0 green=100")
             && approve.2.contains("approved at step 0"),
         "{got:?}"
     );
-    assert_eq!((got[1].0.as_str(), got[1].1.as_str()), ("rollout", "rollout"), "{got:?}");
-    assert!(got[1].2.contains("rollout awaiting_approval at step 0"), "{got:?}");
+    assert_eq!(
+        (got[1].0.as_str(), got[1].1.as_str()),
+        ("rollout", "rollout"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].2.contains("rollout awaiting_approval at step 0"),
+        "{got:?}"
+    );
     assert!(got[1].2.contains("waiting for approval"), "{got:?}");
     assert!(got[2].2.contains("rollout started"), "{got:?}");
     let s = json_of(&call(a, Some(root), "GET", "/api/status", "").await);
     assert_eq!(s["last_change"]["who"], "alice", "{s}");
     eventually("the approved event", Duration::from_secs(5), || {
-        events.lock().unwrap().iter().any(|e| e["event"] == "approved")
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "approved")
     })
     .await;
     let events = events.lock().unwrap().clone();

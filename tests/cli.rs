@@ -457,7 +457,13 @@ min_requests = 1000
         .nth(2)
         .unwrap_or_default();
     // Steps count from 0, as the API's `step` does (issue 20).
-    for cell in ["web", "progressing", "0 of 0-3", "green 5%", "requests 0/1000"] {
+    for cell in [
+        "web",
+        "progressing",
+        "0 of 0-3",
+        "green 5%",
+        "requests 0/1000",
+    ] {
         assert!(line.contains(cell), "{cell:?} missing from {line:?}\n{s}");
     }
 
@@ -484,10 +490,19 @@ min_requests = 1000
     // as a change of its own (issue 20 item 4).
     let out = cli(&veer, &["rollout", "web", "abort"]).await;
     out.failed();
-    assert!(out.stderr.contains("`rollback` moves all traffic back to blue"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("`rollback` moves all traffic back to blue"),
+        "{}",
+        out.stderr
+    );
     let out = cli(&veer, &["rollout", "web", "rollback"]).await;
     out.ok();
-    assert!(out.stdout.contains("web: rollout rolled_back"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("web: rollout rolled_back"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(
         split_of(&veer, "web"),
         vec![pair("blue", 100), pair("green", 0)]
@@ -497,7 +512,9 @@ min_requests = 1000
     assert!(
         last.what.contains("rollout rolled_back")
             && last.what.contains("blue=0 green=100 -> blue=100 green=0")
-            && last.what.contains("rolled back by admin after it succeeded"),
+            && last
+                .what
+                .contains("rolled back by admin after it succeeded"),
         "{}",
         last.what
     );
@@ -527,7 +544,8 @@ async fn a_wrong_route_or_pool_name_lists_the_names() {
     let out = cli(&veer, &["drain", "bleu", "127.0.0.1:1"]).await;
     out.failed();
     assert!(
-        out.stderr.contains("no pool named \"bleu\" (pools: blue, green)"),
+        out.stderr
+            .contains("no pool named \"bleu\" (pools: blue, green)"),
         "{out:#?}"
     );
     veer.shutdown().await;

@@ -33,7 +33,9 @@ fn undescribed(text: &str) -> Vec<String> {
         if !in_list || !entry {
             continue;
         }
-        let described = t.split_once("  ").is_some_and(|(_, d)| !d.trim().is_empty());
+        let described = t
+            .split_once("  ")
+            .is_some_and(|(_, d)| !d.trim().is_empty());
         // A long name puts its description on the next, deeper-indented line.
         let next_describes = lines.get(i + 1).is_some_and(|n| {
             let nt = n.trim_start();
@@ -73,7 +75,11 @@ fn every_argument_and_option_has_a_description() {
             missing.push(format!("veer {}: {l}", c.join(" ")));
         }
     }
-    assert!(missing.is_empty(), "without a description:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "without a description:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
@@ -88,7 +94,10 @@ fn top_level_help_names_the_environment_variables() {
         "VEER_WORKERS",
         "VEER_OVERRIDE_SECRET",
     ] {
-        assert!(text.contains(var), "{var} missing from veer --help:\n{text}");
+        assert!(
+            text.contains(var),
+            "{var} missing from veer --help:\n{text}"
+        );
     }
     // Off a terminal, help has no colour codes.
     assert!(!text.contains('\u{1b}'), "{text}");

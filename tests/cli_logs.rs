@@ -61,11 +61,7 @@ async fn failed_attempts_warn_once_per_backend_naming_route_pool_and_backend() {
     for _ in 0..4 {
         for name in ["dead", "reset", "slow"] {
             let r = get(&veer_url(&veer, &format!("/{name}/x"))).await;
-            assert!(
-                matches!(r.status, 502 | 504),
-                "{name}: {}",
-                r.status
-            );
+            assert!(matches!(r.status, 502 | 504), "{name}: {}", r.status);
         }
     }
     let log = veer.stderr.clone();

@@ -74,12 +74,18 @@ async fn cookie_attributes_over_plain_and_tls_listeners() {
     let (_, attrs) = id_and_attrs(got.header("set-cookie").unwrap(), "veer_id");
     assert_eq!(attrs, " Path=/; HttpOnly; SameSite=Lax; Max-Age=2592000");
     let (_, attrs) = id_and_attrs(&set_cookie_tls(v.tls, "/").await, "veer_id");
-    assert_eq!(attrs, " Path=/; HttpOnly; SameSite=Lax; Max-Age=2592000; Secure");
+    assert_eq!(
+        attrs,
+        " Path=/; HttpOnly; SameSite=Lax; Max-Age=2592000; Secure"
+    );
 
     // secure = true: Secure on the plain listener too (TLS ends in front of veer).
     let got = get(&plain("/always")).await;
     let (_, attrs) = id_and_attrs(got.header("set-cookie").unwrap(), "veer_id");
-    assert_eq!(attrs, " Path=/; HttpOnly; SameSite=Lax; Max-Age=5400; Secure");
+    assert_eq!(
+        attrs,
+        " Path=/; HttpOnly; SameSite=Lax; Max-Age=5400; Secure"
+    );
 
     // secure = false: never, even over TLS; no max_age: a session cookie.
     let (_, attrs) = id_and_attrs(&set_cookie_tls(v.tls, "/never").await, "veer_id");

@@ -26,7 +26,7 @@ const MAX_BODY: usize = 64 * 1024;
 const MAX_WEIGHT: u64 = 1_000_000;
 
 /// Check the bearer token of an `/api/*` call: who made it (the token's name, `"admin"` for
-/// the single `token_env` token), or the 401 answer. Tokens are read from the environment
+/// the single `token_env` token), or why it is refused (for [`unauthorized`]). Tokens are read from the environment
 /// variables the live config names, so a reload that changes them takes effect. The given
 /// token is compared with every configured one in constant time (no early exit, so the time
 /// taken tells neither which token nor how much of a guess was right). Without any token the
@@ -36,11 +36,16 @@ pub fn authorize(
     rt: &Control,
     headers: &HeaderMap,
     admin_loopback: bool,
-) -> Result<String, AdminResponse> {
+) -> Result<String, String> {
     let config = rt.config();
     let admin = &config.admin;
     let tokens: Vec<(&str, String)> = std::iter::once((WHO, admin.token_env.as_str()))
-        .chain(admin.tokens.iter().map(|t| (t.name.as_str(), t.env.as_str())))
+        .chain(
+            admin
+                .tokens
+                .iter()
+                .map(|t| (t.name.as_str(), t.env.as_str())),
+        )
         .filter_map(|(who, env)| {
             let t = std::env::var(env).ok().filter(|t| !t.is_empty())?;
             Some((who, t))
@@ -50,10 +55,10 @@ pub fn authorize(
         if admin_loopback {
             return Ok(WHO.to_string());
         }
-        return Err(unauthorized(format!(
+        return Err(format!(
             "the admin API is locked: no token in the {} environment variable (nor any [admin] tokens variable) and the admin listener is not loopback",
             admin.token_env
-        )));
+        ));
     }
     let given = headers
         .get(header::AUTHORIZATION)
@@ -63,9 +68,7 @@ pub fn authorize(
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         });
     let Some(given) = given else {
-        return Err(unauthorized(
-            "missing bearer token (Authorization: Bearer <token>)",
-        ));
+        return Err("missing bearer token (Authorization: Bearer <token>)".into());
     };
     let mut who = None;
     for (name, token) in &tokens {
@@ -73,7 +76,7 @@ pub fn authorize(
             who = Some(name.to_string());
         }
     }
-    who.ok_or_else(|| unauthorized("wrong bearer token"))
+    who.ok_or_else(|| "wrong bearer token".into())
 }
 
 /// Who made a change with the single `token_env` token (or on an open loopback API), SPEC §3.
@@ -89,7 +92,7 @@ pub fn no_route(config: &crate::config::Config, route: &str) -> AdminResponse {
     )
 }
 
-fn unauthorized(msg: impl std::fmt::Display) -> AdminResponse {
+pub fn unauthorized(msg: impl std::fmt::Display) -> AdminResponse {
     let mut r = error(StatusCode::UNAUTHORIZED, msg);
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
@@ -333,11 +336,7 @@ async fn hold_rollout(
     };
     match rt.rollouts.act_opts(rt, route, "pause", opts).await {
         Ok(_) => {
-            tracing::warn!(
-                route,
-                who,
-                "rollout paused for a forced manual {what}"
-            );
+            tracing::warn!(route, who, "rollout paused for a forced manual {what}");
             Ok(())
         }
         // Finished or paused meanwhile: nothing to hold.

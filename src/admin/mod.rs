@@ -96,7 +96,7 @@ async fn route(
         }
         let who = match api::authorize(rt, req.headers(), loopback) {
             Ok(who) => who,
-            Err(denied) => return denied,
+            Err(why) => return api::unauthorized(why),
         };
         return api_route(rt, req, &who).await;
     }
@@ -159,12 +159,12 @@ async fn api_route(rt: &Arc<Control>, req: Request<Incoming>, who: &str) -> Admi
         ["status"] => json(StatusCode::OK, &status::status_json(rt)),
         // The audit trail, newest first (SPEC §3).
         ["changes"] => json(StatusCode::OK, &rt.audit.changes_json()),
-        ["routes", route, "split"] => {
-            api::put_split(rt, route, &query, req.into_body(), who).await
-        }
+        ["routes", route, "split"] => api::put_split(rt, route, &query, req.into_body(), who).await,
         ["routes", route, "swap"] => api::swap(rt, route, &query, who).await,
         // Progressive rollouts: start, pause, resume, approve, promote, abort.
-        ["routes", route, "rollout", action] => rollout::handle(rt, route, action, &query, who).await,
+        ["routes", route, "rollout", action] => {
+            rollout::handle(rt, route, action, &query, who).await
+        }
         ["pools", pool, "backends", addr, op] => {
             api::drain(rt, pool, addr, *op == "drain", &query, who).await
         }

@@ -39,6 +39,8 @@ pub fn unused_pools(config: &Config) -> Vec<String> {
                 .iter()
                 .any(|r| r.split.iter().any(|(name, _)| name == *p))
         })
-        .map(|p| format!("pool {p:?} is not used by any route (no split names it); it gets no traffic"))
+        .map(|p| {
+            format!("pool {p:?} is not used by any route (no split names it); it gets no traffic")
+        })
         .collect()
 }

@@ -201,7 +201,11 @@ pub fn describe_change(old: &Config, change: &Change, why: Option<&str>) -> Stri
         ),
         Change::Drain { pool, addr, on } => format!(
             "backend {addr} of pool {pool:?} {}",
-            if *on { "drained" } else { "restored (undrained)" }
+            if *on {
+                "drained"
+            } else {
+                "restored (undrained)"
+            }
         ),
     }
 }

@@ -422,7 +422,13 @@ mod tests {
             0
         );
         assert_eq!(
-            choose(route, &headers(&[("cookie", "veer_pool=blue")]), inside, false).pool,
+            choose(
+                route,
+                &headers(&[("cookie", "veer_pool=blue")]),
+                inside,
+                false
+            )
+            .pool,
             0
         );
         assert_eq!(route.metrics.override_rejected.get(), 0);

@@ -157,8 +157,10 @@ pub(super) fn build_route(
                         ),
                     );
                 }
-                let max_age = s.max_age.as_ref().and_then(|m| {
-                    match parse_duration(m.get_ref()) {
+                let max_age = s
+                    .max_age
+                    .as_ref()
+                    .and_then(|m| match parse_duration(m.get_ref()) {
                         Ok(d) if d.as_secs() >= 1 => Some(d),
                         Ok(_) => {
                             cx.err(
@@ -174,8 +176,7 @@ pub(super) fn build_route(
                             cx.err(m.span(), format!("{}: {e}", field("sticky.max_age")));
                             None
                         }
-                    }
-                });
+                    });
                 Sticky::Cookie(StickyCookie {
                     name: c.into_inner(),
                     max_age,
