@@ -230,6 +230,17 @@ async fn split_sets_the_weights() {
             .is_some_and(|e| e.contains("nope")),
         "{out:#?}"
     );
+    // `veer status` says what changed last, who and when (issue 20).
+    let s = cli(&veer, &["status"]).await.ok().stdout.clone();
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("last change: "))
+        .unwrap_or_else(|| panic!("{s}"));
+    assert!(
+        line.contains("route \"web\" split blue=25 green=75 -> blue=1 green=0 (by admin, ")
+            && line.ends_with("Z)"),
+        "{line}"
+    );
     veer.shutdown().await;
 }
 
@@ -314,7 +325,7 @@ async fn drain_and_undrain_one_backend() {
     let line = status
         .stdout
         .lines()
-        .find(|l| l.contains(&addr))
+        .find(|l| l.contains(&addr) && !l.starts_with("last change: "))
         .unwrap()
         .to_string();
     assert!(line.trim_end().ends_with("yes"), "{line}");

@@ -24,6 +24,12 @@ pub fn render_status(v: &Value) -> String {
     if v["cluster"].is_object() {
         out.push_str(&super::cluster::render(&v["cluster"]));
     }
+    // The audit trail's newest entry (issue 20): what changed last, who and when.
+    if let Some(what) = v["last_change"]["what"].as_str() {
+        let when = v["last_change"]["when"].as_str().unwrap_or("-");
+        let who = v["last_change"]["who"].as_str().unwrap_or("-");
+        out.push_str(&format!("last change: {what} (by {who}, {when})\n"));
+    }
     if v["persisted"] == Value::Bool(false) {
         out.push_str("warning: some changes live in memory only (not written to the config or state file); a restart loses them\n");
     }
