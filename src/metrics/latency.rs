@@ -98,7 +98,8 @@ mod tests {
             let up = upper_us(b);
             assert!(up >= us, "{us} above its bucket's bound {up}");
             assert!(up as f64 <= us as f64 * 1.25 + 1.0, "{us}: bound {up} too loose");
-            if b > 0 {
+            // Below 4 µs some buckets stay empty (there are no fractions of a microsecond).
+            if us >= 4 {
                 assert!(upper_us(b - 1) < us, "{us} also fits the bucket below");
             }
         }
