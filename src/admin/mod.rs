@@ -40,6 +40,7 @@ pub async fn serve(rt: Arc<Control>, listener: TcpListener, stop: CancellationTo
         };
         let rt = rt.clone();
         let console = console.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let rt = rt.clone();
@@ -48,9 +49,18 @@ pub async fn serve(rt: Arc<Control>, listener: TcpListener, stop: CancellationTo
                     Ok::<_, Infallible>(route(&rt, &console, local, loopback, req).await)
                 }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            // Kept-alive connections (a status page polling) end with the listener: answers in
+            // progress finish, then the connection closes, so a client reconnects to whatever
+            // listens next (a restarted veer).
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.cancelled() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         });
     }
 }
