@@ -303,3 +303,81 @@ async fn the_page_recovers_when_veer_restarts_on_the_same_port() {
     b.close().await;
     veer.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_rollout_timeline_and_the_approve_button() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let config = format!(
+        r#"
+[pools.blue]
+backends = ["{}"]
+[pools.green]
+backends = ["{}"]
+
+[[routes]]
+name = "web"
+split = {{ blue = 100, green = 0 }}
+[routes.rollout]
+to = "green"
+steps = [50, 100]
+step_interval = "1s"
+min_requests = 0
+approval = true
+"#,
+        blue.addr, green.addr
+    );
+    let veer = start_veer(&config).await;
+    let mut b = Browser::open(&veer.admin_url("/")).await;
+    let state = r#"(document.querySelector('[data-route="web"] [data-rollout]') || {dataset: {}}).dataset.rollout"#;
+    let approve = r#"document.querySelector('[data-route="web"] button[data-action="approve"]')"#;
+    let answer = "document.getElementById('action-answer').hidden ? null : document.getElementById('action-answer').textContent";
+    // A step waits for approval; the button gives it.
+    let mut approved = 0;
+    loop {
+        let (now, _) = b
+            .wait_for(
+                "a step awaiting approval",
+                Duration::from_secs(15),
+                state,
+                |v| v == "awaiting_approval" || v == "succeeded",
+            )
+            .await;
+        if now == "succeeded" {
+            break;
+        }
+        approved += 1;
+        b.eval(&format!(
+            "{approve}.click(); document.getElementById('action-confirm').click(); true"
+        ))
+        .await;
+        let (a, _) = b
+            .wait_for("the answer", Duration::from_secs(5), answer, |v| {
+                v.is_string()
+            })
+            .await;
+        assert!(a.as_str().unwrap().starts_with("200"), "{a}");
+        b.eval("document.getElementById('action-cancel').click(); true")
+            .await;
+    }
+    assert!(approved >= 1, "no step waited for approval");
+    // The steps seen, with their start times (time zone included) and verdicts.
+    let rows = r#"JSON.stringify([...document.querySelectorAll('[data-route="web"] [data-timeline-step]')].map(r => r.innerText))"#;
+    let (rows, _) = b
+        .wait_for("the timeline", Duration::from_secs(5), rows, |v| {
+            v.as_str().is_some_and(|s| s.matches("passed").count() == 2)
+        })
+        .await;
+    let rows: Vec<String> = serde_json::from_str(rows.as_str().unwrap()).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[0].starts_with("1/2 · 50%"), "{rows:?}");
+    assert!(rows[1].starts_with("2/2 · 100%"), "{rows:?}");
+    assert!(rows[0].contains("UTC") || rows[0].contains("GMT"), "{rows:?}");
+    let finished = r#"[...document.querySelectorAll('[data-route="web"] [data-finished]')].map(f => f.dataset.finished).join(',')"#;
+    b.wait_for("the finished rollout", Duration::from_secs(5), finished, |v| {
+        v == "succeeded"
+    })
+    .await;
+    b.maybe_screenshot("rollout").await;
+    b.close().await;
+    veer.shutdown().await;
+}
