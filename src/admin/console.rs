@@ -96,22 +96,13 @@ struct Second {
     latency: Vec<(u8, u32)>,
 }
 
-/// Cumulative counters as read in one tick.
-#[derive(Clone)]
+/// Cumulative counters as read in one tick (no histogram before the first answer, so an
+/// idle backend costs a few words).
+#[derive(Clone, Default)]
 struct Reading {
     requests: u64,
     errors: u64,
-    latency: Box<[u64; BUCKETS]>,
-}
-
-impl Default for Reading {
-    fn default() -> Self {
-        Reading {
-            requests: 0,
-            errors: 0,
-            latency: Box::new([0; BUCKETS]),
-        }
-    }
+    latency: Option<Box<[u64; BUCKETS]>>,
 }
 
 impl Reading {
@@ -144,19 +135,20 @@ impl Tally {
             Some(p) if now.requests >= p.requests => Second {
                 requests: now.requests - p.requests,
                 errors: now.errors.saturating_sub(p.errors),
-                latency: now
-                    .latency
-                    .iter()
-                    .zip(p.latency.iter())
-                    .enumerate()
-                    .filter(|(_, (n, p))| n > p)
-                    .map(|(i, (n, p))| (i as u8, (n - p).min(u64::from(u32::MAX)) as u32))
-                    .collect(),
+                latency: match (&now.latency, &p.latency) {
+                    (None, _) => Vec::new(),
+                    (Some(n), p) => n
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| (i, n.saturating_sub(p.as_ref().map_or(0, |p| p[i]))))
+                        .filter(|(_, d)| *d > 0)
+                        .map(|(i, d)| (i as u8, d.min(u64::from(u32::MAX)) as u32))
+                        .collect(),
+                },
             },
             _ => Second::default(),
         };
         self.seconds.push(tick, sec);
-        // An idle pool or backend keeps no histogram copy.
         self.prev = Some(now);
     }
 

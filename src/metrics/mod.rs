@@ -62,10 +62,10 @@ impl CodeCounters {
         (all, errors)
     }
 
-    /// Add the latency histogram's counts into `into`.
-    pub fn add_latency_to(&self, into: &mut [u64; latency::BUCKETS]) {
+    /// Add the latency histogram's counts into `into`, made when there are any.
+    pub fn add_latency_to(&self, into: &mut Option<Box<[u64; latency::BUCKETS]>>) {
         if let Some(l) = self.latency.get() {
-            l.add_to(into);
+            l.add_to(into.get_or_insert_with(|| Box::new([0; latency::BUCKETS])));
         }
     }
 
