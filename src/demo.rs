@@ -326,8 +326,15 @@ mod tests {
         for bad in ["?rate=lots", "?rate=2", ""] {
             let r = call(pool[0].addr, bad).await;
             assert!(r.starts_with("HTTP/1.1 400"), "{bad}: {r}");
-            assert!(r.contains("pool green: rate must be a number from 0 to 1"), "{r}");
+            assert!(
+                r.contains("pool green: rate must be a number from 0 to 1"),
+                "{r}"
+            );
         }
-        assert_eq!(pool[0].fail_per_mille.load(Ordering::Relaxed), 250, "a bad rate changes nothing");
+        assert_eq!(
+            pool[0].fail_per_mille.load(Ordering::Relaxed),
+            250,
+            "a bad rate changes nothing"
+        );
     }
 }

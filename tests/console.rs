@@ -259,12 +259,9 @@ async fn the_page_recovers_when_veer_restarts_on_the_same_port() {
         r.shutdown().await;
         (veer.dir, veer.config_path)
     };
-    b.wait_for(
-        "the page to notice",
-        Duration::from_secs(10),
-        live,
-        |v| v == "disconnected",
-    )
+    b.wait_for("the page to notice", Duration::from_secs(10), live, |v| {
+        v == "disconnected"
+    })
     .await;
     let veer = start_veer_file(running.0, running.1).await;
     assert_eq!(veer.admin, admin, "restarted on the same port");
@@ -287,7 +284,11 @@ async fn the_page_recovers_when_veer_restarts_on_the_same_port() {
     .await;
     b.wait_for("live again", Duration::from_secs(5), live, |v| v == "live")
         .await;
-    assert_eq!(b.eval("window.__noReload").await, 1, "the page was reloaded");
+    assert_eq!(
+        b.eval("window.__noReload").await,
+        1,
+        "the page was reloaded"
+    );
     assert_eq!(
         b.eval("document.getElementById('notice').hidden").await,
         true
@@ -371,11 +372,17 @@ approval = true
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows[0].starts_with("1/2 · 50%"), "{rows:?}");
     assert!(rows[1].starts_with("2/2 · 100%"), "{rows:?}");
-    assert!(rows[0].contains("UTC") || rows[0].contains("GMT"), "{rows:?}");
+    assert!(
+        rows[0].contains("UTC") || rows[0].contains("GMT"),
+        "{rows:?}"
+    );
     let finished = r#"[...document.querySelectorAll('[data-route="web"] [data-finished]')].map(f => f.dataset.finished).join(',')"#;
-    b.wait_for("the finished rollout", Duration::from_secs(5), finished, |v| {
-        v == "succeeded"
-    })
+    b.wait_for(
+        "the finished rollout",
+        Duration::from_secs(5),
+        finished,
+        |v| v == "succeeded",
+    )
     .await;
     b.maybe_screenshot("rollout").await;
     b.close().await;

@@ -85,7 +85,15 @@ async fn page_renders_routes_and_follows_a_weight_change() {
     let text = b.eval("document.body.innerText").await;
     let text = text.as_str().unwrap();
     for needle in [
-        "web", "reports", "blue", "green", "batch", "90%", "10%", "unchecked", "closed",
+        "web",
+        "reports",
+        "blue",
+        "green",
+        "batch",
+        "90%",
+        "10%",
+        "unchecked",
+        "closed",
     ] {
         assert!(text.contains(needle), "page lacks {needle:?}:\n{text}");
     }

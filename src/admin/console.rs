@@ -182,11 +182,14 @@ fn round4(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0
 }
 
-/// A route's split over time: per pool (split order), the configured share and where
-/// traffic goes, in hundredths of a percent.
+/// Per pool (split order), the configured share and where traffic goes, in hundredths of a
+/// percent.
+type Shares = (Vec<u16>, Vec<u16>);
+
+/// A route's split over time.
 struct RouteSeries {
     pools: Vec<String>,
-    shares: Ring<(Vec<u16>, Vec<u16>)>,
+    shares: Ring<Shares>,
 }
 
 /// One step of a rollout as the sampler saw it.
@@ -513,7 +516,7 @@ impl Console {
         let mut routes = Map::new();
         for (name, rs) in &g.routes {
             let w = rs.shares.window(from, last);
-            let series = |pick: fn(&(Vec<u16>, Vec<u16>)) -> &Vec<u16>| -> Map<String, Value> {
+            let series = |pick: fn(&Shares) -> &Vec<u16>| -> Map<String, Value> {
                 rs.pools
                     .iter()
                     .enumerate()
@@ -672,7 +675,10 @@ split = { blue = 75, green = 25 }
         let p99 = b1["p99_ms"].as_f64().unwrap();
         assert!((1.0..1.25).contains(&p99), "{p99}");
         assert_eq!(s["pools"]["green"]["requests"], json!([0, 4, 0, 0]));
-        assert_eq!(s["pools"]["green"]["backends"]["127.0.0.1:11"]["p99_ms"], 20.48);
+        assert_eq!(
+            s["pools"]["green"]["backends"]["127.0.0.1:11"]["p99_ms"],
+            20.48
+        );
         // The split: configured and effective shares, per second.
         assert_eq!(
             s["routes"]["web"]["weight"]["blue"],

@@ -45,9 +45,7 @@ pub async fn serve(rt: Arc<Control>, listener: TcpListener, stop: CancellationTo
             let svc = service_fn(move |req| {
                 let rt = rt.clone();
                 let console = console.clone();
-                async move {
-                    Ok::<_, Infallible>(route(&rt, &console, local, loopback, req).await)
-                }
+                async move { Ok::<_, Infallible>(route(&rt, &console, local, loopback, req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(stream), svc);

@@ -92,13 +92,18 @@ mod tests {
     #[test]
     fn buckets_hold_their_values_and_are_tight() {
         let mut last = 0;
-        for us in [1u64, 2, 3, 4, 5, 7, 8, 100, 999, 1000, 12_345, 500_000, 10_000_000] {
+        for us in [
+            1u64, 2, 3, 4, 5, 7, 8, 100, 999, 1000, 12_345, 500_000, 10_000_000,
+        ] {
             let b = bucket(us);
             assert!(b >= last, "{us}");
             last = b;
             let up = upper_us(b);
             assert!(up >= us, "{us} above its bucket's bound {up}");
-            assert!(up as f64 <= us as f64 * 1.25 + 1.0, "{us}: bound {up} too loose");
+            assert!(
+                up as f64 <= us as f64 * 1.25 + 1.0,
+                "{us}: bound {up} too loose"
+            );
             if b > 0 {
                 assert!(upper_us(b - 1) < us, "{us} also fits the bucket below");
             }

@@ -227,4 +227,3 @@ fn base64_decode(s: &str) -> Vec<u8> {
     }
     out
 }
-
