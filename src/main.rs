@@ -124,6 +124,10 @@ enum Command {
         /// (all traffic to the new pool now) or abort (roll back).
         #[arg(value_parser = parse_action, value_name = "ACTION")]
         action: veer::rollout::Action,
+        /// With `start`: the expedited path of `[routes.rollout.hotfix]` (fewer, shorter
+        /// steps; still gated).
+        #[arg(long)]
+        hotfix: bool,
         #[command(flatten)]
         api: AdminOpts,
     },
@@ -453,10 +457,15 @@ fn demo(
             println!("  veer swap web                       # and again: ~30/70");
         }
         if rollout {
-            println!("\nRollout of green: 5 → 25 → 50 → 100%, 10 s steps (README, Canary releases):");
-            println!("  while :; do curl -s -o /dev/null {url}/; done      # traffic for the gate");
-            println!("  curl -s http://{}/api/status | jq '.routes[0].rollout'", running.admin);
+            let gate = veer::demo::DEMO_GATE.rsplit(':').next().unwrap_or("9911");
+            println!("\nRollouts of green (README, Canary releases): route api first (50 → 100%),");
+            println!("then route web (5 → 25 → 50 → 100%, 10 s steps) once api succeeded and the");
+            println!("smoke webhook on {} answers 2xx:", veer::demo::DEMO_GATE);
+            println!("  while :; do curl -s -o /dev/null {url}/api/; curl -s -o /dev/null {url}/; done   # traffic");
+            println!("  python3 -c 'import http.server as s; s.BaseHTTPRequestHandler.do_POST=lambda h:(h.send_response(200),h.end_headers()); s.HTTPServer((\"127.0.0.1\",{gate}),s.BaseHTTPRequestHandler).serve_forever()'   # the gate");
+            println!("  curl -s http://{}/api/status | jq '.routes[].rollout | {{state, step, weight, reason: .gate.reason}}'", running.admin);
             println!("  curl -s -X POST -H 'x-veer-pool: green' '{url}/fail?rate=0.2'   # make green fail 20%");
+            println!("  veer rollout web abort --admin http://{0} && veer rollout web start --hotfix --admin http://{0}", running.admin);
         }
         if mode == DemoMode::Approval {
             println!("\nEach step waits for an approval once its gate passed (10 minutes, then it rolls back):");
@@ -600,8 +609,13 @@ fn admin_command(cmd: Command) -> Result<()> {
                 .await
                 .map(|v| (format!("{pool} {addr}: back in service\n"), v)),
             Command::Reload { .. } => c.reload().await.map(|v| (render::render_reload(&v), v)),
-            Command::Rollout { route, action, .. } => c
-                .rollout(route, action.as_str())
+            Command::Rollout {
+                route,
+                action,
+                hotfix,
+                ..
+            } => c
+                .rollout(route, action.as_str(), *hotfix)
                 .await
                 .map(|v| (render::render_rollout_answer(route, action.as_str(), &v), v)),
             Command::Run { .. }

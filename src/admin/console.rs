@@ -282,6 +282,10 @@ impl Rollouts {
             return;
         }
         t.state = state.to_string();
+        // Waiting for the rollouts it comes after (SPEC §10): no step has started yet.
+        if state == "waiting" {
+            return;
+        }
         let started = r["step_elapsed_ms"]
             .as_u64()
             .map_or(now_ms, |e| now_ms.saturating_sub(e));
