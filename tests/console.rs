@@ -121,6 +121,29 @@ async fn charts_draw_from_a_few_seconds_of_traffic() {
     let status = json_of(&get(&veer.admin_url("/api/status")).await);
     assert_eq!(status["pools"]["blue"]["backends"][0]["health"], "healthy");
     b.maybe_screenshot("console").await;
+
+    // The bar shows where traffic goes now: green's only backend drained, the fallback sends
+    // its share to blue, and the split stays 80/20.
+    let drained = admin_call(
+        veer.admin,
+        "POST",
+        &format!("/api/pools/green/backends/{}/drain", ups[2].addr),
+        "",
+    )
+    .await;
+    assert_eq!(drained.status, 202, "{}", drained.body);
+    let bar = r#"JSON.stringify([...document.querySelectorAll('[data-route="web"] .bar [data-pool]')].map(e => e.dataset.pool + "=" + e.dataset.effective + "/" + e.dataset.weight))"#;
+    b.wait_for(
+        "the fallback in the bar",
+        Duration::from_secs(5),
+        bar,
+        |v| v == "[\"blue=100/80\",\"green=0/20\"]",
+    )
+    .await;
+    let legend = b
+        .eval(r#"document.querySelector('[data-route="web"] [data-legend="green"]').innerText"#)
+        .await;
+    assert!(legend.as_str().unwrap().contains("split 20%"), "{legend}");
     b.close().await;
     veer.shutdown().await;
 }
