@@ -68,6 +68,27 @@ impl<T: Clone + PartialEq> Ring<T> {
         }
     }
 
+    /// The window `from..=to` as `[offset, value]` pairs, offset from `from`: each value
+    /// holds until the next pair's offset, and ticks before the first pair have no sample.
+    /// Equal neighbours (after `f`) are one pair, so an idle or steady series is a few bytes.
+    fn runs_json(&self, from: u64, to: u64, f: impl Fn(&T) -> Value) -> Value {
+        let mut out: Vec<Value> = Vec::new();
+        let mut last: Option<Value> = None;
+        for (i, (first, v)) in self.runs.iter().enumerate() {
+            let end = self.runs.get(i + 1).map_or(u64::MAX, |n| n.0);
+            if end <= from || *first > to {
+                continue;
+            }
+            let v = f(v);
+            if last.as_ref() == Some(&v) {
+                continue;
+            }
+            out.push(json!([(*first).max(from) - from, v]));
+            last = Some(v);
+        }
+        Value::Array(out)
+    }
+
     /// The values of ticks `from..=to`, `None` before the first one pushed.
     fn window(&self, from: u64, to: u64) -> Vec<Option<T>> {
         let mut out = Vec::with_capacity((to + 1).saturating_sub(from) as usize);
@@ -484,23 +505,14 @@ impl Console {
         let from = (last + 1).saturating_sub(SECONDS as u64);
         let mut pools = Map::new();
         for (name, t) in &g.pools {
-            let secs = t.seconds.window(from, last);
-            let rps: Vec<Value> = secs
-                .iter()
-                .map(|s| s.as_ref().map_or(Value::Null, |s| json!(s.requests)))
-                .collect();
-            let err: Vec<Value> = secs
-                .iter()
-                .map(|s| {
-                    s.as_ref().map_or(Value::Null, |s| {
-                        json!(if s.requests == 0 {
-                            0.0
-                        } else {
-                            round4(s.errors as f64 / s.requests as f64)
-                        })
-                    })
+            let rps = t.seconds.runs_json(from, last, |s| json!(s.requests));
+            let err = t.seconds.runs_json(from, last, |s| {
+                json!(if s.requests == 0 {
+                    0.0
+                } else {
+                    round4(s.errors as f64 / s.requests as f64)
                 })
-                .collect();
+            });
             let mut backends = Map::new();
             for ((pool, addr), b) in &g.backends {
                 if pool == name {
@@ -519,21 +531,17 @@ impl Console {
         }
         let mut routes = Map::new();
         for (name, rs) in &g.routes {
-            let w = rs.shares.window(from, last);
             let series = |pick: fn(&Shares) -> &Vec<u16>| -> Map<String, Value> {
                 rs.pools
                     .iter()
                     .enumerate()
                     .map(|(i, p)| {
-                        let v: Vec<Value> = w
-                            .iter()
-                            .map(|s| {
-                                s.as_ref()
-                                    .and_then(|s| pick(s).get(i))
-                                    .map_or(Value::Null, |x| json!(f64::from(*x) / 100.0))
-                            })
-                            .collect();
-                        (p.clone(), Value::Array(v))
+                        let v = rs.shares.runs_json(from, last, |s| {
+                            pick(s)
+                                .get(i)
+                                .map_or(Value::Null, |x| json!(f64::from(*x) / 100.0))
+                        });
+                        (p.clone(), v)
                     })
                     .collect()
             };
@@ -662,8 +670,9 @@ split = { blue = 75, green = 25 }
         let s = console.json();
         assert_eq!(s["length"], 4);
         let blue = &s["pools"]["blue"];
-        assert_eq!(blue["requests"], json!([0, 10, 10, 0]));
-        assert_eq!(blue["error_rate"], json!([0.0, 0.2, 0.0, 0.0]));
+        // Run-length: [offset, value] pairs.
+        assert_eq!(blue["requests"], json!([[0, 0], [1, 10], [3, 0]]));
+        assert_eq!(blue["error_rate"], json!([[0, 0.0], [1, 0.2], [2, 0.0]]));
         // 20 requests over the 4 seconds seen; 2 errors; p99 is the slow one's bucket.
         assert_eq!(blue["minute"]["requests"], 20);
         assert_eq!(blue["minute"]["rps"], 5.0);
@@ -678,17 +687,17 @@ split = { blue = 75, green = 25 }
         assert_eq!(b1["error_rate"], 0.0);
         let p99 = b1["p99_ms"].as_f64().unwrap();
         assert!((1.0..1.25).contains(&p99), "{p99}");
-        assert_eq!(s["pools"]["green"]["requests"], json!([0, 4, 0, 0]));
+        assert_eq!(
+            s["pools"]["green"]["requests"],
+            json!([[0, 0], [1, 4], [2, 0]])
+        );
         assert_eq!(
             s["pools"]["green"]["backends"]["127.0.0.1:11"]["p99_ms"],
             20.48
         );
         // The split: configured and effective shares, per second.
-        assert_eq!(
-            s["routes"]["web"]["weight"]["blue"],
-            json!([75.0, 75.0, 75.0, 75.0])
-        );
-        assert_eq!(s["routes"]["web"]["effective"]["green"][3], 25.0);
+        assert_eq!(s["routes"]["web"]["weight"]["blue"], json!([[0, 75.0]]));
+        assert_eq!(s["routes"]["web"]["effective"]["green"], json!([[0, 25.0]]));
 
         // A minute later only the last minute counts: nothing.
         for _ in 0..MINUTE {
@@ -699,7 +708,7 @@ split = { blue = 75, green = 25 }
         assert_eq!(s["length"], 64);
         assert_eq!(s["pools"]["blue"]["minute"]["requests"], 0);
         assert_eq!(s["pools"]["blue"]["minute"]["p99_ms"], Value::Null);
-        assert_eq!(s["pools"]["blue"]["requests"][1], 10);
+        assert_eq!(s["pools"]["blue"]["requests"][1], json!([1, 10]));
 
         // After 15 minutes the series are full length and no longer.
         for _ in 0..SECONDS {
@@ -708,10 +717,8 @@ split = { blue = 75, green = 25 }
         }
         let s = console.json();
         assert_eq!(s["length"], SECONDS);
-        assert_eq!(
-            s["pools"]["blue"]["requests"].as_array().unwrap().len(),
-            SECONDS
-        );
+        // The window starts after the traffic: one run of zeros from its first second.
+        assert_eq!(s["pools"]["blue"]["requests"], json!([[0, 0]]));
         assert!(console.lock().pools["blue"].seconds.runs.len() <= 2);
         stop.cancel();
         task.await.unwrap();
