@@ -154,6 +154,8 @@ async fn the_split_button_changes_the_split() {
     // Only this test reads this variable.
     std::env::set_var(env, "console-s3cret");
     let (veer, _ups) = blue_green(&format!("token_env = \"{env}\"")).await;
+    // The series are behind the token, as all of /api/* is.
+    assert_eq!(get(&veer.admin_url("/api/series")).await.status, 401);
     let mut b = Browser::open(&veer.admin_url("/")).await;
     // The token is asked for once and kept in the tab.
     b.wait_for(
