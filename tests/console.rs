@@ -357,21 +357,33 @@ approval = true
     let state = r#"(document.querySelector('[data-route="web"] [data-rollout]') || {dataset: {}}).dataset.rollout"#;
     let approve = r#"document.querySelector('[data-route="web"] button[data-action="approve"]')"#;
     let answer = "document.getElementById('action-answer').hidden ? null : document.getElementById('action-answer').textContent";
-    // A step waits for approval; the button gives it.
-    let mut approved = 0;
+    // The state shown and the step it is at.
+    let at = format!(
+        r#"{state} + "@" + (document.querySelector('[data-route="web"] .step.now') || {{dataset: {{}}}}).dataset.step"#
+    );
+    // A step waits for approval; the button gives it. The page shows a step awaiting approval
+    // until its next poll after the approval, so each step is approved once.
+    let mut approved: Vec<String> = Vec::new();
     loop {
         let (now, _) = b
             .wait_for(
                 "a step awaiting approval",
                 Duration::from_secs(15),
-                state,
-                |v| v == "awaiting_approval" || v == "succeeded",
+                &at,
+                |v| {
+                    v.as_str().is_some_and(|s| {
+                        s.starts_with("succeeded")
+                            || (s.starts_with("awaiting_approval")
+                                && !approved.iter().any(|a| a == s))
+                    })
+                },
             )
             .await;
-        if now == "succeeded" {
+        let now = now.as_str().unwrap().to_string();
+        if now.starts_with("succeeded") {
             break;
         }
-        approved += 1;
+        approved.push(now);
         b.eval(&format!(
             "{approve}.click(); document.getElementById('action-confirm').click(); true"
         ))
@@ -385,7 +397,7 @@ approval = true
         b.eval("document.getElementById('action-cancel').click(); true")
             .await;
     }
-    assert!(approved >= 1, "no step waited for approval");
+    assert!(!approved.is_empty(), "no step waited for approval");
     // The steps seen, with their start times (time zone included) and verdicts.
     let rows = r#"JSON.stringify([...document.querySelectorAll('[data-route="web"] [data-timeline-step]')].map(r => r.innerText))"#;
     let (rows, _) = b
