@@ -213,6 +213,13 @@ impl EtcdCluster {
         }
     }
 
+    /// A key's value as the running members hold it, read without a quorum (etcd's
+    /// serializable read), so it answers while the cluster has lost its quorum.
+    pub fn get_serializable(&self, key: &str) -> Option<String> {
+        let out = self.ctl(&["get", "--consistency=s", "--print-value-only", key]);
+        (!out.is_empty()).then(|| out.strip_suffix('\n').unwrap_or(&out).to_string())
+    }
+
     /// A key's value as it was at `rev` (`None`: absent then, or compacted).
     pub fn get_at(&self, key: &str, rev: i64) -> Option<(i64, String)> {
         let out = self.ctl(&["get", "-w", "json", &format!("--rev={rev}"), key]);
@@ -272,6 +279,11 @@ pub struct Bed {
 
 impl Bed {
     pub async fn new() -> Bed {
+        Bed::with_green(upstream("green").await).await
+    }
+
+    /// A bed whose `green` pool is `green` (one that fails or answers slowly on cue).
+    pub async fn with_green(green: Upstream) -> Bed {
         let etcd = EtcdCluster::start().await;
         let prefix = format!("/veer/t{}", std::process::id());
         Bed {
@@ -279,7 +291,7 @@ impl Bed {
             dir: tempfile::tempdir().unwrap(),
             prefix,
             blue: upstream("blue").await,
-            green: upstream("green").await,
+            green,
         }
     }
 
