@@ -109,7 +109,7 @@ fn errors_json(
     json(status, &json!({ "error": msg.to_string(), "errors": list }))
 }
 
-fn change_error(e: ChangeError) -> AdminResponse {
+pub(super) fn change_error(e: ChangeError) -> AdminResponse {
     match &e {
         ChangeError::Cluster(FleetError::Unreachable(why)) => {
             tracing::warn!("admin API change refused: cluster store unreachable ({why})");

@@ -7,7 +7,11 @@
 //! `?force=true`: then it goes on in memory, and `/api/status` shows `"persisted": false`).
 
 use super::{error, json, AdminResponse};
-use crate::control::Control;
+use crate::cluster::FleetError;
+use crate::control::fleet::ActError;
+use crate::control::{ChangeError, Control};
+use crate::rollout::controller::{CommitError, Refused};
+use crate::rollout::ActionError;
 use http::StatusCode;
 use std::sync::Arc;
 
@@ -15,15 +19,43 @@ use std::sync::Arc;
 /// string: `force=true` applies the action in memory when its progress cannot be written.
 pub async fn handle(rt: &Arc<Control>, route: &str, action: &str, query: &str) -> AdminResponse {
     let force = super::api::query_flag(query, "force");
-    match rt.rollouts.act_with(rt, route, action, force).await {
-        Ok(_) => json(
+    let answer = || {
+        json(
             StatusCode::OK,
             &serde_json::json!({
                 "route": route,
                 "action": action,
                 "rollout": crate::rollout::status_json(&rt.rollouts, rt, route),
             }),
-        ),
-        Err(e) => error(e.status(), e),
+        )
+    };
+    // Fleet mode: a replica that does not lead writes the action into the fleet's document.
+    if let Some(fleet) = rt.cluster.get().filter(|f| !f.is_leader()) {
+        return match crate::control::fleet::act(rt, fleet, route, action).await {
+            Ok(_) => answer(),
+            Err(ActError::Action(e)) => error(e.status(), e),
+            Err(ActError::Change(e)) => super::api::change_error(e),
+        };
+    }
+    match rt.rollouts.act_with(rt, route, action, force).await {
+        Ok(_) => answer(),
+        Err(e) => match refused_by_store(&e) {
+            Some(e) => super::api::change_error(e),
+            None => error(e.status(), e),
+        },
+    }
+}
+
+/// The control layer's refusal inside an action's error, when the store was its reason
+/// (fleet mode: 503 as for any API change, not 409).
+fn refused_by_store(e: &ActionError) -> Option<ChangeError> {
+    let ActionError::Commit(CommitError::Change(Refused(inner))) = e else {
+        return None;
+    };
+    match inner.downcast_ref::<ChangeError>()? {
+        ChangeError::Cluster(FleetError::Unreachable(why)) => Some(ChangeError::Cluster(
+            FleetError::Unreachable(why.clone()),
+        )),
+        _ => None,
     }
 }

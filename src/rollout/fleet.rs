@@ -4,8 +4,11 @@
 //! judges the gate on its own counts plus theirs ([`sum`]): requests, failures and requests
 //! slower than `max_p99` add up exactly, so the fleet-wide p99 verdict stays exact.
 
+use super::persist::Progress;
 use super::stats::{Figures, SideFigures, StepStats};
-use crate::config::{Config, RolloutState};
+use super::{Action, ActionError};
+use crate::config::state::StepClock;
+use crate::config::{Config, RolloutState, RouteConfig};
 use crate::runtime::Runtime;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -148,6 +151,74 @@ pub fn sum(
         from.push(node.clone());
     }
     (f, from)
+}
+
+/// A rollout action taken on a replica that does not lead (SPEC §7: API changes on any
+/// replica are compare-and-swap writes of the document): the progress it writes, judged on
+/// the rollout's standing in the document `rc` comes from, by the rules the leader's
+/// controller applies to the same action ([`super::controller`]'s `act`). An action that does
+/// not fit the standing is refused with the same words; the leader's controller then goes on
+/// from what was written (see `Rollouts::adopt`).
+pub fn follower_progress(
+    rc: &RouteConfig,
+    action: Action,
+    now_ms: u64,
+) -> Result<Progress, ActionError> {
+    use RolloutState::*;
+    let def = rc
+        .rollout
+        .as_ref()
+        .ok_or_else(|| ActionError::NoRollout(rc.name.clone()))?;
+    let state = def.state.unwrap_or(Pending);
+    let last = def.steps.len().saturating_sub(1);
+    let step = def.step.unwrap_or(0).min(last);
+    let conflict = |what: &str| {
+        ActionError::Conflict(format!(
+            "cannot {what}: the rollout of route {:?} is {}",
+            rc.name,
+            state.as_str()
+        ))
+    };
+    let running = matches!(state, Progressing | Paused | AwaitingApproval);
+    let weight = |k: usize| def.steps.get(k).copied().unwrap_or(0);
+    // (state, step, weight on `to`, the step's start)
+    let (next, at, w, started) = match action {
+        Action::Start if running => return Err(conflict("start (abort it first)")),
+        Action::Start => (Progressing, 0, weight(0), Some(now_ms)),
+        Action::Pause if !matches!(state, Progressing | AwaitingApproval) => {
+            return Err(conflict("pause"))
+        }
+        Action::Pause => (Paused, step, weight(step), None),
+        Action::Resume if state != Paused => return Err(conflict("resume")),
+        // What the pause interrupted is not written, so (as after a restart) the step starts
+        // over: a full interval of fresh statistics.
+        Action::Resume => (Progressing, step, weight(step), Some(now_ms)),
+        Action::Approve if state != AwaitingApproval => return Err(conflict("approve")),
+        Action::Approve => {
+            let k = (step + 1).min(last);
+            (Progressing, k, weight(k), Some(now_ms))
+        }
+        Action::Promote if !(running || state == Pending) => {
+            return Err(conflict("promote (start it again first)"))
+        }
+        Action::Promote => (Succeeded, last, 100, None),
+        Action::Abort if !(running || state == Pending) => return Err(conflict("abort")),
+        Action::Abort => (RolledBack, step, 0, None),
+    };
+    let split = rc
+        .split
+        .iter()
+        .map(|(p, _)| (p.clone(), if *p == def.to { w } else { 100 - w }))
+        .collect();
+    Ok(Progress {
+        split,
+        state: next,
+        step: at,
+        clock: Some(StepClock {
+            started_ms: started,
+            deadline_ms: None,
+        }),
+    })
 }
 
 #[cfg(test)]

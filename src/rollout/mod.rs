@@ -287,6 +287,48 @@ impl Rollouts {
         self.sync(None, live);
     }
 
+    /// Fleet mode, on the leader: a revision another replica wrote (a rollout action taken
+    /// there, or a document pushed by hand) moved a rollout from `old`'s standing. Its
+    /// controller starts again from where the document now says it stands, with the step
+    /// clock written there, as a new leader's does; nothing else is touched.
+    pub fn adopt(&self, old: &Config, new: &Config) {
+        let standing = |d: &RolloutConfig| {
+            (
+                d.state,
+                d.step,
+                d.step_started_ms,
+                d.approval_deadline_ms,
+            )
+        };
+        let moved: Vec<&str> = new
+            .routes
+            .iter()
+            .filter(|rc| {
+                let (Some(def), Some(was)) = (
+                    rc.rollout.as_ref(),
+                    old.route(&rc.name).and_then(|r| r.rollout.as_ref()),
+                ) else {
+                    return false;
+                };
+                was.definition_eq(def) && standing(was) != standing(def)
+            })
+            .map(|rc| rc.name.as_str())
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        {
+            let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+            for name in &moved {
+                if let Some(h) = handles.remove(*name) {
+                    tracing::info!(route = %name, "rollout moved by another replica; the leader goes on from the document");
+                    h.cancel.cancel();
+                }
+            }
+        }
+        self.sync(None, new);
+    }
+
     /// The published status of a route's rollout.
     pub fn status(&self, route: &str) -> Option<Status> {
         let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
