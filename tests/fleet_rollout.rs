@@ -460,14 +460,23 @@ async fn rollout_actions_through_a_follower_are_written_to_the_document_and_the_
     let r = act("pause").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(json_of(&r)["rollout"]["state"], "paused", "{}", r.body);
-    assert_eq!(doc_state(&bed.etcd.get(&key).unwrap()).as_deref(), Some("paused"));
-    until("the leader holds the pause", Duration::from_secs(1), || async {
-        rollout_of(leader).await["state"] == "paused"
-    })
+    assert_eq!(
+        doc_state(&bed.etcd.get(&key).unwrap()).as_deref(),
+        Some("paused")
+    );
+    until(
+        "the leader holds the pause",
+        Duration::from_secs(1),
+        || async { rollout_of(leader).await["state"] == "paused" },
+    )
     .await;
     let rev = bed.etcd.mod_revision(&key);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(bed.etcd.mod_revision(&key), rev, "a paused rollout took a step");
+    assert_eq!(
+        bed.etcd.mod_revision(&key),
+        rev,
+        "a paused rollout took a step"
+    );
     assert_eq!(rollout_of(leader).await["state"], "paused");
     // An action that does not fit the state: 409, nothing written.
     let r = act("approve").await;
@@ -489,12 +498,17 @@ async fn rollout_actions_through_a_follower_are_written_to_the_document_and_the_
     assert_eq!(json_of(&r)["rollout"]["step"], 1, "{}", r.body);
     let doc = bed.etcd.get(&key).unwrap();
     assert_eq!(doc_int(&doc, "step"), Some(1), "{doc}");
-    assert!(doc.contains("# walked") || doc.contains("# the split"), "{doc}");
+    assert!(
+        doc.contains("# walked") || doc.contains("# the split"),
+        "{doc}"
+    );
     let started = doc_int(&doc, "step_started_ms").expect("the approved step's start is written");
     for r in &reps {
-        until("step 1 served everywhere", Duration::from_secs(1), || async {
-            green_of(&status(r.admin).await) == 50
-        })
+        until(
+            "step 1 served everywhere",
+            Duration::from_secs(1),
+            || async { green_of(&status(r.admin).await) == 50 },
+        )
         .await;
     }
     // The leader's controller walks step 1 on the clock the follower wrote.
@@ -528,9 +542,11 @@ async fn rollout_actions_through_a_follower_are_written_to_the_document_and_the_
         })
         .await;
     }
-    until("the leader's controller ended", Duration::from_secs(1), || async {
-        rollout_of(leader).await["state"] == "rolled_back"
-    })
+    until(
+        "the leader's controller ended",
+        Duration::from_secs(1),
+        || async { rollout_of(leader).await["state"] == "rolled_back" },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let doc = bed.etcd.get(&key).unwrap();
@@ -568,22 +584,31 @@ async fn a_new_leader_counts_its_own_share_of_the_step_from_the_start_and_the_ot
         }
         let node = ["a", "b", "c"][i];
         let ckey = format!("{}/counters/{node}", bed.prefix);
-        until("the follower counts the step", Duration::from_secs(3), || async {
-            bed.etcd
-                .get(&ckey)
-                .is_some_and(|v| v.contains(&format!("\"started_ms\":{started}")))
-        })
+        until(
+            "the follower counts the step",
+            Duration::from_secs(3),
+            || async {
+                bed.etcd
+                    .get(&ckey)
+                    .is_some_and(|v| v.contains(&format!("\"started_ms\":{started}")))
+            },
+        )
         .await;
         for _ in 0..20 {
             assert_eq!(get(&format!("http://{}/", r.addr)).await.status, 200);
         }
-        until("the follower published 20", Duration::from_secs(3), || async {
-            let v: serde_json::Value =
-                serde_json::from_str(&bed.etcd.get(&ckey).unwrap_or_default()).unwrap_or_default();
-            v["web"]["to"]["requests"].as_u64().unwrap_or(0)
-                + v["web"]["baseline"]["requests"].as_u64().unwrap_or(0)
-                >= 20
-        })
+        until(
+            "the follower published 20",
+            Duration::from_secs(3),
+            || async {
+                let v: serde_json::Value =
+                    serde_json::from_str(&bed.etcd.get(&ckey).unwrap_or_default())
+                        .unwrap_or_default();
+                v["web"]["to"]["requests"].as_u64().unwrap_or(0)
+                    + v["web"]["baseline"]["requests"].as_u64().unwrap_or(0)
+                    >= 20
+            },
+        )
         .await;
     }
     reps.remove(li).signal("KILL");
@@ -644,9 +669,9 @@ async fn a_rollback_during_a_store_outage_is_applied_on_the_leader_at_once_and_w
     ];
     let key = bed.doc_key();
     until("step 0 written", Duration::from_secs(10), || async {
-        bed.etcd
-            .get(&key)
-            .is_some_and(|d| doc_int(&d, "step") == Some(0) && doc_state(&d).as_deref() == Some("progressing"))
+        bed.etcd.get(&key).is_some_and(|d| {
+            doc_int(&d, "step") == Some(0) && doc_state(&d).as_deref() == Some("progressing")
+        })
     })
     .await;
     for r in &reps {
@@ -662,12 +687,18 @@ async fn a_rollback_during_a_store_outage_is_applied_on_the_leader_at_once_and_w
     let url = format!("http://{}/", leader.addr);
     let answers = futures_util::future::join_all((0..40).map(|_| get(&url))).await;
     assert!(answers.iter().all(|g| g.status == 200), "a request failed");
-    let took = until(
-        "the leader rolled back on its own",
-        Duration::from_secs(4),
-        || async { green_of(&status(leader.admin).await) == 0 },
-    )
-    .await;
+    let t0 = std::time::Instant::now();
+    while green_of(&status(leader.admin).await) != 0 {
+        if t0.elapsed() > Duration::from_secs(4) {
+            panic!(
+                "the leader did not roll back on its own: {}\n{}",
+                rollout_of(leader).await,
+                leader.stderr.lock().unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = t0.elapsed();
     assert_eq!(rollout_of(leader).await["state"], "rolled_back");
     // Its traffic left the canary at once; the others cannot know yet and keep serving.
     for _ in 0..10 {
@@ -687,11 +718,15 @@ async fn a_rollback_during_a_store_outage_is_applied_on_the_leader_at_once_and_w
     bed.etcd.restart(1);
     bed.etcd.restart(2);
     bed.etcd.wait_healthy(Duration::from_secs(20)).await;
-    until("the rollback is written", Duration::from_secs(10), || async {
-        bed.etcd
-            .get(&key)
-            .is_some_and(|d| doc_state(&d).as_deref() == Some("rolled_back"))
-    })
+    until(
+        "the rollback is written",
+        Duration::from_secs(10),
+        || async {
+            bed.etcd
+                .get(&key)
+                .is_some_and(|d| doc_state(&d).as_deref() == Some("rolled_back"))
+        },
+    )
     .await;
     for r in &reps {
         until("converged", Duration::from_secs(2), || async {

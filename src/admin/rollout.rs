@@ -53,9 +53,9 @@ fn refused_by_store(e: &ActionError) -> Option<ChangeError> {
         return None;
     };
     match inner.downcast_ref::<ChangeError>()? {
-        ChangeError::Cluster(FleetError::Unreachable(why)) => Some(ChangeError::Cluster(
-            FleetError::Unreachable(why.clone()),
-        )),
+        ChangeError::Cluster(FleetError::Unreachable(why)) => {
+            Some(ChangeError::Cluster(FleetError::Unreachable(why.clone())))
+        }
         _ => None,
     }
 }

@@ -193,7 +193,7 @@ async fn counters(rt: Arc<Control>, fleet: Arc<Fleet>) {
         }
         write_pending(&rt, &fleet).await;
         if fleet.is_leader() {
-            counting.clear(&rt);
+            counting.clear();
             let read = tokio::time::timeout(Duration::from_secs(1), fleet.read_counters()).await;
             if let Ok(Ok(all)) = read {
                 let others = all.into_iter().filter(|(n, _)| *n != fleet.node).collect();
@@ -576,11 +576,11 @@ pub async fn write_pending(rt: &Control, fleet: &Arc<Fleet>) {
         let (route, step) = (route.clone(), *step);
         let edit = |d: &mut toml_edit::DocumentMut| {
             let still = doc_rollout(d, &route).is_some_and(|r| {
-                    let state = r.get("state").and_then(|s| s.as_str());
-                    let at = r.get("step").and_then(|s| s.as_integer());
-                    !matches!(state, Some("succeeded" | "rolled_back"))
-                        && at.is_none_or(|a| a == step as i64)
-                });
+                let state = r.get("state").and_then(|s| s.as_str());
+                let at = r.get("step").and_then(|s| s.as_integer());
+                !matches!(state, Some("succeeded" | "rolled_back"))
+                    && at.is_none_or(|a| a == step as i64)
+            });
             if still {
                 change.edit_doc(d)
             } else {

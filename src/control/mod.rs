@@ -123,7 +123,8 @@ impl Committer for Control {
                 // Fleet mode: a fenced compare-and-swap of the fleet's document (only the
                 // leader's write lands, and only on the standing it was decided on),
                 // applied here once written.
-                return match fleet::commit_progress(self, &fleet, &change, &live, how, &lock).await {
+                return match fleet::commit_progress(self, &fleet, &change, &live, how, &lock).await
+                {
                     Ok(_) => Ok(()),
                     Err(ChangeError::Cluster(crate::cluster::FleetError::Edit(m)))
                         if m.starts_with(fleet::MOVED) =>

@@ -15,8 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Which step a count belongs to: its index and its start (Unix ms), as the document says.
-pub type StepId = (usize, u64);
+pub use crate::cluster::StepId;
 
 /// The steps a follower counts, by route.
 #[derive(Default)]
@@ -47,6 +46,9 @@ impl Counting {
     /// Follow the live config: count the running step of every rollout in it (a new
     /// statistics slot when the step changes), stop counting finished ones.
     pub fn sync(&mut self, rt: &Runtime, live: &Config) {
+        let Some(fleet) = rt.cluster.get() else {
+            return;
+        };
         let snap = rt.snapshot();
         let mut seen = Vec::new();
         for rc in &live.routes {
@@ -75,7 +77,11 @@ impl Counting {
                         .map(|(p, _)| p.as_str())
                         .find(|p| *p != def.to)
                         .unwrap_or_default();
-                    let s = Arc::new(StepStats::new(&def.to, baseline, def.max_p99));
+                    // The step's own counters, the same ones a controller of this
+                    // replica counted into when it led (or will when it leads).
+                    let s = fleet.step_counts(&rc.name, id, || {
+                        Arc::new(StepStats::new(&def.to, baseline, def.max_p99))
+                    });
                     route.state.rollout.store(Some(s.clone()));
                     self.steps.insert(rc.name.clone(), (id, s));
                 }
@@ -92,14 +98,10 @@ impl Counting {
         });
     }
 
-    /// Stop counting (this replica leads now; its controllers count).
-    pub fn clear(&mut self, rt: &Runtime) {
-        let snap = rt.snapshot();
-        for (name, (_, s)) in self.steps.drain() {
-            if let Some(route) = snap.router.get(&name) {
-                route.state.rollout.compare_and_swap(&Some(s), None);
-            }
-        }
+    /// Stop counting (this replica leads now): its controllers go on with the same counters
+    /// (see `Fleet::step_counts`), so the slots are left to them.
+    pub fn clear(&mut self) {
+        self.steps.clear();
     }
 
     /// What this replica publishes: `{route: {step, started_ms, to, baseline}}`.

@@ -292,14 +292,8 @@ impl Rollouts {
     /// controller starts again from where the document now says it stands, with the step
     /// clock written there, as a new leader's does; nothing else is touched.
     pub fn adopt(&self, old: &Config, new: &Config) {
-        let standing = |d: &RolloutConfig| {
-            (
-                d.state,
-                d.step,
-                d.step_started_ms,
-                d.approval_deadline_ms,
-            )
-        };
+        let standing =
+            |d: &RolloutConfig| (d.state, d.step, d.step_started_ms, d.approval_deadline_ms);
         let moved: Vec<&str> = new
             .routes
             .iter()

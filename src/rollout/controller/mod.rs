@@ -409,6 +409,15 @@ impl Controller {
         sum
     }
 
+    /// Fleet mode: a new leader judges nothing before it has read the other replicas'
+    /// counts once (a step it resumes past its end would be judged on its own share alone).
+    fn fleet_counts_ready(&self) -> bool {
+        self.rt
+            .upgrade()
+            .and_then(|rt| rt.cluster.get().map(|f| f.counters_read()))
+            .unwrap_or(true)
+    }
+
     /// A gate reason, with the replicas whose counts of this step left with them.
     fn with_fleet_note(&self, reason: String) -> String {
         let n = self.fleet_nodes.lock().unwrap_or_else(|p| p.into_inner());
@@ -496,7 +505,7 @@ impl Controller {
         self.verdict = None;
         self.reason = None;
         self.passed_logged = false;
-        self.install_stats(Some(self.fresh_stats()));
+        self.install_stats(Some(self.step_stats()));
         self.schedule();
         self.publish();
         self.emit(event, None, None);
@@ -510,6 +519,20 @@ impl Controller {
             &self.baseline,
             self.def.max_p99,
         ))
+    }
+
+    /// The running step's statistics: fleet mode, this replica's counters of the step (the
+    /// same ones it counted into while it followed, when it resumes a step it counted);
+    /// otherwise fresh ones.
+    fn step_stats(&self) -> Arc<StepStats> {
+        match self.rt.upgrade().and_then(|rt| rt.cluster.get().cloned()) {
+            Some(fleet) => {
+                fleet.step_counts(&self.route, (self.step, self.step_started_ms), || {
+                    self.fresh_stats()
+                })
+            }
+            None => self.fresh_stats(),
+        }
     }
 
     /// Enter `awaiting_approval` at the current step (already written); `emit` the event.
@@ -554,7 +577,9 @@ impl Controller {
                     self.gate_failed(reason, f).await;
                     return;
                 }
-                if now >= self.step_started + self.def.step_interval {
+                // Fail fast on what is known (safety first), but a step's verdict waits for
+                // the whole fleet's counts.
+                if now >= self.step_started + self.def.step_interval && self.fleet_counts_ready() {
                     match gate::judge(&self.def, &f, self.pool_healthy(), &self.def.to) {
                         Verdict::Pass => {
                             if !self.passed_logged {
