@@ -227,6 +227,63 @@ pub fn follower_progress(
 mod tests {
     use super::*;
 
+    fn route_at(state: &str, step: usize) -> RouteConfig {
+        let text = format!(
+            "[pools.blue]\nbackends = [\"127.0.0.1:9001\"]\n[pools.green]\nbackends = [\"127.0.0.1:9002\"]\n[[routes]]\nname = \"web\"\nsplit = {{ blue = 90, green = 10 }}\n[routes.rollout]\nto = \"green\"\nsteps = [10, 50, 100]\napproval = true\nstate = \"{state}\"\nstep = {step}\n"
+        );
+        Config::parse(std::path::Path::new("doc"), &text)
+            .unwrap()
+            .routes
+            .remove(0)
+    }
+
+    #[test]
+    fn a_follower_action_is_judged_on_the_documents_standing() {
+        let green = |p: &Progress| p.split.iter().find(|(n, _)| n == "green").unwrap().1;
+        let approve =
+            follower_progress(&route_at("awaiting_approval", 0), Action::Approve, 7).unwrap();
+        assert_eq!(
+            (approve.state, approve.step, green(&approve)),
+            (RolloutState::Progressing, 1, 50)
+        );
+        assert_eq!(
+            approve.clock.unwrap().started_ms,
+            Some(7),
+            "the step starts now"
+        );
+        let pause = follower_progress(&route_at("progressing", 1), Action::Pause, 7).unwrap();
+        assert_eq!(
+            (pause.state, pause.step, green(&pause)),
+            (RolloutState::Paused, 1, 50)
+        );
+        let resume = follower_progress(&route_at("paused", 1), Action::Resume, 9).unwrap();
+        assert_eq!((resume.state, resume.step), (RolloutState::Progressing, 1));
+        assert_eq!(resume.clock.unwrap().started_ms, Some(9));
+        let abort = follower_progress(&route_at("paused", 1), Action::Abort, 9).unwrap();
+        assert_eq!((abort.state, green(&abort)), (RolloutState::RolledBack, 0));
+        let promote = follower_progress(&route_at("progressing", 0), Action::Promote, 9).unwrap();
+        assert_eq!(
+            (promote.state, promote.step, green(&promote)),
+            (RolloutState::Succeeded, 2, 100)
+        );
+        // What does not fit the standing is refused as the leader refuses it.
+        for (state, action) in [
+            ("progressing", Action::Approve),
+            ("paused", Action::Pause),
+            ("progressing", Action::Resume),
+            ("progressing", Action::Start),
+            ("succeeded", Action::Abort),
+            ("rolled_back", Action::Promote),
+        ] {
+            let e = follower_progress(&route_at(state, 0), action, 1).unwrap_err();
+            assert!(
+                matches!(&e, ActionError::Conflict(m) if m.contains(state)),
+                "{state} {action:?}: {e}"
+            );
+            assert_eq!(e.status(), http::StatusCode::CONFLICT);
+        }
+    }
+
     #[test]
     fn sums_only_the_same_step_and_keeps_slow_counts_exact() {
         let side = |r, f, s| SideFigures {
