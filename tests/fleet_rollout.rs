@@ -455,6 +455,14 @@ async fn rollout_actions_through_a_follower_are_written_to_the_document_and_the_
         .await
     };
 
+    // A manual split through the follower would fight the leader's rollout: 409, as on the
+    // leader (SPEC §10), and nothing is written.
+    let rev = bed.etcd.mod_revision(&key);
+    let r = put_split(follower.admin, 50, 50).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("force=true"), "{}", r.body);
+    assert_eq!(bed.etcd.mod_revision(&key), rev);
+
     // Pause through the follower: in the document when the answer comes, and the leader's
     // controller holds the rollout there.
     let r = act("pause").await;

@@ -3,6 +3,7 @@
 //! written first (into the config file, or the state file), then applied, or nothing
 //! changes; `?force=true` applies a change that cannot be written in memory only.
 
+use super::rollout::Refusal;
 use super::{error, json, AdminResponse};
 use crate::cluster::FleetError;
 use crate::config::state::Change;
@@ -256,6 +257,79 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
+/// Who makes a change through the API, for the state and the log (`"admin"`: the single
+/// `token_env` token, SPEC §3).
+pub const WHO: &str = "admin";
+
+/// A manual split or swap on a route whose rollout is moving traffic (progressing or
+/// awaiting approval) would fight the rollout: 409, unless `?force=true`, which pauses the
+/// rollout first, saying who and why (SPEC §10). `Err` is the answer to give.
+async fn hold_rollout(
+    rt: &Arc<Control>,
+    route: &str,
+    query: &str,
+    what: &str,
+) -> Result<(), AdminResponse> {
+    use crate::config::RolloutState;
+    // (state, step, to, weight): the controller's, or in fleet mode on a replica that does
+    // not lead, the document's.
+    let moving = match rt.rollouts.status(route) {
+        Some(s) => Some((s.state, s.step, s.def.to.clone(), s.target_weight())),
+        None if rt.cluster.get().is_some() => {
+            let config = rt.config();
+            config.route(route).and_then(|rc| {
+                let d = rc.rollout.as_ref()?;
+                let step = d.step.unwrap_or(0);
+                let steps = d.run_steps(d.progress.hotfix && d.hotfix.is_some()).0;
+                let state = d.state.unwrap_or(RolloutState::Pending);
+                Some((state, step, d.to.clone(), steps.get(step).copied()))
+            })
+        }
+        None => None,
+    };
+    let Some((state, step, to, weight)) = moving else {
+        return Ok(());
+    };
+    if !matches!(
+        state,
+        RolloutState::Progressing | RolloutState::AwaitingApproval
+    ) {
+        return Ok(());
+    }
+    if !query_flag(query, "force") {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!(
+                "route {route:?} has a rollout {} (step {}, {to} at {}%); a manual {what} would fight it: pause or abort the rollout first, or use ?force=true to pause it and {what} anyway",
+                state.as_str(),
+                step + 1,
+                weight.unwrap_or(0)
+            ),
+        ));
+    }
+    let opts = crate::rollout::ActOptions {
+        force: true,
+        hotfix: false,
+        who: Some(WHO.to_string()),
+        why: Some(format!("for a manual {what} (?force=true)")),
+        cascaded: false,
+    };
+    match super::rollout::act(rt, route, "pause", opts).await {
+        Ok(()) => {
+            tracing::warn!(
+                route,
+                who = WHO,
+                "rollout paused for a forced manual {what}"
+            );
+            Ok(())
+        }
+        // Finished or paused meanwhile: nothing to hold.
+        Err(Refusal::Action(crate::rollout::ActionError::Conflict(_))) => Ok(()),
+        Err(Refusal::Action(e)) => Err(error(e.status(), e)),
+        Err(Refusal::Answer(a)) => Err(a),
+    }
+}
+
 /// `PUT /api/routes/{route}/split[?force=true]`: body `{pool: weight, …}` replaces the
 /// route's split.
 pub async fn put_split(
@@ -307,6 +381,9 @@ pub async fn put_split(
     }
     // The typed config keeps splits sorted by pool name.
     split.sort();
+    if let Err(answer) = hold_rollout(rt, route, query, "split").await {
+        return answer;
+    }
     let change = Change::Split {
         route: route.to_string(),
         split,
@@ -321,6 +398,11 @@ pub async fn put_split(
 /// pools. Refused when the pool that gains traffic has no healthy backend, unless forced.
 pub async fn swap(rt: &Arc<Control>, route: &str, query: &str) -> AdminResponse {
     let force = query_flag(query, "force");
+    if rt.config().route(route).is_some() {
+        if let Err(answer) = hold_rollout(rt, route, query, "swap").await {
+            return answer;
+        }
+    }
     // Decide under the change lock, so two swaps in a row never read the same weights.
     let lock = rt.change_lock.lock().await;
     let snap = rt.snapshot();

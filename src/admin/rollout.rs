@@ -18,7 +18,19 @@ use std::sync::Arc;
 /// Run a rollout action on a route. Called after the token check; `query` is the raw query
 /// string: `force=true` applies the action in memory when its progress cannot be written.
 pub async fn handle(rt: &Arc<Control>, route: &str, action: &str, query: &str) -> AdminResponse {
-    let force = super::api::query_flag(query, "force");
+    let opts = crate::rollout::ActOptions {
+        force: super::api::query_flag(query, "force"),
+        hotfix: super::api::query_flag(query, "hotfix"),
+        who: Some(super::api::WHO.to_string()),
+        why: None,
+        cascaded: false,
+    };
+    if opts.hotfix && action != "start" {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("?hotfix=true goes with start, not {action}"),
+        );
+    }
     let answer = || {
         json(
             StatusCode::OK,
@@ -29,20 +41,40 @@ pub async fn handle(rt: &Arc<Control>, route: &str, action: &str, query: &str) -
             }),
         )
     };
-    // Fleet mode: a replica that does not lead writes the action into the fleet's document.
+    match act(rt, route, action, opts).await {
+        Ok(()) => answer(),
+        Err(Refusal::Action(e)) => error(e.status(), e),
+        Err(Refusal::Answer(a)) => a,
+    }
+}
+
+/// Why [`act`] did nothing: the action's own refusal (its status), or the answer to give.
+pub(super) enum Refusal {
+    Action(ActionError),
+    Answer(AdminResponse),
+}
+
+/// Run a rollout action on this replica's controller, or, in fleet mode on a replica that
+/// does not lead, write it into the fleet's document for the leader to follow.
+pub(super) async fn act(
+    rt: &Arc<Control>,
+    route: &str,
+    action: &str,
+    opts: crate::rollout::ActOptions,
+) -> Result<(), Refusal> {
     if let Some(fleet) = rt.cluster.get().filter(|f| !f.is_leader()) {
-        return match crate::control::fleet::act(rt, fleet, route, action).await {
-            Ok(_) => answer(),
-            Err(ActError::Action(e)) => error(e.status(), e),
-            Err(ActError::Change(e)) => super::api::change_error(e),
+        return match crate::control::fleet::act(rt, fleet, route, action, &opts).await {
+            Ok(_) => Ok(()),
+            Err(ActError::Action(e)) => Err(Refusal::Action(e)),
+            Err(ActError::Change(e)) => Err(Refusal::Answer(super::api::change_error(e))),
         };
     }
-    match rt.rollouts.act_with(rt, route, action, force).await {
-        Ok(_) => answer(),
-        Err(e) => match refused_by_store(&e) {
-            Some(e) => super::api::change_error(e),
-            None => error(e.status(), e),
-        },
+    match rt.rollouts.act_opts(rt, route, action, opts).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(match refused_by_store(&e) {
+            Some(e) => Refusal::Answer(super::api::change_error(e)),
+            None => Refusal::Action(e),
+        }),
     }
 }
 

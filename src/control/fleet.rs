@@ -13,7 +13,7 @@ use crate::cluster::{self, document, Fleet, FleetError, Revision};
 use crate::config::state::Change;
 use crate::config::writeback::WritebackError;
 use crate::config::{Config, RolloutState};
-use crate::rollout::{Action, ActionError};
+use crate::rollout::{ActOptions, Action, ActionError};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -538,7 +538,7 @@ fn live_standing(c: &Config, route: &str) -> Option<Standing> {
     Some((
         ro.state.map(|s| s.as_str().to_string()),
         ro.step.map(|s| s as i64),
-        ro.step_started_ms.map(|s| s as i64),
+        ro.progress.step_started_ms.map(|s| s as i64),
     ))
 }
 
@@ -706,6 +706,7 @@ pub async fn act(
     fleet: &Arc<Fleet>,
     route: &str,
     action: &str,
+    opts: &ActOptions,
 ) -> Result<ReloadReport, ActError> {
     let config = rt.config();
     let rc = config
@@ -722,12 +723,8 @@ pub async fn act(
         let doc = document::parse(&name, &d.to_string()).map_err(|_| {
             WritebackError::Edit("the fleet's document in the store is invalid".into())
         })?;
-        let progress = doc
-            .route(route)
-            .ok_or_else(|| ActionError::UnknownRoute(route.to_string()))
-            .and_then(|rc| crate::rollout::fleet::follower_progress(rc, action, now_ms()));
-        match progress {
-            Ok(p) => p.change(route).edit_doc(d),
+        match crate::rollout::fleet::follower_action(&doc, route, action, opts, now_ms()) {
+            Ok(writes) => writes.iter().try_for_each(|(r, p)| p.change(r).edit_doc(d)),
             Err(e) => {
                 let msg = e.to_string();
                 *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
