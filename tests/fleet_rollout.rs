@@ -397,10 +397,20 @@ async fn a_replica_that_dies_takes_its_counts_away_and_the_leader_says_so() {
     .await;
 }
 
+/// The one leader among `reps`, once there is exactly one (a sample taken while a lease
+/// changes hands may see none).
+async fn the_leader(reps: &[&VeerProcess]) -> String {
+    until("exactly one leader", Duration::from_secs(5), || async {
+        leaders(reps).await.len() == 1
+    })
+    .await;
+    leaders(reps).await.remove(0)
+}
+
 /// The replica that leads among `reps`, and one that does not.
 async fn leader_and_follower<'a>(reps: &'a [VeerProcess]) -> (&'a VeerProcess, &'a VeerProcess) {
     let all: Vec<&VeerProcess> = reps.iter().collect();
-    let leader = leaders(&all).await.remove(0);
+    let leader = the_leader(&all).await;
     let mut l = None;
     let mut f = None;
     for r in reps {
@@ -583,7 +593,7 @@ async fn a_new_leader_counts_its_own_share_of_the_step_from_the_start_and_the_ot
     .await;
     let started = doc_int(&bed.etcd.get(&key).unwrap(), "step_started_ms").unwrap();
     let all: Vec<&VeerProcess> = reps.iter().collect();
-    let leader = leaders(&all).await.remove(0);
+    let leader = the_leader(&all).await;
     let li = ["a", "b", "c"].iter().position(|n| *n == leader).unwrap();
     // 20 requests through each follower in the step, published by each.
     for (i, r) in reps.iter().enumerate() {
