@@ -566,6 +566,21 @@ async fn rollout_actions_through_a_follower_are_written_to_the_document_and_the_
         || async { rollout_of(leader).await["state"] == "rolled_back" },
     )
     .await;
+    // The leader reports it as the rollback it is: its reason, and its metric.
+    let ro = rollout_of(leader).await;
+    assert_eq!(
+        ro["gate"]["reason"], "rolled back through another replica",
+        "{ro}"
+    );
+    let m = admin_call(leader.admin, "GET", "/metrics", "").await.body;
+    assert!(
+        m.contains("veer_rollouts_total{result=\"rolled_back\",route=\"web\"} 1"),
+        "{}",
+        m.lines()
+            .filter(|l| l.contains("veer_rollouts"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let doc = bed.etcd.get(&key).unwrap();
     assert_eq!(doc_state(&doc).as_deref(), Some("rolled_back"), "{doc}");

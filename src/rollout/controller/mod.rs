@@ -99,7 +99,7 @@ pub(super) fn spawn(
     let cancel = CancellationToken::new();
     let (state, step) = match start {
         Start::Fresh => (RolloutState::Pending, 0),
-        Start::Resume { state, step } => {
+        Start::Resume { state, step, .. } => {
             (state.unwrap_or(RolloutState::Pending), step.unwrap_or(0))
         }
     };
@@ -283,7 +283,14 @@ impl Controller {
             Start::Resume {
                 state: Some(s),
                 step,
+                ..
             } => (Some(s), step.unwrap_or(0).min(self.last_step())),
+        };
+        // Fleet mode: an action taken on another replica moved the rollout; it is reported
+        // here, by the controller, as that action.
+        let moved = match start {
+            Start::Resume { moved_from, .. } => moved_from,
+            Start::Fresh => None,
         };
         self.step = step;
         match state {
@@ -294,7 +301,14 @@ impl Controller {
             Some(RolloutState::Progressing) => {
                 // The file already says where we are; make sure the split agrees. (The
                 // "resumed" event logs it.)
-                if let Err(e) = self.enter_step(step, EventKind::Resumed, true, AUTO).await {
+                let event = match moved {
+                    Some(RolloutState::AwaitingApproval) => {
+                        self.emit(EventKind::Approved, None, None);
+                        EventKind::Step
+                    }
+                    _ => EventKind::Resumed,
+                };
+                if let Err(e) = self.enter_step(step, event, true, AUTO).await {
                     tracing::error!(route = %self.route, error = %e, "cannot resume rollout step; will retry");
                     self.state = RolloutState::Progressing;
                     self.next_check = Some(Instant::now() + self.tick);
@@ -305,6 +319,24 @@ impl Controller {
                 tracing::info!(route = %self.route, step, "rollout resumes awaiting approval");
                 self.state = RolloutState::AwaitingApproval;
                 self.await_approval(false);
+            }
+            Some(s) if moved.is_some() => {
+                self.state = s;
+                let via = "through another replica";
+                match s {
+                    RolloutState::Succeeded => {
+                        self.finish(format!("promoted {via}"), None, EventKind::Succeeded)
+                    }
+                    RolloutState::RolledBack => {
+                        self.finish(format!("rolled back {via}"), None, EventKind::RolledBack)
+                    }
+                    RolloutState::Paused => {
+                        self.reason = Some(format!("paused {via}"));
+                        self.publish();
+                        self.emit(EventKind::Paused, None, None);
+                    }
+                    _ => self.publish(),
+                }
             }
             Some(s) => {
                 if s == RolloutState::Paused {
