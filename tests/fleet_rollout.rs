@@ -587,6 +587,26 @@ async fn rollout_actions_through_a_follower_are_written_to_the_document_and_the_
     for r in &reps {
         assert_eq!(green_of(&status(r.admin).await), 0);
     }
+
+    // Start it again through the follower: written as waiting, and the leader starts the
+    // run from there (as it starts any), step 0 served everywhere.
+    let r = act("start").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json_of(&r)["rollout"]["state"], "waiting", "{}", r.body);
+    until(
+        "the leader started it",
+        Duration::from_secs(2),
+        doc_at("progressing", 0),
+    )
+    .await;
+    for r in &reps {
+        until(
+            "step 0 served everywhere",
+            Duration::from_secs(1),
+            || async { green_of(&status(r.admin).await) == 10 },
+        )
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
