@@ -408,7 +408,7 @@ async fn the_leader(reps: &[&VeerProcess]) -> String {
 }
 
 /// The replica that leads among `reps`, and one that does not.
-async fn leader_and_follower<'a>(reps: &'a [VeerProcess]) -> (&'a VeerProcess, &'a VeerProcess) {
+async fn leader_and_follower(reps: &[VeerProcess]) -> (&VeerProcess, &VeerProcess) {
     let all: Vec<&VeerProcess> = reps.iter().collect();
     let leader = the_leader(&all).await;
     let mut l = None;
