@@ -296,7 +296,7 @@ mod tests {
 
     fn doc_at(state: &str, step: usize) -> Config {
         let text = format!(
-            "[pools.blue]\nbackends = [\"127.0.0.1:9001\"]\n[pools.green]\nbackends = [\"127.0.0.1:9002\"]\n[[routes]]\nname = \"web\"\nsplit = {{ blue = 90, green = 10 }}\n[routes.rollout]\nto = \"green\"\nsteps = [10, 50, 100]\napproval = true\nstate = \"{state}\"\nstep = {step}\n[[routes]]\nname = \"api\"\nsplit = {{ blue = 50, green = 50 }}\n[routes.rollout]\nto = \"green\"\nsteps = [50, 100]\nafter = [\"web\"]\nstate = \"waiting\"\n"
+            "[pools.blue]\nbackends = [\"127.0.0.1:9001\"]\n[pools.green]\nbackends = [\"127.0.0.1:9002\"]\n[[routes]]\nname = \"web\"\nsplit = {{ blue = 90, green = 10 }}\n[routes.rollout]\nto = \"green\"\nsteps = [10, 50, 100]\napproval = true\nstate = \"{state}\"\nstep = {step}\n[[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nsplit = {{ blue = 50, green = 50 }}\n[routes.rollout]\nto = \"green\"\nsteps = [50, 100]\nafter = [\"web\"]\nstate = \"waiting\"\n"
         );
         Config::parse(std::path::Path::new("doc"), &text).unwrap()
     }
