@@ -5,7 +5,7 @@
 //! methods, or when the body was never sent (the backend did not get the whole request); a
 //! 502/503/504 or timeout for idempotent methods only (unless `idempotent_only = false`),
 //! because the backend may have acted on the request. Retries are paid for from the route's
-//! budget (`RouteState::withdraw`), so a failing pool cannot double its own load.
+//! budget (`RouteCounters::withdraw`), so a failing pool cannot double its own load.
 
 use crate::config::RetryConfig;
 use crate::routing::Route;
