@@ -396,3 +396,396 @@ async fn a_replica_that_dies_takes_its_counts_away_and_the_leader_says_so() {
     )
     .await;
 }
+
+/// The one leader among `reps`, once there is exactly one (a sample taken while a lease
+/// changes hands may see none).
+async fn the_leader(reps: &[&VeerProcess]) -> String {
+    until("exactly one leader", Duration::from_secs(5), || async {
+        leaders(reps).await.len() == 1
+    })
+    .await;
+    leaders(reps).await.remove(0)
+}
+
+/// The replica that leads among `reps`, and one that does not.
+async fn leader_and_follower(reps: &[VeerProcess]) -> (&VeerProcess, &VeerProcess) {
+    let all: Vec<&VeerProcess> = reps.iter().collect();
+    let leader = the_leader(&all).await;
+    let mut l = None;
+    let mut f = None;
+    for r in reps {
+        if status(r.admin).await["cluster"]["node"] == leader.as_str() {
+            l = Some(r);
+        } else {
+            f.get_or_insert(r);
+        }
+    }
+    (l.unwrap(), f.unwrap())
+}
+
+async fn rollout_of(r: &VeerProcess) -> serde_json::Value {
+    status(r.admin).await["routes"][0]["rollout"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_actions_through_a_follower_are_written_to_the_document_and_the_leader_follows() {
+    let bed = Bed::new().await;
+    let rollout = "[routes.rollout]\nto = \"green\"\nsteps = [10, 50, 100]\nstep_interval = \"1s\"\nmin_requests = 0\napproval = true\napproval_timeout = \"60s\"\n";
+    let reps = [
+        bed.replica("a", "2s", rollout).await,
+        bed.replica("b", "2s", rollout).await,
+        bed.replica("c", "2s", rollout).await,
+    ];
+    let key = bed.doc_key();
+    let doc_at = |state: &'static str, step: i64| {
+        let (bed, key) = (&bed, key.clone());
+        move || {
+            let key = key.clone();
+            async move {
+                bed.etcd.get(&key).is_some_and(|d| {
+                    doc_state(&d).as_deref() == Some(state) && doc_int(&d, "step") == Some(step)
+                })
+            }
+        }
+    };
+    until(
+        "step 0 awaits approval",
+        Duration::from_secs(10),
+        doc_at("awaiting_approval", 0),
+    )
+    .await;
+    let (leader, follower) = leader_and_follower(&reps).await;
+    let act = |what: &'static str| async move {
+        admin_call(
+            follower.admin,
+            "POST",
+            &format!("/api/routes/web/rollout/{what}"),
+            "",
+        )
+        .await
+    };
+
+    // A manual split through the follower would fight the leader's rollout: 409, as on the
+    // leader (SPEC §10), and nothing is written.
+    let rev = bed.etcd.mod_revision(&key);
+    let r = put_split(follower.admin, 50, 50).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("force=true"), "{}", r.body);
+    assert_eq!(bed.etcd.mod_revision(&key), rev);
+
+    // Pause through the follower: in the document when the answer comes, and the leader's
+    // controller holds the rollout there.
+    let r = act("pause").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json_of(&r)["rollout"]["state"], "paused", "{}", r.body);
+    assert_eq!(
+        doc_state(&bed.etcd.get(&key).unwrap()).as_deref(),
+        Some("paused")
+    );
+    until(
+        "the leader holds the pause",
+        Duration::from_secs(1),
+        || async { rollout_of(leader).await["state"] == "paused" },
+    )
+    .await;
+    let rev = bed.etcd.mod_revision(&key);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        bed.etcd.mod_revision(&key),
+        rev,
+        "a paused rollout took a step"
+    );
+    assert_eq!(rollout_of(leader).await["state"], "paused");
+    // An action that does not fit the state: 409, nothing written.
+    let r = act("approve").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("paused"), "{}", r.body);
+    assert_eq!(bed.etcd.mod_revision(&key), rev);
+
+    // Resume, then approve through the follower once the step passed again.
+    let r = act("resume").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    until(
+        "step 0 awaits approval again",
+        Duration::from_secs(5),
+        doc_at("awaiting_approval", 0),
+    )
+    .await;
+    let r = act("approve").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json_of(&r)["rollout"]["step"], 1, "{}", r.body);
+    let doc = bed.etcd.get(&key).unwrap();
+    assert_eq!(doc_int(&doc, "step"), Some(1), "{doc}");
+    assert!(
+        doc.contains("# walked") || doc.contains("# the split"),
+        "{doc}"
+    );
+    let started = doc_int(&doc, "step_started_ms").expect("the approved step's start is written");
+    for r in &reps {
+        until(
+            "step 1 served everywhere",
+            Duration::from_secs(1),
+            || async { green_of(&status(r.admin).await) == 50 },
+        )
+        .await;
+    }
+    // The leader's controller walks step 1 on the clock the follower wrote.
+    until("the leader runs step 1", Duration::from_secs(1), || async {
+        let ro = rollout_of(leader).await;
+        ro["state"] == "progressing" && ro["step"] == 1
+    })
+    .await;
+    let ro = rollout_of(leader).await;
+    let elapsed = ro["step_elapsed_ms"].as_f64().unwrap_or(-1e9) as i64;
+    assert!(
+        (elapsed - (now_ms() - started)).abs() < 500,
+        "elapsed {elapsed} ms, but step 1 started {} ms ago: {ro}",
+        now_ms() - started
+    );
+
+    // Abort through the follower: every replica back on blue within 1 s, and the leader
+    // does not write over it.
+    until(
+        "step 1 awaits approval",
+        Duration::from_secs(5),
+        doc_at("awaiting_approval", 1),
+    )
+    .await;
+    let r = act("abort").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json_of(&r)["rollout"]["state"], "rolled_back", "{}", r.body);
+    for r in &reps {
+        until("rolled back everywhere", Duration::from_secs(1), || async {
+            green_of(&status(r.admin).await) == 0
+        })
+        .await;
+    }
+    until(
+        "the leader's controller ended",
+        Duration::from_secs(1),
+        || async { rollout_of(leader).await["state"] == "rolled_back" },
+    )
+    .await;
+    // The leader reports it as the rollback it is: its reason, and its metric.
+    let ro = rollout_of(leader).await;
+    assert_eq!(
+        ro["gate"]["reason"], "rolled back through another replica",
+        "{ro}"
+    );
+    let m = admin_call(leader.admin, "GET", "/metrics", "").await.body;
+    assert!(
+        m.contains("veer_rollouts_total{result=\"rolled_back\",route=\"web\"} 1"),
+        "{}",
+        m.lines()
+            .filter(|l| l.contains("veer_rollouts"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let doc = bed.etcd.get(&key).unwrap();
+    assert_eq!(doc_state(&doc).as_deref(), Some("rolled_back"), "{doc}");
+    for r in &reps {
+        assert_eq!(green_of(&status(r.admin).await), 0);
+    }
+
+    // Start it again through the follower: written as waiting, and the leader starts the
+    // run from there (as it starts any), step 0 served everywhere.
+    let r = act("start").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json_of(&r)["rollout"]["state"], "waiting", "{}", r.body);
+    until(
+        "the leader started it",
+        Duration::from_secs(2),
+        doc_at("progressing", 0),
+    )
+    .await;
+    for r in &reps {
+        until(
+            "step 0 served everywhere",
+            Duration::from_secs(1),
+            || async { green_of(&status(r.admin).await) == 10 },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_counts_its_own_share_of_the_step_from_the_start_and_the_others() {
+    let bed = Bed::new().await;
+    // A gate that waits (min_requests out of reach) on a long step, so the counts stay.
+    let rollout = "[routes.rollout]\nto = \"green\"\nsteps = [50, 100]\nstep_interval = \"60s\"\nmin_requests = 1000000\n";
+    let mut reps = vec![
+        bed.replica("a", "2s", rollout).await,
+        bed.replica("b", "2s", rollout).await,
+        bed.replica("c", "2s", rollout).await,
+    ];
+    let key = bed.doc_key();
+    until("step 0 written", Duration::from_secs(10), || async {
+        bed.etcd
+            .get(&key)
+            .is_some_and(|d| doc_int(&d, "step_started_ms").is_some())
+    })
+    .await;
+    let started = doc_int(&bed.etcd.get(&key).unwrap(), "step_started_ms").unwrap();
+    let all: Vec<&VeerProcess> = reps.iter().collect();
+    let leader = the_leader(&all).await;
+    let li = ["a", "b", "c"].iter().position(|n| *n == leader).unwrap();
+    // 20 requests through each follower in the step, published by each.
+    for (i, r) in reps.iter().enumerate() {
+        if i == li {
+            continue;
+        }
+        let node = ["a", "b", "c"][i];
+        let ckey = format!("{}/counters/{node}", bed.prefix);
+        until(
+            "the follower counts the step",
+            Duration::from_secs(3),
+            || async {
+                bed.etcd
+                    .get(&ckey)
+                    .is_some_and(|v| v.contains(&format!("\"started_ms\":{started}")))
+            },
+        )
+        .await;
+        for _ in 0..20 {
+            assert_eq!(get(&format!("http://{}/", r.addr)).await.status, 200);
+        }
+        until(
+            "the follower published 20",
+            Duration::from_secs(3),
+            || async {
+                let v: serde_json::Value =
+                    serde_json::from_str(&bed.etcd.get(&ckey).unwrap_or_default())
+                        .unwrap_or_default();
+                v["web"]["to"]["requests"].as_u64().unwrap_or(0)
+                    + v["web"]["baseline"]["requests"].as_u64().unwrap_or(0)
+                    >= 20
+            },
+        )
+        .await;
+    }
+    reps.remove(li).signal("KILL");
+    let rest: Vec<&VeerProcess> = reps.iter().collect();
+    until("a new leader", Duration::from_secs(6), || async {
+        let l = leaders(&rest).await;
+        l.len() == 1 && l[0] != leader
+    })
+    .await;
+    let new_leader = leaders(&rest).await.remove(0);
+    let mut nl = rest[0];
+    for r in &rest {
+        if status(r.admin).await["cluster"]["node"] == new_leader.as_str() {
+            nl = r;
+        }
+    }
+    // The step it resumes is the same one, judged on its own 20 (counted while it followed)
+    // plus the other replica's 20.
+    let total = |g: &serde_json::Value| {
+        g["requests"].as_u64().unwrap_or(0) + g["baseline"]["requests"].as_u64().unwrap_or(0)
+    };
+    until(
+        "the new leader sums both shares of the step",
+        Duration::from_secs(3),
+        || async { total(&rollout_of(nl).await["gate"]) >= 40 },
+    )
+    .await;
+    let ro = rollout_of(nl).await;
+    assert_eq!(ro["step"], 0, "{ro}");
+    assert!(total(&ro["gate"]) < 60, "counted more than was sent: {ro}");
+    // Its own share goes on counting.
+    for _ in 0..10 {
+        get(&format!("http://{}/", nl.addr)).await;
+    }
+    until("its own requests count", Duration::from_secs(2), || async {
+        total(&rollout_of(nl).await["gate"]) >= 50
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_during_a_store_outage_is_applied_on_the_leader_at_once_and_written_when_the_store_is_back(
+) {
+    // Green answers slowly: a latency breach fails the step fast without failing a request.
+    let green = upstream_with(|req| async move {
+        if req.uri().path() == "/" {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        respond(200, "green")
+    })
+    .await;
+    let mut bed = Bed::with_green(green).await;
+    let rollout = "[routes.rollout]\nto = \"green\"\nsteps = [50, 100]\nstep_interval = \"30s\"\nmin_requests = 10\nmax_p99 = \"50ms\"\n";
+    let reps = [
+        bed.replica("a", "6s", rollout).await,
+        bed.replica("b", "6s", rollout).await,
+        bed.replica("c", "6s", rollout).await,
+    ];
+    let key = bed.doc_key();
+    until("step 0 written", Duration::from_secs(10), || async {
+        bed.etcd.get(&key).is_some_and(|d| {
+            doc_int(&d, "step") == Some(0) && doc_state(&d).as_deref() == Some("progressing")
+        })
+    })
+    .await;
+    for r in &reps {
+        until("step 0 served", Duration::from_secs(1), || async {
+            green_of(&status(r.admin).await) == 50
+        })
+        .await;
+    }
+    let (leader, follower) = leader_and_follower(&reps).await;
+    // Quorum lost, then the step fails on the leader's traffic.
+    bed.etcd.kill(1);
+    bed.etcd.kill(2);
+    let url = format!("http://{}/", leader.addr);
+    let answers = futures_util::future::join_all((0..40).map(|_| get(&url))).await;
+    assert!(answers.iter().all(|g| g.status == 200), "a request failed");
+    let t0 = std::time::Instant::now();
+    while green_of(&status(leader.admin).await) != 0 {
+        if t0.elapsed() > Duration::from_secs(4) {
+            panic!(
+                "the leader did not roll back on its own: {}\n{}",
+                rollout_of(leader).await,
+                leader.stderr.lock().unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = t0.elapsed();
+    assert_eq!(rollout_of(leader).await["state"], "rolled_back");
+    // Its traffic left the canary at once; the others cannot know yet and keep serving.
+    for _ in 0..10 {
+        let g = get(&url).await;
+        assert_eq!((g.status, g.body.as_str()), (200, "blue"), "after {took:?}");
+    }
+    assert_eq!(green_of(&status(follower.admin).await), 50);
+    for r in &reps {
+        assert_eq!(get(&format!("http://{}/", r.addr)).await.status, 200);
+    }
+    assert_eq!(
+        doc_state(&bed.etcd.get_serializable(&key).unwrap_or_default()).as_deref(),
+        Some("progressing"),
+        "nothing could be written without a quorum"
+    );
+    // The store is back: the rollback is written and every replica converges.
+    bed.etcd.restart(1);
+    bed.etcd.restart(2);
+    bed.etcd.wait_healthy(Duration::from_secs(20)).await;
+    until(
+        "the rollback is written",
+        Duration::from_secs(10),
+        || async {
+            bed.etcd
+                .get(&key)
+                .is_some_and(|d| doc_state(&d).as_deref() == Some("rolled_back"))
+        },
+    )
+    .await;
+    for r in &reps {
+        until("converged", Duration::from_secs(2), || async {
+            green_of(&status(r.admin).await) == 0
+        })
+        .await;
+        assert_eq!(get(&format!("http://{}/", r.addr)).await.status, 200);
+    }
+}

@@ -3,6 +3,7 @@
 //! written first (into the config file, or the state file), then applied, or nothing
 //! changes; `?force=true` applies a change that cannot be written in memory only.
 
+use super::rollout::Refusal;
 use super::{error, json, AdminResponse};
 use crate::cluster::FleetError;
 use crate::config::state::Change;
@@ -148,7 +149,7 @@ fn errors_json(
     json(status, &json!({ "error": msg.to_string(), "errors": list }))
 }
 
-fn change_error(e: ChangeError) -> AdminResponse {
+pub(super) fn change_error(e: ChangeError) -> AdminResponse {
     match &e {
         ChangeError::Cluster(FleetError::Unreachable(why)) => {
             tracing::warn!("admin API change refused: cluster store unreachable ({why})");
@@ -306,11 +307,39 @@ async fn hold_rollout(
     who: &str,
 ) -> Result<(), AdminResponse> {
     use crate::config::RolloutState;
-    let Some(s) = rt.rollouts.status(route) else {
+    // (state, step, steps, to, weight): the controller's, or in fleet mode on a replica that does
+    // not lead, the document's.
+    let moving = match rt.rollouts.status(route) {
+        Some(s) => Some((
+            s.state,
+            s.step,
+            s.def.steps.len(),
+            s.def.to.clone(),
+            s.target_weight(),
+        )),
+        None if rt.cluster.get().is_some() => {
+            let config = rt.config();
+            config.route(route).and_then(|rc| {
+                let d = rc.rollout.as_ref()?;
+                let step = d.step.unwrap_or(0);
+                let steps = d.run_steps(d.progress.hotfix && d.hotfix.is_some()).0;
+                let state = d.state.unwrap_or(RolloutState::Pending);
+                Some((
+                    state,
+                    step,
+                    steps.len(),
+                    d.to.clone(),
+                    steps.get(step).copied(),
+                ))
+            })
+        }
+        None => None,
+    };
+    let Some((state, step, steps, to, weight)) = moving else {
         return Ok(());
     };
     if !matches!(
-        s.state,
+        state,
         RolloutState::Progressing | RolloutState::AwaitingApproval
     ) {
         return Ok(());
@@ -319,11 +348,10 @@ async fn hold_rollout(
         return Err(error(
             StatusCode::CONFLICT,
             format!(
-                "route {route:?} has a rollout {} ({}, {} at {}%); a manual {what} would fight it: pause or abort the rollout first, or use ?force=true to pause it and {what} anyway",
-                s.state.as_str(),
-                crate::rollout::step_text(s.step, s.def.steps.len()),
-                s.def.to,
-                s.target_weight().unwrap_or(0)
+                "route {route:?} has a rollout {} ({}, {to} at {}%); a manual {what} would fight it: pause or abort the rollout first, or use ?force=true to pause it and {what} anyway",
+                state.as_str(),
+                crate::rollout::step_text(step, steps),
+                weight.unwrap_or(0)
             ),
         ));
     }
@@ -334,14 +362,15 @@ async fn hold_rollout(
         why: Some(format!("for a manual {what} (?force=true)")),
         cascaded: false,
     };
-    match rt.rollouts.act_opts(rt, route, "pause", opts).await {
-        Ok(_) => {
+    match super::rollout::act(rt, route, "pause", opts).await {
+        Ok(()) => {
             tracing::warn!(route, who, "rollout paused for a forced manual {what}");
             Ok(())
         }
         // Finished or paused meanwhile: nothing to hold.
-        Err(crate::rollout::ActionError::Conflict(_)) => Ok(()),
-        Err(e) => Err(error(e.status(), e)),
+        Err(Refusal::Action(crate::rollout::ActionError::Conflict(_))) => Ok(()),
+        Err(Refusal::Action(e)) => Err(error(e.status(), e)),
+        Err(Refusal::Answer(a)) => Err(a),
     }
 }
 

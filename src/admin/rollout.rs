@@ -7,7 +7,11 @@
 //! `?force=true`: then it goes on in memory, and `/api/status` shows `"persisted": false`).
 
 use super::{error, json, AdminResponse};
-use crate::control::Control;
+use crate::cluster::FleetError;
+use crate::control::fleet::ActError;
+use crate::control::{ChangeError, Control};
+use crate::rollout::controller::{CommitError, Refused};
+use crate::rollout::ActionError;
 use http::StatusCode;
 use std::sync::Arc;
 
@@ -37,15 +41,63 @@ pub async fn handle(
             format!("?hotfix=true goes with start, not {action}"),
         );
     }
-    match rt.rollouts.act_opts(rt, route, action, opts).await {
-        Ok(_) => json(
+    let answer = || {
+        json(
             StatusCode::OK,
             &serde_json::json!({
                 "route": route,
                 "action": action,
                 "rollout": crate::rollout::status_json(&rt.rollouts, rt, route),
             }),
-        ),
-        Err(e) => error(e.status(), e),
+        )
+    };
+    match act(rt, route, action, opts).await {
+        Ok(()) => answer(),
+        Err(Refusal::Action(e)) => error(e.status(), e),
+        Err(Refusal::Answer(a)) => a,
+    }
+}
+
+/// Why [`act`] did nothing: the action's own refusal (its status), or the answer to give.
+pub(super) enum Refusal {
+    Action(ActionError),
+    Answer(AdminResponse),
+}
+
+/// Run a rollout action on this replica's controller, or, in fleet mode on a replica that
+/// does not lead, write it into the fleet's document for the leader to follow.
+pub(super) async fn act(
+    rt: &Arc<Control>,
+    route: &str,
+    action: &str,
+    opts: crate::rollout::ActOptions,
+) -> Result<(), Refusal> {
+    if let Some(fleet) = rt.cluster.get().filter(|f| !f.is_leader()) {
+        return match crate::control::fleet::act(rt, fleet, route, action, &opts).await {
+            Ok(_) => Ok(()),
+            Err(ActError::Action(e)) => Err(Refusal::Action(e)),
+            Err(ActError::Change(e)) => Err(Refusal::Answer(super::api::change_error(e))),
+        };
+    }
+    match rt.rollouts.act_opts(rt, route, action, opts).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(match refused_by_store(&e) {
+            Some(e) => Refusal::Answer(super::api::change_error(e)),
+            None => Refusal::Action(e),
+        }),
+    }
+}
+
+/// The control layer's refusal inside an action's error, when the store was its reason
+/// (fleet mode: 503 as for any API change, not 409).
+fn refused_by_store(e: &ActionError) -> Option<ChangeError> {
+    let ActionError::Commit(CommitError::Change(Refused(inner))) = e else {
+        return None;
+    };
+    match inner.downcast_ref::<ChangeError>()? {
+        ChangeError::Cluster(FleetError::Unreachable(why)) => {
+            Some(ChangeError::Cluster(FleetError::Unreachable(why.clone())))
+        }
+        _ => None,
     }
 }

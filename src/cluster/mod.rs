@@ -23,8 +23,9 @@ pub mod store;
 
 use crate::config::writeback::WritebackError;
 use crate::config::{ClusterConfig, Config, ConfigErrors};
+use crate::metrics::step::StepStats;
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -33,6 +34,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use store::{Compare, Op, Store, StoreError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// Which step of a rollout counts belong to: its index and its start (Unix ms), as written.
+pub type StepId = (usize, u64);
 
 /// How many times a compare-and-swap is tried on a fresh revision before giving up.
 const CAS_TRIES: usize = 50;
@@ -107,6 +111,13 @@ pub struct Fleet {
     rollbacks: Mutex<Vec<crate::config::state::Change>>,
     /// The other replicas' published rollout counters, as the leader last read them.
     remote_counters: Mutex<Vec<(String, Vec<u8>)>>,
+    /// Whether the leader read them since it took leadership (its gate waits until then).
+    counters_read: AtomicBool,
+    /// This replica's own counts of each running rollout step, by route: one set per step
+    /// (its index and written start), the same whether this replica follows (and publishes
+    /// them) or leads (and judges on them), so a replica that takes leadership mid-step goes
+    /// on counting its share from the step's start instead of afresh.
+    own_counts: Mutex<HashMap<String, (StepId, Arc<StepStats>)>>,
     /// Flips whenever leadership here starts or ends.
     pub leadership: tokio::sync::watch::Sender<bool>,
 }
@@ -164,6 +175,8 @@ impl Fleet {
             info: Mutex::new(Info::default()),
             doc: Mutex::new(None),
             remote_counters: Mutex::new(Vec::new()),
+            counters_read: AtomicBool::new(false),
+            own_counts: Mutex::new(HashMap::new()),
             rollbacks: Mutex::new(Vec::new()),
             leadership: tokio::sync::watch::channel(false).0,
         })
@@ -232,6 +245,32 @@ impl Fleet {
             .remote_counters
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = c;
+        self.counters_read.store(true, Ordering::Release);
+    }
+
+    /// Has this replica read the others' counters since it took leadership? A new leader
+    /// judges no step before it has (it would judge on its own share alone).
+    pub fn counters_read(&self) -> bool {
+        self.counters_read.load(Ordering::Acquire)
+    }
+
+    /// This replica's counters of `route`'s step `id` (made by `make` the first time): the
+    /// follower's counting and the leader's controller count one step into the same ones.
+    pub fn step_counts(
+        &self,
+        route: &str,
+        id: StepId,
+        make: impl FnOnce() -> Arc<StepStats>,
+    ) -> Arc<StepStats> {
+        let mut m = self.own_counts.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get(route) {
+            Some((at, s)) if *at == id => s.clone(),
+            _ => {
+                let s = make();
+                m.insert(route.to_string(), (id, s.clone()));
+                s
+            }
+        }
     }
 
     /// The leader's node name, as last read from the store.
@@ -502,6 +541,14 @@ impl Fleet {
 
     fn become_leader(&self, create_rev: i64) {
         self.leader_rev.store(create_rev, Ordering::Release);
+        if !self.is_leader.load(Ordering::Acquire) {
+            // What a past leadership read is stale: read the fleet's counts afresh first.
+            self.remote_counters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            self.counters_read.store(false, Ordering::Release);
+        }
         if !self.is_leader.swap(true, Ordering::AcqRel) {
             tracing::info!(node = %self.node, "this replica leads the fleet");
             self.leadership.send_replace(true);

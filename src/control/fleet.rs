@@ -14,6 +14,7 @@ use crate::cluster::{self, document, Fleet, FleetError, Revision};
 use crate::config::state::Change;
 use crate::config::writeback::WritebackError;
 use crate::config::{Config, RolloutState};
+use crate::rollout::{ActOptions, Action, ActionError};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -193,7 +194,7 @@ async fn counters(rt: Arc<Control>, fleet: Arc<Fleet>) {
         }
         write_pending(&rt, &fleet).await;
         if fleet.is_leader() {
-            counting.clear(&rt);
+            counting.clear();
             let read = tokio::time::timeout(Duration::from_secs(1), fleet.read_counters()).await;
             if let Ok(Ok(all)) = read {
                 let others = all.into_iter().filter(|(n, _)| *n != fleet.node).collect();
@@ -419,6 +420,9 @@ async fn apply_revision(
     apply_revision_locked(rt, fleet, rev, doc, &lock, audit)
 }
 
+/// `doc: None`: a revision seen by the watch (or a read after one ended); `Some`: this
+/// replica's own write, which it applies under the lock it wrote under, so the watch's copy
+/// of it arrives as already applied and only other writers' revisions count as foreign.
 fn apply_revision_locked(
     rt: &Control,
     fleet: &Fleet,
@@ -430,6 +434,7 @@ fn apply_revision_locked(
     if rev.revision <= fleet.revision() {
         return Ok(unchanged(rt));
     }
+    let from_watch = doc.is_none();
     let doc = match doc
         .map(Ok)
         .unwrap_or_else(|| document::parse(&fleet.doc_name(), &rev.text))
@@ -450,6 +455,9 @@ fn apply_revision_locked(
     };
     let live = rt.config();
     let next = document::overlay(&live, &doc);
+    // Written by another replica (or by hand) and not by this one's own write, which is
+    // applied under the same lock it was written under.
+    let foreign = from_watch;
     let report = if next == *live {
         unchanged(rt)
     } else {
@@ -482,41 +490,116 @@ fn apply_revision_locked(
     );
     fleet.set_applied(rev.revision, Arc::new(doc));
     write_cache(rt.config_path.as_deref(), &rev);
+    if foreign && fleet.is_leader() {
+        // A rollout action taken on another replica (or a document pushed by hand) moved a
+        // rollout: the leader's controllers go on from where the document says it stands.
+        rt.rollouts.adopt(&live, &rt.config());
+    }
     Ok(report)
 }
 
-/// A rollout step in fleet mode (the leader's, fenced). A rollback the store cannot take now
-/// is applied here at once (safety first) and written as soon as the store answers
-/// ([`write_pending`]); any other step waits for the store.
+/// A rollout step in fleet mode (the leader's, fenced), under the change lock the controller's
+/// edit was built under (`live`: the config it was built from). The write lands only while
+/// the document's rollout still stands where `live` shows it: a rollout action another
+/// replica wrote meanwhile is never overwritten by a step decided before it (the leader's
+/// controller goes on from the new standing instead, see [`apply_revision_locked`]).
+///
+/// A rollback the store cannot take now is applied here at once (safety first) and written
+/// as soon as the store answers ([`write_pending`]); any other step waits for the store.
 pub async fn commit_progress(
     rt: &Control,
     fleet: &Arc<Fleet>,
     change: &Change,
+    live: &Config,
+    how: crate::config::state::Unwritable,
+    lock: &MutexGuard<'_, ()>,
     origin: &Origin,
 ) -> Result<ReloadReport, ChangeError> {
-    match change_on(rt, fleet, change, origin).await {
+    let route = match change {
+        Change::Progress { route, .. } => route.as_str(),
+        _ => "",
+    };
+    let was = live_standing(live, route);
+    let edit = |d: &mut toml_edit::DocumentMut| {
+        if doc_standing(d, route) != was {
+            return Err(WritebackError::Edit(format!(
+                "{MOVED}: route {route:?}'s rollout was moved on another replica"
+            )));
+        }
+        change.edit_doc(d)
+    };
+    let written = if fleet.store_up() {
+        write_locked(rt, fleet, &change.subject(), &edit, true, lock).await
+    } else {
+        Err(unreachable())
+    };
+    match written {
+        // (An operator's abort, like any API change, changes nothing then, unless forced.)
         Err(ChangeError::Cluster(FleetError::Unreachable(why)))
-            if matches!(
-                change,
-                Change::Progress {
-                    state: RolloutState::RolledBack,
-                    ..
-                }
-            ) =>
+            if how != crate::config::state::Unwritable::Refuse
+                && matches!(
+                    change,
+                    Change::Progress {
+                        state: RolloutState::RolledBack,
+                        ..
+                    }
+                ) =>
         {
-            let lock = rt.change_lock.lock().await;
             let old = rt.config();
             let mut next = (*old).clone();
             change.edit_config(&mut next);
-            let staged = stage(rt, next, &lock)?;
-            let r = commit(rt, staged, &lock)?;
+            let staged = stage(rt, next, lock)?;
+            let r = commit(rt, staged, lock)?;
             super::change::record(rt, &old, change, &r, origin);
             fleet.remember_rollback(change.clone());
             tracing::warn!("{}: rolled back here at once; the store is unreachable ({why}), the rollback is written when it answers", change.subject());
             Ok(r)
         }
+        Ok(r) => {
+            super::change::record(rt, live, change, &r, origin);
+            Ok(r)
+        }
         other => other,
     }
+}
+
+/// How a leader's refused step names the reason (the rollout moved on another replica).
+pub const MOVED: &str = "superseded";
+
+/// Where a route's rollout stands: `state`, `step` and the step's start, as written.
+type Standing = (Option<String>, Option<i64>, Option<i64>);
+
+fn live_standing(c: &Config, route: &str) -> Option<Standing> {
+    let ro = c.route(route)?.rollout.as_ref()?;
+    Some((
+        ro.state.map(|s| s.as_str().to_string()),
+        ro.step.map(|s| s as i64),
+        ro.progress.step_started_ms.map(|s| s as i64),
+    ))
+}
+
+/// The `[routes.rollout]` table of `route` in a document.
+fn doc_rollout<'a>(d: &'a toml_edit::DocumentMut, route: &str) -> Option<&'a toml_edit::Item> {
+    d.get("routes")?
+        .as_array_of_tables()?
+        .iter()
+        .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(route))?
+        .get("rollout")
+}
+
+fn doc_standing(d: &toml_edit::DocumentMut, route: &str) -> Option<Standing> {
+    let r = doc_rollout(d, route)?;
+    Some((
+        r.get("state").and_then(|s| s.as_str()).map(str::to_string),
+        r.get("step").and_then(|s| s.as_integer()),
+        r.get("step_started_ms").and_then(|s| s.as_integer()),
+    ))
+}
+
+fn unreachable() -> ChangeError {
+    ChangeError::Cluster(FleetError::Unreachable(
+        "the store did not answer the last beat".into(),
+    ))
 }
 
 /// Write the rollbacks the store could not take, now that it answers: each only if the
@@ -528,20 +611,12 @@ pub async fn write_pending(rt: &Control, fleet: &Arc<Fleet>) {
         };
         let (route, step) = (route.clone(), *step);
         let edit = |d: &mut toml_edit::DocumentMut| {
-            let still = d
-                .get("routes")
-                .and_then(|r| r.as_array_of_tables())
-                .and_then(|rs| {
-                    rs.iter()
-                        .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(route.as_str()))
-                })
-                .and_then(|t| t.get("rollout"))
-                .is_some_and(|r| {
-                    let state = r.get("state").and_then(|s| s.as_str());
-                    let at = r.get("step").and_then(|s| s.as_integer());
-                    !matches!(state, Some("succeeded" | "rolled_back"))
-                        && at.is_none_or(|a| a == step as i64)
-                });
+            let still = doc_rollout(d, &route).is_some_and(|r| {
+                let state = r.get("state").and_then(|s| s.as_str());
+                let at = r.get("step").and_then(|s| s.as_integer());
+                !matches!(state, Some("succeeded" | "rolled_back"))
+                    && at.is_none_or(|a| a == step as i64)
+            });
             if still {
                 change.edit_doc(d)
             } else {
@@ -593,9 +668,7 @@ async fn change_unrecorded(
     change: &Change,
 ) -> Result<ReloadReport, ChangeError> {
     if !fleet.store_up() {
-        return Err(ChangeError::Cluster(FleetError::Unreachable(
-            "the store did not answer the last beat".into(),
-        )));
+        return Err(unreachable());
     }
     if let Change::Drain { pool, addr, on } = change {
         // Under the change lock, which the watch takes to apply drains too: it sees this
@@ -630,13 +703,22 @@ pub async fn write(
     fenced: bool,
 ) -> Result<ReloadReport, ChangeError> {
     if !fleet.store_up() {
-        return Err(ChangeError::Cluster(FleetError::Unreachable(
-            "the store did not answer the last beat".into(),
-        )));
+        return Err(unreachable());
     }
-    // Under the change lock until applied, so the watch, which takes it too, finds this
-    // revision live already (and the change is recorded once, as this replica's).
     let lock = rt.change_lock.lock().await;
+    write_locked(rt, fleet, subject, edit, fenced, &lock).await
+}
+
+/// [`write`] under the change lock, held from the read to the apply: this replica's own
+/// revision is live before its watch can deliver it, so the watch sees only other writers'.
+async fn write_locked(
+    rt: &Control,
+    fleet: &Arc<Fleet>,
+    subject: &str,
+    edit: &(dyn Fn(&mut toml_edit::DocumentMut) -> Result<(), WritebackError> + Send + Sync),
+    fenced: bool,
+    lock: &MutexGuard<'_, ()>,
+) -> Result<ReloadReport, ChangeError> {
     let (rev, doc) = fleet
         .edit_document(edit, fenced)
         .await
@@ -648,9 +730,87 @@ pub async fn write(
         revision = rev.revision,
         "{subject} changed in the fleet document"
     );
-    match apply_revision_locked(rt, fleet, rev, Some(doc), &lock, false) {
+    match apply_revision_locked(rt, fleet, rev, Some(doc), lock, false) {
         Ok(r) => Ok(r),
         Err(RevisionError::Apply(e)) => Err(ChangeError::Apply(e)),
         Err(RevisionError::Invalid(errors)) => Err(ChangeError::Invalid(errors)),
+    }
+}
+
+/// Why a rollout action taken on a replica that does not lead changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ActError {
+    /// The action does not fit the rollout's standing in the document (or names nothing).
+    #[error(transparent)]
+    Action(#[from] ActionError),
+    /// The store refused the write or could not be reached.
+    #[error(transparent)]
+    Change(#[from] ChangeError),
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A rollout action on a replica that does not lead (SPEC §7): a compare-and-swap of the
+/// document with the progress the action makes of the rollout's standing there, judged again
+/// on the fresh revision a conflict brings (so a step the leader took meanwhile is neither
+/// lost nor overwritten), applied here once written. The answer comes after the write is
+/// durable in the store; the leader's controller goes on from it (`Rollouts::adopt`), and
+/// every replica serves it from its watch. Forwarding to the leader instead would make the
+/// action depend on one more process being reachable, and the store stays the one truth.
+pub async fn act(
+    rt: &Control,
+    fleet: &Arc<Fleet>,
+    route: &str,
+    action: &str,
+    opts: &ActOptions,
+) -> Result<ReloadReport, ActError> {
+    let config = rt.config();
+    let rc = config
+        .route(route)
+        .ok_or_else(|| ActionError::UnknownRoute(route.to_string()))?;
+    if rc.rollout.is_none() {
+        return Err(ActionError::NoRollout(route.to_string()).into());
+    }
+    let action =
+        Action::parse(action).ok_or_else(|| ActionError::UnknownAction(action.to_string()))?;
+    let refused = Mutex::new(None::<ActionError>);
+    let name = fleet.doc_name();
+    let edit = |d: &mut toml_edit::DocumentMut| {
+        let doc = document::parse(&name, &d.to_string()).map_err(|_| {
+            WritebackError::Edit("the fleet's document in the store is invalid".into())
+        })?;
+        match crate::rollout::fleet::follower_action(&doc, route, action, opts, now_ms()) {
+            Ok(writes) => writes.iter().try_for_each(|(r, p)| p.change(r).edit_doc(d)),
+            Err(e) => {
+                let msg = e.to_string();
+                *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Err(WritebackError::Edit(msg))
+            }
+        }
+    };
+    let subject = format!("route {route:?}: rollout {}", action.as_str());
+    match write(rt, fleet, &subject, &edit, false).await {
+        Ok(r) => {
+            tracing::info!(route, action = action.as_str(), leader = ?fleet.leader(), "rollout action written to the fleet document for the leader to follow");
+            let who = opts
+                .who
+                .as_deref()
+                .unwrap_or(super::audit::Source::Api.as_str());
+            rt.audit.record(
+                &Origin::api(who).because(opts.why.clone()),
+                format!("{subject}, written for the leader to follow"),
+            );
+            Ok(r)
+        }
+        Err(e) => Err(
+            match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(a) => a.into(),
+                None => e.into(),
+            },
+        ),
     }
 }

@@ -123,7 +123,8 @@ impl Committer for Control {
     ) -> Committing<'a> {
         Box::pin(async move {
             let lock = self.change_lock.lock().await;
-            let change = edit(&self.config())?;
+            let live = self.config();
+            let change = edit(&live)?;
             // An operator's action is theirs, through the API; the rest is the rollout's.
             let origin = match note.who {
                 Some(who) => Origin::api(&who),
@@ -132,12 +133,21 @@ impl Committer for Control {
             .because(note.why);
             if let Some(fleet) = self.cluster.get().cloned() {
                 // Fleet mode: a fenced compare-and-swap of the fleet's document (only the
-                // leader's write lands), applied here once written.
-                drop(lock);
-                fleet::commit_progress(self, &fleet, &change, &origin)
-                    .await
-                    .map_err(|e| CommitError::Change(Refused(Box::new(e))))?;
-                return Ok(());
+                // leader's write lands, and only on the standing it was decided on),
+                // applied here once written.
+                return match fleet::commit_progress(
+                    self, &fleet, &change, &live, how, &lock, &origin,
+                )
+                .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(ChangeError::Cluster(crate::cluster::FleetError::Edit(m)))
+                        if m.starts_with(fleet::MOVED) =>
+                    {
+                        Err(CommitError::Superseded)
+                    }
+                    Err(e) => Err(CommitError::Change(Refused(Box::new(e)))),
+                };
             }
             change_locked(self, &lock, &change, how, &origin)
                 .map_err(|e| CommitError::Change(Refused(Box::new(e))))?;

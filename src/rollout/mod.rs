@@ -232,6 +232,9 @@ pub enum Start {
     Resume {
         state: Option<RolloutState>,
         step: Option<usize>,
+        /// Fleet mode: the standing another replica's write moved the rollout from (the
+        /// controller reports the move as the action it was).
+        moved_from: Option<RolloutState>,
     },
 }
 
@@ -269,6 +272,12 @@ impl Rollouts {
     /// Called after `new` went live (`old` was live before; `None` at startup): start,
     /// restart or stop controllers as the `[routes.rollout]` definitions changed.
     pub fn sync(&self, old: Option<&Config>, new: &Config) {
+        self.sync_moved(old, new, &[]);
+    }
+
+    /// [`Rollouts::sync`]; `moved`: routes whose rollout another replica moved, from which
+    /// state (their controllers were stopped by [`Rollouts::adopt`]).
+    fn sync_moved(&self, old: Option<&Config>, new: &Config, moved: &[(&str, RolloutState)]) {
         let Some((rt, committer)) = self
             .bound
             .get()
@@ -313,6 +322,7 @@ impl Rollouts {
                     _ => Start::Resume {
                         state: def.state,
                         step: def.step,
+                        moved_from: moved.iter().find(|(n, _)| *n == rc.name).map(|(_, s)| *s),
                     },
                 },
             };
@@ -353,6 +363,37 @@ impl Rollouts {
             .drain()
             .for_each(|(_, h)| h.cancel.cancel());
         self.sync(None, live);
+    }
+
+    /// Fleet mode, on the leader: a revision another replica wrote (a rollout action taken
+    /// there, or a document pushed by hand) moved a rollout from `old`'s standing. Its
+    /// controller starts again from where the document now says it stands, with the step
+    /// clock written there, as a new leader's does; nothing else is touched.
+    pub fn adopt(&self, old: &Config, new: &Config) {
+        let standing = |d: &RolloutConfig| (d.state, d.step, d.progress.clone());
+        let moved: Vec<(&str, RolloutState)> = new
+            .routes
+            .iter()
+            .filter_map(|rc| {
+                let def = rc.rollout.as_ref()?;
+                let was = old.route(&rc.name)?.rollout.as_ref()?;
+                (was.definition_eq(def) && standing(was) != standing(def))
+                    .then(|| (rc.name.as_str(), was.state.unwrap_or(RolloutState::Pending)))
+            })
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        {
+            let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, _) in &moved {
+                if let Some(h) = handles.remove(*name) {
+                    tracing::info!(route = %name, "rollout moved by another replica; the leader goes on from the document");
+                    h.cancel.cancel();
+                }
+            }
+        }
+        self.sync_moved(None, new, &moved);
     }
 
     /// The published status of a route's rollout.

@@ -41,8 +41,29 @@ pub fn etcd_bin() -> &'static str {
 }
 
 impl EtcdCluster {
-    /// Start three members and wait until the cluster serves writes.
+    /// Start three members and wait until the cluster serves writes. A free port can be
+    /// taken by another process between the probe and etcd's bind (tests run side by side):
+    /// then the cluster is started again on other ports.
     pub async fn start() -> EtcdCluster {
+        for _ in 0..3 {
+            let c = EtcdCluster::start_once().await;
+            let end = tokio::time::Instant::now() + Duration::from_secs(30);
+            while tokio::time::Instant::now() < end {
+                if c.healthy_within(Duration::from_millis(500)).await {
+                    return c;
+                }
+                if c.logs().contains("address already in use") {
+                    break;
+                }
+            }
+            if !c.logs().contains("address already in use") {
+                c.wait_healthy(Duration::ZERO).await;
+            }
+        }
+        panic!("etcd could not bind its ports three times");
+    }
+
+    async fn start_once() -> EtcdCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut members: Vec<Member> = (0..3)
             .map(|i| Member {
@@ -68,8 +89,17 @@ impl EtcdCluster {
             m.child = Some(c.spawn(m));
         }
         c.members = members;
-        c.wait_healthy(Duration::from_secs(30)).await;
         c
+    }
+
+    /// Every member's log so far.
+    fn logs(&self) -> String {
+        (0..self.members.len())
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("m{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 
     fn spawn(&self, m: &Member) -> Child {
@@ -142,6 +172,16 @@ impl EtcdCluster {
 
     /// Wait until every running member reports healthy (it has a leader and a quorum).
     pub async fn wait_healthy(&self, within: Duration) {
+        if !self.healthy_within(within).await {
+            panic!(
+                "etcd did not become healthy in {within:?}:\n{}",
+                self.logs()
+            );
+        }
+    }
+
+    /// Whether every running member reports healthy within `within`.
+    async fn healthy_within(&self, within: Duration) -> bool {
         let end = tokio::time::Instant::now() + within;
         loop {
             let mut all = true;
@@ -149,16 +189,10 @@ impl EtcdCluster {
                 all &= healthy(m.client).await;
             }
             if all {
-                return;
+                return true;
             }
             if tokio::time::Instant::now() > end {
-                let logs: String = (0..3)
-                    .map(|i| {
-                        std::fs::read_to_string(self.dir.path().join(format!("m{i}.log")))
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                panic!("etcd did not become healthy in {within:?}:\n{logs}");
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -211,6 +245,13 @@ impl EtcdCluster {
         } else {
             Some(out.strip_suffix('\n').unwrap_or(&out).to_string())
         }
+    }
+
+    /// A key's value as the running members hold it, read without a quorum (etcd's
+    /// serializable read), so it answers while the cluster has lost its quorum.
+    pub fn get_serializable(&self, key: &str) -> Option<String> {
+        let out = self.ctl(&["get", "--consistency=s", "--print-value-only", key]);
+        (!out.is_empty()).then(|| out.strip_suffix('\n').unwrap_or(&out).to_string())
     }
 
     /// A key's value as it was at `rev` (`None`: absent then, or compacted).
@@ -272,6 +313,11 @@ pub struct Bed {
 
 impl Bed {
     pub async fn new() -> Bed {
+        Bed::with_green(upstream("green").await).await
+    }
+
+    /// A bed whose `green` pool is `green` (one that fails or answers slowly on cue).
+    pub async fn with_green(green: Upstream) -> Bed {
         let etcd = EtcdCluster::start().await;
         let prefix = format!("/veer/t{}", std::process::id());
         Bed {
@@ -279,7 +325,7 @@ impl Bed {
             dir: tempfile::tempdir().unwrap(),
             prefix,
             blue: upstream("blue").await,
-            green: upstream("green").await,
+            green,
         }
     }
 

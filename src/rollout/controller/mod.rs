@@ -99,7 +99,7 @@ pub(super) fn spawn(
     let cancel = CancellationToken::new();
     let (state, step) = match start {
         Start::Fresh => (RolloutState::Pending, 0),
-        Start::Resume { state, step } => {
+        Start::Resume { state, step, .. } => {
             (state.unwrap_or(RolloutState::Pending), step.unwrap_or(0))
         }
     };
@@ -292,7 +292,14 @@ impl Controller {
             Start::Resume {
                 state: Some(s),
                 step,
+                ..
             } => (Some(s), step.unwrap_or(0).min(self.last_step())),
+        };
+        // Fleet mode: an action taken on another replica moved the rollout; it is reported
+        // here, by the controller, as that action.
+        let moved = match start {
+            Start::Resume { moved_from, .. } => moved_from,
+            Start::Fresh => None,
         };
         self.step = step;
         match state {
@@ -303,7 +310,14 @@ impl Controller {
             Some(RolloutState::Progressing) => {
                 // The file already says where we are; make sure the split agrees. (The
                 // "resumed" event logs it.)
-                if let Err(e) = self.enter_step(step, EventKind::Resumed, true, AUTO).await {
+                let event = match moved {
+                    Some(RolloutState::AwaitingApproval) => {
+                        self.emit(EventKind::Approved, None, None);
+                        EventKind::Step
+                    }
+                    _ => EventKind::Resumed,
+                };
+                if let Err(e) = self.enter_step(step, event, true, AUTO).await {
                     tracing::error!(route = %self.route, error = %e, "cannot resume rollout step; will retry");
                     self.state = RolloutState::Progressing;
                     self.next_check = Some(Instant::now() + self.tick);
@@ -314,6 +328,24 @@ impl Controller {
                 tracing::info!(route = %self.route, step, "rollout resumes awaiting approval");
                 self.state = RolloutState::AwaitingApproval;
                 self.await_approval(false);
+            }
+            Some(s) if moved.is_some() => {
+                self.state = s;
+                let via = "through another replica";
+                match s {
+                    RolloutState::Succeeded => {
+                        self.finish(format!("promoted {via}"), None, EventKind::Succeeded)
+                    }
+                    RolloutState::RolledBack => {
+                        self.finish(format!("rolled back {via}"), None, EventKind::RolledBack)
+                    }
+                    RolloutState::Paused => {
+                        self.reason = Some(format!("paused {via}"));
+                        self.publish();
+                        self.emit(EventKind::Paused, None, None);
+                    }
+                    _ => self.publish(),
+                }
             }
             Some(s) => {
                 if s == RolloutState::Paused {
@@ -428,6 +460,15 @@ impl Controller {
         sum
     }
 
+    /// Fleet mode: a new leader judges nothing before it has read the other replicas'
+    /// counts once (a step it resumes past its end would be judged on its own share alone).
+    fn fleet_counts_ready(&self) -> bool {
+        self.rt
+            .upgrade()
+            .and_then(|rt| rt.cluster.get().map(|f| f.counters_read()))
+            .unwrap_or(true)
+    }
+
     /// A gate reason, with the replicas whose counts of this step left with them.
     fn with_fleet_note(&self, reason: String) -> String {
         let n = self.fleet_nodes.lock().unwrap_or_else(|p| p.into_inner());
@@ -534,7 +575,7 @@ impl Controller {
         self.verdict = None;
         self.reason = None;
         self.passed_logged = false;
-        self.install_stats(Some(self.fresh_stats()));
+        self.install_stats(Some(self.step_stats()));
         self.schedule();
         self.publish();
         self.emit(event, None, None);
@@ -548,6 +589,20 @@ impl Controller {
             &self.baseline,
             self.def.max_p99,
         ))
+    }
+
+    /// The running step's statistics: fleet mode, this replica's counters of the step (the
+    /// same ones it counted into while it followed, when it resumes a step it counted);
+    /// otherwise fresh ones.
+    fn step_stats(&self) -> Arc<StepStats> {
+        match self.rt.upgrade().and_then(|rt| rt.cluster.get().cloned()) {
+            Some(fleet) => {
+                fleet.step_counts(&self.route, (self.step, self.step_started_ms()), || {
+                    self.fresh_stats()
+                })
+            }
+            None => self.fresh_stats(),
+        }
     }
 
     /// Enter `awaiting_approval` at the current step (already written); `emit` the event.
@@ -617,7 +672,9 @@ impl Controller {
                     self.gate_failed(reason, f).await;
                     return;
                 }
-                if now >= self.step_started + self.def.step_interval {
+                // Fail fast on what is known (safety first), but a step's verdict waits for
+                // the whole fleet's counts.
+                if now >= self.step_started + self.def.step_interval && self.fleet_counts_ready() {
                     match gate::judge(&self.def, &f, self.pool_healthy(), &self.def.to) {
                         Verdict::Pass => {
                             if !self.passed_logged {
