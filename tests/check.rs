@@ -151,6 +151,14 @@ fn example_covers_every_key() {
         "dns_servers",
         "dns_refresh",
         "slow_start",
+        // Mirroring (SPEC §11).
+        "routes.mirror",
+        "percent",
+        "methods",
+        "compare",
+        "ignore_headers",
+        "max_body",
+        "max_in_flight",
     ];
     for k in keys {
         let set = [
@@ -202,7 +210,7 @@ fn unknown_key() {
     );
     assert_errors(
         &format!("{BASE}colour = \"blue\"\n"),
-        &["8:1: unknown key \"colour\" in [routes.web]; expected one of: name, hosts, path_prefix, split, sticky, override, fallback, retry, rollout"],
+        &["8:1: unknown key \"colour\" in [routes.web]; expected one of: name, hosts, path_prefix, split, sticky, override, fallback, retry, rollout, mirror"],
     );
 }
 
@@ -231,7 +239,7 @@ surprise = true
             "7:58: unknown key \"wieght\" in [pools.blue.backends[1]]; did you mean \"weight\"?",
             "9:1: unknown key \"paht\" in [pools.blue.health_check]; did you mean \"path\"?",
             "13:25: unknown key \"backof\" in [routes.web.retry]; did you mean \"backoff\"?",
-            "14:1: unknown key \"surprise\" in [routes.web]; expected one of: name, hosts, path_prefix, split, sticky, override, fallback, retry, rollout",
+            "14:1: unknown key \"surprise\" in [routes.web]; expected one of: name, hosts, path_prefix, split, sticky, override, fallback, retry, rollout, mirror",
         ],
     );
 }
@@ -447,4 +455,41 @@ split = { red = 0 }
             "8:17: routes.web.split: all weights are zero; at least one pool needs a positive weight",
         ],
     );
+}
+
+#[test]
+fn bad_mirror() {
+    // BASE's route with a mirror whose every key is wrong; each error names its line, column
+    // and field.
+    let text = format!(
+        "{BASE}[routes.mirror]\nto = \"purple\"\npercent = 101\nmethods = [\"GET\", \"G ET\", \"connect\"]\nignore_headers = [\"bad header\"]\nmax_body = \"5 parsecs\"\nmax_in_flight = 0\nsurprise = 1\n"
+    );
+    assert_errors(
+        &text,
+        &[
+            "9:6: routes.web.mirror.to: pool \"purple\" does not exist (pools: blue, green)",
+            "10:11: routes.web.mirror.percent: 101 is not a percentage 0..=100",
+            "11:19: routes.web.mirror.methods: invalid method \"G ET\"; expected a method like \"GET\" or \"POST\"",
+            "11:27: routes.web.mirror.methods: CONNECT cannot be mirrored",
+            "12:19: routes.web.mirror.ignore_headers: invalid header name \"bad header\"",
+            "13:12: routes.web.mirror.max_body: unknown unit \"parsecs\" in size \"5 parsecs\"; use B, KB, KiB, MB, MiB, GB or GiB",
+            "14:17: routes.web.mirror.max_in_flight: 0 is out of range 1..=1000000",
+            "15:1: unknown key \"surprise\" in [routes.web.mirror]; expected one of: to, percent, methods, compare, ignore_headers, max_body, max_in_flight",
+        ],
+    );
+    // A route that mirrors onto its only pool would never copy anything.
+    let one = "[pools.blue]\nbackends = [\"127.0.0.1:9001\"]\n[[routes]]\nname = \"web\"\nsplit = { blue = 1 }\nmirror = { to = \"blue\" }\n";
+    assert_errors(
+        one,
+        &["6:17: routes.web.mirror.to: \"blue\" is the route's only pool; a copy never goes to the pool that answered, so nothing would be mirrored"],
+    );
+    // The mirror pool need not be in the split; max_body takes bytes too.
+    let ok = format!(
+        "[pools.grey]\nbackends = [\"127.0.0.1:9003\"]\n{BASE}mirror = {{ to = \"grey\", percent = 12.5, methods = [\"get\", \"POST\"], compare = true, max_body = 1024 }}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("veer.toml");
+    std::fs::write(&path, ok).unwrap();
+    let (code, lines) = check_path(&path);
+    assert_eq!(code, 0, "{lines:?}");
 }

@@ -3,6 +3,7 @@
 //! `[server] state_file`, kept in a state file laid over it ([`state`]).
 
 pub mod duration;
+pub mod mirror;
 pub mod pool_override;
 pub mod raw;
 pub mod schema;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::{format_duration, parse_duration};
+pub use mirror::MirrorConfig;
 
 /// One problem in a config file, located at a line and column (both 1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -575,6 +577,8 @@ pub struct RouteConfig {
     pub fallback: Fallback,
     pub retry: RetryConfig,
     pub rollout: Option<RolloutConfig>,
+    /// `[routes.mirror]` (SPEC §11).
+    pub mirror: Option<MirrorConfig>,
 }
 
 impl RouteConfig {

@@ -178,6 +178,7 @@ pub struct RawRoute {
     pub fallback: Option<S<RawFallback>>,
     pub retry: Option<S<RawRetry>>,
     pub rollout: Option<S<RawRollout>>,
+    pub mirror: Option<S<RawMirror>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -234,4 +235,25 @@ pub struct RawRollout {
     pub step_started_ms: Option<S<i64>>,
     /// Written by the fleet's leader: when the approval wait ends (Unix ms).
     pub approval_deadline_ms: Option<S<i64>>,
+}
+
+/// `[routes.mirror]` (SPEC §11).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    pub to: S<String>,
+    pub percent: Option<S<f64>>,
+    pub methods: Option<S<Vec<S<String>>>>,
+    pub compare: Option<bool>,
+    pub ignore_headers: Option<S<Vec<S<String>>>>,
+    pub max_body: Option<S<RawSize>>,
+    pub max_in_flight: Option<S<i64>>,
+}
+
+/// A size: a number of bytes or a string like `"64KiB"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(i64),
+    Text(String),
 }

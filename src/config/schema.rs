@@ -27,6 +27,8 @@ pub enum Shape {
     BoolOrWord(&'static [&'static str]),
     /// A key that must be present, of this shape.
     Required(&'static Shape),
+    /// A size: an integer (bytes) or a string like "64KiB" (parsed later).
+    Size,
 }
 
 use Shape::*;
@@ -108,6 +110,17 @@ const ROUTE: &[(&str, Shape)] = &[
         ]),
     ),
     ("rollout", Table(ROLLOUT)),
+    ("mirror", Table(MIRROR)),
+];
+/// `[routes.mirror]` (SPEC §11).
+const MIRROR: &[(&str, Shape)] = &[
+    ("to", Required(&Str)),
+    ("percent", Float),
+    ("methods", Array(&Str)),
+    ("compare", Bool),
+    ("ignore_headers", Array(&Str)),
+    ("max_body", Size),
+    ("max_in_flight", Int),
 ];
 /// The whole file.
 pub const ROOT: Shape = Table(&[
@@ -250,6 +263,7 @@ fn expected(shape: &Shape) -> &'static str {
         // Only `fallback` has this shape.
         BoolOrWord(_) => "true, false or \"weighted\"",
         Required(inner) => expected(inner),
+        Size => "a number of bytes or a size string like \"64KiB\"",
     }
 }
 
@@ -401,8 +415,8 @@ impl Walker {
                 }
                 true
             }
-            (Value::String(_), Str | Dur | StrOrTable(_)) => true,
-            (Value::Integer(_), Int | Float) => true,
+            (Value::String(_), Str | Dur | StrOrTable(_) | Size) => true,
+            (Value::Integer(_), Int | Float | Size) => true,
             (Value::Float(_), Float) => true,
             (Value::Boolean(_), Bool | BoolOrTable(_) | BoolOrWord(_)) => true,
             (Value::String(s), BoolOrWord(words)) => words.contains(&s.value().as_str()),

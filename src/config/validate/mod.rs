@@ -6,6 +6,7 @@
 //! certificates, overlapping routes).
 
 mod cluster;
+mod mirror;
 mod pool;
 mod route;
 mod server;

@@ -287,6 +287,9 @@ pub(super) fn build_route(
             }
         }
     };
+    let mirror = raw
+        .mirror
+        .map(|m| super::mirror::build_mirror(cx, &name, m, &split, pools));
     let rollout = raw.rollout.map(|r| {
         let r = r.into_inner();
         if !split.iter().any(|(p, _)| p == r.to.get_ref()) {
@@ -440,5 +443,6 @@ pub(super) fn build_route(
         fallback,
         retry,
         rollout,
+        mirror,
     })
 }
