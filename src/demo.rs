@@ -135,16 +135,51 @@ pub fn demo_config(
     demo_config_with(listen, admin, blue, green, false)
 }
 
+/// Where `veer demo --rollout`'s smoke-test webhook gate is POSTed: a one-line local server
+/// the README starts (any 2xx answer passes).
+pub const DEMO_GATE: &str = "127.0.0.1:9911";
+
 /// The `[routes.rollout]` of `veer demo --rollout`: quick steps, so a walk from 5% to 100%
-/// takes under a minute with a little traffic.
+/// takes under a minute with a little traffic. Route web waits for the rollout of route api
+/// (SPEC §10 order), then for the smoke-test webhook before its first step; a hotfix takes
+/// two 5 s steps.
 pub const DEMO_ROLLOUT: &str = r#"
 [routes.rollout]
 to = "green"
+after = ["api"]
 steps = [5, 25, 50, 100]
 step_interval = "10s"
 min_requests = 20
 max_error_rate = 0.05
 max_p99 = "250ms"
+
+[routes.rollout.hotfix]
+steps = [50, 100]
+step_interval = "5s"
+min_requests = 10
+
+[[routes.rollout.gates]]
+name = "smoke"
+when = "before"
+webhook = "http://DEMO_GATE/smoke"
+interval = "2s"
+timeout = "10m"
+hotfix = true
+"#;
+
+/// Route api of `veer demo --rollout`, rolled out first.
+const DEMO_API: &str = r#"
+[[routes]]
+name = "api"
+path_prefix = "/api"
+split = { blue = 100, green = 0 }
+
+[routes.rollout]
+to = "green"
+steps = [50, 100]
+step_interval = "10s"
+min_requests = 10
+max_error_rate = 0.05
 "#;
 
 /// The demo's config text; with `rollout`, green starts at 0% and is rolled out.
@@ -186,10 +221,15 @@ name = "web"
 split = {{ blue = {b}, green = {g} }}
 sticky = {{ cookie = "veer_id" }}
 override = {{ header = "x-veer-pool", cookie = "veer_pool" }}
-{rollout}"#,
+{rollout}{api}"#,
         blue = list(blue),
         green = list(green),
-        rollout = if rollout { DEMO_ROLLOUT } else { "" },
+        rollout = if rollout {
+            DEMO_ROLLOUT.replace("DEMO_GATE", DEMO_GATE)
+        } else {
+            String::new()
+        },
+        api = if rollout { DEMO_API } else { "" },
     )
 }
 
@@ -230,6 +270,10 @@ mod tests {
         let r = config_with(a, a, &[a], &[a], true);
         let ro = r.routes[0].rollout.as_ref().expect("rollout");
         assert_eq!(ro.steps, vec![5, 25, 50, 100]);
+        assert_eq!(ro.after, vec!["api".to_string()]);
+        assert_eq!(ro.gates.len(), 1);
+        assert!(ro.hotfix.is_some());
         assert_eq!(r.routes[0].weight_of("green"), Some(0));
+        assert!(r.route("api").unwrap().rollout.is_some());
     }
 }

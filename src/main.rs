@@ -121,6 +121,10 @@ enum Command {
         /// (all traffic to the new pool now) or abort (roll back).
         #[arg(value_parser = parse_action, value_name = "ACTION")]
         action: veer::rollout::Action,
+        /// With `start`: the expedited path of `[routes.rollout.hotfix]` (fewer, shorter
+        /// steps; still gated).
+        #[arg(long)]
+        hotfix: bool,
         #[command(flatten)]
         api: AdminOpts,
     },
@@ -428,10 +432,15 @@ fn demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr, rollout: bool
             "  curl -s -c /tmp/veer.jar -b /tmp/veer.jar {url}/   # sticky: same answer every time"
         );
         if rollout {
-            println!("\nRollout of green: 5 → 25 → 50 → 100%, 10 s steps (README, Canary releases):");
-            println!("  while :; do curl -s -o /dev/null {url}/; done      # traffic for the gate");
-            println!("  curl -s http://{}/api/status | jq '.routes[0].rollout'", running.admin);
+            let gate = veer::demo::DEMO_GATE.rsplit(':').next().unwrap_or("9911");
+            println!("\nRollouts of green (README, Canary releases): route api first (50 → 100%),");
+            println!("then route web (5 → 25 → 50 → 100%, 10 s steps) once api succeeded and the");
+            println!("smoke webhook on {} answers 2xx:", veer::demo::DEMO_GATE);
+            println!("  while :; do curl -s -o /dev/null {url}/api/; curl -s -o /dev/null {url}/; done   # traffic");
+            println!("  python3 -c 'import http.server as s; s.BaseHTTPRequestHandler.do_POST=lambda h:(h.send_response(200),h.end_headers()); s.HTTPServer((\"127.0.0.1\",{gate}),s.BaseHTTPRequestHandler).serve_forever()'   # the gate");
+            println!("  curl -s http://{}/api/status | jq '.routes[].rollout | {{state, step, weight, reason: .gate.reason}}'", running.admin);
             println!("  curl -s -X POST -H 'x-veer-pool: green' '{url}/fail?rate=0.2'   # make green fail 20%");
+            println!("  veer rollout web abort --admin http://{0} && veer rollout web start --hotfix --admin http://{0}", running.admin);
         }
         println!("\nPress Ctrl-C to stop.");
         signals.wait(&running).await;
@@ -571,8 +580,13 @@ fn admin_command(cmd: Command) -> Result<()> {
                 .await
                 .map(|v| (format!("{pool} {addr}: back in service\n"), v)),
             Command::Reload { .. } => c.reload().await.map(|v| (render::render_reload(&v), v)),
-            Command::Rollout { route, action, .. } => c
-                .rollout(route, action.as_str())
+            Command::Rollout {
+                route,
+                action,
+                hotfix,
+                ..
+            } => c
+                .rollout(route, action.as_str(), *hotfix)
                 .await
                 .map(|v| (render::render_rollout_answer(route, action.as_str(), &v), v)),
             Command::Run { .. }

@@ -1101,18 +1101,29 @@ async fn demo_with_rollout_starts_a_canary_of_green() {
         status_url.expect("demo prints its status URL"),
         proxy_url.unwrap(),
     );
-    let mut ro = Value::Null;
+    // Route api rolls out first (SPEC §10 order); web waits for it.
+    let route = |st: &Value, name: &str| {
+        st["routes"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == name))
+            .map(|r| r["rollout"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let (mut ro, mut web) = (Value::Null, Value::Null);
     for _ in 0..100 {
         let st = json_of(&get(&status_url).await);
-        ro = st["routes"][0]["rollout"].clone();
+        ro = route(&st, "api");
+        web = route(&st, "web");
         if ro["state"] == "progressing" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(ro["state"], "progressing", "{ro}");
-    assert_eq!(ro["weight"], 5);
+    assert_eq!(ro["weight"], 50);
     assert_eq!(ro["to"], "green");
+    assert_eq!(web["state"], "waiting", "{web}");
+    assert_eq!(web["hotfix"], false);
     // Once green's health checks pass, it can be told to fail, through the proxy, for the
     // whole pool.
     for _ in 0..200 {

@@ -256,6 +256,63 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
+/// Who makes a change through the API, for the state and the log (`"admin"`: the single
+/// `token_env` token, SPEC §3).
+pub const WHO: &str = "admin";
+
+/// A manual split or swap on a route whose rollout is moving traffic (progressing or
+/// awaiting approval) would fight the rollout: 409, unless `?force=true`, which pauses the
+/// rollout first, saying who and why (SPEC §10). `Err` is the answer to give.
+async fn hold_rollout(
+    rt: &Arc<Control>,
+    route: &str,
+    query: &str,
+    what: &str,
+) -> Result<(), AdminResponse> {
+    use crate::config::RolloutState;
+    let Some(s) = rt.rollouts.status(route) else {
+        return Ok(());
+    };
+    if !matches!(
+        s.state,
+        RolloutState::Progressing | RolloutState::AwaitingApproval
+    ) {
+        return Ok(());
+    }
+    if !query_flag(query, "force") {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!(
+                "route {route:?} has a rollout {} (step {}, {} at {}%); a manual {what} would fight it: pause or abort the rollout first, or use ?force=true to pause it and {what} anyway",
+                s.state.as_str(),
+                s.step + 1,
+                s.def.to,
+                s.target_weight().unwrap_or(0)
+            ),
+        ));
+    }
+    let opts = crate::rollout::ActOptions {
+        force: true,
+        hotfix: false,
+        who: Some(WHO.to_string()),
+        why: Some(format!("for a manual {what} (?force=true)")),
+        cascaded: false,
+    };
+    match rt.rollouts.act_opts(rt, route, "pause", opts).await {
+        Ok(_) => {
+            tracing::warn!(
+                route,
+                who = WHO,
+                "rollout paused for a forced manual {what}"
+            );
+            Ok(())
+        }
+        // Finished or paused meanwhile: nothing to hold.
+        Err(crate::rollout::ActionError::Conflict(_)) => Ok(()),
+        Err(e) => Err(error(e.status(), e)),
+    }
+}
+
 /// `PUT /api/routes/{route}/split[?force=true]`: body `{pool: weight, …}` replaces the
 /// route's split.
 pub async fn put_split(
@@ -307,6 +364,9 @@ pub async fn put_split(
     }
     // The typed config keeps splits sorted by pool name.
     split.sort();
+    if let Err(answer) = hold_rollout(rt, route, query, "split").await {
+        return answer;
+    }
     let change = Change::Split {
         route: route.to_string(),
         split,
@@ -321,6 +381,11 @@ pub async fn put_split(
 /// pools. Refused when the pool that gains traffic has no healthy backend, unless forced.
 pub async fn swap(rt: &Arc<Control>, route: &str, query: &str) -> AdminResponse {
     let force = query_flag(query, "force");
+    if rt.config().route(route).is_some() {
+        if let Err(answer) = hold_rollout(rt, route, query, "swap").await {
+            return answer;
+        }
+    }
     // Decide under the change lock, so two swaps in a row never read the same weights.
     let lock = rt.change_lock.lock().await;
     let snap = rt.snapshot();

@@ -14,8 +14,20 @@ use std::sync::Arc;
 /// Run a rollout action on a route. Called after the token check; `query` is the raw query
 /// string: `force=true` applies the action in memory when its progress cannot be written.
 pub async fn handle(rt: &Arc<Control>, route: &str, action: &str, query: &str) -> AdminResponse {
-    let force = super::api::query_flag(query, "force");
-    match rt.rollouts.act_with(rt, route, action, force).await {
+    let opts = crate::rollout::ActOptions {
+        force: super::api::query_flag(query, "force"),
+        hotfix: super::api::query_flag(query, "hotfix"),
+        who: Some(super::api::WHO.to_string()),
+        why: None,
+        cascaded: false,
+    };
+    if opts.hotfix && action != "start" {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("?hotfix=true goes with start, not {action}"),
+        );
+    }
+    match rt.rollouts.act_opts(rt, route, action, opts).await {
         Ok(_) => json(
             StatusCode::OK,
             &serde_json::json!({

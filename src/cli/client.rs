@@ -159,9 +159,19 @@ impl AdminClient {
         self.call(Method::POST, "/api/reload".into(), None).await
     }
 
-    /// `POST /api/routes/{route}/rollout/{action}`.
-    pub async fn rollout(&self, route: &str, action: &str) -> Result<Value, AdminError> {
-        let path = format!("/api/routes/{}/rollout/{}", segment(route), segment(action));
+    /// `POST /api/routes/{route}/rollout/{action}` (`?hotfix=true` for an expedited start).
+    pub async fn rollout(
+        &self,
+        route: &str,
+        action: &str,
+        hotfix: bool,
+    ) -> Result<Value, AdminError> {
+        let q = if hotfix { "?hotfix=true" } else { "" };
+        let path = format!(
+            "/api/routes/{}/rollout/{}{q}",
+            segment(route),
+            segment(action)
+        );
         self.call(Method::POST, path, None).await
     }
 

@@ -61,7 +61,11 @@ pub fn render_status(v: &Value) -> String {
             let ro = &r["rollout"];
             vec![
                 text(&r["name"]),
-                text(&ro["state"]),
+                if ro["hotfix"] == true {
+                    format!("{} (hotfix)", text(&ro["state"]))
+                } else {
+                    text(&ro["state"])
+                },
                 step_text(ro),
                 weight_text(ro),
                 detail_text(ro),

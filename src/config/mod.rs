@@ -6,6 +6,7 @@ pub mod duration;
 pub mod mirror;
 pub mod pool_override;
 pub mod raw;
+pub mod rollout;
 pub mod schema;
 pub mod state;
 pub mod validate;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 pub use duration::{format_duration, parse_duration};
 pub use mirror::MirrorConfig;
+pub use rollout::{GateCheck, GateConfig, GateWhen, HeaderValue, HotfixConfig, ProgressMeta};
 
 /// One problem in a config file, located at a line and column (both 1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -591,6 +593,8 @@ impl RouteConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RolloutState {
     Pending,
+    /// Not started yet: waiting for the rollouts named in `after`, or for `before` gates.
+    Waiting,
     Progressing,
     Paused,
     AwaitingApproval,
@@ -602,6 +606,7 @@ impl RolloutState {
     pub fn as_str(self) -> &'static str {
         match self {
             RolloutState::Pending => "pending",
+            RolloutState::Waiting => "waiting",
             RolloutState::Progressing => "progressing",
             RolloutState::Paused => "paused",
             RolloutState::AwaitingApproval => "awaiting_approval",
@@ -613,6 +618,7 @@ impl RolloutState {
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "pending" => RolloutState::Pending,
+            "waiting" => RolloutState::Waiting,
             "progressing" => RolloutState::Progressing,
             "paused" => RolloutState::Paused,
             "awaiting_approval" => RolloutState::AwaitingApproval,
@@ -642,26 +648,17 @@ pub struct RolloutConfig {
     pub state: Option<RolloutState>,
     /// Persisted index into `steps`.
     pub step: Option<usize>,
-    /// Fleet mode: when the persisted step started (Unix ms), so a new leader resumes it with
-    /// the same clock.
-    pub step_started_ms: Option<u64>,
-    /// Fleet mode: when the persisted approval wait ends (Unix ms).
-    pub approval_deadline_ms: Option<u64>,
-}
-
-impl RolloutConfig {
-    /// The definition without the persisted progress: a change here starts a new rollout.
-    pub fn definition_eq(&self, other: &RolloutConfig) -> bool {
-        self.to == other.to
-            && self.steps == other.steps
-            && self.step_interval == other.step_interval
-            && self.min_requests == other.min_requests
-            && self.max_error_rate == other.max_error_rate
-            && self.max_p99 == other.max_p99
-            && self.approval == other.approval
-            && self.approval_timeout == other.approval_timeout
-            && self.notify_url == other.notify_url
-    }
+    /// SPEC §10: the routes whose rollouts must have succeeded before this one starts.
+    pub after: Vec<String>,
+    /// SPEC §10: external gates, in file order.
+    pub gates: Vec<GateConfig>,
+    /// SPEC §10: `to`'s error rate may be at most this multiple of the baseline's (plus
+    /// `max_error_rate`).
+    pub max_error_rate_vs_baseline: Option<f64>,
+    /// SPEC §10: `[routes.rollout.hotfix]`.
+    pub hotfix: Option<HotfixConfig>,
+    /// Persisted with `state`/`step`: the step's clock, fingerprint, hotfix run.
+    pub progress: ProgressMeta,
 }
 
 /// Checks the certificate files a config names, for validation to report with their

@@ -231,10 +231,44 @@ pub struct RawRollout {
     pub state: Option<S<String>>,
     /// Written back by veer: the index into `steps` reached.
     pub step: Option<S<i64>>,
-    /// Written by the fleet's leader (SPEC §7): when the step started (Unix ms).
+    // SPEC §10: gates, order, baseline comparison, hotfix.
+    pub after: Option<S<Vec<S<String>>>>,
+    pub gates: Option<S<Vec<S<RawGate>>>>,
+    pub max_error_rate_vs_baseline: Option<S<f64>>,
+    pub hotfix: Option<S<RawHotfix>>,
+    /// Written back by veer with `state`/`step`: the step's clock (unix ms), the
+    /// definition's fingerprint, and `mode = "hotfix"` for a hotfix run.
     pub step_started_ms: Option<S<i64>>,
-    /// Written by the fleet's leader: when the approval wait ends (Unix ms).
     pub approval_deadline_ms: Option<S<i64>>,
+    pub fingerprint: Option<S<String>>,
+    pub mode: Option<S<String>>,
+}
+
+/// One `[[routes.rollout.gates]]` (SPEC §10).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    pub name: S<String>,
+    pub when: Option<S<String>>,
+    pub prometheus: Option<S<String>>,
+    pub query: Option<S<String>>,
+    pub min: Option<S<f64>>,
+    pub max: Option<S<f64>>,
+    pub webhook: Option<S<String>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub steady_for: Option<S<String>>,
+    pub headers: Option<S<BTreeMap<S<String>, S<String>>>>,
+    pub hotfix: Option<bool>,
+}
+
+/// `[routes.rollout.hotfix]` (SPEC §10).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHotfix {
+    pub steps: S<Vec<S<i64>>>,
+    pub step_interval: Option<S<String>>,
+    pub min_requests: Option<S<i64>>,
 }
 
 /// `[routes.mirror]` (SPEC §11).

@@ -77,9 +77,35 @@ const ROLLOUT: &[(&str, Shape)] = &[
     ("notify_url", Str),
     ("state", Str),
     ("step", Int),
-    // Fleet mode: the step clock, written by the leader (SPEC §7).
+    // SPEC §10.
+    ("after", Array(&Str)),
+    ("gates", Array(&Table(GATE))),
+    ("max_error_rate_vs_baseline", Float),
+    ("hotfix", Table(HOTFIX)),
     ("step_started_ms", Int),
     ("approval_deadline_ms", Int),
+    ("fingerprint", Str),
+    ("mode", Str),
+];
+/// `[[routes.rollout.gates]]` (SPEC §10).
+const GATE: &[(&str, Shape)] = &[
+    ("name", Required(&Str)),
+    ("when", Str),
+    ("prometheus", Str),
+    ("query", Str),
+    ("min", Float),
+    ("max", Float),
+    ("webhook", Str),
+    ("interval", Dur),
+    ("timeout", Dur),
+    ("steady_for", Dur),
+    ("headers", Map(&Str)),
+    ("hotfix", Bool),
+];
+const HOTFIX: &[(&str, Shape)] = &[
+    ("steps", Required(&Array(&Int))),
+    ("step_interval", Dur),
+    ("min_requests", Int),
 ];
 const ROUTE: &[(&str, Shape)] = &[
     ("name", Required(&Str)),

@@ -26,7 +26,7 @@
 //! be written into the config file, so a reload does not take a running rollout's weight away.
 
 use super::writeback::{self, WritebackError};
-use super::{Config, ConfigError, ConfigErrors, RolloutConfig, RolloutState};
+use super::{Config, ConfigError, ConfigErrors, ProgressMeta, RolloutConfig, RolloutState};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -63,6 +63,8 @@ pub struct RolloutEntry {
     pub step: usize,
     /// [`describe`] of the config file's `[routes.rollout]` when this was written.
     pub was: String,
+    /// The step's clock, the definition's fingerprint, a hotfix run.
+    pub meta: ProgressMeta,
 }
 
 /// What to do with a change that cannot be written.
@@ -92,8 +94,8 @@ pub enum Change {
         split: Split,
         state: RolloutState,
         step: usize,
-        /// Fleet mode: the step clock, written into the fleet's document with the step.
-        clock: Option<StepClock>,
+        /// Written with the step: its clock, the definition's fingerprint, a hotfix run.
+        meta: ProgressMeta,
     },
     /// Drain state lives outside the config file; only a state file keeps it over a restart.
     Drain {
@@ -101,14 +103,6 @@ pub enum Change {
         addr: SocketAddr,
         on: bool,
     },
-}
-
-/// Fleet mode (SPEC §7): when a rollout step started and when its approval wait ends (Unix
-/// ms), written with the step so a new leader resumes it with the same clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StepClock {
-    pub started_ms: Option<u64>,
-    pub deadline_ms: Option<u64>,
 }
 
 impl Change {
@@ -131,16 +125,10 @@ impl Change {
                 split,
                 state,
                 step,
-                clock,
+                meta,
             } => {
                 writeback::set_split(doc, route, split)?;
-                writeback::set_rollout_progress(doc, route, *state, *step)?;
-                match clock {
-                    Some(c) => {
-                        writeback::set_rollout_clock(doc, route, c.started_ms, c.deadline_ms)
-                    }
-                    None => Ok(()),
-                }
+                writeback::set_rollout_progress(doc, route, *state, *step, meta)
             }
             Change::Drain { .. } => Ok(()),
         }
@@ -159,13 +147,14 @@ impl Change {
                 split,
                 state,
                 step,
-                ..
+                meta,
             } => {
                 if let Some(r) = config.route_mut(route) {
                     r.split = split.clone();
                     if let Some(ro) = r.rollout.as_mut() {
                         ro.state = Some(*state);
                         ro.step = Some(*step);
+                        ro.progress = meta.clone();
                     }
                 }
             }
@@ -196,7 +185,7 @@ impl Change {
                 split,
                 state: st,
                 step,
-                ..
+                meta,
             } => {
                 state.splits.insert(
                     route.clone(),
@@ -216,6 +205,7 @@ impl Change {
                         state: *st,
                         step: *step,
                         was,
+                        meta: meta.clone(),
                     },
                 );
             }
@@ -246,18 +236,9 @@ impl Change {
 /// spelled out so the state file stays readable and stable across versions. Keep in step with
 /// [`RolloutConfig::definition_eq`].
 pub fn describe(r: &RolloutConfig) -> String {
-    let d = super::format_duration;
     format!(
-        "to={} steps={:?} step_interval={} min_requests={} max_error_rate={} max_p99={} approval={} approval_timeout={} notify_url={} state={} step={}",
-        r.to,
-        r.steps,
-        d(r.step_interval),
-        r.min_requests,
-        r.max_error_rate,
-        d(r.max_p99),
-        r.approval,
-        d(r.approval_timeout),
-        r.notify_url.as_deref().unwrap_or("-"),
+        "{} state={} step={}",
+        r.definition_text(),
         r.state.map_or("-", |s| s.as_str()),
         r.step.map_or_else(|| "-".to_string(), |s| s.to_string()),
     )
@@ -357,6 +338,7 @@ impl State {
             if let Some(r) = config.route_mut(route).and_then(|r| r.rollout.as_mut()) {
                 r.state = Some(e.state);
                 r.step = Some(e.step.min(r.steps.len().saturating_sub(1)));
+                r.progress = e.meta.clone();
             }
             true
         });
@@ -411,6 +393,19 @@ impl State {
                 t.insert("state", value(e.state.as_str()));
                 t.insert("step", value(e.step as i64));
                 t.insert("was", value(e.was.as_str()));
+                let m = &e.meta;
+                if let Some(v) = m.step_started_ms {
+                    t.insert("step_started_ms", value(v.min(i64::MAX as u64) as i64));
+                }
+                if let Some(v) = m.approval_deadline_ms {
+                    t.insert("approval_deadline_ms", value(v.min(i64::MAX as u64) as i64));
+                }
+                if let Some(f) = &m.fingerprint {
+                    t.insert("fingerprint", value(f.as_str()));
+                }
+                if m.hotfix {
+                    t.insert("mode", value("hotfix"));
+                }
                 rt.insert("rollout", Item::Table(t));
             }
             routes.insert(name, Item::Table(rt));
@@ -473,12 +468,19 @@ impl State {
                 let ro = ro.into_inner();
                 match (RolloutState::parse(&ro.state), usize::try_from(ro.step)) {
                     (Some(st), Ok(step)) => {
+                        let ms = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
                         state.rollouts.insert(
                             route.clone(),
                             RolloutEntry {
                                 state: st,
                                 step,
                                 was: ro.was,
+                                meta: ProgressMeta {
+                                    step_started_ms: ms(ro.step_started_ms),
+                                    approval_deadline_ms: ms(ro.approval_deadline_ms),
+                                    fingerprint: ro.fingerprint,
+                                    hotfix: ro.mode.as_deref() == Some("hotfix"),
+                                },
                             },
                         );
                     }
@@ -599,6 +601,14 @@ mod raw {
         pub state: String,
         pub step: i64,
         pub was: String,
+        #[serde(default)]
+        pub step_started_ms: Option<i64>,
+        #[serde(default)]
+        pub approval_deadline_ms: Option<i64>,
+        #[serde(default)]
+        pub fingerprint: Option<String>,
+        #[serde(default)]
+        pub mode: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -943,7 +953,15 @@ mod tests {
             split: vec![("blue".into(), blue), ("green".into(), green)],
             state,
             step,
-            clock: None,
+            meta: ProgressMeta {
+                step_started_ms: Some(1_700_000_000_000),
+                approval_deadline_ms: None,
+                fingerprint: base
+                    .route("web")
+                    .and_then(|r| r.rollout.as_ref())
+                    .map(|r| r.fingerprint()),
+                hotfix: false,
+            },
         }
         .record(&mut s, base);
         Change::Drain {

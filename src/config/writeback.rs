@@ -276,52 +276,30 @@ pub fn set_split(
 }
 
 /// Set `state` and `step` in a route's `[routes.rollout]` (table or inline), keeping the
-/// comments that trail the values.
+/// comments that trail the values, and the progress written beside them (`step_started_ms`,
+/// `approval_deadline_ms`, `fingerprint`, `mode`; a key whose value is unset is removed).
 pub fn set_rollout_progress(
     doc: &mut DocumentMut,
     route: &str,
     state: super::RolloutState,
     step: usize,
+    meta: &super::ProgressMeta,
 ) -> Result<(), WritebackError> {
     let t = route_table(doc, route)?;
-    let state = toml_edit::Value::from(state.as_str());
-    let step = toml_edit::Value::from(step as i64);
-    match t.get_mut("rollout") {
-        Some(toml_edit::Item::Table(r)) => {
-            set_value(r.entry("state"), state);
-            set_value(r.entry("step"), step);
-        }
-        Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(r))) => {
-            r.insert("state", state);
-            r.insert("step", step);
-        }
-        _ => {
-            return Err(WritebackError::Edit(format!(
-                "route {route:?} has no [routes.rollout] table"
-            )))
-        }
-    }
-    Ok(())
-}
-
-/// Fleet mode: set (or, with `None`, remove) `step_started_ms` and `approval_deadline_ms` in
-/// a route's `[routes.rollout]`, so a new leader resumes the step with the same clock.
-pub fn set_rollout_clock(
-    doc: &mut DocumentMut,
-    route: &str,
-    started_ms: Option<u64>,
-    deadline_ms: Option<u64>,
-) -> Result<(), WritebackError> {
-    let t = route_table(doc, route)?;
-    let fields = [
-        ("step_started_ms", started_ms),
-        ("approval_deadline_ms", deadline_ms),
+    let ms = |v: Option<u64>| v.map(|v| toml_edit::Value::from(v.min(i64::MAX as u64) as i64));
+    let pairs: [(&str, Option<toml_edit::Value>); 6] = [
+        ("state", Some(state.as_str().into())),
+        ("step", Some((step as i64).into())),
+        ("step_started_ms", ms(meta.step_started_ms)),
+        ("approval_deadline_ms", ms(meta.approval_deadline_ms)),
+        ("fingerprint", meta.fingerprint.as_deref().map(Into::into)),
+        ("mode", meta.hotfix.then(|| "hotfix".into())),
     ];
     match t.get_mut("rollout") {
         Some(toml_edit::Item::Table(r)) => {
-            for (k, v) in fields {
+            for (k, v) in pairs {
                 match v {
-                    Some(v) => set_value(r.entry(k), toml_edit::Value::from(v as i64)),
+                    Some(v) => set_value(r.entry(k), v),
                     None => {
                         r.remove(k);
                     }
@@ -329,10 +307,10 @@ pub fn set_rollout_clock(
             }
         }
         Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(r))) => {
-            for (k, v) in fields {
+            for (k, v) in pairs {
                 match v {
                     Some(v) => {
-                        r.insert(k, toml_edit::Value::from(v as i64));
+                        r.insert(k, v);
                     }
                     None => {
                         r.remove(k);

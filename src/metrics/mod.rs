@@ -114,6 +114,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub rollout_step: IntGaugeVec,
     pub rollouts: IntCounterVec,
+    /// SPEC §10: every external gate check, by route, gate and result.
+    pub rollout_gate_checks: IntCounterVec,
     /// `veer_dns_resolutions_total{pool,result}`: lookups of backend names (SPEC §9).
     pub dns_resolutions: IntCounterVec,
     /// Access log lines dropped because the writer's queue was full (issue 16).
@@ -230,6 +232,11 @@ impl Metrics {
                 "veer_rollouts_total",
                 "Finished rollouts by result.",
                 &["route", "result"],
+            ),
+            rollout_gate_checks: counter(
+                "veer_rollout_gate_checks_total",
+                "External rollout gate checks by result (pass, fail, error).",
+                &["route", "gate", "result"],
             ),
             dns_resolutions: counter(
                 "veer_dns_resolutions_total",

@@ -52,7 +52,9 @@ impl Counting {
                 def.state,
                 Some(RolloutState::Progressing | RolloutState::AwaitingApproval)
             );
-            let (Some(step), Some(started), true) = (def.step, def.step_started_ms, running) else {
+            let (Some(step), Some(started), true) =
+                (def.step, def.progress.step_started_ms, running)
+            else {
                 continue;
             };
             let Some(route) = snap.router.get(&rc.name) else {

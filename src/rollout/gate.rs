@@ -58,11 +58,11 @@ pub fn judge(def: &RolloutConfig, f: &Figures, healthy: bool, to: &str) -> Verdi
             c.requests, def.min_requests
         ));
     }
-    if c.error_rate() > def.max_error_rate {
+    if c.error_rate() > allowed_error_rate(def, f) {
         return Verdict::Fail(format!(
             "error rate {} over {}: {} of {} requests to {to} failed",
             pct(c.error_rate()),
-            pct(def.max_error_rate),
+            allowed_text(def, f),
             c.failures,
             c.requests
         ));
@@ -84,20 +84,45 @@ fn slow_reason(def: &RolloutConfig, f: &Figures, to: &str) -> String {
     )
 }
 
+/// The error rate `to` may have in the step: `max_error_rate`, or with
+/// `max_error_rate_vs_baseline = m` the baseline's rate in the same step times `m`, plus
+/// `max_error_rate` as slack (SPEC §10). With the comparison, `to` is judged against the
+/// baseline instead of an absolute limit: when both pools fail alike (a shared dependency is
+/// down) the release is not to blame, and `to` failing at three times the baseline's rate is.
+pub fn allowed_error_rate(def: &RolloutConfig, f: &Figures) -> f64 {
+    match def.max_error_rate_vs_baseline {
+        None => def.max_error_rate,
+        Some(m) => (m * f.baseline.error_rate() + def.max_error_rate).min(1.0),
+    }
+}
+
+fn allowed_text(def: &RolloutConfig, f: &Figures) -> String {
+    match def.max_error_rate_vs_baseline {
+        None => pct(def.max_error_rate),
+        Some(m) => format!(
+            "{} ({m}× the baseline's {} plus {})",
+            pct(allowed_error_rate(def, f)),
+            pct(f.baseline.error_rate()),
+            pct(def.max_error_rate)
+        ),
+    }
+}
+
 /// A breach certain enough to roll back before the step ends; see the module docs.
 pub fn fail_fast(def: &RolloutConfig, f: &Figures, to: &str) -> Option<String> {
     let c = &f.canary;
-    if let Some(r) = run_of_failures(def, c.streak, to) {
+    let allowed = allowed_error_rate(def, f);
+    if let Some(r) = run_of_failures(def, allowed, c.streak, to) {
         return Some(r);
     }
     if c.requests < def.min_requests.max(1) {
         return None;
     }
-    if c.failures > 0 && significant(c.failures, c.requests, def.max_error_rate) {
+    if c.failures > 0 && significant(c.failures, c.requests, allowed) {
         return Some(format!(
             "error rate {} over {}: {} of {} requests to {to} failed (fail fast)",
             pct(c.error_rate()),
-            pct(def.max_error_rate),
+            allowed_text(def, f),
             c.failures,
             c.requests
         ));
@@ -110,11 +135,10 @@ pub fn fail_fast(def: &RolloutConfig, f: &Figures, to: &str) -> Option<String> {
 
 /// The last `min_requests` (at least one) requests all failed, and such a run is unlikely
 /// for a pool failing at the allowed rate.
-fn run_of_failures(def: &RolloutConfig, streak: u64, to: &str) -> Option<String> {
+fn run_of_failures(def: &RolloutConfig, p: f64, streak: u64, to: &str) -> Option<String> {
     if streak < def.min_requests.max(1) {
         return None;
     }
-    let p = def.max_error_rate;
     let unlikely = p <= 0.0 || (p < 1.0 && streak as f64 * p.ln() < FAIL_FAST_CONFIDENCE.ln());
     unlikely.then(|| format!("the last {streak} requests to {to} all failed (fail fast)"))
 }
@@ -180,8 +204,11 @@ mod tests {
             notify_url: None,
             state: None,
             step: None,
-            step_started_ms: None,
-            approval_deadline_ms: None,
+            after: Vec::new(),
+            gates: Vec::new(),
+            max_error_rate_vs_baseline: None,
+            hotfix: None,
+            progress: Default::default(),
         }
     }
 
@@ -214,6 +241,38 @@ mod tests {
         assert!(
             matches!(judge(&d, &fig(1000, 0, 0, 0), false, "green"), Verdict::Fail(r) if r.contains("healthy"))
         );
+    }
+
+    #[test]
+    fn baseline_comparison_judges_against_the_baseline() {
+        let mut d = def(100, 0.01);
+        d.max_error_rate_vs_baseline = Some(2.0);
+        let both = |to_fail: u64, base_fail: u64| Figures {
+            canary: SideFigures {
+                requests: 1000,
+                failures: to_fail,
+                ..Default::default()
+            },
+            baseline: SideFigures {
+                requests: 1000,
+                failures: base_fail,
+                ..Default::default()
+            },
+        };
+        // Both at 10%: passes (the absolute 1% alone would fail it), and no fail fast.
+        assert_eq!(judge(&d, &both(100, 100), true, "green"), Verdict::Pass);
+        assert!(fail_fast(&d, &both(100, 100), "green").is_none());
+        // `to` at 3× the baseline: fails, and the reason says against what.
+        match judge(&d, &both(300, 100), true, "green") {
+            Verdict::Fail(r) => assert!(r.contains("2× the baseline's 10% plus 1%"), "{r}"),
+            v => panic!("{v:?}"),
+        }
+        // A clean baseline leaves the slack: 1% passes, 2% fails.
+        assert_eq!(judge(&d, &both(10, 0), true, "green"), Verdict::Pass);
+        assert!(matches!(
+            judge(&d, &both(20, 0), true, "green"),
+            Verdict::Fail(_)
+        ));
     }
 
     #[test]

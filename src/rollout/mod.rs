@@ -24,6 +24,7 @@
 //! (percent on `to`), "gate": {…figures, verdict, reason…}}` ([`status_json`]).
 
 pub mod controller;
+pub mod external;
 pub mod fleet;
 pub mod gate;
 pub mod notify;
@@ -150,6 +151,14 @@ pub struct Status {
     pub verdict: Option<notify::GateResult>,
     /// Why the rollout waits, failed, or ended.
     pub reason: Option<String>,
+    /// A hotfix run (`[routes.rollout.hotfix]`; `def` holds its steps).
+    pub hotfix: bool,
+    /// The last answer of every external gate asked so far (SPEC §10 `gate.external`).
+    pub external: Vec<external::Answer>,
+    /// External gates being judged now and not passed yet.
+    pub gates_pending: Vec<String>,
+    /// Who paused the rollout.
+    pub paused_by: Option<String>,
 }
 
 impl Status {
@@ -158,21 +167,36 @@ impl Status {
         match self.state {
             RolloutState::Succeeded => Some(100),
             RolloutState::RolledBack => Some(0),
-            RolloutState::Pending => None,
+            RolloutState::Pending | RolloutState::Waiting => None,
             _ => self.def.steps.get(self.step).copied(),
         }
     }
 }
 
+/// How an operator action is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct ActOptions {
+    /// `?force=true`: go on in memory when the progress cannot be written.
+    pub force: bool,
+    /// `start?hotfix=true`: the expedited path of `[routes.rollout.hotfix]`.
+    pub hotfix: bool,
+    /// Who asks (the API token's name), shown in the state (`paused_by`) and the log.
+    pub who: Option<String>,
+    /// Why, when it is not the operator's own action (a forced manual split pauses).
+    pub why: Option<String>,
+    /// An abort that a rollback of a rollout this one depends on sent: the sender rolls back
+    /// every dependent itself, in order, so this one does not pass it on.
+    pub cascaded: bool,
+}
+
 struct Command {
     action: Action,
-    /// `?force=true`: go on in memory when the progress cannot be written.
-    force: bool,
+    opts: ActOptions,
     reply: oneshot::Sender<Result<Status, ActionError>>,
 }
 
 /// The running controller of one route.
-struct Handle {
+pub(crate) struct Handle {
     def: RolloutConfig,
     cancel: CancellationToken,
     cmd: mpsc::Sender<Command>,
@@ -195,7 +219,18 @@ pub enum Start {
 #[derive(Default)]
 pub struct Rollouts {
     bound: OnceLock<(Weak<Runtime>, Weak<dyn Committer>)>,
-    handles: Mutex<HashMap<String, Handle>>,
+    /// Shared with the controllers (weakly): rollout order reads the rollouts a controller
+    /// waits for and rolls back the ones that depend on it.
+    handles: Arc<Peers>,
+}
+
+/// The controllers by route name.
+pub(crate) type Peers = Mutex<HashMap<String, Handle>>;
+
+/// The status of `route`'s rollout, from the controllers' shared map.
+pub(crate) fn peer_status(peers: &Peers, route: &str) -> Option<Status> {
+    let handles = peers.lock().unwrap_or_else(|e| e.into_inner());
+    handles.get(route).map(|h| h.status.borrow().clone())
 }
 
 impl std::fmt::Debug for Rollouts {
@@ -249,6 +284,12 @@ impl Rollouts {
                     {
                         Start::Fresh
                     }
+                    // Progress saved for another definition (edited while veer was down)
+                    // belongs to another rollout: start anew.
+                    _ if !def.progress_matches() => {
+                        tracing::info!(route = %rc.name, "the rollout definition changed since its progress was saved; starting it anew");
+                        Start::Fresh
+                    }
                     _ => Start::Resume {
                         state: def.state,
                         step: def.step,
@@ -261,7 +302,14 @@ impl Rollouts {
             }
             handles.insert(
                 rc.name.clone(),
-                controller::spawn(&rt, committer.clone(), rc, def, start),
+                controller::spawn(
+                    &rt,
+                    committer.clone(),
+                    Arc::downgrade(&self.handles),
+                    rc,
+                    def,
+                    start,
+                ),
             );
         }
         handles.retain(|name, h| {
@@ -318,6 +366,21 @@ impl Rollouts {
         action: &str,
         force: bool,
     ) -> Result<Status, ActionError> {
+        let opts = ActOptions {
+            force,
+            ..Default::default()
+        };
+        self.act_opts(rt, route, action, opts).await
+    }
+
+    /// [`Rollouts::act`] with every option ([`ActOptions`]).
+    pub async fn act_opts(
+        &self,
+        rt: &Runtime,
+        route: &str,
+        action: &str,
+        opts: ActOptions,
+    ) -> Result<Status, ActionError> {
         let config = rt.config();
         let rc = config
             .route(route)
@@ -343,7 +406,7 @@ impl Rollouts {
         let (tx, rx) = oneshot::channel();
         cmd.send(Command {
             action,
-            force,
+            opts,
             reply: tx,
         })
         .await
@@ -423,8 +486,8 @@ fn follower_json(rt: &Runtime, route: &str) -> Value {
         "to": def.to,
         "approval": def.approval,
         "step_interval_ms": ms(def.step_interval),
-        "step_started_ms": def.step_started_ms,
-        "approval_deadline_ms": def.approval_deadline_ms,
+        "step_started_ms": def.progress.step_started_ms,
+        "approval_deadline_ms": def.progress.approval_deadline_ms,
         "led_by": rt.cluster.get().and_then(|f| f.leader()),
     })
 }
@@ -434,6 +497,11 @@ pub fn status_json(rollouts: &Rollouts, rt: &Runtime, route: &str) -> Value {
     let Some(s) = rollouts.status(route) else {
         return follower_json(rt, route);
     };
+    status_value(rt, route, &s)
+}
+
+/// [`status_json`] of a status in hand (a controller's own, for its webhooks).
+pub fn status_value(rt: &Runtime, route: &str, s: &Status) -> Value {
     let snap = rt.snapshot();
     let weight = snap.config.route(route).and_then(|rc| {
         let total: u64 = rc.split.iter().map(|(_, w)| *w as u64).sum();
@@ -466,6 +534,7 @@ pub fn status_json(rollouts: &Rollouts, rt: &Runtime, route: &str) -> Value {
         .unwrap_or_else(|| json!({}));
     gate["min_requests"] = json!(def.min_requests);
     gate["max_error_rate"] = json!(def.max_error_rate);
+    gate["max_error_rate_vs_baseline"] = json!(def.max_error_rate_vs_baseline);
     gate["max_p99_ms"] = json!(ms(def.max_p99));
     gate["healthy"] = json!(healthy);
     gate["verdict"] = json!(s.verdict.map_or(
@@ -473,6 +542,8 @@ pub fn status_json(rollouts: &Rollouts, rt: &Runtime, route: &str) -> Value {
         notify::GateResult::as_str
     ));
     gate["reason"] = json!(s.reason);
+    gate["external"] = json!(s.external);
+    gate["external_pending"] = json!(s.gates_pending);
     json!({
         "state": s.state.as_str(),
         "step": s.step,
@@ -481,8 +552,13 @@ pub fn status_json(rollouts: &Rollouts, rt: &Runtime, route: &str) -> Value {
         "to": def.to,
         "baseline": s.baseline,
         "approval": def.approval,
+        "hotfix": s.hotfix,
+        "after": def.after,
+        "paused_by": s.paused_by,
         "step_interval_ms": ms(def.step_interval),
+        "step_started_ms": s.step_started.map(persist::wall_ms),
         "step_elapsed_ms": s.step_started.map(|t| ms(now.saturating_duration_since(t))),
+        "approval_deadline_ms": s.approval_deadline.map(persist::wall_ms),
         "approval_remaining_ms": s.approval_deadline.map(|t| ms(t.saturating_duration_since(now))),
         "gate": gate,
     })

@@ -26,6 +26,8 @@ const QUEUE: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
+    /// Not started yet: waiting for the rollouts in `after`, or for `before` gates.
+    Waiting,
     Started,
     Step,
     Gate,
@@ -40,6 +42,7 @@ pub enum EventKind {
 impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            EventKind::Waiting => "waiting",
             EventKind::Started => "started",
             EventKind::Step => "step",
             EventKind::Gate => "gate",
@@ -93,6 +96,9 @@ pub struct Event {
     /// The step's figures, for `gate` and final events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<serde_json::Value>,
+    /// A hotfix run (`[routes.rollout.hotfix]`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hotfix: bool,
     /// Unix time in milliseconds.
     pub time_ms: u64,
 }
@@ -141,9 +147,9 @@ impl Notifier {
     }
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(super) type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-fn client(https: bool) -> Result<HttpsClient, rustls::Error> {
+pub(super) fn client(https: bool) -> Result<HttpsClient, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     if https {
         let found = rustls_native_certs::load_native_certs();

@@ -6,6 +6,7 @@
 //! certificates, overlapping routes).
 
 mod cluster;
+mod gates;
 mod mirror;
 mod pool;
 mod route;
@@ -253,6 +254,7 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     }
 
     let mut routes = Vec::new();
+    let mut afters = Vec::new();
     match raw.routes {
         None if cluster.is_some() => {}
         None => cx.err(
@@ -265,6 +267,19 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
             for route in r.into_inner() {
                 let span = route.span();
                 let route = route.into_inner();
+                // `after` entries with their places, for the order check below.
+                if let Some(a) = route
+                    .rollout
+                    .as_ref()
+                    .and_then(|r| r.get_ref().after.as_ref())
+                {
+                    let list = a
+                        .get_ref()
+                        .iter()
+                        .map(|d| (d.get_ref().clone(), d.span()))
+                        .collect();
+                    afters.push((route.name.get_ref().clone(), list));
+                }
                 let name_span = route.name.span();
                 // Each host as written, with its place, for the duplicate check below.
                 let hosts: Vec<(String, Range<usize>)> = match &route.hosts {
@@ -305,6 +320,8 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
             }
         }
     }
+
+    gates::check_order(cx, &routes, &afters);
 
     // Certificate files: readable, key matching, valid now (expiring soon is a warning).
     let mut warnings = Vec::new();

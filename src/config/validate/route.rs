@@ -311,36 +311,7 @@ pub(super) fn build_route(
                 ),
             );
         }
-        let steps_span = r.steps.span();
-        let steps: Vec<u32> = r
-            .steps
-            .into_inner()
-            .into_iter()
-            .map(|s| {
-                if !(0..=100).contains(s.get_ref()) {
-                    cx.err(
-                        s.span(),
-                        format!(
-                            "{}: {} is not a percentage 0..=100",
-                            field("rollout.steps"),
-                            s.get_ref()
-                        ),
-                    );
-                }
-                (*s.get_ref()).clamp(0, 100) as u32
-            })
-            .collect();
-        if steps.is_empty() {
-            cx.err(
-                steps_span.clone(),
-                format!("{}: needs at least one step", field("rollout.steps")),
-            );
-        } else if steps.windows(2).any(|w| w[0] >= w[1]) {
-            cx.err(
-                steps_span.clone(),
-                format!("{}: steps must increase", field("rollout.steps")),
-            );
-        }
+        let steps = super::gates::build_steps(cx, r.steps, &field("rollout.steps"));
         let max_error_rate = match r.max_error_rate {
             None => 0.01,
             Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
@@ -389,21 +360,56 @@ pub(super) fn build_route(
                 None
             }
         };
+        let step_interval = cx.duration(
+            &r.step_interval,
+            &field("rollout.step_interval"),
+            Duration::from_secs(60),
+        );
+        let min_requests = cx.int(
+            &r.min_requests,
+            &field("rollout.min_requests"),
+            0,
+            i64::MAX,
+            100,
+        );
+        let max_error_rate_vs_baseline = r.max_error_rate_vs_baseline.as_ref().and_then(|v| {
+            let m = *v.get_ref();
+            if m.is_finite() && m >= 0.0 {
+                Some(m)
+            } else {
+                cx.err(
+                    v.span(),
+                    format!(
+                        "{}: {m} is not a non-negative multiple",
+                        field("rollout.max_error_rate_vs_baseline")
+                    ),
+                );
+                None
+            }
+        });
+        let gates = super::gates::build_gates(cx, &name, r.gates);
+        let hotfix = super::gates::build_hotfix(cx, &name, r.hotfix, step_interval, min_requests);
+        let progress = super::gates::progress_meta(
+            cx,
+            &name,
+            &r.step_started_ms,
+            &r.approval_deadline_ms,
+            r.fingerprint,
+            &r.mode,
+        );
         RolloutConfig {
+            after: r
+                .after
+                .map(|a| a.into_inner().into_iter().map(|s| s.into_inner()).collect())
+                .unwrap_or_default(),
+            gates,
+            max_error_rate_vs_baseline,
+            hotfix,
+            progress,
             to: r.to.into_inner(),
             steps,
-            step_interval: cx.duration(
-                &r.step_interval,
-                &field("rollout.step_interval"),
-                Duration::from_secs(60),
-            ),
-            min_requests: cx.int(
-                &r.min_requests,
-                &field("rollout.min_requests"),
-                0,
-                i64::MAX,
-                100,
-            ),
+            step_interval,
+            min_requests,
             max_error_rate,
             max_p99: cx.duration(
                 &r.max_p99,
@@ -422,14 +428,6 @@ pub(super) fn build_route(
                 .filter(|u| !u.is_empty()),
             state,
             step,
-            step_started_ms: r
-                .step_started_ms
-                .as_ref()
-                .and_then(|v| u64::try_from(*v.get_ref()).ok()),
-            approval_deadline_ms: r
-                .approval_deadline_ms
-                .as_ref()
-                .and_then(|v| u64::try_from(*v.get_ref()).ok()),
         }
     });
     let _ = span;

@@ -4,7 +4,8 @@ use super::{Controller, AUTO};
 use crate::config::state::Unwritable;
 use crate::config::RolloutState;
 use crate::rollout::notify::EventKind;
-use crate::rollout::{Action, ActionError, Status};
+use crate::rollout::{ActOptions, Action, ActionError, Status};
+use tokio::time::Instant;
 
 impl Controller {
     pub(super) fn conflict(&self, what: &str) -> ActionError {
@@ -17,32 +18,63 @@ impl Controller {
 
     /// An operator action. `force` (`?force=true`): go on in memory when the progress cannot
     /// be written, as automatic steps do; otherwise such an action changes nothing (409).
-    pub(super) async fn act(&mut self, action: Action, force: bool) -> Result<Status, ActionError> {
+    pub(super) async fn act(
+        &mut self,
+        action: Action,
+        opts: ActOptions,
+    ) -> Result<Status, ActionError> {
         use RolloutState::*;
+        let force = opts.force;
         let how = if force { AUTO } else { Unwritable::Refuse };
         let running = matches!(self.state, Progressing | Paused | AwaitingApproval);
         match action {
             Action::Start => {
-                if running {
+                if running || self.state == Waiting {
                     return Err(self.conflict("start (abort it first)"));
                 }
+                if opts.hotfix && self.orig.hotfix.is_none() {
+                    return Err(ActionError::Conflict(format!(
+                        "route {:?} has no [routes.rollout.hotfix] to start",
+                        self.route
+                    )));
+                }
+                self.set_run(opts.hotfix);
                 self.pending_start = false;
-                self.enter_step(0, EventKind::Started, false, how)
-                    .await
-                    .map_err(ActionError::Commit)?;
+                self.before_passed = false;
+                self.after_gates_done = false;
+                self.paused_by = None;
+                if !self.hold_before_start() {
+                    self.enter_step(0, EventKind::Started, false, how)
+                        .await
+                        .map_err(ActionError::Commit)?;
+                }
             }
             Action::Pause => {
                 if !matches!(self.state, Progressing | AwaitingApproval) {
                     return Err(self.conflict("pause"));
                 }
-                self.commit(self.weight_of_step(self.step), Paused, self.step, how)
-                    .await
-                    .map_err(ActionError::Commit)?;
+                self.commit(
+                    self.weight_of_step(self.step),
+                    Paused,
+                    self.step,
+                    (None, None),
+                    how,
+                )
+                .await
+                .map_err(ActionError::Commit)?;
+                // Gates being judged are asked again from the start on resume.
+                self.phase = None;
+                self.checks.reset();
+                self.paused_by = Some(opts.who.clone().unwrap_or_else(|| "operator".into()));
                 self.paused_from = Some(self.state);
                 self.state = Paused;
                 self.figures = self.stats.as_ref().map(|s| s.figures()).or(self.figures);
                 self.install_stats(None);
-                self.reason = Some("paused by operator".into());
+                let who = opts.who.as_deref().unwrap_or("operator");
+                self.reason = Some(match &opts.why {
+                    Some(why) => format!("paused by {who} {why}"),
+                    None => format!("paused by {who}"),
+                });
                 self.next_check = None;
                 self.publish();
                 self.emit(EventKind::Paused, None, None);
@@ -51,11 +83,13 @@ impl Controller {
                 if self.state != Paused {
                     return Err(self.conflict("resume"));
                 }
+                self.paused_by = None;
                 if self.paused_from == Some(AwaitingApproval) {
                     self.commit(
                         self.weight_of_step(self.step),
                         AwaitingApproval,
                         self.step,
+                        (None, Some(Instant::now() + self.def.approval_timeout)),
                         how,
                     )
                     .await
@@ -74,16 +108,22 @@ impl Controller {
                     return Err(self.conflict("approve"));
                 }
                 let next = (self.step + 1).min(self.last_step());
-                self.commit(self.weight_of_step(next), Progressing, next, how)
-                    .await
-                    .map_err(ActionError::Commit)?;
+                self.commit(
+                    self.weight_of_step(next),
+                    Progressing,
+                    next,
+                    (Some(Instant::now()), None),
+                    how,
+                )
+                .await
+                .map_err(ActionError::Commit)?;
                 self.emit(EventKind::Approved, None, None);
                 self.enter_step(next, EventKind::Step, true, how)
                     .await
                     .map_err(ActionError::Commit)?;
             }
             Action::Promote => {
-                if !(running || self.state == Pending) {
+                if !(running || matches!(self.state, Pending | Waiting)) {
                     return Err(self.conflict("promote (start it again first)"));
                 }
                 let f = self.stats.as_ref().map(|s| s.figures());
@@ -92,11 +132,17 @@ impl Controller {
                     .map_err(ActionError::Commit)?;
             }
             Action::Abort => {
-                if !(running || self.state == Pending) {
+                if !(running || matches!(self.state, Pending | Waiting)) {
                     return Err(self.conflict("abort"));
                 }
                 let f = self.stats.as_ref().map(|s| s.figures()).or(self.figures);
-                self.roll_back("aborted by operator".into(), f, how)
+                self.no_cascade = opts.cascaded;
+                let reason = match (&opts.why, &opts.who) {
+                    (Some(why), _) => why.clone(),
+                    (None, Some(who)) => format!("aborted by {who}"),
+                    (None, None) => "aborted by operator".into(),
+                };
+                self.roll_back(reason, f, how)
                     .await
                     .map_err(ActionError::Commit)?;
             }

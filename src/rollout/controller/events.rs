@@ -17,10 +17,15 @@ impl Controller {
     ) {
         let weight = match self.state {
             RolloutState::Succeeded => 100,
-            RolloutState::RolledBack | RolloutState::Pending => 0,
+            RolloutState::RolledBack | RolloutState::Pending | RolloutState::Waiting => 0,
             _ => self.weight_of_step(self.step),
         };
         let gate = figures.map(|f| figures_json(&self.def, f));
+        let run = if self.hotfix {
+            "hotfix rollout"
+        } else {
+            "rollout"
+        };
         let reason = self.reason.clone();
         let (step, steps, to) = (self.step + 1, self.def.steps.len(), &self.def.to);
         let figs = figures
@@ -42,19 +47,20 @@ impl Controller {
         let name = event.as_str();
         let msg = match event {
             EventKind::Started | EventKind::Step | EventKind::Resumed => {
-                format!("rollout {name}: step {step}/{steps}, {to} at {weight}%")
+                format!("{run} {name}: step {step}/{steps}, {to} at {weight}%")
             }
             EventKind::Gate => format!(
-                "rollout gate {} at step {step}/{steps} ({figs}){why}",
+                "{run} gate {} at step {step}/{steps} ({figs}){why}",
                 verdict.map_or("", GateResult::as_str)
             ),
-            EventKind::Succeeded => format!("rollout succeeded, {to} at 100%{why}"),
+            EventKind::Succeeded => format!("{run} succeeded, {to} at 100%{why}"),
+            EventKind::Waiting => format!("{run} waiting, {to} at 0%{why}"),
             EventKind::RolledBack => format!(
-                "rollout rolled back at step {step}/{steps}, all traffic to {}{why} ({figs})",
+                "{run} rolled back at step {step}/{steps}, all traffic to {}{why} ({figs})",
                 self.baseline
             ),
             EventKind::AwaitingApproval | EventKind::Approved | EventKind::Paused => {
-                format!("rollout {name} at step {step}/{steps}, {to} at {weight}%{why}")
+                format!("{run} {name} at step {step}/{steps}, {to} at {weight}%{why}")
             }
         };
         if event == EventKind::RolledBack || verdict == Some(GateResult::Failed) {
@@ -73,6 +79,7 @@ impl Controller {
             verdict,
             reason,
             gate,
+            hotfix: self.hotfix,
             time_ms: Event::now_ms(),
         });
     }

@@ -16,17 +16,21 @@
 //! is tokio's, so tests drive it with paused time.
 //!
 //! The state machine is here; operator actions in `actions`, writing progress in
-//! `writeback`, logging and notifying events in `events`.
+//! `writeback`, logging and notifying events in `events`, SPEC §10 (rollout order, external
+//! gates, hotfix runs) in `gates`.
 
 mod actions;
 mod events;
+mod gates;
 mod writeback;
 
+use super::external::{self, Answer, Phase, PhaseVerdict};
 use super::gate::{self, Verdict};
 use super::notify::{EventKind, GateResult, Notifier};
+use super::persist;
 use super::stats::{Figures, StepStats};
-use super::{Command, Committer, Handle, Start, Status};
-use crate::config::state::{StepClock, Unwritable};
+use super::{Command, Committer, Handle, Peers, Start, Status};
+use crate::config::state::Unwritable;
 use crate::config::writeback::WritebackError;
 use crate::config::{format_duration, RolloutConfig, RolloutState, RouteConfig};
 use crate::runtime::Runtime;
@@ -77,11 +81,14 @@ impl std::error::Error for Refused {
 pub(super) fn spawn(
     rt: &Arc<Runtime>,
     committer: Weak<dyn Committer>,
+    peers: Weak<Peers>,
     route: &RouteConfig,
     def: &RolloutConfig,
     start: Start,
 ) -> Handle {
-    let def = Arc::new(def.clone());
+    let orig = Arc::new(def.clone());
+    let hotfix = matches!(start, Start::Resume { state: Some(_), .. }) && def.progress.hotfix;
+    let def = Arc::new(gates::run_def(def, hotfix));
     let baseline = route
         .split
         .iter()
@@ -108,6 +115,10 @@ pub(super) fn spawn(
         figures: None,
         verdict: None,
         reason: None,
+        hotfix,
+        external: Vec::new(),
+        gates_pending: Vec::new(),
+        paused_by: None,
     };
     let (status_tx, status_rx) = watch::channel(status);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
@@ -135,14 +146,27 @@ pub(super) fn spawn(
         pending_start: false,
         passed_logged: false,
         tick,
-        step_started_ms: now_ms(),
-        resume_clock: Some((def.step_started_ms, def.approval_deadline_ms)),
-        written_started_ms: std::sync::atomic::AtomicU64::new(0),
         fleet_nodes: std::sync::Mutex::new(FleetNodes::default()),
+        orig: orig.clone(),
+        peers,
+        hotfix,
+        gate_client: (!orig.gates.is_empty())
+            .then(|| external::Client::new(&orig.gates))
+            .flatten(),
+        phase: None,
+        checks: gates::GateChecks::new(),
+        answers: Vec::new(),
+        paused_by: None,
+        resume_clock: matches!(start, Start::Resume { .. })
+            .then(|| persist::resume_clock(&orig.progress)),
+        before_passed: false,
+        step_gates_done: false,
+        after_gates_done: false,
+        no_cascade: false,
     };
     tokio::spawn(c.run(start, cmd_rx));
     Handle {
-        def: (*def).clone(),
+        def: (*orig).clone(),
         cancel,
         cmd: cmd_tx,
         status: status_rx,
@@ -175,16 +199,30 @@ struct Controller {
     /// The running step's pass was already reported (its advance may be retried).
     passed_logged: bool,
     tick: Duration,
-    /// Fleet mode: when the running step started, as written into the document (Unix ms).
-    step_started_ms: u64,
-    /// Fleet mode: the step clock the document held when this controller started, used once
-    /// to resume the same step with the same clock (never earlier, never later).
-    resume_clock: Option<(Option<u64>, Option<u64>)>,
-    /// Fleet mode: the start of a new step as it was written (0: none), for the step to take.
-    written_started_ms: std::sync::atomic::AtomicU64,
     /// Fleet mode: the replicas whose counts of the running step were summed, and the ones
     /// that left since (their lease, and their counts, gone).
     fleet_nodes: std::sync::Mutex<FleetNodes>,
+    // SPEC §10.
+    /// The definition as configured (`def` is the run's: the hotfix steps on a hotfix run).
+    orig: Arc<RolloutConfig>,
+    /// The other controllers: the rollouts this one waits for, and its dependents.
+    peers: Weak<Peers>,
+    hotfix: bool,
+    gate_client: Option<external::Client>,
+    /// External gates being judged now.
+    phase: Option<Phase>,
+    checks: gates::GateChecks,
+    /// The last answer of every gate asked so far.
+    answers: Vec<Answer>,
+    paused_by: Option<String>,
+    /// The persisted step clock to resume on (taken by the first step entered).
+    resume_clock: Option<(Option<Instant>, Option<Instant>)>,
+    before_passed: bool,
+    /// The current step's `step` gates passed (reset with each step).
+    step_gates_done: bool,
+    after_gates_done: bool,
+    /// A rollback sent by the rollback of a rollout this one depends on: not passed on.
+    no_cascade: bool,
 }
 
 #[derive(Default)]
@@ -192,25 +230,6 @@ struct FleetNodes {
     step: super::fleet::StepId,
     seen: std::collections::BTreeSet<String>,
     gone: std::collections::BTreeSet<String>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// The instant that was (or will be) at Unix time `ms`.
-fn instant_of(ms: u64) -> Instant {
-    let now = Instant::now();
-    let wall = now_ms();
-    if ms <= wall {
-        now.checked_sub(Duration::from_millis(wall - ms))
-            .unwrap_or(now)
-    } else {
-        now + Duration::from_millis(ms - wall)
-    }
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {
@@ -230,11 +249,16 @@ impl Controller {
                 _ = self.shutdown.cancelled() => break,
                 cmd = cmds.recv() => match cmd {
                     Some(c) => {
-                        let r = self.act(c.action, c.force).await;
+                        let r = self.act(c.action, c.opts).await;
                         let _ = c.reply.send(r);
                     }
                     None => break,
                 },
+                Some((generation, i, asked, answer)) = self.checks.rx.recv() => {
+                    if generation == self.checks.generation {
+                        self.on_answer(i, asked, answer).await
+                    }
+                }
                 _ = sleep_until_opt(self.next_check) => self.check().await,
             }
         }
@@ -251,7 +275,11 @@ impl Controller {
 
     pub(super) async fn begin(&mut self, start: Start) {
         let (state, step) = match start {
-            Start::Fresh | Start::Resume { state: None, .. } => (None, 0),
+            Start::Fresh
+            | Start::Resume {
+                state: None | Some(RolloutState::Waiting),
+                ..
+            } => (None, 0),
             Start::Resume {
                 state: Some(s),
                 step,
@@ -277,12 +305,6 @@ impl Controller {
                 tracing::info!(route = %self.route, step, "rollout resumes awaiting approval");
                 self.state = RolloutState::AwaitingApproval;
                 self.await_approval(false);
-                // Fleet mode: the deadline the document holds, not a new one.
-                if let Some((_, Some(ms))) = self.resume_clock.take() {
-                    self.approval_deadline = Some(instant_of(ms));
-                    self.schedule();
-                    self.publish();
-                }
             }
             Some(s) => {
                 if s == RolloutState::Paused {
@@ -295,6 +317,9 @@ impl Controller {
     }
 
     pub(super) async fn start_fresh(&mut self) {
+        if self.hold_before_start() {
+            return;
+        }
         match self.enter_step(0, EventKind::Started, false, AUTO).await {
             Ok(()) => self.pending_start = false,
             Err(CommitError::Superseded | CommitError::Gone) => {}
@@ -327,7 +352,7 @@ impl Controller {
             state: self.state,
             step: self.step,
             step_started: (self.state == RolloutState::Progressing).then_some(self.step_started),
-            step_started_ms: self.step_started_ms,
+            step_started_ms: self.step_started_ms(),
             approval_deadline: self
                 .approval_deadline
                 .filter(|_| self.state == RolloutState::AwaitingApproval),
@@ -335,6 +360,14 @@ impl Controller {
             figures: self.figures,
             verdict: self.verdict,
             reason: self.reason.clone(),
+            hotfix: self.hotfix,
+            external: self.answers.clone(),
+            gates_pending: self
+                .phase
+                .as_ref()
+                .map(|p| p.pending_names().into_iter().map(String::from).collect())
+                .unwrap_or_default(),
+            paused_by: self.paused_by.clone(),
         });
     }
 
@@ -357,33 +390,10 @@ impl Controller {
         self.stats = stats;
     }
 
-    /// Fleet mode: the step clock to write with progress `state` at `step`: a step that goes
-    /// on keeps its start, a new one starts now; an approval wait ends `approval_timeout`
-    /// from now.
-    fn clock_for(&self, state: RolloutState, step: usize) -> StepClock {
-        let (started_ms, deadline_ms) = match state {
-            RolloutState::Progressing
-                if self.state == RolloutState::Progressing && self.step == step =>
-            {
-                let resumed = self.resume_clock.and_then(|(s, _)| s);
-                (Some(resumed.unwrap_or(self.step_started_ms)), None)
-            }
-            RolloutState::Progressing => {
-                let t = now_ms();
-                self.written_started_ms
-                    .store(t, std::sync::atomic::Ordering::Relaxed);
-                (Some(t), None)
-            }
-            RolloutState::AwaitingApproval => (
-                None,
-                Some(now_ms() + self.def.approval_timeout.as_millis() as u64),
-            ),
-            _ => (None, None),
-        };
-        StepClock {
-            started_ms,
-            deadline_ms,
-        }
+    /// The running step's start as written with it (unix ms): with the step, it names the
+    /// step whose counts the fleet's replicas publish and sum.
+    fn step_started_ms(&self) -> u64 {
+        persist::wall_ms(self.step_started)
     }
 
     /// Fleet mode: this replica's figures of the running step plus the other replicas'
@@ -392,7 +402,7 @@ impl Controller {
         let Some(fleet) = self.rt.upgrade().and_then(|rt| rt.cluster.get().cloned()) else {
             return own;
         };
-        let id = (self.step, self.step_started_ms);
+        let id = (self.step, self.step_started_ms());
         let (sum, from) = super::fleet::sum(own, &fleet.remote_counters(), &self.route, id);
         let mut n = self.fleet_nodes.lock().unwrap_or_else(|p| p.into_inner());
         if n.step != id {
@@ -412,7 +422,7 @@ impl Controller {
     /// A gate reason, with the replicas whose counts of this step left with them.
     fn with_fleet_note(&self, reason: String) -> String {
         let n = self.fleet_nodes.lock().unwrap_or_else(|p| p.into_inner());
-        if n.gone.is_empty() || n.step != (self.step, self.step_started_ms) {
+        if n.gone.is_empty() || n.step != (self.step, self.step_started_ms()) {
             return reason;
         }
         let names: Vec<&str> = n.gone.iter().map(String::as_str).collect();
@@ -452,9 +462,18 @@ impl Controller {
             RolloutState::Pending if self.pending_start => {
                 next = now + self.tick.max(Duration::from_millis(500));
             }
+            // Waiting for other rollouts (polled) or before gates.
+            RolloutState::Waiting => {
+                next = now + self.tick.max(Duration::from_millis(200));
+            }
             _ => {
                 self.next_check = None;
                 return;
+            }
+        }
+        if let Some(p) = &self.phase {
+            if let PhaseVerdict::Waiting(Some(t)) = p.verdict(now) {
+                next = next.min(t.max(now));
             }
         }
         self.next_check = Some(next);
@@ -469,29 +488,32 @@ impl Controller {
         how: Unwritable,
     ) -> Result<(), CommitError> {
         let weight = self.weight_of_step(k);
+        // A resume keeps the persisted clock: the step goes on where it stood.
+        let started = self
+            .resume_clock
+            .take()
+            .and_then(|c| c.0)
+            .filter(|_| resumed)
+            .unwrap_or_else(Instant::now);
         let needs_write = !resumed || !self.split_matches(weight, RolloutState::Progressing, k);
         if needs_write {
-            self.commit(weight, RolloutState::Progressing, k, how)
-                .await?;
+            self.commit(
+                weight,
+                RolloutState::Progressing,
+                k,
+                (Some(started), None),
+                how,
+            )
+            .await?;
         }
         self.state = RolloutState::Progressing;
         self.step = k;
         self.paused_from = None;
-        self.step_started = Instant::now();
-        // The start written with the step, so the fleet's counts match it.
-        self.step_started_ms = match self
-            .written_started_ms
-            .swap(0, std::sync::atomic::Ordering::Relaxed)
-        {
-            0 => now_ms(),
-            t => t,
-        };
-        // Fleet mode: a new leader resumes the step the document holds with its clock.
-        if let Some((Some(ms), _)) = self.resume_clock.take().filter(|_| resumed) {
-            self.step_started = instant_of(ms);
-            self.step_started_ms = ms;
-        }
+        self.step_started = started;
         self.approval_deadline = None;
+        self.step_gates_done = false;
+        self.phase = None;
+        self.checks.reset();
         self.figures = None;
         self.verdict = None;
         self.reason = None;
@@ -515,7 +537,9 @@ impl Controller {
     /// Enter `awaiting_approval` at the current step (already written); `emit` the event.
     pub(super) fn await_approval(&mut self, emit: bool) {
         self.state = RolloutState::AwaitingApproval;
-        self.approval_deadline = Some(Instant::now() + self.def.approval_timeout);
+        let resumed = self.resume_clock.take().and_then(|c| c.1);
+        self.approval_deadline =
+            Some(resumed.unwrap_or_else(|| Instant::now() + self.def.approval_timeout));
         self.reason = Some(format!(
             "step {} ({}%) passed; approve the next step within {}",
             self.step,
@@ -535,8 +559,31 @@ impl Controller {
 
     pub(super) async fn check(&mut self) {
         let now = Instant::now();
+        if self.phase.is_some() && self.judge_phase().await {
+            return;
+        }
         match self.state {
             RolloutState::Pending if self.pending_start => self.start_fresh().await,
+            RolloutState::Waiting => {
+                if self.phase.is_none() {
+                    self.start_fresh().await;
+                }
+                if self.state == RolloutState::Waiting {
+                    self.schedule();
+                }
+            }
+            RolloutState::Progressing if self.phase.is_some() => {
+                // External gates are being judged; the built-in gate already passed, but a
+                // certain breach still rolls back.
+                if let Some(stats) = self.stats.clone() {
+                    let f = stats.figures();
+                    if let Some(reason) = gate::fail_fast(&self.def, &f, &self.def.to) {
+                        self.gate_failed(reason, f).await;
+                        return;
+                    }
+                }
+                self.schedule();
+            }
             RolloutState::Progressing => {
                 let Some(stats) = self.stats.clone() else {
                     // A resume whose write failed: try again.
@@ -563,7 +610,7 @@ impl Controller {
                                 self.reason = None;
                                 self.emit(EventKind::Gate, Some(GateResult::Passed), Some(&f));
                             }
-                            self.advance(f).await;
+                            self.builtin_passed(f).await;
                         }
                         Verdict::Fail(reason) => {
                             let reason = self.with_fleet_note(reason);
@@ -628,6 +675,7 @@ impl Controller {
                     self.weight_of_step(self.step),
                     RolloutState::AwaitingApproval,
                     self.step,
+                    (None, Some(Instant::now() + self.def.approval_timeout)),
                     AUTO,
                 )
                 .await
@@ -661,7 +709,8 @@ impl Controller {
         how: Unwritable,
     ) -> Result<(), CommitError> {
         let last = self.last_step();
-        self.commit(100, RolloutState::Succeeded, last, how).await?;
+        self.commit(100, RolloutState::Succeeded, last, (None, None), how)
+            .await?;
         self.state = RolloutState::Succeeded;
         self.step = last;
         self.finish(reason, f, EventKind::Succeeded);
@@ -676,8 +725,13 @@ impl Controller {
         f: Option<Figures>,
         how: Unwritable,
     ) -> Result<(), CommitError> {
+        if !std::mem::take(&mut self.no_cascade) {
+            self.roll_back_dependents(&reason).await;
+        }
+        self.phase = None;
+        self.checks.reset();
         if let Err(e) = self
-            .commit(0, RolloutState::RolledBack, self.step, how)
+            .commit(0, RolloutState::RolledBack, self.step, (None, None), how)
             .await
         {
             if how != Unwritable::Refuse {
@@ -691,6 +745,8 @@ impl Controller {
     }
 
     pub(super) fn finish(&mut self, reason: String, f: Option<Figures>, result: EventKind) {
+        self.phase = None;
+        self.checks.reset();
         self.figures = f.or(self.figures);
         self.reason = Some(reason);
         self.approval_deadline = None;

@@ -14,12 +14,12 @@ impl Controller {
         weight: u32,
         state: RolloutState,
         step: usize,
+        clock: super::gates::Clock,
         how: Unwritable,
     ) -> Result<(), CommitError> {
         let committer = self.committer.upgrade().ok_or(CommitError::Gone)?;
-        let (cancel, route, def) = (&self.cancel, self.route.as_str(), &*self.def);
-        // Fleet mode: the step clock goes into the document with the step.
-        let clock = self.clock_for(state, step);
+        let (cancel, route, def) = (&self.cancel, self.route.as_str(), &*self.orig);
+        let hotfix = self.hotfix;
         let edit = Box::new(move |live: &crate::config::Config| {
             if cancel.is_cancelled() {
                 return Err(CommitError::Superseded);
@@ -33,14 +33,7 @@ impl Controller {
                 .iter()
                 .map(|(p, _)| (p.clone(), if *p == def.to { weight } else { 100 - weight }))
                 .collect();
-            let clock = live.cluster.is_some().then_some(clock);
-            Ok(Progress {
-                split,
-                state,
-                step,
-                clock,
-            }
-            .change(route))
+            Ok(Progress::record(def, split, state, step, clock.0, clock.1, hotfix).change(route))
         });
         committer.commit(edit, how).await
     }
