@@ -173,6 +173,7 @@ fn example_covers_every_key() {
         "ignore_headers",
         "max_body",
         "max_in_flight",
+        "max_diff_rate",
     ];
     for k in keys {
         let set = [
@@ -500,6 +501,35 @@ fn bad_mirror() {
     // The mirror pool need not be in the split; max_body takes bytes too.
     let ok = format!(
         "[pools.grey]\nbackends = [\"127.0.0.1:9003\"]\n{BASE}mirror = {{ to = \"grey\", percent = 12.5, methods = [\"get\", \"POST\"], compare = true, max_body = 1024 }}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("veer.toml");
+    std::fs::write(&path, ok).unwrap();
+    let (code, lines) = check_path(&path);
+    assert_eq!(code, 0, "{lines:?}");
+}
+
+#[test]
+fn bad_mirror_step() {
+    // A mirror step without [routes.mirror] to the rolled-out pool; "mirror" only first.
+    let text = format!(
+        "{BASE}[routes.rollout]\nto = \"green\"\nsteps = [\"mirror\", 5, \"mirror\", 100]\nmax_diff_rate = 2\n"
+    );
+    assert_errors(
+        &text,
+        &[
+            "10:10: routes.web.rollout.steps: a \"mirror\" step needs [routes.mirror] with to = \"green\" and compare = true",
+            "10:23: routes.web.rollout.steps: \"mirror\" can only be the first step",
+            "11:17: routes.web.rollout.max_diff_rate: 2 is not a rate between 0 and 1",
+        ],
+    );
+    // Any other word is no step.
+    assert_errors(
+        &format!("{BASE}[routes.rollout]\nto = \"green\"\nsteps = [\"canary\", 100]\n"),
+        &["10:10: routes.web.rollout.steps[0]: expected a percentage or \"mirror\", found \"canary\""],
+    );
+    let ok = format!(
+        "{BASE}[routes.mirror]\nto = \"green\"\ncompare = true\n[routes.rollout]\nto = \"green\"\nsteps = [\"mirror\", 5, 100]\nmax_diff_rate = 0.02\n"
     );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("veer.toml");

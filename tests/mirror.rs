@@ -589,3 +589,96 @@ async fn a_one_mib_answer_is_digested_as_it_streams() {
     assert_eq!(count(&m, "differ"), 0);
     veer.shutdown().await;
 }
+
+/// Route `web` at blue 100 / green 0, mirrored to green with comparison, and a rollout of
+/// green that starts with a mirror step.
+fn dark_launch(blue: SocketAddr, green: SocketAddr, max_diff_rate: f64) -> String {
+    config(
+        blue,
+        green,
+        &format!(
+            "[[routes]]\nname = \"web\"\nsplit = {{ blue = 100, green = 0 }}\n\
+             [routes.mirror]\nto = \"green\"\ncompare = true\n\
+             [routes.rollout]\nto = \"green\"\nsteps = [\"mirror\", 100]\nstep_interval = \"200ms\"\nmin_requests = 20\nmax_diff_rate = {max_diff_rate}\n"
+        ),
+    )
+}
+
+/// Send GETs to `url` until `stop` is set; every answer must be a 200.
+fn traffic(
+    url: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let c = client();
+        let mut n = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let r = c
+                .request(Request::get(&url).body(Full::new(Bytes::new())).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let _ = r.into_body().collect().await;
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        n
+    })
+}
+
+#[tokio::test]
+async fn a_rollout_mirror_step_fails_on_a_high_difference_rate_before_any_user_moves() {
+    let (blue, _) = recording("blue").await;
+    // Green answers every request differently.
+    let (green, green_log) = recording("green").await;
+    let veer = start_veer(&dark_launch(blue.addr, green.addr, 0.05)).await;
+    let rt = veer.rt().clone();
+    let s = wait_step(&rt, 0).await;
+    assert_eq!(s.target_weight(), Some(0), "the mirror step moves nobody");
+    let st = veer::rollout::status_json(&rt.rollouts, &rt, "web");
+    assert_eq!(st["steps"], serde_json::json!(["mirror", 100]));
+    assert_eq!(st["mirror_step"], true);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = traffic(veer.url("/"), stop.clone());
+    let s = wait_state(&rt, veer::config::RolloutState::RolledBack).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    sender.await.unwrap();
+    assert_eq!(s.step, 0, "rolled back at the mirror step");
+    let reason = s.reason.unwrap_or_default();
+    assert!(reason.contains("difference rate 100"), "{reason}");
+    // The split never changed, and green only ever saw copies.
+    assert_eq!(green_weight(&rt), 0);
+    assert_eq!(
+        rt.config().route("web").unwrap().weight_of("blue"),
+        Some(100)
+    );
+    let g = seen(&green_log);
+    assert!(g.len() >= 20, "{}", g.len());
+    assert!(
+        g.iter().all(|s| s.mirror.as_deref() == Some("1")),
+        "a user reached green"
+    );
+    veer.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rollout_mirror_step_passes_on_a_low_difference_rate_then_moves_users() {
+    let (blue, _) = recording("same").await;
+    let (green, _) = recording("same").await;
+    let veer = start_veer(&dark_launch(blue.addr, green.addr, 0.05)).await;
+    let rt = veer.rt().clone();
+    wait_step(&rt, 0).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = traffic(veer.url("/"), stop.clone());
+    // Past the mirror step: users move to green.
+    let s = wait_step(&rt, 1).await;
+    assert_eq!(s.target_weight(), Some(100));
+    let m = mirror_status(&veer, "web").await;
+    assert!(count(&m, "same") >= 20 && count(&m, "differ") == 0, "{m}");
+    let s = wait_state(&rt, veer::config::RolloutState::Succeeded).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    sender.await.unwrap();
+    assert_eq!(s.step, 1);
+    assert_eq!(green_weight(&rt), 100);
+    veer.shutdown().await;
+}

@@ -659,6 +659,11 @@ pub struct RolloutConfig {
     pub hotfix: Option<HotfixConfig>,
     /// Persisted with `state`/`step`: the step's clock, fingerprint, hotfix run.
     pub progress: ProgressMeta,
+    /// SPEC §11: `steps` starts with `"mirror"` (held in `steps` as 0): no user is moved,
+    /// and the step is judged on the route's compared mirror copies.
+    pub mirror_step: bool,
+    /// SPEC §11: the most compared copies that may differ in the mirror step (0..=1).
+    pub max_diff_rate: f64,
 }
 
 /// Checks the certificate files a config names, for validation to report with their

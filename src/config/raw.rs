@@ -219,7 +219,10 @@ pub struct RawRetry {
 #[serde(deny_unknown_fields)]
 pub struct RawRollout {
     pub to: S<String>,
-    pub steps: S<Vec<S<i64>>>,
+    /// Percentages, the first of which may be `"mirror"` (SPEC §11).
+    pub steps: S<Vec<S<RawStep>>>,
+    /// SPEC §11: the mirror step's limit on compared copies that differ.
+    pub max_diff_rate: Option<S<f64>>,
     pub step_interval: Option<S<String>>,
     pub min_requests: Option<S<i64>>,
     pub max_error_rate: Option<S<f64>>,
@@ -290,4 +293,12 @@ pub struct RawMirror {
 pub enum RawSize {
     Bytes(i64),
     Text(String),
+}
+
+/// A rollout step: a percentage, or the word `"mirror"` (SPEC §11).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawStep {
+    Percent(i64),
+    Word(String),
 }

@@ -29,6 +29,8 @@ pub enum Shape {
     Required(&'static Shape),
     /// A size: an integer (bytes) or a string like "64KiB" (parsed later).
     Size,
+    /// An integer or one of these strings (a rollout step: a percentage or "mirror").
+    IntOrWord(&'static [&'static str]),
 }
 
 use Shape::*;
@@ -67,7 +69,7 @@ const POOL: &[(&str, Shape)] = &[
 ];
 const ROLLOUT: &[(&str, Shape)] = &[
     ("to", Required(&Str)),
-    ("steps", Required(&Array(&Int))),
+    ("steps", Required(&Array(&IntOrWord(&["mirror"])))),
     ("step_interval", Dur),
     ("min_requests", Int),
     ("max_error_rate", Float),
@@ -86,6 +88,8 @@ const ROLLOUT: &[(&str, Shape)] = &[
     ("approval_deadline_ms", Int),
     ("fingerprint", Str),
     ("mode", Str),
+    // SPEC §11.
+    ("max_diff_rate", Float),
 ];
 /// `[[routes.rollout.gates]]` (SPEC §10).
 const GATE: &[(&str, Shape)] = &[
@@ -290,6 +294,8 @@ fn expected(shape: &Shape) -> &'static str {
         BoolOrWord(_) => "true, false or \"weighted\"",
         Required(inner) => expected(inner),
         Size => "a number of bytes or a size string like \"64KiB\"",
+        // Only rollout steps have this shape.
+        IntOrWord(_) => "a percentage or \"mirror\"",
     }
 }
 
@@ -442,7 +448,8 @@ impl Walker {
                 true
             }
             (Value::String(_), Str | Dur | StrOrTable(_) | Size) => true,
-            (Value::Integer(_), Int | Float | Size) => true,
+            (Value::Integer(_), Int | Float | Size | IntOrWord(_)) => true,
+            (Value::String(s), IntOrWord(words)) => words.contains(&s.value().as_str()),
             (Value::Float(_), Float) => true,
             (Value::Boolean(_), Bool | BoolOrTable(_) | BoolOrWord(_)) => true,
             (Value::String(s), BoolOrWord(words)) => words.contains(&s.value().as_str()),
@@ -451,7 +458,7 @@ impl Walker {
         if !ok {
             let found = match (v, shape) {
                 // A word that is not one of the allowed ones: name it.
-                (Value::String(s), BoolOrWord(_)) => format!("{:?}", s.value()),
+                (Value::String(s), BoolOrWord(_) | IntOrWord(_)) => format!("{:?}", s.value()),
                 _ => kind_of_value(v).to_string(),
             };
             self.push(

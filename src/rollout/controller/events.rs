@@ -28,8 +28,22 @@ impl Controller {
         };
         let reason = self.reason.clone();
         let (step, steps, to) = (self.step + 1, self.def.steps.len(), &self.def.to);
+        let mirror = self.at_mirror_step();
         let figs = figures
             .map(|f| {
+                if mirror {
+                    let m = self
+                        .stats
+                        .as_ref()
+                        .map(|s| s.mirror_figures())
+                        .unwrap_or_default();
+                    return format!(
+                        "{} mirrored copies to {to} compared, {} differed ({})",
+                        m.compared,
+                        m.differ,
+                        gate::pct(m.diff_rate())
+                    );
+                }
                 let c = &f.canary;
                 let p99 = c.p99.map(format_duration).unwrap_or_else(|| "-".into());
                 format!(
@@ -46,6 +60,9 @@ impl Controller {
             .unwrap_or_default();
         let name = event.as_str();
         let msg = match event {
+            EventKind::Started | EventKind::Step | EventKind::Resumed if mirror => {
+                format!("{run} {name}: step {step}/{steps} (mirror), {to} at {weight}%, answering mirrored copies")
+            }
             EventKind::Started | EventKind::Step | EventKind::Resumed => {
                 format!("{run} {name}: step {step}/{steps}, {to} at {weight}%")
             }
