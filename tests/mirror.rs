@@ -515,6 +515,12 @@ async fn compare_counts_same_and_differ_with_samples() {
             "{result}"
         );
     }
+    // The status page shows them in its mirroring section.
+    let dom = rendered_dom(&veer.admin_url("/"), 3000).await;
+    assert!(dom.contains("data-mirror=\"web\""), "{dom}");
+    for text in ["GET /header", "x-extra", "200 / 500", "same 5 · differ 3"] {
+        assert!(dom.contains(text), "{text} not on the page");
+    }
     veer.shutdown().await;
 }
 
