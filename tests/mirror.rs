@@ -650,6 +650,8 @@ async fn a_rollout_mirror_step_fails_on_a_high_difference_rate_before_any_user_m
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     sender.await.unwrap();
     assert_eq!(s.step, 0, "rolled back at the mirror step");
+    // The copies to green are not requests to green in the step's statistics.
+    assert_eq!(s.figures.expect("the step's figures").canary.requests, 0);
     let reason = s.reason.unwrap_or_default();
     assert!(reason.contains("difference rate 100"), "{reason}");
     // The split never changed, and green only ever saw copies.
