@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::control::Control;
-use crate::proxy::server::Connections;
+use crate::proxy::accept::Connections;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -104,7 +104,7 @@ pub async fn start_with(
     ));
     let _ = rt.listeners.set(Arc::downgrade(&listeners));
     let (listen, tls_listen) = listeners.ensure(&config, path.as_deref())?;
-    let admin_listener = crate::proxy::server::listen(crate::handover::Kind::Admin, admin_addr)
+    let admin_listener = crate::proxy::accept::listen(crate::handover::Kind::Admin, admin_addr)
         .map_err(|e| StartError::Bind {
             addr: admin_addr,
             source: e,

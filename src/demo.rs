@@ -1,5 +1,6 @@
 //! `veer demo`: two demo pools on loopback and the proxy in front at 90/10; with
-//! `--rollout`, a canary rollout of green instead (see the README, "Canary releases").
+//! `--rollout`, a canary rollout of green instead (see the README, "Canary releases"); with
+//! `--approval`, that rollout waits for an approval at each step.
 
 use crate::config::Config;
 use bytes::Bytes;
@@ -156,17 +157,7 @@ fn demo_answer(
         return Response::new(Full::new(Bytes::from_static(b"ok\n")));
     }
     if path == "/fail" {
-        let rate = req
-            .uri()
-            .query()
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("rate=")))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        fail.store((rate.clamp(0.0, 1.0) * 1000.0) as u32, Ordering::Relaxed);
-        return Response::new(Full::new(Bytes::from(format!(
-            "{name}: failing {:.0}% of requests\n",
-            rate * 100.0
-        ))));
+        return set_failure(colour, name, fail, req.uri().query());
     }
     let per_mille = fail.load(Ordering::Relaxed);
     if per_mille > 0 && rand::random::<u32>() % 1000 < per_mille {
@@ -184,6 +175,31 @@ fn demo_answer(
         http::HeaderValue::from_str(name).unwrap_or(http::HeaderValue::from_static("demo")),
     );
     r
+}
+
+/// `/fail?rate=R`: the share of requests (0 to 1) every backend of the pool fails from now on.
+/// The answer names the pool, since the rate is the pool's, whichever backend took it.
+fn set_failure(
+    colour: &str,
+    name: &str,
+    fail: &AtomicU32,
+    query: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let given = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("rate=")));
+    let rate = given.and_then(|v| v.parse::<f64>().ok());
+    let Some(rate) = rate.filter(|r| (0.0..=1.0).contains(r)) else {
+        let mut r = Response::new(Full::new(Bytes::from(format!(
+            "pool {colour}: rate must be a number from 0 to 1 (POST /fail?rate=0.2 fails 20% of the pool's requests); got {}\n",
+            given.map_or("nothing".to_string(), |g| format!("{g:?}"))
+        ))));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    fail.store((rate * 1000.0).round() as u32, Ordering::Relaxed);
+    let pct = (rate * 1000.0).round() / 10.0;
+    Response::new(Full::new(Bytes::from(format!(
+        "pool {colour}: every {colour} backend now fails {pct}% of its requests (set through {name})\n"
+    ))))
 }
 
 /// The demo's config text, with its backends and listen addresses filled in.
@@ -266,6 +282,19 @@ max_diff_rate = 0.02
 max_error_rate = 0.05
 "#;
 
+/// What `veer demo --approval` adds to the rollout: every step waits for an approval (the
+/// status page's button, `veer rollout web approve`, or the API).
+pub const DEMO_APPROVAL: &str = "approval = true\napproval_timeout = \"10m\"\n";
+
+/// How `veer demo` runs: a plain split, a rollout, or a rollout that waits for approvals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DemoMode {
+    #[default]
+    Split,
+    Rollout,
+    Approval,
+}
+
 /// The demo's config text; with `rollout`, green starts at 0% and is rolled out.
 pub fn demo_config_with(
     listen: SocketAddr,
@@ -274,6 +303,23 @@ pub fn demo_config_with(
     green: &[SocketAddr],
     rollout: bool,
 ) -> String {
+    let mode = if rollout {
+        DemoMode::Rollout
+    } else {
+        DemoMode::Split
+    };
+    demo_config_mode(listen, admin, blue, green, mode)
+}
+
+/// The demo's config text in a [`DemoMode`].
+pub fn demo_config_mode(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    blue: &[SocketAddr],
+    green: &[SocketAddr],
+    mode: DemoMode,
+) -> String {
+    let rollout = mode != DemoMode::Split;
     let list = |v: &[SocketAddr]| {
         v.iter()
             .map(|a| format!("\"{a}\""))
@@ -308,10 +354,15 @@ override = {{ header = "x-veer-pool", cookie = "veer_pool" }}
 {rollout}{api}{data}"#,
         blue = list(blue),
         green = list(green),
-        rollout = if rollout {
-            DEMO_ROLLOUT.replace("DEMO_GATE", DEMO_GATE)
-        } else {
-            String::new()
+        rollout = match mode {
+            DemoMode::Split => String::new(),
+            DemoMode::Rollout => DEMO_ROLLOUT.replace("DEMO_GATE", DEMO_GATE),
+            // Into web's [routes.rollout] itself, ahead of its sub-tables.
+            DemoMode::Approval => DEMO_ROLLOUT.replace("DEMO_GATE", DEMO_GATE).replacen(
+                "to = \"green\"\n",
+                &format!("to = \"green\"\n{DEMO_APPROVAL}"),
+                1,
+            ),
         },
         api = if rollout { DEMO_API } else { "" },
         data = if rollout { DEMO_DATA } else { "" },
@@ -343,6 +394,21 @@ pub fn config_with(
     .expect("the demo config is valid")
 }
 
+/// Build and validate the demo config in a [`DemoMode`].
+pub fn config_mode(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    blue: &[SocketAddr],
+    green: &[SocketAddr],
+    mode: DemoMode,
+) -> Config {
+    Config::parse(
+        Path::new("<demo>"),
+        &demo_config_mode(listen, admin, blue, green, mode),
+    )
+    .expect("the demo config is valid")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +429,48 @@ mod tests {
         let data = r.route("data").unwrap();
         assert!(data.rollout.as_ref().unwrap().mirror_step);
         assert!(data.mirror.as_ref().unwrap().compare);
+        assert!(!ro.approval);
+        let a = config_mode(a, a, &[a], &[a], DemoMode::Approval);
+        let ro = a.routes[0].rollout.as_ref().expect("rollout");
+        assert!(ro.approval);
+        assert_eq!(ro.steps, vec![5, 25, 50, 100]);
+        assert_eq!(ro.gates.len(), 1, "the gates stay");
+        let api = a.route("api").unwrap().rollout.as_ref().unwrap();
+        assert!(!api.approval, "only web's steps wait for approvals");
+    }
+
+    #[tokio::test]
+    async fn fail_answers_name_the_pool_and_refuse_a_bad_rate() {
+        let pool = start_pool("green", 2).await.unwrap();
+        let call = |addr: SocketAddr, q: &'static str| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = format!("POST /fail{q} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let ok = call(pool[1].addr, "?rate=0.25").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(
+            ok.contains("pool green: every green backend now fails 25% of its requests (set through green-2)"),
+            "{ok}"
+        );
+        // The rate is the pool's: the other backend has it too.
+        assert_eq!(pool[0].fail_per_mille.load(Ordering::Relaxed), 250);
+        for bad in ["?rate=lots", "?rate=2", ""] {
+            let r = call(pool[0].addr, bad).await;
+            assert!(r.starts_with("HTTP/1.1 400"), "{bad}: {r}");
+            assert!(
+                r.contains("pool green: rate must be a number from 0 to 1"),
+                "{r}"
+            );
+        }
+        assert_eq!(
+            pool[0].fail_per_mille.load(Ordering::Relaxed),
+            250,
+            "a bad rate changes nothing"
+        );
     }
 }

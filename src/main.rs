@@ -66,6 +66,9 @@ enum Command {
         /// Start green at 0% and roll it out (5 → 25 → 50 → 100%, 10 s steps); see the README, "Canary releases".
         #[arg(long)]
         rollout: bool,
+        /// Roll green out as --rollout does, but wait for an approval at each step (the status page's approve button, or `veer rollout web approve`).
+        #[arg(long)]
+        approval: bool,
     },
     /// Show routes, splits, rollouts and every backend's health, breaker, in-flight and draining.
     Status {
@@ -216,9 +219,10 @@ fn main() -> ExitCode {
                 listen,
                 admin,
                 rollout,
+                approval,
             }),
             _,
-        ) => demo(listen, admin, rollout),
+        ) => demo(listen, admin, rollout, approval),
         (Some(Command::OverrideToken { pool, secret_env }), _) => {
             override_token(&pool, &secret_env)
         }
@@ -389,7 +393,19 @@ impl Signals {
     }
 }
 
-fn demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr, rollout: bool) -> Result<()> {
+fn demo(
+    listen: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    rollout: bool,
+    approval: bool,
+) -> Result<()> {
+    use veer::demo::DemoMode;
+    let mode = match (rollout, approval) {
+        (_, true) => DemoMode::Approval,
+        (true, false) => DemoMode::Rollout,
+        (false, false) => DemoMode::Split,
+    };
+    let rollout = mode != DemoMode::Split;
     init_logging(veer::config::LogFormat::Text);
     let rt = runtime(0)?;
     rt.block_on(async move {
@@ -400,11 +416,15 @@ fn demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr, rollout: bool
         // Fall back to free ports when the defaults are taken.
         let listen = free_or_ephemeral(listen);
         let admin = free_or_ephemeral(admin);
-        let config = veer::demo::config_with(listen, admin, &addrs(&blue), &addrs(&green), rollout);
+        let config = veer::demo::config_mode(listen, admin, &addrs(&blue), &addrs(&green), mode);
         let mut signals = Signals::install()?;
         let running = veer::app::start(config, None).await?;
         let url = format!("http://{}", running.listen[0]);
-        let split = if rollout { "green rolling out from 0%" } else { "90/10 split" };
+        let split = match mode {
+            DemoMode::Split => "90/10 split",
+            DemoMode::Rollout => "green rolling out from 0%",
+            DemoMode::Approval => "green rolling out from 0%, each step waiting for an approval",
+        };
         println!("veer demo is running: blue and green pools, {split}, sticky cookie veer_id\n");
         println!("  proxy:        {url}/");
         println!("  status page:  http://{}/", running.admin);
@@ -431,6 +451,11 @@ fn demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr, rollout: bool
         println!(
             "  curl -s -c /tmp/veer.jar -b /tmp/veer.jar {url}/   # sticky: same answer every time"
         );
+        if !rollout {
+            // Uneven weights, so the swap that follows shows as a change too.
+            println!("  veer split web blue=70 green=30     # then the loop again: ~70/30");
+            println!("  veer swap web                       # and again: ~30/70");
+        }
         if rollout {
             let gate = veer::demo::DEMO_GATE.rsplit(':').next().unwrap_or("9911");
             println!("\nRollouts of green (README, Canary releases): route api first (50 → 100%),");
@@ -447,6 +472,10 @@ fn demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr, rollout: bool
             println!("  while :; do curl -s -o /dev/null {url}/data/item; done   # traffic");
             println!("  curl -s -X POST -H 'x-veer-pool: green' '{url}/diff?rate=0.3'   # make 30% of green's answers differ");
             println!("  curl -s http://{}/api/status | jq '.routes[] | select(.name == \"data\") | {{mirror: .mirror.counts, rollout: .rollout.state}}'", running.admin);
+        }
+        if mode == DemoMode::Approval {
+            println!("\nEach step waits for an approval once its gate passed (10 minutes, then it rolls back):");
+            println!("  veer rollout web approve     # or the approve button on the status page");
         }
         println!("\nPress Ctrl-C to stop.");
         signals.wait(&running).await;

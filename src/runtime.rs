@@ -5,7 +5,7 @@
 
 use crate::config::{Config, RouteConfig};
 use crate::metrics::Metrics;
-use crate::routing::{Route, RouteState, Router, SplitTable};
+use crate::routing::{Route, RouteCounters, Router, SplitTable};
 use crate::upstream::registry::{BackendChanges, RegistryError};
 use crate::upstream::{Pool, Registry};
 use arc_swap::ArcSwap;
@@ -46,7 +46,7 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// The config file, when there is one (not in `veer demo`).
     pub config_path: Option<PathBuf>,
-    route_states: Mutex<HashMap<String, Arc<RouteState>>>,
+    route_states: Mutex<HashMap<String, Arc<RouteCounters>>>,
     version: AtomicU64,
     ready: AtomicBool,
     /// Cancelled when graceful shutdown begins.
@@ -183,7 +183,7 @@ impl Runtime {
         &self,
         rc: &RouteConfig,
         pools: &HashMap<Arc<str>, Arc<Pool>>,
-        state: Arc<RouteState>,
+        state: Arc<RouteCounters>,
     ) -> Route {
         let route_pools: Vec<Arc<Pool>> = rc
             .split

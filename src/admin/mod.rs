@@ -1,6 +1,7 @@
 //! The admin listener: liveness and readiness, Prometheus metrics, the status API and page.
 
 pub mod api;
+pub mod console;
 pub mod guard;
 pub mod rollout;
 pub mod status;
@@ -29,20 +30,35 @@ pub async fn serve(rt: Arc<Control>, listener: TcpListener, stop: CancellationTo
     };
     // Without a token the API is open only to this machine.
     let loopback = local.ip().is_loopback();
+    // The status console's sampler lives as long as the admin listener.
+    let console = console::Console::new();
+    tokio::spawn(console::run(rt.clone(), console.clone(), stop.clone()));
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = stop.cancelled() => return,
         };
         let rt = rt.clone();
+        let console = console.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let rt = rt.clone();
-                async move { Ok::<_, Infallible>(route(&rt, local, loopback, req).await) }
+                let console = console.clone();
+                async move { Ok::<_, Infallible>(route(&rt, &console, local, loopback, req).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            // Kept-alive connections (a status page polling) end with the listener: answers in
+            // progress finish, then the connection closes, so a client reconnects to whatever
+            // listens next (a restarted veer).
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.cancelled() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         });
     }
 }
@@ -73,6 +89,7 @@ fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Admi
 
 async fn route(
     rt: &Arc<Control>,
+    console: &console::Console,
     local: std::net::SocketAddr,
     loopback: bool,
     req: Request<Incoming>,
@@ -97,7 +114,7 @@ async fn route(
         if let Some(denied) = api::authorize(rt, req.headers(), loopback) {
             return denied;
         }
-        return api_route(rt, req).await;
+        return api_route(rt, console, req).await;
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/") => status::page(),
@@ -120,7 +137,11 @@ async fn route(
 
 /// The `/api/*` endpoints (SPEC §3), after the token check. Path segments are
 /// percent-decoded; a known path with the wrong method gets 405.
-async fn api_route(rt: &Arc<Control>, req: Request<Incoming>) -> AdminResponse {
+async fn api_route(
+    rt: &Arc<Control>,
+    console: &console::Console,
+    req: Request<Incoming>,
+) -> AdminResponse {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -134,6 +155,8 @@ async fn api_route(rt: &Arc<Control>, req: Request<Incoming>) -> AdminResponse {
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let allowed = match segs.as_slice() {
         ["status"] => Method::GET,
+        // The status console's time series (an extension of SPEC §3; console.rs).
+        ["series"] => Method::GET,
         ["routes", _, "split"] => Method::PUT,
         ["routes", _, "swap"] | ["routes", _, "rollout", _] | ["reload"] => Method::POST,
         ["pools", _, "backends", _, "drain" | "undrain"] => Method::POST,
@@ -156,6 +179,7 @@ async fn api_route(rt: &Arc<Control>, req: Request<Incoming>) -> AdminResponse {
     }
     match segs.as_slice() {
         ["status"] => json(StatusCode::OK, &status::status_json(rt)),
+        ["series"] => json(StatusCode::OK, &console.json()),
         ["routes", route, "split"] => api::put_split(rt, route, &query, req.into_body()).await,
         ["routes", route, "swap"] => api::swap(rt, route, &query).await,
         // Progressive rollouts: start, pause, resume, approve, promote, abort.

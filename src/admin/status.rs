@@ -91,6 +91,8 @@ pub fn status_json(rt: &Control) -> Value {
                     "draining": b.is_draining(),
                     "removed": b.is_removed(),
                     "in_flight": b.in_flight(),
+                    // `health` keeps SPEC's values; the page shows an unchecked backend as such.
+                    "health_checked": b.is_checked(),
                 });
                 if let Some(n) = &b.id.name {
                     v["name"] = json!(&**n);

@@ -110,7 +110,7 @@ impl Gate {
 
     /// Record the outcome of a request; `trial` is what [`Gate::try_acquire`] returned and
     /// `pool` holds the pool's ejection count. Returns whether this outcome opened the gate.
-    pub fn record(&self, success: bool, trial: bool, pool: &PoolShared) -> bool {
+    pub fn record(&self, success: bool, trial: bool, pool: &EjectionBudget) -> bool {
         if trial {
             let opened = if success {
                 self.trial_ok.fetch_add(1, Ordering::AcqRel);
@@ -230,9 +230,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// The ejection budget of a pool: pool-wide state that outlives snapshots (today's name).
+/// The ejection budget of a pool: pool-wide state that outlives snapshots.
 #[derive(Debug, Default)]
-pub struct PoolShared {
+pub struct EjectionBudget {
     /// Backends whose breaker is open or half-open now.
     pub ejected: AtomicU32,
     /// Backends in the pool now (not counting removed ones).
@@ -242,7 +242,7 @@ pub struct PoolShared {
     pub tripped: Option<Arc<Notify>>,
 }
 
-impl PoolShared {
+impl EjectionBudget {
     /// Take one ejection slot, unless the pool is at its cap ([`max_ejected`]):
     /// the request that trips a breaker takes it, the breaker's task gives it back on closing.
     pub fn try_eject(&self) -> bool {
@@ -254,7 +254,7 @@ impl PoolShared {
             .is_ok()
     }
 
-    /// Give back a slot taken with [`PoolShared::try_eject`].
+    /// Give back a slot taken with [`EjectionBudget::try_eject`].
     pub fn release_ejection(&self) {
         let _ = self
             .ejected
@@ -351,7 +351,7 @@ pub enum Episode {
 /// the gate's whole life; [`episode`] is one trip of it, for a caller that times only trips.
 pub async fn run<G, C>(
     gate: G,
-    budget: Arc<PoolShared>,
+    budget: Arc<EjectionBudget>,
     config: C,
     closed: CancellationToken,
     name: String,
@@ -395,7 +395,7 @@ pub async fn run<G, C>(
 /// slot given back.
 pub async fn episode<C: Fn() -> BreakerConfig>(
     gate: &Gate,
-    budget: &PoolShared,
+    budget: &EjectionBudget,
     config: &C,
     closed: &CancellationToken,
     name: &str,
@@ -521,7 +521,7 @@ mod tests {
 
     #[test]
     fn ejection_slots_are_counted() {
-        let p = PoolShared::default();
+        let p = EjectionBudget::default();
         p.size.store(4, Ordering::Relaxed);
         assert!(p.try_eject());
         assert!(p.try_eject());
@@ -541,8 +541,8 @@ mod tests {
         g
     }
 
-    fn pool(size: u32) -> PoolShared {
-        let p = PoolShared::default();
+    fn pool(size: u32) -> EjectionBudget {
+        let p = EjectionBudget::default();
         p.size.store(size, Ordering::Relaxed);
         p
     }
@@ -704,9 +704,10 @@ mod tests {
             pc.circuit_breaker.consecutive_failures = threshold;
             pc.circuit_breaker.half_open_requests = half_open;
             let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
-            let client = crate::upstream::client::UpstreamClient::new(addr, &pc, None).unwrap();
+            let client =
+                crate::upstream::http_client::UpstreamClient::new(addr, &pc, None).unwrap();
             let tripped = Arc::new(Notify::new());
-            let shared = Arc::new(PoolShared {
+            let shared = Arc::new(EjectionBudget {
                 tripped: Some(tripped.clone()),
                 ..pool(pool_size)
             });
@@ -759,7 +760,7 @@ mod tests {
     async fn run_drives_a_bare_gate_with_its_budget_and_config() {
         let gate = Arc::new(Gate::default());
         gate.set_threshold(2);
-        let budget = Arc::new(PoolShared::default());
+        let budget = Arc::new(EjectionBudget::default());
         budget.size.store(2, Ordering::Relaxed);
         let open_for = Arc::new(std::sync::atomic::AtomicU64::new(10));
         let config = {

@@ -9,7 +9,7 @@
 //! (Envoy does the same for new hosts), after that the thresholds apply.
 
 use crate::config::HealthCheckConfig;
-use crate::upstream::client::UpBody;
+use crate::upstream::http_client::UpBody;
 use crate::upstream::{Backend, Health};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri, Version};
@@ -85,7 +85,7 @@ pub enum ProbeError {
     #[error("status {0} outside {1}-{2}")]
     Status(u16, u16, u16),
     #[error("request failed: {0}")]
-    Request(#[source] crate::upstream::client::UpstreamError),
+    Request(#[source] crate::upstream::http_client::UpstreamError),
     #[error("invalid probe URI: {0}")]
     Uri(#[source] http::Error),
 }

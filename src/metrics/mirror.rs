@@ -106,7 +106,7 @@ impl Sample {
     }
 }
 
-/// A route's mirroring state, kept across reloads (in its `RouteState`).
+/// A route's mirroring state, kept across reloads (in its `RouteCounters`).
 #[derive(Debug, Default)]
 pub struct MirrorStats {
     in_flight: AtomicU32,

@@ -3,6 +3,7 @@
 //! `MetricVec` lock. Label values come only from config names and status codes, so random
 //! paths cannot grow the series.
 
+pub mod latency;
 pub mod mirror;
 pub mod step;
 
@@ -32,6 +33,8 @@ pub struct BackendGauges {
 #[derive(Debug, Default)]
 pub struct CodeCounters {
     classes: [OnceLock<Box<[AtomicU64; 100]>>; 5],
+    /// Time to the answer's headers, made at the first answer (the status console's p99).
+    latency: OnceLock<latency::Latency>,
 }
 
 impl CodeCounters {
@@ -41,6 +44,30 @@ impl CodeCounters {
         // Allocates once per class; from then on an atomic load.
         let block = class.get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
         block[i % 100].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count an answer's time to its headers.
+    pub fn observe_latency(&self, took: std::time::Duration) {
+        self.latency.get_or_init(Default::default).observe(took);
+    }
+
+    /// All answers counted and the server errors (5xx) among them.
+    pub fn totals(&self) -> (u64, u64) {
+        let (mut all, mut errors) = (0, 0);
+        for (code, n) in self.counted() {
+            all += n;
+            if code >= 500 {
+                errors += n;
+            }
+        }
+        (all, errors)
+    }
+
+    /// Add the latency histogram's counts into `into`, made when there are any.
+    pub fn add_latency_to(&self, into: &mut Option<Box<[u64; latency::BUCKETS]>>) {
+        if let Some(l) = self.latency.get() {
+            l.add_to(into.get_or_insert_with(|| Box::new([0; latency::BUCKETS])));
+        }
     }
 
     /// (status code, count) of every code counted at least once.

@@ -3,7 +3,7 @@
 //! faults live in [`crate::body`] (re-exported here).
 
 pub use crate::body::{BodyClock, BodyError, BodyLimit, ClientBodyError, ClientFault, RequestBody};
-use crate::upstream::client::{BodySlot, Checkin, UpstreamBody};
+use crate::upstream::http_client::{BodySlot, Checkin, UpstreamBody};
 use crate::upstream::Lease;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -122,7 +122,7 @@ impl Body for ProxyBody {
                         // gRPC's status arrives here; judged only when the verdict was
                         // deferred to the trailers (`Lease::record` counts once).
                         if let (Some(l), Some(t)) = (lease.as_mut(), frame.trailers_ref()) {
-                            l.record(crate::upstream::client::grpc_ok(t));
+                            l.record(crate::upstream::http_client::grpc_ok(t));
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }

@@ -5,8 +5,8 @@
 //! IO adapters around every read and write. h2c (HTTP/2 without TLS) stays on hyper, which
 //! tells it from HTTP/1.1 by its preface.
 
+use super::activity::{ActiveGuard, Activity};
 use super::body::{ProxyBody, RequestBody};
-use super::server::{ActiveGuard, Activity};
 use super::{handle, ConnCtx};
 use crate::config::ServerConfig;
 use bytes::Bytes;

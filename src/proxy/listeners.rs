@@ -1,7 +1,7 @@
 //! The proxy listeners, keyed by address, so a reload can add and remove them without
 //! touching the others: staged (bound, TLS loaded) before a change goes live, committed after.
 
-use super::server::{accept_loop, listen, Connections, Transport};
+use super::accept::{accept_loop, listen, Connections, Transport};
 use crate::config::Config;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;

@@ -5,7 +5,9 @@
 //! Per request: one snapshot load, route match, pool by sticky bucket and split, backend by
 //! the pool's balancer, then forward with retries on a different backend where safe.
 
+pub mod accept;
 pub mod access;
+mod activity;
 pub mod body;
 mod forward;
 pub mod headers;

@@ -5,7 +5,7 @@
 //! methods, or when the body was never sent (the backend did not get the whole request); a
 //! 502/503/504 or timeout for idempotent methods only (unless `idempotent_only = false`),
 //! because the backend may have acted on the request. Retries are paid for from the route's
-//! budget (`RouteState::withdraw`), so a failing pool cannot double its own load.
+//! budget (`RouteCounters::withdraw`), so a failing pool cannot double its own load.
 
 use crate::config::RetryConfig;
 use crate::routing::Route;
@@ -55,21 +55,22 @@ impl Outcome {
                 if grpc != GrpcVerdict::AtTrailers {
                     lease.record(!failed);
                 }
-                at.route.metrics.duration[at.pool].observe(at.started.elapsed().as_secs_f64());
-                at.count(status.as_u16());
+                let took = at.started.elapsed();
+                at.route.metrics.duration[at.pool].observe(took.as_secs_f64());
+                at.count(status.as_u16(), Some(took));
                 at.observe_rollout(failed);
             }
             Outcome::Error(e) if e.side() == ErrorSource::Downstream => {
-                at.count(e.client_fault().unwrap_or(ClientFault::Gone).code());
+                at.count(e.client_fault().unwrap_or(ClientFault::Gone).code(), None);
             }
             Outcome::Error(_) => {
                 lease.record(false);
-                at.count(502);
+                at.count(502, None);
                 at.observe_rollout(true);
             }
             Outcome::Timeout => {
                 lease.record(false);
-                at.count(504);
+                at.count(504, None);
                 at.observe_rollout(true);
             }
         }
@@ -77,8 +78,8 @@ impl Outcome {
 }
 
 impl Attempt<'_> {
-    fn count(&self, status: u16) {
-        count(self.route, self.pool, self.backend, self.slot, status);
+    fn count(&self, status: u16, took: Option<Duration>) {
+        count(self.route, self.pool, self.backend, self.slot, status, took);
     }
 
     /// Feed the route's running rollout step, if any (atomics only).
@@ -95,8 +96,16 @@ impl Attempt<'_> {
     }
 }
 
-/// Count a status under the backend that answered (or failed).
-pub(super) fn count(route: &Route, pool: usize, backend: &Arc<Backend>, slot: usize, status: u16) {
+/// Count a status under the backend that answered (or failed), and the time to its answer's
+/// headers when it answered (the status console's per-backend p99).
+pub(super) fn count(
+    route: &Route,
+    pool: usize,
+    backend: &Arc<Backend>,
+    slot: usize,
+    status: u16,
+    took: Option<Duration>,
+) {
     let backends = &route.pools[pool].backends;
     // The lease's slot is right unless the backend came from a newer snapshot (`pick_live`).
     let i = if backends.get(slot).is_some_and(|b| Arc::ptr_eq(b, backend)) {
@@ -105,7 +114,11 @@ pub(super) fn count(route: &Route, pool: usize, backend: &Arc<Backend>, slot: us
         backends.iter().position(|b| Arc::ptr_eq(b, backend))
     };
     if let Some(i) = i {
-        route.metrics.codes[pool][i].inc(status);
+        let c = &route.metrics.codes[pool][i];
+        c.inc(status);
+        if let Some(took) = took {
+            c.observe_latency(took);
+        }
     }
 }
 

@@ -23,7 +23,7 @@ pub struct Route {
     pub weights: Vec<u32>,
     pub table: SplitTable,
     /// State that outlives snapshots (retry budget, counters).
-    pub state: Arc<RouteState>,
+    pub state: Arc<RouteCounters>,
     pub metrics: RouteMetrics,
     /// `[routes.mirror]`: where copies go (boxed: most routes have none).
     pub mirror: Option<Box<MirrorTarget>>,
@@ -43,9 +43,10 @@ impl Route {
     }
 }
 
-/// Per-route state kept across reloads.
+/// Per-route counters kept across reloads: the bucket sequence, the retry budget, the running
+/// rollout step's statistics.
 #[derive(Debug)]
-pub struct RouteState {
+pub struct RouteCounters {
     /// Spreads unsticky requests over the buckets evenly (a low-discrepancy sequence).
     seq: AtomicU64,
     /// Retry budget in thousandths of a retry.
@@ -61,9 +62,9 @@ const BUDGET_MIN_RESERVE: i64 = 10_000;
 /// The most a route can save up (so a long quiet spell cannot fund a retry storm).
 const BUDGET_CAP: i64 = 100_000;
 
-impl Default for RouteState {
+impl Default for RouteCounters {
     fn default() -> Self {
-        RouteState {
+        RouteCounters {
             seq: AtomicU64::new(0),
             budget: AtomicI64::new(BUDGET_MIN_RESERVE),
             rollout: Default::default(),
@@ -72,7 +73,7 @@ impl Default for RouteState {
     }
 }
 
-impl RouteState {
+impl RouteCounters {
     /// The next bucket for a request with no sticky key.
     pub fn next_bucket(&self) -> u32 {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -93,7 +94,7 @@ impl RouteState {
             });
     }
 
-    /// Give back a retry taken with [`RouteState::withdraw`] that could not be sent.
+    /// Give back a retry taken with [`RouteCounters::withdraw`] that could not be sent.
     pub fn refund(&self) {
         self.budget.fetch_add(1000, Ordering::Relaxed);
     }
@@ -412,7 +413,7 @@ mod tests {
 
     #[test]
     fn unsticky_buckets_spread() {
-        let s = RouteState::default();
+        let s = RouteCounters::default();
         let mut low = 0;
         for _ in 0..1000 {
             if s.next_bucket() < 1000 {

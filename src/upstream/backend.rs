@@ -1,6 +1,6 @@
 //! One backend: its identity and the state that outlives config reloads.
 
-pub use crate::breaker::PoolShared;
+pub use crate::breaker::EjectionBudget;
 use crate::breaker::{BreakerState, Episode, Gate};
 use crate::config::PoolConfig;
 use crate::upstream::http_client::UpstreamClient;
@@ -100,7 +100,7 @@ pub struct Backend {
     /// The current config of the backend's pool; background tasks read it on each round.
     pool_config: ArcSwap<PoolConfig>,
     /// State shared by the pool's backends across reloads (breaker ejection count).
-    pub pool_shared: Arc<PoolShared>,
+    pub pool_shared: Arc<EjectionBudget>,
     /// A task times this backend's breaker now: one is started per trip (see
     /// [`Backend::breaker_trips`]), none waits while the breaker is closed.
     breaker_timed: AtomicBool,
@@ -125,7 +125,7 @@ impl Backend {
         id: BackendId,
         client: UpstreamClient,
         pool_config: Arc<PoolConfig>,
-        pool_shared: Arc<PoolShared>,
+        pool_shared: Arc<EjectionBudget>,
     ) -> Self {
         let closed = CancellationToken::new();
         Backend {

@@ -19,8 +19,3 @@ mod testing;
 pub use backend::{Backend, BackendId, Health, Lease};
 pub use pool::Pool;
 pub use registry::Registry;
-
-// The old module paths, for the branches of issue 13 not yet merged (they import
-// `upstream::client` and `upstream::conns`); to be removed once they use the new names.
-pub use conn_pool as conns;
-pub use http_client as client;

@@ -2,8 +2,8 @@
 //! that stay; backends a reload removes are drained and then closed (sozu's Normal → Closing →
 //! Closed lifecycle).
 
-use super::backend::{PoolShared, RAMP_FLOOR};
-use super::client::{ClientTemplate, UpstreamClient};
+use super::backend::{EjectionBudget, RAMP_FLOOR};
+use super::http_client::{ClientTemplate, UpstreamClient};
 use super::{Backend, BackendId, Health, Pool};
 use crate::config::{BackendAddr, Config, PoolConfig};
 use prometheus::IntCounterVec;
@@ -52,7 +52,7 @@ pub struct Registry {
     trips: Option<IntCounterVec>,
     /// Woken by a sync that met a name never resolved (the DNS task resolves it at once).
     pub dns_wake: tokio::sync::Notify,
-    /// Told of every breaker trip (through the pools' [`PoolShared`]); its watcher starts
+    /// Told of every breaker trip (through the pools' [`EjectionBudget`]); its watcher starts
     /// the task that times the trip. Nothing waits per backend while breakers are closed.
     tripped: Arc<tokio::sync::Notify>,
     watching: std::sync::Once,
@@ -63,7 +63,7 @@ struct Inner {
     backends: BTreeMap<BackendId, Arc<Backend>>,
     /// Removed by a reload, still finishing in-flight requests.
     draining: Vec<Arc<Backend>>,
-    pools: HashMap<Arc<str>, Arc<PoolShared>>,
+    pools: HashMap<Arc<str>, Arc<EjectionBudget>>,
     /// The last good addresses of each (pool, name) backend, set by the DNS task.
     resolved: HashMap<(Arc<str>, BackendAddr), Arc<[std::net::SocketAddr]>>,
     /// A sync has run: backends created after it are new (slow start ramps them).
@@ -156,9 +156,9 @@ impl Registry {
                 .pools
                 .entry(name.clone())
                 .or_insert_with(|| {
-                    Arc::new(PoolShared {
+                    Arc::new(EjectionBudget {
                         tripped: Some(self.tripped.clone()),
-                        ..PoolShared::default()
+                        ..EjectionBudget::default()
                     })
                 })
                 .clone();

@@ -280,7 +280,7 @@ enum Got {
 /// on a connection to a backend that sends nothing more.
 struct Harness {
     _backend: crate::upstream::testing::Backend,
-    client: crate::upstream::client::UpstreamClient,
+    client: crate::upstream::http_client::UpstreamClient,
 }
 
 impl Harness {
