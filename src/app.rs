@@ -45,6 +45,13 @@ impl Default for StartOptions {
     }
 }
 
+/// Is any admin token set: `token_env`'s variable or one of `[admin] tokens`' (non-empty)?
+pub fn has_admin_token(admin: &crate::config::AdminConfig) -> bool {
+    std::iter::once(admin.token_env.as_str())
+        .chain(admin.tokens.iter().map(|t| t.env.as_str()))
+        .any(|env| std::env::var(env).is_ok_and(|t| !t.is_empty()))
+}
+
 /// Start veer with a validated config. `path` is the config file (None for the demo); with
 /// one, the file is watched and reloaded when it changes.
 pub async fn start(config: Config, path: Option<PathBuf>) -> Result<Running, StartError> {
@@ -58,10 +65,7 @@ pub async fn start_with(
     opts: StartOptions,
 ) -> Result<Running, StartError> {
     let admin_addr = config.admin.listen;
-    let token = std::env::var(&config.admin.token_env)
-        .ok()
-        .filter(|t| !t.is_empty());
-    if token.is_none() && !admin_addr.ip().is_loopback() {
+    if !has_admin_token(&config.admin) && !admin_addr.ip().is_loopback() {
         return Err(StartError::NoToken {
             addr: admin_addr,
             env: config.admin.token_env.clone(),

@@ -13,8 +13,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use veer::config::Config;
 
-/// Logging and signals, for `veer --help`.
+/// Environment, logging and signals, for `veer --help`.
 const AFTER_HELP: &str = "\
+Environment:
+  VEER_ADMIN_TOKEN      bearer token: the admin API's (`[admin] token_env` names the
+                        variable veer run reads; the admin commands always send this one)
+  VEER_ADMIN            admin API URL for the admin commands (default http://127.0.0.1:9901)
+  VEER_WORKERS          worker threads for veer run, over `[server] workers`
+  VEER_OVERRIDE_SECRET  the secret `veer override-token` reads unless --secret-env names another
+  [admin] tokens        named tokens, each in the variable it names (\"env:VAR\")
+
 Logging:
   VEER_LOG      what is logged, as an EnvFilter (e.g. info, veer=debug,hyper=warn); default info
   RUST_LOG      read when VEER_LOG is not set
@@ -37,7 +45,7 @@ Signals (veer run):
 )]
 struct Cli {
     /// Config file (same as `veer run --config FILE`).
-    #[arg(long, global = false)]
+    #[arg(long, global = false, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -47,12 +55,14 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Run {
-        #[arg(long)]
+        /// Config file (TOML); watched, and reloaded when it changes.
+        #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Validate a config file.
+    /// Validate a config file: every error as FILE:LINE:COL, and what `veer run` would refuse.
     Check {
-        #[arg(long)]
+        /// Config file (TOML) to validate.
+        #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
     /// Start two demo pools and the proxy in front of them at 90/10.
@@ -97,6 +107,7 @@ enum Command {
     },
     /// Drain one backend: no new requests; in-flight ones finish.
     Drain {
+        /// Pool name, as in the config.
         pool: String,
         /// Backend address, HOST:PORT as in the config.
         addr: String,
@@ -105,6 +116,7 @@ enum Command {
     },
     /// Put a drained backend back into service.
     Undrain {
+        /// Pool name, as in the config.
         pool: String,
         /// Backend address, HOST:PORT as in the config.
         addr: String,
@@ -120,8 +132,10 @@ enum Command {
     Rollout {
         /// Route name.
         route: String,
-        /// start (from the first step), pause, resume, approve (the next step), promote
-        /// (all traffic to the new pool now) or abort (roll back).
+        /// start (from step 0), pause, resume, approve (the next step), promote (all traffic
+        /// to the new pool now), abort (roll back a running rollout) or rollback (abort, or,
+        /// after the rollout succeeded, all traffic back to the baseline as a new change).
+        /// Steps count from 0, as the API's `step` does: step K is entry K of `steps`.
         #[arg(value_parser = parse_action, value_name = "ACTION")]
         action: veer::rollout::Action,
         /// With `start`: the expedited path of `[routes.rollout.hotfix]` (fewer, shorter
@@ -157,20 +171,23 @@ enum ClusterAction {
     /// Validate FILE and make its pools and routes the fleet's document (every replica applies it).
     Push {
         /// The local config file whose [cluster] names the store.
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// A config file (only its [pools.*] and [[routes]] are pushed).
         file: PathBuf,
     },
     /// Print the fleet's document.
     Pull {
-        #[arg(long)]
+        /// The local config file whose [cluster] names the store.
+        #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
     /// The fleet as the store sees it: document revision, leader, replicas.
     Status {
-        #[arg(long)]
+        /// The local config file whose [cluster] names the store.
+        #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Print the status as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -179,7 +196,7 @@ enum ClusterAction {
 /// Where the admin API is and how to print its answers.
 #[derive(clap::Args, Debug)]
 struct AdminOpts {
-    /// Admin API URL. The bearer token is read from VEER_ADMIN_TOKEN.
+    /// Admin API URL (env VEER_ADMIN). The bearer token is read from VEER_ADMIN_TOKEN.
     #[arg(long, env = "VEER_ADMIN", value_name = "URL", default_value = veer::cli::DEFAULT_ADMIN)]
     admin: String,
     /// Print the API's JSON answer (for scripts).
@@ -190,7 +207,9 @@ struct AdminOpts {
 /// The library's rollout actions, as the CLI spells them.
 fn parse_action(s: &str) -> Result<veer::rollout::Action, String> {
     veer::rollout::Action::parse(s).ok_or_else(|| {
-        format!("unknown action {s:?}; use start, pause, resume, approve, promote or abort")
+        format!(
+            "unknown action {s:?}; use start, pause, resume, approve, promote, abort or rollback"
+        )
     })
 }
 
@@ -275,6 +294,9 @@ fn check(path: &Path) -> ExitCode {
                 eprintln!("{}: warning: {w}", path.display());
             }
             for w in veer::config::state::persistence_warnings(path, &c) {
+                eprintln!("{}: warning: {w}", path.display());
+            }
+            for w in veer::cli::check::warnings(&c) {
                 eprintln!("{}: warning: {w}", path.display());
             }
             // A name that does not resolve here is a warning, never a failure (SPEC §9).

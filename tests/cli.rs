@@ -230,6 +230,17 @@ async fn split_sets_the_weights() {
             .is_some_and(|e| e.contains("nope")),
         "{out:#?}"
     );
+    // `veer status` says what changed last, who and when (issue 20).
+    let s = cli(&veer, &["status"]).await.ok().stdout.clone();
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("last change: "))
+        .unwrap_or_else(|| panic!("{s}"));
+    assert!(
+        line.contains("route \"web\" split blue=25 green=75 -> blue=1 green=0 (by admin, ")
+            && line.ends_with("Z)"),
+        "{line}"
+    );
     veer.shutdown().await;
 }
 
@@ -314,7 +325,7 @@ async fn drain_and_undrain_one_backend() {
     let line = status
         .stdout
         .lines()
-        .find(|l| l.contains(&addr))
+        .find(|l| l.contains(&addr) && !l.starts_with("last change: "))
         .unwrap()
         .to_string();
     assert!(line.trim_end().ends_with("yes"), "{line}");
@@ -456,7 +467,14 @@ min_requests = 1000
         .skip_while(|l| !l.starts_with("ROLLOUTS"))
         .nth(2)
         .unwrap_or_default();
-    for cell in ["web", "progressing", "1/4", "green 5%", "requests 0/1000"] {
+    // Steps count from 0, as the API's `step` does (issue 20).
+    for cell in [
+        "web",
+        "progressing",
+        "0 of 0-3",
+        "green 5%",
+        "requests 0/1000",
+    ] {
         assert!(line.contains(cell), "{cell:?} missing from {line:?}\n{s}");
     }
 
@@ -478,5 +496,68 @@ min_requests = 1000
     assert!(out.stderr.contains("409"), "{}", out.stderr);
     let out = veer_env(&["rollout", "web", "launch"], &[]).await;
     assert_eq!(out.code, 2, "unknown actions are usage errors: {out:#?}");
+
+    // After success, abort points at rollback, which moves everything back to the baseline
+    // as a change of its own (issue 20 item 4).
+    let out = cli(&veer, &["rollout", "web", "abort"]).await;
+    out.failed();
+    assert!(
+        out.stderr
+            .contains("`rollback` moves all traffic back to blue"),
+        "{}",
+        out.stderr
+    );
+    let out = cli(&veer, &["rollout", "web", "rollback"]).await;
+    out.ok();
+    assert!(
+        out.stdout.contains("web: rollout rolled_back"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        split_of(&veer, "web"),
+        vec![pair("blue", 100), pair("green", 0)]
+    );
+    let last = veer.rt().audit.last().unwrap();
+    assert_eq!((last.who.as_str(), last.source.as_str()), ("admin", "api"));
+    assert!(
+        last.what.contains("rollout rolled_back")
+            && last.what.contains("blue=0 green=100 -> blue=100 green=0")
+            && last
+                .what
+                .contains("rolled back by admin after it succeeded"),
+        "{}",
+        last.what
+    );
+    // Written back: a restart keeps the baseline.
+    let text = std::fs::read_to_string(&veer.config_path).unwrap();
+    assert!(text.contains("state = \"rolled_back\""), "{text}");
+    veer.shutdown().await;
+}
+
+/// A wrong route name lists the routes, as a wrong pool name lists the pools (issue 20
+/// item 4), for split, swap and rollout actions alike.
+#[tokio::test]
+async fn a_wrong_route_or_pool_name_lists_the_names() {
+    let (veer, _ups) = blue_green("").await;
+    for args in [
+        &["split", "wbe", "blue=1"][..],
+        &["swap", "wbe"][..],
+        &["rollout", "wbe", "pause"][..],
+    ] {
+        let out = cli(&veer, args).await;
+        out.failed();
+        assert!(
+            out.stderr.contains("no route named \"wbe\" (routes: web)"),
+            "{args:?}: {out:#?}"
+        );
+    }
+    let out = cli(&veer, &["drain", "bleu", "127.0.0.1:1"]).await;
+    out.failed();
+    assert!(
+        out.stderr
+            .contains("no pool named \"bleu\" (pools: blue, green)"),
+        "{out:#?}"
+    );
     veer.shutdown().await;
 }

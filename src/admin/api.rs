@@ -9,7 +9,9 @@ use crate::config::state::Change;
 use crate::config::writeback::WritebackError;
 use crate::config::ConfigErrors;
 use crate::control::Control;
-use crate::control::{self as reload, ChangeError, ReloadError, ReloadReport, Trigger, Unwritable};
+use crate::control::{
+    self as reload, ChangeError, Origin, ReloadError, ReloadReport, Trigger, Unwritable,
+};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -23,20 +25,41 @@ const MAX_BODY: usize = 64 * 1024;
 /// Largest weight a split accepts (as the config does).
 const MAX_WEIGHT: u64 = 1_000_000;
 
-/// Check the bearer token of an `/api/*` call: `Some(401 answer)` when it is refused. The token is read from the environment variable
-/// the live config names, so a reload that changes `token_env` takes effect. Without a token
-/// the API is open only on a loopback admin listener (startup refuses the rest; this covers a
+/// Check the bearer token of an `/api/*` call: who made it (the token's name, `"admin"` for
+/// the single `token_env` token), or why it is refused (for [`unauthorized`]). Tokens are read from the environment
+/// variables the live config names, so a reload that changes them takes effect. The given
+/// token is compared with every configured one in constant time (no early exit, so the time
+/// taken tells neither which token nor how much of a guess was right). Without any token the
+/// API is open only on a loopback admin listener (startup refuses the rest; this covers a
 /// token variable changed by reload).
-pub fn authorize(rt: &Control, headers: &HeaderMap, admin_loopback: bool) -> Option<AdminResponse> {
-    let env = rt.config().admin.token_env.clone();
-    let Some(token) = std::env::var(&env).ok().filter(|t| !t.is_empty()) else {
+pub fn authorize(
+    rt: &Control,
+    headers: &HeaderMap,
+    admin_loopback: bool,
+) -> Result<String, String> {
+    let config = rt.config();
+    let admin = &config.admin;
+    let tokens: Vec<(&str, String)> = std::iter::once((WHO, admin.token_env.as_str()))
+        .chain(
+            admin
+                .tokens
+                .iter()
+                .map(|t| (t.name.as_str(), t.env.as_str())),
+        )
+        .filter_map(|(who, env)| {
+            let t = std::env::var(env).ok().filter(|t| !t.is_empty())?;
+            Some((who, t))
+        })
+        .collect();
+    if tokens.is_empty() {
         if admin_loopback {
-            return None;
+            return Ok(WHO.to_string());
         }
-        return Some(unauthorized(format!(
-            "the admin API is locked: no token in the {env} environment variable and the admin listener is not loopback"
-        )));
-    };
+        return Err(format!(
+            "the admin API is locked: no token in the {} environment variable (nor any [admin] tokens variable) and the admin listener is not loopback",
+            admin.token_env
+        ));
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -44,16 +67,32 @@ pub fn authorize(rt: &Control, headers: &HeaderMap, admin_loopback: bool) -> Opt
             let (scheme, rest) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         });
-    match given {
-        None => Some(unauthorized(
-            "missing bearer token (Authorization: Bearer <token>)",
-        )),
-        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => None,
-        Some(_) => Some(unauthorized("wrong bearer token")),
+    let Some(given) = given else {
+        return Err("missing bearer token (Authorization: Bearer <token>)".into());
+    };
+    let mut who = None;
+    for (name, token) in &tokens {
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) && who.is_none() {
+            who = Some(name.to_string());
+        }
     }
+    who.ok_or_else(|| "wrong bearer token".into())
 }
 
-fn unauthorized(msg: impl std::fmt::Display) -> AdminResponse {
+/// Who made a change with the single `token_env` token (or on an open loopback API), SPEC §3.
+pub const WHO: &str = "admin";
+
+/// 404 for a route name that is not in the config, listing the routes (as a wrong pool
+/// name lists the pools).
+pub fn no_route(config: &crate::config::Config, route: &str) -> AdminResponse {
+    let known: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no route named {route:?} (routes: {})", known.join(", ")),
+    )
+}
+
+pub fn unauthorized(msg: impl std::fmt::Display) -> AdminResponse {
     let mut r = error(StatusCode::UNAUTHORIZED, msg);
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
@@ -256,10 +295,6 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
-/// Who makes a change through the API, for the state and the log (`"admin"`: the single
-/// `token_env` token, SPEC §3).
-pub const WHO: &str = "admin";
-
 /// A manual split or swap on a route whose rollout is moving traffic (progressing or
 /// awaiting approval) would fight the rollout: 409, unless `?force=true`, which pauses the
 /// rollout first, saying who and why (SPEC §10). `Err` is the answer to give.
@@ -268,6 +303,7 @@ async fn hold_rollout(
     route: &str,
     query: &str,
     what: &str,
+    who: &str,
 ) -> Result<(), AdminResponse> {
     use crate::config::RolloutState;
     let Some(s) = rt.rollouts.status(route) else {
@@ -283,9 +319,9 @@ async fn hold_rollout(
         return Err(error(
             StatusCode::CONFLICT,
             format!(
-                "route {route:?} has a rollout {} (step {}, {} at {}%); a manual {what} would fight it: pause or abort the rollout first, or use ?force=true to pause it and {what} anyway",
+                "route {route:?} has a rollout {} ({}, {} at {}%); a manual {what} would fight it: pause or abort the rollout first, or use ?force=true to pause it and {what} anyway",
                 s.state.as_str(),
-                s.step + 1,
+                crate::rollout::step_text(s.step, s.def.steps.len()),
                 s.def.to,
                 s.target_weight().unwrap_or(0)
             ),
@@ -294,17 +330,13 @@ async fn hold_rollout(
     let opts = crate::rollout::ActOptions {
         force: true,
         hotfix: false,
-        who: Some(WHO.to_string()),
+        who: Some(who.to_string()),
         why: Some(format!("for a manual {what} (?force=true)")),
         cascaded: false,
     };
     match rt.rollouts.act_opts(rt, route, "pause", opts).await {
         Ok(_) => {
-            tracing::warn!(
-                route,
-                who = WHO,
-                "rollout paused for a forced manual {what}"
-            );
+            tracing::warn!(route, who, "rollout paused for a forced manual {what}");
             Ok(())
         }
         // Finished or paused meanwhile: nothing to hold.
@@ -320,10 +352,11 @@ pub async fn put_split(
     route: &str,
     query: &str,
     body: Incoming,
+    who: &str,
 ) -> AdminResponse {
     let config = rt.config();
     if config.route(route).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("no route named {route:?}"));
+        return no_route(&config, route);
     }
     let v = match read_json(body).await {
         Ok(v) => v,
@@ -364,14 +397,14 @@ pub async fn put_split(
     }
     // The typed config keeps splits sorted by pool name.
     split.sort();
-    if let Err(answer) = hold_rollout(rt, route, query, "split").await {
+    if let Err(answer) = hold_rollout(rt, route, query, "split", who).await {
         return answer;
     }
     let change = Change::Split {
         route: route.to_string(),
         split,
     };
-    match reload::change(rt, &change, unwritable(query)).await {
+    match reload::change(rt, &change, unwritable(query), &Origin::api(who)).await {
         Ok(r) => split_answer(rt, route, &r),
         Err(e) => change_error(e),
     }
@@ -379,10 +412,10 @@ pub async fn put_split(
 
 /// `POST /api/routes/{route}/swap[?force=true]`: exchange the weights of the route's two
 /// pools. Refused when the pool that gains traffic has no healthy backend, unless forced.
-pub async fn swap(rt: &Arc<Control>, route: &str, query: &str) -> AdminResponse {
+pub async fn swap(rt: &Arc<Control>, route: &str, query: &str, who: &str) -> AdminResponse {
     let force = query_flag(query, "force");
     if rt.config().route(route).is_some() {
-        if let Err(answer) = hold_rollout(rt, route, query, "swap").await {
+        if let Err(answer) = hold_rollout(rt, route, query, "swap", who).await {
             return answer;
         }
     }
@@ -390,7 +423,7 @@ pub async fn swap(rt: &Arc<Control>, route: &str, query: &str) -> AdminResponse 
     let lock = rt.change_lock.lock().await;
     let snap = rt.snapshot();
     let Some(rc) = snap.config.route(route) else {
-        return error(StatusCode::NOT_FOUND, format!("no route named {route:?}"));
+        return no_route(&snap.config, route);
     };
     let [(a, wa), (b, wb)] = rc.split.as_slice() else {
         return error(
@@ -430,15 +463,15 @@ pub async fn swap(rt: &Arc<Control>, route: &str, query: &str) -> AdminResponse 
         // Fleet mode: a compare-and-swap of the store's document, which takes the lock
         // itself to apply it.
         drop(lock);
-        reload::change(rt, &change, unwritable(query)).await
+        reload::change(rt, &change, unwritable(query), &Origin::api(who)).await
     } else {
-        let r = reload::change_locked(rt, &lock, &change, unwritable(query));
+        let r = reload::change_locked(rt, &lock, &change, unwritable(query), &Origin::api(who));
         drop(lock);
         r
     };
     match result {
         Ok(r) => {
-            tracing::info!(route, gaining = %gaining, force, "slots swapped through the admin API");
+            tracing::debug!(route, gaining = %gaining, force, "slots swapped through the admin API");
             split_answer(rt, route, &r)
         }
         Err(e) => change_error(e),
@@ -454,10 +487,15 @@ pub async fn drain(
     addr: &str,
     on: bool,
     query: &str,
+    who: &str,
 ) -> AdminResponse {
     let config = rt.config();
     if !config.pools.contains_key(pool) {
-        return error(StatusCode::NOT_FOUND, format!("no pool named {pool:?}"));
+        let known: Vec<&str> = config.pools.keys().map(String::as_str).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no pool named {pool:?} (pools: {})", known.join(", ")),
+        );
     }
     let Ok(sa) = addr.parse::<SocketAddr>() else {
         return error(
@@ -476,9 +514,9 @@ pub async fn drain(
         addr: sa,
         on,
     };
-    match reload::change(rt, &change, unwritable(query)).await {
+    match reload::change(rt, &change, unwritable(query), &Origin::api(who)).await {
         Ok(r) => {
-            tracing::info!(pool, backend = %sa, draining = on, "backend {} through the admin API", if on { "draining" } else { "restored" });
+            tracing::debug!(pool, backend = %sa, draining = on, "backend {} through the admin API", if on { "draining" } else { "restored" });
             json(
                 StatusCode::ACCEPTED,
                 &json!({ "pool": pool, "backend": sa.to_string(), "draining": on, "persisted": r.persisted }),
@@ -489,8 +527,8 @@ pub async fn drain(
 }
 
 /// `POST /api/reload`: reload the config file now.
-pub async fn reload(rt: &Arc<Control>) -> AdminResponse {
-    match reload::reload(rt, Trigger::Api).await {
+pub async fn reload(rt: &Arc<Control>, who: &str) -> AdminResponse {
+    match reload::reload_as(rt, Trigger::Api, &Origin::api(who)).await {
         Ok(r) => json(
             StatusCode::OK,
             &serde_json::to_value(&r).unwrap_or(Value::Null),

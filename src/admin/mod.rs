@@ -111,10 +111,11 @@ async fn route(
         if let Some(refused) = guard::check_mutation(&req, host.as_ref(), &config.admin.hosts) {
             return refused;
         }
-        if let Some(denied) = api::authorize(rt, req.headers(), loopback) {
-            return denied;
-        }
-        return api_route(rt, console, req).await;
+        let who = match api::authorize(rt, req.headers(), loopback) {
+            Ok(who) => who,
+            Err(why) => return api::unauthorized(why),
+        };
+        return api_route(rt, console, req, &who).await;
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/") => status::page(),
@@ -141,6 +142,7 @@ async fn api_route(
     rt: &Arc<Control>,
     console: &console::Console,
     req: Request<Incoming>,
+    who: &str,
 ) -> AdminResponse {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -154,7 +156,7 @@ async fn api_route(
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let allowed = match segs.as_slice() {
-        ["status"] => Method::GET,
+        ["status"] | ["changes"] => Method::GET,
         // The status console's time series (an extension of SPEC §3; console.rs).
         ["series"] => Method::GET,
         ["routes", _, "split"] => Method::PUT,
@@ -179,15 +181,19 @@ async fn api_route(
     }
     match segs.as_slice() {
         ["status"] => json(StatusCode::OK, &status::status_json(rt)),
+        // The audit trail, newest first (SPEC §3).
+        ["changes"] => json(StatusCode::OK, &rt.audit.changes_json()),
         ["series"] => json(StatusCode::OK, &console.json()),
-        ["routes", route, "split"] => api::put_split(rt, route, &query, req.into_body()).await,
-        ["routes", route, "swap"] => api::swap(rt, route, &query).await,
+        ["routes", route, "split"] => api::put_split(rt, route, &query, req.into_body(), who).await,
+        ["routes", route, "swap"] => api::swap(rt, route, &query, who).await,
         // Progressive rollouts: start, pause, resume, approve, promote, abort.
-        ["routes", route, "rollout", action] => rollout::handle(rt, route, action, &query).await,
-        ["pools", pool, "backends", addr, op] => {
-            api::drain(rt, pool, addr, *op == "drain", &query).await
+        ["routes", route, "rollout", action] => {
+            rollout::handle(rt, route, action, &query, who).await
         }
-        ["reload"] => api::reload(rt).await,
+        ["pools", pool, "backends", addr, op] => {
+            api::drain(rt, pool, addr, *op == "drain", &query, who).await
+        }
+        ["reload"] => api::reload(rt, who).await,
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no such endpoint: {method} {path}"),

@@ -13,11 +13,21 @@ use std::sync::Arc;
 
 /// Run a rollout action on a route. Called after the token check; `query` is the raw query
 /// string: `force=true` applies the action in memory when its progress cannot be written.
-pub async fn handle(rt: &Arc<Control>, route: &str, action: &str, query: &str) -> AdminResponse {
+/// `who`: the name of the token used (the audit trail and the rollout's state say it).
+pub async fn handle(
+    rt: &Arc<Control>,
+    route: &str,
+    action: &str,
+    query: &str,
+    who: &str,
+) -> AdminResponse {
+    if rt.config().route(route).is_none() {
+        return super::api::no_route(&rt.config(), route);
+    }
     let opts = crate::rollout::ActOptions {
         force: super::api::query_flag(query, "force"),
         hotfix: super::api::query_flag(query, "hotfix"),
-        who: Some(super::api::WHO.to_string()),
+        who: Some(who.to_string()),
         why: None,
         cascaded: false,
     };

@@ -110,6 +110,8 @@ pub fn status_json(rt: &Control) -> Value {
         "persisted": rt.state.persisted(),
         // Fleet mode (SPEC §7): null for a single replica.
         "cluster": rt.cluster.get().map(|f| f.status_json()),
+        // The audit trail's newest entry (issue 20): {who, what, source, when, when_ms}.
+        "last_change": rt.audit.last_change_json(),
     })
 }
 

@@ -2,6 +2,7 @@
 //! `split`, `swap`, `drain`, `undrain`, `reload` and `rollout`; and [`render`], which turns
 //! its JSON answers into text and tables; [`cluster`]: `veer cluster push|pull|status`.
 
+pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod render;

@@ -24,6 +24,12 @@ pub fn render_status(v: &Value) -> String {
     if v["cluster"].is_object() {
         out.push_str(&super::cluster::render(&v["cluster"]));
     }
+    // The audit trail's newest entry (issue 20): what changed last, who and when.
+    if let Some(what) = v["last_change"]["what"].as_str() {
+        let when = v["last_change"]["when"].as_str().unwrap_or("-");
+        let who = v["last_change"]["who"].as_str().unwrap_or("-");
+        out.push_str(&format!("last change: {what} (by {who}, {when})\n"));
+    }
     if v["persisted"] == Value::Bool(false) {
         out.push_str("warning: some changes live in memory only (not written to the config or state file); a restart loses them\n");
     }
@@ -252,15 +258,15 @@ fn percent(w: u64, total: u64) -> String {
     }
 }
 
-/// `2/4` when the rollout lists its steps, else the step index as given.
+/// `1 of 0-3` when the rollout lists its steps, else the step as given: the API's `step`
+/// (an index into `steps`, from 0), the one numbering of steps everywhere.
 fn step_text(ro: &Value) -> String {
     let Some(step) = ro["step"].as_u64() else {
         return "-".into();
     };
     match ro["steps"].as_array() {
-        // `step` is the index into `steps`, shown counting from one.
         Some(steps) if !steps.is_empty() => {
-            format!("{}/{}", (step + 1).min(steps.len() as u64), steps.len())
+            format!("{step} of 0-{}", steps.len() - 1)
         }
         _ => step.to_string(),
     }
@@ -439,7 +445,7 @@ mod tests {
             s.contains("  web    * /    blue=90 (90%)  green=10 (10%)"),
             "{s}"
         );
-        assert!(s.contains("progressing  2/4   green 25%"), "{s}");
+        assert!(s.contains("progressing  1 of 0-3  green 25%"), "{s}");
         assert!(
             s.contains("requests 120/100, errors 1.25% (max 1%), p99 12.5ms (max 500ms), verdict pending, 12s of 1m 0s in step"),
             "{s}"
@@ -470,7 +476,7 @@ mod tests {
                                     "gate": {"reason": "paused by operator"}});
         assert_eq!(
             render_rollout_answer("web", "pause", &ro),
-            "web: rollout paused at step 1/2 (green 5%); paused by operator\n"
+            "web: rollout paused at step 0 of 0-1 (green 5%); paused by operator\n"
         );
         assert_eq!(
             render_rollout_answer("web", "pause", &Value::Null),

@@ -16,7 +16,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!(
-                "invalid duration {s:?}; expected a number and a unit (ms, s, m, h), like \"250ms\""
+                "invalid duration {s:?}; expected a number and a unit (ms, s, m, h, d), like \"250ms\""
             ));
         }
         let num: f64 = rest[..digits]
@@ -33,6 +33,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" => num,
             "m" => num * 60.0,
             "h" => num * 3600.0,
+            "d" => num * 86_400.0,
             "us" | "µs" => num / 1_000_000.0,
             "" => {
                 return Err(format!(
@@ -41,7 +42,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown unit {other:?} in duration {s:?}; use ms, s, m or h"
+                    "unknown unit {other:?} in duration {s:?}; use ms, s, m, h or d"
                 ))
             }
         };

@@ -143,6 +143,17 @@ pub struct AdminConfig {
     pub token_env: String,
     /// Host names the admin listener answers to besides its own address and localhost.
     pub hosts: Vec<AdminHost>,
+    /// `[admin] tokens`: named tokens, each read from an env var; the name goes to the audit
+    /// trail as who made a change.
+    pub tokens: Vec<NamedToken>,
+}
+
+/// One `[admin] tokens` entry: `name = "env:VAR"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedToken {
+    pub name: String,
+    /// The env var holding the token (never the token itself: a config file is no place for it).
+    pub env: String,
 }
 
 impl Default for AdminConfig {
@@ -151,6 +162,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
             token_env: "VEER_ADMIN_TOKEN".into(),
             hosts: Vec::new(),
+            tokens: Vec::new(),
         }
     }
 }
@@ -517,9 +529,39 @@ impl fmt::Display for HostPattern {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sticky {
     None,
-    Cookie(String),
+    Cookie(StickyCookie),
     Header(String),
     ClientIp,
+}
+
+/// `sticky = { cookie = "veer_id", max_age = "30d", secure = true }`: the cookie veer sets
+/// when a request has none (`Path=/; HttpOnly; SameSite=Lax`, plus these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    pub name: String,
+    /// `Max-Age`; none: a session cookie.
+    pub max_age: Option<std::time::Duration>,
+    /// `Secure`: always (`true`), never (`false`), or by default only on TLS listeners.
+    pub secure: Option<bool>,
+}
+
+impl StickyCookie {
+    /// The `Set-Cookie` value for a new id, on a connection that is TLS or not.
+    pub fn set_cookie(&self, id: &str, tls: bool) -> String {
+        let max_age = self
+            .max_age
+            .map(|d| format!("; Max-Age={}", d.as_secs()))
+            .unwrap_or_default();
+        let secure = if self.secure.unwrap_or(tls) {
+            "; Secure"
+        } else {
+            ""
+        };
+        format!(
+            "{}={id}; Path=/; HttpOnly; SameSite=Lax{max_age}{secure}",
+            self.name
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -70,6 +70,8 @@ pub struct RawAdmin {
     pub listen: Option<S<String>>,
     pub token_env: Option<S<String>>,
     pub hosts: Option<S<Vec<S<String>>>>,
+    /// Named tokens (issue 20): name = "env:VAR".
+    pub tokens: Option<S<BTreeMap<S<String>, S<String>>>>,
 }
 
 /// `[log]` (issue 16).
@@ -187,6 +189,9 @@ pub struct RawSticky {
     pub cookie: Option<S<String>>,
     pub header: Option<S<String>>,
     pub client_ip: Option<bool>,
+    /// Cookie attributes (issue 20): `max_age = "30d"`, `secure = true`.
+    pub max_age: Option<S<String>>,
+    pub secure: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -118,7 +118,14 @@ const ROUTE: &[(&str, Shape)] = &[
     ("split", Required(&Map(&Int))),
     (
         "sticky",
-        Table(&[("cookie", Str), ("header", Str), ("client_ip", Bool)]),
+        Table(&[
+            ("cookie", Str),
+            ("header", Str),
+            ("client_ip", Bool),
+            // Cookie attributes (issue 20).
+            ("max_age", Dur),
+            ("secure", Bool),
+        ]),
     ),
     (
         "override",
@@ -177,7 +184,13 @@ pub const ROOT: Shape = Table(&[
     ),
     (
         "admin",
-        Table(&[("listen", Str), ("token_env", Str), ("hosts", Array(&Str))]),
+        Table(&[
+            ("listen", Str),
+            ("token_env", Str),
+            ("hosts", Array(&Str)),
+            // Named tokens (issue 20).
+            ("tokens", Map(&Str)),
+        ]),
     ),
     // [log] (issue 16).
     (

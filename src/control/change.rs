@@ -6,6 +6,7 @@
 //! succeeds.
 
 use super::apply::{commit, stage, unchanged, ApplyError, ReloadReport};
+use super::audit::{describe_change, Origin};
 use super::Control;
 use crate::config::state::{self, Change, StateError, Unwritable};
 use crate::config::writeback::{self, WritebackError};
@@ -39,22 +40,52 @@ pub enum ChangeError {
 /// Make `change` live: written first (into the config file, or the state file when the
 /// config names one), then applied. Without a config file (the demo) the live config is
 /// edited in memory. If anything fails, nothing changes, except as `unwritable` allows.
+/// `origin` says who asked (recorded in the audit trail once the change is live).
 pub async fn change(
     rt: &Arc<Control>,
     change: &Change,
     unwritable: Unwritable,
+    origin: &Origin,
 ) -> Result<ReloadReport, ChangeError> {
     // Fleet mode: the store is the truth; the change is a compare-and-swap of its document.
     if let Some(fleet) = rt.cluster.get() {
-        return super::fleet::change(rt, fleet, change).await;
+        return super::fleet::change(rt, fleet, change, origin).await;
     }
     let lock = rt.change_lock.lock().await;
-    change_locked(rt, &lock, change, unwritable)
+    change_locked(rt, &lock, change, unwritable, origin)
 }
 
 /// [`change`] for a caller that already holds the change lock (to decide on the live state
 /// and change it in one step).
 pub fn change_locked(
+    rt: &Control,
+    lock: &MutexGuard<'_, ()>,
+    change: &Change,
+    unwritable: Unwritable,
+    origin: &Origin,
+) -> Result<ReloadReport, ChangeError> {
+    let old = rt.config();
+    let r = apply_change(rt, lock, change, unwritable)?;
+    record(rt, &old, change, &r, origin);
+    Ok(r)
+}
+
+/// Record a change that went live in the audit trail (a drain is one even though the config
+/// stays the same; an edit that changed nothing is none).
+pub(super) fn record(
+    rt: &Control,
+    old: &Config,
+    change: &Change,
+    r: &ReloadReport,
+    origin: &Origin,
+) {
+    if r.changed || matches!(change, Change::Drain { .. }) {
+        rt.audit
+            .record(origin, describe_change(old, change, origin.why.as_deref()));
+    }
+}
+
+fn apply_change(
     rt: &Control,
     lock: &MutexGuard<'_, ()>,
     change: &Change,

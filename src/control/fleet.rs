@@ -6,6 +6,7 @@
 //! reported), and [`change`] turns an API change into a compare-and-swap of the document.
 
 use super::apply::{commit, stage, unchanged, ApplyError, ReloadReport};
+use super::audit::{describe_apply, describe_change, Origin, Source};
 use super::change::ChangeError;
 use super::Control;
 use crate::cluster::store::{Event, WatchItem};
@@ -323,14 +324,16 @@ async fn converge(rt: &Control, fleet: &Arc<Fleet>, drained: &Drained) -> Result
                     revision: kv.mod_revision,
                     text: String::from_utf8_lossy(&kv.value).into_owned(),
                 };
-                let _ = apply_revision(rt, fleet, rev, None).await;
+                let _ = apply_revision(rt, fleet, rev, None, true).await;
             }
         } else if kv.key == fleet.drains_key() {
             saw_drains = true;
+            let _lock = rt.change_lock.lock().await;
             apply_drains(rt, drained, cluster::parse_drains(&kv.value));
         }
     }
     if !saw_drains {
+        let _lock = rt.change_lock.lock().await;
         apply_drains(rt, drained, BTreeSet::new());
     }
     Ok(r.revision + 1)
@@ -343,12 +346,14 @@ async fn on_event(rt: &Control, fleet: &Arc<Fleet>, drained: &Drained, ev: Event
                 revision: kv.mod_revision,
                 text: String::from_utf8_lossy(&kv.value).into_owned(),
             };
-            let _ = apply_revision(rt, fleet, rev, None).await;
+            let _ = apply_revision(rt, fleet, rev, None, true).await;
         }
         Event::Put(kv) if kv.key == fleet.drains_key() => {
+            let _lock = rt.change_lock.lock().await;
             apply_drains(rt, drained, cluster::parse_drains(&kv.value));
         }
         Event::Delete { key, .. } if key == fleet.drains_key() => {
+            let _lock = rt.change_lock.lock().await;
             apply_drains(rt, drained, BTreeSet::new());
         }
         Event::Delete { key, .. } if key == fleet.config_key() => {
@@ -362,14 +367,28 @@ async fn on_event(rt: &Control, fleet: &Arc<Fleet>, drained: &Drained, ev: Event
 fn apply_drains(rt: &Control, drained: &Drained, next: BTreeSet<String>) {
     let mut cur = drained.0.lock().unwrap_or_else(|p| p.into_inner());
     let timeout = rt.config().server.drain_timeout;
+    // A drain this replica made through its API is live (and recorded) already.
+    let audit = |pool: String, addr, on| {
+        let already = rt
+            .registry
+            .get(&pool, addr)
+            .is_some_and(|b| b.is_draining() == on);
+        if !already {
+            let change = Change::Drain { pool, addr, on };
+            let what = describe_change(&rt.config(), &change, None);
+            rt.audit.record(&Origin::of(Source::Fleet), what);
+        }
+    };
     for e in cur.difference(&next) {
         if let Some((pool, addr)) = cluster::split_drain_entry(e) {
+            audit(pool.clone(), addr, false);
             rt.registry.set_draining(&pool, addr, false, timeout);
             tracing::info!(pool = %pool, backend = %addr, "backend restored (fleet-wide)");
         }
     }
     for e in next.difference(&cur) {
         if let Some((pool, addr)) = cluster::split_drain_entry(e) {
+            audit(pool.clone(), addr, true);
             rt.registry.set_draining(&pool, addr, true, timeout);
             tracing::info!(pool = %pool, backend = %addr, "backend draining (fleet-wide)");
         }
@@ -387,15 +406,17 @@ pub enum RevisionError {
 }
 
 /// Apply one revision of the document (validated as a file reload is) unless a newer one is
-/// live already. `doc`: its config when the caller validated it.
+/// live already. `doc`: its config when the caller validated it. `audit`: record it as a
+/// fleet change (false when this replica wrote it and records the change itself).
 async fn apply_revision(
     rt: &Control,
     fleet: &Fleet,
     rev: Revision,
     doc: Option<Config>,
+    audit: bool,
 ) -> Result<ReloadReport, RevisionError> {
     let lock = rt.change_lock.lock().await;
-    apply_revision_locked(rt, fleet, rev, doc, &lock)
+    apply_revision_locked(rt, fleet, rev, doc, &lock, audit)
 }
 
 fn apply_revision_locked(
@@ -404,6 +425,7 @@ fn apply_revision_locked(
     rev: Revision,
     doc: Option<Config>,
     lock: &MutexGuard<'_, ()>,
+    audit: bool,
 ) -> Result<ReloadReport, RevisionError> {
     if rev.revision <= fleet.revision() {
         return Ok(unchanged(rt));
@@ -445,6 +467,13 @@ fn apply_revision_locked(
         }
     };
     rt.metrics.reloads.with_label_values(&["success"]).inc();
+    if audit && report.changed {
+        let what = describe_apply(&live, &rt.config(), &report.applied);
+        rt.audit.record(
+            &Origin::of(Source::Fleet),
+            format!("fleet revision {}: {what}", rev.revision),
+        );
+    }
     tracing::info!(
         revision = rev.revision,
         version = report.applied.version,
@@ -463,8 +492,9 @@ pub async fn commit_progress(
     rt: &Control,
     fleet: &Arc<Fleet>,
     change: &Change,
+    origin: &Origin,
 ) -> Result<ReloadReport, ChangeError> {
-    match change_on(rt, fleet, change).await {
+    match change_on(rt, fleet, change, origin).await {
         Err(ChangeError::Cluster(FleetError::Unreachable(why)))
             if matches!(
                 change,
@@ -475,10 +505,12 @@ pub async fn commit_progress(
             ) =>
         {
             let lock = rt.change_lock.lock().await;
-            let mut next = (*rt.config()).clone();
+            let old = rt.config();
+            let mut next = (*old).clone();
             change.edit_config(&mut next);
             let staged = stage(rt, next, &lock)?;
             let r = commit(rt, staged, &lock)?;
+            super::change::record(rt, &old, change, &r, origin);
             fleet.remember_rollback(change.clone());
             tracing::warn!("{}: rolled back here at once; the store is unreachable ({why}), the rollback is written when it answers", change.subject());
             Ok(r)
@@ -538,11 +570,24 @@ pub async fn change(
     rt: &Control,
     fleet: &Arc<Fleet>,
     change: &Change,
+    origin: &Origin,
 ) -> Result<ReloadReport, ChangeError> {
-    change_on(rt, fleet, change).await
+    change_on(rt, fleet, change, origin).await
 }
 
 async fn change_on(
+    rt: &Control,
+    fleet: &Arc<Fleet>,
+    change: &Change,
+    origin: &Origin,
+) -> Result<ReloadReport, ChangeError> {
+    let old = rt.config();
+    let r = change_unrecorded(rt, fleet, change).await?;
+    super::change::record(rt, &old, change, &r, origin);
+    Ok(r)
+}
+
+async fn change_unrecorded(
     rt: &Control,
     fleet: &Arc<Fleet>,
     change: &Change,
@@ -553,6 +598,9 @@ async fn change_on(
         )));
     }
     if let Change::Drain { pool, addr, on } = change {
+        // Under the change lock, which the watch takes to apply drains too: it sees this
+        // replica's own drain live already when the write comes back (recorded once, here).
+        let _lock = rt.change_lock.lock().await;
         fleet
             .write_drain(pool, *addr, *on)
             .await
@@ -586,6 +634,9 @@ pub async fn write(
             "the store did not answer the last beat".into(),
         )));
     }
+    // Under the change lock until applied, so the watch, which takes it too, finds this
+    // revision live already (and the change is recorded once, as this replica's).
+    let lock = rt.change_lock.lock().await;
     let (rev, doc) = fleet
         .edit_document(edit, fenced)
         .await
@@ -597,7 +648,7 @@ pub async fn write(
         revision = rev.revision,
         "{subject} changed in the fleet document"
     );
-    match apply_revision(rt, fleet, rev, Some(doc)).await {
+    match apply_revision_locked(rt, fleet, rev, Some(doc), &lock, false) {
         Ok(r) => Ok(r),
         Err(RevisionError::Apply(e)) => Err(ChangeError::Apply(e)),
         Err(RevisionError::Invalid(errors)) => Err(ChangeError::Invalid(errors)),

@@ -12,6 +12,7 @@
 //! - [`fleet`](mod@fleet): fleet mode: the store's document as one more source of changes.
 
 pub mod apply;
+pub mod audit;
 pub mod change;
 pub mod dns;
 pub mod fleet;
@@ -20,15 +21,16 @@ pub mod watch;
 
 pub use crate::config::state::Unwritable;
 pub use apply::{commit, stage, ApplyError, ReloadReport, Staged};
+pub use audit::{Audit, Origin, Source};
 pub use change::{change, change_locked, ChangeError};
-pub use reload::{reload, ReloadError, Trigger};
+pub use reload::{reload, reload_as, ReloadError, Trigger};
 pub use watch::{watch, DEBOUNCE};
 
 use crate::config::state::Store;
 use crate::config::Config;
 use crate::proxy::listeners::Listeners;
 use crate::rollout::controller::{CommitError, Refused};
-use crate::rollout::{Committer, Committing, Edit, Rollouts};
+use crate::rollout::{Committer, Committing, Edit, Note, Rollouts};
 use crate::runtime::{ApplyReport, Runtime};
 use crate::upstream::registry::RegistryError;
 use std::path::PathBuf;
@@ -48,6 +50,8 @@ pub struct Control {
     pub listeners: OnceLock<Weak<Listeners>>,
     /// Rollout controllers, started and stopped as configs go live.
     pub rollouts: Rollouts,
+    /// The audit trail: every change made live, once (`GET /api/changes`).
+    pub audit: Audit,
 }
 
 impl std::fmt::Debug for Control {
@@ -81,6 +85,7 @@ impl Control {
                 state,
                 listeners: OnceLock::new(),
                 rollouts,
+                audit: Audit::default(),
             }
         });
         ctl.rollouts.sync(None, &ctl.config());
@@ -114,20 +119,27 @@ impl Committer for Control {
         &'a self,
         edit: Edit<'a>,
         how: crate::config::state::Unwritable,
+        note: Note,
     ) -> Committing<'a> {
         Box::pin(async move {
             let lock = self.change_lock.lock().await;
             let change = edit(&self.config())?;
+            // An operator's action is theirs, through the API; the rest is the rollout's.
+            let origin = match note.who {
+                Some(who) => Origin::api(&who),
+                None => Origin::of(Source::Rollout),
+            }
+            .because(note.why);
             if let Some(fleet) = self.cluster.get().cloned() {
                 // Fleet mode: a fenced compare-and-swap of the fleet's document (only the
                 // leader's write lands), applied here once written.
                 drop(lock);
-                fleet::commit_progress(self, &fleet, &change)
+                fleet::commit_progress(self, &fleet, &change, &origin)
                     .await
                     .map_err(|e| CommitError::Change(Refused(Box::new(e))))?;
                 return Ok(());
             }
-            change_locked(self, &lock, &change, how)
+            change_locked(self, &lock, &change, how, &origin)
                 .map_err(|e| CommitError::Change(Refused(Box::new(e))))?;
             Ok(())
         })

@@ -3,6 +3,7 @@
 //! the state file laid over it, so a bad file changes nothing.
 
 use super::apply::{commit, install, stage, unchanged, ApplyError, ReloadReport};
+use super::audit::{describe_apply, Origin, Source};
 use super::Control;
 use crate::config::{Config, ConfigErrors};
 use std::path::Path;
@@ -25,6 +26,15 @@ impl Trigger {
             Trigger::Api => "admin API",
         }
     }
+
+    /// The audit trail's source of a reload this trigger asked for.
+    pub fn source(self) -> Source {
+        match self {
+            Trigger::File => Source::File,
+            Trigger::Signal => Source::Signal,
+            Trigger::Api => Source::Api,
+        }
+    }
 }
 
 /// Why a reload changed nothing.
@@ -43,6 +53,15 @@ pub enum ReloadError {
 /// Reload the config file now (SIGHUP, `POST /api/reload`). A config equal to the live one
 /// is not swapped in, but certificates are re-read (so SIGHUP rotates them).
 pub async fn reload(rt: &Arc<Control>, trigger: Trigger) -> Result<ReloadReport, ReloadError> {
+    reload_as(rt, trigger, &Origin::of(trigger.source())).await
+}
+
+/// [`reload`] asked for by `origin` (the API token's name for `POST /api/reload`).
+pub async fn reload_as(
+    rt: &Arc<Control>,
+    trigger: Trigger,
+    origin: &Origin,
+) -> Result<ReloadReport, ReloadError> {
     let Some(path) = rt.config_path.clone() else {
         tracing::warn!(
             trigger = trigger.as_str(),
@@ -52,7 +71,7 @@ pub async fn reload(rt: &Arc<Control>, trigger: Trigger) -> Result<ReloadReport,
     };
     let lock = rt.change_lock.lock().await;
     let text = read(&path);
-    reload_locked(rt, &path, text, trigger, false, &lock)
+    reload_locked(rt, &path, text, trigger, false, &lock, origin)
 }
 
 pub(super) fn read(path: &Path) -> Result<String, ConfigErrors> {
@@ -71,7 +90,9 @@ pub(super) fn reload_locked(
     trigger: Trigger,
     quiet_if_same: bool,
     lock: &MutexGuard<'_, ()>,
+    origin: &Origin,
 ) -> Result<ReloadReport, ReloadError> {
+    let old = rt.config();
     let prepared = text
         .and_then(|t| Config::parse_checked(path, &t, &crate::tls::CertificateFiles))
         // Fleet mode: the file gives this replica's own sections, the store the rest.
@@ -114,6 +135,12 @@ pub(super) fn reload_locked(
         Ok(r)
     });
     record(rt, trigger, &result);
+    if let Ok(r) = &result {
+        if r.changed {
+            rt.audit
+                .record(origin, describe_apply(&old, &rt.config(), &r.applied));
+        }
+    }
     result
 }
 

@@ -190,7 +190,8 @@ async fn check(rt: &Arc<Control>, path: &Path, last: &mut Option<u64>) {
         tracing::warn!(file = %path.display(), "config file is gone; the live config stays");
         return;
     }
-    let _ = reload_locked(rt, path, text, Trigger::File, true, &lock);
+    let origin = super::audit::Origin::of(super::audit::Source::File);
+    let _ = reload_locked(rt, path, text, Trigger::File, true, &lock, &origin);
 }
 
 /// How often the watcher looks at the certificate files.

@@ -83,6 +83,13 @@ impl CodeCounters {
     }
 }
 
+/// `veer_request_duration_seconds` bucket bounds: from 100 µs, so a proxy's sub-millisecond
+/// latencies resolve (issue 20), to 30 s (the default request timeout), 1-2.5-5 per decade.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
 /// A route's latency histogram for one pool, made at its first observation: a histogram
 /// series is about a kilobyte, and most routes of a large config see no traffic for most of
 /// their pools. From then on an atomic load before the observation.
@@ -197,10 +204,7 @@ impl Metrics {
                         "veer_request_duration_seconds",
                         "Time until the upstream's response headers, by route and pool.",
                     )
-                    .buckets(vec![
-                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                        10.0, 30.0,
-                    ]),
+                    .buckets(DURATION_BUCKETS.to_vec()),
                     &["route", "pool"],
                 )
                 .unwrap(),

@@ -27,7 +27,7 @@ pub enum StartError {
     Registry(#[from] crate::upstream::registry::RegistryError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("admin API on non-loopback {addr} needs a token: set the {env} environment variable")]
+    #[error("admin API on non-loopback {addr} needs a token: set the {env} environment variable (or one named in [admin] tokens)")]
     NoToken { addr: SocketAddr, env: String },
     /// Fleet mode could not start (`[cluster]`).
     #[error("{0}")]

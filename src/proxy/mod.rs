@@ -257,7 +257,7 @@ fn dispatch(
     }
 
     // Which pool: forced by an allowed override, else the user's bucket under today's weights.
-    let choice = choice::choose(&route, req.headers(), conn.peer.ip());
+    let choice = choice::choose(&route, req.headers(), conn.peer.ip(), conn.tls.is_some());
     let (pool_idx, bucket, new_cookie) = (choice.pool, choice.bucket, choice.set_cookie);
 
     // Only an upgrade veer tunnels is forwarded as one; any other (h2c) goes on as plain

@@ -63,21 +63,39 @@ impl Outcome {
             Outcome::Error(e) if e.side() == ErrorSource::Downstream => {
                 at.count(e.client_fault().unwrap_or(ClientFault::Gone).code(), None);
             }
-            Outcome::Error(_) => {
+            Outcome::Error(e) => {
                 lease.record(false);
                 at.count(502, None);
                 at.observe_rollout(true);
+                at.warn(e);
             }
             Outcome::Timeout => {
                 lease.record(false);
                 at.count(504, None);
                 at.observe_rollout(true);
+                at.warn(&"timeout: no response headers within request_timeout");
             }
         }
     }
 }
 
 impl Attempt<'_> {
+    /// A failed attempt (connect refused, reset, timeout, broken answer) at warn, naming the
+    /// route, pool and backend: at most once per backend every
+    /// [`WARN_EVERY_MS`](crate::upstream::backend::WARN_EVERY_MS), saying how many failed
+    /// meanwhile, so a dead backend does not flood the log.
+    fn warn(&self, error: &dyn std::fmt::Display) {
+        if let Some(unlogged) = self.backend.warn_failure() {
+            tracing::warn!(
+                route = %self.route.config.name,
+                pool = %self.route.pools[self.pool].name,
+                backend = %self.backend.addr_label,
+                unlogged,
+                "upstream attempt failed: {error}"
+            );
+        }
+    }
+
     fn count(&self, status: u16, took: Option<Duration>) {
         count(self.route, self.pool, self.backend, self.slot, status, took);
     }

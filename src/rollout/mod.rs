@@ -54,7 +54,22 @@ use tokio_util::sync::CancellationToken;
 /// says why the progress no longer applies), which is then written and applied; `how` says
 /// what to do when it cannot be written.
 pub trait Committer: Send + Sync {
-    fn commit<'a>(&'a self, edit: Edit<'a>, how: Unwritable) -> Committing<'a>;
+    fn commit<'a>(&'a self, edit: Edit<'a>, how: Unwritable, note: Note) -> Committing<'a>;
+}
+
+/// Step `k` of a rollout with `n` steps as people read it: `step 1 of 0-3`. One numbering
+/// everywhere (issue 20): the API's and the file's `step`, the log's `step` field and these
+/// words all count from 0, step K being entry K of `[routes.rollout] steps`.
+pub fn step_text(k: usize, n: usize) -> String {
+    format!("step {k} of 0-{}", n.saturating_sub(1))
+}
+
+/// Who asked for a controller's progress and why, for the audit trail: `who` is the API
+/// token's name for an operator action, `None` when the controller moved on its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Note {
+    pub who: Option<String>,
+    pub why: Option<String>,
 }
 
 /// Builds a controller's change from the live config, under the change lock.
@@ -72,6 +87,9 @@ pub enum Action {
     Approve,
     Promote,
     Abort,
+    /// All traffic back to the baseline: an abort while the rollout runs, and after it
+    /// succeeded a new change that undoes it (the rollout ends `rolled_back`).
+    Rollback,
 }
 
 impl Action {
@@ -83,6 +101,7 @@ impl Action {
             "approve" => Action::Approve,
             "promote" => Action::Promote,
             "abort" => Action::Abort,
+            "rollback" => Action::Rollback,
             _ => return None,
         })
     }
@@ -95,6 +114,7 @@ impl Action {
             Action::Approve => "approve",
             Action::Promote => "promote",
             Action::Abort => "abort",
+            Action::Rollback => "rollback",
         }
     }
 }
@@ -106,7 +126,7 @@ pub enum ActionError {
     UnknownRoute(String),
     #[error("route {0:?} has no [routes.rollout]")]
     NoRollout(String),
-    #[error("unknown rollout action {0:?}: use start, pause, resume, approve, promote or abort")]
+    #[error("unknown rollout action {0:?}: use start, pause, resume, approve, promote, abort or rollback")]
     UnknownAction(String),
     /// The action does not fit the rollout's state.
     #[error("{0}")]

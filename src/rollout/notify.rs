@@ -99,6 +99,10 @@ pub struct Event {
     /// A hotfix run (`[routes.rollout.hotfix]`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub hotfix: bool,
+    /// Who made it happen through the API (the token's name): an approval, a pause, an
+    /// abort; absent when the rollout moved on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
     /// Unix time in milliseconds.
     pub time_ms: u64,
 }

@@ -42,8 +42,9 @@ pub struct Choice {
 
 /// Choose the pool of a request from `peer`: forced by an allowed override, else the pool of
 /// its sticky bucket under today's weights. A rejected override is counted and ignored.
-pub fn choose(route: &Route, headers: &HeaderMap, peer: IpAddr) -> Choice {
-    let (bucket, set_cookie) = sticky_bucket(route, headers, peer);
+/// `tls`: the request came over a TLS listener (a minted cookie is `Secure` by default).
+pub fn choose(route: &Route, headers: &HeaderMap, peer: IpAddr, tls: bool) -> Choice {
+    let (bucket, set_cookie) = sticky_bucket(route, headers, peer, tls);
     let pool = match forced_pool(route, headers, peer) {
         Forced::Pool(i) => i,
         Forced::Rejected => {
@@ -60,19 +61,22 @@ pub fn choose(route: &Route, headers: &HeaderMap, peer: IpAddr) -> Choice {
 }
 
 /// The request's sticky bucket, and the `Set-Cookie` value when a cookie key was missing and
-/// veer minted one (random id, `Path=/`, `HttpOnly`, `SameSite=Lax`).
-pub fn sticky_bucket(route: &Route, headers: &HeaderMap, peer: IpAddr) -> (u32, Option<String>) {
+/// veer minted one (random id, `Path=/`, `HttpOnly`, `SameSite=Lax`, and the route's
+/// `max_age` and `secure`; `Secure` by default over TLS).
+pub fn sticky_bucket(
+    route: &Route,
+    headers: &HeaderMap,
+    peer: IpAddr,
+    tls: bool,
+) -> (u32, Option<String>) {
     match &route.config.sticky {
         Sticky::None => (route.state.next_bucket(), None),
-        Sticky::Cookie(name) => match cookie(headers, name) {
+        Sticky::Cookie(c) => match cookie(headers, &c.name) {
             Some(v) if !v.is_empty() => (bucket_of(v.as_bytes()), None),
             _ => {
                 let id = format!("{:032x}", rand::random::<u128>());
                 let b = bucket_of(id.as_bytes());
-                (
-                    b,
-                    Some(format!("{name}={id}; Path=/; HttpOnly; SameSite=Lax")),
-                )
+                (b, Some(c.set_cookie(&id, tls)))
             }
         },
         Sticky::Header(name) => match headers.get(name.as_str()) {
@@ -382,11 +386,11 @@ mod tests {
         let rt = runtime("sticky = { cookie = \"uid\" }");
         let snap = rt.snapshot();
         let route = snap.router.get("web").unwrap();
-        let c = choose(route, &headers(&[("cookie", "a=1; uid=u-42")]), PEER);
+        let c = choose(route, &headers(&[("cookie", "a=1; uid=u-42")]), PEER, false);
         assert_eq!(c.bucket, bucket_of(b"u-42"));
         assert_eq!(c.set_cookie, None);
         assert_eq!(c.pool, 1, "green has all the weight");
-        let c = choose(route, &HeaderMap::new(), PEER);
+        let c = choose(route, &HeaderMap::new(), PEER, false);
         let v = c.set_cookie.expect("a cookie is minted");
         let id = v.strip_prefix("uid=").unwrap().split(';').next().unwrap();
         assert_eq!(c.bucket, bucket_of(id.as_bytes()));
@@ -395,12 +399,12 @@ mod tests {
         let rt = runtime("sticky = { header = \"x-user\" }");
         let snap = rt.snapshot();
         let route = snap.router.get("web").unwrap();
-        let c = choose(route, &headers(&[("x-user", "bob")]), PEER);
+        let c = choose(route, &headers(&[("x-user", "bob")]), PEER, false);
         assert_eq!(c.bucket, bucket_of(b"bob"));
         // Without the header: the client address, v4-mapped as v4.
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         assert_eq!(
-            choose(route, &HeaderMap::new(), mapped).bucket,
+            choose(route, &HeaderMap::new(), mapped, false).bucket,
             bucket_of(&[127, 0, 0, 1])
         );
     }
@@ -414,22 +418,28 @@ mod tests {
         let route = snap.router.get("web").unwrap();
         let inside: IpAddr = "10.2.3.4".parse().unwrap();
         assert_eq!(
-            choose(route, &headers(&[("x-veer-pool", "blue")]), inside).pool,
+            choose(route, &headers(&[("x-veer-pool", "blue")]), inside, false).pool,
             0
         );
         assert_eq!(
-            choose(route, &headers(&[("cookie", "veer_pool=blue")]), inside).pool,
+            choose(
+                route,
+                &headers(&[("cookie", "veer_pool=blue")]),
+                inside,
+                false
+            )
+            .pool,
             0
         );
         assert_eq!(route.metrics.override_rejected.get(), 0);
         // From outside the block: the split decides, and it is counted.
         assert_eq!(
-            choose(route, &headers(&[("x-veer-pool", "blue")]), PEER).pool,
+            choose(route, &headers(&[("x-veer-pool", "blue")]), PEER, false).pool,
             1
         );
         assert_eq!(route.metrics.override_rejected.get(), 1);
         // No override asked for: nothing counted.
-        assert_eq!(choose(route, &HeaderMap::new(), PEER).pool, 1);
+        assert_eq!(choose(route, &HeaderMap::new(), PEER, false).pool, 1);
         assert_eq!(route.metrics.override_rejected.get(), 1);
     }
 

@@ -45,6 +45,17 @@ impl fmt::Display for BackendId {
 
 /// Slow start's full weight, in thousandths.
 pub const RAMP_FULL: u32 = 1000;
+
+/// At most one warning about failed attempts per backend in this time.
+pub const WARN_EVERY_MS: u64 = 10_000;
+
+/// Milliseconds on a monotonic clock that starts at 1 (0 means "never" to
+/// [`Backend::warn_failure`]).
+fn warn_clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    start.elapsed().as_millis() as u64 + 1
+}
 /// Where slow start begins: 10% of the backend's weight.
 pub const RAMP_FLOOR: u32 = 100;
 
@@ -106,6 +117,11 @@ pub struct Backend {
     breaker_timed: AtomicBool,
     /// The breaker's memory between trips; only the task timing a trip touches it.
     breaker_history: Mutex<crate::breaker::History>,
+    /// When a failed attempt was last logged at warn (ms on [`warn_clock_ms`]; 0: never):
+    /// a failing backend logs once per [`WARN_EVERY_MS`], not once per request.
+    warned_ms: AtomicU64,
+    /// Failed attempts not logged since the last warning.
+    unwarned: AtomicU32,
 }
 
 impl fmt::Debug for Backend {
@@ -148,7 +164,28 @@ impl Backend {
             client: ArcSwap::from_pointee(client),
             breaker_timed: AtomicBool::new(false),
             breaker_history: Mutex::default(),
+            warned_ms: AtomicU64::new(0),
+            unwarned: AtomicU32::new(0),
         }
+    }
+
+    /// A failed attempt on this backend: `Some(n)` when it is to be logged at warn now, `n`
+    /// the failures not logged since the last warning; `None` within [`WARN_EVERY_MS`] of it.
+    /// Atomics only (the request path takes no lock).
+    pub fn warn_failure(&self) -> Option<u32> {
+        let now = warn_clock_ms();
+        let last = self.warned_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= WARN_EVERY_MS;
+        if !due
+            || self
+                .warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.unwarned.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.unwarned.swap(0, Ordering::Relaxed))
     }
 
     /// Claim the timing of this backend's breaker, which a request has just opened: true when

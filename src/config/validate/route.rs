@@ -125,6 +125,15 @@ pub(super) fn build_route(
         Some(s) => {
             let sp = s.span();
             let s = s.into_inner();
+            if s.cookie.is_none() && (s.max_age.is_some() || s.secure.is_some()) {
+                cx.err(
+                    sp.clone(),
+                    format!(
+                        "{}: max_age and secure are attributes of a sticky cookie; they need cookie = \"NAME\"",
+                        field("sticky")
+                    ),
+                );
+            }
             let n = s.cookie.is_some() as u8
                 + s.header.is_some() as u8
                 + s.client_ip.unwrap_or(false) as u8;
@@ -148,7 +157,31 @@ pub(super) fn build_route(
                         ),
                     );
                 }
-                Sticky::Cookie(c.into_inner())
+                let max_age = s
+                    .max_age
+                    .as_ref()
+                    .and_then(|m| match parse_duration(m.get_ref()) {
+                        Ok(d) if d.as_secs() >= 1 => Some(d),
+                        Ok(_) => {
+                            cx.err(
+                                m.span(),
+                                format!(
+                                    "{}: must be at least 1s (leave it out for a session cookie)",
+                                    field("sticky.max_age")
+                                ),
+                            );
+                            None
+                        }
+                        Err(e) => {
+                            cx.err(m.span(), format!("{}: {e}", field("sticky.max_age")));
+                            None
+                        }
+                    });
+                Sticky::Cookie(StickyCookie {
+                    name: c.into_inner(),
+                    max_age,
+                    secure: s.secure,
+                })
             } else if let Some(h) = s.header {
                 if http::HeaderName::from_bytes(h.get_ref().as_bytes()).is_err() {
                     cx.err(

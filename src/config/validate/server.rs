@@ -152,9 +152,54 @@ pub(super) fn build_admin(cx: &mut Ctx<'_>, raw: Option<S<RawAdmin>>) -> AdminCo
             Err(why) => cx.err(h.span(), format!("admin.hosts: {why}")),
         }
     }
+    let tokens = build_tokens(cx, raw.tokens);
     AdminConfig {
         listen,
         token_env,
         hosts,
+        tokens,
     }
+}
+
+/// `[admin] tokens = { alice = "env:TOKEN_ALICE" }`: names are who made a change (the
+/// audit trail); values name env vars, so no secret lives in the file.
+fn build_tokens(
+    cx: &mut Ctx<'_>,
+    raw: Option<S<std::collections::BTreeMap<S<String>, S<String>>>>,
+) -> Vec<NamedToken> {
+    let mut out = Vec::new();
+    for (name, value) in raw.map(|t| t.into_inner()).unwrap_or_default() {
+        let n = name.get_ref();
+        if n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+        {
+            cx.err(
+                name.span(),
+                format!("admin.tokens: invalid name {n:?} (letters, digits, '-', '_', '.', '@')"),
+            );
+            continue;
+        }
+        if n == "admin" {
+            cx.err(
+                name.span(),
+                "admin.tokens: \"admin\" is the name of the token_env token; choose another",
+            );
+            continue;
+        }
+        match value.get_ref().strip_prefix("env:") {
+            Some(env) if !env.is_empty() && !env.contains('=') => out.push(NamedToken {
+                name: n.clone(),
+                env: env.to_string(),
+            }),
+            _ => cx.err(
+                value.span(),
+                format!(
+                    "admin.tokens.{n}: must be \"env:VAR\", the env var holding the token (a token is never written in the file)"
+                ),
+            ),
+        }
+    }
+    out
 }

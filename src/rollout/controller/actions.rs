@@ -53,6 +53,10 @@ impl Controller {
                 if !matches!(self.state, Progressing | AwaitingApproval) {
                     return Err(self.conflict("pause"));
                 }
+                self.why = Some(match &opts.why {
+                    Some(why) => format!("paused {why}"),
+                    None => "paused".into(),
+                });
                 self.commit(
                     self.weight_of_step(self.step),
                     Paused,
@@ -85,6 +89,7 @@ impl Controller {
                 }
                 self.paused_by = None;
                 if self.paused_from == Some(AwaitingApproval) {
+                    self.why = Some("resumed".into());
                     self.commit(
                         self.weight_of_step(self.step),
                         AwaitingApproval,
@@ -108,6 +113,7 @@ impl Controller {
                     return Err(self.conflict("approve"));
                 }
                 let next = (self.step + 1).min(self.last_step());
+                self.why = Some(format!("approved at step {}", self.step));
                 self.commit(
                     self.weight_of_step(next),
                     Progressing,
@@ -127,13 +133,31 @@ impl Controller {
                     return Err(self.conflict("promote (start it again first)"));
                 }
                 let f = self.stats.as_ref().map(|s| s.figures());
-                self.succeed("promoted by operator".into(), f, how)
+                let who = opts.who.as_deref().unwrap_or("operator");
+                self.succeed(format!("promoted by {who}"), f, how)
                     .await
                     .map_err(ActionError::Commit)?;
             }
-            Action::Abort => {
+            Action::Rollback if self.state == Succeeded => {
+                // Undo a finished rollout: the baseline takes all traffic again, as a change
+                // of its own (written, recorded, notified).
+                let who = opts.who.as_deref().unwrap_or("operator");
+                let reason = format!("rolled back by {who} after it succeeded");
+                let f = self.figures;
+                self.no_cascade = opts.cascaded;
+                self.roll_back(reason, f, how)
+                    .await
+                    .map_err(ActionError::Commit)?;
+            }
+            Action::Abort | Action::Rollback => {
                 if !(running || matches!(self.state, Pending | Waiting)) {
-                    return Err(self.conflict("abort"));
+                    return Err(match (action, self.state) {
+                        (Action::Abort, Succeeded) => ActionError::Conflict(format!(
+                            "cannot abort: the rollout of route {:?} succeeded; `rollback` moves all traffic back to {}",
+                            self.route, self.baseline
+                        )),
+                        _ => self.conflict(action.as_str()),
+                    });
                 }
                 let f = self.stats.as_ref().map(|s| s.figures()).or(self.figures);
                 self.no_cascade = opts.cascaded;

@@ -27,7 +27,10 @@ impl Controller {
             "rollout"
         };
         let reason = self.reason.clone();
-        let (step, steps, to) = (self.step + 1, self.def.steps.len(), &self.def.to);
+        let (step, to) = (
+            crate::rollout::step_text(self.step, self.def.steps.len()),
+            &self.def.to,
+        );
         let mirror = self.at_mirror_step();
         let figs = figures
             .map(|f| {
@@ -61,24 +64,31 @@ impl Controller {
         let name = event.as_str();
         let msg = match event {
             EventKind::Started | EventKind::Step | EventKind::Resumed if mirror => {
-                format!("{run} {name}: step {step}/{steps} (mirror), {to} at {weight}%, answering mirrored copies")
+                format!(
+                    "{run} {name}: {step} (mirror), {to} at {weight}%, answering mirrored copies"
+                )
             }
             EventKind::Started | EventKind::Step | EventKind::Resumed => {
-                format!("{run} {name}: step {step}/{steps}, {to} at {weight}%")
+                format!("{run} {name}: {step}, {to} at {weight}%")
             }
             EventKind::Gate => format!(
-                "{run} gate {} at step {step}/{steps} ({figs}){why}",
+                "{run} gate {} at {step} ({figs}){why}",
                 verdict.map_or("", GateResult::as_str)
             ),
             EventKind::Succeeded => format!("{run} succeeded, {to} at 100%{why}"),
             EventKind::Waiting => format!("{run} waiting, {to} at 0%{why}"),
             EventKind::RolledBack => format!(
-                "{run} rolled back at step {step}/{steps}, all traffic to {}{why} ({figs})",
+                "{run} rolled back at {step}, all traffic to {}{why} ({figs})",
                 self.baseline
             ),
             EventKind::AwaitingApproval | EventKind::Approved | EventKind::Paused => {
-                format!("{run} {name} at step {step}/{steps}, {to} at {weight}%{why}")
+                format!("{run} {name} at {step}, {to} at {weight}%{why}")
             }
+        };
+        // An operator's action says whose it was.
+        let msg = match &self.acting {
+            Some(who) => format!("{msg} (by {who})"),
+            None => msg,
         };
         if event == EventKind::RolledBack || verdict == Some(GateResult::Failed) {
             tracing::warn!(route = %self.route, event = name, step = self.step, weight, "{msg}");
@@ -97,6 +107,7 @@ impl Controller {
             reason,
             gate,
             hotfix: self.hotfix,
+            who: self.acting.clone(),
             time_ms: Event::now_ms(),
         });
     }

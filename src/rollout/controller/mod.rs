@@ -163,6 +163,8 @@ pub(super) fn spawn(
         step_gates_done: false,
         after_gates_done: false,
         no_cascade: false,
+        acting: None,
+        why: None,
     };
     tokio::spawn(c.run(start, cmd_rx));
     Handle {
@@ -223,6 +225,11 @@ struct Controller {
     after_gates_done: bool,
     /// A rollback sent by the rollback of a rollout this one depends on: not passed on.
     no_cascade: bool,
+    /// Who asks for the operator action being run (the API token's name), for the audit
+    /// trail; `None` while the controller moves on its own.
+    acting: Option<String>,
+    /// Why the next progress is written (the audit trail's reason), set just before it.
+    why: Option<String>,
 }
 
 #[derive(Default)]
@@ -249,7 +256,9 @@ impl Controller {
                 _ = self.shutdown.cancelled() => break,
                 cmd = cmds.recv() => match cmd {
                     Some(c) => {
+                        self.acting = c.opts.who.clone();
                         let r = self.act(c.action, c.opts).await;
+                        self.acting = None;
                         let _ = c.reply.send(r);
                     }
                     None => break,
@@ -502,6 +511,13 @@ impl Controller {
             .unwrap_or_else(Instant::now);
         let needs_write = !resumed || !self.split_matches(weight, RolloutState::Progressing, k);
         if needs_write {
+            self.why = Some(match event {
+                EventKind::Started if self.hotfix => "hotfix rollout started".into(),
+                EventKind::Started => "rollout started".into(),
+                EventKind::Resumed => "resumed".into(),
+                _ if resumed => "approved".into(),
+                _ => format!("the gate passed at step {}", k.saturating_sub(1)),
+            });
             self.commit(
                 weight,
                 RolloutState::Progressing,
@@ -685,6 +701,10 @@ impl Controller {
             self.succeed("the last step passed".into(), Some(f), AUTO)
                 .await
         } else if self.def.approval {
+            self.why = Some(format!(
+                "the gate passed at step {}; waiting for approval",
+                self.step
+            ));
             match self
                 .commit(
                     self.weight_of_step(self.step),
@@ -724,6 +744,7 @@ impl Controller {
         how: Unwritable,
     ) -> Result<(), CommitError> {
         let last = self.last_step();
+        self.why = Some(reason.clone());
         self.commit(100, RolloutState::Succeeded, last, (None, None), how)
             .await?;
         self.state = RolloutState::Succeeded;
@@ -745,6 +766,7 @@ impl Controller {
         }
         self.phase = None;
         self.checks.reset();
+        self.why = Some(reason.clone());
         if let Err(e) = self
             .commit(0, RolloutState::RolledBack, self.step, (None, None), how)
             .await

@@ -5,6 +5,7 @@ use super::{CommitError, Controller};
 use crate::config::state::Unwritable;
 use crate::config::RolloutState;
 use crate::rollout::persist::Progress;
+use crate::rollout::Note;
 
 impl Controller {
     /// Write the progress (the config file, the state file, or memory without either) and
@@ -20,6 +21,10 @@ impl Controller {
         let committer = self.committer.upgrade().ok_or(CommitError::Gone)?;
         let (cancel, route, def) = (&self.cancel, self.route.as_str(), &*self.orig);
         let hotfix = self.hotfix;
+        let note = Note {
+            who: self.acting.clone(),
+            why: self.why.clone(),
+        };
         let edit = Box::new(move |live: &crate::config::Config| {
             if cancel.is_cancelled() {
                 return Err(CommitError::Superseded);
@@ -35,7 +40,7 @@ impl Controller {
                 .collect();
             Ok(Progress::record(def, split, state, step, clock.0, clock.1, hotfix).change(route))
         });
-        committer.commit(edit, how).await
+        committer.commit(edit, how, note).await
     }
 
     /// Does the live config already show this progress?
