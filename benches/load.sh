@@ -3,13 +3,15 @@
 # nginx backends at 90/10), driven by ../shared/bench/compare.sh. Quote the medians and the
 # veer/other ratios it prints, never one round's absolute figure.
 #
-# Usage: benches/load.sh [plain|resilience|both|access] [rounds=3] [seconds=5] [connections=64]
+# Usage: benches/load.sh [plain|resilience|both|access|mirror] [rounds=3] [seconds=5] [connections=64]
 #   plain       the default blue/green split (compare.sh's own veer config)
 #   resilience  the same with active health checks (interval 1s) and circuit breakers on
 #               both pools, to compare against plain (issue 3: within 5% on rps and cpu/req)
 #   both        plain, then resilience (the default)
 #   access      plain with the access log off, to a file and to /dev/null, round by round
 #               (issue 16: within 5% of requests/s with it on)
+#   mirror      plain, then the same with every request mirrored (and compared) to a third
+#               nginx, round by round (issue 19: the primary's req/s, p99 and cpu/req)
 # Needs: apt-get install -y wrk haproxy nginx caddy
 # Env:   COMPARE=path/to/compare.sh (default ../shared/bench/compare.sh, beside the repo)
 #        NO_BUILD=1 to skip `cargo build --release`
@@ -74,10 +76,15 @@ access_template() {
   echo "$t"
 }
 
+# The plain config with every request mirrored to a third nginx (127.0.0.1:18083), compared.
+MIRROR=$(mktemp /tmp/veer-bench-mirror.XXXX)
+printf '[server]\nlisten = ["@LISTEN@"]\nworkers = 1\n[admin]\nlisten = "127.0.0.1:18094"\n[pools.blue]\nbackends = ["@B1@"]\n[pools.green]\nbackends = ["@B2@"]\n[pools.shadow]\nbackends = ["127.0.0.1:18083"]\n[[routes]]\nname = "bench"\nsplit = { blue = 90, green = 10 }\n[routes.mirror]\nto = "shadow"\npercent = 100\ncompare = true\nmax_in_flight = 1000\n' >"$MIRROR"
+
 # One compare.sh run; its per-round lines ("ROUND NAME RPS P50 P99 CPU_US ...") are also kept,
 # tagged with the mode, for the summary.
 RESULTS=$(mktemp /tmp/veer-bench-results.XXXX)
-trap 'rm -f "$RESILIENCE" "$RESULTS" "$RESULTS.run"' EXIT
+SHADOW_PID=
+trap 'rm -f "$RESILIENCE" "$MIRROR" "$RESULTS" "$RESULTS.run"; [ -z "$SHADOW_PID" ] || kill "$SHADOW_PID" 2>/dev/null' EXIT
 run() { # MODE ROUNDS [template]
   local mode=$1 rounds=$2
   echo "=== $mode: $rounds round(s) x ${SECS}s, $CONNS connections ==="
@@ -107,7 +114,19 @@ case "$MODE" in
     echo "access log lines in the last round's file: $(wc -l <"$ACCESS_FILE")"
     rm -f "$ACCESS_FILE" "$T_FILE" "$T_NULL"
     ;;
-  *) echo "unknown mode $MODE (plain, resilience, both or access)" >&2; exit 2 ;;
+  mirror)
+    # The mirror pool: a third nginx like compare.sh's backends (one worker, same body as b1,
+    # so every comparison is `same`).
+    SW=$(mktemp -d /tmp/veer-bench-shadow.XXXX)
+    printf 'daemon off; worker_processes 1; pid %s/shadow.pid; error_log %s/shadow.err;\nevents { worker_connections 4096; }\nhttp { access_log off; keepalive_requests 1000000;\n  server { listen 127.0.0.1:18083; location / { return 200 "hello from b1\\n"; } } }\n' "$SW" "$SW" >"$SW/shadow.conf"
+    nginx -c "$SW/shadow.conf" -p "$SW" & SHADOW_PID=$!
+    sleep 0.3
+    for _ in $(seq "$ROUNDS"); do
+      run plain 1
+      run mirror 1 "$MIRROR"
+    done
+    ;;
+  *) echo "unknown mode $MODE (plain, resilience, both, access or mirror)" >&2; exit 2 ;;
 esac
 
 echo "=== every round (mode, round, target, req/s, p50, p99, cpu/req us) ==="
@@ -142,6 +161,9 @@ for mode in ('access_file', 'access_null'):
     p, a = med.get(('plain', 'veer')), med.get((mode, 'veer'))
     if p and a:
         print(f"veer {mode}/plain (log off): rps {a['rps']/p['rps']:.3f}  cpu/req {a['cpu']/p['cpu']:.3f}  p99 {a['p99']/p['p99']:.3f}")
+p, r = med.get(('plain', 'veer')), med.get(('mirror', 'veer'))
+if p and r:
+    print(f"veer mirror 100%/plain: rps {r['rps']/p['rps']:.3f}  cpu/req {r['cpu']/p['cpu']:.3f}  p99 {r['p99']/p['p99']:.3f}")
 p, r = med.get(('plain', 'veer')), med.get(('resilience', 'veer'))
 if p and r:
     print(f"veer resilience/plain: rps {r['rps']/p['rps']:.3f}  cpu/req {r['cpu']/p['cpu']:.3f}  p99 {r['p99']/p['p99']:.3f}")

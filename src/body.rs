@@ -28,6 +28,68 @@ pub enum RequestBody {
         length: Option<u64>,
         data_done: bool,
     },
+    /// A body veer holds whole: a mirrored request's copy of the client's (SPEC §11).
+    Full(Option<Bytes>),
+    /// The client's body with a copy kept, for a mirrored request (see [`Teed`]).
+    Teed(Box<Teed>),
+}
+
+/// A client's body streamed on as it comes, with a copy of it kept up to `max` bytes for a
+/// mirrored request. The copy is handed over when the body has ended; a body larger than
+/// `max`, or one that fails, hands over nothing (and frees what it kept at once).
+#[derive(Debug)]
+pub struct Teed {
+    inner: RequestBody,
+    kept: bytes::BytesMut,
+    max: usize,
+    tx: Option<tokio::sync::oneshot::Sender<Bytes>>,
+}
+
+impl Teed {
+    /// Tee `body`: the receiver gets the whole body once it has been read, if it is at most
+    /// `max` bytes.
+    pub fn wrap(
+        body: RequestBody,
+        max: usize,
+    ) -> (RequestBody, tokio::sync::oneshot::Receiver<Bytes>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let t = Teed {
+            inner: body,
+            kept: bytes::BytesMut::new(),
+            max,
+            tx: Some(tx),
+        };
+        (RequestBody::Teed(Box::new(t)), rx)
+    }
+
+    fn keep(&mut self, d: &Bytes) {
+        if self.tx.is_none() {
+            return;
+        }
+        if self.kept.len() + d.len() > self.max {
+            // Too large to copy: give up the copy, and its memory, now.
+            self.tx = None;
+            self.kept = bytes::BytesMut::new();
+        } else {
+            self.kept.extend_from_slice(d);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(self.kept.split().freeze());
+        }
+    }
+}
+
+impl Drop for Teed {
+    fn drop(&mut self) {
+        // Read to its end without a last poll (a Content-Length body), or never polled
+        // because it was empty: complete all the same.
+        if self.inner.is_end_stream() {
+            self.finish();
+        }
+    }
 }
 
 impl RequestBody {
@@ -75,6 +137,24 @@ impl Body for RequestBody {
                     Err(e) => Poll::Ready(Some(Err(e.into()))),
                 }
             }
+            RequestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RequestBody::Teed(t) => {
+                let polled = Pin::new(&mut t.inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(d) = f.data_ref() {
+                            t.keep(d);
+                        }
+                        if t.inner.is_end_stream() {
+                            t.finish();
+                        }
+                    }
+                    Poll::Ready(None) => t.finish(),
+                    Poll::Ready(Some(Err(_))) => t.tx = None,
+                    Poll::Pending => {}
+                }
+                polled
+            }
         }
     }
 
@@ -83,6 +163,8 @@ impl Body for RequestBody {
             RequestBody::Empty => true,
             RequestBody::Hyper(b) => b.is_end_stream(),
             RequestBody::H2 { recv, .. } => recv.is_end_stream(),
+            RequestBody::Full(b) => b.is_none(),
+            RequestBody::Teed(t) => t.inner.is_end_stream(),
         }
     }
 
@@ -94,6 +176,9 @@ impl Body for RequestBody {
                 length: Some(n), ..
             } => SizeHint::with_exact(*n),
             RequestBody::H2 { .. } => SizeHint::default(),
+            RequestBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            RequestBody::Full(None) => SizeHint::with_exact(0),
+            RequestBody::Teed(t) => t.inner.size_hint(),
         }
     }
 }

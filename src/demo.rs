@@ -18,11 +18,14 @@ use tokio::net::TcpListener;
 
 /// One demo backend: answers with its colour and name; `/health` answers 200.
 /// Its failure share (per mille) can be set live with `POST /fail?rate=0.1`.
+/// `/data/…` answers the same on every backend of either colour, except for the share set
+/// with `POST /diff?rate=0.1` (the pool's answers that differ: a dark launch to compare).
 pub struct DemoBackend {
     pub colour: &'static str,
     pub name: String,
     pub addr: SocketAddr,
     fail_per_mille: Arc<AtomicU32>,
+    diff_per_mille: Arc<AtomicU32>,
 }
 
 impl DemoBackend {
@@ -30,11 +33,17 @@ impl DemoBackend {
         self.fail_per_mille
             .store((rate.clamp(0.0, 1.0) * 1000.0) as u32, Ordering::Relaxed);
     }
+
+    /// The share of `/data` answers that differ (as `POST /diff?rate=…` sets it).
+    pub fn set_diff_rate(&self, rate: f64) {
+        self.diff_per_mille
+            .store((rate.clamp(0.0, 1.0) * 1000.0) as u32, Ordering::Relaxed);
+    }
 }
 
 /// Start a demo backend on an ephemeral loopback port.
 pub async fn start_backend(colour: &'static str, name: String) -> std::io::Result<DemoBackend> {
-    start_backend_sharing(colour, name, Arc::new(AtomicU32::new(0))).await
+    start_backend_sharing(colour, name, Arc::default(), Arc::default()).await
 }
 
 /// Start `count` demo backends named `{colour}-1`… that share one failure share, so
@@ -42,9 +51,13 @@ pub async fn start_backend(colour: &'static str, name: String) -> std::io::Resul
 /// `x-veer-pool: green`) sets it for the whole pool.
 pub async fn start_pool(colour: &'static str, count: usize) -> std::io::Result<Vec<DemoBackend>> {
     let fail = Arc::new(AtomicU32::new(0));
+    let diff = Arc::new(AtomicU32::new(0));
     let mut out = Vec::with_capacity(count);
     for i in 1..=count {
-        out.push(start_backend_sharing(colour, format!("{colour}-{i}"), fail.clone()).await?);
+        out.push(
+            start_backend_sharing(colour, format!("{colour}-{i}"), fail.clone(), diff.clone())
+                .await?,
+        );
     }
     Ok(out)
 }
@@ -53,10 +66,12 @@ async fn start_backend_sharing(
     colour: &'static str,
     name: String,
     fail: Arc<AtomicU32>,
+    diff: Arc<AtomicU32>,
 ) -> std::io::Result<DemoBackend> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let f2 = fail.clone();
+    let d2 = diff.clone();
     let n2 = name.clone();
     tokio::spawn(async move {
         loop {
@@ -64,12 +79,19 @@ async fn start_backend_sharing(
                 continue;
             };
             let fail = f2.clone();
+            let diff = d2.clone();
             let name = n2.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let fail = fail.clone();
+                    let diff = diff.clone();
                     let name = name.clone();
-                    async move { Ok::<_, Infallible>(demo_answer(colour, &name, &fail, req)) }
+                    async move {
+                        if let Some(r) = data_answer(&name, &diff, &req) {
+                            return Ok::<_, Infallible>(r);
+                        }
+                        Ok::<_, Infallible>(demo_answer(colour, &name, &fail, req))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -82,7 +104,46 @@ async fn start_backend_sharing(
         name,
         addr,
         fail_per_mille: fail,
+        diff_per_mille: diff,
     })
+}
+
+/// `POST /diff?rate=…` and `/data/…` (the dark launch's endpoints), else `None`.
+fn data_answer(
+    name: &str,
+    diff: &AtomicU32,
+    req: &Request<Incoming>,
+) -> Option<Response<Full<Bytes>>> {
+    let path = req.uri().path();
+    let text = if path == "/diff" {
+        let rate = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("rate=")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            .clamp(0.0, 1.0);
+        diff.store((rate * 1000.0) as u32, Ordering::Relaxed);
+        format!(
+            "{name}: answering {:.0}% of /data differently\n",
+            rate * 100.0
+        )
+    } else if path == "/data" || path.starts_with("/data/") {
+        let per_mille = diff.load(Ordering::Relaxed);
+        if per_mille > 0 && rand::random::<u32>() % 1000 < per_mille {
+            format!("data for {path}, changed\n")
+        } else {
+            format!("data for {path}\n")
+        }
+    } else {
+        return None;
+    };
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        "x-served-by",
+        http::HeaderValue::from_str(name).unwrap_or(http::HeaderValue::from_static("demo")),
+    );
+    Some(r)
 }
 
 fn demo_answer(
@@ -198,6 +259,29 @@ min_requests = 10
 max_error_rate = 0.05
 "#;
 
+/// Route data of `veer demo --rollout`: a dark launch. Every request is mirrored to green and
+/// compared (`POST /diff?rate=` makes green's answers differ), and the rollout starts with a
+/// mirror step that moves no user until the copies agree.
+const DEMO_DATA: &str = r#"
+[[routes]]
+name = "data"
+path_prefix = "/data"
+split = { blue = 100, green = 0 }
+
+[routes.mirror]
+to = "green"
+compare = true
+ignore_headers = ["x-served-by"]
+
+[routes.rollout]
+to = "green"
+steps = ["mirror", 50, 100]
+step_interval = "10s"
+min_requests = 20
+max_diff_rate = 0.02
+max_error_rate = 0.05
+"#;
+
 /// What `veer demo --approval` adds to the rollout: every step waits for an approval (the
 /// status page's button, `veer rollout web approve`, or the API).
 pub const DEMO_APPROVAL: &str = "approval = true\napproval_timeout = \"10m\"\n";
@@ -267,7 +351,7 @@ name = "web"
 split = {{ blue = {b}, green = {g} }}
 sticky = {{ cookie = "veer_id" }}
 override = {{ header = "x-veer-pool", cookie = "veer_pool" }}
-{rollout}{api}"#,
+{rollout}{api}{data}"#,
         blue = list(blue),
         green = list(green),
         rollout = match mode {
@@ -281,6 +365,7 @@ override = {{ header = "x-veer-pool", cookie = "veer_pool" }}
             ),
         },
         api = if rollout { DEMO_API } else { "" },
+        data = if rollout { DEMO_DATA } else { "" },
     )
 }
 
@@ -341,6 +426,9 @@ mod tests {
         assert!(ro.hotfix.is_some());
         assert_eq!(r.routes[0].weight_of("green"), Some(0));
         assert!(r.route("api").unwrap().rollout.is_some());
+        let data = r.route("data").unwrap();
+        assert!(data.rollout.as_ref().unwrap().mirror_step);
+        assert!(data.mirror.as_ref().unwrap().compare);
         assert!(!ro.approval);
         let a = config_mode(a, a, &[a], &[a], DemoMode::Approval);
         let ro = a.routes[0].rollout.as_ref().expect("rollout");

@@ -488,6 +488,12 @@ fn demo(
             println!("  curl -s http://{}/api/status | jq '.routes[].rollout | {{state, step, weight, reason: .gate.reason}}'", running.admin);
             println!("  curl -s -X POST -H 'x-veer-pool: green' '{url}/fail?rate=0.2'   # make green fail 20%");
             println!("  veer rollout web abort --admin http://{0} && veer rollout web start --hotfix --admin http://{0}", running.admin);
+            // SPEC §11: route data is a dark launch (README, Dark launch).
+            println!("\nDark launch of green on route data: every /data request is mirrored to green and");
+            println!("compared; its rollout's mirror step moves nobody until 20 copies agree (2% may differ):");
+            println!("  while :; do curl -s -o /dev/null {url}/data/item; done   # traffic");
+            println!("  curl -s -X POST -H 'x-veer-pool: green' '{url}/diff?rate=0.3'   # make 30% of green's answers differ");
+            println!("  curl -s http://{}/api/status | jq '.routes[] | select(.name == \"data\") | {{mirror: .mirror.counts, rollout: .rollout.state}}'", running.admin);
         }
         if mode == DemoMode::Approval {
             println!("\nEach step waits for an approval once its gate passed (10 minutes, then it rolls back):");

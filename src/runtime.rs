@@ -202,13 +202,31 @@ impl Runtime {
             pools: route_pools,
             weights,
             state,
+            mirror: rc.mirror.as_ref().and_then(|m| {
+                Some(Box::new(crate::routing::MirrorTarget {
+                    config: m.clone(),
+                    pool: pools.get(m.to.as_str())?.clone(),
+                    counts: crate::metrics::mirror::Counts::new(
+                        &self.metrics.mirror_requests,
+                        &rc.name,
+                    ),
+                }))
+            }),
         }
     }
 }
 
 /// Does `route` (of the live snapshot) stand as it is for `rc` over the new `pools`?
 fn unchanged(route: &Route, rc: &RouteConfig, pools: &HashMap<Arc<str>, Arc<Pool>>) -> bool {
-    *route.config == *rc
+    let same_mirror = match (&route.mirror, &rc.mirror) {
+        (Some(m), Some(c)) => pools
+            .get(c.to.as_str())
+            .is_some_and(|now| Arc::ptr_eq(now, &m.pool)),
+        (None, None) => true,
+        _ => false,
+    };
+    same_mirror
+        && *route.config == *rc
         && route.pools.len() == rc.split.len()
         && route.pools.iter().zip(&rc.split).all(|(p, (name, _))| {
             pools

@@ -166,6 +166,15 @@ fn example_covers_every_key() {
         "dns_servers",
         "dns_refresh",
         "slow_start",
+        // Mirroring (SPEC §11).
+        "routes.mirror",
+        "percent",
+        "methods",
+        "compare",
+        "ignore_headers",
+        "max_body",
+        "max_in_flight",
+        "max_diff_rate",
     ];
     for k in keys {
         let set = [
@@ -217,7 +226,7 @@ fn unknown_key() {
     );
     assert_errors(
         &format!("{BASE}colour = \"blue\"\n"),
-        &["8:1: unknown key \"colour\" in [routes.web]; expected one of: name, hosts, path_prefix, split, sticky, override, fallback, retry, rollout"],
+        &["8:1: unknown key \"colour\" in [routes.web]; expected one of: name, hosts, path_prefix, split, sticky, override, fallback, retry, rollout, mirror"],
     );
 }
 
@@ -246,7 +255,7 @@ surprise = true
             "7:58: unknown key \"wieght\" in [pools.blue.backends[1]]; did you mean \"weight\"?",
             "9:1: unknown key \"paht\" in [pools.blue.health_check]; did you mean \"path\"?",
             "13:25: unknown key \"backof\" in [routes.web.retry]; did you mean \"backoff\"?",
-            "14:1: unknown key \"surprise\" in [routes.web]; expected one of: name, hosts, path_prefix, split, sticky, override, fallback, retry, rollout",
+            "14:1: unknown key \"surprise\" in [routes.web]; expected one of: name, hosts, path_prefix, split, sticky, override, fallback, retry, rollout, mirror",
         ],
     );
 }
@@ -464,6 +473,72 @@ split = { red = 0 }
     );
 }
 
+#[test]
+fn bad_mirror() {
+    // BASE's route with a mirror whose every key is wrong; each error names its line, column
+    // and field.
+    let text = format!(
+        "{BASE}[routes.mirror]\nto = \"purple\"\npercent = 101\nmethods = [\"GET\", \"G ET\", \"connect\"]\nignore_headers = [\"bad header\"]\nmax_body = \"5 parsecs\"\nmax_in_flight = 0\nsurprise = 1\n"
+    );
+    assert_errors(
+        &text,
+        &[
+            "9:6: routes.web.mirror.to: pool \"purple\" does not exist (pools: blue, green)",
+            "10:11: routes.web.mirror.percent: 101 is not a percentage 0..=100",
+            "11:19: routes.web.mirror.methods: invalid method \"G ET\"; expected a method like \"GET\" or \"POST\"",
+            "11:27: routes.web.mirror.methods: CONNECT cannot be mirrored",
+            "12:19: routes.web.mirror.ignore_headers: invalid header name \"bad header\"",
+            "13:12: routes.web.mirror.max_body: unknown unit \"parsecs\" in size \"5 parsecs\"; use B, KB, KiB, MB, MiB, GB or GiB",
+            "14:17: routes.web.mirror.max_in_flight: 0 is out of range 1..=1000000",
+            "15:1: unknown key \"surprise\" in [routes.web.mirror]; expected one of: to, percent, methods, compare, ignore_headers, max_body, max_in_flight",
+        ],
+    );
+    // A route that mirrors onto its only pool would never copy anything.
+    let one = "[pools.blue]\nbackends = [\"127.0.0.1:9001\"]\n[[routes]]\nname = \"web\"\nsplit = { blue = 1 }\nmirror = { to = \"blue\" }\n";
+    assert_errors(
+        one,
+        &["6:17: routes.web.mirror.to: \"blue\" is the route's only pool; a copy never goes to the pool that answered, so nothing would be mirrored"],
+    );
+    // The mirror pool need not be in the split; max_body takes bytes too.
+    let ok = format!(
+        "[pools.grey]\nbackends = [\"127.0.0.1:9003\"]\n{BASE}mirror = {{ to = \"grey\", percent = 12.5, methods = [\"get\", \"POST\"], compare = true, max_body = 1024 }}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("veer.toml");
+    std::fs::write(&path, ok).unwrap();
+    let (code, lines) = check_path(&path);
+    assert_eq!(code, 0, "{lines:?}");
+}
+
+#[test]
+fn bad_mirror_step() {
+    // A mirror step without [routes.mirror] to the rolled-out pool; "mirror" only first.
+    let text = format!(
+        "{BASE}[routes.rollout]\nto = \"green\"\nsteps = [\"mirror\", 5, \"mirror\", 100]\nmax_diff_rate = 2\n"
+    );
+    assert_errors(
+        &text,
+        &[
+            "10:10: routes.web.rollout.steps: a \"mirror\" step needs [routes.mirror] with to = \"green\" and compare = true",
+            "10:23: routes.web.rollout.steps: \"mirror\" can only be the first step",
+            "11:17: routes.web.rollout.max_diff_rate: 2 is not a rate between 0 and 1",
+        ],
+    );
+    // Any other word is no step.
+    assert_errors(
+        &format!("{BASE}[routes.rollout]\nto = \"green\"\nsteps = [\"canary\", 100]\n"),
+        &["10:10: routes.web.rollout.steps[0]: expected a percentage or \"mirror\", found \"canary\""],
+    );
+    let ok = format!(
+        "{BASE}[routes.mirror]\nto = \"green\"\ncompare = true\n[routes.rollout]\nto = \"green\"\nsteps = [\"mirror\", 5, 100]\nmax_diff_rate = 0.02\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("veer.toml");
+    std::fs::write(&path, ok).unwrap();
+    let (code, lines) = check_path(&path);
+    assert_eq!(code, 0, "{lines:?}");
+}
+
 /// `veer check` with `env` set (and `unset` removed) for the child: exit code and lines.
 fn check_env(path: &Path, env: &[(&str, &str)], unset: &[&str]) -> (i32, Vec<String>) {
     let mut cmd = Command::new(support::veer_bin());
@@ -527,7 +602,7 @@ fn check_warns_about_pools_no_route_uses() {
         lines,
         [
             format!("{f}: ok: 1 route(s), 3 pool(s), 3 backend(s), listening on 127.0.0.1:8080"),
-            format!("{f}: warning: pool \"grene\" is not used by any route (no split names it); it gets no traffic"),
+            format!("{f}: warning: pool \"grene\" is not used by any route (no split or mirror names it); it gets no traffic"),
         ]
     );
 }

@@ -62,6 +62,8 @@ pub fn status_json(rt: &Control) -> Value {
                 "split": split,
                 "effective": effective(&snap, &r.name),
                 "rollout": crate::rollout::status_json(&rt.rollouts, rt, &r.name),
+                // SPEC §11: null without [routes.mirror].
+                "mirror": snap.router.get(&r.name).map_or(Value::Null, |r| crate::proxy::mirror::status_json(r)),
             })
         })
         .collect();

@@ -34,13 +34,13 @@ pub fn unused_pools(config: &Config) -> Vec<String> {
         .pools
         .keys()
         .filter(|p| {
-            !config
-                .routes
-                .iter()
-                .any(|r| r.split.iter().any(|(name, _)| name == *p))
+            !config.routes.iter().any(|r| {
+                r.split.iter().any(|(name, _)| name == *p)
+                    || r.mirror.as_ref().is_some_and(|m| m.to == **p)
+            })
         })
         .map(|p| {
-            format!("pool {p:?} is not used by any route (no split names it); it gets no traffic")
+            format!("pool {p:?} is not used by any route (no split or mirror names it); it gets no traffic")
         })
         .collect()
 }

@@ -3,6 +3,7 @@
 //! `[server] state_file`, kept in a state file laid over it ([`state`]).
 
 pub mod duration;
+pub mod mirror;
 pub mod pool_override;
 pub mod raw;
 pub mod rollout;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::{format_duration, parse_duration};
+pub use mirror::MirrorConfig;
 pub use rollout::{GateCheck, GateConfig, GateWhen, HeaderValue, HotfixConfig, ProgressMeta};
 
 /// One problem in a config file, located at a line and column (both 1-based).
@@ -619,6 +621,8 @@ pub struct RouteConfig {
     pub fallback: Fallback,
     pub retry: RetryConfig,
     pub rollout: Option<RolloutConfig>,
+    /// `[routes.mirror]` (SPEC §11).
+    pub mirror: Option<MirrorConfig>,
 }
 
 impl RouteConfig {
@@ -697,6 +701,11 @@ pub struct RolloutConfig {
     pub hotfix: Option<HotfixConfig>,
     /// Persisted with `state`/`step`: the step's clock, fingerprint, hotfix run.
     pub progress: ProgressMeta,
+    /// SPEC §11: `steps` starts with `"mirror"` (held in `steps` as 0): no user is moved,
+    /// and the step is judged on the route's compared mirror copies.
+    pub mirror_step: bool,
+    /// SPEC §11: the most compared copies that may differ in the mirror step (0..=1).
+    pub max_diff_rate: f64,
 }
 
 /// Checks the certificate files a config names, for validation to report with their

@@ -180,6 +180,7 @@ pub struct RawRoute {
     pub fallback: Option<S<RawFallback>>,
     pub retry: Option<S<RawRetry>>,
     pub rollout: Option<S<RawRollout>>,
+    pub mirror: Option<S<RawMirror>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -223,7 +224,10 @@ pub struct RawRetry {
 #[serde(deny_unknown_fields)]
 pub struct RawRollout {
     pub to: S<String>,
-    pub steps: S<Vec<S<i64>>>,
+    /// Percentages, the first of which may be `"mirror"` (SPEC §11).
+    pub steps: S<Vec<S<RawStep>>>,
+    /// SPEC §11: the mirror step's limit on compared copies that differ.
+    pub max_diff_rate: Option<S<f64>>,
     pub step_interval: Option<S<String>>,
     pub min_requests: Option<S<i64>>,
     pub max_error_rate: Option<S<f64>>,
@@ -273,4 +277,33 @@ pub struct RawHotfix {
     pub steps: S<Vec<S<i64>>>,
     pub step_interval: Option<S<String>>,
     pub min_requests: Option<S<i64>>,
+}
+
+/// `[routes.mirror]` (SPEC §11).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    pub to: S<String>,
+    pub percent: Option<S<f64>>,
+    pub methods: Option<S<Vec<S<String>>>>,
+    pub compare: Option<bool>,
+    pub ignore_headers: Option<S<Vec<S<String>>>>,
+    pub max_body: Option<S<RawSize>>,
+    pub max_in_flight: Option<S<i64>>,
+}
+
+/// A size: a number of bytes or a string like `"64KiB"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// A rollout step: a percentage, or the word `"mirror"` (SPEC §11).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawStep {
+    Percent(i64),
+    Word(String),
 }

@@ -120,6 +120,9 @@ impl RolloutConfig {
         if !self.after.is_empty() {
             s += &format!(" after={:?}", self.after);
         }
+        if self.mirror_step {
+            s += &format!(" mirror_step max_diff_rate={}", self.max_diff_rate);
+        }
         if let Some(m) = self.max_error_rate_vs_baseline {
             s += &format!(" max_error_rate_vs_baseline={m}");
         }

@@ -27,6 +27,10 @@ pub enum Shape {
     BoolOrWord(&'static [&'static str]),
     /// A key that must be present, of this shape.
     Required(&'static Shape),
+    /// A size: an integer (bytes) or a string like "64KiB" (parsed later).
+    Size,
+    /// An integer or one of these strings (a rollout step: a percentage or "mirror").
+    IntOrWord(&'static [&'static str]),
 }
 
 use Shape::*;
@@ -65,7 +69,7 @@ const POOL: &[(&str, Shape)] = &[
 ];
 const ROLLOUT: &[(&str, Shape)] = &[
     ("to", Required(&Str)),
-    ("steps", Required(&Array(&Int))),
+    ("steps", Required(&Array(&IntOrWord(&["mirror"])))),
     ("step_interval", Dur),
     ("min_requests", Int),
     ("max_error_rate", Float),
@@ -84,6 +88,8 @@ const ROLLOUT: &[(&str, Shape)] = &[
     ("approval_deadline_ms", Int),
     ("fingerprint", Str),
     ("mode", Str),
+    // SPEC §11.
+    ("max_diff_rate", Float),
 ];
 /// `[[routes.rollout.gates]]` (SPEC §10).
 const GATE: &[(&str, Shape)] = &[
@@ -141,6 +147,17 @@ const ROUTE: &[(&str, Shape)] = &[
         ]),
     ),
     ("rollout", Table(ROLLOUT)),
+    ("mirror", Table(MIRROR)),
+];
+/// `[routes.mirror]` (SPEC §11).
+const MIRROR: &[(&str, Shape)] = &[
+    ("to", Required(&Str)),
+    ("percent", Float),
+    ("methods", Array(&Str)),
+    ("compare", Bool),
+    ("ignore_headers", Array(&Str)),
+    ("max_body", Size),
+    ("max_in_flight", Int),
 ];
 /// The whole file.
 pub const ROOT: Shape = Table(&[
@@ -289,6 +306,9 @@ fn expected(shape: &Shape) -> &'static str {
         // Only `fallback` has this shape.
         BoolOrWord(_) => "true, false or \"weighted\"",
         Required(inner) => expected(inner),
+        Size => "a number of bytes or a size string like \"64KiB\"",
+        // Only rollout steps have this shape.
+        IntOrWord(_) => "a percentage or \"mirror\"",
     }
 }
 
@@ -440,8 +460,9 @@ impl Walker {
                 }
                 true
             }
-            (Value::String(_), Str | Dur | StrOrTable(_)) => true,
-            (Value::Integer(_), Int | Float) => true,
+            (Value::String(_), Str | Dur | StrOrTable(_) | Size) => true,
+            (Value::Integer(_), Int | Float | Size | IntOrWord(_)) => true,
+            (Value::String(s), IntOrWord(words)) => words.contains(&s.value().as_str()),
             (Value::Float(_), Float) => true,
             (Value::Boolean(_), Bool | BoolOrTable(_) | BoolOrWord(_)) => true,
             (Value::String(s), BoolOrWord(words)) => words.contains(&s.value().as_str()),
@@ -450,7 +471,7 @@ impl Walker {
         if !ok {
             let found = match (v, shape) {
                 // A word that is not one of the allowed ones: name it.
-                (Value::String(s), BoolOrWord(_)) => format!("{:?}", s.value()),
+                (Value::String(s), BoolOrWord(_) | IntOrWord(_)) => format!("{:?}", s.value()),
                 _ => kind_of_value(v).to_string(),
             };
             self.push(

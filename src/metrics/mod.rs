@@ -4,6 +4,7 @@
 //! paths cannot grow the series.
 
 pub mod latency;
+pub mod mirror;
 pub mod step;
 
 use prometheus::{
@@ -155,6 +156,8 @@ pub struct Metrics {
     pub access_log_dropped: prometheus::IntCounter,
     /// Upgrades in place (SIGUSR2) by result (issue 16).
     pub upgrades: IntCounterVec,
+    /// `veer_mirror_requests_total{route,result}` (SPEC §11).
+    pub mirror_requests: IntCounterVec,
     codes: Mutex<HashMap<CodeKey, Arc<CodeCounters>>>,
     exported_backends: Mutex<HashSet<(String, String)>>,
     /// Route → pools of its split, as last exported in `veer_route_weight`.
@@ -284,6 +287,11 @@ impl Metrics {
                 "Upgrades in place (SIGUSR2) by result: success (the new process took over) or failure (it did not; this one serves on).",
                 &["result"],
             ),
+            mirror_requests: counter(
+                "veer_mirror_requests_total",
+                "Mirrored copies by route and result: same or differ (compared), error, dropped (not sent: too many in flight or nothing available), sent (not compared).",
+                &["route", "result"],
+            ),
             registry: r,
             codes: Mutex::new(HashMap::new()),
             exported_backends: Mutex::new(HashSet::new()),
@@ -352,6 +360,11 @@ impl Metrics {
                 let _ = self.override_rejected.remove_label_values(&[route]);
                 for result in ["succeeded", "rolled_back"] {
                     let _ = self.rollouts.remove_label_values(&[route, result]);
+                }
+                for o in mirror::Outcome::ALL {
+                    let _ = self
+                        .mirror_requests
+                        .remove_label_values(&[route, o.as_str()]);
                 }
                 codes.retain(|(r, pool, backend), c| {
                     if **r != **route {

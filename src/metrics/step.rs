@@ -159,6 +159,38 @@ pub struct StepStats {
     slow_over_us: u64,
     pub canary: Side,
     pub base: Side,
+    /// Mirrored copies compared during the step, and those that differed (a rollout's
+    /// "mirror" step is judged on these, SPEC §11).
+    mirror_compared: AtomicU64,
+    mirror_differ: AtomicU64,
+}
+
+/// Count one compared mirror copy for the route's rollout, if a step is running (from the
+/// copy's task, never the client's request path).
+pub fn observe_mirror(slot: &StatsSlot, differ: bool) {
+    if let Some(s) = &*slot.load() {
+        s.mirror_compared.fetch_add(1, Ordering::Relaxed);
+        if differ {
+            s.mirror_differ.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A read of a step's compared mirror copies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MirrorFigures {
+    pub compared: u64,
+    pub differ: u64,
+}
+
+impl MirrorFigures {
+    pub fn diff_rate(&self) -> f64 {
+        if self.compared == 0 {
+            0.0
+        } else {
+            self.differ as f64 / self.compared as f64
+        }
+    }
 }
 
 impl StepStats {
@@ -169,6 +201,15 @@ impl StepStats {
             slow_over_us: max_p99.as_micros().min(u64::MAX as u128) as u64,
             canary: Side::default(),
             base: Side::default(),
+            mirror_compared: AtomicU64::new(0),
+            mirror_differ: AtomicU64::new(0),
+        }
+    }
+
+    pub fn mirror_figures(&self) -> MirrorFigures {
+        MirrorFigures {
+            compared: self.mirror_compared.load(Ordering::Relaxed),
+            differ: self.mirror_differ.load(Ordering::Relaxed),
         }
     }
 

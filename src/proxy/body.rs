@@ -30,6 +30,9 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// Any of the above, with the request's access log entry (only when the log is on).
     Logged(Box<super::access::Logged>),
+    /// An upstream answer digested as it streams to the client, for a mirrored copy's
+    /// comparison (SPEC §11).
+    Tapped(Box<super::mirror::Tap>),
 }
 
 impl ProxyBody {
@@ -65,7 +68,7 @@ impl ProxyBody {
         match self {
             ProxyBody::Full(_) => true,
             ProxyBody::Logged(l) => l.inner.is_full(),
-            ProxyBody::Upstream { .. } => false,
+            ProxyBody::Upstream { .. } | ProxyBody::Tapped(_) => false,
         }
     }
 }
@@ -143,6 +146,7 @@ impl Body for ProxyBody {
                 }
                 polled
             }
+            ProxyBody::Tapped(t) => t.poll_frame(cx),
         }
     }
 
@@ -151,6 +155,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream { body, .. } => body.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Logged(l) => l.inner.is_end_stream(),
+            ProxyBody::Tapped(t) => t.inner.is_end_stream(),
         }
     }
 
@@ -160,6 +165,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
             ProxyBody::Logged(l) => l.inner.size_hint(),
+            ProxyBody::Tapped(t) => t.inner.size_hint(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod headers;
 mod http1;
 mod http2;
 pub mod listeners;
+pub mod mirror;
 mod retry;
 pub mod server;
 
@@ -267,30 +268,64 @@ fn dispatch(
     // in every request's future.
     let down_upgrade =
         upgrade.then(|| Box::new((hyper::upgrade::on(&mut req), snap.config.clone())));
+    // Mirroring: one branch for a route without it.
+    let copy = match route.mirror.as_deref() {
+        None => None,
+        Some(m) => mirror::prepare(
+            &ctx,
+            &route,
+            m,
+            &mut req,
+            pool_idx,
+            bucket,
+            upgrade,
+            &host_value,
+            &snap.config.server,
+        ),
+    };
     let (parts, body) = req.into_parts();
     let forwarding = forward(
         ctx, snap, route, parts, body, pool_idx, bucket, host_value, upgrade, log,
     );
-    Either::Right(forwarding.map(move |(mut resp, pending, mut log)| {
-        if let (Some(down), Some(p)) = (down_upgrade, pending) {
-            let (down, config) = *down;
-            // A switch to anything but an upgrade veer tunnels is the backend breaking the
-            // exchange: no tunnel (dropping `p` closes its connection).
-            let switched_to = resp.headers().get(header::UPGRADE);
-            if !switched_to.is_some_and(|v| headers::upgrade_allowed(v, &config.server.upgrades)) {
-                tracing::debug!(upgrade = ?switched_to, "backend switched to a protocol not tunnelled");
-                return access::own(Failure::BadGateway, log);
-            }
-            // The tunnel's one log line is written when it closes.
-            tunnel(down, p, log.take());
+    let answered = move |(resp, pending, log)| answer(resp, pending, log, down_upgrade, new_cookie);
+    match copy {
+        None => Either::Right(Either::Left(forwarding.map(answered))),
+        // Boxed: the mirrored variant must not make every request's future larger.
+        Some(copy) => Either::Right(Either::Right(Box::pin(forwarding.map(
+            move |(mut resp, pending, log)| {
+                mirror::launch(copy, &mut resp);
+                answered((resp, pending, log))
+            },
+        )))),
+    }
+}
+
+/// The answer the client gets: an upgrade's tunnel started, a minted sticky cookie set.
+fn answer(
+    mut resp: Response<ProxyBody>,
+    pending: Option<forward::PendingTunnel>,
+    mut log: Option<access::Pending>,
+    down_upgrade: Option<Box<(hyper::upgrade::OnUpgrade, Arc<crate::config::Config>)>>,
+    new_cookie: Option<String>,
+) -> Logged {
+    if let (Some(down), Some(p)) = (down_upgrade, pending) {
+        let (down, config) = *down;
+        // A switch to anything but an upgrade veer tunnels is the backend breaking the
+        // exchange: no tunnel (dropping `p` closes its connection).
+        let switched_to = resp.headers().get(header::UPGRADE);
+        if !switched_to.is_some_and(|v| headers::upgrade_allowed(v, &config.server.upgrades)) {
+            tracing::debug!(upgrade = ?switched_to, "backend switched to a protocol not tunnelled");
+            return access::own(Failure::BadGateway, log);
         }
-        if let Some(c) = new_cookie {
-            if let Ok(v) = HeaderValue::from_str(&c) {
-                resp.headers_mut().append(header::SET_COOKIE, v);
-            }
+        // The tunnel's one log line is written when it closes.
+        tunnel(down, p, log.take());
+    }
+    if let Some(c) = new_cookie {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
         }
-        (resp, log)
-    }))
+    }
+    (resp, log)
 }
 
 /// A Host is a name or an IP literal with an optional port (RFC 9112 §3.2): anything else

@@ -44,6 +44,39 @@ pub fn slow_allowed(n: u64) -> u64 {
     n - (n * 99).div_ceil(100)
 }
 
+/// Judge a rollout's "mirror" step whose interval is over (SPEC §11): no user is on `to`,
+/// so the step is judged on the route's mirrored copies compared in the step. It passes with
+/// at least `min_requests` compared copies of which at most `max_diff_rate` differed, and
+/// `to` still able to take traffic.
+pub fn judge_mirror(
+    def: &RolloutConfig,
+    m: &crate::metrics::step::MirrorFigures,
+    healthy: bool,
+    to: &str,
+) -> Verdict {
+    if !healthy {
+        return Verdict::Fail(format!(
+            "pool {to} has no backend that can take traffic (healthy, not draining, breaker not open)"
+        ));
+    }
+    if m.compared < def.min_requests {
+        return Verdict::Wait(format!(
+            "waiting for mirrored traffic: {} of {} copies to {to} compared",
+            m.compared, def.min_requests
+        ));
+    }
+    if m.diff_rate() > def.max_diff_rate {
+        return Verdict::Fail(format!(
+            "difference rate {} over {}: {} of {} mirrored copies to {to} answered differently",
+            pct(m.diff_rate()),
+            pct(def.max_diff_rate),
+            m.differ,
+            m.compared
+        ));
+    }
+    Verdict::Pass
+}
+
 /// Judge a step whose interval is over.
 pub fn judge(def: &RolloutConfig, f: &Figures, healthy: bool, to: &str) -> Verdict {
     let c = &f.canary;
@@ -209,6 +242,8 @@ mod tests {
             max_error_rate_vs_baseline: None,
             hotfix: None,
             progress: Default::default(),
+            mirror_step: false,
+            max_diff_rate: 0.01,
         }
     }
 

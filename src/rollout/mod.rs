@@ -605,10 +605,35 @@ pub fn status_value(rt: &Runtime, route: &str, s: &Status) -> Value {
     gate["reason"] = json!(s.reason);
     gate["external"] = json!(s.external);
     gate["external_pending"] = json!(s.gates_pending);
+    // SPEC §11: the mirror step shows as "mirror" in `steps`, judged on compared copies.
+    let steps: Vec<Value> = def
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if i == 0 && def.mirror_step {
+                json!("mirror")
+            } else {
+                json!(w)
+            }
+        })
+        .collect();
+    if def.mirror_step {
+        let m = s.stats.as_ref().map(|st| st.mirror_figures());
+        gate["max_diff_rate"] = json!(def.max_diff_rate);
+        if let (Some(m), 0) = (m, s.step) {
+            gate["mirror"] = json!({
+                "compared": m.compared,
+                "differ": m.differ,
+                "diff_rate": m.diff_rate(),
+            });
+        }
+    }
     json!({
         "state": s.state.as_str(),
         "step": s.step,
-        "steps": def.steps,
+        "mirror_step": def.mirror_step && s.step == 0,
+        "steps": steps,
         "weight": weight,
         "to": def.to,
         "baseline": s.baseline,

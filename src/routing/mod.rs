@@ -25,6 +25,16 @@ pub struct Route {
     /// State that outlives snapshots (retry budget, counters).
     pub state: Arc<RouteCounters>,
     pub metrics: RouteMetrics,
+    /// `[routes.mirror]`: where copies go (boxed: most routes have none).
+    pub mirror: Option<Box<MirrorTarget>>,
+}
+
+/// A route's mirroring in one snapshot (SPEC §11).
+#[derive(Debug)]
+pub struct MirrorTarget {
+    pub config: crate::config::MirrorConfig,
+    pub pool: Arc<Pool>,
+    pub counts: crate::metrics::mirror::Counts,
 }
 
 impl Route {
@@ -43,6 +53,8 @@ pub struct RouteCounters {
     budget: AtomicI64,
     /// The running rollout step's statistics, fed by the request path (empty without one).
     pub rollout: crate::metrics::step::StatsSlot,
+    /// Mirroring's copies in flight and differing samples (SPEC §11).
+    pub mirror: Arc<crate::metrics::mirror::MirrorStats>,
 }
 
 /// Retries always allowed in reserve, so a quiet route can still retry.
@@ -56,6 +68,7 @@ impl Default for RouteCounters {
             seq: AtomicU64::new(0),
             budget: AtomicI64::new(BUDGET_MIN_RESERVE),
             rollout: Default::default(),
+            mirror: Default::default(),
         }
     }
 }

@@ -104,7 +104,7 @@ fn shared_table(pools: &[&str], weights: &[u32]) -> Arc<[u8]> {
 
 /// A fixed permutation of the buckets, so that a pool's share is not one contiguous run of
 /// hash values (keeps the split honest even for keys that hash alike).
-fn position(bucket: u32) -> u32 {
+pub fn position(bucket: u32) -> u32 {
     // 7919 is prime and coprime with 10,000: a bijection on 0..10,000.
     (bucket as u64 * 7919 % BUCKETS as u64) as u32
 }

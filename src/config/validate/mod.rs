@@ -7,6 +7,7 @@
 
 mod cluster;
 mod gates;
+mod mirror;
 mod pool;
 mod route;
 mod server;

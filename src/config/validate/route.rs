@@ -320,6 +320,9 @@ pub(super) fn build_route(
             }
         }
     };
+    let mirror = raw
+        .mirror
+        .map(|m| super::mirror::build_mirror(cx, &name, m, &split, pools));
     let rollout = raw.rollout.map(|r| {
         let r = r.into_inner();
         if !split.iter().any(|(p, _)| p == r.to.get_ref()) {
@@ -341,7 +344,38 @@ pub(super) fn build_route(
                 ),
             );
         }
-        let steps = super::gates::build_steps(cx, r.steps, &field("rollout.steps"));
+        let (steps, mirror_step) = mirror_steps(cx, r.steps, &field("rollout.steps"));
+        let steps = super::gates::build_steps(cx, steps, &field("rollout.steps"));
+        let max_diff_rate = match &r.max_diff_rate {
+            None => 0.01,
+            Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                cx.err(
+                    v.span(),
+                    format!(
+                        "{}: {} is not a rate between 0 and 1",
+                        field("rollout.max_diff_rate"),
+                        v.get_ref()
+                    ),
+                );
+                0.01
+            }
+        };
+        if let Some(at) = mirror_step.clone() {
+            let fits = mirror
+                .as_ref()
+                .is_some_and(|m| m.to == *r.to.get_ref() && m.compare);
+            if !fits {
+                cx.err(
+                    at,
+                    format!(
+                        "{}: a \"mirror\" step needs [routes.mirror] with to = {:?} and compare = true",
+                        field("rollout.steps"),
+                        r.to.get_ref()
+                    ),
+                );
+            }
+        }
         let max_error_rate = match r.max_error_rate {
             None => 0.01,
             Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
@@ -458,6 +492,8 @@ pub(super) fn build_route(
                 .filter(|u| !u.is_empty()),
             state,
             step,
+            mirror_step: mirror_step.is_some(),
+            max_diff_rate,
         }
     });
     let _ = span;
@@ -471,5 +507,37 @@ pub(super) fn build_route(
         fallback,
         retry,
         rollout,
+        mirror,
     })
+}
+
+/// Rollout steps as written: percentages, the first of which may be `"mirror"` (SPEC §11),
+/// held as 0 (no user moves). The span of the mirror step when there is one.
+fn mirror_steps(
+    cx: &mut Ctx<'_>,
+    raw: S<Vec<S<RawStep>>>,
+    field: &str,
+) -> (S<Vec<S<i64>>>, Option<Range<usize>>) {
+    let span = raw.span();
+    let mut mirror = None;
+    let mut out = Vec::new();
+    for (i, s) in raw.into_inner().into_iter().enumerate() {
+        let at = s.span();
+        match s.into_inner() {
+            RawStep::Percent(p) => out.push(S::new(at, p)),
+            RawStep::Word(w) if w == "mirror" && i == 0 => {
+                mirror = Some(at.clone());
+                out.push(S::new(at, 0));
+            }
+            RawStep::Word(w) if w == "mirror" => cx.err(
+                at,
+                format!("{field}: \"mirror\" can only be the first step"),
+            ),
+            RawStep::Word(w) => cx.err(
+                at,
+                format!("{field}: {w:?} is not a percentage 0..=100 or \"mirror\""),
+            ),
+        }
+    }
+    (S::new(span, out), mirror)
 }

@@ -31,8 +31,22 @@ impl Controller {
             crate::rollout::step_text(self.step, self.def.steps.len()),
             &self.def.to,
         );
+        let mirror = self.at_mirror_step();
         let figs = figures
             .map(|f| {
+                if mirror {
+                    let m = self
+                        .stats
+                        .as_ref()
+                        .map(|s| s.mirror_figures())
+                        .unwrap_or_default();
+                    return format!(
+                        "{} mirrored copies to {to} compared, {} differed ({})",
+                        m.compared,
+                        m.differ,
+                        gate::pct(m.diff_rate())
+                    );
+                }
                 let c = &f.canary;
                 let p99 = c.p99.map(format_duration).unwrap_or_else(|| "-".into());
                 format!(
@@ -49,6 +63,11 @@ impl Controller {
             .unwrap_or_default();
         let name = event.as_str();
         let msg = match event {
+            EventKind::Started | EventKind::Step | EventKind::Resumed if mirror => {
+                format!(
+                    "{run} {name}: {step} (mirror), {to} at {weight}%, answering mirrored copies"
+                )
+            }
             EventKind::Started | EventKind::Step | EventKind::Resumed => {
                 format!("{run} {name}: {step}, {to} at {weight}%")
             }

@@ -56,6 +56,8 @@ pub(super) fn run_def(def: &RolloutConfig, hotfix: bool) -> RolloutConfig {
     let mut d = def.clone();
     if let (true, Some(h)) = (hotfix, &def.hotfix) {
         d.steps = h.steps.clone();
+        // The hotfix path has no mirror step.
+        d.mirror_step = false;
         d.step_interval = h.step_interval;
         d.min_requests = h.min_requests;
     }

@@ -278,6 +278,11 @@ impl Controller {
         self.def.steps.get(step).copied().unwrap_or(0)
     }
 
+    /// At the "mirror" step (SPEC §11): the first step of a run whose steps start with it.
+    pub(super) fn at_mirror_step(&self) -> bool {
+        self.def.mirror_step && self.step == 0
+    }
+
     pub(super) fn last_step(&self) -> usize {
         self.def.steps.len().saturating_sub(1)
     }
@@ -668,14 +673,24 @@ impl Controller {
                     return;
                 };
                 let f = self.fleet_figures(stats.figures());
-                if let Some(reason) = gate::fail_fast(&self.def, &f, &self.def.to) {
-                    self.gate_failed(reason, f).await;
-                    return;
+                // SPEC §11: the "mirror" step moves no user; it is judged on compared copies.
+                let mirror = self.at_mirror_step();
+                if !mirror {
+                    if let Some(reason) = gate::fail_fast(&self.def, &f, &self.def.to) {
+                        self.gate_failed(reason, f).await;
+                        return;
+                    }
                 }
                 // Fail fast on what is known (safety first), but a step's verdict waits for
                 // the whole fleet's counts.
                 if now >= self.step_started + self.def.step_interval && self.fleet_counts_ready() {
-                    match gate::judge(&self.def, &f, self.pool_healthy(), &self.def.to) {
+                    let verdict = if mirror {
+                        let m = stats.mirror_figures();
+                        gate::judge_mirror(&self.def, &m, self.pool_healthy(), &self.def.to)
+                    } else {
+                        gate::judge(&self.def, &f, self.pool_healthy(), &self.def.to)
+                    };
+                    match verdict {
                         Verdict::Pass => {
                             if !self.passed_logged {
                                 self.passed_logged = true;
