@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the per-request decision: route match, split (bucket + table) and
-//! backend pick, on a snapshot built by the real `Runtime` from a realistic config.
+//! backend pick, on a snapshot built by the real `Live` from a realistic config.
 //!
 //!   cargo bench --bench decision
 //!
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use veer::config::Config;
 use veer::routing::bucket_of;
-use veer::runtime::{Runtime, Snapshot};
+use veer::runtime::{Live, Snapshot};
 
 /// Ten routes over several hosts and prefixes, pools balanced both ways.
 const CONFIG: &str = r#"
@@ -70,14 +70,14 @@ name = "default"
 split = { blue = 90, green = 10 }
 "#;
 
-fn snapshot() -> (tokio::runtime::Runtime, Arc<Runtime>, Arc<Snapshot>) {
+fn snapshot() -> (tokio::runtime::Runtime, Arc<Live>, Arc<Snapshot>) {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let config = Config::parse(Path::new("bench.toml"), CONFIG).expect("bench config is valid");
     let rt = tokio
-        .block_on(async { Runtime::new(config, None) })
+        .block_on(async { Live::new(config, None) })
         .expect("runtime");
     let snap = rt.snapshot();
     (tokio, rt, snap)

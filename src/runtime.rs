@@ -1,7 +1,7 @@
 //! The live state of a running veer, as the data plane reads it: the current [`Snapshot`]
 //! (one `ArcSwap` load per request), the backend [`Registry`] and the metrics. Changes are
 //! made by the control layer (`control::Control`), which builds new snapshots through
-//! [`Runtime::apply`].
+//! [`Live::apply`].
 
 use crate::config::{Config, RouteConfig};
 use crate::metrics::Metrics;
@@ -40,7 +40,7 @@ pub struct ApplyReport {
 
 /// The running proxy's shared state.
 #[derive(Debug)]
-pub struct Runtime {
+pub struct Live {
     snapshot: ArcSwap<Snapshot>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
@@ -57,7 +57,7 @@ pub struct Runtime {
     pub access_log: std::sync::OnceLock<crate::log::access::AccessLog>,
 }
 
-impl Runtime {
+impl Live {
     /// Build the runtime with its first config. Must be called inside a tokio runtime.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, RegistryError> {
         let base = config_path
@@ -74,7 +74,7 @@ impl Runtime {
             router: Router::default(),
             pools: HashMap::new(),
         };
-        let rt = Arc::new(Runtime {
+        let rt = Arc::new(Live {
             snapshot: ArcSwap::from_pointee(empty),
             registry,
             metrics,

@@ -1,7 +1,7 @@
 //! Backend resilience (issue 3): health checks, circuit breakers, bulkheads, retries, fallback
 //! and draining.
 //!
-//! The breaker's clock-driven state machine runs against a [`Runtime`] on tokio's paused clock
+//! The breaker's clock-driven state machine runs against a [`Live`] on tokio's paused clock
 //! (no sockets, so time is exact). Everything that needs sockets (probes, 503 classification,
 //! retries, draining) runs with real upstreams on 127.0.0.1:0 and short real intervals; health
 //! thresholds are checked exactly by having the upstream record, at each probe, the verdict
@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use veer::breaker::BreakerState;
 use veer::config::Config;
-use veer::runtime::Runtime;
+use veer::runtime::Live;
 use veer::upstream::{Backend, Health};
 
 // ---------------------------------------------------------------- helpers
@@ -51,7 +51,7 @@ async fn start(text: &str) -> Veer {
     start_veer_tweaked(text, no_jitter).await
 }
 
-fn backend(rt: &Runtime, pool: &str, addr: SocketAddr) -> Arc<Backend> {
+fn backend(rt: &Live, pool: &str, addr: SocketAddr) -> Arc<Backend> {
     rt.registry.get(pool, addr).expect("backend exists")
 }
 
@@ -73,7 +73,7 @@ fn outcome(b: &Arc<Backend>, success: bool) -> bool {
     }
 }
 
-fn trips(rt: &Runtime, pool: &str, addr: SocketAddr) -> u64 {
+fn trips(rt: &Live, pool: &str, addr: SocketAddr) -> u64 {
     rt.metrics
         .breaker_trips
         .with_label_values(&[pool, &addr.to_string()])
@@ -188,7 +188,7 @@ const BREAKER: &str = "[pools.p.circuit_breaker]\nconsecutive_failures = 3\nopen
 #[tokio::test(start_paused = true)]
 async fn breaker_trips_after_exactly_consecutive_failures_then_one_trial_closes_it() {
     let (a, b) = (dead_addr().await, dead_addr().await);
-    let rt = Runtime::new(
+    let rt = Live::new(
         config(&(pool("p", &[a, b], "") + BREAKER + &route("{ p = 1 }", ""))),
         None,
     )
@@ -247,7 +247,7 @@ async fn breaker_trips_after_exactly_consecutive_failures_then_one_trial_closes_
 #[tokio::test(start_paused = true)]
 async fn repeated_trips_back_off_exponentially_and_the_backoff_decays() {
     let (a, b) = (dead_addr().await, dead_addr().await);
-    let rt = Runtime::new(
+    let rt = Live::new(
         config(&(pool("p", &[a, b], "") + BREAKER + &route("{ p = 1 }", ""))),
         None,
     )
@@ -329,7 +329,7 @@ async fn never_more_than_half_a_pool_is_ejected() {
         dead_addr().await,
         dead_addr().await,
     ];
-    let rt = Runtime::new(
+    let rt = Live::new(
         config(&(pool("p", &addrs, "") + BREAKER + &route("{ p = 1 }", ""))),
         None,
     )
@@ -378,7 +378,7 @@ async fn breaker_state_survives_a_config_apply() {
             + &pool("q", &[b], "")
             + &route(&format!("{{ p = {w}, q = 1 }}"), "")
     };
-    let rt = Runtime::new(config(&text(1)), None).unwrap();
+    let rt = Live::new(config(&text(1)), None).unwrap();
     let ba = backend(&rt, "p", a);
     for _ in 0..3 {
         assert!(outcome(&ba, false));

@@ -6,95 +6,94 @@ use std::collections::BTreeMap;
 use toml::Spanned;
 
 /// A value with its byte range in the file.
-pub type S<T> = Spanned<T>;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default)]
-    pub server: Option<S<RawServer>>,
+    pub server: Option<Spanned<RawServer>>,
     #[serde(default)]
-    pub admin: Option<S<RawAdmin>>,
+    pub admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
-    pub log: Option<S<RawLog>>,
+    pub log: Option<Spanned<RawLog>>,
     /// Not spanned: toml cannot span a table that only `[[tls.certificates]]` creates.
     #[serde(default)]
     pub tls: Option<RawTls>,
     #[serde(default)]
-    pub pools: Option<BTreeMap<S<String>, S<RawPool>>>,
+    pub pools: Option<BTreeMap<Spanned<String>, Spanned<RawPool>>>,
     #[serde(default)]
-    pub routes: Option<S<Vec<S<RawRoute>>>>,
+    pub routes: Option<Spanned<Vec<Spanned<RawRoute>>>>,
     /// Fleet mode (SPEC §7).
     #[serde(default)]
-    pub cluster: Option<S<RawCluster>>,
+    pub cluster: Option<Spanned<RawCluster>>,
 }
 
 /// `[cluster]`: fleet mode on etcd (SPEC §7).
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
-    pub etcd: Option<S<Vec<S<String>>>>,
-    pub prefix: Option<S<String>>,
-    pub node: Option<S<String>>,
-    pub lease_ttl: Option<S<String>>,
-    pub username_env: Option<S<String>>,
-    pub password_env: Option<S<String>>,
-    pub ca: Option<S<String>>,
-    pub cert: Option<S<String>>,
-    pub key: Option<S<String>>,
+    pub etcd: Option<Spanned<Vec<Spanned<String>>>>,
+    pub prefix: Option<Spanned<String>>,
+    pub node: Option<Spanned<String>>,
+    pub lease_ttl: Option<Spanned<String>>,
+    pub username_env: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    pub ca: Option<Spanned<String>>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    pub listen: Option<S<Vec<S<String>>>>,
-    pub workers: Option<S<i64>>,
-    pub tls_listen: Option<S<Vec<S<String>>>>,
-    pub header_read_timeout: Option<S<String>>,
-    pub request_timeout: Option<S<String>>,
-    pub body_timeout: Option<S<String>>,
-    pub request_body_timeout: Option<S<String>>,
-    pub request_body_min_rate: Option<S<i64>>,
-    pub idle_timeout: Option<S<String>>,
-    pub max_header_bytes: Option<S<i64>>,
-    pub max_connections: Option<S<i64>>,
-    pub drain_timeout: Option<S<String>>,
-    pub upgrades: Option<S<Vec<S<String>>>>,
-    pub state_file: Option<S<String>>,
-    pub dns_servers: Option<S<Vec<S<String>>>>,
+    pub listen: Option<Spanned<Vec<Spanned<String>>>>,
+    pub workers: Option<Spanned<i64>>,
+    pub tls_listen: Option<Spanned<Vec<Spanned<String>>>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub body_timeout: Option<Spanned<String>>,
+    pub request_body_timeout: Option<Spanned<String>>,
+    pub request_body_min_rate: Option<Spanned<i64>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub drain_timeout: Option<Spanned<String>>,
+    pub upgrades: Option<Spanned<Vec<Spanned<String>>>>,
+    pub state_file: Option<Spanned<String>>,
+    pub dns_servers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
-    pub listen: Option<S<String>>,
-    pub token_env: Option<S<String>>,
-    pub hosts: Option<S<Vec<S<String>>>>,
+    pub listen: Option<Spanned<String>>,
+    pub token_env: Option<Spanned<String>>,
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
     /// Named tokens (issue 20): name = "env:VAR".
-    pub tokens: Option<S<BTreeMap<S<String>, S<String>>>>,
+    pub tokens: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
 }
 
 /// `[log]` (issue 16).
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
-    pub format: Option<S<String>>,
-    pub access: Option<S<String>>,
-    pub access_format: Option<S<String>>,
-    pub access_sample: Option<S<f64>>,
+    pub format: Option<Spanned<String>>,
+    pub access: Option<Spanned<String>>,
+    pub access_format: Option<Spanned<String>>,
+    pub access_sample: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
-    pub certificates: Option<Vec<S<RawCert>>>,
+    pub certificates: Option<Vec<Spanned<RawCert>>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCert {
-    pub cert: S<String>,
-    pub key: S<String>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 /// Spans do not survive serde's untagged enums, so the variants hold plain values and errors
@@ -131,76 +130,76 @@ pub struct RawUpstreamTlsTable {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
-    pub backends: S<Vec<S<RawBackend>>>,
-    pub lb: Option<S<String>>,
-    pub connect_timeout: Option<S<String>>,
-    pub protocol: Option<S<String>>,
-    pub tls: Option<S<RawUpstreamTls>>,
-    pub ca: Option<S<String>>,
-    pub sni: Option<S<String>>,
+    pub backends: Spanned<Vec<Spanned<RawBackend>>>,
+    pub lb: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+    pub tls: Option<Spanned<RawUpstreamTls>>,
+    pub ca: Option<Spanned<String>>,
+    pub sni: Option<Spanned<String>>,
     pub insecure_skip_verify: Option<bool>,
-    pub health_check: Option<S<RawHealthCheck>>,
-    pub circuit_breaker: Option<S<RawBreaker>>,
-    pub dns_refresh: Option<S<String>>,
-    pub slow_start: Option<S<String>>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+    pub circuit_breaker: Option<Spanned<RawBreaker>>,
+    pub dns_refresh: Option<Spanned<String>>,
+    pub slow_start: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
-    pub path: Option<S<String>>,
-    pub interval: Option<S<String>>,
-    pub timeout: Option<S<String>>,
-    pub healthy_threshold: Option<S<i64>>,
-    pub unhealthy_threshold: Option<S<i64>>,
-    pub expect_status: Option<S<String>>,
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub healthy_threshold: Option<Spanned<i64>>,
+    pub unhealthy_threshold: Option<Spanned<i64>>,
+    pub expect_status: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawBreaker {
-    pub consecutive_failures: Option<S<i64>>,
-    pub open_for: Option<S<String>>,
-    pub half_open_requests: Option<S<i64>>,
-    pub max_concurrent_requests: Option<S<i64>>,
+    pub consecutive_failures: Option<Spanned<i64>>,
+    pub open_for: Option<Spanned<String>>,
+    pub half_open_requests: Option<Spanned<i64>>,
+    pub max_concurrent_requests: Option<Spanned<i64>>,
     pub grpc_status_failures: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
-    pub name: S<String>,
-    pub hosts: Option<S<Vec<S<String>>>>,
-    pub path_prefix: Option<S<String>>,
+    pub name: Spanned<String>,
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    pub path_prefix: Option<Spanned<String>>,
     /// Keys keep their spans so an unknown pool is pointed at by name.
-    pub split: S<BTreeMap<S<String>, S<i64>>>,
-    pub sticky: Option<S<RawSticky>>,
+    pub split: Spanned<BTreeMap<Spanned<String>, Spanned<i64>>>,
+    pub sticky: Option<Spanned<RawSticky>>,
     #[serde(rename = "override")]
-    pub override_: Option<S<RawOverride>>,
-    pub fallback: Option<S<RawFallback>>,
-    pub retry: Option<S<RawRetry>>,
-    pub rollout: Option<S<RawRollout>>,
-    pub mirror: Option<S<RawMirror>>,
+    pub override_: Option<Spanned<RawOverride>>,
+    pub fallback: Option<Spanned<RawFallback>>,
+    pub retry: Option<Spanned<RawRetry>>,
+    pub rollout: Option<Spanned<RawRollout>>,
+    pub mirror: Option<Spanned<RawMirror>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawSticky {
-    pub cookie: Option<S<String>>,
-    pub header: Option<S<String>>,
+    pub cookie: Option<Spanned<String>>,
+    pub header: Option<Spanned<String>>,
     pub client_ip: Option<bool>,
     /// Cookie attributes (issue 20): `max_age = "30d"`, `secure = true`.
-    pub max_age: Option<S<String>>,
+    pub max_age: Option<Spanned<String>>,
     pub secure: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawOverride {
-    pub header: Option<S<String>>,
-    pub cookie: Option<S<String>>,
-    pub allow_from: Option<S<Vec<S<String>>>>,
-    pub secret_env: Option<S<String>>,
+    pub header: Option<Spanned<String>>,
+    pub cookie: Option<Spanned<String>>,
+    pub allow_from: Option<Spanned<Vec<Spanned<String>>>>,
+    pub secret_env: Option<Spanned<String>>,
 }
 
 /// `fallback = true | false | "weighted"`.
@@ -214,59 +213,59 @@ pub enum RawFallback {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
-    pub attempts: Option<S<i64>>,
-    pub backoff: Option<S<String>>,
+    pub attempts: Option<Spanned<i64>>,
+    pub backoff: Option<Spanned<String>>,
     pub idempotent_only: Option<bool>,
-    pub budget_percent: Option<S<i64>>,
+    pub budget_percent: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRollout {
-    pub to: S<String>,
+    pub to: Spanned<String>,
     /// Percentages, the first of which may be `"mirror"` (SPEC §11).
-    pub steps: S<Vec<S<RawStep>>>,
+    pub steps: Spanned<Vec<Spanned<RawStep>>>,
     /// SPEC §11: the mirror step's limit on compared copies that differ.
-    pub max_diff_rate: Option<S<f64>>,
-    pub step_interval: Option<S<String>>,
-    pub min_requests: Option<S<i64>>,
-    pub max_error_rate: Option<S<f64>>,
-    pub max_p99: Option<S<String>>,
+    pub max_diff_rate: Option<Spanned<f64>>,
+    pub step_interval: Option<Spanned<String>>,
+    pub min_requests: Option<Spanned<i64>>,
+    pub max_error_rate: Option<Spanned<f64>>,
+    pub max_p99: Option<Spanned<String>>,
     pub approval: Option<bool>,
-    pub approval_timeout: Option<S<String>>,
-    pub notify_url: Option<S<String>>,
+    pub approval_timeout: Option<Spanned<String>>,
+    pub notify_url: Option<Spanned<String>>,
     /// Written back by veer: where the rollout stands, so a restart resumes there.
-    pub state: Option<S<String>>,
+    pub state: Option<Spanned<String>>,
     /// Written back by veer: the index into `steps` reached.
-    pub step: Option<S<i64>>,
+    pub step: Option<Spanned<i64>>,
     // SPEC §10: gates, order, baseline comparison, hotfix.
-    pub after: Option<S<Vec<S<String>>>>,
-    pub gates: Option<S<Vec<S<RawGate>>>>,
-    pub max_error_rate_vs_baseline: Option<S<f64>>,
-    pub hotfix: Option<S<RawHotfix>>,
+    pub after: Option<Spanned<Vec<Spanned<String>>>>,
+    pub gates: Option<Spanned<Vec<Spanned<RawGate>>>>,
+    pub max_error_rate_vs_baseline: Option<Spanned<f64>>,
+    pub hotfix: Option<Spanned<RawHotfix>>,
     /// Written back by veer with `state`/`step`: the step's clock (unix ms), the
     /// definition's fingerprint, and `mode = "hotfix"` for a hotfix run.
-    pub step_started_ms: Option<S<i64>>,
-    pub approval_deadline_ms: Option<S<i64>>,
-    pub fingerprint: Option<S<String>>,
-    pub mode: Option<S<String>>,
+    pub step_started_ms: Option<Spanned<i64>>,
+    pub approval_deadline_ms: Option<Spanned<i64>>,
+    pub fingerprint: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
 }
 
 /// One `[[routes.rollout.gates]]` (SPEC §10).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGate {
-    pub name: S<String>,
-    pub when: Option<S<String>>,
-    pub prometheus: Option<S<String>>,
-    pub query: Option<S<String>>,
-    pub min: Option<S<f64>>,
-    pub max: Option<S<f64>>,
-    pub webhook: Option<S<String>>,
-    pub interval: Option<S<String>>,
-    pub timeout: Option<S<String>>,
-    pub steady_for: Option<S<String>>,
-    pub headers: Option<S<BTreeMap<S<String>, S<String>>>>,
+    pub name: Spanned<String>,
+    pub when: Option<Spanned<String>>,
+    pub prometheus: Option<Spanned<String>>,
+    pub query: Option<Spanned<String>>,
+    pub min: Option<Spanned<f64>>,
+    pub max: Option<Spanned<f64>>,
+    pub webhook: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub steady_for: Option<Spanned<String>>,
+    pub headers: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
     pub hotfix: Option<bool>,
 }
 
@@ -274,22 +273,22 @@ pub struct RawGate {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHotfix {
-    pub steps: S<Vec<S<i64>>>,
-    pub step_interval: Option<S<String>>,
-    pub min_requests: Option<S<i64>>,
+    pub steps: Spanned<Vec<Spanned<i64>>>,
+    pub step_interval: Option<Spanned<String>>,
+    pub min_requests: Option<Spanned<i64>>,
 }
 
 /// `[routes.mirror]` (SPEC §11).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMirror {
-    pub to: S<String>,
-    pub percent: Option<S<f64>>,
-    pub methods: Option<S<Vec<S<String>>>>,
+    pub to: Spanned<String>,
+    pub percent: Option<Spanned<f64>>,
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
     pub compare: Option<bool>,
-    pub ignore_headers: Option<S<Vec<S<String>>>>,
-    pub max_body: Option<S<RawSize>>,
-    pub max_in_flight: Option<S<i64>>,
+    pub ignore_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub max_body: Option<Spanned<RawSize>>,
+    pub max_in_flight: Option<Spanned<i64>>,
 }
 
 /// A size: a number of bytes or a string like `"64KiB"`.

@@ -31,16 +31,16 @@ use crate::config::Config;
 use crate::proxy::listeners::Listeners;
 use crate::rollout::controller::{CommitError, Refused};
 use crate::rollout::{Committer, Committing, Edit, Note, Rollouts};
-use crate::runtime::{ApplyReport, Runtime};
+use crate::runtime::{ApplyReport, Live};
 use crate::upstream::registry::RegistryError;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
 
-/// What the control layer owns beside the data plane's [`Runtime`]: the change lock, the
+/// What the control layer owns beside the data plane's [`Live`]: the change lock, the
 /// state laid over the config file, the proxy listeners and the rollout controllers. Every
 /// change goes through here; it dereferences to the runtime for reading.
 pub struct Control {
-    pub runtime: Arc<Runtime>,
+    pub runtime: Arc<Live>,
     /// Serialises config changes (file reloads, API writes, rollout steps).
     pub change_lock: tokio::sync::Mutex<()>,
     /// API changes and rollout progress laid over the config file (`[server] state_file`).
@@ -63,8 +63,8 @@ impl std::fmt::Debug for Control {
 }
 
 impl std::ops::Deref for Control {
-    type Target = Runtime;
-    fn deref(&self) -> &Runtime {
+    type Target = Live;
+    fn deref(&self) -> &Live {
         &self.runtime
     }
 }
@@ -74,7 +74,7 @@ impl Control {
     /// rollouts and apply the drains the state keeps. Must be called inside a tokio runtime.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, RegistryError> {
         let (state, config) = Store::open(config, config_path.as_deref());
-        let runtime = Runtime::new(config, config_path)?;
+        let runtime = Live::new(config, config_path)?;
         let ctl = Arc::new_cyclic(|me: &Weak<Control>| {
             let rollouts = Rollouts::default();
             let committer: Weak<dyn Committer> = me.clone();

@@ -4,7 +4,7 @@
 use super::server::serve_h2;
 use super::ConnInfo;
 use crate::config::ServerConfig;
-use crate::runtime::Runtime;
+use crate::runtime::Live;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,7 +84,7 @@ const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
 /// Accept connections until `stop` is cancelled.
 pub async fn accept_loop(
-    rt: Arc<Runtime>,
+    rt: Arc<Live>,
     listener: TcpListener,
     transport: Transport,
     conns: Arc<Connections>,
@@ -119,7 +119,7 @@ pub async fn accept_loop(
 }
 
 async fn serve_stream(
-    rt: Arc<Runtime>,
+    rt: Arc<Live>,
     stream: TcpStream,
     peer: SocketAddr,
     transport: Transport,
@@ -142,7 +142,7 @@ async fn serve_stream(
 }
 
 async fn serve_tls(
-    rt: Arc<Runtime>,
+    rt: Arc<Live>,
     stream: TcpStream,
     peer: SocketAddr,
     cfg: Arc<ArcSwap<rustls::ServerConfig>>,

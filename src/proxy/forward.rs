@@ -6,7 +6,7 @@ use super::retry::{self, is_idempotent, Allowed, Attempt, Outcome};
 use super::{access, headers, ConnCtx, Failure};
 use crate::config::Protocol;
 use crate::routing::{choice, Route};
-use crate::runtime::{Runtime, Snapshot};
+use crate::runtime::{Live, Snapshot};
 use crate::upstream::h1::Head;
 use crate::upstream::http_client::{BodySlot, Checkin, ErrorSource, UpBody, UpstreamBody};
 use crate::upstream::Lease;
@@ -22,7 +22,7 @@ use tokio::time::Instant;
 /// snapshot's backends already draining: take the backend from the live snapshot instead
 /// (same route and pool, by name), so a reload never turns into a 503.
 fn pick_live(
-    rt: &Runtime,
+    rt: &Live,
     snap: &Snapshot,
     route: &Route,
     pool_idx: usize,

@@ -25,7 +25,7 @@
 use super::body::{ProxyBody, RequestBody};
 use super::{handle, ConnCtx, ConnInfo};
 use crate::config::ServerConfig;
-use crate::runtime::Runtime;
+use crate::runtime::Live;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -167,7 +167,7 @@ enum Phase {
 
 /// Serve one downstream HTTP/1.1 connection (see the module's doc).
 pub(super) async fn serve<S: Socket>(
-    rt: Arc<Runtime>,
+    rt: Arc<Live>,
     mut io: S,
     info: ConnInfo,
     settings: &ServerConfig,

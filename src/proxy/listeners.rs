@@ -3,7 +3,7 @@
 
 use super::accept::{accept_loop, listen, Connections, Transport};
 use crate::config::Config;
-use crate::runtime::Runtime;
+use crate::runtime::Live;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,18 +41,18 @@ type ListenKey = (SocketAddr, bool);
 
 /// A serving listener: bound address, its accept loop's stop, and a duplicate of the socket
 /// for an upgrade's handover.
-type Live = (SocketAddr, CancellationToken, Option<OwnedFd>);
+type Running = (SocketAddr, CancellationToken, Option<OwnedFd>);
 
 /// The proxy listeners, keyed by address, so a reload can add and remove them without
 /// touching the others.
 pub struct Listeners {
-    rt: Arc<Runtime>,
+    rt: Arc<Live>,
     conns: Arc<Connections>,
     /// The certificate set shared by every TLS listener; swapped on reload.
     tls: Mutex<Option<Arc<ArcSwap<rustls::ServerConfig>>>>,
     /// Bound address, the accept loop's stop, and a duplicate of the socket to hand to the
     /// next binary on an upgrade (closed with the entry).
-    live: Mutex<HashMap<ListenKey, Live>>,
+    live: Mutex<HashMap<ListenKey, Running>>,
     /// The connection limit as configured, and what the semaphore still has to give back.
     limit: Arc<Mutex<ConnLimit>>,
     tasks: TaskTracker,
@@ -94,7 +94,7 @@ fn listen_label((addr, tls): &ListenKey) -> String {
 impl Listeners {
     /// Listeners for `rt`, none bound yet (see [`Listeners::ensure`]).
     pub fn new(
-        rt: Arc<Runtime>,
+        rt: Arc<Live>,
         conns: Arc<Connections>,
         max_conns: usize,
         tasks: TaskTracker,

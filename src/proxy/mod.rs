@@ -19,7 +19,7 @@ mod retry;
 pub mod server;
 
 use crate::routing::choice;
-use crate::runtime::Runtime;
+use crate::runtime::Live;
 use body::{ClientFault, ProxyBody, RequestBody};
 use forward::{forward, tunnel};
 use futures_util::future::Either;
@@ -138,7 +138,7 @@ impl Failure {
 }
 
 /// The connection a request came on, shared by its requests.
-pub type ConnCtx = Arc<(Arc<Runtime>, ConnInfo)>;
+pub type ConnCtx = Arc<(Arc<Live>, ConnInfo)>;
 
 /// Handle one downstream request end to end. What can be decided at once (the route, the
 /// pool, a malformed request) is, before the future is made; the future owns all it needs,

@@ -8,7 +8,7 @@ use super::activity::{ActiveGuard, Activity, Expiry, GuardedBody, HeadWatch};
 use super::body::RequestBody;
 use super::{handle, ConnInfo};
 use crate::config::ServerConfig;
-use crate::runtime::Runtime;
+use crate::runtime::Live;
 use futures_util::stream::FuturesUnordered;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 /// request head, or shutdown asks it to close. `h1_only` after veer's own loop has served
 /// requests on it (an HTTP/2 preface is only one at a connection's start).
 pub async fn serve_connection<I>(
-    rt: Arc<Runtime>,
+    rt: Arc<Live>,
     io: I,
     info: ConnInfo,
     settings: &ServerConfig,
@@ -134,7 +134,7 @@ pub(super) fn header_list_limit(settings: &ServerConfig) -> u32 {
 
 /// An HTTP/2 connection over TLS (ALPN h2), served without hyper (see [`super::http2`]).
 pub(super) async fn serve_h2<I>(
-    rt: Arc<Runtime>,
+    rt: Arc<Live>,
     io: I,
     info: ConnInfo,
     settings: &ServerConfig,

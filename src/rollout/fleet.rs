@@ -8,7 +8,7 @@ use super::persist::Progress;
 use super::stats::{Figures, SideFigures, StepStats};
 use super::{ActOptions, Action, ActionError};
 use crate::config::{Config, ProgressMeta, RolloutState, RouteConfig};
-use crate::runtime::Runtime;
+use crate::runtime::Live;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,7 +44,7 @@ fn side_of(v: &Value) -> SideFigures {
 impl Counting {
     /// Follow the live config: count the running step of every rollout in it (a new
     /// statistics slot when the step changes), stop counting finished ones.
-    pub fn sync(&mut self, rt: &Runtime, live: &Config) {
+    pub fn sync(&mut self, rt: &Live, live: &Config) {
         let Some(fleet) = rt.cluster.get() else {
             return;
         };

@@ -36,7 +36,7 @@ pub use crate::metrics::step::{observe, StatsSlot};
 
 use crate::config::state::{Change, Unwritable};
 use crate::config::{Config, RolloutConfig, RolloutState};
-use crate::runtime::Runtime;
+use crate::runtime::Live;
 use controller::CommitError;
 use serde_json::{json, Value};
 use stats::{Figures, SideFigures, StepStats};
@@ -241,7 +241,7 @@ pub enum Start {
 /// The rollout controllers of a runtime, by route name.
 #[derive(Default)]
 pub struct Rollouts {
-    bound: OnceLock<(Weak<Runtime>, Weak<dyn Committer>)>,
+    bound: OnceLock<(Weak<Live>, Weak<dyn Committer>)>,
     /// Shared with the controllers (weakly): rollout order reads the rollouts a controller
     /// waits for and rolls back the ones that depend on it.
     handles: Arc<Peers>,
@@ -265,7 +265,7 @@ impl std::fmt::Debug for Rollouts {
 impl Rollouts {
     /// Tie to the runtime the controllers read and the committer they change it through
     /// (before the first config is synced).
-    pub fn bind(&self, rt: &Arc<Runtime>, committer: Weak<dyn Committer>) {
+    pub fn bind(&self, rt: &Arc<Live>, committer: Weak<dyn Committer>) {
         let _ = self.bound.set((Arc::downgrade(rt), committer));
     }
 
@@ -409,12 +409,7 @@ impl Rollouts {
     }
 
     /// Run an operator action and return the status after it.
-    pub async fn act(
-        &self,
-        rt: &Runtime,
-        route: &str,
-        action: &str,
-    ) -> Result<Status, ActionError> {
+    pub async fn act(&self, rt: &Live, route: &str, action: &str) -> Result<Status, ActionError> {
         self.act_with(rt, route, action, false).await
     }
 
@@ -422,7 +417,7 @@ impl Rollouts {
     /// be written (`?force=true`), instead of changing nothing.
     pub async fn act_with(
         &self,
-        rt: &Runtime,
+        rt: &Live,
         route: &str,
         action: &str,
         force: bool,
@@ -437,7 +432,7 @@ impl Rollouts {
     /// [`Rollouts::act`] with every option ([`ActOptions`]).
     pub async fn act_opts(
         &self,
-        rt: &Runtime,
+        rt: &Live,
         route: &str,
         action: &str,
         opts: ActOptions,
@@ -488,7 +483,7 @@ pub fn can_serve(pool: &crate::upstream::Pool) -> bool {
 }
 
 /// The current step's statistics of a route (what the request path feeds), if a step runs.
-pub fn stats(rt: &Runtime, route: &str) -> Option<Arc<StepStats>> {
+pub fn stats(rt: &Live, route: &str) -> Option<Arc<StepStats>> {
     rt.snapshot().router.get(route)?.state.rollout.load_full()
 }
 
@@ -524,7 +519,7 @@ pub fn figures_json(def: &RolloutConfig, f: &Figures) -> Value {
 
 /// Fleet mode, on a replica that does not lead: the rollout as the document says it stands
 /// (the leader's controller walks it). `null` otherwise.
-fn follower_json(rt: &Runtime, route: &str) -> Value {
+fn follower_json(rt: &Live, route: &str) -> Value {
     if rt.cluster.get().is_none() {
         return Value::Null;
     }
@@ -554,7 +549,7 @@ fn follower_json(rt: &Runtime, route: &str) -> Value {
 }
 
 /// The `rollout` object of a route in `/api/status`: `null` without a rollout.
-pub fn status_json(rollouts: &Rollouts, rt: &Runtime, route: &str) -> Value {
+pub fn status_json(rollouts: &Rollouts, rt: &Live, route: &str) -> Value {
     let Some(s) = rollouts.status(route) else {
         return follower_json(rt, route);
     };
@@ -562,7 +557,7 @@ pub fn status_json(rollouts: &Rollouts, rt: &Runtime, route: &str) -> Value {
 }
 
 /// [`status_json`] of a status in hand (a controller's own, for its webhooks).
-pub fn status_value(rt: &Runtime, route: &str, s: &Status) -> Value {
+pub fn status_value(rt: &Live, route: &str, s: &Status) -> Value {
     let snap = rt.snapshot();
     let weight = snap.config.route(route).and_then(|rc| {
         let total: u64 = rc.split.iter().map(|(_, w)| *w as u64).sum();

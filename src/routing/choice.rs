@@ -362,13 +362,13 @@ mod tests {
 
     // ---- over a real snapshot
 
-    fn runtime(route_extra: &str) -> Arc<crate::runtime::Runtime> {
+    fn runtime(route_extra: &str) -> Arc<crate::runtime::Live> {
         let text = format!(
             "[pools.blue]\nbackends = [\"127.0.0.1:9\"]\n[pools.green]\nbackends = [\"127.0.0.1:10\"]\n\
              [[routes]]\nname = \"web\"\nsplit = {{ blue = 0, green = 100 }}\n{route_extra}\n"
         );
         let c = crate::config::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
-        crate::runtime::Runtime::new(c, None).unwrap()
+        crate::runtime::Live::new(c, None).unwrap()
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

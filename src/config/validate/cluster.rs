@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn build_cluster(cx: &mut Ctx<'_>, raw: S<RawCluster>) -> ClusterConfig {
+pub(super) fn build_cluster(cx: &mut Ctx<'_>, raw: Spanned<RawCluster>) -> ClusterConfig {
     let whole = raw.span();
     let raw = raw.into_inner();
     let mut etcd = Vec::new();
@@ -69,7 +69,7 @@ pub(super) fn build_cluster(cx: &mut Ctx<'_>, raw: S<RawCluster>) -> ClusterConf
             );
         }
     }
-    let env = |cx: &mut Ctx<'_>, v: Option<S<String>>, field: &str| -> Option<String> {
+    let env = |cx: &mut Ctx<'_>, v: Option<Spanned<String>>, field: &str| -> Option<String> {
         let v = v?;
         if v.get_ref().is_empty() {
             return None;
@@ -93,7 +93,7 @@ pub(super) fn build_cluster(cx: &mut Ctx<'_>, raw: S<RawCluster>) -> ClusterConf
             "cluster: username_env and password_env go together; set both or neither",
         );
     }
-    let path = |cx: &mut Ctx<'_>, v: Option<S<String>>| -> Option<PathBuf> {
+    let path = |cx: &mut Ctx<'_>, v: Option<Spanned<String>>| -> Option<PathBuf> {
         let v = v?;
         if v.get_ref().is_empty() {
             return None;

@@ -7,7 +7,7 @@ use super::*;
 pub(super) fn build_gates(
     cx: &mut Ctx<'_>,
     route: &str,
-    raw: Option<S<Vec<S<RawGate>>>>,
+    raw: Option<Spanned<Vec<Spanned<RawGate>>>>,
 ) -> Vec<GateConfig> {
     let Some(raw) = raw else { return Vec::new() };
     let mut out: Vec<GateConfig> = Vec::new();
@@ -205,7 +205,7 @@ pub(super) fn build_gates(
     out
 }
 
-fn check_url(cx: &mut Ctx<'_>, s: &S<String>, field: &str) {
+fn check_url(cx: &mut Ctx<'_>, s: &Spanned<String>, field: &str) {
     let ok = s.get_ref().parse::<http::Uri>().is_ok_and(|u| {
         matches!(u.scheme_str(), Some("http") | Some("https")) && u.authority().is_some()
     });
@@ -221,7 +221,11 @@ fn check_url(cx: &mut Ctx<'_>, s: &S<String>, field: &str) {
 }
 
 /// Steps as percentages 0..=100, increasing, at least one.
-pub(super) fn build_steps(cx: &mut Ctx<'_>, raw: S<Vec<S<i64>>>, field: &str) -> Vec<u32> {
+pub(super) fn build_steps(
+    cx: &mut Ctx<'_>,
+    raw: Spanned<Vec<Spanned<i64>>>,
+    field: &str,
+) -> Vec<u32> {
     let span = raw.span();
     let steps: Vec<u32> = raw
         .into_inner()
@@ -248,7 +252,7 @@ pub(super) fn build_steps(cx: &mut Ctx<'_>, raw: S<Vec<S<i64>>>, field: &str) ->
 pub(super) fn build_hotfix(
     cx: &mut Ctx<'_>,
     route: &str,
-    raw: Option<S<RawHotfix>>,
+    raw: Option<Spanned<RawHotfix>>,
     normal_interval: Duration,
     normal_min: u64,
 ) -> Option<HotfixConfig> {
@@ -271,13 +275,13 @@ pub(super) fn build_hotfix(
 pub(super) fn progress_meta(
     cx: &mut Ctx<'_>,
     route: &str,
-    started: &Option<S<i64>>,
-    deadline: &Option<S<i64>>,
-    fingerprint: Option<S<String>>,
-    mode: &Option<S<String>>,
+    started: &Option<Spanned<i64>>,
+    deadline: &Option<Spanned<i64>>,
+    fingerprint: Option<Spanned<String>>,
+    mode: &Option<Spanned<String>>,
 ) -> ProgressMeta {
     let field = |f: &str| format!("routes.{route}.rollout.{f}");
-    let ms = |cx: &mut Ctx<'_>, v: &Option<S<i64>>, f: &str| {
+    let ms = |cx: &mut Ctx<'_>, v: &Option<Spanned<i64>>, f: &str| {
         v.as_ref().and_then(|v| match u64::try_from(*v.get_ref()) {
             Ok(x) => Some(x),
             Err(_) => {

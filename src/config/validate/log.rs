@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn build_log(cx: &mut Ctx<'_>, raw: Option<S<RawLog>>) -> LogConfig {
+pub(super) fn build_log(cx: &mut Ctx<'_>, raw: Option<Spanned<RawLog>>) -> LogConfig {
     let d = LogConfig::default();
     let Some(raw) = raw else { return d };
     let raw = raw.into_inner();

@@ -12,7 +12,7 @@ use crate::config::MirrorConfig;
 pub(super) fn build_mirror(
     cx: &mut Ctx<'_>,
     route: &str,
-    raw: S<RawMirror>,
+    raw: Spanned<RawMirror>,
     split: &[(String, u32)],
     pools: &BTreeMap<String, PoolConfig>,
 ) -> MirrorConfig {

@@ -23,6 +23,7 @@ use super::raw::*;
 use super::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
+use toml::Spanned;
 
 struct Ctx<'a> {
     file: &'a Path,
@@ -59,7 +60,12 @@ impl Ctx<'_> {
         ConfigErrors(errors)
     }
 
-    fn duration(&mut self, v: &Option<S<String>>, field: &str, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Duration {
         match v {
             None => default,
             Some(s) => match parse_duration(s.get_ref()) {
@@ -72,7 +78,14 @@ impl Ctx<'_> {
         }
     }
 
-    fn int(&mut self, v: &Option<S<i64>>, field: &str, min: i64, max: i64, default: u64) -> u64 {
+    fn int(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        field: &str,
+        min: i64,
+        max: i64,
+        default: u64,
+    ) -> u64 {
         match v {
             None => default,
             Some(s) if (min..=max).contains(s.get_ref()) => *s.get_ref() as u64,

@@ -6,7 +6,7 @@ pub(super) fn build_pool(
     cx: &mut Ctx<'_>,
     name: &str,
     span: Range<usize>,
-    raw: S<RawPool>,
+    raw: Spanned<RawPool>,
 ) -> Option<PoolConfig> {
     let field = |f: &str| format!("pools.{name}.{f}");
     let raw = raw.into_inner();

@@ -515,19 +515,19 @@ pub(super) fn build_route(
 /// held as 0 (no user moves). The span of the mirror step when there is one.
 fn mirror_steps(
     cx: &mut Ctx<'_>,
-    raw: S<Vec<S<RawStep>>>,
+    raw: Spanned<Vec<Spanned<RawStep>>>,
     field: &str,
-) -> (S<Vec<S<i64>>>, Option<Range<usize>>) {
+) -> (Spanned<Vec<Spanned<i64>>>, Option<Range<usize>>) {
     let span = raw.span();
     let mut mirror = None;
     let mut out = Vec::new();
     for (i, s) in raw.into_inner().into_iter().enumerate() {
         let at = s.span();
         match s.into_inner() {
-            RawStep::Percent(p) => out.push(S::new(at, p)),
+            RawStep::Percent(p) => out.push(Spanned::new(at, p)),
             RawStep::Word(w) if w == "mirror" && i == 0 => {
                 mirror = Some(at.clone());
-                out.push(S::new(at, 0));
+                out.push(Spanned::new(at, 0));
             }
             RawStep::Word(w) if w == "mirror" => cx.err(
                 at,
@@ -539,5 +539,5 @@ fn mirror_steps(
             ),
         }
     }
-    (S::new(span, out), mirror)
+    (Spanned::new(span, out), mirror)
 }

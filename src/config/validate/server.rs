@@ -2,21 +2,23 @@
 
 use super::*;
 
-pub(super) fn build_server(cx: &mut Ctx<'_>, raw: Option<S<RawServer>>) -> ServerConfig {
+pub(super) fn build_server(cx: &mut Ctx<'_>, raw: Option<Spanned<RawServer>>) -> ServerConfig {
     let d = ServerConfig::default();
     let Some(raw) = raw else { return d };
     let raw = raw.into_inner();
-    let addrs =
-        |cx: &mut Ctx<'_>, v: Option<S<Vec<S<String>>>>, field: &str, default: Vec<SocketAddr>| {
-            match v {
-                None => default,
-                Some(list) => list
-                    .into_inner()
-                    .into_iter()
-                    .filter_map(|a| cx.addr(a.get_ref(), a.span(), field))
-                    .collect(),
-            }
-        };
+    let addrs = |cx: &mut Ctx<'_>,
+                 v: Option<Spanned<Vec<Spanned<String>>>>,
+                 field: &str,
+                 default: Vec<SocketAddr>| {
+        match v {
+            None => default,
+            Some(list) => list
+                .into_inner()
+                .into_iter()
+                .filter_map(|a| cx.addr(a.get_ref(), a.span(), field))
+                .collect(),
+        }
+    };
     let listen = addrs(cx, raw.listen, "server.listen", d.listen.clone());
     let tls_listen = addrs(cx, raw.tls_listen, "server.tls_listen", Vec::new());
     ServerConfig {
@@ -74,7 +76,7 @@ pub(super) fn build_server(cx: &mut Ctx<'_>, raw: Option<S<RawServer>>) -> Serve
 /// `server.upgrades`: protocol names as `Upgrade` carries them (tokens), lower-cased. `h2c`
 /// is refused: an h2c upgrade would turn the connection into a tunnel past veer's parser,
 /// routing and limits (HTTP/2 clients use prior knowledge instead).
-pub(super) fn build_upgrades(cx: &mut Ctx<'_>, list: Vec<S<String>>) -> Vec<String> {
+pub(super) fn build_upgrades(cx: &mut Ctx<'_>, list: Vec<Spanned<String>>) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for p in list {
         let name = p.get_ref().trim().to_ascii_lowercase();
@@ -101,7 +103,7 @@ pub(super) fn build_upgrades(cx: &mut Ctx<'_>, list: Vec<S<String>>) -> Vec<Stri
 /// `server.state_file`: a file path, resolved against the config file's folder, that is not
 /// the config file itself. Whether it can be written is a warning (`veer check`), not an
 /// error: its folder often exists only where veer runs (a volume mounted into a pod).
-pub(super) fn state_file(cx: &mut Ctx<'_>, s: S<String>) -> Option<PathBuf> {
+pub(super) fn state_file(cx: &mut Ctx<'_>, s: Spanned<String>) -> Option<PathBuf> {
     let span = s.span();
     let raw = s.into_inner();
     if raw.trim().is_empty() || raw.ends_with('/') {
@@ -127,7 +129,7 @@ pub(super) fn state_file(cx: &mut Ctx<'_>, s: S<String>) -> Option<PathBuf> {
     Some(path)
 }
 
-pub(super) fn build_admin(cx: &mut Ctx<'_>, raw: Option<S<RawAdmin>>) -> AdminConfig {
+pub(super) fn build_admin(cx: &mut Ctx<'_>, raw: Option<Spanned<RawAdmin>>) -> AdminConfig {
     let d = AdminConfig::default();
     let Some(raw) = raw else { return d };
     let raw = raw.into_inner();
@@ -165,7 +167,7 @@ pub(super) fn build_admin(cx: &mut Ctx<'_>, raw: Option<S<RawAdmin>>) -> AdminCo
 /// audit trail); values name env vars, so no secret lives in the file.
 fn build_tokens(
     cx: &mut Ctx<'_>,
-    raw: Option<S<std::collections::BTreeMap<S<String>, S<String>>>>,
+    raw: Option<Spanned<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>>,
 ) -> Vec<NamedToken> {
     let mut out = Vec::new();
     for (name, value) in raw.map(|t| t.into_inner()).unwrap_or_default() {

@@ -33,7 +33,7 @@ use super::{Command, Committer, Handle, Peers, Start, Status};
 use crate::config::state::Unwritable;
 use crate::config::writeback::WritebackError;
 use crate::config::{format_duration, RolloutConfig, RolloutState, RouteConfig};
-use crate::runtime::Runtime;
+use crate::runtime::Live;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -79,7 +79,7 @@ impl std::error::Error for Refused {
 
 /// Start the controller task for `route`.
 pub(super) fn spawn(
-    rt: &Arc<Runtime>,
+    rt: &Arc<Live>,
     committer: Weak<dyn Committer>,
     peers: Weak<Peers>,
     route: &RouteConfig,
@@ -176,7 +176,7 @@ pub(super) fn spawn(
 }
 
 struct Controller {
-    rt: Weak<Runtime>,
+    rt: Weak<Live>,
     committer: Weak<dyn Committer>,
     shutdown: CancellationToken,
     cancel: CancellationToken,
