@@ -133,7 +133,7 @@ impl Browser {
     pub async fn try_eval(&mut self, expr: &str) -> Result<Value, Value> {
         let r = self
             .call(
-                "Live.evaluate",
+                "Runtime.evaluate",
                 json!({ "expression": expr, "returnByValue": true, "awaitPromise": true }),
             )
             .await;
