@@ -381,6 +381,9 @@ pub fn runner(default_cases: u32) -> proptest::test_runner::TestRunner {
     proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
         cases,
         failure_persistence: None,
+        // A failing case over sockets can take seconds per shrink step (each waits out its
+        // timeouts); unbounded shrinking then looks like a hang. Report within a minute.
+        max_shrink_time: 60_000,
         ..proptest::test_runner::Config::default()
     })
 }
