@@ -337,18 +337,8 @@ async fn a_replica_that_dies_takes_its_counts_away_and_the_leader_says_so() {
     let bed = Bed::new().await;
     // A gate that waits forever (min_requests out of reach), so the reason is visible.
     let rollout = "[routes.rollout]\nto = \"green\"\nsteps = [50, 100]\nstep_interval = \"1s\"\nmin_requests = 1000000\n";
-    let mut reps = vec![
-        bed.replica("a", "2s", rollout).await,
-        bed.replica("b", "2s", rollout).await,
-        bed.replica("c", "2s", rollout).await,
-    ];
-    let key = bed.doc_key();
-    until("step 0 written", Duration::from_secs(10), || async {
-        bed.etcd
-            .get(&key)
-            .is_some_and(|d| doc_int(&d, "step_started_ms").is_some())
-    })
-    .await;
+    let mut reps = three_replicas(&bed, rollout).await;
+    let key = step_0_written(&bed).await;
     let leader = {
         let all: Vec<&VeerProcess> = reps.iter().collect();
         leaders(&all).await.remove(0)
@@ -614,18 +604,8 @@ async fn a_new_leader_counts_its_own_share_of_the_step_from_the_start_and_the_ot
     let bed = Bed::new().await;
     // A gate that waits (min_requests out of reach) on a long step, so the counts stay.
     let rollout = "[routes.rollout]\nto = \"green\"\nsteps = [50, 100]\nstep_interval = \"60s\"\nmin_requests = 1000000\n";
-    let mut reps = vec![
-        bed.replica("a", "2s", rollout).await,
-        bed.replica("b", "2s", rollout).await,
-        bed.replica("c", "2s", rollout).await,
-    ];
-    let key = bed.doc_key();
-    until("step 0 written", Duration::from_secs(10), || async {
-        bed.etcd
-            .get(&key)
-            .is_some_and(|d| doc_int(&d, "step_started_ms").is_some())
-    })
-    .await;
+    let mut reps = three_replicas(&bed, rollout).await;
+    let key = step_0_written(&bed).await;
     let started = doc_int(&bed.etcd.get(&key).unwrap(), "step_started_ms").unwrap();
     let all: Vec<&VeerProcess> = reps.iter().collect();
     let leader = the_leader(&all).await;
@@ -788,4 +768,25 @@ async fn a_rollback_during_a_store_outage_is_applied_on_the_leader_at_once_and_w
         .await;
         assert_eq!(get(&format!("http://{}/", r.addr)).await.status, 200);
     }
+}
+
+/// Replicas a, b and c (lease 2 s) with `rollout` in their seed config.
+async fn three_replicas(bed: &Bed, rollout: &str) -> Vec<VeerProcess> {
+    vec![
+        bed.replica("a", "2s", rollout).await,
+        bed.replica("b", "2s", rollout).await,
+        bed.replica("c", "2s", rollout).await,
+    ]
+}
+
+/// Wait until the leader has written step 0's start into the document; its key.
+async fn step_0_written(bed: &Bed) -> String {
+    let key = bed.doc_key();
+    until("step 0 written", Duration::from_secs(10), || async {
+        bed.etcd
+            .get(&key)
+            .is_some_and(|d| doc_int(&d, "step_started_ms").is_some())
+    })
+    .await;
+    key
 }
