@@ -325,11 +325,7 @@ impl IdleTimers {
     /// A slot for a new connection, due at `deadline`; `check` is
     /// min(header_read_timeout, idle_timeout). Must be called inside the runtime (it may
     /// start the sweeper).
-    pub(super) fn register(
-        self: &Arc<Self>,
-        deadline: Instant,
-        check: Duration,
-    ) -> Arc<TimerSlot> {
+    pub(super) fn register(self: &Arc<Self>, deadline: Instant, check: Duration) -> SlotRef {
         let slot = Arc::new(TimerSlot {
             deadline: AtomicU64::new(self.ns(deadline)),
             check: (check.as_nanos().min(u64::MAX as u128) as u64).max(1),
@@ -338,7 +334,7 @@ impl IdleTimers {
         let now = self.ns(Instant::now());
         let at = self.ns(deadline).min(now.saturating_add(slot.check));
         self.push(at, slot.clone());
-        slot
+        SlotRef(slot)
     }
 
     /// Look at `slot` at `at` (sooner than the heap would).
@@ -429,6 +425,23 @@ async fn sweep(timers: Arc<IdleTimers>) {
     }
 }
 
+/// A connection's hold on its slot. Dropped with the connection: the slot's waker (which
+/// keeps the connection task's memory) goes at once, the slot at its next look.
+pub(super) struct SlotRef(Arc<TimerSlot>);
+
+impl std::ops::Deref for SlotRef {
+    type Target = Arc<TimerSlot>;
+    fn deref(&self) -> &Arc<TimerSlot> {
+        &self.0
+    }
+}
+
+impl Drop for SlotRef {
+    fn drop(&mut self) {
+        drop(self.0.waker.take());
+    }
+}
+
 impl TimerSlot {
     /// The connection's deadline from now on (`None`: none).
     pub(super) fn set(&self, timers: &IdleTimers, at: Option<Instant>) {
@@ -455,5 +468,100 @@ impl TimerSlot {
     pub(super) fn poll_expired(&self, cx: &mut Context<'_>) -> bool {
         self.waker.register(cx.waker());
         self.deadline.load(Ordering::Acquire) == EXPIRED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use tokio_util::sync::CancellationToken;
+
+    /// Resolves when the slot's deadline has passed, with the time it did.
+    async fn expiry(slot: &TimerSlot) -> Instant {
+        poll_fn(|cx| {
+            if slot.poll_expired(cx) {
+                Poll::Ready(Instant::now())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_fires_at_its_instant() {
+        let timers = Arc::new(IdleTimers::new(CancellationToken::new()));
+        let start = Instant::now();
+        let slot = timers.register(start + ms(300), ms(300));
+        assert_eq!(expiry(&slot).await - start, ms(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_set_without_the_sweeper_knowing_fire_exactly() {
+        // check = 100 ms (header_read_timeout), idle 1 s: the request path only stores.
+        let timers = Arc::new(IdleTimers::new(CancellationToken::new()));
+        let start = Instant::now();
+        let slot = timers.register(start + ms(100), ms(100));
+        // A head at 10 ms, answered; idle from 30 ms (deadline 1030 ms).
+        tokio::time::sleep(ms(10)).await;
+        slot.set(&timers, None);
+        tokio::time::sleep(ms(20)).await;
+        slot.set(&timers, Some(start + ms(1030)));
+        // The next head's first byte at 737 ms, never completed: due at 837 ms.
+        tokio::time::sleep(ms(707)).await;
+        slot.set(&timers, Some(start + ms(837)));
+        assert_eq!(expiry(&slot).await - start, ms(837));
+        // Busy for a long time: never expires meanwhile.
+        slot.set(&timers, None);
+        let busy = tokio::time::timeout(ms(5_000), expiry(&slot)).await;
+        assert!(busy.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lowered_deadline_and_shutdown_are_seen() {
+        let closing = CancellationToken::new();
+        let timers = Arc::new(IdleTimers::new(closing.clone()));
+        let start = Instant::now();
+        let a = timers.register(start + ms(60_000), ms(10_000));
+        let b = timers.register(start + ms(60_000), ms(10_000));
+        // Lowered from elsewhere: due at once at the new instant, not at the next look.
+        a.lower(&timers, start + ms(250));
+        assert_eq!(expiry(&a).await - start, ms(250));
+        // Shutdown wakes every connection (to start its linger).
+        let woken = Arc::new(AtomicU32::new(0));
+        let w = woken.clone();
+        let b2 = b.clone();
+        let waiting = tokio::spawn(async move {
+            poll_fn(|cx| {
+                if b2.poll_expired(cx) || w.fetch_add(1, Ordering::AcqRel) == 1 {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await
+        });
+        tokio::time::sleep(ms(1)).await;
+        closing.cancel();
+        tokio::time::timeout(ms(1), waiting).await.unwrap().unwrap();
+        assert_eq!(woken.load(Ordering::Acquire), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_ends_with_the_last_connection_and_starts_again() {
+        let timers = Arc::new(IdleTimers::new(CancellationToken::new()));
+        let slot = timers.register(Instant::now() + ms(100), ms(100));
+        drop(slot);
+        tokio::time::sleep(ms(500)).await;
+        assert!(!timers.lock().sweeping);
+        assert!(timers.lock().looks.is_empty());
+        let start = Instant::now();
+        let slot = timers.register(start + ms(40), ms(40));
+        assert_eq!(expiry(&slot).await - start, ms(40));
     }
 }

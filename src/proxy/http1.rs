@@ -23,7 +23,7 @@
 //! request in flight finish, its answer saying `connection: close`.
 
 use super::accept::ConnGuard;
-use super::activity::{IdleTimers, TimerSlot};
+use super::activity::{IdleTimers, SlotRef};
 use super::body::{ProxyBody, RequestBody};
 use super::{handle, ConnCtx, ConnInfo};
 use crate::config::Config;
@@ -212,7 +212,7 @@ pub(super) struct Conn<S> {
     /// cost every connection its own allocations).
     config: Arc<Config>,
     /// The connection's deadline, in the timer shared by all connections.
-    slot: Arc<TimerSlot>,
+    slot: SlotRef,
     /// Requests have been answered on it (an HTTP/2 preface is only one at the start).
     served: bool,
     /// An answer has been written and no byte of the next head has been read: that head's
