@@ -234,7 +234,10 @@ mod sizes {
         let future = size_of_val(&task);
         let cell = (future + CELL_OVERHEAD).div_ceil(CELL_ALIGN) * CELL_ALIGN;
         println!("Conn {conn_bytes} B, the task's future {future} B, its cell {cell} B");
-        assert!(cell <= 256, "the task's future is {future} B: its cell is {cell} B");
+        assert!(
+            cell <= 256,
+            "the task's future is {future} B: its cell is {cell} B"
+        );
         drop(task);
         // The place under max_connections is given back with the connection.
         assert_eq!(conns.limit.available_permits(), 10);
