@@ -17,14 +17,21 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request's ID: a sane incoming `X-Request-Id` is kept (one only: two are replaced),
 /// otherwise one is made and set on the request, so the backend gets it.
+///
+/// The value is marked sensitive: HPACK then never indexes it. Every request's ID is new, and
+/// indexing each one filled the HTTP/2 encoder's table with IDs, evicting the headers worth
+/// keeping and walking a chain of old IDs on every answer (~3,500 instructions a request).
 pub fn request_id<B>(req: &mut Request<B>) -> HeaderValue {
-    let mut all = req.headers().get_all(&X_REQUEST_ID).iter();
-    if let (Some(v), None) = (all.next(), all.next()) {
-        if request_id::sane(v) {
-            return v.clone();
-        }
+    let kept = {
+        let mut all = req.headers().get_all(&X_REQUEST_ID).iter();
+        matches!((all.next(), all.next()), (Some(v), None) if request_id::sane(v))
+    };
+    if let Some(v) = req.headers_mut().get_mut(&X_REQUEST_ID).filter(|_| kept) {
+        v.set_sensitive(true);
+        return v.clone();
     }
-    let id = request_id::generate();
+    let mut id = request_id::generate();
+    id.set_sensitive(true);
     req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
     id
 }
