@@ -250,7 +250,12 @@ fn dispatch(
         }
     }
     let Some(route) = snap.router.find(&host, req.uri().path()).cloned() else {
-        return Either::Left(ready(access::own(Failure::NoRoute, log)));
+        let answer = access::own(Failure::NoRoute, log);
+        if http_body::Body::is_end_stream(req.body()) {
+            return Either::Left(ready(answer));
+        }
+        let wait = snap.config.server.request_body_timeout;
+        return Either::Right(Either::Right(discard_body(req.into_body(), wait, answer)));
     };
     if let Some(l) = log.as_mut() {
         l.route(&route.name);
@@ -291,13 +296,44 @@ fn dispatch(
     match copy {
         None => Either::Right(Either::Left(forwarding.map(answered))),
         // Boxed: the mirrored variant must not make every request's future larger.
-        Some(copy) => Either::Right(Either::Right(Box::pin(forwarding.map(
-            move |(mut resp, pending, log)| {
+        Some(copy) => {
+            let mirrored: Boxed = Box::pin(forwarding.map(move |(mut resp, pending, log)| {
                 mirror::launch(copy, &mut resp);
                 answered((resp, pending, log))
-            },
-        )))),
+            }));
+            Either::Right(Either::Right(mirrored))
+        }
     }
+}
+
+/// The rare answers that wait on something first, behind one pointer.
+type Boxed = std::pin::Pin<Box<dyn Future<Output = Logged> + Send>>;
+
+/// The most of an unrouted request's body read and thrown away so its connection can carry
+/// the next request; a larger one closes the connection after the answer.
+const DISCARD_LIMIT: usize = 64 * 1024;
+
+/// An answer veer gives without a backend to a well-formed request whose body is still on
+/// its way: the body is read to its end first (up to [`DISCARD_LIMIT`] bytes, within
+/// `request_body_timeout`), as nginx discards it, so the connection stays open for the next
+/// request. Answering first left hyper to close the connection whenever the rest of the body
+/// had not arrived by the time the answer was written, so keep-alive depended on timing.
+fn discard_body(mut body: RequestBody, wait: std::time::Duration, answer: Logged) -> Boxed {
+    Box::pin(async move {
+        use http_body_util::BodyExt;
+        let read = async {
+            let mut left = DISCARD_LIMIT;
+            while let Some(Ok(frame)) = body.frame().await {
+                let n = frame.data_ref().map_or(0, |d| d.len());
+                if n > left {
+                    break;
+                }
+                left -= n;
+            }
+        };
+        let _ = tokio::time::timeout(wait, read).await;
+        answer
+    })
 }
 
 /// The answer the client gets: an upgrade's tunnel started, a minted sticky cookie set.
