@@ -126,6 +126,8 @@ impl Live {
         for b in start.health {
             crate::health::spawn(&b, &self.registry.tasks);
         }
+        // First, so the routes built below find their series (and a new route's defaults).
+        self.metrics.routes_changed(&config);
         let mut states = self.route_states.lock().unwrap_or_else(|e| e.into_inner());
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut report = ApplyReport {
@@ -166,7 +168,6 @@ impl Live {
         }
         states.retain(|name, _| config.route(name).is_some());
         drop(states);
-        self.metrics.routes_changed(&config);
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
         report.version = version;
         self.snapshot.store(Arc::new(Snapshot {
