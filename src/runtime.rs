@@ -60,6 +60,17 @@ pub struct Live {
 impl Live {
     /// Build the runtime with its first config. Must be called inside a tokio runtime.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, RegistryError> {
+        // Built on a thread that ends, as the config was parsed: the first build's scratch
+        // (maps, copies, label strings) goes back to the OS at once rather than staying
+        // with the allocator of a thread that hardly allocates again (issue 15).
+        let handle = tokio::runtime::Handle::current();
+        crate::config::scratch_thread(move || {
+            let _in = handle.enter();
+            Self::build(config, config_path)
+        })
+    }
+
+    fn build(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, RegistryError> {
         let base = config_path
             .as_ref()
             .and_then(|p| p.parent().map(|d| d.to_path_buf()));

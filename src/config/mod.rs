@@ -745,7 +745,7 @@ pub trait CertificateCheck: Sync {
 /// thread that freed them allocates again, and veer's main thread hardly does once it
 /// serves: the scratch stayed resident for good. A thread that exits hands its pages back
 /// at once (its segments are purged when abandoned). Costs one thread start (~20 µs).
-fn scratch_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+pub(crate) fn scratch_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     let mut f = Some(f);
     let ran = std::thread::scope(|s| {
         let h = std::thread::Builder::new()

@@ -162,8 +162,11 @@ pub struct Family {
     help: &'static str,
     labels: &'static [&'static str],
     counter: bool,
-    series: Mutex<HashMap<Box<[Box<str>]>, Arc<AtomicI64>>>,
+    series: Mutex<SeriesMap>,
 }
+
+/// A [`Family`]'s series by label values.
+type SeriesMap = HashMap<Box<[Box<str>]>, Arc<AtomicI64>>;
 
 /// One series of a [`Family`].
 #[derive(Debug, Clone)]
@@ -199,7 +202,7 @@ impl Family {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[Box<str>]>, Arc<AtomicI64>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SeriesMap> {
         self.series.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -210,11 +213,11 @@ impl Family {
         Series(series.entry(key).or_default().clone())
     }
 
-    /// Drop a series; false when there was none.
-    pub fn remove_label_values(&self, values: &[&str]) -> Result<(), ()> {
+    /// Drop a series; whether there was one.
+    pub fn remove_label_values(&self, values: &[&str]) -> bool {
         let mut series = self.lock();
         let key: Box<[Box<str>]> = values.iter().map(|v| Box::from(*v)).collect();
-        series.remove(&key).map(drop).ok_or(())
+        series.remove(&key).is_some()
     }
 
     /// Register this scrape's copy in `r`.
