@@ -60,6 +60,17 @@ pub struct Live {
 impl Live {
     /// Build the runtime with its first config. Must be called inside a tokio runtime.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, RegistryError> {
+        // Built on a thread that ends, as the config was parsed: the first build's scratch
+        // (maps, copies, label strings) goes back to the OS at once rather than staying
+        // with the allocator of a thread that hardly allocates again (issue 15).
+        let handle = tokio::runtime::Handle::current();
+        crate::config::scratch_thread(move || {
+            let _in = handle.enter();
+            Self::build(config, config_path)
+        })
+    }
+
+    fn build(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, RegistryError> {
         let base = config_path
             .as_ref()
             .and_then(|p| p.parent().map(|d| d.to_path_buf()));
@@ -126,6 +137,8 @@ impl Live {
         for b in start.health {
             crate::health::spawn(&b, &self.registry.tasks);
         }
+        // First, so the routes built below find their series (and a new route's defaults).
+        self.metrics.routes_changed(&config);
         let mut states = self.route_states.lock().unwrap_or_else(|e| e.into_inner());
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut report = ApplyReport {
@@ -166,7 +179,6 @@ impl Live {
         }
         states.retain(|name, _| config.route(name).is_some());
         drop(states);
-        self.metrics.routes_changed(&config);
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
         report.version = version;
         self.snapshot.store(Arc::new(Snapshot {

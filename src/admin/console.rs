@@ -56,6 +56,11 @@ impl<T: Clone + PartialEq> Ring<T> {
 
     fn push(&mut self, tick: u64, v: T) {
         if self.runs.back().map(|(_, last)| last) != Some(&v) {
+            if self.runs.is_empty() {
+                // Room for one run only: an idle pool's or backend's series (issue 15: most
+                // of a large config's) never has a second, and a first push would make four.
+                self.runs.reserve_exact(1);
+            }
             self.runs.push_back((tick, v));
         }
         // A run is dropped once the run after it covers the whole window.

@@ -56,13 +56,59 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// Non-fatal findings (for example a certificate expiring soon), shown by `veer check`.
     pub warnings: Vec<String>,
+    /// What text the config was read from (not part of what it says).
+    pub source: SourceDigest,
+}
+
+/// A digest of the text a config was parsed from, so the file watcher's first look at the
+/// file compares bytes instead of parsing it again (issue 15). Provenance, not content: two
+/// configs that say the same are equal whatever text they came from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SourceDigest(pub Option<u64>);
+
+impl SourceDigest {
+    /// The digest of config text (the file watcher hashes what it reads the same way).
+    pub fn of(text: &str) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        text.hash(&mut h);
+        SourceDigest(Some(h.finish()))
+    }
+}
+
+impl PartialEq for SourceDigest {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// Checks the certificate files a config names, for validation to report with their
 /// entries' positions. Implemented by `tls::CertificateFiles`: config/ stays pure.
-pub trait CertificateCheck {
+pub trait CertificateCheck: Sync {
     /// Errors by `[[tls.certificates]]` index, and warnings (e.g. expiring soon).
     fn check(&self, tls: &TlsConfig, config_file: &Path) -> (Vec<(usize, String)>, Vec<String>);
+}
+
+/// Run a parse on a thread of its own that ends with it (issue 15). A parse's scratch (the
+/// TOML document, spanned strings: megabytes for a config of a thousand routes) is freed
+/// when it returns, but mimalloc gives freed pages back to the OS only later, when the
+/// thread that freed them allocates again, and veer's main thread hardly does once it
+/// serves: the scratch stayed resident for good. A thread that exits hands its pages back
+/// at once (its segments are purged when abandoned). Costs one thread start (~20 µs).
+pub(crate) fn scratch_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let mut f = Some(f);
+    let ran = std::thread::scope(|s| {
+        let h = std::thread::Builder::new()
+            .name("veer-config".into())
+            .spawn_scoped(s, || f.take().map(|f| f()));
+        h.ok().map(|h| h.join())
+    });
+    match ran {
+        Some(Ok(Some(v))) => v,
+        Some(Err(panic)) => std::panic::resume_unwind(panic),
+        // No thread to be had: parse here (its scratch comes back later, or not).
+        _ => f.take().expect("not run yet")(),
+    }
 }
 
 impl Config {
@@ -87,7 +133,7 @@ impl Config {
         text: &str,
         certs: &dyn CertificateCheck,
     ) -> Result<Config, ConfigErrors> {
-        validate::validate_with(path, text, Some(certs))
+        scratch_thread(|| validate::validate_with(path, text, Some(certs)))
     }
 
     /// [`Config::load`] with the certificate files checked (see [`Config::parse_checked`]).

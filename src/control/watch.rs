@@ -50,9 +50,20 @@ pub async fn watch(rt: Arc<Control>, path: PathBuf) {
     if let Some(w) = watcher.as_mut() {
         rewatch(w, &path, &mut watched, &wanted);
     }
-    // Check once at start: the file may have changed since it was loaded.
+    // Check once at start: the file may have changed since it was loaded. The same bytes
+    // as the live config was parsed from need no second parse (issue 15: at scale a parse
+    // is most of start-up's CPU, and its scratch memory stays with the allocator).
     let mut last: Option<u64> = None;
-    check(&rt, &path, &mut last).await;
+    {
+        let _lock = rt.change_lock.lock().await;
+        let h = hash(&read(&path));
+        if rt.config().source.0 == Some(h) {
+            last = Some(h);
+        }
+    }
+    if last.is_none() {
+        check(&rt, &path, &mut last).await;
+    }
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -163,14 +174,18 @@ fn rewatch(
     }
 }
 
+/// The content's digest, as [`crate::config::SourceDigest`] takes it of the text a config
+/// was parsed from.
 fn hash(text: &Result<String, ConfigErrors>) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
     match text {
-        Ok(t) => t.hash(&mut h),
+        Ok(t) => crate::config::SourceDigest::of(t).0.unwrap_or_default(),
         // Unreadable counts as one content, so a missing file is reported once.
-        Err(_) => u64::MAX.hash(&mut h),
+        Err(_) => {
+            let mut h = std::hash::DefaultHasher::new();
+            u64::MAX.hash(&mut h);
+            h.finish()
+        }
     }
-    h.finish()
 }
 
 /// Reload when the content differs from what this watcher saw last and the config it

@@ -8,10 +8,10 @@ pub mod mirror;
 pub mod step;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
 };
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// A backend's state as its gauges show it, read off the registry at scrape time (the
@@ -117,6 +117,31 @@ impl LazyHistogram {
     }
 }
 
+/// A counter of a route's, kept as an atomic and written into the exposition at scrape time
+/// (issue 15: a registered Prometheus series costs hundreds of bytes for its label set; a
+/// thousand routes' series were a third of what a route held).
+#[derive(Debug, Clone, Default)]
+pub struct Count(Arc<AtomicU64>);
+
+impl Count {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What a route keeps across snapshots for its metrics: whether its lazily made series may
+/// still be made ([`LazyHistogram`]), and its counters.
+#[derive(Debug)]
+struct RouteSeries {
+    alive: Arc<AtomicBool>,
+    retries: Count,
+    override_rejected: Count,
+}
+
 /// The metric handles a route in one snapshot uses.
 #[derive(Debug, Clone)]
 pub struct RouteMetrics {
@@ -124,10 +149,111 @@ pub struct RouteMetrics {
     pub duration: Vec<LazyHistogram>,
     /// Per pool, per backend (pool order), plus one last entry for "no backend".
     pub codes: Vec<Vec<Arc<CodeCounters>>>,
-    pub retries: IntCounter,
+    pub retries: Count,
     /// Overrides ignored because they were not allowed (`veer_override_rejected_total`).
-    pub override_rejected: IntCounter,
+    pub override_rejected: Count,
 }
+
+/// A family of series per route held as plain numbers and written into the exposition at
+/// scrape time (issue 15: a registered Prometheus series is hundreds of bytes of label pairs
+/// and maps, and a thousand routes had thousands). Its users make a Prometheus vec's calls.
+pub struct Family {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    counter: bool,
+    series: Mutex<SeriesMap>,
+}
+
+/// A [`Family`]'s series by label values.
+type SeriesMap = HashMap<Box<[Box<str>]>, Arc<AtomicI64>>;
+
+/// One series of a [`Family`].
+#[derive(Debug, Clone)]
+pub struct Series(Arc<AtomicI64>);
+
+impl Series {
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Family {
+    fn new(
+        name: &'static str,
+        help: &'static str,
+        labels: &'static [&'static str],
+        counter: bool,
+    ) -> Self {
+        Family {
+            name,
+            help,
+            labels,
+            counter,
+            series: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SeriesMap> {
+        self.series.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The series of these label values (in the family's label order), made at zero.
+    pub fn with_label_values(&self, values: &[&str]) -> Series {
+        let mut series = self.lock();
+        let key: Box<[Box<str>]> = values.iter().map(|v| Box::from(*v)).collect();
+        Series(series.entry(key).or_default().clone())
+    }
+
+    /// Drop a series; whether there was one.
+    pub fn remove_label_values(&self, values: &[&str]) -> bool {
+        let mut series = self.lock();
+        let key: Box<[Box<str>]> = values.iter().map(|v| Box::from(*v)).collect();
+        series.remove(&key).is_some()
+    }
+
+    /// Register this scrape's copy in `r`.
+    fn write(&self, r: &prometheus::Registry) {
+        let series = self.lock();
+        if self.counter {
+            let v = reg(
+                r,
+                IntCounterVec::new(Opts::new(self.name, self.help), self.labels).unwrap(),
+            );
+            for (k, n) in series.iter() {
+                let k: Vec<&str> = k.iter().map(|s| &**s).collect();
+                v.with_label_values(&k)
+                    .inc_by(n.load(Ordering::Relaxed).max(0) as u64);
+            }
+        } else {
+            let v = reg(
+                r,
+                IntGaugeVec::new(Opts::new(self.name, self.help), self.labels).unwrap(),
+            );
+            for (k, n) in series.iter() {
+                let k: Vec<&str> = k.iter().map(|s| &**s).collect();
+                v.with_label_values(&k).set(n.load(Ordering::Relaxed));
+            }
+        }
+    }
+}
+
+/// A route's split: (pool, weight) in split order.
+type Split = Vec<(Arc<str>, u32)>;
+
+/// `veer_circuit_breaker_trips_total`'s name and help.
+const TRIPS: (&str, &str) = (
+    "veer_circuit_breaker_trips_total",
+    "Times a backend's breaker opened.",
+);
 
 /// (route, pool, backend): names shared with the snapshot, so a series key allocates nothing.
 type CodeKey = (Arc<str>, Arc<str>, Arc<str>);
@@ -137,17 +263,12 @@ pub struct Metrics {
     pub registry: prometheus::Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
-    in_flight: IntGaugeVec,
-    healthy: IntGaugeVec,
-    breaker_state: IntGaugeVec,
+    /// Not registered: the exposition gives every backend a series, at zero before its
+    /// first trip, at scrape time.
     pub breaker_trips: IntCounterVec,
-    retries: IntCounterVec,
-    override_rejected: IntCounterVec,
-    pub route_weight: IntGaugeVec,
-    draining: IntGaugeVec,
     pub reloads: IntCounterVec,
-    pub rollout_step: IntGaugeVec,
-    pub rollouts: IntCounterVec,
+    pub rollout_step: Family,
+    pub rollouts: Family,
     /// SPEC §10: every external gate check, by route, gate and result.
     pub rollout_gate_checks: IntCounterVec,
     /// `veer_dns_resolutions_total{pool,result}`: lookups of backend names (SPEC §9).
@@ -159,11 +280,8 @@ pub struct Metrics {
     /// `veer_mirror_requests_total{route,result}` (SPEC §11).
     pub mirror_requests: IntCounterVec,
     codes: Mutex<HashMap<CodeKey, Arc<CodeCounters>>>,
-    exported_backends: Mutex<HashSet<(String, String)>>,
-    /// Route → pools of its split, as last exported in `veer_route_weight`.
-    exported_routes: Mutex<HashMap<String, Vec<String>>>,
-    /// Routes whose lazily made series may still be made ([`LazyHistogram`]).
-    alive: Mutex<HashMap<Arc<str>, Arc<AtomicBool>>>,
+    /// The live config's routes, with their split (pool, weight) as it last went live.
+    routes: Mutex<HashMap<Arc<str>, (Split, RouteSeries)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -189,8 +307,6 @@ impl Metrics {
         let r = prometheus::Registry::new();
         let counter =
             |n: &str, h: &str, l: &[&str]| reg(&r, IntCounterVec::new(Opts::new(n, h), l).unwrap());
-        let gauge =
-            |n: &str, h: &str, l: &[&str]| reg(&r, IntGaugeVec::new(Opts::new(n, h), l).unwrap());
         let m = Metrics {
             requests: counter(
                 "veer_requests_total",
@@ -209,60 +325,27 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
-            in_flight: gauge(
-                "veer_upstream_in_flight",
-                "Requests in flight to a backend.",
+            breaker_trips: IntCounterVec::new(
+                Opts::new(TRIPS.0, TRIPS.1),
                 &["pool", "backend"],
-            ),
-            healthy: gauge(
-                "veer_backend_healthy",
-                "1 when the backend takes traffic by its health checks.",
-                &["pool", "backend"],
-            ),
-            breaker_state: gauge(
-                "veer_circuit_breaker_state",
-                "Circuit breaker: 0 closed, 1 open, 2 half-open.",
-                &["pool", "backend"],
-            ),
-            breaker_trips: counter(
-                "veer_circuit_breaker_trips_total",
-                "Times a backend's breaker opened.",
-                &["pool", "backend"],
-            ),
-            retries: counter(
-                "veer_retries_total",
-                "Requests retried on another backend.",
-                &["route"],
-            ),
-            override_rejected: counter(
-                "veer_override_rejected_total",
-                "Pool overrides ignored because the peer or the token was not allowed.",
-                &["route"],
-            ),
-            route_weight: gauge(
-                "veer_route_weight",
-                "Current split weight of a pool in a route.",
-                &["route", "pool"],
-            ),
-            draining: gauge(
-                "veer_backend_draining",
-                "1 while a backend drains.",
-                &["pool", "backend"],
-            ),
+            )
+            .unwrap(),
             reloads: counter(
                 "veer_config_reloads_total",
                 "Config reloads by result.",
                 &["result"],
             ),
-            rollout_step: gauge(
+            rollout_step: Family::new(
                 "veer_rollout_step",
                 "Current rollout step index of a route (-1 when none).",
                 &["route"],
+                false,
             ),
-            rollouts: counter(
+            rollouts: Family::new(
                 "veer_rollouts_total",
                 "Finished rollouts by result.",
                 &["route", "result"],
+                true,
             ),
             rollout_gate_checks: counter(
                 "veer_rollout_gate_checks_total",
@@ -294,9 +377,7 @@ impl Metrics {
             ),
             registry: r,
             codes: Mutex::new(HashMap::new()),
-            exported_backends: Mutex::new(HashSet::new()),
-            exported_routes: Mutex::new(HashMap::new()),
-            alive: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
         };
         // Counters start at zero so dashboards and alerts see them before the first event.
         for result in ["success", "failure"] {
@@ -306,68 +387,57 @@ impl Metrics {
         m
     }
 
-    /// Bring the per-route series in line with a config about to go live: every route's
-    /// weights, a rollout step of -1 and zeroed rollout counters for routes seen for the first
-    /// time, and no series left for routes or split pools that are gone.
+    /// Bring the per-route series in line with a config about to go live: a rollout step of
+    /// -1 and zeroed rollout counters for routes seen for the first time, and no series left
+    /// for routes that are gone. (Weights, retries and rejected overrides are written at
+    /// scrape time, [`Metrics::render`].)
     pub fn routes_changed(&self, config: &crate::config::Config) {
-        let mut exported = self
-            .exported_routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut now: HashMap<String, Vec<String>> = HashMap::new();
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut now: HashMap<Arc<str>, (Split, RouteSeries)> =
+            HashMap::with_capacity(config.routes.len());
         for rc in &config.routes {
-            for (p, w) in &rc.split {
-                self.route_weight
-                    .with_label_values(&[&rc.name, p])
-                    .set(i64::from(*w));
-            }
-            let pools: Vec<String> = rc.split.iter().map(|(p, _)| p.clone()).collect();
-            match exported.get(&rc.name) {
-                Some(old) => {
-                    for gone in old.iter().filter(|p| !pools.contains(p)) {
-                        let _ = self.route_weight.remove_label_values(&[&rc.name, gone]);
-                    }
-                }
+            let (name, series) = match routes.remove_entry(rc.name.as_str()) {
+                Some((name, (_, series))) => (name, series),
                 None => {
                     // The rollout controller owns the step from here on.
                     self.rollout_step.with_label_values(&[&rc.name]).set(-1);
                     for result in ["succeeded", "rolled_back"] {
                         self.rollouts.with_label_values(&[&rc.name, result]);
                     }
-                    self.retries.with_label_values(&[&rc.name]);
-                    self.override_rejected.with_label_values(&[&rc.name]);
+                    let series = RouteSeries {
+                        alive: Arc::new(AtomicBool::new(true)),
+                        retries: Count::default(),
+                        override_rejected: Count::default(),
+                    };
+                    (rc.name.as_str().into(), series)
                 }
-            }
-            now.insert(rc.name.clone(), pools);
+            };
+            let split = rc
+                .split
+                .iter()
+                .map(|(p, w)| (p.as_str().into(), *w))
+                .collect();
+            now.insert(name, (split, series));
         }
-        let removed: Vec<(&String, &Vec<String>)> = exported
-            .iter()
-            .filter(|(r, _)| !now.contains_key(*r))
-            .collect();
-        if !removed.is_empty() {
+        // What is left is gone.
+        if !routes.is_empty() {
             let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
-            let mut alive = self.alive.lock().unwrap_or_else(|e| e.into_inner());
-            for (route, pools) in removed {
-                if let Some(flag) = alive.remove(route.as_str()) {
-                    flag.store(false, Ordering::Release);
+            for (route, (pools, series)) in routes.drain() {
+                series.alive.store(false, Ordering::Release);
+                for (p, _) in &pools {
+                    let _ = self.duration.remove_label_values(&[&route, p]);
                 }
-                for p in pools {
-                    let _ = self.route_weight.remove_label_values(&[route, p]);
-                    let _ = self.duration.remove_label_values(&[route, p]);
-                }
-                let _ = self.rollout_step.remove_label_values(&[route]);
-                let _ = self.retries.remove_label_values(&[route]);
-                let _ = self.override_rejected.remove_label_values(&[route]);
+                let _ = self.rollout_step.remove_label_values(&[&route]);
                 for result in ["succeeded", "rolled_back"] {
-                    let _ = self.rollouts.remove_label_values(&[route, result]);
+                    let _ = self.rollouts.remove_label_values(&[&route, result]);
                 }
                 for o in mirror::Outcome::ALL {
                     let _ = self
                         .mirror_requests
-                        .remove_label_values(&[route, o.as_str()]);
+                        .remove_label_values(&[&route, o.as_str()]);
                 }
                 codes.retain(|(r, pool, backend), c| {
-                    if **r != **route {
+                    if *r != route {
                         return true;
                     }
                     for (code, _) in c.counted() {
@@ -383,22 +453,35 @@ impl Metrics {
                 });
             }
         }
-        *exported = now;
+        *routes = now;
     }
 
     /// Handles for a route over its pools (name and backend labels, in the route's order);
-    /// called when a snapshot is built.
+    /// called when a snapshot is built, after [`Metrics::routes_changed`] with its config.
     pub fn route_metrics(&self, route: &str, pools: &[(&str, Vec<&str>)]) -> RouteMetrics {
         let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
         let mut per_pool = Vec::with_capacity(pools.len());
-        let (route_name, none): (Arc<str>, Arc<str>) = (route.into(), "".into());
-        let alive = self
-            .alive
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(route_name.clone())
-            .or_insert_with(|| Arc::new(AtomicBool::new(true)))
-            .clone();
+        let none: Arc<str> = "".into();
+        let (route_name, alive, retries, override_rejected) = {
+            let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+            if !routes.contains_key(route) {
+                // Not in a config that went live (a caller outside a snapshot build): counted,
+                // and written out, until the next config goes live.
+                let series = RouteSeries {
+                    alive: Arc::new(AtomicBool::new(true)),
+                    retries: Count::default(),
+                    override_rejected: Count::default(),
+                };
+                routes.insert(route.into(), (Vec::new(), series));
+            }
+            let (name, (_, series)) = routes.get_key_value(route).expect("inserted above");
+            (
+                name.clone(),
+                series.alive.clone(),
+                series.retries.clone(),
+                series.override_rejected.clone(),
+            )
+        };
         let mut names = Vec::with_capacity(pools.len());
         for (name, backends) in pools {
             let pool: Arc<str> = (*name).into();
@@ -420,10 +503,9 @@ impl Metrics {
             per_pool.push(list);
         }
         RouteMetrics {
-            duration: pools
-                .iter()
-                .zip(names)
-                .map(|(_, pool)| LazyHistogram {
+            duration: names
+                .into_iter()
+                .map(|pool| LazyHistogram {
                     vec: self.duration.clone(),
                     route: route_name.clone(),
                     pool,
@@ -432,70 +514,136 @@ impl Metrics {
                 })
                 .collect(),
             codes: per_pool,
-            retries: self.retries.with_label_values(&[route]),
-            override_rejected: self.override_rejected.with_label_values(&[route]),
+            retries,
+            override_rejected,
         }
     }
 
-    fn sync(&self, backends: &[BackendGauges]) {
-        {
-            let codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
-            for ((route, pool, backend), c) in codes.iter() {
-                for (code, n) in c.counted() {
-                    let code = code.to_string();
-                    let counter = self.requests.with_label_values(&[
-                        &**route,
-                        &**pool,
-                        &**backend,
-                        code.as_str(),
-                    ]);
-                    let prev = counter.get();
-                    if n > prev {
-                        counter.inc_by(n - prev);
-                    }
+    /// Fold the request counts into `veer_requests_total`.
+    fn sync(&self) {
+        let codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        for ((route, pool, backend), c) in codes.iter() {
+            for (code, n) in c.counted() {
+                let code = code.to_string();
+                let counter = self.requests.with_label_values(&[
+                    &**route,
+                    &**pool,
+                    &**backend,
+                    code.as_str(),
+                ]);
+                let prev = counter.get();
+                if n > prev {
+                    counter.inc_by(n - prev);
                 }
             }
         }
-        let mut now = HashSet::new();
-        for b in backends {
-            self.set_backend(b);
-            now.insert((b.pool.to_string(), b.addr.to_string()));
-        }
-        let mut exported = self
-            .exported_backends
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for (pool, addr) in exported.difference(&now) {
-            for g in [
-                &self.in_flight,
-                &self.healthy,
-                &self.breaker_state,
-                &self.draining,
-            ] {
-                let _ = g.remove_label_values(&[pool, addr]);
-            }
-            let _ = self.breaker_trips.remove_label_values(&[pool, addr]);
-        }
-        *exported = now;
     }
 
-    fn set_backend(&self, b: &BackendGauges) {
-        let l = [&*b.pool, &*b.addr];
-        self.in_flight.with_label_values(&l).set(b.in_flight as i64);
-        self.healthy.with_label_values(&l).set(b.healthy as i64);
-        self.breaker_state
-            .with_label_values(&l)
-            .set(b.breaker_state as i64);
-        self.draining.with_label_values(&l).set(b.draining as i64);
-        // Exists (at zero) before the first trip.
-        self.breaker_trips.with_label_values(&l);
+    /// The families written at scrape time, built for this scrape and dropped after it (issue
+    /// 15: per backend and per route, registered series were most of what metrics held): the
+    /// backends' gauges and breaker trips (as given), each route's split weights (as the
+    /// live config says) and its counters.
+    fn scrape_families(&self, backends: &[BackendGauges]) -> Vec<prometheus::proto::MetricFamily> {
+        let r = prometheus::Registry::new();
+        let gauge =
+            |n: &str, h: &str, l: &[&str]| reg(&r, IntGaugeVec::new(Opts::new(n, h), l).unwrap());
+        let counter =
+            |n: &str, h: &str, l: &[&str]| reg(&r, IntCounterVec::new(Opts::new(n, h), l).unwrap());
+        let in_flight = gauge(
+            "veer_upstream_in_flight",
+            "Requests in flight to a backend.",
+            &["pool", "backend"],
+        );
+        let healthy = gauge(
+            "veer_backend_healthy",
+            "1 when the backend takes traffic by its health checks.",
+            &["pool", "backend"],
+        );
+        let breaker_state = gauge(
+            "veer_circuit_breaker_state",
+            "Circuit breaker: 0 closed, 1 open, 2 half-open.",
+            &["pool", "backend"],
+        );
+        let draining = gauge(
+            "veer_backend_draining",
+            "1 while a backend drains.",
+            &["pool", "backend"],
+        );
+        let trips = counter(TRIPS.0, TRIPS.1, &["pool", "backend"]);
+        // The trips counted so far, by (pool, backend); a gone backend's series goes.
+        let mut tripped: HashMap<(String, String), u64> = HashMap::new();
+        let collected = prometheus::core::Collector::collect(&self.breaker_trips);
+        for m in collected.iter().flat_map(|f| f.get_metric()) {
+            let label = |name: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+                    .unwrap_or_default()
+            };
+            let v = m.get_counter().get_value() as u64;
+            tripped.insert((label("pool"), label("backend")), v);
+        }
+        let mut live: HashSet<(&str, &str)> = HashSet::with_capacity(backends.len());
+        for b in backends {
+            let l = [&*b.pool, &*b.addr];
+            live.insert((&*b.pool, &*b.addr));
+            in_flight.with_label_values(&l).set(b.in_flight as i64);
+            healthy.with_label_values(&l).set(b.healthy as i64);
+            breaker_state
+                .with_label_values(&l)
+                .set(b.breaker_state as i64);
+            draining.with_label_values(&l).set(b.draining as i64);
+            // Exists (at zero) before the first trip.
+            let t = tripped.get(&(b.pool.to_string(), b.addr.to_string()));
+            trips.with_label_values(&l).inc_by(t.copied().unwrap_or(0));
+        }
+        for (pool, addr) in tripped.keys() {
+            if !live.contains(&(pool.as_str(), addr.as_str())) {
+                let _ = self.breaker_trips.remove_label_values(&[pool, addr]);
+            }
+        }
+        let weight = gauge(
+            "veer_route_weight",
+            "Current split weight of a pool in a route.",
+            &["route", "pool"],
+        );
+        let retries = counter(
+            "veer_retries_total",
+            "Requests retried on another backend.",
+            &["route"],
+        );
+        let rejected = counter(
+            "veer_override_rejected_total",
+            "Pool overrides ignored because the peer or the token was not allowed.",
+            &["route"],
+        );
+        for (route, (split, series)) in self.routes.lock().unwrap_or_else(|e| e.into_inner()).iter()
+        {
+            for (p, w) in split {
+                weight.with_label_values(&[route, p]).set(i64::from(*w));
+            }
+            retries
+                .with_label_values(&[route])
+                .inc_by(series.retries.get());
+            rejected
+                .with_label_values(&[route])
+                .inc_by(series.override_rejected.get());
+        }
+        self.rollout_step.write(&r);
+        self.rollouts.write(&r);
+        r.gather()
     }
 
     /// The text exposition, current as of now, with every backend's gauges as given.
     pub fn render(&self, backends: &[BackendGauges]) -> String {
-        self.sync(backends);
+        self.sync();
+        let mut families = self.registry.gather();
+        families.extend(self.scrape_families(backends));
+        // As one registry's gather gives them: by name.
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::new();
-        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let _ = prometheus::TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 }

@@ -136,7 +136,7 @@ pub fn validate_with(
     // Syntax first; then every unknown key, wrong type and missing key at once.
     let mut blanks = Vec::new();
     let mut only_unknown_pairs = true;
-    match toml_edit::ImDocument::parse(text) {
+    let doc = match toml_edit::ImDocument::parse(text) {
         Ok(doc) => {
             for e in super::schema::check(&doc) {
                 match e.unknown_pair.filter(|r| own_lines(text, r)) {
@@ -145,13 +145,14 @@ pub fn validate_with(
                 }
                 cx.err(e.offset..e.offset, e.message);
             }
+            doc
         }
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
             cx.err(span, format!("invalid TOML: {}", toml_message(e.message())));
             return Err(ConfigErrors(cx.errors));
         }
-    }
+    };
     if !cx.errors.is_empty() && !only_unknown_pairs {
         // Values of the wrong type cannot be built into a config, so meaning is checked
         // once the shape is right.
@@ -159,10 +160,13 @@ pub fn validate_with(
     }
     // Unknown `key = value` lines are blanked with spaces (offsets and lines unchanged), so
     // the rest of the file is still checked and every problem is reported in one go.
-    let cleaned;
-    let text = if blanks.is_empty() {
-        text
+    // The document the schema walk read is deserialized as it is (issue 15: one parse per
+    // load, not two); only a file with unknown pairs blanked is parsed again.
+    let raw = if blanks.is_empty() {
+        serde::Deserialize::deserialize(toml_edit::de::Deserializer::from(doc))
+            .map_err(|e: toml_edit::de::Error| (e.span(), e.message().to_string()))
     } else {
+        drop(doc);
         let mut bytes = text.as_bytes().to_vec();
         for r in &blanks {
             for b in &mut bytes[r.clone()] {
@@ -171,19 +175,19 @@ pub fn validate_with(
                 }
             }
         }
-        cleaned = String::from_utf8_lossy(&bytes).into_owned();
-        cleaned.as_str()
+        toml::from_str(&String::from_utf8_lossy(&bytes))
+            .map_err(|e| (e.span(), e.message().to_string()))
     };
-    let raw: RawConfig = match toml::from_str(text) {
+    let raw: RawConfig = match raw {
         Ok(r) => r,
-        Err(e) => {
+        Err((span, message)) => {
             // The schema walk should have caught everything serde rejects; keep its word.
-            let span = e.span().unwrap_or(0..0);
-            cx.err(span, first_line(e.message()).to_string());
+            cx.err(span.unwrap_or(0..0), first_line(&message).to_string());
             return Err(cx.sorted());
         }
     };
-    let config = build(&mut cx, raw);
+    let mut config = build(&mut cx, raw);
+    config.source = super::SourceDigest::of(text);
     if cx.errors.is_empty() {
         Ok(config)
     } else {
@@ -355,6 +359,7 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         routes,
         cluster,
         warnings,
+        source: Default::default(),
     }
 }
 
