@@ -1,9 +1,10 @@
 //! Listening and accepting: the listening sockets (inherited or bound), the connection
 //! limit, and each accepted connection handed to the HTTP/1.1 loop, TLS, or HTTP/2.
 
+use super::activity::IdleTimers;
+use super::http1::{Conn, Ctx};
 use super::server::serve_h2;
 use super::ConnInfo;
-use crate::config::ServerConfig;
 use crate::runtime::Live;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -28,15 +29,39 @@ pub struct Connections {
     pub tracker: TaskTracker,
     /// Cancelled to ask every connection to finish gracefully.
     pub closing: CancellationToken,
+    /// The timeouts of veer's own HTTP/1.1 connections (one timer for all of them).
+    pub(super) timers: Arc<IdleTimers>,
 }
 
 impl Connections {
     pub fn new(max: usize) -> Self {
+        let closing = CancellationToken::new();
         Connections {
             limit: Arc::new(Semaphore::new(max)),
             tracker: TaskTracker::new(),
-            closing: CancellationToken::new(),
+            timers: Arc::new(IdleTimers::new(closing.clone())),
+            closing,
         }
+    }
+}
+
+/// A connection's place under `max_connections`, given back when it ends; also the way to
+/// the shared connection state (one pointer, where a semaphore permit and a cancellation
+/// token would be two more in every connection).
+pub(super) struct ConnGuard(pub(super) Arc<Connections>);
+
+impl ConnGuard {
+    /// Hold `permit`'s place (it is given back by this guard's drop instead).
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, conns: &Arc<Connections>) -> Self {
+        permit.forget();
+        ConnGuard(conns.clone())
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        // What dropping the permit would do.
+        self.0.limit.add_permits(1);
     }
 }
 
@@ -108,36 +133,20 @@ pub async fn accept_loop(
             _ = stop.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
-        let rt = rt.clone();
-        let transport = transport.clone();
-        let closing = conns.closing.clone();
-        conns.tracker.spawn(async move {
-            let _permit = permit;
-            serve_stream(rt, stream, peer, transport, closing).await;
-        });
-    }
-}
-
-async fn serve_stream(
-    rt: Arc<Live>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    transport: Transport,
-    closing: CancellationToken,
-) {
-    // The config of the connection's start, shared (a copy of the server settings would
-    // cost every idle connection its own allocations).
-    let config = rt.config();
-    let settings = &config.server;
-    // Each kind of connection is boxed: this future, inside every connection's task, is
-    // then only as large as the one it serves (an idle HTTP/1.1 connection carries no h2 or
-    // TLS handshake state).
-    match transport {
-        Transport::Plain => {
-            let info = ConnInfo::new(peer, "http");
-            Box::pin(super::http1::serve(rt, stream, info, settings, closing)).await
+        let guard = ConnGuard::new(permit, &conns);
+        // A plain connection's task is its HTTP/1.1 loop itself, unboxed: the task's cell
+        // is then all an idle connection costs besides its socket (see `http1::Conn`).
+        match &transport {
+            Transport::Plain => {
+                let conn = Conn::new(stream, Ctx::Plain(rt.clone(), peer), guard);
+                conns.tracker.spawn(super::http1::serve(conn));
+            }
+            Transport::Tls(cfg) => {
+                conns
+                    .tracker
+                    .spawn(serve_tls(rt.clone(), stream, peer, cfg.clone(), guard));
+            }
         }
-        Transport::Tls(cfg) => Box::pin(serve_tls(rt, stream, peer, cfg, settings, closing)).await,
     }
 }
 
@@ -146,18 +155,29 @@ async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     cfg: Arc<ArcSwap<rustls::ServerConfig>>,
-    settings: &ServerConfig,
-    closing: CancellationToken,
+    guard: ConnGuard,
 ) {
+    // The config of the connection's start, shared (a copy of the server settings would
+    // cost every idle connection its own allocations).
+    let config = rt.config();
+    let settings = &config.server;
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg.load_full());
     // The handshake counts against the header read timeout: a silent client is dropped.
-    match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await {
+    // Boxed: the handshake's state is large, and gone once it is done.
+    match tokio::time::timeout(
+        settings.header_read_timeout,
+        Box::pin(acceptor.accept(stream)),
+    )
+    .await
+    {
         Ok(Ok(tls)) => {
             let info = ConnInfo::tls(peer, tls.get_ref().1.server_name());
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let closing = guard.0.closing.clone();
                 Box::pin(serve_h2(rt, tls, info, settings, closing)).await
             } else {
-                Box::pin(super::http1::serve(rt, tls, info, settings, closing)).await
+                let ctx = Ctx::Ready(Arc::new((rt, info)));
+                Box::pin(super::http1::serve(Conn::new(tls, ctx, guard))).await
             }
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -179,5 +199,47 @@ mod tests {
         assert!(s.keepalive().unwrap());
         assert_eq!(s.tcp_keepalive_time().unwrap(), CLIENT_KEEPALIVE_IDLE);
         assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod sizes {
+    use super::*;
+    use std::mem::size_of_val;
+
+    /// What tokio's task cell adds to the spawned future on x86_64 (tokio 1.54, `Cell`: a
+    /// 32-byte header, scheduler and id, the stage's tag and a 48-byte trailer), and the
+    /// cell's alignment (128).
+    const CELL_OVERHEAD: usize = 104;
+    const CELL_ALIGN: usize = 128;
+
+    /// An idle plain connection is its task's cell (this), its socket's registration
+    /// (tokio's `ScheduledIo`, 256 bytes) and its timer slot (64): under 1 KiB (issue 15).
+    #[tokio::test]
+    async fn a_plain_connection_task_fits_256_bytes() {
+        let text = "[pools.blue]\nbackends = [\"127.0.0.1:9\"]\n[[routes]]\nname = \"web\"\nsplit = { blue = 100 }\n";
+        let c = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let rt = crate::runtime::Live::new(c, None).unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, peer) = listener.accept().await.unwrap();
+        let conns = Arc::new(Connections::new(10));
+        let permit = conns.limit.clone().acquire_owned().await.unwrap();
+        let guard = ConnGuard::new(permit, &conns);
+        let conn = Conn::new(accepted, Ctx::Plain(rt.clone(), peer), guard);
+        let conn_bytes = size_of_val(&conn);
+        // As accept_loop spawns it.
+        let task = conns.tracker.track_future(super::super::http1::serve(conn));
+        let future = size_of_val(&task);
+        let cell = (future + CELL_OVERHEAD).div_ceil(CELL_ALIGN) * CELL_ALIGN;
+        println!("Conn {conn_bytes} B, the task's future {future} B, its cell {cell} B");
+        assert!(
+            cell <= 256,
+            "the task's future is {future} B: its cell is {cell} B"
+        );
+        drop(task);
+        // The place under max_connections is given back with the connection.
+        assert_eq!(conns.limit.available_permits(), 10);
     }
 }

@@ -16,15 +16,24 @@
 //!
 //! Timeouts as in [`super::server`]: the first head is due within `header_read_timeout` of
 //! the connection's start, each later one from its first byte; an idle connection is closed
-//! after `idle_timeout`; none runs while a request is being answered. One timer per
-//! connection, never re-armed per request (it looks again at least every
-//! min(header_read_timeout, idle_timeout), soon enough to arm each deadline exactly).
-//! Shutdown closes an idle connection (or one with a partial head) at once and lets a
-//! request in flight finish, its answer saying `connection: close`.
+//! after `idle_timeout`; none runs while a request is being answered. No timer per
+//! connection: its deadline is an atomic in a slot of the timer all connections share
+//! ([`super::activity::IdleTimers`]), which the request path moves with a store, never a
+//! lock. Shutdown gives an idle connection SHUTDOWN_LINGER for a request already on its way,
+//! lets a partial head be read and a request in flight finish, each answer saying
+//! `connection: close`.
+//!
+//! What an idle connection holds (issue 15; x86_64, tokio 1.54): its task's cell, 256 bytes
+//! (tokio's 104 around the 136-byte future: [`Conn`] and a reference); its socket's
+//! registration, tokio's `ScheduledIo`, 256 bytes (128 aligned, in an `Arc`); its timer slot,
+//! 64 bytes (and a 16-byte entry in the sweeper's heap). After its first request, the request
+//! path's context too ([`ConnCtx`]: 128 bytes, and the formatted client address, about 40).
 
+use super::accept::ConnGuard;
+use super::activity::{IdleTimers, SlotRef};
 use super::body::{ProxyBody, RequestBody};
 use super::{handle, ConnCtx, ConnInfo};
-use crate::config::ServerConfig;
+use crate::config::Config;
 use crate::runtime::Live;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -34,6 +43,7 @@ use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -155,182 +165,250 @@ fn extend_date(dst: &mut Vec<u8>) {
 // ---------------------------------------------------------------------------------------
 // The connection loop.
 
-/// Where the connection's one deadline runs from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for a head (the first one since the connection started, a later one since
-    /// its first byte): `header_read_timeout`; the connection is dropped.
-    Head,
-    /// Waiting after an answer: `idle_timeout`; the connection is closed.
-    Idle,
+/// What the request path knows of the connection, made at its first request: a plain
+/// connection that never sends one costs no context (and no formatted client address).
+pub(super) enum Ctx {
+    Plain(Arc<Live>, SocketAddr),
+    Ready(ConnCtx),
 }
 
-/// Serve one downstream HTTP/1.1 connection (see the module's doc).
-pub(super) async fn serve<S: Socket>(
-    rt: Arc<Live>,
-    mut io: S,
-    info: ConnInfo,
-    settings: &ServerConfig,
-    closing: CancellationToken,
-) {
-    let ctx: ConnCtx = Arc::new((rt, info));
-    let (header_read, idle) = (settings.header_read_timeout, settings.idle_timeout);
-    let check = header_read.min(idle).max(Duration::from_millis(1));
-    let timer = tokio::time::sleep(check);
-    tokio::pin!(timer);
-    let (mut phase, mut since) = (Phase::Head, Instant::now());
-    // Bytes read and not yet served (a pipelined request); none while idle.
-    let mut buf: Option<BytesMut> = None;
-    let mut served = false;
-    // The timer fired: is the deadline past? If not, look again soon enough.
-    let expired = |timer: Pin<&mut tokio::time::Sleep>, phase: Phase, since: Instant| {
-        let at = since
-            + if phase == Phase::Head {
-                header_read
-            } else {
-                idle
-            };
-        let now = Instant::now();
-        if at <= now {
-            return true;
+impl Ctx {
+    fn rt(&self) -> &Arc<Live> {
+        match self {
+            Ctx::Plain(rt, _) => rt,
+            Ctx::Ready(c) => &c.0,
         }
-        timer.reset(at.min(now + check));
-        false
-    };
-    loop {
-        // Shutdown is handled where the connection waits: an idle one lingers briefly for a
-        // request already sent; one mid-head or mid-request finishes (with `Connection: close`).
-        if buf.as_ref().is_none_or(BytesMut::is_empty) {
-            if let Some(b) = buf.take() {
-                give_buf(b);
-            }
-            // Idle: wait with nothing held.
-            loop {
-                tokio::select! {
-                    biased;
-                    r = poll_fn(|cx| io.poll_readable(cx)) => {
-                        if r.is_err() {
-                            return;
-                        }
-                        let mut b = take_buf();
-                        match try_read(&mut io, &mut b).await {
-                            None => give_buf(b), // not readable after all
-                            Some(Ok(0)) | Some(Err(_)) => {
-                                give_buf(b);
-                                return;
-                            }
-                            Some(Ok(_)) => {
-                                buf = Some(b);
-                                break;
-                            }
-                        }
-                    }
-                    _ = closing.cancelled() => {
-                        // A request may already be on its way (a keep-alive client does not
-                        // know yet): it gets SHUTDOWN_LINGER to arrive, and is answered with
-                        // `Connection: close`, as on the hyper path.
-                        let ready = tokio::time::timeout(
-                            super::server::SHUTDOWN_LINGER,
-                            poll_fn(|cx| io.poll_readable(cx)),
-                        )
-                        .await;
-                        if !matches!(ready, Ok(Ok(()))) {
-                            return;
-                        }
-                        let mut b = take_buf();
-                        match try_read(&mut io, &mut b).await {
-                            Some(Ok(n)) if n > 0 => {
-                                buf = Some(b);
-                                break;
-                            }
-                            _ => {
-                                give_buf(b);
-                                return;
-                            }
-                        }
-                    }
-                    _ = timer.as_mut() => {
-                        if expired(timer.as_mut(), phase, since) {
-                            tracing::debug!(peer = %ctx.1.peer, "connection idle or silent too long; closing");
-                            return;
-                        }
-                    }
-                }
+    }
+
+    fn peer(&self) -> SocketAddr {
+        match self {
+            Ctx::Plain(_, peer) => *peer,
+            Ctx::Ready(c) => c.1.peer,
+        }
+    }
+
+    /// The context for a request (made once, at the first).
+    fn get(&mut self) -> ConnCtx {
+        match self {
+            Ctx::Ready(c) => c.clone(),
+            Ctx::Plain(rt, peer) => {
+                let c: ConnCtx = Arc::new((rt.clone(), ConnInfo::new(*peer, "http")));
+                *self = Ctx::Ready(c.clone());
+                c
             }
         }
-        if phase == Phase::Idle {
-            (phase, since) = (Phase::Head, Instant::now());
+    }
+
+    fn into_parts(self) -> (Arc<Live>, ConnInfo) {
+        match self {
+            Ctx::Plain(rt, peer) => (rt, ConnInfo::new(peer, "http")),
+            Ctx::Ready(c) => Arc::try_unwrap(c).unwrap_or_else(|c| (*c).clone()),
         }
-        let b = buf.as_mut().expect("bytes were read");
-        // Read until the head is complete, or it is one for hyper.
-        let parsed = loop {
-            match parse(b) {
-                Parsed::Partial if b.len() < BUF => {
-                    if b.len() == b.capacity() {
-                        // A pipelined head at the end of the previous buffer.
-                        let mut fresh = take_buf();
-                        fresh.extend_from_slice(b);
-                        *b = fresh;
-                    }
-                    tokio::select! {
-                        biased;
-                        r = poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, b)) => {
-                            match r {
-                                // Closed or broken mid-head: hyper says nothing either.
-                                Ok(0) | Err(_) => return,
-                                Ok(_) => {}
-                            }
-                        }
-                        // A head half received when shutdown begins is read to its end
-                        // (bounded by header_read_timeout) and answered, not cut.
-                        _ = timer.as_mut() => {
-                            if expired(timer.as_mut(), phase, since) {
-                                tracing::debug!(peer = %ctx.1.peer, "request head not received in time; closing");
-                                return;
-                            }
-                        }
-                    }
-                }
-                Parsed::Partial | Parsed::Hyper => break None,
-                Parsed::Fast(p) => break Some(p),
-            }
-        };
-        let Some(head) = parsed else {
-            let b = buf.take().unwrap_or_default();
-            let (rt, info) = (ctx.0.clone(), ctx.1.clone());
-            drop(ctx);
-            let io = Rewind {
-                pre: b.freeze(),
-                io,
-            };
-            // Boxed: hyper's connection is large, and this future sits in every idle one.
-            Box::pin(super::server::serve_connection(
-                rt, io, info, settings, closing, served,
-            ))
-            .await;
-            return;
-        };
-        served = true;
-        // One allocation per request, as hyper's path boxes its request future once.
-        let go_on = Box::pin(exchange(ctx.clone(), &mut io, b, head, &closing)).await;
-        if !go_on {
-            return;
-        }
-        (phase, since) = (Phase::Idle, Instant::now());
     }
 }
 
-/// One read attempt: `None` if the socket would block after all.
-fn try_read<'a, S: Socket>(
-    io: &'a mut S,
-    b: &'a mut BytesMut,
-) -> impl Future<Output = Option<io::Result<usize>>> + 'a {
-    poll_fn(
-        move |cx| match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, b) {
-            Poll::Pending => Poll::Ready(None),
-            Poll::Ready(r) => Poll::Ready(Some(r)),
-        },
-    )
+/// One downstream HTTP/1.1 connection: all it holds while idle. It is the connection task's
+/// whole future (with `serve`'s few bytes), so this is what an idle connection costs besides
+/// its socket's registration: keep it small (`a_plain_connection_task_fits_256_bytes`).
+pub(super) struct Conn<S> {
+    io: S,
+    ctx: Ctx,
+    /// The connection limit's place and the shared connection state.
+    guard: ConnGuard,
+    /// The config of the connection's start, shared (a copy of the server settings would
+    /// cost every connection its own allocations).
+    config: Arc<Config>,
+    /// The connection's deadline, in the timer shared by all connections.
+    slot: SlotRef,
+    /// Requests have been answered on it (an HTTP/2 preface is only one at the start).
+    served: bool,
+    /// An answer has been written and no byte of the next head has been read: that head's
+    /// clock starts at its first byte (the first head's, at the connection's start).
+    idle: bool,
+    /// Shutdown found it idle: it closes at the end of SHUTDOWN_LINGER.
+    lingering: bool,
+}
+
+/// What follows the requests whose bytes have come.
+enum Next {
+    Idle,
+    Close,
+    /// A request for hyper, with the bytes read so far.
+    Hyper(BytesMut),
+}
+
+impl<S: Socket> Conn<S> {
+    /// A new connection: its first head is due within header_read_timeout.
+    pub(super) fn new(io: S, ctx: Ctx, guard: ConnGuard) -> Self {
+        let config = ctx.rt().config();
+        let s = &config.server;
+        let check = s
+            .header_read_timeout
+            .min(s.idle_timeout)
+            .max(Duration::from_millis(1));
+        let slot = guard
+            .0
+            .timers
+            .register(Instant::now() + s.header_read_timeout, check);
+        Conn {
+            io,
+            ctx,
+            guard,
+            config,
+            slot,
+            served: false,
+            idle: false,
+            lingering: false,
+        }
+    }
+
+    fn timers(&self) -> &Arc<IdleTimers> {
+        &self.guard.0.timers
+    }
+
+    /// Wait with nothing held: a buffer with the next request's first bytes, or `None` when
+    /// the connection is to close (the client closed it, its deadline passed, shutdown).
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<BytesMut>> {
+        match self.io.poll_readable(cx) {
+            Poll::Ready(Err(_)) => return Poll::Ready(None),
+            Poll::Ready(Ok(())) => {
+                let mut b = take_buf();
+                match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut b) {
+                    Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Some(b)),
+                    Poll::Ready(_) => {
+                        give_buf(b);
+                        return Poll::Ready(None);
+                    }
+                    // Not readable after all (the socket will wake the task).
+                    Poll::Pending => give_buf(b),
+                }
+            }
+            Poll::Pending => {}
+        }
+        if !self.lingering && self.guard.0.closing.is_cancelled() {
+            // A request may already be on its way (a keep-alive client does not know yet):
+            // it gets SHUTDOWN_LINGER to arrive, and is answered with `Connection: close`,
+            // as on the hyper path.
+            self.lingering = true;
+            let at = Instant::now() + super::server::SHUTDOWN_LINGER;
+            self.slot.lower(&self.guard.0.timers, at);
+        }
+        if self.slot.poll_expired(cx) {
+            tracing::debug!(peer = %self.ctx.peer(), "connection idle or silent too long; closing");
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+
+    /// Serve the requests whose bytes have come, starting with `b`'s.
+    async fn requests(&mut self, mut b: BytesMut) -> Next {
+        loop {
+            // Read until the head is complete, or it is one for hyper.
+            let head = loop {
+                match parse(&mut b) {
+                    Parsed::Fast(h) => break h,
+                    Parsed::Partial if b.len() < BUF => {
+                        if self.idle {
+                            self.idle = false;
+                            let at = Instant::now() + self.config.server.header_read_timeout;
+                            self.slot.set(self.timers(), Some(at));
+                        }
+                        if b.len() == b.capacity() {
+                            // A pipelined head at the end of the previous buffer.
+                            let mut fresh = take_buf();
+                            fresh.extend_from_slice(&b);
+                            b = fresh;
+                        }
+                        // A head half received when shutdown begins is read to its end
+                        // (bounded by header_read_timeout) and answered, not cut.
+                        let (io, slot) = (&mut self.io, &self.slot);
+                        let more = poll_fn(|cx| {
+                            match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut b) {
+                                // Closed or broken mid-head: hyper says nothing either.
+                                Poll::Ready(r) => Poll::Ready(matches!(r, Ok(n) if n > 0)),
+                                Poll::Pending if slot.poll_expired(cx) => Poll::Ready(false),
+                                Poll::Pending => Poll::Pending,
+                            }
+                        })
+                        .await;
+                        if !more {
+                            tracing::debug!(peer = %self.ctx.peer(), "request head not received in time, or the client went; closing");
+                            give_buf(b);
+                            return Next::Close;
+                        }
+                    }
+                    Parsed::Partial | Parsed::Hyper => return Next::Hyper(b),
+                }
+            };
+            self.idle = false;
+            self.served = true;
+            // No deadline while it is answered.
+            self.slot.set(self.timers(), None);
+            let ctx = self.ctx.get();
+            let go_on = exchange(ctx, &mut self.io, &mut b, head, &self.guard.0.closing).await;
+            if !go_on {
+                give_buf(b);
+                return Next::Close;
+            }
+            self.idle = true;
+            let at = Instant::now() + self.config.server.idle_timeout;
+            self.slot.set(self.timers(), Some(at));
+            if b.is_empty() {
+                give_buf(b);
+                return Next::Idle;
+            }
+        }
+    }
+
+    /// hyper serves the rest of the connection, starting with the bytes read so far (its own
+    /// timers from now on).
+    fn hand_over(self, b: BytesMut) -> Pin<Box<impl Future<Output = ()> + Send>> {
+        let Conn {
+            io,
+            ctx,
+            guard,
+            config,
+            served,
+            ..
+        } = self;
+        let (rt, info) = ctx.into_parts();
+        let io = Rewind {
+            pre: b.freeze(),
+            io,
+        };
+        Box::pin(async move {
+            let closing = guard.0.closing.clone();
+            super::server::serve_connection(rt, io, info, &config.server, closing, served).await;
+            drop(guard);
+        })
+    }
+}
+
+/// Serve one downstream HTTP/1.1 connection (see the module's doc). This future is the
+/// connection's task: while idle it holds the [`Conn`] and a reference, nothing else. (An
+/// `async fn` would hold its argument twice: as the argument and as the local it becomes.)
+#[allow(clippy::manual_async_fn)] // see above: an `async fn` is 112 bytes larger
+pub(super) fn serve<S: Socket>(mut conn: Conn<S>) -> impl Future<Output = ()> + Send {
+    async move {
+        // Written so that no buffer or answer is held across an await here (each would
+        // stay in the task's cell for the connection's life).
+        let hyper = loop {
+            let serving = match poll_fn(|cx| conn.poll_idle(cx)).await {
+                None => return,
+                // Boxed: what serving takes (the head, the request's future, the answer)
+                // is held only while there is a request; one allocation per request, as
+                // hyper's path boxes its request future once.
+                Some(b) => Box::pin(conn.requests(b)),
+            };
+            match serving.await {
+                Next::Idle => {}
+                Next::Close => return,
+                // Boxed too: hyper's connection is large.
+                Next::Hyper(b) => break conn.hand_over(b),
+            }
+        };
+        hyper.await
+    }
 }
 
 /// A request head read here, ready for [`handle`].
