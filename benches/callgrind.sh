@@ -8,6 +8,9 @@
 # Usage: benches/callgrind.sh BINARY [BINARY…]   (e.g. an old build beside target/release/veer)
 # Env:   N=20000 LOW=2000 CONNS=16 H2=1 (HTTPS with HTTP/2 instead of plain HTTP/1.1)
 #        ACCESS=PATH  with the access log on, to PATH (a file, /dev/null); JSON lines
+#        ACCESS_FORMAT=combined  the access log's other format
+#        KEEP=DIR     keep each run's profile as DIR/NAME.LOW.out and DIR/NAME.HIGH.out, for
+#                     `callgrind_annotate --inclusive=yes` (see where the instructions go)
 # Needs: apt-get install -y valgrind nginx nghttp2-client openssl
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,10 +29,11 @@ make_cert "$W" cert localhost
 backend_conf "$W" $B1 $B2
 nginx -c "$W/backend.conf" -p "$W" & pids+=($!)
 veer_conf 127.0.0.1:$P 127.0.0.1:$PS 127.0.0.1:$ADMIN "$W/cert" $B1 $B2 bench >"$W/veer.toml"
-[ -n "${ACCESS:-}" ] && printf '[log]\naccess = "%s"\n' "$ACCESS" >>"$W/veer.toml"
+[ -n "${ACCESS:-}" ] && printf '[log]\naccess = "%s"\naccess_format = "%s"\n' "$ACCESS" \
+  "${ACCESS_FORMAT:-json}" >>"$W/veer.toml"
 url=http://127.0.0.1:$P/; flags=(--h1); [ -n "${H2:-}" ] && { url=https://127.0.0.1:$PS/; flags=(); }
 
-# ir BINARY REQUESTS: total instructions of one veer run that served REQUESTS requests.
+# ir BINARY REQUESTS TAG: total instructions of one veer run that served REQUESTS requests.
 ir() {
   local out=$W/cg.out
   rm -f "$out"
@@ -41,10 +45,11 @@ ir() {
   grep -q "succeeded, 0 failed, 0 errored" "$W/h2load.log" ||
     grep -q " 0 failed, 0 errored" "$W/h2load.log" || { cat "$W/h2load.log" >&2; exit 1; }
   kill -TERM $pid; wait $pid || true
+  [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP"; cp "$out" "$KEEP/$(basename "$1").$3.out"; }
   awk '/^(summary|totals):/ {print $2; exit}' "$out"
 }
 for bin in "$@"; do
-  lo=$(ir "$bin" "$LOW"); hi=$(ir "$bin" $((LOW + N)))
+  lo=$(ir "$bin" "$LOW" LOW); hi=$(ir "$bin" $((LOW + N)) HIGH)
   printf '%-40s %8.0f instructions per request  (%s: %s, %s: %s)\n' "$bin" \
     "$(python3 -c "print(($hi - $lo) / $N)")" "$LOW" "$lo" $((LOW + N)) "$hi"
 done

@@ -108,10 +108,11 @@ case "$MODE" in
     for _ in $(seq "$ROUNDS"); do
       run plain 1
       run access_file 1 "$T_FILE"
+      # Counted before the file is emptied (which keeps the disk out of the next round).
+      echo "access log lines written in this round's access_file run: $(wc -l <"$ACCESS_FILE")"
+      : >"$ACCESS_FILE"
       run access_null 1 "$T_NULL"
-      : >"$ACCESS_FILE" # keep the disk out of it
     done
-    echo "access log lines in the last round's file: $(wc -l <"$ACCESS_FILE")"
     rm -f "$ACCESS_FILE" "$T_FILE" "$T_NULL"
     ;;
   mirror)

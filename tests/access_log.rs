@@ -15,21 +15,6 @@ fn log_section(extra: &str) -> String {
     format!("[log]\naccess = \"access.log\"\n{extra}\n")
 }
 
-fn read_lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn json_lines(path: &Path) -> Vec<serde_json::Value> {
-    read_lines(path)
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
 /// Wait until the log file has `n` lines (a line is written when its answer has been sent).
 async fn wait_lines(path: &Path, n: usize) -> Vec<String> {
     let p = path.to_path_buf();
@@ -519,9 +504,7 @@ async fn own_log_lines_are_json_with_format_json_and_rust_log_still_filters() {
     .await;
     let text = log.lock().unwrap().clone();
     let mut levels = std::collections::BTreeSet::new();
-    for line in text.lines().filter(|l| !l.starts_with("veer: proxy=")) {
-        let v: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    for v in json_values(text.lines().filter(|l| !l.starts_with("veer: proxy="))) {
         assert!(
             v.get("timestamp").is_some() && v.get("message").is_some(),
             "{v}"
@@ -587,4 +570,113 @@ async fn a_client_gone_before_the_answer_is_logged_as_499() {
     assert_eq!(line["path"], "/slow");
     assert_eq!(line["route"], "web");
     veer.shutdown().await;
+}
+
+/// A backend that records each request's body (read whole) and answers 200.
+async fn body_recording_upstream() -> (Upstream, Arc<Mutex<Vec<Vec<u8>>>>) {
+    use http_body_util::BodyExt;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let up = upstream_with(move |req| {
+        let s = s.clone();
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            s.lock().unwrap().push(body.to_vec());
+            respond(200, "ok")
+        }
+    })
+    .await;
+    (up, seen)
+}
+
+/// `bytes_in` is what was read of the body: a chunked body counts its data (not its
+/// framing), a sized one its length, one veer refused before reading counts 0.
+#[tokio::test]
+async fn bytes_in_counts_the_body_bytes_read() {
+    let (up, seen) = body_recording_upstream().await;
+    let veer = start_veer(&format!(
+        "{}[pools.app]\nbackends = [\"{}\"]\n[[routes]]\nname = \"web\"\nsplit = {{ app = 1 }}\n",
+        log_section(""),
+        up.addr
+    ))
+    .await;
+    let chunked = raw(
+        veer.addr,
+        b"POST /chunked HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(chunked.starts_with("HTTP/1.1 200"), "{chunked}");
+    let sized = raw(
+        veer.addr,
+        b"POST /sized HTTP/1.1\r\nHost: app\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(sized.starts_with("HTTP/1.1 200"), "{sized}");
+    // No body at all.
+    let short = raw(
+        veer.addr,
+        b"GET /nobody HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(short.starts_with("HTTP/1.1 200"), "{short}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![b"hello, world".to_vec(), b"abc".to_vec(), Vec::new()]
+    );
+    let lines = wait_lines(&log_path(&veer), 3).await;
+    let lines = json_values(lines.iter().map(String::as_str));
+    let by_path = |p: &str| lines.iter().find(|l| l["path"] == p).unwrap().clone();
+    assert_eq!(by_path("/chunked")["bytes_in"], 12, "{lines:?}");
+    assert_eq!(by_path("/sized")["bytes_in"], 3, "{lines:?}");
+    assert_eq!(by_path("/nobody")["bytes_in"], 0, "{lines:?}");
+    veer.shutdown().await;
+}
+
+/// Quotes, backslashes, bytes beyond ASCII and bytes that are not UTF-8 in headers, sent as
+/// raw bytes: JSON lines stay JSON (with U+FFFD for what is not UTF-8),
+/// combined lines stay one line of visible ASCII with `\xHH` escapes. (A path with them is
+/// refused by the parser before veer sees a request: the unit tests cover paths.)
+#[tokio::test]
+async fn hostile_bytes_in_the_path_and_headers_are_escaped_in_both_formats() {
+    let (up, _seen) = recording_upstream().await;
+    let request: &[u8] = b"GET /a%22b?q={x}|y HTTP/1.1\r\nHost: app\r\n\
+        User-Agent: a \"quoted\" \\back\\slash caf\xc3\xa9 \xff\xfe agent\r\n\
+        Referer: http://x/\"};{\"forged\":1\r\nConnection: close\r\n\r\n";
+    for format in ["json", "combined"] {
+        let veer = start_veer(&format!(
+            "{}[pools.app]\nbackends = [\"{}\"]\n[[routes]]\nname = \"web\"\nsplit = {{ app = 1 }}\n",
+            log_section(&format!("access_format = \"{format}\"")),
+            up.addr
+        ))
+        .await;
+        let answer = raw(veer.addr, request, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+        let lines = wait_lines(&log_path(&veer), 1).await;
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        if format == "json" {
+            let v = &json_values([line.as_str()])[0];
+            assert_eq!(v["path"], "/a%22b?q={x}|y", "{line}");
+            assert_eq!(
+                v["user_agent"], "a \"quoted\" \\back\\slash caf\u{e9} \u{fffd}\u{fffd} agent",
+                "{line}"
+            );
+            assert_eq!(v["referer"], "http://x/\"};{\"forged\":1", "{line}");
+            assert!(v.get("forged").is_none());
+        } else {
+            assert!(line.bytes().all(|b| (0x20..0x7f).contains(&b)), "{line:?}");
+            assert!(line.contains("\"GET /a%22b?q={x}|y HTTP/1.1\" "), "{line}");
+            assert!(
+                line.contains(
+                    " \"http://x/\\x22};{\\x22forged\\x22:1\" \"a \\x22quoted\\x22 \\x5Cback\\x5Cslash caf\\xC3\\xA9 \\xFF\\xFE agent\" "
+                ),
+                "{line}"
+            );
+        }
+        veer.shutdown().await;
+    }
 }

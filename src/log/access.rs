@@ -1,35 +1,60 @@
 //! The access log (SPEC.md §8): one line per request, built by the request path as an
 //! [`Entry`] only when the log is on, handed to a bounded queue without waiting, and
-//! formatted and written by one writer thread through a buffered writer. A full queue drops
-//! the line and counts it (`veer_access_log_dropped_total`); a request never waits for the
-//! log. A file target is reopened on [`AccessLog::reopen`] (SIGUSR1, after logrotate moved
-//! it).
+//! formatted and written by one writer thread. A full queue drops the line and counts it
+//! (`veer_access_log_dropped_total`); a request never waits for the log. A file target is
+//! reopened on [`AccessLog::reopen`] (SIGUSR1, after logrotate moved it).
+//!
+//! What a logged request costs is kept near nginx's: entries are recycled boxes (the
+//! writer hands each one back, its text buffer kept), the request's strings are copied into
+//! that one buffer (a reference to the request's header bytes would pin the connection's
+//! read buffer until the line is written, so the connection could not reuse it), and lines
+//! are formatted by hand straight into the writer's buffer, with the time formatted once a
+//! second.
 
 use crate::config::{AccessFormat, AccessTarget, LogConfig};
-use http::{HeaderValue, Method, Version};
+use crossbeam_queue::ArrayQueue;
+use http::{Method, Version};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// Lines waiting for the writer; past this they are dropped (and counted).
 pub const QUEUE: usize = 8192;
 
-/// One request, as the access log records it. Strings are the request's own header values
-/// (shared bytes, nothing copied); the writer formats them.
+/// Entries kept for reuse; more than this in flight are allocated (and freed) as usual.
+const RECYCLED: usize = 1024;
+
+/// An entry's text buffer larger than this is not kept for reuse.
+const KEPT_TEXT: usize = 2048;
+
+/// The request's strings an [`Entry`] carries, copied into its one text buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Text {
+    RequestId = 0,
+    Host = 1,
+    /// Path and query, as received.
+    Path = 2,
+    UserAgent = 3,
+    Referer = 4,
+}
+
+const TEXTS: usize = 5;
+/// A text field not set.
+const UNSET: (u32, u32) = (u32::MAX, 0);
+
+/// One request, as the access log records it.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub time: SystemTime,
-    pub request_id: HeaderValue,
+    /// When the request began (its `duration` runs from here).
+    pub started: Instant,
     pub client_ip: IpAddr,
     pub method: Method,
-    pub host: Option<HeaderValue>,
-    /// Path and query, as forwarded.
-    pub path: String,
     pub version: Version,
     pub status: u16,
     pub bytes_in: u64,
@@ -43,10 +68,71 @@ pub struct Entry {
     pub attempts: u32,
     /// The SNI name of a TLS connection (`Some("")` for TLS without SNI).
     pub tls: Option<Arc<str>>,
-    pub user_agent: Option<HeaderValue>,
-    pub referer: Option<HeaderValue>,
     /// Why veer answered itself (`no_backend`, `timeout`, …), if it did.
     pub error: Option<&'static str>,
+    text: Vec<u8>,
+    spans: [(u32, u32); TEXTS],
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            time: UNIX_EPOCH,
+            started: Instant::now(),
+            client_ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            method: Method::GET,
+            version: Version::HTTP_11,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration: Duration::ZERO,
+            upstream: None,
+            route: None,
+            pool: None,
+            backend: None,
+            attempts: 0,
+            tls: None,
+            error: None,
+            text: Vec::new(),
+            spans: [UNSET; TEXTS],
+        }
+    }
+}
+
+impl Entry {
+    /// Set a text field (a copy of `v`; `None` logs as null or `-`). Each field once.
+    pub fn set_text(&mut self, field: Text, v: Option<&[u8]>) {
+        self.spans[field as usize] = match v {
+            None => UNSET,
+            Some(v) => {
+                let start = self.text.len();
+                self.text.extend_from_slice(v);
+                (start as u32, self.text.len() as u32)
+            }
+        };
+    }
+
+    /// A text field, if set.
+    pub fn text(&self, field: Text) -> Option<&[u8]> {
+        let (s, e) = self.spans[field as usize];
+        self.text.get(s as usize..e as usize)
+    }
+
+    /// Ready for the next request: the names it shares are let go, its buffer kept.
+    fn clear(&mut self) {
+        self.route = None;
+        self.pool = None;
+        self.backend = None;
+        self.tls = None;
+        self.error = None;
+        self.upstream = None;
+        self.attempts = 0;
+        self.bytes_in = 0;
+        self.bytes_out = 0;
+        self.status = 0;
+        self.text.clear();
+        self.spans = [UNSET; TEXTS];
+    }
 }
 
 enum Msg {
@@ -61,6 +147,7 @@ pub struct AccessLog {
     sample: f64,
     dropped: prometheus::IntCounter,
     reopen: Arc<AtomicBool>,
+    free: Arc<ArrayQueue<Box<Entry>>>,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -121,17 +208,31 @@ impl AccessLog {
         })?;
         let (tx, rx) = mpsc::channel(queue.max(1));
         let reopen = Arc::new(AtomicBool::new(false));
-        let format = config.access_format;
-        let flag = reopen.clone();
+        let free = Arc::new(ArrayQueue::new(RECYCLED));
+        let writer = Writer {
+            rx,
+            sink,
+            out,
+            buf: Vec::with_capacity(BUFFER),
+            format: config.access_format,
+            reopen: reopen.clone(),
+            free: free.clone(),
+        };
         std::thread::Builder::new()
             .name("veer-access-log".into())
-            .spawn(move || write_loop(rx, sink, out, format, flag))?;
+            .spawn(move || writer.run())?;
         Ok(Some(AccessLog {
             tx,
             sample: config.access_sample,
             dropped,
             reopen,
+            free,
         }))
+    }
+
+    /// An empty entry for a request: a recycled one when there is one.
+    pub fn entry(&self) -> Box<Entry> {
+        self.free.pop().unwrap_or_default()
     }
 
     /// Whether a request with this answer is logged: every 5xx and every answer veer gave
@@ -142,9 +243,17 @@ impl AccessLog {
 
     /// Queue a line without waiting: a full queue drops it and counts it.
     pub fn submit(&self, e: Box<Entry>) {
-        if self.tx.try_send(Msg::Line(e)).is_err() {
+        if let Err(e) = self.tx.try_send(Msg::Line(e)) {
             self.dropped.inc();
+            if let mpsc::error::TrySendError::Full(Msg::Line(e)) = e {
+                self.recycle(e);
+            }
         }
+    }
+
+    /// An entry not written (sampled out, dropped) goes back for reuse.
+    pub fn recycle(&self, e: Box<Entry>) {
+        recycle(&self.free, e);
     }
 
     /// Lines dropped so far.
@@ -172,96 +281,120 @@ impl AccessLog {
     }
 }
 
+fn recycle(free: &ArrayQueue<Box<Entry>>, mut e: Box<Entry>) {
+    if e.text.capacity() <= KEPT_TEXT {
+        e.clear();
+        let _ = free.push(e);
+    }
+}
+
 /// How long a written line may wait in the buffer for more. Writing (and waking the writer)
 /// once per batch instead of once per line is most of what the log costs: nginx's
 /// `access_log … buffer= flush=` for the same reason.
 const FLUSH_EVERY: Duration = Duration::from_millis(25);
 
-/// The writer thread: lines are formatted into one buffer and written at most every
-/// [`FLUSH_EVERY`] (or when the buffer fills, or when someone waits for a flush). While lines
-/// are buffered the thread naps instead of waiting on the queue, so a busy proxy's requests
-/// enqueue without waking it.
-fn write_loop(
-    mut rx: mpsc::Receiver<Msg>,
+/// The writer's buffer: lines are formatted into it, and it is written out when it holds
+/// this much (or [`FLUSH_EVERY`] after its first line).
+const BUFFER: usize = 64 * 1024;
+
+/// The writer thread's state.
+struct Writer {
+    rx: mpsc::Receiver<Msg>,
     sink: Sink,
     out: Box<dyn Write + Send>,
+    /// Formatted lines not written yet.
+    buf: Vec<u8>,
     format: AccessFormat,
     reopen: Arc<AtomicBool>,
-) {
-    use tokio::sync::mpsc::error::TryRecvError;
-    let mut out = BufWriter::with_capacity(64 * 1024, out);
-    let mut line = Vec::with_capacity(1024);
-    let mut written = std::time::Instant::now();
-    loop {
-        let msg = if out.buffer().is_empty() {
-            match rx.blocking_recv() {
-                Some(m) => m,
-                None => break,
-            }
-        } else {
-            match rx.try_recv() {
-                Ok(m) => m,
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {
-                    let due = written + FLUSH_EVERY;
-                    let now = std::time::Instant::now();
-                    if now < due {
-                        std::thread::sleep(due - now);
+    free: Arc<ArrayQueue<Box<Entry>>>,
+}
+
+impl Writer {
+    /// Lines are formatted into one buffer and written at most every [`FLUSH_EVERY`] (or
+    /// when the buffer fills, or when someone waits for a flush). While lines are buffered
+    /// the thread naps instead of waiting on the queue, so a busy proxy's requests enqueue
+    /// without waking it.
+    fn run(mut self) {
+        use tokio::sync::mpsc::error::TryRecvError;
+        let mut first = Instant::now();
+        loop {
+            let msg = if self.buf.is_empty() {
+                match self.rx.blocking_recv() {
+                    Some(m) => m,
+                    None => break,
+                }
+            } else {
+                match self.rx.try_recv() {
+                    Ok(m) => m,
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => {
+                        let due = first + FLUSH_EVERY;
+                        let now = Instant::now();
+                        if now < due {
+                            std::thread::sleep(due - now);
+                        } else {
+                            self.flush();
+                        }
                         continue;
                     }
-                    flush(&mut out, &sink, &reopen);
-                    written = std::time::Instant::now();
-                    continue;
                 }
-            }
-        };
-        match msg {
-            Msg::Line(e) => {
-                if out.buffer().is_empty() {
-                    // The first line of a batch starts its wait.
-                    written = std::time::Instant::now();
+            };
+            match msg {
+                Msg::Line(e) => {
+                    if self.buf.is_empty() {
+                        // The first line of a batch starts its wait.
+                        first = Instant::now();
+                    }
+                    match self.format {
+                        AccessFormat::Json => json_line(&e, &mut self.buf),
+                        AccessFormat::Combined => combined_line(&e, &mut self.buf),
+                    }
+                    self.buf.push(b'\n');
+                    recycle(&self.free, e);
+                    if self.buf.len() >= BUFFER {
+                        self.write();
+                    }
                 }
-                line.clear();
-                match format {
-                    AccessFormat::Json => json_line(&e, &mut line),
-                    AccessFormat::Combined => combined_line(&e, &mut line),
-                }
-                line.push(b'\n');
-                if let Err(e) = out.write_all(&line) {
-                    tracing::warn!(error = %e, "access log write failed");
-                }
-            }
-            Msg::Flush(done) => {
-                flush(&mut out, &sink, &reopen);
-                let _ = done.send(());
-            }
-        }
-    }
-    let _ = out.flush();
-}
-
-/// Write what is buffered; then reopen the file when SIGUSR1 asked for it.
-fn flush(out: &mut BufWriter<Box<dyn Write + Send>>, sink: &Sink, reopen: &AtomicBool) {
-    if let Err(e) = out.flush() {
-        tracing::warn!(error = %e, "access log write failed");
-    }
-    if reopen.swap(false, Ordering::AcqRel) {
-        if let Sink::File(p) = sink {
-            match sink.open() {
-                Ok(f) => {
-                    *out = BufWriter::with_capacity(64 * 1024, f);
-                    tracing::info!(file = %p.display(), "access log reopened");
-                }
-                Err(e) => {
-                    tracing::warn!(file = %p.display(), error = %e, "cannot reopen the access log; still writing to the old file")
+                Msg::Flush(done) => {
+                    self.flush();
+                    let _ = done.send(());
                 }
             }
         }
+        self.write();
+        let _ = self.out.flush();
     }
-}
 
-fn lossy(v: &HeaderValue) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(v.as_bytes())
+    fn write(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        if let Err(e) = self.out.write_all(&self.buf) {
+            tracing::warn!(error = %e, "access log write failed");
+        }
+        self.buf.clear();
+    }
+
+    /// Write what is buffered; then reopen the file when SIGUSR1 asked for it.
+    fn flush(&mut self) {
+        self.write();
+        if let Err(e) = self.out.flush() {
+            tracing::warn!(error = %e, "access log write failed");
+        }
+        if self.reopen.swap(false, Ordering::AcqRel) {
+            if let Sink::File(p) = &self.sink {
+                match self.sink.open() {
+                    Ok(f) => {
+                        self.out = f;
+                        tracing::info!(file = %p.display(), "access log reopened");
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %p.display(), error = %e, "cannot reopen the access log; still writing to the old file")
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn protocol(v: Version) -> &'static str {
@@ -275,131 +408,339 @@ fn protocol(v: Version) -> &'static str {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    // Microsecond precision is plenty and keeps lines short.
-    (d.as_micros() as f64) / 1000.0
+// ---------------------------------------------------------------------------------------
+// Formatting by hand: the same bytes serde_json and `Display` gave, at a fraction of the
+// cost (no `fmt` machinery, no String per field, no UTF-8 round trip for plain ASCII).
+
+/// A decimal number, two digits at a time.
+fn num(out: &mut Vec<u8>, mut v: u64) {
+    const PAIRS: &[u8; 200] =
+        b"00010203040506070809101112131415161718192021222324252627282930313233343536373839\
+        40414243444546474849505152535455565758596061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    if v < 10 {
+        out.push(b'0' + v as u8);
+        return;
+    }
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    while v >= 100 {
+        let d = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
+    }
+    if v >= 10 {
+        let d = v as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
+    } else {
+        i -= 1;
+        digits[i] = b'0' + v as u8;
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
-#[derive(serde::Serialize)]
-struct JsonLine<'a> {
-    time: &'a str,
-    request_id: &'a str,
-    client_ip: IpAddr,
-    method: &'a str,
-    host: Option<&'a str>,
-    path: &'a str,
-    protocol: &'a str,
-    status: u16,
-    bytes_in: u64,
-    bytes_out: u64,
-    duration_ms: f64,
-    upstream_ms: Option<f64>,
-    route: Option<&'a str>,
-    pool: Option<&'a str>,
-    backend: Option<&'a str>,
-    attempts: u32,
-    tls: Option<&'a str>,
-    user_agent: Option<&'a str>,
-    referer: Option<&'a str>,
-    error: Option<&'a str>,
+/// Milliseconds with microsecond precision, as the shortest decimal that reads back as
+/// `micros / 1000.0` (what ryu and `Display` print for it): `1.5`, `0.012`, `3`. `json`
+/// writes a whole number as `3.0`, as serde_json does.
+fn millis(out: &mut Vec<u8>, d: Duration, json: bool) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    num(out, micros / 1000);
+    let mut frac = micros % 1000;
+    if frac == 0 {
+        if json {
+            out.extend_from_slice(b".0");
+        }
+        return;
+    }
+    let mut width = 3;
+    while frac % 10 == 0 {
+        frac /= 10;
+        width -= 1;
+    }
+    out.push(b'.');
+    let at = out.len();
+    out.extend_from_slice(&b"000"[..width]);
+    let mut i = out.len();
+    while frac > 0 {
+        i -= 1;
+        out[i] = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    debug_assert!(i >= at);
 }
 
-/// One JSON object with every field of SPEC.md §8.
+fn ip(out: &mut Vec<u8>, a: IpAddr) {
+    match a {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            num(out, a.into());
+            out.push(b'.');
+            num(out, b.into());
+            out.push(b'.');
+            num(out, c.into());
+            out.push(b'.');
+            num(out, d.into());
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Does any byte of `w` equal `b`? (Exact about whether one does, the classic SWAR test.)
+fn has_byte(w: u64, b: u8) -> bool {
+    let x = w ^ (LO * u64::from(b));
+    x.wrapping_sub(LO) & !x & HI != 0
+}
+
+/// Does any byte of `w` lie below 0x20 (a control byte)?
+fn has_control(w: u64) -> bool {
+    w.wrapping_sub(LO * 0x20) & !w & HI != 0
+}
+
+/// Bytes that stand in a JSON string as they are: all but `"`, `\` and control bytes.
+fn json_plain(b: u8) -> bool {
+    b >= 0x20 && b != b'"' && b != b'\\'
+}
+
+/// How many leading bytes of `s` are plain in a JSON string and ASCII (so copied as
+/// they are): eight at a time, then one by one.
+fn plain_ascii(s: &[u8]) -> usize {
+    let mut n = 0;
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let w = u64::from_le_bytes(w.try_into().expect("eight bytes"));
+        if has_control(w) || w & HI != 0 || has_byte(w, b'"') || has_byte(w, b'\\') {
+            break;
+        }
+        n += 8;
+    }
+    n + s[n..]
+        .iter()
+        .position(|&b| !json_plain(b) || b >= 0x80)
+        .unwrap_or(s.len() - n)
+}
+
+/// `s` as a JSON string (quoted), escaped as serde_json escapes it; bytes that are not
+/// UTF-8 become U+FFFD, as `String::from_utf8_lossy` makes them.
+pub fn json_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    let plain = plain_ascii(s);
+    out.extend_from_slice(&s[..plain]);
+    let rest = &s[plain..];
+    if !rest.is_empty() {
+        if rest.is_ascii() {
+            json_escape(out, rest);
+        } else {
+            for chunk in rest.utf8_chunks() {
+                json_escape(out, chunk.valid().as_bytes());
+                if !chunk.invalid().is_empty() {
+                    out.extend_from_slice("\u{FFFD}".as_bytes());
+                }
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Valid UTF-8, escaped: runs of plain bytes are copied whole, eight bytes checked at a time.
+fn json_escape(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let (mut i, mut run) = (0, 0);
+    while i < s.len() {
+        while let Some(w) = s.get(i..i + 8) {
+            let w = u64::from_le_bytes(w.try_into().expect("eight bytes"));
+            if has_control(w) || has_byte(w, b'"') || has_byte(w, b'\\') {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&b) = s.get(i) else { break };
+        if !json_plain(b) {
+            out.extend_from_slice(&s[run..i]);
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                _ => out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]),
+            }
+            run = i + 1;
+        }
+        i += 1;
+    }
+    out.extend_from_slice(&s[run..]);
+}
+
+/// A JSON string or `null`.
+fn json_opt(out: &mut Vec<u8>, s: Option<&[u8]>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn name(s: &Option<Arc<str>>) -> Option<&[u8]> {
+    s.as_deref().map(str::as_bytes)
+}
+
+/// One JSON object with every field of SPEC.md §8, in this order (compact, as serde_json
+/// writes it).
 pub fn json_line(e: &Entry, out: &mut Vec<u8>) {
-    let time = rfc3339(e.time);
-    let host = e.host.as_ref().map(lossy);
-    let ua = e.user_agent.as_ref().map(lossy);
-    let referer = e.referer.as_ref().map(lossy);
-    let line = JsonLine {
-        time: &time,
-        request_id: &lossy(&e.request_id),
-        client_ip: e.client_ip,
-        method: e.method.as_str(),
-        host: host.as_deref(),
-        path: &e.path,
-        protocol: protocol(e.version),
-        status: e.status,
-        bytes_in: e.bytes_in,
-        bytes_out: e.bytes_out,
-        duration_ms: ms(e.duration),
-        upstream_ms: e.upstream.map(ms),
-        route: e.route.as_deref(),
-        pool: e.pool.as_deref(),
-        backend: e.backend.as_deref(),
-        attempts: e.attempts,
-        tls: e.tls.as_deref(),
-        user_agent: ua.as_deref(),
-        referer: referer.as_deref(),
-        error: e.error,
-    };
-    let _ = serde_json::to_writer(out, &line);
+    out.extend_from_slice(b"{\"time\":\"");
+    rfc3339_into(out, e.time);
+    out.extend_from_slice(b"\",\"request_id\":");
+    json_str(out, e.text(Text::RequestId).unwrap_or_default());
+    out.extend_from_slice(b",\"client_ip\":\"");
+    ip(out, e.client_ip);
+    out.extend_from_slice(b"\",\"method\":");
+    json_str(out, e.method.as_str().as_bytes());
+    out.extend_from_slice(b",\"host\":");
+    json_opt(out, e.text(Text::Host));
+    out.extend_from_slice(b",\"path\":");
+    json_str(out, e.text(Text::Path).unwrap_or(b"/"));
+    out.extend_from_slice(b",\"protocol\":\"");
+    out.extend_from_slice(protocol(e.version).as_bytes());
+    out.extend_from_slice(b"\",\"status\":");
+    num(out, e.status.into());
+    out.extend_from_slice(b",\"bytes_in\":");
+    num(out, e.bytes_in);
+    out.extend_from_slice(b",\"bytes_out\":");
+    num(out, e.bytes_out);
+    out.extend_from_slice(b",\"duration_ms\":");
+    millis(out, e.duration, true);
+    out.extend_from_slice(b",\"upstream_ms\":");
+    match e.upstream {
+        Some(u) => millis(out, u, true),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"route\":");
+    json_opt(out, name(&e.route));
+    out.extend_from_slice(b",\"pool\":");
+    json_opt(out, name(&e.pool));
+    out.extend_from_slice(b",\"backend\":");
+    json_opt(out, name(&e.backend));
+    out.extend_from_slice(b",\"attempts\":");
+    num(out, e.attempts.into());
+    out.extend_from_slice(b",\"tls\":");
+    json_opt(out, name(&e.tls));
+    out.extend_from_slice(b",\"user_agent\":");
+    json_opt(out, e.text(Text::UserAgent));
+    out.extend_from_slice(b",\"referer\":");
+    json_opt(out, e.text(Text::Referer));
+    out.extend_from_slice(b",\"error\":");
+    json_opt(out, e.error.map(str::as_bytes));
+    out.push(b'}');
+}
+
+/// nginx's escaping: `"`, `\` and bytes outside visible ASCII as `\xHH`, so a field can
+/// never end early or forge a line. Runs of plain bytes are copied whole.
+fn escape(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let (mut i, mut run) = (0, 0);
+    while i < s.len() {
+        while let Some(w) = s.get(i..i + 8) {
+            let w = u64::from_le_bytes(w.try_into().expect("eight bytes"));
+            if has_control(w)
+                || w & HI != 0
+                || has_byte(w, 0x7f)
+                || has_byte(w, b'"')
+                || has_byte(w, b'\\')
+            {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&b) = s.get(i) else { break };
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            out.extend_from_slice(&s[run..i]);
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
+            run = i + 1;
+        }
+        i += 1;
+    }
+    out.extend_from_slice(&s[run..]);
+}
+
+fn quoted(out: &mut Vec<u8>, v: Option<&[u8]>) {
+    out.push(b'"');
+    escape(out, v.unwrap_or(b"-"));
+    out.push(b'"');
+}
+
+/// ` key=value`, `-` for none (or empty).
+fn field(out: &mut Vec<u8>, k: &str, v: Option<&[u8]>) {
+    out.push(b' ');
+    out.extend_from_slice(k.as_bytes());
+    out.push(b'=');
+    match v {
+        Some(v) if !v.is_empty() => escape(out, v),
+        _ => out.push(b'-'),
+    }
 }
 
 /// Apache/nginx combined (`IP - - [time] "request" status bytes "referer" "agent"`), so
 /// goaccess and existing parsers read it, then veer's fields as `key=value` (`-` for none).
 pub fn combined_line(e: &Entry, out: &mut Vec<u8>) {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(256);
-    let quoted = |s: &mut String, v: &[u8]| {
-        s.push('"');
-        escape(s, v);
-        s.push('"');
-    };
-    let _ = write!(s, "{} - - [{}] \"", e.client_ip, clf_time(e.time));
-    escape(&mut s, e.method.as_str().as_bytes());
-    s.push(' ');
-    escape(&mut s, e.path.as_bytes());
-    let _ = write!(
-        s,
-        " {}\" {} {} ",
-        protocol(e.version),
-        e.status,
-        e.bytes_out
+    ip(out, e.client_ip);
+    out.extend_from_slice(b" - - [");
+    clf_time_into(out, e.time);
+    out.extend_from_slice(b"] \"");
+    escape(out, e.method.as_str().as_bytes());
+    out.push(b' ');
+    escape(out, e.text(Text::Path).unwrap_or(b"/"));
+    out.push(b' ');
+    out.extend_from_slice(protocol(e.version).as_bytes());
+    out.extend_from_slice(b"\" ");
+    num(out, e.status.into());
+    out.push(b' ');
+    num(out, e.bytes_out);
+    out.push(b' ');
+    quoted(out, e.text(Text::Referer));
+    out.push(b' ');
+    quoted(out, e.text(Text::UserAgent));
+    field(
+        out,
+        "request_id",
+        Some(e.text(Text::RequestId).unwrap_or_default()),
     );
-    quoted(&mut s, e.referer.as_ref().map_or(b"-", |v| v.as_bytes()));
-    s.push(' ');
-    quoted(&mut s, e.user_agent.as_ref().map_or(b"-", |v| v.as_bytes()));
-    let field = |s: &mut String, k: &str, v: Option<&[u8]>| {
-        let _ = write!(s, " {k}=");
-        match v {
-            Some(v) if !v.is_empty() => escape(s, v),
-            _ => s.push('-'),
-        }
-    };
-    field(&mut s, "request_id", Some(e.request_id.as_bytes()));
-    field(&mut s, "host", e.host.as_ref().map(|h| h.as_bytes()));
-    field(&mut s, "route", e.route.as_deref().map(str::as_bytes));
-    field(&mut s, "pool", e.pool.as_deref().map(str::as_bytes));
-    field(&mut s, "backend", e.backend.as_deref().map(str::as_bytes));
-    let _ = write!(
-        s,
-        " attempts={} bytes_in={} duration_ms={}",
-        e.attempts,
-        e.bytes_in,
-        ms(e.duration)
-    );
+    field(out, "host", e.text(Text::Host));
+    field(out, "route", name(&e.route));
+    field(out, "pool", name(&e.pool));
+    field(out, "backend", name(&e.backend));
+    out.extend_from_slice(b" attempts=");
+    num(out, e.attempts.into());
+    out.extend_from_slice(b" bytes_in=");
+    num(out, e.bytes_in);
+    out.extend_from_slice(b" duration_ms=");
+    millis(out, e.duration, false);
+    out.extend_from_slice(b" upstream_ms=");
     match e.upstream {
-        Some(u) => {
-            let _ = write!(s, " upstream_ms={}", ms(u));
-        }
-        None => s.push_str(" upstream_ms=-"),
+        Some(u) => millis(out, u, false),
+        None => out.push(b'-'),
     }
-    field(&mut s, "tls", e.tls.as_deref().map(str::as_bytes));
-    field(&mut s, "error", e.error.map(str::as_bytes));
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// nginx's escaping: `"`, `\` and bytes outside visible ASCII as `\xHH`, so a field can
-/// never end early or forge a line.
-fn escape(s: &mut String, v: &[u8]) {
-    use std::fmt::Write as _;
-    for &b in v {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            let _ = write!(s, "\\x{b:02X}");
-        } else {
-            s.push(b as char);
-        }
-    }
+    field(out, "tls", name(&e.tls));
+    field(out, "error", e.error.map(str::as_bytes));
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
@@ -423,7 +764,6 @@ struct Parts {
     h: u64,
     mi: u64,
     s: u64,
-    millis: u32,
 }
 
 fn parts(t: SystemTime) -> Parts {
@@ -438,49 +778,85 @@ fn parts(t: SystemTime) -> Parts {
         h: rem / 3600,
         mi: rem % 3600 / 60,
         s: rem % 60,
-        millis: since.subsec_millis(),
     }
 }
 
 /// `2026-12-01T11:50:26.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
-    let p = parts(t);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        p.y, p.mo, p.d, p.h, p.mi, p.s, p.millis
-    )
+    let mut out = Vec::with_capacity(24);
+    rfc3339_into(&mut out, t);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn secs_millis(t: SystemTime) -> (u64, u32) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (since.as_secs(), since.subsec_millis())
+}
+
+thread_local! {
+    /// The second last formatted, as RFC 3339 (milliseconds patched in per line) and as the
+    /// common log format's time: nginx caches its time strings the same way.
+    static TIMES: std::cell::RefCell<(u64, Vec<u8>, Vec<u8>)> =
+        const { std::cell::RefCell::new((u64::MAX, Vec::new(), Vec::new())) };
+}
+
+/// The cached strings for second `secs`, made when it is not the cached one.
+fn with_times<R>(secs: u64, f: impl FnOnce(&[u8], &[u8]) -> R) -> R {
+    TIMES.with_borrow_mut(|(at, rfc, clf)| {
+        if *at != secs {
+            let p = parts(UNIX_EPOCH + Duration::from_secs(secs));
+            rfc.clear();
+            let _ = write!(
+                rfc,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.000Z",
+                p.y, p.mo, p.d, p.h, p.mi, p.s
+            );
+            const MONTHS: [&str; 12] = [
+                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+            ];
+            clf.clear();
+            let _ = write!(
+                clf,
+                "{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000",
+                p.d,
+                MONTHS[(p.mo - 1) as usize],
+                p.y,
+                p.h,
+                p.mi,
+                p.s
+            );
+            *at = secs;
+        }
+        f(rfc, clf)
+    })
+}
+
+fn rfc3339_into(out: &mut Vec<u8>, t: SystemTime) {
+    let (secs, ms) = secs_millis(t);
+    with_times(secs, |rfc, _| out.extend_from_slice(rfc));
+    // `.000Z` ends it: the milliseconds go over the zeros.
+    let at = out.len() - 4;
+    out[at] = b'0' + (ms / 100) as u8;
+    out[at + 1] = b'0' + (ms / 10 % 10) as u8;
+    out[at + 2] = b'0' + (ms % 10) as u8;
 }
 
 /// `01/Dec/2026:11:50:26 +0000` (the common log format's time).
-fn clf_time(t: SystemTime) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let p = parts(t);
-    format!(
-        "{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000",
-        p.d,
-        MONTHS[(p.mo - 1) as usize],
-        p.y,
-        p.h,
-        p.mi,
-        p.s
-    )
+fn clf_time_into(out: &mut Vec<u8>, t: SystemTime) {
+    with_times(secs_millis(t).0, |_, clf| out.extend_from_slice(clf));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn entry() -> Entry {
-        Entry {
+        let mut e = Entry {
             // 2026-12-01T11:50:26.250Z
             time: UNIX_EPOCH + Duration::from_millis(1_796_125_826_250),
-            request_id: HeaderValue::from_static("abc123"),
             client_ip: "10.0.0.7".parse().unwrap(),
             method: Method::GET,
-            host: Some(HeaderValue::from_static("app.example")),
-            path: "/a?b=1".into(),
             version: Version::HTTP_11,
             status: 503,
             bytes_in: 0,
@@ -492,10 +868,21 @@ mod tests {
             backend: None,
             attempts: 0,
             tls: None,
-            user_agent: Some(HeaderValue::from_static("curl/8 \"x\"")),
-            referer: None,
             error: Some("no_backend"),
-        }
+            ..Entry::default()
+        };
+        e.set_text(Text::RequestId, Some(b"abc123"));
+        e.set_text(Text::Host, Some(b"app.example"));
+        e.set_text(Text::Path, Some(b"/a?b=1"));
+        e.set_text(Text::UserAgent, Some(b"curl/8 \"x\""));
+        e.set_text(Text::Referer, None);
+        e
+    }
+
+    fn clf_time(t: SystemTime) -> String {
+        let mut out = Vec::new();
+        clf_time_into(&mut out, t);
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
@@ -503,10 +890,16 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_796_125_826_250);
         assert_eq!(rfc3339(t), "2026-12-01T11:50:26.250Z");
         assert_eq!(clf_time(t), "01/Dec/2026:11:50:26 +0000");
+        // The same second again (from the cache), another millisecond.
+        assert_eq!(
+            rfc3339(t + Duration::from_millis(7)),
+            "2026-12-01T11:50:26.257Z"
+        );
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(clf_time(UNIX_EPOCH), "01/Jan/1970:00:00:00 +0000");
         // A leap day.
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400) + Duration::from_millis(999);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.999Z");
     }
 
     #[test]
@@ -543,6 +936,7 @@ mod tests {
         assert_eq!(v["duration_ms"], 1.5);
         assert_eq!(v["backend"], serde_json::Value::Null);
         assert_eq!(v["user_agent"], "curl/8 \"x\"");
+        assert_eq!(out, reference::json(&entry()));
     }
 
     #[test]
@@ -556,6 +950,323 @@ mod tests {
              \"curl/8 \\x22x\\x22\" request_id=abc123 host=app.example route=web pool=blue \
              backend=- attempts=0 bytes_in=0 duration_ms=1.5 upstream_ms=- tls=- error=no_backend"
         );
+    }
+
+    /// Quotes, backslashes, control bytes, DEL, UTF-8 and bytes that are not UTF-8, in every
+    /// text field, in both formats.
+    #[test]
+    fn hostile_bytes_are_escaped_in_both_formats() {
+        let nasty: &[u8] = b"a\"b\\c\nd\re\tf\x00g\x1fh\x7fi\xc3\xa9j\xffk\xc3";
+        let mut e = Entry {
+            upstream: Some(Duration::from_micros(2000)),
+            ..entry()
+        };
+        e.text.clear();
+        for f in [
+            Text::RequestId,
+            Text::Host,
+            Text::Path,
+            Text::UserAgent,
+            Text::Referer,
+        ] {
+            e.set_text(f, Some(nasty));
+        }
+        let mut json = Vec::new();
+        json_line(&e, &mut json);
+        assert_eq!(json, reference::json(&e));
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let lossy = String::from_utf8_lossy(nasty);
+        for k in ["request_id", "host", "path", "user_agent", "referer"] {
+            assert_eq!(v[k], *lossy, "{k}");
+        }
+        let text = String::from_utf8(json).unwrap();
+        assert!(
+            text.contains(r#""path":"a\"b\\c\nd\re\tf\u0000g\u001fh"#),
+            "{text}"
+        );
+        assert_eq!(v["upstream_ms"], 2.0);
+        assert!(text.contains(r#""upstream_ms":2.0,"#), "{text}");
+
+        let mut clf = Vec::new();
+        combined_line(&e, &mut clf);
+        assert_eq!(clf, reference::combined(&e));
+        // Nothing but visible ASCII: no field can end early or forge a line.
+        assert!(clf.iter().all(|b| (0x20..0x7f).contains(b)), "{clf:?}");
+        let clf = String::from_utf8(clf).unwrap();
+        let esc = r"a\x22b\x5Cc\x0Ad\x0De\x09f\x00g\x1Fh\x7Fi\xC3\xA9j\xFFk\xC3";
+        assert!(clf.contains(&format!("\"GET {esc} HTTP/1.1\"")), "{clf}");
+        assert!(
+            clf.contains(&format!(" request_id={esc} host={esc} ")),
+            "{clf}"
+        );
+        assert!(clf.contains(" upstream_ms=2 "), "{clf}");
+    }
+
+    #[test]
+    fn milliseconds_print_as_ryu_and_display_do() {
+        for micros in [
+            0u64,
+            1,
+            10,
+            100,
+            999,
+            1000,
+            1001,
+            1500,
+            12_340,
+            2_000_000,
+            86_400_000_123,
+        ] {
+            let d = Duration::from_micros(micros);
+            let f = micros as f64 / 1000.0;
+            let (mut j, mut c) = (Vec::new(), Vec::new());
+            millis(&mut j, d, true);
+            millis(&mut c, d, false);
+            assert_eq!(
+                String::from_utf8(j).unwrap(),
+                serde_json::to_string(&f).unwrap()
+            );
+            assert_eq!(String::from_utf8(c).unwrap(), f.to_string());
+        }
+    }
+
+    /// The formats as they were written with serde_json and `format!`: the hand-written
+    /// ones must give the same bytes.
+    mod reference {
+        use super::super::*;
+        use std::fmt::Write as _;
+
+        fn lossy(v: Option<&[u8]>) -> Option<String> {
+            v.map(|v| String::from_utf8_lossy(v).into_owned())
+        }
+
+        fn ms(d: Duration) -> f64 {
+            (d.as_micros() as f64) / 1000.0
+        }
+
+        #[derive(serde::Serialize)]
+        struct JsonLine<'a> {
+            time: &'a str,
+            request_id: &'a str,
+            client_ip: IpAddr,
+            method: &'a str,
+            host: Option<&'a str>,
+            path: &'a str,
+            protocol: &'a str,
+            status: u16,
+            bytes_in: u64,
+            bytes_out: u64,
+            duration_ms: f64,
+            upstream_ms: Option<f64>,
+            route: Option<&'a str>,
+            pool: Option<&'a str>,
+            backend: Option<&'a str>,
+            attempts: u32,
+            tls: Option<&'a str>,
+            user_agent: Option<&'a str>,
+            referer: Option<&'a str>,
+            error: Option<&'a str>,
+        }
+
+        pub fn json(e: &Entry) -> Vec<u8> {
+            let host = lossy(e.text(Text::Host));
+            let ua = lossy(e.text(Text::UserAgent));
+            let referer = lossy(e.text(Text::Referer));
+            let line = JsonLine {
+                time: &rfc3339(e.time),
+                request_id: &lossy(Some(e.text(Text::RequestId).unwrap_or_default())).unwrap(),
+                client_ip: e.client_ip,
+                method: e.method.as_str(),
+                host: host.as_deref(),
+                path: &lossy(Some(e.text(Text::Path).unwrap_or(b"/"))).unwrap(),
+                protocol: protocol(e.version),
+                status: e.status,
+                bytes_in: e.bytes_in,
+                bytes_out: e.bytes_out,
+                duration_ms: ms(e.duration),
+                upstream_ms: e.upstream.map(ms),
+                route: e.route.as_deref(),
+                pool: e.pool.as_deref(),
+                backend: e.backend.as_deref(),
+                attempts: e.attempts,
+                tls: e.tls.as_deref(),
+                user_agent: ua.as_deref(),
+                referer: referer.as_deref(),
+                error: e.error,
+            };
+            serde_json::to_vec(&line).unwrap()
+        }
+
+        fn escape(s: &mut String, v: &[u8]) {
+            for &b in v {
+                if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+                    let _ = write!(s, "\\x{b:02X}");
+                } else {
+                    s.push(b as char);
+                }
+            }
+        }
+
+        pub fn combined(e: &Entry) -> Vec<u8> {
+            let mut s = String::new();
+            let quoted = |s: &mut String, v: &[u8]| {
+                s.push('"');
+                escape(s, v);
+                s.push('"');
+            };
+            let mut t = Vec::new();
+            clf_time_into(&mut t, e.time);
+            let _ = write!(
+                s,
+                "{} - - [{}] \"",
+                e.client_ip,
+                String::from_utf8(t).unwrap()
+            );
+            escape(&mut s, e.method.as_str().as_bytes());
+            s.push(' ');
+            escape(&mut s, e.text(Text::Path).unwrap_or(b"/"));
+            let _ = write!(
+                s,
+                " {}\" {} {} ",
+                protocol(e.version),
+                e.status,
+                e.bytes_out
+            );
+            quoted(&mut s, e.text(Text::Referer).unwrap_or(b"-"));
+            s.push(' ');
+            quoted(&mut s, e.text(Text::UserAgent).unwrap_or(b"-"));
+            let field = |s: &mut String, k: &str, v: Option<&[u8]>| {
+                let _ = write!(s, " {k}=");
+                match v {
+                    Some(v) if !v.is_empty() => escape(s, v),
+                    _ => s.push('-'),
+                }
+            };
+            field(&mut s, "request_id", e.text(Text::RequestId));
+            field(&mut s, "host", e.text(Text::Host));
+            field(&mut s, "route", e.route.as_deref().map(str::as_bytes));
+            field(&mut s, "pool", e.pool.as_deref().map(str::as_bytes));
+            field(&mut s, "backend", e.backend.as_deref().map(str::as_bytes));
+            let _ = write!(
+                s,
+                " attempts={} bytes_in={} duration_ms={}",
+                e.attempts,
+                e.bytes_in,
+                ms(e.duration)
+            );
+            match e.upstream {
+                Some(u) => {
+                    let _ = write!(s, " upstream_ms={}", ms(u));
+                }
+                None => s.push_str(" upstream_ms=-"),
+            }
+            field(&mut s, "tls", e.tls.as_deref().map(str::as_bytes));
+            field(&mut s, "error", e.error.map(str::as_bytes));
+            s.into_bytes()
+        }
+    }
+
+    /// Bytes weighted towards what needs escaping.
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            4 => 0x20u8..0x7f,
+            1 => Just(b'"'),
+            1 => Just(b'\\'),
+            1 => 0u8..0x20,
+            1 => 0x7fu8..=0xff,
+        ];
+        prop_oneof![
+            proptest::collection::vec(byte, 0..40),
+            any::<String>().prop_map(String::into_bytes),
+        ]
+    }
+
+    fn texts() -> impl Strategy<Value = Vec<Option<Vec<u8>>>> {
+        proptest::collection::vec(proptest::option::of(bytes()), TEXTS)
+    }
+
+    fn names() -> impl Strategy<Value = Option<Arc<str>>> {
+        proptest::option::of(any::<String>().prop_map(Arc::from))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Every line is the bytes the serde_json and `format!` versions wrote, and reads
+        /// back (as JSON) to the fields' lossy UTF-8.
+        #[test]
+        fn lines_match_the_serde_and_format_versions(
+            texts in texts(),
+            secs in 0u64..8_000_000_000,
+            nanos in 0u32..1_000_000_000,
+            v4 in any::<u32>(),
+            v6 in any::<u128>(),
+            six in any::<bool>(),
+            status in any::<u16>(),
+            bytes_in in any::<u64>(),
+            bytes_out in any::<u64>(),
+            // Microsecond durations up to about a year: beyond that the shortest decimal
+            // of micros / 1000.0 need not have three places.
+            duration in 0u64..(1 << 45),
+            upstream in proptest::option::of(0u64..(1 << 45)),
+            (route, pool, backend, tls) in (names(), names(), names(), names()),
+            attempts in any::<u32>(),
+            error in proptest::option::of(prop_oneof![Just("no_backend"), Just("bad_request")]),
+        ) {
+            let mut e = Entry {
+                time: UNIX_EPOCH + Duration::new(secs, nanos),
+                client_ip: if six {
+                    IpAddr::from(std::net::Ipv6Addr::from(v6))
+                } else {
+                    IpAddr::from(std::net::Ipv4Addr::from(v4))
+                },
+                method: Method::POST,
+                version: Version::HTTP_2,
+                status,
+                bytes_in,
+                bytes_out,
+                duration: Duration::from_micros(duration),
+                upstream: upstream.map(Duration::from_micros),
+                route,
+                pool,
+                backend,
+                attempts,
+                tls,
+                error,
+                ..Entry::default()
+            };
+            let fields = [Text::RequestId, Text::Host, Text::Path, Text::UserAgent, Text::Referer];
+            for (f, t) in fields.into_iter().zip(&texts) {
+                e.set_text(f, t.as_deref());
+            }
+            let mut json = Vec::new();
+            json_line(&e, &mut json);
+            let want = reference::json(&e);
+            prop_assert_eq!(String::from_utf8_lossy(&json), String::from_utf8_lossy(&want));
+            prop_assert_eq!(&json, &want);
+            let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            for (f, k) in fields.into_iter().zip(["request_id", "host", "path", "user_agent", "referer"]) {
+                if let Some(t) = e.text(f) {
+                    prop_assert_eq!(v[k].as_str().unwrap(), String::from_utf8_lossy(t));
+                }
+            }
+            let mut clf = Vec::new();
+            combined_line(&e, &mut clf);
+            let want = reference::combined(&e);
+            prop_assert_eq!(String::from_utf8_lossy(&clf), String::from_utf8_lossy(&want));
+            prop_assert_eq!(&clf, &want);
+        }
+
+        /// The escaper alone, against serde_json's writer and reader.
+        #[test]
+        fn json_strings_are_serde_json_strings(s in bytes()) {
+            let mut out = Vec::new();
+            json_str(&mut out, &s);
+            let lossy = String::from_utf8_lossy(&s);
+            prop_assert_eq!(&out, &serde_json::to_vec(&lossy).unwrap());
+            let back: String = serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(back, lossy);
+        }
     }
 
     #[test]

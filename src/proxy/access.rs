@@ -6,8 +6,9 @@
 
 use super::body::ProxyBody;
 use super::{ConnCtx, Failure};
-use crate::log::access::Entry;
+use crate::log::access::{Entry, Text};
 use crate::log::request_id;
+use crate::upstream::http_client::BodySlot;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use std::sync::Arc;
@@ -41,52 +42,52 @@ pub fn request_id<B>(req: &mut Request<B>) -> HeaderValue {
 /// as nginx does.
 pub struct Pending {
     entry: Option<Box<Entry>>,
-    started: Instant,
     ctx: ConnCtx,
+    /// The request body, while it streams: `bytes_in` is what was read of it.
+    body: Option<Arc<BodySlot>>,
 }
 
 impl Pending {
-    /// The entry for `req`, when the access log is on (else nothing is built).
+    /// The entry for `req`, when the access log is on (else nothing is built). Its strings
+    /// are copied: holding the request's own header bytes would keep the connection's read
+    /// buffer from being reused until the line is written.
     pub fn begin<B>(ctx: &ConnCtx, req: &Request<B>, id: &HeaderValue) -> Option<Pending> {
-        ctx.0.access_log.get()?;
+        let log = ctx.0.access_log.get()?;
         let h = req.headers();
-        let host = match req.uri().authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => h.get(header::HOST).cloned(),
-        };
         let info = &ctx.1;
+        let mut e = log.entry();
+        e.time = SystemTime::now();
+        e.started = Instant::now();
+        e.client_ip = info.peer.ip();
+        e.method = req.method().clone();
+        e.version = req.version();
+        e.tls = info.tls.clone();
+        e.set_text(Text::RequestId, Some(id.as_bytes()));
+        let host = match req.uri().authority() {
+            Some(a) => Some(a.as_str().as_bytes()),
+            None => h.get(header::HOST).map(HeaderValue::as_bytes),
+        };
+        e.set_text(Text::Host, host);
+        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        e.set_text(Text::Path, Some(path.as_bytes()));
+        e.set_text(
+            Text::UserAgent,
+            h.get(header::USER_AGENT).map(HeaderValue::as_bytes),
+        );
+        e.set_text(
+            Text::Referer,
+            h.get(header::REFERER).map(HeaderValue::as_bytes),
+        );
         Some(Pending {
-            entry: Some(Box::new(Entry {
-                time: SystemTime::now(),
-                request_id: id.clone(),
-                client_ip: info.peer.ip(),
-                method: req.method().clone(),
-                host,
-                path: req
-                    .uri()
-                    .path_and_query()
-                    .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
-                version: req.version(),
-                status: 0,
-                bytes_in: h
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse().ok())
-                    .unwrap_or(0),
-                bytes_out: 0,
-                duration: Default::default(),
-                upstream: None,
-                route: None,
-                pool: None,
-                backend: None,
-                attempts: 0,
-                tls: info.tls.clone(),
-                user_agent: h.get(header::USER_AGENT).cloned(),
-                referer: h.get(header::REFERER).cloned(),
-                error: None,
-            })),
-            started: Instant::now(),
+            entry: Some(e),
             ctx: ctx.clone(),
+            body: None,
         })
+    }
+
+    /// The request's body is read through `slot`: `bytes_in` counts what it gives.
+    pub fn body(&mut self, slot: &Arc<BodySlot>) {
+        self.body = Some(slot.clone());
     }
 
     /// The route the request matched.
@@ -144,14 +145,17 @@ impl Pending {
             return;
         };
         if !log.keeps(status, e.error.is_some()) {
+            log.recycle(e);
             return;
         }
         e.status = status;
         e.bytes_out = bytes_out;
-        if let Some(b) = bytes_in {
-            e.bytes_in = b;
-        }
-        e.duration = self.started.elapsed();
+        e.bytes_in = match (bytes_in, &self.body) {
+            (Some(b), _) => b,
+            (None, Some(slot)) => slot.received(),
+            (None, None) => 0,
+        };
+        e.duration = e.started.elapsed();
         log.submit(e);
     }
 

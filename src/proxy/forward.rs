@@ -100,6 +100,9 @@ pub(super) fn forward(
                 min_rate: snap.config.server.request_body_min_rate,
             },
         );
+        if let (Some(l), Some(s)) = (log.as_mut(), slot.as_ref()) {
+            l.body(s);
+        }
         // An HTTP/1.x body is read up to its first frame before anything goes upstream: framing
         // bad from its first byte, or a client that sends nothing, then costs no backend
         // anything. Not over HTTP/2, where a stream may wait for the answer before it sends

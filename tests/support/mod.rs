@@ -614,3 +614,25 @@ pub fn json_of(g: &Got) -> serde_json::Value {
 /// Byte mutations and a strict chunked reader for the property tests (the stable stand-in
 /// for cargo-fuzz); the library's unit tests include the same file by path.
 pub mod fuzz;
+
+/// A file's lines (none when it does not exist yet).
+pub fn read_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Each line of `text` as one JSON value; a line that is not JSON fails the test, naming it.
+pub fn json_values<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<serde_json::Value> {
+    lines
+        .into_iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// A JSON-lines file (an access log) as its values.
+pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    json_values(read_lines(path).iter().map(String::as_str))
+}

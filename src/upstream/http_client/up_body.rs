@@ -22,6 +22,8 @@ pub struct BodySlot {
     /// Progress of the upload, so request_timeout can start when the body has been sent
     /// and a stalled client can be told from a slow backend.
     progress: AtomicU64,
+    /// Bytes of the body read from the client so far (the access log's `bytes_in`).
+    received: AtomicU64,
     done: AtomicBool,
     waiting_on_client: AtomicBool,
     /// How the client's body failed ([`ClientFault`] as `fault_code`), 0 while it has not.
@@ -53,7 +55,9 @@ impl Taken {
         }
         match Pin::new(&mut self.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
-                self.clock.got(f.data_ref().map_or(0, |d| d.len()));
+                let n = f.data_ref().map_or(0, |d| d.len());
+                self.clock.got(n);
+                slot.received.fetch_add(n as u64, Ordering::Relaxed);
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -123,6 +127,7 @@ impl BodySlot {
             slot,
             hint,
             progress: AtomicU64::new(0),
+            received: AtomicU64::new(0),
             done: AtomicBool::new(false),
             waiting_on_client: AtomicBool::new(false),
             fault: AtomicU8::new(0),
@@ -173,6 +178,11 @@ impl BodySlot {
     /// Frames of the body sent so far.
     pub fn progress(&self) -> u64 {
         self.progress.load(Ordering::Acquire)
+    }
+
+    /// Bytes of the body read from the client so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// Was the last poll of the body left waiting for the client (rather than the backend
