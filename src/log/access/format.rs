@@ -1,0 +1,447 @@
+//! The access log's lines, formatted by hand: the same bytes serde_json and `Display` gave, at
+//! a fraction of the cost (no `fmt` machinery, no String per field, no UTF-8 round trip for
+//! plain ASCII), and the time strings made once a second.
+
+use super::{protocol, Entry, Text};
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+// ---------------------------------------------------------------------------------------
+// Formatting by hand: the same bytes serde_json and `Display` gave, at a fraction of the
+// cost (no `fmt` machinery, no String per field, no UTF-8 round trip for plain ASCII).
+
+/// A decimal number, two digits at a time.
+pub(super) fn num(out: &mut Vec<u8>, mut v: u64) {
+    const PAIRS: &[u8; 200] =
+        b"00010203040506070809101112131415161718192021222324252627282930313233343536373839\
+        40414243444546474849505152535455565758596061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    if v < 10 {
+        out.push(b'0' + v as u8);
+        return;
+    }
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    while v >= 100 {
+        let d = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
+    }
+    if v >= 10 {
+        let d = v as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
+    } else {
+        i -= 1;
+        digits[i] = b'0' + v as u8;
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Milliseconds with microsecond precision, as the shortest decimal that reads back as
+/// `micros / 1000.0` (what ryu and `Display` print for it): `1.5`, `0.012`, `3`. `json`
+/// writes a whole number as `3.0`, as serde_json does.
+pub(super) fn millis(out: &mut Vec<u8>, d: Duration, json: bool) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    num(out, micros / 1000);
+    let mut frac = micros % 1000;
+    if frac == 0 {
+        if json {
+            out.extend_from_slice(b".0");
+        }
+        return;
+    }
+    let mut width = 3;
+    while frac % 10 == 0 {
+        frac /= 10;
+        width -= 1;
+    }
+    out.push(b'.');
+    let at = out.len();
+    out.extend_from_slice(&b"000"[..width]);
+    let mut i = out.len();
+    while frac > 0 {
+        i -= 1;
+        out[i] = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    debug_assert!(i >= at);
+}
+
+pub(super) fn ip(out: &mut Vec<u8>, a: IpAddr) {
+    match a {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            num(out, a.into());
+            out.push(b'.');
+            num(out, b.into());
+            out.push(b'.');
+            num(out, c.into());
+            out.push(b'.');
+            num(out, d.into());
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+pub(super) const LO: u64 = 0x0101_0101_0101_0101;
+pub(super) const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Does any byte of `w` equal `b`? (Exact about whether one does, the classic SWAR test.)
+pub(super) fn has_byte(w: u64, b: u8) -> bool {
+    let x = w ^ (LO * u64::from(b));
+    x.wrapping_sub(LO) & !x & HI != 0
+}
+
+/// Does any byte of `w` lie below 0x20 (a control byte)?
+pub(super) fn has_control(w: u64) -> bool {
+    w.wrapping_sub(LO * 0x20) & !w & HI != 0
+}
+
+/// Bytes that stand in a JSON string as they are: all but `"`, `\` and control bytes.
+pub(super) fn json_plain(b: u8) -> bool {
+    b >= 0x20 && b != b'"' && b != b'\\'
+}
+
+/// How many leading bytes of `s` are plain in a JSON string and ASCII (so copied as
+/// they are): eight at a time, then one by one.
+pub(super) fn plain_ascii(s: &[u8]) -> usize {
+    let mut n = 0;
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let w = u64::from_le_bytes(w.try_into().expect("eight bytes"));
+        if has_control(w) || w & HI != 0 || has_byte(w, b'"') || has_byte(w, b'\\') {
+            break;
+        }
+        n += 8;
+    }
+    n + s[n..]
+        .iter()
+        .position(|&b| !json_plain(b) || b >= 0x80)
+        .unwrap_or(s.len() - n)
+}
+
+/// `s` as a JSON string (quoted), escaped as serde_json escapes it; bytes that are not
+/// UTF-8 become U+FFFD, as `String::from_utf8_lossy` makes them.
+pub fn json_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    let plain = plain_ascii(s);
+    out.extend_from_slice(&s[..plain]);
+    let rest = &s[plain..];
+    if !rest.is_empty() {
+        if rest.is_ascii() {
+            json_escape(out, rest);
+        } else {
+            for chunk in rest.utf8_chunks() {
+                json_escape(out, chunk.valid().as_bytes());
+                if !chunk.invalid().is_empty() {
+                    out.extend_from_slice("\u{FFFD}".as_bytes());
+                }
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Valid UTF-8, escaped: runs of plain bytes are copied whole, eight bytes checked at a time.
+pub(super) fn json_escape(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let (mut i, mut run) = (0, 0);
+    while i < s.len() {
+        while let Some(w) = s.get(i..i + 8) {
+            let w = u64::from_le_bytes(w.try_into().expect("eight bytes"));
+            if has_control(w) || has_byte(w, b'"') || has_byte(w, b'\\') {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&b) = s.get(i) else { break };
+        if !json_plain(b) {
+            out.extend_from_slice(&s[run..i]);
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                _ => out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]),
+            }
+            run = i + 1;
+        }
+        i += 1;
+    }
+    out.extend_from_slice(&s[run..]);
+}
+
+/// A JSON string or `null`.
+pub(super) fn json_opt(out: &mut Vec<u8>, s: Option<&[u8]>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+pub(super) fn name(s: &Option<Arc<str>>) -> Option<&[u8]> {
+    s.as_deref().map(str::as_bytes)
+}
+
+/// One JSON object with every field of SPEC.md §8, in this order (compact, as serde_json
+/// writes it).
+pub fn json_line(e: &Entry, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"time\":\"");
+    rfc3339_into(out, e.time);
+    out.extend_from_slice(b"\",\"request_id\":");
+    json_str(out, e.text(Text::RequestId).unwrap_or_default());
+    out.extend_from_slice(b",\"client_ip\":\"");
+    ip(out, e.client_ip);
+    out.extend_from_slice(b"\",\"method\":");
+    json_str(out, e.method.as_str().as_bytes());
+    out.extend_from_slice(b",\"host\":");
+    json_opt(out, e.text(Text::Host));
+    out.extend_from_slice(b",\"path\":");
+    json_str(out, e.text(Text::Path).unwrap_or(b"/"));
+    out.extend_from_slice(b",\"protocol\":\"");
+    out.extend_from_slice(protocol(e.version).as_bytes());
+    out.extend_from_slice(b"\",\"status\":");
+    num(out, e.status.into());
+    out.extend_from_slice(b",\"bytes_in\":");
+    num(out, e.bytes_in);
+    out.extend_from_slice(b",\"bytes_out\":");
+    num(out, e.bytes_out);
+    out.extend_from_slice(b",\"duration_ms\":");
+    millis(out, e.duration, true);
+    out.extend_from_slice(b",\"upstream_ms\":");
+    match e.upstream {
+        Some(u) => millis(out, u, true),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"route\":");
+    json_opt(out, name(&e.route));
+    out.extend_from_slice(b",\"pool\":");
+    json_opt(out, name(&e.pool));
+    out.extend_from_slice(b",\"backend\":");
+    json_opt(out, name(&e.backend));
+    out.extend_from_slice(b",\"attempts\":");
+    num(out, e.attempts.into());
+    out.extend_from_slice(b",\"tls\":");
+    json_opt(out, name(&e.tls));
+    out.extend_from_slice(b",\"user_agent\":");
+    json_opt(out, e.text(Text::UserAgent));
+    out.extend_from_slice(b",\"referer\":");
+    json_opt(out, e.text(Text::Referer));
+    out.extend_from_slice(b",\"error\":");
+    json_opt(out, e.error.map(str::as_bytes));
+    out.push(b'}');
+}
+
+/// nginx's escaping: `"`, `\` and bytes outside visible ASCII as `\xHH`, so a field can
+/// never end early or forge a line. Runs of plain bytes are copied whole.
+pub(super) fn escape(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let (mut i, mut run) = (0, 0);
+    while i < s.len() {
+        while let Some(w) = s.get(i..i + 8) {
+            let w = u64::from_le_bytes(w.try_into().expect("eight bytes"));
+            if has_control(w)
+                || w & HI != 0
+                || has_byte(w, 0x7f)
+                || has_byte(w, b'"')
+                || has_byte(w, b'\\')
+            {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&b) = s.get(i) else { break };
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            out.extend_from_slice(&s[run..i]);
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
+            run = i + 1;
+        }
+        i += 1;
+    }
+    out.extend_from_slice(&s[run..]);
+}
+
+pub(super) fn quoted(out: &mut Vec<u8>, v: Option<&[u8]>) {
+    out.push(b'"');
+    escape(out, v.unwrap_or(b"-"));
+    out.push(b'"');
+}
+
+/// ` key=value`, `-` for none (or empty).
+pub(super) fn field(out: &mut Vec<u8>, k: &str, v: Option<&[u8]>) {
+    out.push(b' ');
+    out.extend_from_slice(k.as_bytes());
+    out.push(b'=');
+    match v {
+        Some(v) if !v.is_empty() => escape(out, v),
+        _ => out.push(b'-'),
+    }
+}
+
+/// Apache/nginx combined (`IP - - [time] "request" status bytes "referer" "agent"`), so
+/// goaccess and existing parsers read it, then veer's fields as `key=value` (`-` for none).
+pub fn combined_line(e: &Entry, out: &mut Vec<u8>) {
+    ip(out, e.client_ip);
+    out.extend_from_slice(b" - - [");
+    clf_time_into(out, e.time);
+    out.extend_from_slice(b"] \"");
+    escape(out, e.method.as_str().as_bytes());
+    out.push(b' ');
+    escape(out, e.text(Text::Path).unwrap_or(b"/"));
+    out.push(b' ');
+    out.extend_from_slice(protocol(e.version).as_bytes());
+    out.extend_from_slice(b"\" ");
+    num(out, e.status.into());
+    out.push(b' ');
+    num(out, e.bytes_out);
+    out.push(b' ');
+    quoted(out, e.text(Text::Referer));
+    out.push(b' ');
+    quoted(out, e.text(Text::UserAgent));
+    field(
+        out,
+        "request_id",
+        Some(e.text(Text::RequestId).unwrap_or_default()),
+    );
+    field(out, "host", e.text(Text::Host));
+    field(out, "route", name(&e.route));
+    field(out, "pool", name(&e.pool));
+    field(out, "backend", name(&e.backend));
+    out.extend_from_slice(b" attempts=");
+    num(out, e.attempts.into());
+    out.extend_from_slice(b" bytes_in=");
+    num(out, e.bytes_in);
+    out.extend_from_slice(b" duration_ms=");
+    millis(out, e.duration, false);
+    out.extend_from_slice(b" upstream_ms=");
+    match e.upstream {
+        Some(u) => millis(out, u, false),
+        None => out.push(b'-'),
+    }
+    field(out, "tls", name(&e.tls));
+    field(out, "error", e.error.map(str::as_bytes));
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
+/// `civil_from_days`).
+pub(super) fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+pub(super) struct Parts {
+    y: i64,
+    mo: u32,
+    d: u32,
+    h: u64,
+    mi: u64,
+    s: u64,
+}
+
+pub(super) fn parts(t: SystemTime) -> Parts {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (y, mo, d) = civil((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    Parts {
+        y,
+        mo,
+        d,
+        h: rem / 3600,
+        mi: rem % 3600 / 60,
+        s: rem % 60,
+    }
+}
+
+/// `2026-12-01T11:50:26.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let mut out = Vec::with_capacity(24);
+    rfc3339_into(&mut out, t);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+pub(super) fn secs_millis(t: SystemTime) -> (u64, u32) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (since.as_secs(), since.subsec_millis())
+}
+
+thread_local! {
+    /// The second last formatted, as RFC 3339 (milliseconds patched in per line) and as the
+    /// common log format's time: nginx caches its time strings the same way.
+    static TIMES: std::cell::RefCell<(u64, Vec<u8>, Vec<u8>)> =
+        const { std::cell::RefCell::new((u64::MAX, Vec::new(), Vec::new())) };
+}
+
+/// The cached strings for second `secs`, made when it is not the cached one.
+pub(super) fn with_times<R>(secs: u64, f: impl FnOnce(&[u8], &[u8]) -> R) -> R {
+    TIMES.with_borrow_mut(|(at, rfc, clf)| {
+        if *at != secs {
+            let p = parts(UNIX_EPOCH + Duration::from_secs(secs));
+            rfc.clear();
+            let _ = write!(
+                rfc,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.000Z",
+                p.y, p.mo, p.d, p.h, p.mi, p.s
+            );
+            const MONTHS: [&str; 12] = [
+                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+            ];
+            clf.clear();
+            let _ = write!(
+                clf,
+                "{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000",
+                p.d,
+                MONTHS[(p.mo - 1) as usize],
+                p.y,
+                p.h,
+                p.mi,
+                p.s
+            );
+            *at = secs;
+        }
+        f(rfc, clf)
+    })
+}
+
+pub(super) fn rfc3339_into(out: &mut Vec<u8>, t: SystemTime) {
+    let (secs, ms) = secs_millis(t);
+    with_times(secs, |rfc, _| out.extend_from_slice(rfc));
+    // `.000Z` ends it: the milliseconds go over the zeros.
+    let at = out.len() - 4;
+    out[at] = b'0' + (ms / 100) as u8;
+    out[at + 1] = b'0' + (ms / 10 % 10) as u8;
+    out[at + 2] = b'0' + (ms % 10) as u8;
+}
+
+/// `01/Dec/2026:11:50:26 +0000` (the common log format's time).
+pub(super) fn clf_time_into(out: &mut Vec<u8>, t: SystemTime) {
+    with_times(secs_millis(t).0, |_, clf| out.extend_from_slice(clf));
+}
