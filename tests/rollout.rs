@@ -12,41 +12,16 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::rollout_config as config;
 use support::*;
 use veer::config::{Config, RolloutState};
 use veer::control::Control;
 use veer::rollout::Status;
 
 const MS: Duration = Duration::from_millis(1);
-
-/// A route `web` splitting blue/green with `[routes.rollout]` of green (`extra` appended).
-fn config(blue: SocketAddr, green: SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-[pools.blue]
-backends = ["{blue}"]
-
-[pools.green]
-backends = ["{green}"]
-
-[[routes]]
-name = "web"
-split = {{ blue = 100, green = 0 }}
-
-[routes.rollout]
-to = "green"
-{extra}
-"#
-    )
-}
-
-async fn two_upstreams() -> (Upstream, Upstream) {
-    (upstream("blue").await, upstream("green").await)
-}
 
 /// What the config file says: (green weight, state, step).
 fn file_progress(v: &Veer) -> (u32, Option<RolloutState>, Option<usize>) {

@@ -26,30 +26,9 @@ const S: Duration = Duration::from_secs(1);
 
 /// Pools blue and green, and route `web` (all paths) rolling out green with `extra`.
 fn config(blue: SocketAddr, green: SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-[pools.blue]
-backends = ["{blue}"]
-
-[pools.green]
-backends = ["{green}"]
-
-[[routes]]
-name = "web"
-split = {{ blue = 100, green = 0 }}
-
-[routes.rollout]
-to = "green"
-step_interval = "1m"
-min_requests = 100
-max_error_rate = 0.01
-{extra}
-"#
-    )
-}
-
-async fn two_upstreams() -> (Upstream, Upstream) {
-    (upstream("blue").await, upstream("green").await)
+    let extra =
+        format!("step_interval = \"1m\"\nmin_requests = 100\nmax_error_rate = 0.01\n{extra}");
+    rollout_config(blue, green, &extra)
 }
 
 async fn wait_route(

@@ -1,6 +1,8 @@
 //! Route `web`'s live split, and driving its canary rollout in tests (tokio time, so paused
 //! tests jump).
 
+use super::{upstream, Upstream};
+use std::net::SocketAddr;
 use std::time::Duration;
 use veer::config::RolloutState;
 use veer::control::Control;
@@ -56,4 +58,31 @@ pub fn feed(rt: &Control, pool: &str, n: u64, fail_every: u64, latency: Duration
     for i in 1..=n {
         s.record(pool, fail_every > 0 && i % fail_every == 0, latency);
     }
+}
+
+/// Pools blue and green and a route `web` splitting them 100/0, with `[routes.rollout]` of
+/// green (`extra` appended to that table).
+pub fn rollout_config(blue: SocketAddr, green: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[pools.blue]
+backends = ["{blue}"]
+
+[pools.green]
+backends = ["{green}"]
+
+[[routes]]
+name = "web"
+split = {{ blue = 100, green = 0 }}
+
+[routes.rollout]
+to = "green"
+{extra}
+"#
+    )
+}
+
+/// The blue and green upstreams [`rollout_config`] points at.
+pub async fn two_upstreams() -> (Upstream, Upstream) {
+    (upstream("blue").await, upstream("green").await)
 }
