@@ -1953,6 +1953,9 @@ fn regressions() {
         b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
         // Raw non-ASCII in the target.
         b"GET /\xc3\xa9 HTTP/1.1\r\nHost: app\r\n\r\n",
+        // ... also after a `#`, which Uri parsing drops with the fragment (it was forwarded
+        // as `/`).
+        b"GET /#frag/\xc3\xa9 HTTP/1.1\r\nHost: app\r\n\r\n",
     ] {
         let (msgs, _) = read_all(input);
         assert!(

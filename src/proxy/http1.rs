@@ -454,6 +454,10 @@ fn parse(b: &mut BytesMut) -> Parsed {
     }
     let path = req.path.unwrap_or_default().as_bytes();
     let path_range = (at(path), at(path) + path.len() as u32);
+    // Uri parsing drops a `#fragment`, and with it any raw byte beyond ASCII after the `#`:
+    // such a target is malformed all the same, so it keeps its bytes (with `#` as `%23`)
+    // for the request path's check to answer 400.
+    let hidden = !path.is_ascii() && path.contains(&b'#');
     let mut keep_alive = true;
     let n = req.headers.len();
     for (h, r) in req.headers.iter().zip(ranges.iter_mut()) {
@@ -480,7 +484,20 @@ fn parse(b: &mut BytesMut) -> Parsed {
     let rest = b.split_off(len);
     let head = std::mem::replace(b, rest).freeze();
     let slice = |(s, e): (u32, u32)| head.slice(s as usize..e as usize);
-    let Ok(uri) = Uri::from_maybe_shared(slice(path_range)) else {
+    let target = if hidden {
+        let raw = &head[path_range.0 as usize..path_range.1 as usize];
+        let mut v = Vec::with_capacity(raw.len() + 2);
+        for &c in raw {
+            match c {
+                b'#' => v.extend_from_slice(b"%23"),
+                c => v.push(c),
+            }
+        }
+        Bytes::from(v)
+    } else {
+        slice(path_range)
+    };
+    let Ok(uri) = Uri::from_maybe_shared(target) else {
         return undo(b, head);
     };
     let mut headers = take_map();
