@@ -27,9 +27,12 @@ pub fn request_id<B>(req: &mut Request<B>) -> HeaderValue {
         let mut all = req.headers().get_all(&X_REQUEST_ID).iter();
         matches!((all.next(), all.next()), (Some(v), None) if request_id::sane(v))
     };
-    if let Some(v) = req.headers_mut().get_mut(&X_REQUEST_ID).filter(|_| kept) {
-        v.set_sensitive(true);
-        return v.clone();
+    // Looked up again only when kept: most requests bring no ID, and pay one lookup.
+    if kept {
+        if let Some(v) = req.headers_mut().get_mut(&X_REQUEST_ID) {
+            v.set_sensitive(true);
+            return v.clone();
+        }
     }
     let mut id = request_id::generate();
     id.set_sensitive(true);
