@@ -40,6 +40,9 @@ fn pick_live(
     Some((i, lease))
 }
 
+/// A retryable upstream answer kept back, with its pool's index.
+type Held = (Response<UpstreamBody>, Checkin, Lease, usize);
+
 /// The most backends one request tries (validation caps `retry.attempts` at 10).
 const MAX_TRIED: usize = 10;
 
@@ -148,7 +151,7 @@ pub(super) fn forward(
         // A retryable upstream answer (502/503/504) is kept until a retry is really sent, so when
         // none can be (no budget, no other backend) the client gets that answer, not veer's own.
         // Boxed: it lives in every request's future but is only ever filled on the retry path.
-        let mut held: Option<Box<(Response<UpstreamBody>, Checkin, Lease, usize)>> = None;
+        let mut held: Option<Box<Held>> = None;
         for attempt in 1..=retry.attempts {
             if attempt > 1 {
                 // Retries are paid for from the route's budget, so a failing pool cannot double
