@@ -307,14 +307,21 @@ pub(super) fn json_line_cached(e: &Entry, out: &mut Vec<u8>, names: &mut Names) 
     out.extend_from_slice(b",\"client_ip\":\"");
     ip(out, e.client_ip);
     out.extend_from_slice(b"\",\"method\":");
-    json_str(out, e.method.as_str().as_bytes());
+    json_opt(out, e.method.as_ref().map(|m| m.as_str().as_bytes()));
     out.extend_from_slice(b",\"host\":");
     json_opt(out, e.text(Text::Host));
     out.extend_from_slice(b",\"path\":");
-    json_str(out, e.text(Text::Path).unwrap_or(b"/"));
-    out.extend_from_slice(b",\"protocol\":\"");
-    out.extend_from_slice(protocol(e.version).as_bytes());
-    out.extend_from_slice(b"\",\"status\":");
+    match e.method {
+        // A request refused before its head was read has none of these.
+        None => out.extend_from_slice(b"null,\"protocol\":null"),
+        Some(_) => {
+            json_str(out, e.text(Text::Path).unwrap_or(b"/"));
+            out.extend_from_slice(b",\"protocol\":\"");
+            out.extend_from_slice(protocol(e.version).as_bytes());
+            out.push(b'"');
+        }
+    }
+    out.extend_from_slice(b",\"status\":");
     num(out, e.status.into());
     out.extend_from_slice(b",\"bytes_in\":");
     num(out, e.bytes_in);
@@ -431,11 +438,17 @@ pub(super) fn combined_line_cached(e: &Entry, out: &mut Vec<u8>, names: &mut Nam
     out.extend_from_slice(b" - - [");
     clf_time_into(out, e.time);
     out.extend_from_slice(b"] \"");
-    escape(out, e.method.as_str().as_bytes());
-    out.push(b' ');
-    escape(out, e.text(Text::Path).unwrap_or(b"/"));
-    out.push(b' ');
-    out.extend_from_slice(protocol(e.version).as_bytes());
+    match &e.method {
+        // No request line read: `"-"`, as nginx writes it.
+        None => out.push(b'-'),
+        Some(m) => {
+            escape(out, m.as_str().as_bytes());
+            out.push(b' ');
+            escape(out, e.text(Text::Path).unwrap_or(b"/"));
+            out.push(b' ');
+            out.extend_from_slice(protocol(e.version).as_bytes());
+        }
+    }
     out.extend_from_slice(b"\" ");
     num(out, e.status.into());
     out.push(b' ');

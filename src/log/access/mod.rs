@@ -57,7 +57,9 @@ pub struct Entry {
     /// When the request began (its `duration` runs from here).
     pub started: Instant,
     pub client_ip: IpAddr,
-    pub method: Method,
+    /// `None` for a request refused before its head was read (its path and protocol are
+    /// then unknown too).
+    pub method: Option<Method>,
     pub version: Version,
     pub status: u16,
     pub bytes_in: u64,
@@ -83,7 +85,7 @@ impl Default for Entry {
             time: UNIX_EPOCH,
             started: Instant::now(),
             client_ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            method: Method::GET,
+            method: Some(Method::GET),
             version: Version::HTTP_11,
             status: 0,
             bytes_in: 0,
@@ -491,7 +493,7 @@ mod tests {
             // 2026-12-01T11:50:26.250Z
             time: UNIX_EPOCH + Duration::from_millis(1_796_125_826_250),
             client_ip: "10.0.0.7".parse().unwrap(),
-            method: Method::GET,
+            method: Some(Method::GET),
             version: Version::HTTP_11,
             status: 503,
             bytes_in: 0,
@@ -685,10 +687,10 @@ mod tests {
             time: &'a str,
             request_id: &'a str,
             client_ip: IpAddr,
-            method: &'a str,
+            method: Option<&'a str>,
             host: Option<&'a str>,
-            path: &'a str,
-            protocol: &'a str,
+            path: Option<String>,
+            protocol: Option<&'a str>,
             status: u16,
             bytes_in: u64,
             bytes_out: u64,
@@ -712,10 +714,13 @@ mod tests {
                 time: &rfc3339(e.time),
                 request_id: &lossy(Some(e.text(Text::RequestId).unwrap_or_default())).unwrap(),
                 client_ip: e.client_ip,
-                method: e.method.as_str(),
+                method: e.method.as_ref().map(Method::as_str),
                 host: host.as_deref(),
-                path: &lossy(Some(e.text(Text::Path).unwrap_or(b"/"))).unwrap(),
-                protocol: protocol(e.version),
+                path: e
+                    .method
+                    .as_ref()
+                    .and_then(|_| lossy(Some(e.text(Text::Path).unwrap_or(b"/")))),
+                protocol: e.method.as_ref().map(|_| protocol(e.version)),
                 status: e.status,
                 bytes_in: e.bytes_in,
                 bytes_out: e.bytes_out,
@@ -758,16 +763,16 @@ mod tests {
                 e.client_ip,
                 String::from_utf8(t).unwrap()
             );
-            escape(&mut s, e.method.as_str().as_bytes());
-            s.push(' ');
-            escape(&mut s, e.text(Text::Path).unwrap_or(b"/"));
-            let _ = write!(
-                s,
-                " {}\" {} {} ",
-                protocol(e.version),
-                e.status,
-                e.bytes_out
-            );
+            match &e.method {
+                None => s.push('-'),
+                Some(m) => {
+                    escape(&mut s, m.as_str().as_bytes());
+                    s.push(' ');
+                    escape(&mut s, e.text(Text::Path).unwrap_or(b"/"));
+                    let _ = write!(s, " {}", protocol(e.version));
+                }
+            }
+            let _ = write!(s, "\" {} {} ", e.status, e.bytes_out);
             quoted(&mut s, e.text(Text::Referer).unwrap_or(b"-"));
             s.push(' ');
             quoted(&mut s, e.text(Text::UserAgent).unwrap_or(b"-"));
@@ -848,6 +853,7 @@ mod tests {
             (route, pool, backend, tls) in (names(), names(), names(), names()),
             attempts in any::<u32>(),
             error in proptest::option::of(prop_oneof![Just("no_backend"), Just("bad_request")]),
+            refused in proptest::bool::weighted(0.1),
         ) {
             let mut e = Entry {
                 time: UNIX_EPOCH + Duration::new(secs, nanos),
@@ -856,7 +862,7 @@ mod tests {
                 } else {
                     IpAddr::from(std::net::Ipv4Addr::from(v4))
                 },
-                method: Method::POST,
+                method: if refused { None } else { Some(Method::POST) },
                 version: Version::HTTP_2,
                 status,
                 bytes_in,
@@ -882,8 +888,10 @@ mod tests {
             prop_assert_eq!(&json, &want);
             let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
             for (f, k) in fields.into_iter().zip(["request_id", "host", "path", "user_agent", "referer"]) {
-                if let Some(t) = e.text(f) {
-                    prop_assert_eq!(v[k].as_str().unwrap(), String::from_utf8_lossy(t));
+                match e.text(f) {
+                    Some(_) if refused && k == "path" => prop_assert!(v[k].is_null()),
+                    Some(t) => prop_assert_eq!(v[k].as_str().unwrap(), String::from_utf8_lossy(t)),
+                    None => {}
                 }
             }
             let mut clf = Vec::new();
