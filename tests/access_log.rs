@@ -721,7 +721,9 @@ async fn refusal_line(veer: &Veer, status: u16, error: &str) {
     assert_eq!(l["status"], status, "{l}");
     assert_eq!(l["error"], error, "{l}");
     assert_eq!(l["client_ip"], "127.0.0.1", "{l}");
-    for k in ["method", "path", "host", "protocol", "route", "backend", "tls"] {
+    for k in [
+        "method", "path", "host", "protocol", "route", "backend", "tls",
+    ] {
         assert!(l[k].is_null(), "{k} in {l}");
     }
     assert_eq!(l["attempts"], 0, "{l}");
@@ -794,7 +796,9 @@ async fn a_head_that_does_not_arrive_in_time_gets_a_408_line() {
         }
         assert!(got.starts_with(b"HTTP/1.1 200 "));
         // The next head begins on hyper's connection and stops short.
-        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+            .await
+            .unwrap();
         let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
             .await
             .expect("veer closes a late head")
@@ -803,6 +807,10 @@ async fn a_head_that_does_not_arrive_in_time_gets_a_408_line() {
     }
     // The 200 is sampled away (access_sample = 0.0); the late head is not.
     refusal_line(&veer, 408, "header_timeout").await;
-    assert_eq!(seen.load(Ordering::SeqCst), 1, "only the POST reached the backend");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "only the POST reached the backend"
+    );
     veer.shutdown().await;
 }

@@ -18,8 +18,19 @@ pub(super) fn num(out: &mut Vec<u8>, mut v: u64) {
         b"00010203040506070809101112131415161718192021222324252627282930313233343536373839\
         40414243444546474849505152535455565758596061626364656667686970717273747576777879\
         8081828384858687888990919293949596979899";
+    // Most numbers logged (statuses, attempts, small sizes) have three digits or fewer.
     if v < 10 {
         out.push(b'0' + v as u8);
+        return;
+    }
+    if v < 100 {
+        let d = v as usize * 2;
+        out.extend_from_slice(&PAIRS[d..d + 2]);
+        return;
+    }
+    if v < 1000 {
+        let d = (v % 100) as usize * 2;
+        out.extend_from_slice(&[b'0' + (v / 100) as u8, PAIRS[d], PAIRS[d + 1]]);
         return;
     }
     let mut digits = [0u8; 20];
@@ -47,28 +58,28 @@ pub(super) fn num(out: &mut Vec<u8>, mut v: u64) {
 pub(super) fn millis(out: &mut Vec<u8>, d: Duration, json: bool) {
     let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     num(out, micros / 1000);
-    let mut frac = micros % 1000;
+    let frac = micros % 1000;
     if frac == 0 {
         if json {
             out.extend_from_slice(b".0");
         }
         return;
     }
-    let mut width = 3;
-    while frac % 10 == 0 {
-        frac /= 10;
-        width -= 1;
-    }
-    out.push(b'.');
-    let at = out.len();
-    out.extend_from_slice(&b"000"[..width]);
-    let mut i = out.len();
-    while frac > 0 {
-        i -= 1;
-        out[i] = b'0' + (frac % 10) as u8;
-        frac /= 10;
-    }
-    debug_assert!(i >= at);
+    // Three places, trailing zeros dropped.
+    let places = [
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ];
+    let len = if frac % 100 == 0 {
+        2
+    } else if frac % 10 == 0 {
+        3
+    } else {
+        4
+    };
+    out.extend_from_slice(&places[..len]);
 }
 
 /// Each byte's decimal digits (their count first), for IPv4 addresses.
@@ -405,7 +416,7 @@ fn clf_plain(s: &[u8]) -> bool {
     }
     let word = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("eight bytes"));
     let mut words = s.chunks_exact(8);
-    (&mut words).all(|w| !clf_unplain(word(w)))
+    words.all(|w| !clf_unplain(word(w)))
         && (words.remainder().is_empty() || !clf_unplain(word(&s[s.len() - 8..])))
 }
 

@@ -12,8 +12,8 @@
 //! second ([`format`]).
 
 mod format;
-use format::{combined_line_cached, json_line_cached, Names};
 pub use format::{combined_line, json_line, json_str, rfc3339};
+use format::{combined_line_cached, json_line_cached, Names};
 
 use crate::config::{AccessFormat, AccessTarget, LogConfig};
 use crossbeam_queue::ArrayQueue;
@@ -911,6 +911,36 @@ mod tests {
             let back: String = serde_json::from_slice(&out).unwrap();
             prop_assert_eq!(back, lossy);
         }
+    }
+
+    /// The writer's cache of escaped names gives the bytes escaping each time gives, for a
+    /// name seen again and for names that change line by line (more than it holds).
+    #[test]
+    fn names_escaped_once_are_the_same_bytes() {
+        let (mut jn, mut cn) = (Names::default(), Names::default());
+        let mut e = entry();
+        e.backend = Some("b\"1\\é".into());
+        e.tls = Some("sni.example".into());
+        for i in 0..12 {
+            if i >= 3 {
+                e.pool = Some(format!("pool-{i}\n").into());
+            }
+            let (mut j, mut c) = (Vec::new(), Vec::new());
+            json_line_cached(&e, &mut j, &mut jn);
+            combined_line_cached(&e, &mut c, &mut cn);
+            assert_eq!(j, reference::json(&e));
+            assert_eq!(c, reference::combined(&e));
+        }
+    }
+
+    #[test]
+    fn a_start_instant_is_placed_on_the_wall_clock() {
+        let mono = Instant::now();
+        let sys = UNIX_EPOCH + Duration::from_secs(1_000);
+        let ms = Duration::from_millis;
+        assert_eq!(wall((sys, mono), mono), sys);
+        assert_eq!(wall((sys, mono + ms(5)), mono), sys - ms(5));
+        assert_eq!(wall((sys, mono), mono + ms(7)), sys + ms(7));
     }
 
     #[test]
