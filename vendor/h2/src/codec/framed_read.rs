@@ -11,19 +11,37 @@ use futures_core::Stream;
 use bytes::{Buf, BytesMut};
 
 use std::io;
+use std::mem::MaybeUninit;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::AsyncRead;
-use tokio_util::codec::FramedRead as InnerFramedRead;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio_util::codec::Decoder;
 use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
+/// What a read takes from the socket when the connection holds no read buffer: read onto
+/// the stack, then copied into a buffer of its own size (or at least `READ_CAPACITY`).
+/// (veer: tokio-util's `FramedRead` kept an 8 KiB buffer for the connection's whole life.)
+const STACK_READ: usize = 8 * 1024;
+/// The least capacity of a read buffer, as tokio-util's `FramedRead` had.
+const READ_CAPACITY: usize = 8 * 1024;
+
 #[derive(Debug)]
 pub struct FramedRead<T> {
-    inner: InnerFramedRead<T, LengthDelimitedCodec>,
+    inner: T,
+
+    /// Splits the byte stream into frames (the length in the frame head).
+    codec: LengthDelimitedCodec,
+
+    /// Bytes read and not yet framed. Empty and unallocated while the connection waits for
+    /// bytes (veer): it is dropped whenever a read finds nothing and nothing is left in it.
+    buf: BytesMut,
+
+    /// The byte stream ended (EOF or an error): no more frames.
+    done: bool,
 
     decoder: FrameDecoder,
 }
@@ -59,23 +77,35 @@ enum Continuable {
 }
 
 impl<T> FramedRead<T> {
-    pub fn new(inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
-        let decoder = FrameDecoder::new(inner.decoder().max_frame_length());
-        FramedRead { inner, decoder }
+    pub fn new(inner: T, codec: LengthDelimitedCodec) -> FramedRead<T> {
+        let decoder = FrameDecoder::new(codec.max_frame_length());
+        FramedRead {
+            inner,
+            codec,
+            buf: BytesMut::new(),
+            done: false,
+            decoder,
+        }
     }
 
     pub fn get_ref(&self) -> &T {
-        self.inner.get_ref()
+        &self.inner
     }
 
     pub fn get_mut(&mut self) -> &mut T {
-        self.inner.get_mut()
+        &mut self.inner
+    }
+
+    /// Gives back what only a busy connection needs (veer): HPACK's scratch buffer. The read
+    /// buffer goes by itself (see `buf`).
+    pub(crate) fn release_idle(&mut self) {
+        self.decoder.hpack.release_idle();
     }
 
     /// Returns the current max frame size setting
     #[inline]
     pub fn max_frame_size(&self) -> usize {
-        self.inner.decoder().max_frame_length()
+        self.codec.max_frame_length()
     }
 
     /// Updates the max frame size setting.
@@ -84,7 +114,7 @@ impl<T> FramedRead<T> {
     #[inline]
     pub fn set_max_frame_size(&mut self, val: usize) {
         assert!(DEFAULT_MAX_FRAME_SIZE as usize <= val && val <= MAX_MAX_FRAME_SIZE as usize);
-        self.inner.decoder_mut().set_max_frame_length(val);
+        self.codec.set_max_frame_length(val);
         // Update max CONTINUATION frames too, since its based on this
         self.decoder.set_max_frame_size(val);
     }
@@ -421,7 +451,7 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
-            let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+            let bytes = match ready!(self.poll_frame(cx)) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
                 None => return Poll::Ready(None),
@@ -433,6 +463,75 @@ where
                 return Poll::Ready(Some(Ok(frame)));
             }
         }
+    }
+}
+
+impl<T> FramedRead<T>
+where
+    T: AsyncRead + Unpin,
+{
+    /// The next whole frame's bytes (head and payload), as tokio-util's `FramedRead` over the
+    /// length-delimited codec gave them: after an error or the end of the stream, `None`.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<BytesMut>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            if !self.buf.is_empty() {
+                match self.codec.decode(&mut self.buf) {
+                    Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.done = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
+            let read = if self.buf.capacity() == 0 {
+                self.poll_read_idle(cx)
+            } else {
+                // Room for at least one byte, so a read of 0 means the end.
+                self.buf.reserve(1);
+                let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.buf);
+                if read.is_pending() && self.buf.is_empty() {
+                    // Waiting for bytes with none held: hold no buffer either (frames split
+                    // off it keep their part until they are dropped).
+                    self.buf = BytesMut::new();
+                }
+                read
+            };
+            match ready!(read) {
+                Ok(0) => {
+                    self.done = true;
+                    if self.buf.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    // As tokio-util's `Decoder::decode_eof`.
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::Other,
+                        "bytes remaining on stream",
+                    ))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    /// A read with no buffer held: onto the stack, and into a new buffer only if bytes came.
+    fn poll_read_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
+        let mut read = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
+        let got = read.filled();
+        if !got.is_empty() {
+            self.buf = BytesMut::with_capacity(got.len().max(READ_CAPACITY));
+            self.buf.extend_from_slice(got);
+        }
+        Poll::Ready(Ok(got.len()))
     }
 }
 

@@ -36,6 +36,10 @@ struct Encoder<B> {
     /// Write buffer
     ///
     /// TODO: Should this be a ring buffer?
+    ///
+    /// veer: allocated (DEFAULT_BUFFER_CAPACITY) when a frame is buffered, and given back by
+    /// `release_idle` once it is flushed and the connection has no streams; a busy
+    /// connection keeps it.
     buf: Cursor<BytesMut>,
 
     /// Next frame to encode
@@ -93,7 +97,7 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                buf: Cursor::new(BytesMut::new()),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -176,6 +180,14 @@ where
         Poll::Ready(Ok(()))
     }
 
+    /// Gives the write buffer back if nothing is waiting in it (veer: an idle connection
+    /// holds none; the next frame buffered allocates it again).
+    pub(crate) fn release_idle(&mut self) {
+        if self.encoder.next.is_none() && !self.encoder.buf.has_remaining() {
+            self.encoder.buf = Cursor::new(BytesMut::new());
+        }
+    }
+
     /// Close the codec
     pub fn shutdown(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         if !self.final_flush_done {
@@ -223,6 +235,10 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        if self.buf.get_ref().capacity() == 0 {
+            // veer: the first frame since the buffer was given back (or ever).
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +323,10 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // veer: no buffer at all is room (`buffer` allocates it).
+        let buf = self.buf.get_ref();
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (buf.capacity() == 0 || buf.capacity() - buf.len() >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {

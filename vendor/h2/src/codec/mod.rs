@@ -47,9 +47,9 @@ where
             .length_field_length(3)
             .length_adjustment(9)
             .num_skip(0) // Don't skip the header
-            .new_read(framed_write);
+            .new_codec();
 
-        let mut inner = FramedRead::new(delimited);
+        let mut inner = FramedRead::new(framed_write, delimited);
 
         // Use FramedRead's method since it checks the value is within range.
         inner.set_max_frame_size(max_frame_size);
@@ -138,6 +138,14 @@ where
 
     /// Returns whether the codec can buffer a frame without flushing the
     /// underlying I/O object.
+    /// Gives back the buffers only a busy connection needs (veer: the write buffer once it is
+    /// flushed, HPACK's decoding scratch); the read buffer goes by itself whenever a read
+    /// finds nothing. Call when the connection has no streams and waits for the peer.
+    pub(crate) fn release_idle(&mut self) {
+        self.framed_write().release_idle();
+        self.inner.release_idle();
+    }
+
     pub(crate) fn has_send_capacity(&mut self) -> bool {
         self.framed_write().has_capacity()
     }

@@ -12,6 +12,9 @@ use std::io::Cursor;
 use std::ops::ControlFlow;
 use std::str::Utf8Error;
 
+/// The Huffman scratch buffer's size when it is allocated (upstream's fixed 4 KiB).
+const HUFFMAN_SCRATCH: usize = 4096;
+
 /// Decodes headers using HPACK
 #[derive(Debug)]
 pub struct Decoder {
@@ -158,8 +161,15 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // veer: allocated at the first Huffman-coded string (`try_decode_string`)
+            buffer: BytesMut::new(),
         }
+    }
+
+    /// Drops the Huffman scratch buffer (veer): an idle connection holds none. Strings
+    /// decoded into it keep their own parts.
+    pub fn release_idle(&mut self) {
+        self.buffer = BytesMut::new();
     }
 
     /// Queues a potential size update
@@ -214,8 +224,9 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, true)?;
 
-                    // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Insert the header into the table (veer: a copy that does not keep
+                    // the buffer it was decoded from)
+                    self.table.insert(entry.detached());
                     consume(src);
 
                     if f(entry).is_break() {
@@ -335,6 +346,11 @@ impl Decoder {
         if huff {
             let ret = {
                 let raw = &buf.chunk()[..len];
+                if self.buffer.capacity() == 0 {
+                    // veer: as much as upstream allocated up front, so strings still share
+                    // one allocation per HUFFMAN_SCRATCH bytes decoded.
+                    self.buffer.reserve(HUFFMAN_SCRATCH);
+                }
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
                     offset,
                     len,

@@ -102,6 +102,20 @@ impl Header {
         }
     }
 
+    /// The same header in storage of its own, for HPACK's dynamic table (veer). A
+    /// pseudo-header's value is a slice of the bytes it was decoded from (the connection's
+    /// read buffer or the Huffman scratch), and a table entry holding it kept that whole
+    /// buffer for the connection's life; a field's name and value are copies already.
+    pub fn detached(&self) -> Header {
+        match self {
+            Header::Authority(v) => Header::Authority(BytesStr::from(v)),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v)),
+            Header::Path(v) => Header::Path(BytesStr::from(v)),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            other => other.clone(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match *self {
             Header::Field {

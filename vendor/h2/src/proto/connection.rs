@@ -332,6 +332,12 @@ where
                                 continue;
                             }
 
+                            // veer: flushed, waiting for the peer, no stream open: an idle
+                            // connection holds no buffers.
+                            if !self.inner.streams.has_streams() {
+                                self.codec.release_idle();
+                            }
+
                             return Poll::Pending;
                         }
                     };
