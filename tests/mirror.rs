@@ -210,6 +210,63 @@ async fn every_get_is_copied_answers_come_from_the_primary_and_writes_only_when_
     veer.shutdown().await;
 }
 
+/// A request whose pool has nothing available falls back (SPEC §2) onto the mirror pool: that
+/// pool answers it once, and no copy follows (its answer compared with itself says nothing).
+#[tokio::test]
+async fn a_request_that_falls_back_onto_the_mirror_pool_is_not_copied_to_it() {
+    let (blue, blue_log) = recording("blue").await;
+    let (green, green_log) = recording("green").await;
+    let routes = "[[routes]]\nname = \"web\"\nsplit = { blue = 100, green = 0 }\nfallback = true\n\
+         [routes.mirror]\nto = \"green\"\n";
+    let veer = start_veer(&config(blue.addr, green.addr, routes)).await;
+    // Copied while blue answers.
+    assert_eq!(get(&veer.url("/before")).await.body, "blue");
+    until_mirror(&veer, "web", "the first copy", |m| count(m, "sent") == 1).await;
+
+    let drained = admin_call(
+        veer.admin,
+        "POST",
+        &format!("/api/pools/blue/backends/{}/drain", blue.addr),
+        "",
+    )
+    .await;
+    assert_eq!(drained.status, 202, "{}", drained.body);
+    for i in 0..20 {
+        let g = get(&veer.url(&format!("/fell/{i}"))).await;
+        assert_eq!((g.status, g.body.as_str()), (200, "green"), "{i}");
+    }
+    // Blue back: copies again. Once those have settled, a copy of a fallen-back request
+    // would have been counted and seen by green too.
+    let undrained = admin_call(
+        veer.admin,
+        "POST",
+        &format!("/api/pools/blue/backends/{}/undrain", blue.addr),
+        "",
+    )
+    .await;
+    assert!(undrained.status < 300, "{}", undrained.body);
+    let mut after = 0;
+    while count(&mirror_status(&veer, "web").await, "sent") < 2 {
+        assert_eq!(get(&veer.url("/after")).await.status, 200);
+        after += 1;
+        assert!(after < 200, "blue never came back");
+    }
+    let m = settled(&veer, "web").await;
+    assert_eq!(count(&m, "sent"), 2, "{m}");
+    let g = seen(&green_log);
+    let fell: Vec<&Seen> = g.iter().filter(|s| s.path.starts_with("/fell/")).collect();
+    assert_eq!(
+        fell.len(),
+        20,
+        "each fallen-back request reached green once: {g:?}"
+    );
+    assert!(fell.iter().all(|s| s.mirror.is_none()), "{fell:?}");
+    assert!(seen(&blue_log)
+        .iter()
+        .all(|s| !s.path.starts_with("/fell/")));
+    veer.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_body_larger_than_max_body_is_not_copied() {
     let (blue, _) = recording("blue").await;

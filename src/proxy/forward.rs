@@ -40,11 +40,17 @@ fn pick_live(
     Some((i, lease))
 }
 
+/// A retryable upstream answer kept back, with its pool's index.
+type Held = (Response<UpstreamBody>, Checkin, Lease, usize);
+
 /// The most backends one request tries (validation caps `retry.attempts` at 10).
 const MAX_TRIED: usize = 10;
 
 /// Not an `async fn`: its arguments would each be kept twice in the future (as arguments and
 /// as the locals they move into); an `async move` block uses what it captures in place.
+///
+/// The output's last part is the index of the pool that answered (a fallback's, when the
+/// request fell back), or of the chosen one when veer answered itself.
 #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
 pub(super) fn forward(
     ctx: ConnCtx,
@@ -62,6 +68,7 @@ pub(super) fn forward(
         Response<ProxyBody>,
         Option<PendingTunnel>,
         Option<access::Pending>,
+        usize,
     ),
 > + Send {
     async move {
@@ -120,7 +127,7 @@ pub(super) fn forward(
                         c.inc(fault.code());
                     }
                     access::answered_self(&mut log, Failure::from(fault), false);
-                    return (Failure::from(fault).response(), None, log);
+                    return (Failure::from(fault).response(), None, log, pool_idx);
                 }
             }
         }
@@ -144,7 +151,7 @@ pub(super) fn forward(
         // A retryable upstream answer (502/503/504) is kept until a retry is really sent, so when
         // none can be (no budget, no other backend) the client gets that answer, not veer's own.
         // Boxed: it lives in every request's future but is only ever filled on the retry path.
-        let mut held: Option<Box<(Response<UpstreamBody>, Checkin, Lease)>> = None;
+        let mut held: Option<Box<Held>> = None;
         for attempt in 1..=retry.attempts {
             if attempt > 1 {
                 // Retries are paid for from the route's budget, so a failing pool cannot double
@@ -220,7 +227,7 @@ pub(super) fn forward(
                     uri.path_and_query = Some(path_and_query.clone());
                     let Ok(uri) = Uri::from_parts(uri) else {
                         access::answered_self(&mut log, Failure::BadRequest, false);
-                        return (Failure::BadRequest.response(), None, log);
+                        return (Failure::BadRequest.response(), None, log, pool_idx);
                     };
                     uri
                 } else {
@@ -285,11 +292,11 @@ pub(super) fn forward(
             match result {
                 Outcome::Response(resp, checkin) => {
                     if matches!(resp.status().as_u16(), 502..=504) && allowed.idempotent {
-                        held = Some(Box::new((resp, checkin, lease)));
+                        held = Some(Box::new((resp, checkin, lease, pidx)));
                         continue;
                     }
                     let (r, t) = relay(resp, checkin, lease, upgrade, body_timeout, slot.as_ref());
-                    return (r, t, log);
+                    return (r, t, log, pidx);
                 }
                 Outcome::Error(e) if e.side() == ErrorSource::Downstream => {
                     // The client's body failed (malformed, cut short, too slow) and the exchange
@@ -299,7 +306,7 @@ pub(super) fn forward(
                     let fault = e.client_fault().unwrap_or(ClientFault::Gone);
                     tracing::debug!(backend = %backend.id, error = %e, "request body failed");
                     access::answered_self(&mut log, Failure::from(fault), false);
-                    return (Failure::from(fault).response(), None, log);
+                    return (Failure::from(fault).response(), None, log, pool_idx);
                 }
                 Outcome::Error(e) => {
                     tracing::debug!(backend = %backend.id, error = ?e, "upstream request failed");
@@ -309,7 +316,7 @@ pub(super) fn forward(
                         continue;
                     }
                     access::answered_self(&mut log, Failure::BadGateway, last_connect);
-                    return (Failure::BadGateway.response(), None, log);
+                    return (Failure::BadGateway.response(), None, log, pool_idx);
                 }
                 Outcome::Timeout => {
                     last_failure = Failure::Timeout;
@@ -317,14 +324,14 @@ pub(super) fn forward(
                         continue;
                     }
                     access::answered_self(&mut log, Failure::Timeout, false);
-                    return (Failure::Timeout.response(), None, log);
+                    return (Failure::Timeout.response(), None, log, pool_idx);
                 }
             }
         }
         if let Some(h) = held {
-            let (resp, checkin, lease) = *h;
+            let (resp, checkin, lease, pidx) = *h;
             let (r, t) = relay(resp, checkin, lease, upgrade, body_timeout, slot.as_ref());
-            return (r, t, log);
+            return (r, t, log, pidx);
         }
         if last_failure == Failure::NoBackend {
             let none = route.metrics.codes[last_pool].last();
@@ -338,7 +345,7 @@ pub(super) fn forward(
             }
         }
         access::answered_self(&mut log, last_failure, last_connect);
-        (last_failure.response(), None, log)
+        (last_failure.response(), None, log, last_pool)
     }
 }
 

@@ -130,14 +130,24 @@ struct ClientAnswer {
 }
 
 /// The client has its answer's head: send the copy (in its own task). An answer veer made
-/// itself (no backend, a timeout, a bad request) has nothing to compare and is not copied.
-pub(super) fn launch(copy: Box<Copy>, resp: &mut Response<ProxyBody>) {
+/// itself (no backend, a timeout, a bad request) has nothing to compare and is not copied;
+/// nor is one the mirror pool gave (`pool`, the request fell back to it): that pool has had
+/// the request once, and its answer compared with itself says nothing.
+pub(super) fn launch(copy: Box<Copy>, resp: &mut Response<ProxyBody>, pool: usize) {
     if resp.body().is_full() {
         return;
     }
     let Some(m) = copy.route.mirror.as_deref() else {
         return;
     };
+    if copy
+        .route
+        .pools
+        .get(pool)
+        .is_some_and(|p| Arc::ptr_eq(p, &m.pool))
+    {
+        return;
+    }
     let client = if m.config.compare {
         let (tx, rx) = oneshot::channel();
         let inner = std::mem::replace(resp.body_mut(), ProxyBody::empty());

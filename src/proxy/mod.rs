@@ -292,15 +292,17 @@ fn dispatch(
     let forwarding = forward(
         ctx, snap, route, parts, body, pool_idx, bucket, host_value, upgrade, log,
     );
-    let answered = move |(resp, pending, log)| answer(resp, pending, log, down_upgrade, new_cookie);
+    let answered =
+        move |(resp, pending, log, _)| answer(resp, pending, log, down_upgrade, new_cookie);
     match copy {
         None => Either::Right(Either::Left(forwarding.map(answered))),
         // Boxed: the mirrored variant must not make every request's future larger.
         Some(copy) => {
-            let mirrored: Boxed = Box::pin(forwarding.map(move |(mut resp, pending, log)| {
-                mirror::launch(copy, &mut resp);
-                answered((resp, pending, log))
-            }));
+            let mirrored: Boxed =
+                Box::pin(forwarding.map(move |(mut resp, pending, log, pool)| {
+                    mirror::launch(copy, &mut resp, pool);
+                    answered((resp, pending, log, pool))
+                }));
             Either::Right(Either::Right(mirrored))
         }
     }
