@@ -22,12 +22,11 @@ use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
-/// What a read takes from the socket when the connection holds no read buffer: read onto
-/// the stack, then copied into a buffer of its own size (or at least `READ_CAPACITY`).
-/// (veer: tokio-util's `FramedRead` kept an 8 KiB buffer for the connection's whole life.)
+/// What a read takes from the socket when the connection holds no unframed bytes: read onto
+/// the stack, then copied into a buffer of just that size (with room for the next frame's
+/// head, which the length-delimited codec reserves after each frame). (veer: tokio-util's
+/// `FramedRead` kept an 8 KiB buffer for the connection's whole life.)
 const STACK_READ: usize = 8 * 1024;
-/// The least capacity of a read buffer, as tokio-util's `FramedRead` had.
-const READ_CAPACITY: usize = 8 * 1024;
 
 #[derive(Debug)]
 pub struct FramedRead<T> {
@@ -36,8 +35,8 @@ pub struct FramedRead<T> {
     /// Splits the byte stream into frames (the length in the frame head).
     codec: LengthDelimitedCodec,
 
-    /// Bytes read and not yet framed. Empty and unallocated while the connection waits for
-    /// bytes (veer): it is dropped whenever a read finds nothing and nothing is left in it.
+    /// Bytes read and not yet framed (veer): a read that finds it empty drops it and reads
+    /// onto the stack, so a connection waiting for bytes holds no buffer.
     buf: BytesMut,
 
     /// The byte stream ended (EOF or an error): no more frames.
@@ -487,18 +486,16 @@ where
                     }
                 }
             }
-            let read = if self.buf.capacity() == 0 {
+            let read = if self.buf.is_empty() {
+                // Frames split off the old buffer keep their part until they are dropped.
+                self.buf = BytesMut::new();
                 self.poll_read_idle(cx)
             } else {
-                // Room for at least one byte, so a read of 0 means the end.
+                // A partial frame: read on into its buffer (the codec reserved room for the
+                // whole frame once it saw the head), room for at least one byte, so a read
+                // of 0 means the end.
                 self.buf.reserve(1);
-                let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.buf);
-                if read.is_pending() && self.buf.is_empty() {
-                    // Waiting for bytes with none held: hold no buffer either (frames split
-                    // off it keep their part until they are dropped).
-                    self.buf = BytesMut::new();
-                }
-                read
+                tokio_util::io::poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.buf)
             };
             match ready!(read) {
                 Ok(0) => {
@@ -521,14 +518,14 @@ where
         }
     }
 
-    /// A read with no buffer held: onto the stack, and into a new buffer only if bytes came.
+    /// A read with no bytes held: onto the stack, and into a new buffer only if bytes came.
     fn poll_read_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
         let mut read = ReadBuf::uninit(&mut stack);
         ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
         let got = read.filled();
         if !got.is_empty() {
-            self.buf = BytesMut::with_capacity(got.len().max(READ_CAPACITY));
+            self.buf = BytesMut::with_capacity(got.len() + frame::HEADER_LEN);
             self.buf.extend_from_slice(got);
         }
         Poll::Ready(Ok(got.len()))

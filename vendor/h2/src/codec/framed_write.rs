@@ -80,6 +80,33 @@ const CHAIN_THRESHOLD: usize = 256;
 /// fragmented data being sent, and hereby improve the throughput.
 const CHAIN_THRESHOLD_WITHOUT_VECTORED_IO: usize = 1024;
 
+/// Write buffers given back by idle connections, kept for the next busy one on this thread
+/// (veer): a connection that goes idle after each request (one stream at a time) would
+/// otherwise allocate and free 16 KiB per request. At most `POOL` per thread.
+const POOL: usize = 16;
+
+thread_local! {
+    static WRITE_BUFS: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_buf() -> BytesMut {
+    WRITE_BUFS
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY))
+}
+
+/// Pooled only as allocated (one that grew past it is dropped, not kept at its size).
+fn give_buf(mut buf: BytesMut) {
+    buf.clear();
+    if buf.capacity() == DEFAULT_BUFFER_CAPACITY {
+        WRITE_BUFS.with_borrow_mut(|p| {
+            if p.len() < POOL {
+                p.push(buf)
+            }
+        });
+    }
+}
+
 // TODO: Make generic
 impl<T, B> FramedWrite<T, B>
 where
@@ -184,7 +211,9 @@ where
     /// holds none; the next frame buffered allocates it again).
     pub(crate) fn release_idle(&mut self) {
         if self.encoder.next.is_none() && !self.encoder.buf.has_remaining() {
-            self.encoder.buf = Cursor::new(BytesMut::new());
+            let buf = std::mem::take(self.encoder.buf.get_mut());
+            self.encoder.buf.set_position(0);
+            give_buf(buf);
         }
     }
 
@@ -237,7 +266,7 @@ where
         assert!(self.has_capacity());
         if self.buf.get_ref().capacity() == 0 {
             // veer: the first frame since the buffer was given back (or ever).
-            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+            *self.buf.get_mut() = take_buf();
         }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
