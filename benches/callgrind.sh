@@ -9,6 +9,8 @@
 # Env:   N=20000 LOW=2000 CONNS=16 H2=1 (HTTPS with HTTP/2 instead of plain HTTP/1.1)
 #        ACCESS=PATH  with the access log on, to PATH (a file, /dev/null); JSON lines
 #        ACCESS_FORMAT=combined  the access log's other format
+#        PORT_BASE=18281  the first of the ports it uses (B1, B2, then +9, +10, +13): engineers
+#                     measuring at once on one machine each take their own
 #        KEEP=DIR     keep each run's profile as DIR/NAME.LOW.out and DIR/NAME.HIGH.out, for
 #                     `callgrind_annotate --inclusive=yes` (see where the instructions go)
 # Needs: apt-get install -y valgrind nginx nghttp2-client openssl
@@ -19,8 +21,9 @@ cd "$(dirname "$0")/.."
 need "apt-get install -y valgrind nginx nghttp2-client openssl curl" valgrind nginx h2load openssl curl
 [ $# -gt 0 ] || { echo "usage: $0 BINARY [BINARY…]" >&2; exit 2; }
 N=${N:-20000}; LOW=${LOW:-2000}; CONNS=${CONNS:-16}
-B1=127.0.0.1:18281; B2=127.0.0.1:18282; P=18290; PS=18291; ADMIN=18294
-ports_free 18281 18282 $P $PS $ADMIN
+PB=${PORT_BASE:-18281}
+B1=127.0.0.1:$PB; B2=127.0.0.1:$((PB + 1)); P=$((PB + 9)); PS=$((PB + 10)); ADMIN=$((PB + 13))
+ports_free "$PB" $((PB + 1)) $P $PS $ADMIN
 W=$(mktemp -d -t veer-callgrind.XXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }

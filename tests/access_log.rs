@@ -680,3 +680,137 @@ async fn hostile_bytes_in_the_path_and_headers_are_escaped_in_both_formats() {
         veer.shutdown().await;
     }
 }
+
+/// An upstream that counts what reaches it.
+async fn counting_upstream() -> (Upstream, Arc<AtomicUsize>) {
+    let n = Arc::new(AtomicUsize::new(0));
+    let c = n.clone();
+    let up = upstream_with(move |_req| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async { respond(200, "hello") }
+    })
+    .await;
+    (up, n)
+}
+
+/// veer with the log on and sampling off (a refusal is veer's own error: always logged).
+async fn refusing_veer(up: &Upstream, tweak: impl FnOnce(&mut veer::config::Config)) -> Veer {
+    start_veer_tweaked(
+        &format!(
+            "{}[pools.app]\nbackends = [\"{}\"]\n[[routes]]\nname = \"web\"\nsplit = {{ app = 1 }}\n",
+            log_section("access_sample = 0.0"),
+            up.addr
+        ),
+        tweak,
+    )
+    .await
+}
+
+/// The one line a refused request left: nothing of its head, what the connection knows.
+async fn refusal_line(veer: &Veer, status: u16, error: &str) {
+    wait_lines(&log_path(veer), 1).await;
+    veer.rt()
+        .access_log
+        .get()
+        .unwrap()
+        .flush(Duration::from_secs(2))
+        .await;
+    let lines = json_lines(&log_path(veer));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let l = &lines[0];
+    assert_eq!(l["status"], status, "{l}");
+    assert_eq!(l["error"], error, "{l}");
+    assert_eq!(l["client_ip"], "127.0.0.1", "{l}");
+    for k in [
+        "method", "path", "host", "protocol", "route", "backend", "tls",
+    ] {
+        assert!(l[k].is_null(), "{k} in {l}");
+    }
+    assert_eq!(l["attempts"], 0, "{l}");
+}
+
+#[tokio::test]
+async fn a_malformed_head_gets_a_400_line_and_never_reaches_the_backend() {
+    let (up, seen) = counting_upstream().await;
+    let veer = refusing_veer(&up, |_| {}).await;
+    let got = raw(
+        veer.addr,
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nno colon here\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 400 "), "{got}");
+    refusal_line(&veer, 400, "bad_request").await;
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "the backend saw it");
+    veer.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_over_large_head_gets_a_431_line() {
+    let (up, seen) = counting_upstream().await;
+    let veer = refusing_veer(&up, |c| c.server.max_header_bytes = 16 * 1024).await;
+    let mut head = b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 40 * 1024));
+    head.extend_from_slice(b"\r\n\r\n");
+    let got = raw(veer.addr, &head, Duration::from_secs(5)).await;
+    assert!(got.starts_with("HTTP/1.1 431 "), "{got}");
+    refusal_line(&veer, 431, "header_too_large").await;
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "the backend saw it");
+    veer.shutdown().await;
+}
+
+/// A head begun and not finished within header_read_timeout, on veer's own HTTP/1.1 loop (a
+/// first head) and on hyper's (a second head after a request with a body): the connection
+/// is closed with nothing written, and logged as a 408.
+#[tokio::test]
+async fn a_head_that_does_not_arrive_in_time_gets_a_408_line() {
+    let (up, seen) = counting_upstream().await;
+    let veer = refusing_veer(&up, |c| {
+        c.server.header_read_timeout = Duration::from_millis(200)
+    })
+    .await;
+    // raw reads until veer closes the connection (bounded far above the timeout).
+    let got = raw(
+        veer.addr,
+        b"GET / HTTP/1.1\r\nHost: a.test\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(got, "", "nothing is written for a head that did not come");
+    refusal_line(&veer, 408, "header_timeout").await;
+
+    std::fs::remove_file(log_path(&veer)).unwrap();
+    veer.rt().access_log.get().unwrap().reopen();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(veer.addr).await.unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"hello") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200 "));
+        // The next head begins on hyper's connection and stops short.
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("veer closes a late head")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "nothing is written for a head that did not come");
+    }
+    // The 200 is sampled away (access_sample = 0.0); the late head is not.
+    refusal_line(&veer, 408, "header_timeout").await;
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "only the POST reached the backend"
+    );
+    veer.shutdown().await;
+}

@@ -790,3 +790,83 @@ async fn step_0_written(bed: &Bed) -> String {
     .await;
     key
 }
+
+/// A "mirror" step (SPEC §11) is judged on the whole fleet's compared copies (SPEC §7), as
+/// any other step on its requests: every copy here goes through a follower, so the leader
+/// alone would wait for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_step_is_judged_on_the_copies_the_whole_fleet_compared() {
+    let bed = Bed::new().await;
+    // Blue and green answer differently: every copy differs, which max_diff_rate = 1 allows.
+    let rollout = "[routes.mirror]\nto = \"green\"\ncompare = true\n\
+        [routes.rollout]\nto = \"green\"\nsteps = [\"mirror\", 100]\nstep_interval = \"1s\"\n\
+        min_requests = 30\nmax_diff_rate = 1.0\n";
+    let reps = three_replicas(&bed, rollout).await;
+    let key = step_0_written(&bed).await;
+    let (leader, follower) = leader_and_follower(&reps).await;
+    // A follower shows the steps as the leader does.
+    let r = rollout_of(follower).await;
+    assert_eq!(
+        (&r["steps"], &r["mirror_step"]),
+        (
+            &serde_json::json!(["mirror", 100]),
+            &serde_json::json!(true)
+        ),
+        "{r}"
+    );
+    for _ in 0..40 {
+        let g = get(&format!("http://{}/", follower.addr)).await;
+        assert_eq!(
+            (g.status, g.body.as_str()),
+            (200, "blue"),
+            "the mirror step moves nobody"
+        );
+    }
+    until(
+        "the mirror step passed",
+        Duration::from_secs(20),
+        || async {
+            bed.etcd
+                .get(&key)
+                .is_some_and(|d| doc_int(&d, "step") == Some(1))
+        },
+    )
+    .await;
+    // The last step (100%) is judged on requests, the fleet's too: once the follower counts
+    // that step.
+    until("the follower at step 1", Duration::from_secs(5), || async {
+        let r = rollout_of(follower).await;
+        r["step"] == 1 && r["weight"] == 100
+    })
+    .await;
+    for _ in 0..40 {
+        assert_eq!(
+            get(&format!("http://{}/", follower.addr)).await.body,
+            "green"
+        );
+    }
+    until("the rollout succeeded", Duration::from_secs(20), || async {
+        bed.etcd
+            .get(&key)
+            .is_some_and(|d| doc_state(&d).as_deref() == Some("succeeded"))
+    })
+    .await;
+    // The leader served none of those requests.
+    let m = get(&format!("http://{}/metrics", leader.admin)).await.body;
+    assert_eq!(
+        metric_sample(
+            &m,
+            "veer_mirror_requests_total",
+            &["route=\"web\"", "result=\"differ\""]
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+    for r in &reps {
+        until("green everywhere", Duration::from_secs(2), || async {
+            green_of(&status(r.admin).await) == 100
+        })
+        .await;
+    }
+}

@@ -656,13 +656,22 @@ async fn a_one_mib_answer_is_digested_as_it_streams() {
 /// Route `web` at blue 100 / green 0, mirrored to green with comparison, and a rollout of
 /// green that starts with a mirror step.
 fn dark_launch(blue: SocketAddr, green: SocketAddr, max_diff_rate: f64) -> String {
+    dark_launch_every(blue, green, max_diff_rate, "200ms")
+}
+
+fn dark_launch_every(
+    blue: SocketAddr,
+    green: SocketAddr,
+    max_diff_rate: f64,
+    step_interval: &str,
+) -> String {
     config(
         blue,
         green,
         &format!(
             "[[routes]]\nname = \"web\"\nsplit = {{ blue = 100, green = 0 }}\n\
              [routes.mirror]\nto = \"green\"\ncompare = true\n\
-             [routes.rollout]\nto = \"green\"\nsteps = [\"mirror\", 100]\nstep_interval = \"200ms\"\nmin_requests = 20\nmax_diff_rate = {max_diff_rate}\n"
+             [routes.rollout]\nto = \"green\"\nsteps = [\"mirror\", 100]\nstep_interval = \"{step_interval}\"\nmin_requests = 20\nmax_diff_rate = {max_diff_rate}\n"
         ),
     )
 }
@@ -723,6 +732,30 @@ async fn a_rollout_mirror_step_fails_on_a_high_difference_rate_before_any_user_m
         g.iter().all(|s| s.mirror.as_deref() == Some("1")),
         "a user reached green"
     );
+    veer.shutdown().await;
+}
+
+/// A release that plainly answers differently rolls back without waiting out its mirror step
+/// (an hour here): fail fast, as on error rates.
+#[tokio::test]
+async fn a_mirror_step_fails_fast_on_a_certain_difference_rate() {
+    let (blue, _) = recording("blue").await;
+    let (green, _) = recording("green").await;
+    let veer = start_veer(&dark_launch_every(blue.addr, green.addr, 0.05, "1h")).await;
+    let rt = veer.rt().clone();
+    wait_step(&rt, 0).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = traffic(veer.url("/"), stop.clone());
+    let s = wait_state(&rt, veer::config::RolloutState::RolledBack).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    sender.await.unwrap();
+    assert_eq!(s.step, 0);
+    let reason = s.reason.unwrap_or_default();
+    assert!(
+        reason.contains("difference rate 100") && reason.ends_with("(fail fast)"),
+        "{reason}"
+    );
+    assert_eq!(green_weight(&rt), 0, "nobody moved");
     veer.shutdown().await;
 }
 

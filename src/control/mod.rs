@@ -52,6 +52,10 @@ pub struct Control {
     pub rollouts: Rollouts,
     /// The audit trail: every change made live, once (`GET /api/changes`).
     pub audit: Audit,
+    /// Fleet mode, on a replica that does not lead: the rollout steps it counts for the
+    /// leader's gate. Synced as each revision is applied (so a step's first requests count
+    /// in it) and published by the counters task.
+    pub(crate) counting: std::sync::Mutex<crate::rollout::fleet::Counting>,
 }
 
 impl std::fmt::Debug for Control {
@@ -86,6 +90,7 @@ impl Control {
                 listeners: OnceLock::new(),
                 rollouts,
                 audit: Audit::default(),
+                counting: Default::default(),
             }
         });
         ctl.rollouts.sync(None, &ctl.config());

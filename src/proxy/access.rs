@@ -12,7 +12,7 @@ use crate::upstream::http_client::BodySlot;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -59,28 +59,34 @@ impl Pending {
         let h = req.headers();
         let info = &ctx.1;
         let mut e = log.entry();
-        e.time = SystemTime::now();
+        // The one clock read at the start: the writer places it on the wall clock.
         e.started = Instant::now();
         e.client_ip = info.peer.ip();
-        e.method = req.method().clone();
+        e.method = Some(req.method().clone());
         e.version = req.version();
         e.tls = info.tls.clone();
         e.set_text(Text::RequestId, Some(id.as_bytes()));
+        // One walk over the headers instead of a hashed lookup for each (the first value of
+        // each, as `get` gives).
+        let (mut host, mut agent, mut referer) = (None, None, None);
+        for (name, value) in h {
+            if *name == header::USER_AGENT {
+                agent = agent.or(Some(value.as_bytes()));
+            } else if *name == header::REFERER {
+                referer = referer.or(Some(value.as_bytes()));
+            } else if *name == header::HOST {
+                host = host.or(Some(value.as_bytes()));
+            }
+        }
         let host = match req.uri().authority() {
             Some(a) => Some(a.as_str().as_bytes()),
-            None => h.get(header::HOST).map(HeaderValue::as_bytes),
+            None => host,
         };
         e.set_text(Text::Host, host);
         let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         e.set_text(Text::Path, Some(path.as_bytes()));
-        e.set_text(
-            Text::UserAgent,
-            h.get(header::USER_AGENT).map(HeaderValue::as_bytes),
-        );
-        e.set_text(
-            Text::Referer,
-            h.get(header::REFERER).map(HeaderValue::as_bytes),
-        );
+        e.set_text(Text::UserAgent, agent);
+        e.set_text(Text::Referer, referer);
         Some(Pending {
             entry: Some(e),
             ctx: ctx.clone(),
@@ -256,4 +262,49 @@ impl std::fmt::Debug for Logged {
             .field("bytes", &self.bytes)
             .finish()
     }
+}
+
+/// A request veer refused before there was one to handle: hyper's answer to a head it could
+/// not read (`status` as hyper wrote it), or a head that did not arrive within
+/// `header_read_timeout` (408, nothing written: the connection is closed, as nginx logs it).
+/// Its line has what the connection knows (client, TLS name); method, host and path are
+/// null. Never sampled away: it is veer's own error.
+pub fn refused(ctx: &ConnCtx, status: u16, why: &'static str) {
+    let Some(log) = ctx.0.access_log.get() else {
+        return;
+    };
+    let mut e = log.entry();
+    e.started = Instant::now();
+    e.client_ip = ctx.1.peer.ip();
+    e.method = None;
+    e.tls = ctx.1.tls.clone();
+    e.status = status;
+    e.error = Some(why);
+    log.submit(e);
+}
+
+/// The status hyper answered a connection's error with, and the log's reason for it; `None`
+/// when hyper wrote no answer (an I/O error, an HTTP/2 preface on an HTTP/1-only connection,
+/// hyper's own internal error). As hyper 1.x's `Server::on_error` (proto/h1/role.rs) answers:
+/// 431 for a head over `max_buf_size` or too many headers, 414 for a URI too long, 400 for
+/// a bad method, URI, version or header.
+pub fn hyper_refusal(e: &(dyn std::error::Error + 'static)) -> Option<(u16, &'static str)> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
+        return None;
+    }
+    // hyper tells its kinds apart only by their text (TooLarge and UriTooLong share
+    // `is_parse_too_large`; Internal has no test of its own).
+    let text = e.to_string();
+    Some(if e.is_parse_too_large() {
+        if text.starts_with("URI too long") {
+            (414, "uri_too_long")
+        } else {
+            (431, "header_too_large")
+        }
+    } else if text.starts_with("internal error") {
+        return None;
+    } else {
+        (400, "bad_request")
+    })
 }

@@ -322,15 +322,22 @@ impl<S: Socket> Conn<S> {
                         // A head half received when shutdown begins is read to its end
                         // (bounded by header_read_timeout) and answered, not cut.
                         let (io, slot) = (&mut self.io, &self.slot);
+                        let mut late = false;
                         let more = poll_fn(|cx| {
                             match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut b) {
                                 // Closed or broken mid-head: hyper says nothing either.
                                 Poll::Ready(r) => Poll::Ready(matches!(r, Ok(n) if n > 0)),
-                                Poll::Pending if slot.poll_expired(cx) => Poll::Ready(false),
+                                Poll::Pending if slot.poll_expired(cx) => {
+                                    late = true;
+                                    Poll::Ready(false)
+                                }
                                 Poll::Pending => Poll::Pending,
                             }
                         })
                         .await;
+                        if late {
+                            super::access::refused(&self.ctx.get(), 408, "header_timeout");
+                        }
                         if !more {
                             tracing::debug!(peer = %self.ctx.peer(), "request head not received in time, or the client went; closing");
                             give_buf(b);

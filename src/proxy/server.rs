@@ -43,6 +43,7 @@ pub async fn serve_connection<I>(
     let peer = info.peer;
     // One shared context: one reference count per request, not one per field.
     let ctx = Arc::new((rt, info));
+    let log_ctx = ctx.clone();
     let closing_now = closing.clone();
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         use futures_util::FutureExt;
@@ -114,6 +115,16 @@ pub async fn serve_connection<I>(
         settings,
         &closing,
         peer,
+        // A head hyper refused (and answered), or one that did not come in time, gets its
+        // access log line here: no request reached the request path.
+        |end| match end {
+            Ended::Error(e) => {
+                if let Some((status, why)) = super::access::hyper_refusal(&**e) {
+                    super::access::refused(&log_ctx, status, why);
+                }
+            }
+            Ended::HeadTimeout => super::access::refused(&log_ctx, 408, "header_timeout"),
+        },
     )
     .await;
     drop(conn);
@@ -159,12 +170,25 @@ pub(super) async fn serve_h2<I>(
         settings,
         &closing,
         peer,
+        // An HTTP/2 connection error refuses no request with a status (a stream's refusal
+        // is the stream's), and a head timeout here is a client that never sent its
+        // preface: no access log line for either.
+        |_| {},
     )
     .await;
 }
 
+/// How a connection ended without a request to log, for [`run`]'s `ended`.
+enum Ended<'a, E> {
+    /// The connection's error (hyper's parse errors, which it has answered, among them).
+    Error(&'a E),
+    /// A request head began and did not arrive within header_read_timeout.
+    HeadTimeout,
+}
+
 /// Run a connection until it ends, is idle too long, is too slow sending a request head, or
 /// shutdown asks it to close (`shutdown` then tells it to finish what is in flight).
+#[allow(clippy::too_many_arguments)]
 async fn run<C, E>(
     mut conn: Pin<&mut C>,
     shutdown: impl Fn(Pin<&mut C>),
@@ -172,6 +196,7 @@ async fn run<C, E>(
     settings: &ServerConfig,
     closing: &CancellationToken,
     peer: SocketAddr,
+    ended: impl FnOnce(Ended<'_, E>),
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -200,6 +225,7 @@ async fn run<C, E>(
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(%peer, error = %e, "connection ended with error");
+                    ended(Ended::Error(&e));
                 }
                 return;
             }
@@ -226,6 +252,7 @@ async fn run<C, E>(
                     // A slow head is cut even during shutdown.
                     Some((at, Expiry::Head)) if at <= Instant::now() => {
                         tracing::debug!(%peer, "request head not received in time; closing");
+                        ended(Ended::HeadTimeout);
                         return;
                     }
                     Some((at, Expiry::Idle)) if at <= Instant::now() && !shutting => {

@@ -8,6 +8,7 @@ use super::persist::Progress;
 use super::stats::{Figures, SideFigures, StepStats};
 use super::{ActOptions, Action, ActionError};
 use crate::config::{Config, ProgressMeta, RolloutState, RouteConfig};
+use crate::metrics::step::MirrorFigures;
 use crate::runtime::Live;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -39,6 +40,10 @@ fn side_of(v: &Value) -> SideFigures {
         streak: 0,
         p99: v["p99_us"].as_u64().map(Duration::from_micros),
     }
+}
+
+fn mirror_json(m: &MirrorFigures) -> Value {
+    json!({ "compared": m.compared, "differ": m.differ })
 }
 
 impl Counting {
@@ -117,6 +122,7 @@ impl Counting {
                     "started_ms": started,
                     "to": side_json(&f.canary),
                     "baseline": side_json(&f.baseline),
+                    "mirror": mirror_json(&s.mirror_figures()),
                 }),
             );
         }
@@ -154,6 +160,30 @@ pub fn sum(
         from.push(node.clone());
     }
     (f, from)
+}
+
+/// The leader's `local` compared mirror copies of `route`'s step `id` plus every other
+/// replica's of the same step (a "mirror" step is judged on the whole fleet's copies, as any
+/// other step on its requests).
+pub fn sum_mirror(
+    local: MirrorFigures,
+    remote: &[(String, Vec<u8>)],
+    route: &str,
+    id: StepId,
+) -> MirrorFigures {
+    let mut m = local;
+    for (_, raw) in remote {
+        let Ok(v) = serde_json::from_slice::<Value>(raw) else {
+            continue;
+        };
+        let r = &v[route];
+        if r["step"].as_u64() != Some(id.0 as u64) || r["started_ms"].as_u64() != Some(id.1) {
+            continue;
+        }
+        m.compared += r["mirror"]["compared"].as_u64().unwrap_or(0);
+        m.differ += r["mirror"]["differ"].as_u64().unwrap_or(0);
+    }
+    m
 }
 
 /// A rollout action taken on a replica that does not lead (SPEC §7: API changes on any
@@ -409,5 +439,31 @@ mod tests {
         assert_eq!(f.canary.p99, Some(Duration::from_micros(900)));
         assert_eq!(f.baseline.requests, 23);
         assert_eq!(from, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn mirror_copies_sum_over_the_same_step_and_are_published() {
+        let a =
+            br#"{"web": {"step": 0, "started_ms": 5, "mirror": {"compared": 30, "differ": 4}}}"#
+                .to_vec();
+        let old =
+            br#"{"web": {"step": 0, "started_ms": 1, "mirror": {"compared": 100, "differ": 100}}}"#
+                .to_vec();
+        let none = br#"{"web": {"step": 0, "started_ms": 5}}"#.to_vec();
+        let local = MirrorFigures {
+            compared: 10,
+            differ: 1,
+        };
+        let remote = [("a".into(), a), ("b".into(), old), ("c".into(), none)];
+        let m = sum_mirror(local, &remote, "web", (0, 5));
+        assert_eq!((m.compared, m.differ), (40, 5));
+        // What a follower publishes reads back the same way.
+        let s = Arc::new(StepStats::new("green", "blue", Duration::from_millis(500)));
+        crate::metrics::step::observe_mirror(&arc_swap::ArcSwapOption::new(Some(s.clone())), true);
+        let mut c = Counting::default();
+        c.steps.insert("web".into(), ((0, 5), s));
+        let published = [("f".to_string(), c.counters_json())];
+        let m = sum_mirror(MirrorFigures::default(), &published, "web", (0, 5));
+        assert_eq!((m.compared, m.differ), (1, 1));
     }
 }

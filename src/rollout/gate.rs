@@ -166,6 +166,28 @@ pub fn fail_fast(def: &RolloutConfig, f: &Figures, to: &str) -> Option<String> {
     None
 }
 
+/// The "mirror" step's fail fast (SPEC §11): at least `min_requests` (and one) compared
+/// copies, of which so many differed that a pool within `max_diff_rate` would show that many
+/// with less than [`FAIL_FAST_CONFIDENCE`] chance. No user is on `to` yet, but a release that
+/// plainly answers differently need not wait out the step.
+pub fn fail_fast_mirror(
+    def: &RolloutConfig,
+    m: &crate::metrics::step::MirrorFigures,
+    to: &str,
+) -> Option<String> {
+    if m.compared < def.min_requests.max(1) || !significant(m.differ, m.compared, def.max_diff_rate)
+    {
+        return None;
+    }
+    Some(format!(
+        "difference rate {} over {}: {} of {} mirrored copies to {to} answered differently (fail fast)",
+        pct(m.diff_rate()),
+        pct(def.max_diff_rate),
+        m.differ,
+        m.compared
+    ))
+}
+
 /// The last `min_requests` (at least one) requests all failed, and such a run is unlikely
 /// for a pool failing at the allowed rate.
 fn run_of_failures(def: &RolloutConfig, p: f64, streak: u64, to: &str) -> Option<String> {
@@ -245,6 +267,34 @@ mod tests {
             mirror_step: false,
             max_diff_rate: 0.01,
         }
+    }
+
+    #[test]
+    fn the_mirror_step_fails_fast_only_beyond_reasonable_doubt() {
+        use crate::metrics::step::MirrorFigures;
+        let d = def(20, 0.0);
+        let d = RolloutConfig {
+            max_diff_rate: 0.05,
+            ..d
+        };
+        let m = |compared, differ| MirrorFigures { compared, differ };
+        // Too few copies compared: never, however many differ.
+        assert_eq!(fail_fast_mirror(&d, &m(19, 19), "green"), None);
+        // 3 of 40 at an allowed 5%: quite possible for a pool within the limit.
+        assert_eq!(fail_fast_mirror(&d, &m(40, 3), "green"), None);
+        // Half of them differ: certain.
+        let r = fail_fast_mirror(&d, &m(40, 20), "green").unwrap();
+        assert_eq!(
+            r,
+            "difference rate 50% over 5%: 20 of 40 mirrored copies to green answered differently (fail fast)"
+        );
+        // With max_diff_rate = 0 one differing copy is a certain breach.
+        let strict = RolloutConfig {
+            max_diff_rate: 0.0,
+            ..def(1, 0.0)
+        };
+        assert!(fail_fast_mirror(&strict, &m(1, 1), "green").is_some());
+        assert_eq!(fail_fast_mirror(&strict, &m(5, 0), "green"), None);
     }
 
     fn fig(requests: u64, failures: u64, slow: u64, streak: u64) -> Figures {

@@ -39,6 +39,22 @@ pub fn figures_json(def: &RolloutConfig, f: &Figures) -> Value {
     v
 }
 
+/// The steps as configured: SPEC §11's mirror step shows as "mirror" (it is judged on
+/// compared copies, at weight 0).
+fn steps_json(def: &RolloutConfig) -> Vec<Value> {
+    def.steps
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if i == 0 && def.mirror_step {
+                json!("mirror")
+            } else {
+                json!(w)
+            }
+        })
+        .collect()
+}
+
 /// Fleet mode, on a replica that does not lead: the rollout as the document says it stands
 /// (the leader's controller walks it). `null` otherwise.
 fn follower_json(rt: &Live, route: &str) -> Value {
@@ -59,7 +75,8 @@ fn follower_json(rt: &Live, route: &str) -> Value {
     json!({
         "state": def.state.unwrap_or(RolloutState::Pending).as_str(),
         "step": def.step.unwrap_or(0),
-        "steps": def.steps,
+        "steps": steps_json(def),
+        "mirror_step": def.mirror_step && def.step.unwrap_or(0) == 0,
         "weight": weight,
         "to": def.to,
         "approval": def.approval,
@@ -122,21 +139,18 @@ pub fn status_value(rt: &Live, route: &str, s: &Status) -> Value {
     gate["reason"] = json!(s.reason);
     gate["external"] = json!(s.external);
     gate["external_pending"] = json!(s.gates_pending);
-    // SPEC §11: the mirror step shows as "mirror" in `steps`, judged on compared copies.
-    let steps: Vec<Value> = def
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            if i == 0 && def.mirror_step {
-                json!("mirror")
-            } else {
-                json!(w)
-            }
-        })
-        .collect();
+    let steps = steps_json(def);
     if def.mirror_step {
-        let m = s.stats.as_ref().map(|st| st.mirror_figures());
+        // Fleet mode: the copies the leader judges on, the whole fleet's.
+        let m = s.stats.as_ref().map(|st| match rt.cluster.get() {
+            Some(fleet) => fleet::sum_mirror(
+                st.mirror_figures(),
+                &fleet.remote_counters(),
+                route,
+                (s.step, s.step_started_ms),
+            ),
+            None => st.mirror_figures(),
+        });
         gate["max_diff_rate"] = json!(def.max_diff_rate);
         if let (Some(m), 0) = (m, s.step) {
             gate["mirror"] = json!({

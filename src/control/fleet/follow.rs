@@ -51,8 +51,8 @@ async fn lead(rt: Arc<Control>, fleet: Arc<Fleet>) {
 /// step of every rollout and publishes the counts under its lease twice a second; the leader
 /// reads everyone's for its controllers to judge on.
 async fn counters(rt: Arc<Control>, fleet: Arc<Fleet>) {
-    let mut counting = crate::rollout::fleet::Counting::default();
-    // Counting follows a new step within 100 ms; the counts go out every 500 ms.
+    // Counting follows a new step as its revision is applied (`apply_revision`) and checks
+    // every 100 ms; the counts go out every 500 ms.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut published_empty = false;
@@ -63,15 +63,16 @@ async fn counters(rt: Arc<Control>, fleet: Arc<Fleet>) {
             _ = tick.tick() => {}
         }
         n += 1;
+        let counting = || rt.counting.lock().unwrap_or_else(|p| p.into_inner());
         if !fleet.is_leader() {
-            counting.sync(&rt, &rt.config());
+            counting().sync(&rt, &rt.config());
         }
         if n % 5 != 0 || !fleet.store_up() {
             continue;
         }
         write_pending(&rt, &fleet).await;
         if fleet.is_leader() {
-            counting.clear();
+            counting().clear();
             let read = tokio::time::timeout(Duration::from_secs(1), fleet.read_counters()).await;
             if let Ok(Ok(all)) = read {
                 let others = all.into_iter().filter(|(n, _)| *n != fleet.node).collect();
@@ -80,7 +81,7 @@ async fn counters(rt: Arc<Control>, fleet: Arc<Fleet>) {
             published_empty = false;
             continue;
         }
-        let value = counting.counters_json();
+        let value = counting().counters_json();
         // Nothing running: say so once, not twice a second.
         let empty = value == b"{}";
         if empty && published_empty {

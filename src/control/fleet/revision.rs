@@ -102,6 +102,14 @@ pub(super) fn apply_revision_locked(
         "fleet document applied"
     );
     fleet.set_applied(rev.revision, Arc::new(doc));
+    if report.changed && !fleet.is_leader() {
+        // A new step's weights are live: count its requests from now, not from the counters
+        // task's next tick (they would land in the step before).
+        rt.counting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync(rt, &rt.config());
+    }
     write_cache(rt.config_path.as_deref(), &rev);
     if foreign && fleet.is_leader() {
         // A rollout action taken on another replica (or a document pushed by hand) moved a

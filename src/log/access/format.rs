@@ -18,8 +18,19 @@ pub(super) fn num(out: &mut Vec<u8>, mut v: u64) {
         b"00010203040506070809101112131415161718192021222324252627282930313233343536373839\
         40414243444546474849505152535455565758596061626364656667686970717273747576777879\
         8081828384858687888990919293949596979899";
+    // Most numbers logged (statuses, attempts, small sizes) have three digits or fewer.
     if v < 10 {
         out.push(b'0' + v as u8);
+        return;
+    }
+    if v < 100 {
+        let d = v as usize * 2;
+        out.extend_from_slice(&PAIRS[d..d + 2]);
+        return;
+    }
+    if v < 1000 {
+        let d = (v % 100) as usize * 2;
+        out.extend_from_slice(&[b'0' + (v / 100) as u8, PAIRS[d], PAIRS[d + 1]]);
         return;
     }
     let mut digits = [0u8; 20];
@@ -47,41 +58,66 @@ pub(super) fn num(out: &mut Vec<u8>, mut v: u64) {
 pub(super) fn millis(out: &mut Vec<u8>, d: Duration, json: bool) {
     let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     num(out, micros / 1000);
-    let mut frac = micros % 1000;
+    let frac = micros % 1000;
     if frac == 0 {
         if json {
             out.extend_from_slice(b".0");
         }
         return;
     }
-    let mut width = 3;
-    while frac % 10 == 0 {
-        frac /= 10;
-        width -= 1;
-    }
-    out.push(b'.');
-    let at = out.len();
-    out.extend_from_slice(&b"000"[..width]);
-    let mut i = out.len();
-    while frac > 0 {
-        i -= 1;
-        out[i] = b'0' + (frac % 10) as u8;
-        frac /= 10;
-    }
-    debug_assert!(i >= at);
+    // Three places, trailing zeros dropped.
+    let places = [
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ];
+    let len = if frac % 100 == 0 {
+        2
+    } else if frac % 10 == 0 {
+        3
+    } else {
+        4
+    };
+    out.extend_from_slice(&places[..len]);
 }
+
+/// Each byte's decimal digits (their count first), for IPv4 addresses.
+const fn octets() -> [[u8; 4]; 256] {
+    let mut t = [[0u8; 4]; 256];
+    let mut i = 0;
+    while i < 256 {
+        let n = i as u8;
+        t[i] = if n >= 100 {
+            [3, b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10]
+        } else if n >= 10 {
+            [2, b'0' + n / 10, b'0' + n % 10, 0]
+        } else {
+            [1, b'0' + n, 0, 0]
+        };
+        i += 1;
+    }
+    t
+}
+
+static OCTETS: [[u8; 4]; 256] = octets();
 
 pub(super) fn ip(out: &mut Vec<u8>, a: IpAddr) {
     match a {
         IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            num(out, a.into());
-            out.push(b'.');
-            num(out, b.into());
-            out.push(b'.');
-            num(out, c.into());
-            out.push(b'.');
-            num(out, d.into());
+            // Assembled on the stack and copied once.
+            let mut b = [0u8; 16];
+            let mut n = 0;
+            for (k, o) in v4.octets().into_iter().enumerate() {
+                if k > 0 {
+                    b[n] = b'.';
+                    n += 1;
+                }
+                let t = &OCTETS[usize::from(o)];
+                b[n..n + 3].copy_from_slice(&t[1..]);
+                n += usize::from(t[0]);
+            }
+            out.extend_from_slice(&b[..n]);
         }
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
@@ -108,17 +144,27 @@ pub(super) fn json_plain(b: u8) -> bool {
     b >= 0x20 && b != b'"' && b != b'\\'
 }
 
+/// A word with a byte that a JSON string must escape, or beyond ASCII.
+fn json_unplain(w: u64) -> bool {
+    has_control(w) || w & HI != 0 || has_byte(w, b'"') || has_byte(w, b'\\')
+}
+
 /// How many leading bytes of `s` are plain in a JSON string and ASCII (so copied as
-/// they are): eight at a time, then one by one.
+/// they are): eight at a time (the last eight overlapping the ones before), then one by one.
 pub(super) fn plain_ascii(s: &[u8]) -> usize {
     let mut n = 0;
     let mut words = s.chunks_exact(8);
     for w in &mut words {
-        let w = u64::from_le_bytes(w.try_into().expect("eight bytes"));
-        if has_control(w) || w & HI != 0 || has_byte(w, b'"') || has_byte(w, b'\\') {
+        if json_unplain(u64::from_le_bytes(w.try_into().expect("eight bytes"))) {
             break;
         }
         n += 8;
+    }
+    if n < s.len() && s.len() >= 8 && n + 8 > s.len() {
+        let last = &s[s.len() - 8..];
+        if !json_unplain(u64::from_le_bytes(last.try_into().expect("eight bytes"))) {
+            return s.len();
+        }
     }
     n + s[n..]
         .iter()
@@ -195,13 +241,76 @@ pub(super) fn json_opt(out: &mut Vec<u8>, s: Option<&[u8]>) {
     }
 }
 
-pub(super) fn name(s: &Option<Arc<str>>) -> Option<&[u8]> {
-    s.as_deref().map(str::as_bytes)
+/// Names (route, pool, backend, SNI) as written, escaped once: they are the config's (or
+/// the connection's) and repeat line after line. Found by the `Arc` (a few per field), held
+/// so that its address cannot be reused by another name while it is here.
+#[derive(Default)]
+pub(super) struct Names {
+    fields: [Recent; 4],
+}
+
+/// Which of [`Names`]' fields.
+#[derive(Clone, Copy)]
+enum Of {
+    Route = 0,
+    Pool = 1,
+    Backend = 2,
+    Tls = 3,
+}
+
+/// The names last seen in one field, escaped.
+#[derive(Default)]
+struct Recent {
+    slots: [Option<(Arc<str>, Vec<u8>)>; 4],
+    next: usize,
+}
+
+impl Names {
+    /// `n` escaped by `esc`, from here when it was escaped before.
+    fn put(&mut self, of: Of, out: &mut Vec<u8>, n: &Arc<str>, esc: fn(&mut Vec<u8>, &[u8])) {
+        let r = &mut self.fields[of as usize];
+        for (k, v) in r.slots.iter().flatten() {
+            if Arc::ptr_eq(k, n) {
+                out.extend_from_slice(v);
+                return;
+            }
+        }
+        let mut v = Vec::with_capacity(n.len() + 2);
+        esc(&mut v, n.as_bytes());
+        out.extend_from_slice(&v);
+        r.slots[r.next] = Some((n.clone(), v));
+        r.next = (r.next + 1) % r.slots.len();
+    }
+
+    fn json(&mut self, of: Of, out: &mut Vec<u8>, n: &Option<Arc<str>>) {
+        match n {
+            Some(n) => self.put(of, out, n, json_str),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    /// ` key=value` as [`field`] writes it.
+    fn field(&mut self, of: Of, out: &mut Vec<u8>, k: &str, n: &Option<Arc<str>>) {
+        match n {
+            Some(n) if !n.is_empty() => {
+                out.push(b' ');
+                out.extend_from_slice(k.as_bytes());
+                out.push(b'=');
+                self.put(of, out, n, escape);
+            }
+            _ => field(out, k, None),
+        }
+    }
 }
 
 /// One JSON object with every field of SPEC.md §8, in this order (compact, as serde_json
 /// writes it).
 pub fn json_line(e: &Entry, out: &mut Vec<u8>) {
+    json_line_cached(e, out, &mut Names::default());
+}
+
+/// [`json_line`] with the names escaped once, in `names`.
+pub(super) fn json_line_cached(e: &Entry, out: &mut Vec<u8>, names: &mut Names) {
     out.extend_from_slice(b"{\"time\":\"");
     rfc3339_into(out, e.time);
     out.extend_from_slice(b"\",\"request_id\":");
@@ -209,14 +318,21 @@ pub fn json_line(e: &Entry, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"client_ip\":\"");
     ip(out, e.client_ip);
     out.extend_from_slice(b"\",\"method\":");
-    json_str(out, e.method.as_str().as_bytes());
+    json_opt(out, e.method.as_ref().map(|m| m.as_str().as_bytes()));
     out.extend_from_slice(b",\"host\":");
     json_opt(out, e.text(Text::Host));
     out.extend_from_slice(b",\"path\":");
-    json_str(out, e.text(Text::Path).unwrap_or(b"/"));
-    out.extend_from_slice(b",\"protocol\":\"");
-    out.extend_from_slice(protocol(e.version).as_bytes());
-    out.extend_from_slice(b"\",\"status\":");
+    match e.method {
+        // A request refused before its head was read has none of these.
+        None => out.extend_from_slice(b"null,\"protocol\":null"),
+        Some(_) => {
+            json_str(out, e.text(Text::Path).unwrap_or(b"/"));
+            out.extend_from_slice(b",\"protocol\":\"");
+            out.extend_from_slice(protocol(e.version).as_bytes());
+            out.push(b'"');
+        }
+    }
+    out.extend_from_slice(b",\"status\":");
     num(out, e.status.into());
     out.extend_from_slice(b",\"bytes_in\":");
     num(out, e.bytes_in);
@@ -230,15 +346,15 @@ pub fn json_line(e: &Entry, out: &mut Vec<u8>) {
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"route\":");
-    json_opt(out, name(&e.route));
+    names.json(Of::Route, out, &e.route);
     out.extend_from_slice(b",\"pool\":");
-    json_opt(out, name(&e.pool));
+    names.json(Of::Pool, out, &e.pool);
     out.extend_from_slice(b",\"backend\":");
-    json_opt(out, name(&e.backend));
+    names.json(Of::Backend, out, &e.backend);
     out.extend_from_slice(b",\"attempts\":");
     num(out, e.attempts.into());
     out.extend_from_slice(b",\"tls\":");
-    json_opt(out, name(&e.tls));
+    names.json(Of::Tls, out, &e.tls);
     out.extend_from_slice(b",\"user_agent\":");
     json_opt(out, e.text(Text::UserAgent));
     out.extend_from_slice(b",\"referer\":");
@@ -252,6 +368,10 @@ pub fn json_line(e: &Entry, out: &mut Vec<u8>) {
 /// never end early or forge a line. Runs of plain bytes are copied whole.
 pub(super) fn escape(out: &mut Vec<u8>, s: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    if clf_plain(s) {
+        out.extend_from_slice(s);
+        return;
+    }
     let (mut i, mut run) = (0, 0);
     while i < s.len() {
         while let Some(w) = s.get(i..i + 8) {
@@ -282,6 +402,24 @@ pub(super) fn escape(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&s[run..]);
 }
 
+/// A word with a byte the combined format escapes.
+fn clf_unplain(w: u64) -> bool {
+    has_control(w) || w & HI != 0 || has_byte(w, 0x7f) || has_byte(w, b'"') || has_byte(w, b'\\')
+}
+
+/// Nothing in `s` to escape (eight bytes at a time, the last eight overlapping).
+fn clf_plain(s: &[u8]) -> bool {
+    if s.len() < 8 {
+        return s
+            .iter()
+            .all(|&b| b != b'"' && b != b'\\' && (0x20..0x7f).contains(&b));
+    }
+    let word = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("eight bytes"));
+    let mut words = s.chunks_exact(8);
+    words.all(|w| !clf_unplain(word(w)))
+        && (words.remainder().is_empty() || !clf_unplain(word(&s[s.len() - 8..])))
+}
+
 pub(super) fn quoted(out: &mut Vec<u8>, v: Option<&[u8]>) {
     out.push(b'"');
     escape(out, v.unwrap_or(b"-"));
@@ -302,15 +440,26 @@ pub(super) fn field(out: &mut Vec<u8>, k: &str, v: Option<&[u8]>) {
 /// Apache/nginx combined (`IP - - [time] "request" status bytes "referer" "agent"`), so
 /// goaccess and existing parsers read it, then veer's fields as `key=value` (`-` for none).
 pub fn combined_line(e: &Entry, out: &mut Vec<u8>) {
+    combined_line_cached(e, out, &mut Names::default());
+}
+
+/// [`combined_line`] with the names escaped once, in `names`.
+pub(super) fn combined_line_cached(e: &Entry, out: &mut Vec<u8>, names: &mut Names) {
     ip(out, e.client_ip);
     out.extend_from_slice(b" - - [");
     clf_time_into(out, e.time);
     out.extend_from_slice(b"] \"");
-    escape(out, e.method.as_str().as_bytes());
-    out.push(b' ');
-    escape(out, e.text(Text::Path).unwrap_or(b"/"));
-    out.push(b' ');
-    out.extend_from_slice(protocol(e.version).as_bytes());
+    match &e.method {
+        // No request line read: `"-"`, as nginx writes it.
+        None => out.push(b'-'),
+        Some(m) => {
+            escape(out, m.as_str().as_bytes());
+            out.push(b' ');
+            escape(out, e.text(Text::Path).unwrap_or(b"/"));
+            out.push(b' ');
+            out.extend_from_slice(protocol(e.version).as_bytes());
+        }
+    }
     out.extend_from_slice(b"\" ");
     num(out, e.status.into());
     out.push(b' ');
@@ -325,9 +474,9 @@ pub fn combined_line(e: &Entry, out: &mut Vec<u8>) {
         Some(e.text(Text::RequestId).unwrap_or_default()),
     );
     field(out, "host", e.text(Text::Host));
-    field(out, "route", name(&e.route));
-    field(out, "pool", name(&e.pool));
-    field(out, "backend", name(&e.backend));
+    names.field(Of::Route, out, "route", &e.route);
+    names.field(Of::Pool, out, "pool", &e.pool);
+    names.field(Of::Backend, out, "backend", &e.backend);
     out.extend_from_slice(b" attempts=");
     num(out, e.attempts.into());
     out.extend_from_slice(b" bytes_in=");
@@ -339,7 +488,7 @@ pub fn combined_line(e: &Entry, out: &mut Vec<u8>) {
         Some(u) => millis(out, u, false),
         None => out.push(b'-'),
     }
-    field(out, "tls", name(&e.tls));
+    names.field(Of::Tls, out, "tls", &e.tls);
     field(out, "error", e.error.map(str::as_bytes));
 }
 

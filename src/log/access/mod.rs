@@ -13,6 +13,7 @@
 
 mod format;
 pub use format::{combined_line, json_line, json_str, rfc3339};
+use format::{combined_line_cached, json_line_cached, Names};
 
 use crate::config::{AccessFormat, AccessTarget, LogConfig};
 use crossbeam_queue::ArrayQueue;
@@ -21,10 +22,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
 
 /// Lines waiting for the writer; past this they are dropped (and counted).
 pub const QUEUE: usize = 8192;
@@ -57,7 +57,9 @@ pub struct Entry {
     /// When the request began (its `duration` runs from here).
     pub started: Instant,
     pub client_ip: IpAddr,
-    pub method: Method,
+    /// `None` for a request refused before its head was read (its path and protocol are
+    /// then unknown too).
+    pub method: Option<Method>,
     pub version: Version,
     pub status: u16,
     pub bytes_in: u64,
@@ -83,7 +85,7 @@ impl Default for Entry {
             time: UNIX_EPOCH,
             started: Instant::now(),
             client_ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            method: Method::GET,
+            method: Some(Method::GET),
             version: Version::HTTP_11,
             status: 0,
             bytes_in: 0,
@@ -138,24 +140,56 @@ impl Entry {
     }
 }
 
-enum Msg {
-    Line(Box<Entry>),
-    /// Write out everything before this, then answer.
-    Flush(tokio::sync::oneshot::Sender<()>),
+/// What the request path and the writer share: the queue of lines, and how the writer is
+/// woken. The queue is a lock-free ring (crossbeam's `ArrayQueue`, ~40 instructions a push
+/// and a pop where tokio's mpsc cost ~250 a line with its semaphore); the writer is woken
+/// only when it sleeps with nothing to do, so a busy proxy's requests push without a syscall.
+struct Shared {
+    queue: ArrayQueue<Box<Entry>>,
+    /// The writer is parked, or about to be: whoever pushes next unparks it.
+    parked: AtomicBool,
+    writer: OnceLock<std::thread::Thread>,
+    /// Someone waits in [`AccessLog::flush`] (their answers are in `flushed`).
+    flush: AtomicBool,
+    flushed: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
+    /// SIGUSR1 asked for the file to be reopened.
+    reopen: AtomicBool,
+    /// The log's handle is gone: write out what is queued and end.
+    closed: AtomicBool,
+}
+
+impl Shared {
+    /// Wake the writer if it sleeps. The fence orders the caller's push (or flag) before the
+    /// look at `parked`, as the writer's own fence orders `parked` before its last look at
+    /// the queue: one of the two sees the other.
+    fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
+            if let Some(t) = self.writer.get() {
+                t.unpark();
+            }
+        }
+    }
 }
 
 /// The request path's handle on the access log.
 pub struct AccessLog {
-    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
     sample: f64,
     dropped: prometheus::IntCounter,
-    reopen: Arc<AtomicBool>,
     free: Arc<ArrayQueue<Box<Entry>>>,
 }
 
 impl std::fmt::Debug for AccessLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AccessLog")
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.wake();
     }
 }
 
@@ -209,26 +243,34 @@ impl AccessLog {
             ),
             _ => e,
         })?;
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        let reopen = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            queue: ArrayQueue::new(queue.max(1)),
+            parked: AtomicBool::new(false),
+            writer: OnceLock::new(),
+            flush: AtomicBool::new(false),
+            flushed: Mutex::new(Vec::new()),
+            reopen: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        });
         let free = Arc::new(ArrayQueue::new(RECYCLED));
         let writer = Writer {
-            rx,
+            shared: shared.clone(),
             sink,
             out,
             buf: Vec::with_capacity(BUFFER),
             format: config.access_format,
-            reopen: reopen.clone(),
             free: free.clone(),
+            clock: (SystemTime::now(), Instant::now()),
+            names: Names::default(),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("veer-access-log".into())
             .spawn(move || writer.run())?;
+        let _ = shared.writer.set(thread.thread().clone());
         Ok(Some(AccessLog {
-            tx,
+            shared,
             sample: config.access_sample,
             dropped,
-            reopen,
             free,
         }))
     }
@@ -246,9 +288,10 @@ impl AccessLog {
 
     /// Queue a line without waiting: a full queue drops it and counts it.
     pub fn submit(&self, e: Box<Entry>) {
-        if let Err(e) = self.tx.try_send(Msg::Line(e)) {
-            self.dropped.inc();
-            if let mpsc::error::TrySendError::Full(Msg::Line(e)) = e {
+        match self.shared.queue.push(e) {
+            Ok(()) => self.shared.wake(),
+            Err(e) => {
+                self.dropped.inc();
                 self.recycle(e);
             }
         }
@@ -266,21 +309,21 @@ impl AccessLog {
 
     /// Reopen a file target before the next line (SIGUSR1).
     pub fn reopen(&self) {
-        self.reopen.store(true, Ordering::Release);
-        // Wake a writer waiting on an empty queue; a full queue means it is awake anyway.
-        let (tx, _rx) = tokio::sync::oneshot::channel();
-        let _ = self.tx.try_send(Msg::Flush(tx));
+        self.shared.reopen.store(true, Ordering::Release);
+        self.shared.wake();
     }
 
     /// Wait (up to `limit`) until every line queued before this call is written.
     pub async fn flush(&self, limit: Duration) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let done = async {
-            if self.tx.send(Msg::Flush(tx)).await.is_ok() {
-                let _ = rx.await;
-            }
-        };
-        let _ = tokio::time::timeout(limit, done).await;
+        self.shared
+            .flushed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        self.shared.flush.store(true, Ordering::Release);
+        self.shared.wake();
+        let _ = tokio::time::timeout(limit, rx).await;
     }
 }
 
@@ -302,70 +345,90 @@ const BUFFER: usize = 64 * 1024;
 
 /// The writer thread's state.
 struct Writer {
-    rx: mpsc::Receiver<Msg>,
+    shared: Arc<Shared>,
     sink: Sink,
     out: Box<dyn Write + Send>,
     /// Formatted lines not written yet.
     buf: Vec<u8>,
     format: AccessFormat,
-    reopen: Arc<AtomicBool>,
     free: Arc<ArrayQueue<Box<Entry>>>,
+    /// The wall clock and the monotonic one read together (once a batch): a line's time is
+    /// its request's start `Instant` placed on the wall clock, so the request path reads
+    /// one clock, not two.
+    clock: (SystemTime, Instant),
+    names: Names,
 }
 
 impl Writer {
     /// Lines are formatted into one buffer and written at most every [`FLUSH_EVERY`] (or
     /// when the buffer fills, or when someone waits for a flush). While lines are buffered
-    /// the thread naps instead of waiting on the queue, so a busy proxy's requests enqueue
+    /// the thread naps instead of sleeping until woken, so a busy proxy's requests enqueue
     /// without waking it.
     fn run(mut self) {
-        use tokio::sync::mpsc::error::TryRecvError;
+        let shared = self.shared.clone();
         let mut first = Instant::now();
         loop {
-            let msg = if self.buf.is_empty() {
-                match self.rx.blocking_recv() {
-                    Some(m) => m,
-                    None => break,
-                }
+            // Answers taken before the queue is drained: every line queued before a flush
+            // was asked for is written before it is answered.
+            let waiting = if shared.flush.swap(false, Ordering::AcqRel) {
+                std::mem::take(&mut *shared.flushed.lock().unwrap_or_else(|p| p.into_inner()))
             } else {
-                match self.rx.try_recv() {
-                    Ok(m) => m,
-                    Err(TryRecvError::Disconnected) => break,
-                    Err(TryRecvError::Empty) => {
-                        let due = first + FLUSH_EVERY;
-                        let now = Instant::now();
-                        if now < due {
-                            std::thread::sleep(due - now);
-                        } else {
-                            self.flush();
-                        }
-                        continue;
-                    }
-                }
+                Vec::new()
             };
-            match msg {
-                Msg::Line(e) => {
-                    if self.buf.is_empty() {
-                        // The first line of a batch starts its wait.
-                        first = Instant::now();
-                    }
-                    match self.format {
-                        AccessFormat::Json => json_line(&e, &mut self.buf),
-                        AccessFormat::Combined => combined_line(&e, &mut self.buf),
-                    }
-                    self.buf.push(b'\n');
-                    recycle(&self.free, e);
-                    if self.buf.len() >= BUFFER {
-                        self.write();
-                    }
+            while let Some(e) = shared.queue.pop() {
+                if self.buf.is_empty() {
+                    // The first line of a batch starts its wait.
+                    first = Instant::now();
+                    self.clock = (SystemTime::now(), first);
                 }
-                Msg::Flush(done) => {
-                    self.flush();
-                    let _ = done.send(());
-                }
+                self.line(e);
             }
+            let closed = shared.closed.load(Ordering::Acquire);
+            if !waiting.is_empty() || shared.reopen.load(Ordering::Acquire) || closed {
+                self.flush();
+                for w in waiting {
+                    let _ = w.send(());
+                }
+                if closed && shared.queue.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            if !self.buf.is_empty() {
+                let due = first + FLUSH_EVERY;
+                let now = Instant::now();
+                if now < due {
+                    std::thread::park_timeout(due - now);
+                } else {
+                    self.flush();
+                }
+                continue;
+            }
+            // Nothing to do: sleep until a request (or a flush, a reopen, the end) wakes us.
+            shared.parked.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if shared.queue.is_empty()
+                && !shared.flush.load(Ordering::Acquire)
+                && !shared.reopen.load(Ordering::Acquire)
+                && !shared.closed.load(Ordering::Acquire)
+            {
+                std::thread::park();
+            }
+            shared.parked.store(false, Ordering::SeqCst);
         }
-        self.write();
-        let _ = self.out.flush();
+    }
+
+    fn line(&mut self, mut e: Box<Entry>) {
+        e.time = wall(self.clock, e.started);
+        match self.format {
+            AccessFormat::Json => json_line_cached(&e, &mut self.buf, &mut self.names),
+            AccessFormat::Combined => combined_line_cached(&e, &mut self.buf, &mut self.names),
+        }
+        self.buf.push(b'\n');
+        recycle(&self.free, e);
+        if self.buf.len() >= BUFFER {
+            self.write();
+        }
     }
 
     fn write(&mut self) {
@@ -384,7 +447,7 @@ impl Writer {
         if let Err(e) = self.out.flush() {
             tracing::warn!(error = %e, "access log write failed");
         }
-        if self.reopen.swap(false, Ordering::AcqRel) {
+        if self.shared.reopen.swap(false, Ordering::AcqRel) {
             if let Sink::File(p) = &self.sink {
                 match self.sink.open() {
                     Ok(f) => {
@@ -397,6 +460,14 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+/// `at` on the wall clock, by its distance from `clock`'s pair of readings.
+fn wall((sys, mono): (SystemTime, Instant), at: Instant) -> SystemTime {
+    match mono.checked_duration_since(at) {
+        Some(before) => sys.checked_sub(before).unwrap_or(UNIX_EPOCH),
+        None => sys + at.duration_since(mono),
     }
 }
 
@@ -422,7 +493,7 @@ mod tests {
             // 2026-12-01T11:50:26.250Z
             time: UNIX_EPOCH + Duration::from_millis(1_796_125_826_250),
             client_ip: "10.0.0.7".parse().unwrap(),
-            method: Method::GET,
+            method: Some(Method::GET),
             version: Version::HTTP_11,
             status: 503,
             bytes_in: 0,
@@ -616,10 +687,10 @@ mod tests {
             time: &'a str,
             request_id: &'a str,
             client_ip: IpAddr,
-            method: &'a str,
+            method: Option<&'a str>,
             host: Option<&'a str>,
-            path: &'a str,
-            protocol: &'a str,
+            path: Option<String>,
+            protocol: Option<&'a str>,
             status: u16,
             bytes_in: u64,
             bytes_out: u64,
@@ -643,10 +714,13 @@ mod tests {
                 time: &rfc3339(e.time),
                 request_id: &lossy(Some(e.text(Text::RequestId).unwrap_or_default())).unwrap(),
                 client_ip: e.client_ip,
-                method: e.method.as_str(),
+                method: e.method.as_ref().map(Method::as_str),
                 host: host.as_deref(),
-                path: &lossy(Some(e.text(Text::Path).unwrap_or(b"/"))).unwrap(),
-                protocol: protocol(e.version),
+                path: e
+                    .method
+                    .as_ref()
+                    .and_then(|_| lossy(Some(e.text(Text::Path).unwrap_or(b"/")))),
+                protocol: e.method.as_ref().map(|_| protocol(e.version)),
                 status: e.status,
                 bytes_in: e.bytes_in,
                 bytes_out: e.bytes_out,
@@ -689,16 +763,16 @@ mod tests {
                 e.client_ip,
                 String::from_utf8(t).unwrap()
             );
-            escape(&mut s, e.method.as_str().as_bytes());
-            s.push(' ');
-            escape(&mut s, e.text(Text::Path).unwrap_or(b"/"));
-            let _ = write!(
-                s,
-                " {}\" {} {} ",
-                protocol(e.version),
-                e.status,
-                e.bytes_out
-            );
+            match &e.method {
+                None => s.push('-'),
+                Some(m) => {
+                    escape(&mut s, m.as_str().as_bytes());
+                    s.push(' ');
+                    escape(&mut s, e.text(Text::Path).unwrap_or(b"/"));
+                    let _ = write!(s, " {}", protocol(e.version));
+                }
+            }
+            let _ = write!(s, "\" {} {} ", e.status, e.bytes_out);
             quoted(&mut s, e.text(Text::Referer).unwrap_or(b"-"));
             s.push(' ');
             quoted(&mut s, e.text(Text::UserAgent).unwrap_or(b"-"));
@@ -779,6 +853,7 @@ mod tests {
             (route, pool, backend, tls) in (names(), names(), names(), names()),
             attempts in any::<u32>(),
             error in proptest::option::of(prop_oneof![Just("no_backend"), Just("bad_request")]),
+            refused in proptest::bool::weighted(0.1),
         ) {
             let mut e = Entry {
                 time: UNIX_EPOCH + Duration::new(secs, nanos),
@@ -787,7 +862,7 @@ mod tests {
                 } else {
                     IpAddr::from(std::net::Ipv4Addr::from(v4))
                 },
-                method: Method::POST,
+                method: if refused { None } else { Some(Method::POST) },
                 version: Version::HTTP_2,
                 status,
                 bytes_in,
@@ -813,8 +888,10 @@ mod tests {
             prop_assert_eq!(&json, &want);
             let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
             for (f, k) in fields.into_iter().zip(["request_id", "host", "path", "user_agent", "referer"]) {
-                if let Some(t) = e.text(f) {
-                    prop_assert_eq!(v[k].as_str().unwrap(), String::from_utf8_lossy(t));
+                match e.text(f) {
+                    Some(_) if refused && k == "path" => prop_assert!(v[k].is_null()),
+                    Some(t) => prop_assert_eq!(v[k].as_str().unwrap(), String::from_utf8_lossy(t)),
+                    None => {}
                 }
             }
             let mut clf = Vec::new();
@@ -834,6 +911,36 @@ mod tests {
             let back: String = serde_json::from_slice(&out).unwrap();
             prop_assert_eq!(back, lossy);
         }
+    }
+
+    /// The writer's cache of escaped names gives the bytes escaping each time gives, for a
+    /// name seen again and for names that change line by line (more than it holds).
+    #[test]
+    fn names_escaped_once_are_the_same_bytes() {
+        let (mut jn, mut cn) = (Names::default(), Names::default());
+        let mut e = entry();
+        e.backend = Some("b\"1\\é".into());
+        e.tls = Some("sni.example".into());
+        for i in 0..12 {
+            if i >= 3 {
+                e.pool = Some(format!("pool-{i}\n").into());
+            }
+            let (mut j, mut c) = (Vec::new(), Vec::new());
+            json_line_cached(&e, &mut j, &mut jn);
+            combined_line_cached(&e, &mut c, &mut cn);
+            assert_eq!(j, reference::json(&e));
+            assert_eq!(c, reference::combined(&e));
+        }
+    }
+
+    #[test]
+    fn a_start_instant_is_placed_on_the_wall_clock() {
+        let mono = Instant::now();
+        let sys = UNIX_EPOCH + Duration::from_secs(1_000);
+        let ms = Duration::from_millis;
+        assert_eq!(wall((sys, mono), mono), sys);
+        assert_eq!(wall((sys, mono + ms(5)), mono), sys - ms(5));
+        assert_eq!(wall((sys, mono), mono + ms(7)), sys + ms(7));
     }
 
     #[test]

@@ -35,11 +35,7 @@ impl Controller {
         let figs = figures
             .map(|f| {
                 if mirror {
-                    let m = self
-                        .stats
-                        .as_ref()
-                        .map(|s| s.mirror_figures())
-                        .unwrap_or_default();
+                    let m = self.fleet_mirror();
                     return format!(
                         "{} mirrored copies to {to} compared, {} differed ({})",
                         m.compared,

@@ -2,6 +2,7 @@
 //! replicas' counts left with them.
 
 use super::Controller;
+use crate::metrics::step::MirrorFigures;
 use crate::rollout::persist;
 use crate::rollout::stats::Figures;
 
@@ -41,6 +42,25 @@ impl Controller {
         n.gone.retain(|g| !from.contains(g));
         n.seen.extend(from);
         sum
+    }
+
+    /// Fleet mode: this replica's compared mirror copies of the running step plus the other
+    /// replicas' (SPEC §7, §11); a single replica's own.
+    pub(super) fn fleet_mirror(&self) -> MirrorFigures {
+        let own = self
+            .stats
+            .as_ref()
+            .map(|s| s.mirror_figures())
+            .unwrap_or_default();
+        match self.rt.upgrade().and_then(|rt| rt.cluster.get().cloned()) {
+            Some(fleet) => crate::rollout::fleet::sum_mirror(
+                own,
+                &fleet.remote_counters(),
+                &self.route,
+                (self.step, self.step_started_ms()),
+            ),
+            None => own,
+        }
     }
 
     /// Fleet mode: a new leader judges nothing before it has read the other replicas'

@@ -51,17 +51,20 @@ impl Controller {
                 let f = self.fleet_figures(stats.figures());
                 // SPEC §11: the "mirror" step moves no user; it is judged on compared copies.
                 let mirror = self.at_mirror_step();
-                if !mirror {
-                    if let Some(reason) = gate::fail_fast(&self.def, &f, &self.def.to) {
-                        self.gate_failed(reason, f).await;
-                        return;
-                    }
+                let fail_fast = if mirror {
+                    gate::fail_fast_mirror(&self.def, &self.fleet_mirror(), &self.def.to)
+                } else {
+                    gate::fail_fast(&self.def, &f, &self.def.to)
+                };
+                if let Some(reason) = fail_fast {
+                    self.gate_failed(reason, f).await;
+                    return;
                 }
                 // Fail fast on what is known (safety first), but a step's verdict waits for
                 // the whole fleet's counts.
                 if now >= self.step_started + self.def.step_interval && self.fleet_counts_ready() {
                     let verdict = if mirror {
-                        let m = stats.mirror_figures();
+                        let m = self.fleet_mirror();
                         gate::judge_mirror(&self.def, &m, self.pool_healthy(), &self.def.to)
                     } else {
                         gate::judge(&self.def, &f, self.pool_healthy(), &self.def.to)
