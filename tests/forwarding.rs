@@ -374,3 +374,58 @@ async fn head_requests_keep_the_upstream_length() {
     assert!(body.is_empty(), "a HEAD answer has no body: {body:?}");
     veer.shutdown().await;
 }
+
+/// An idle keep-alive connection gives its request context (with the client's formatted
+/// address) back to a per-worker pool, and the next request takes one (issue 15): requests
+/// from two client addresses, interleaved on connections that go idle between them, are each
+/// forwarded with their own `X-Forwarded-For`.
+#[tokio::test]
+async fn a_reused_request_context_forwards_each_clients_own_address() {
+    let up = echo_head_upstream().await;
+    let veer = start_veer(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[pools.app]\nbackends = [\"{}\"]\n[[routes]]\nname = \"web\"\nsplit = {{ app = 1 }}\n",
+        up.addr
+    ))
+    .await;
+    let connect = |ip: &'static str| async move {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        s.connect(veer.addr).await.unwrap()
+    };
+    let mut a = connect("127.0.0.1").await;
+    let mut b = connect("127.0.0.2").await;
+    for round in 0..4 {
+        for (s, ip) in [(&mut a, "127.0.0.1"), (&mut b, "127.0.0.2")] {
+            s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let body = read_answer_body(s).await;
+            let seen = echoed(&body);
+            assert_eq!(echoed_get(&seen, "x-forwarded-for"), [ip], "round {round}");
+        }
+    }
+    veer.shutdown().await;
+}
+
+/// Read one HTTP/1.1 answer with a Content-Length body from `s`; its body.
+async fn read_answer_body(s: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("a content-length");
+            if buf.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+            }
+        }
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the answer: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
