@@ -16,7 +16,8 @@ use tokio::net::TcpStream;
 
 const CONNS: usize = 500;
 /// KiB of RSS one idle connection may cost. A debug build measured 0.57 before the first
-/// request and 0.75 after it (release: 0.58 and 1.10 in benches/memory.sh, where 50 clients
+/// request and 0.75 after it, before the request context went back to a per-worker pool when
+/// the connection idles (quick-release in benches/memory.sh: 0.57 and 0.89, where 50 clients
 /// at a time also grow the shared pools); it was over 2 before veer's loop became a small
 /// task with a shared timer.
 const BOUND_KIB: f64 = 1.5;
