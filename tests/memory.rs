@@ -9,7 +9,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,29 +20,6 @@ const CONNS: usize = 500;
 /// at a time also grow the shared pools); it was over 2 before veer's loop became a small
 /// task with a shared timer.
 const BOUND_KIB: f64 = 1.5;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
-/// RSS once it stops moving (the allocator gives memory back lazily).
-async fn settled(pid: u32) -> u64 {
-    let mut last = rss_kib(pid);
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = rss_kib(pid);
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
 
 /// One request on `s`, its answer read to the end (a Content-Length body).
 async fn one_request(s: &mut TcpStream) {

@@ -11,7 +11,6 @@ mod support;
 use bytes::Bytes;
 use http::Request;
 use std::net::SocketAddr;
-use std::time::Duration;
 use support::*;
 
 const CONNS: usize = 200;
@@ -19,29 +18,6 @@ const CONNS: usize = 200;
 /// (rustls's own state); h2's buffers added about 22 more before they were released when the
 /// connection is idle.
 const BOUND_KIB: f64 = 26.0;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
-/// RSS once it stops moving (the allocator gives memory back lazily).
-async fn settled(pid: u32) -> u64 {
-    let mut last = rss_kib(pid);
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = rss_kib(pid);
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
 
 /// An h2 connection over TLS that has had one request answered, its body read to the end.
 async fn one_request(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {

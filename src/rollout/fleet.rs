@@ -130,6 +130,13 @@ impl Counting {
     }
 }
 
+/// What one replica published of `route`'s step `id` (`None`: unreadable, or another step).
+fn published_step(raw: &[u8], route: &str, id: StepId) -> Option<Value> {
+    let mut v = serde_json::from_slice::<Value>(raw).ok()?;
+    let r = v.get_mut(route)?.take();
+    (r["step"].as_u64() == Some(id.0 as u64) && r["started_ms"].as_u64() == Some(id.1)).then_some(r)
+}
+
 /// The leader's `local` figures of `route`'s step `id` plus every other replica's published
 /// counts of the same step; and the replicas that contributed.
 pub fn sum(
@@ -141,13 +148,9 @@ pub fn sum(
     let mut f = local;
     let mut from = Vec::new();
     for (node, raw) in remote {
-        let Ok(v) = serde_json::from_slice::<Value>(raw) else {
+        let Some(r) = published_step(raw, route, id) else {
             continue;
         };
-        let r = &v[route];
-        if r["step"].as_u64() != Some(id.0 as u64) || r["started_ms"].as_u64() != Some(id.1) {
-            continue;
-        }
         for (mine, theirs) in [
             (&mut f.canary, side_of(&r["to"])),
             (&mut f.baseline, side_of(&r["baseline"])),
@@ -173,13 +176,9 @@ pub fn sum_mirror(
 ) -> MirrorFigures {
     let mut m = local;
     for (_, raw) in remote {
-        let Ok(v) = serde_json::from_slice::<Value>(raw) else {
+        let Some(r) = published_step(raw, route, id) else {
             continue;
         };
-        let r = &v[route];
-        if r["step"].as_u64() != Some(id.0 as u64) || r["started_ms"].as_u64() != Some(id.1) {
-            continue;
-        }
         m.compared += r["mirror"]["compared"].as_u64().unwrap_or(0);
         m.differ += r["mirror"]["differ"].as_u64().unwrap_or(0);
     }

@@ -29,6 +29,7 @@ mod h2;
 mod metrics;
 mod raw;
 mod rollout;
+mod rss;
 mod tls;
 // Not every test file uses every part.
 #[allow(unused_imports)]
@@ -45,6 +46,8 @@ pub use metrics::*;
 pub use raw::*;
 #[allow(unused_imports)]
 pub use rollout::*;
+#[allow(unused_imports)]
+pub use rss::*;
 #[allow(unused_imports)]
 pub use tls::*;
 
@@ -460,14 +463,17 @@ pub async fn spawn_veer_bin(bin: &std::path::Path, path: &std::path::Path) -> Ve
         let mut lines = BufReader::new(stderr).lines();
         let mut tx = Some(tx);
         while let Ok(Some(line)) = lines.next_line().await {
+            // Logged first: whoever the announcement wakes may read the log at once.
+            {
+                let mut l = log2.lock().unwrap_or_else(|p| p.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
             if line.starts_with("veer: proxy=") {
                 if let Some(tx) = tx.take() {
-                    let _ = tx.send(line.clone());
+                    let _ = tx.send(line);
                 }
             }
-            let mut l = log2.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
         }
     });
     let line = tokio::time::timeout(Duration::from_secs(20), rx)
