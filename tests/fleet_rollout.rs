@@ -804,6 +804,16 @@ async fn a_mirror_step_is_judged_on_the_copies_the_whole_fleet_compared() {
     let reps = three_replicas(&bed, rollout).await;
     let key = step_0_written(&bed).await;
     let (leader, follower) = leader_and_follower(&reps).await;
+    // Once the follower has applied the step (and so counts it).
+    until(
+        "the follower at the mirror step",
+        Duration::from_secs(10),
+        || async {
+            let r = rollout_of(follower).await;
+            r["state"] == "progressing" && r["step"] == 0 && r["step_started_ms"].is_u64()
+        },
+    )
+    .await;
     // A follower shows the steps as the leader does.
     let r = rollout_of(follower).await;
     assert_eq!(
