@@ -197,26 +197,24 @@ impl Ctx {
         match self {
             Ctx::Ready(c) => c.clone(),
             Ctx::Plain(rt, peer) => {
-                let pooled = CTXS.with_borrow_mut(Vec::pop);
-                let c = match pooled {
-                    Some(mut c) => {
-                        if let Some((r, info)) = Arc::get_mut(&mut c) {
-                            if !Arc::ptr_eq(r, rt) {
-                                *r = rt.clone();
-                            }
-                            // Formatted again only for another address (mostly the same
-                            // few clients, or one balancer in front).
-                            if info.peer.ip() != peer.ip() {
-                                info.client_ip = super::headers::client_ip_value(peer.ip());
-                            }
-                            info.peer = *peer;
-                            c
-                        } else {
-                            Arc::new((rt.clone(), ConnInfo::new(*peer, "http")))
+                // A pooled context nothing else holds, filled in with this connection's
+                // address, else a new one.
+                let c = CTXS
+                    .with_borrow_mut(Vec::pop)
+                    .and_then(|mut c| {
+                        let (r, info) = Arc::get_mut(&mut c)?;
+                        if !Arc::ptr_eq(r, rt) {
+                            *r = rt.clone();
                         }
-                    }
-                    None => Arc::new((rt.clone(), ConnInfo::new(*peer, "http"))),
-                };
+                        // Formatted again only for another address (mostly the same few
+                        // clients, or one balancer in front).
+                        if info.peer.ip() != peer.ip() {
+                            info.client_ip = super::headers::client_ip_value(peer.ip());
+                        }
+                        info.peer = *peer;
+                        Some(c)
+                    })
+                    .unwrap_or_else(|| Arc::new((rt.clone(), ConnInfo::new(*peer, "http"))));
                 *self = Ctx::Ready(c.clone());
                 c
             }
