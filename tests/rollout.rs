@@ -1089,7 +1089,8 @@ async fn demo_with_rollout_starts_a_canary_of_green() {
         let st = json_of(&get(&status_url).await);
         ro = route(&st, "api");
         web = route(&st, "web");
-        if ro["state"] == "progressing" {
+        // web's controller may not have looked yet ("pending"): wait for its first verdict.
+        if ro["state"] == "progressing" && web["state"] != "pending" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
