@@ -193,7 +193,7 @@ impl Live {
 
     fn build_route(
         &self,
-        rc: &RouteConfig,
+        rc: &Arc<RouteConfig>,
         pools: &HashMap<Arc<str>, Arc<Pool>>,
         state: Arc<RouteCounters>,
     ) -> Route {
@@ -206,7 +206,7 @@ impl Live {
         let names: Vec<&str> = rc.split.iter().map(|(p, _)| p.as_str()).collect();
         Route {
             name: rc.name.as_str().into(),
-            config: Arc::new(rc.clone()),
+            config: Arc::clone(rc),
             table: SplitTable::new(&names, &weights),
             metrics: self
                 .metrics
@@ -216,7 +216,7 @@ impl Live {
             state,
             mirror: rc.mirror.as_ref().and_then(|m| {
                 Some(Box::new(crate::routing::MirrorTarget {
-                    config: m.clone(),
+                    config: (**m).clone(),
                     pool: pools.get(m.to.as_str())?.clone(),
                     counts: crate::metrics::mirror::Counts::new(
                         &self.metrics.mirror_requests,
@@ -229,7 +229,7 @@ impl Live {
 }
 
 /// Does `route` (of the live snapshot) stand as it is for `rc` over the new `pools`?
-fn unchanged(route: &Route, rc: &RouteConfig, pools: &HashMap<Arc<str>, Arc<Pool>>) -> bool {
+fn unchanged(route: &Route, rc: &Arc<RouteConfig>, pools: &HashMap<Arc<str>, Arc<Pool>>) -> bool {
     let same_mirror = match (&route.mirror, &rc.mirror) {
         (Some(m), Some(c)) => pools
             .get(c.to.as_str())
@@ -238,7 +238,7 @@ fn unchanged(route: &Route, rc: &RouteConfig, pools: &HashMap<Arc<str>, Arc<Pool
         _ => false,
     };
     same_mirror
-        && *route.config == *rc
+        && (Arc::ptr_eq(&route.config, rc) || *route.config == **rc)
         && route.pools.len() == rc.split.len()
         && route.pools.iter().zip(&rc.split).all(|(p, (name, _))| {
             pools

@@ -30,7 +30,7 @@ async fn veer_over(dns: &DnsServer, backends: &str, extra: &str) -> Veer {
 }
 
 fn no_jitter(c: &mut veer::config::Config) {
-    for p in c.pools.values_mut() {
+    for p in c.pools.values_mut().map(std::sync::Arc::make_mut) {
         if let Some(h) = p.health_check.as_mut() {
             h.jitter = 0.0;
         }

@@ -30,7 +30,7 @@ use veer::upstream::{Backend, Health};
 
 /// Every jitter set to zero, so timings are exact.
 fn no_jitter(c: &mut Config) {
-    for p in c.pools.values_mut() {
+    for p in c.pools.values_mut().map(std::sync::Arc::make_mut) {
         p.circuit_breaker.jitter = 0.0;
         if let Some(h) = &mut p.health_check {
             h.jitter = 0.0;

@@ -22,6 +22,7 @@ pub mod writeback;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use duration::{format_duration, parse_duration};
@@ -49,9 +50,12 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub tls: TlsConfig,
-    /// Pools by name (sorted, so iteration order is stable).
-    pub pools: BTreeMap<String, PoolConfig>,
-    pub routes: Vec<RouteConfig>,
+    /// Pools by name (sorted, so iteration order is stable). Pools and routes are shared
+    /// (`Arc`) by the copies of a config (the state file's overlay, the snapshot, the runtime
+    /// pools and routes), so each costs its memory once (issue 15); `route_mut` and
+    /// `pool_mut` copy one on write.
+    pub pools: BTreeMap<String, Arc<PoolConfig>>,
+    pub routes: Vec<Arc<RouteConfig>>,
     /// `[cluster]`: fleet mode (SPEC §7); `None`: one replica on its own.
     pub cluster: Option<ClusterConfig>,
     /// Non-fatal findings (for example a certificate expiring soon), shown by `veer check`.
@@ -144,11 +148,18 @@ impl Config {
     }
 
     pub fn route(&self, name: &str) -> Option<&RouteConfig> {
-        self.routes.iter().find(|r| r.name == name)
+        self.routes.iter().find(|r| r.name == name).map(|r| &**r)
     }
 
     pub fn route_mut(&mut self, name: &str) -> Option<&mut RouteConfig> {
-        self.routes.iter_mut().find(|r| r.name == name)
+        self.routes
+            .iter_mut()
+            .find(|r| r.name == name)
+            .map(Arc::make_mut)
+    }
+
+    pub fn pool_mut(&mut self, name: &str) -> Option<&mut PoolConfig> {
+        self.pools.get_mut(name).map(Arc::make_mut)
     }
 
     /// One line for `veer check`.

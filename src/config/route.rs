@@ -131,9 +131,10 @@ pub struct RouteConfig {
     pub override_: Option<Override>,
     pub fallback: Fallback,
     pub retry: RetryConfig,
-    pub rollout: Option<RolloutConfig>,
+    /// Boxed, as the mirror: most routes have neither, and a route's memory counts (issue 15).
+    pub rollout: Option<Box<RolloutConfig>>,
     /// `[routes.mirror]` (SPEC §11).
-    pub mirror: Option<MirrorConfig>,
+    pub mirror: Option<Box<MirrorConfig>>,
 }
 
 impl RouteConfig {

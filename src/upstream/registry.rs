@@ -143,7 +143,7 @@ impl Registry {
                         .iter()
                         .zip(&members)
                         .all(|(b, (id, _))| b.id == *id);
-                if *pool.config == *pc
+                if (Arc::ptr_eq(&pool.config, pc) || *pool.config == **pc)
                     && same_members
                     && Self::keep_pool(&mut inner, &pool, &mut keep)
                 {
@@ -151,7 +151,7 @@ impl Registry {
                     continue;
                 }
             }
-            let pc_arc = Arc::new(pc.clone());
+            let pc_arc = Arc::clone(pc);
             let shared = inner
                 .pools
                 .entry(name.clone())

@@ -123,7 +123,7 @@ impl Change {
                 );
                 let was = base
                     .route(route)
-                    .and_then(|r| r.rollout.as_ref())
+                    .and_then(|r| r.rollout.as_deref())
                     .map(describe)
                     .unwrap_or_default();
                 state.rollouts.insert(

@@ -270,7 +270,7 @@ mod tests {
             None
         );
         let mut fewer = edited.clone();
-        fewer.pools.get_mut("blue").unwrap().backends.pop();
+        fewer.pool_mut("blue").unwrap().backends.pop();
         let mut s4 = s.clone();
         let (_, dropped) = s4.lay_over(&fewer);
         assert!(

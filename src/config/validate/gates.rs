@@ -323,7 +323,11 @@ pub(super) type Afters = Vec<(String, Range<usize>)>;
 /// Rollout order over the whole config: every route named in an `after` exists and has a
 /// rollout, and the `after` edges have no cycle. `afters` holds each route's entries as
 /// written, with their places.
-pub(super) fn check_order(cx: &mut Ctx<'_>, routes: &[RouteConfig], afters: &[(String, Afters)]) {
+pub(super) fn check_order(
+    cx: &mut Ctx<'_>,
+    routes: &[Arc<RouteConfig>],
+    afters: &[(String, Afters)],
+) {
     let mut edges: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     let mut place: HashMap<(&str, &str), Range<usize>> = HashMap::new();
     for (route, list) in afters {

@@ -14,7 +14,7 @@ pub(super) fn build_mirror(
     route: &str,
     raw: Spanned<RawMirror>,
     split: &[(String, u32)],
-    pools: &BTreeMap<String, PoolConfig>,
+    pools: &BTreeMap<String, Arc<PoolConfig>>,
 ) -> MirrorConfig {
     let field = |f: &str| format!("routes.{route}.mirror.{f}");
     let raw = raw.into_inner();

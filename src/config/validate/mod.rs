@@ -23,6 +23,7 @@ use super::raw::*;
 use super::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
+use std::sync::Arc;
 use toml::Spanned;
 
 struct Ctx<'a> {
@@ -264,7 +265,7 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
                 let span = name.span();
                 let name = name.into_inner();
                 if let Some(pc) = build_pool(cx, &name, span, pool) {
-                    pools.insert(name, pc);
+                    pools.insert(name, Arc::new(pc));
                 }
             }
         }
@@ -332,7 +333,7 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig) -> Config {
                             matchers.insert(key, rc.name.clone());
                         }
                     }
-                    routes.push(rc);
+                    routes.push(Arc::new(rc));
                 }
             }
         }

@@ -6,7 +6,7 @@ pub(super) fn build_route(
     cx: &mut Ctx<'_>,
     span: Range<usize>,
     raw: RawRoute,
-    pools: &BTreeMap<String, PoolConfig>,
+    pools: &BTreeMap<String, Arc<PoolConfig>>,
 ) -> Option<RouteConfig> {
     let name = raw.name.get_ref().clone();
     let field = |f: &str| format!("routes.{name}.{f}");
@@ -506,8 +506,8 @@ pub(super) fn build_route(
         override_,
         fallback,
         retry,
-        rollout,
-        mirror,
+        rollout: rollout.map(Box::new),
+        mirror: mirror.map(Box::new),
     })
 }
 
