@@ -35,7 +35,9 @@ pub struct BackendGauges {
 /// nothing costs a few words and one that only ever answers 2xx costs one block.
 #[derive(Debug, Default)]
 pub struct CodeCounters {
-    classes: [OnceLock<Box<[AtomicU64; 100]>>; 5],
+    /// `OnceBox`: one word a class (`OnceLock<Box<_>>` is two); every backend of every route
+    /// has one of these per pool (issue 15).
+    classes: [once_cell::race::OnceBox<[AtomicU64; 100]>; 5],
     /// Time to the answer's headers, made at the first answer (the status console's p99).
     latency: OnceLock<latency::Latency>,
 }

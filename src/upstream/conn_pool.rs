@@ -110,9 +110,9 @@ struct Idle {
 /// The connections of one backend's client.
 pub struct Conns {
     connector: Connector,
-    /// What the connector is asked for: only its scheme matters (TLS or not); the dialer
-    /// always dials the backend's address.
-    target: Uri,
+    /// Whether the connector is asked for TLS: the scheme of the URI it is given is all it
+    /// reads (the dialer always dials the backend's address), so no per-backend URI is kept.
+    tls: bool,
     http2: bool,
     /// The authority for a `Host` header when a request has none.
     authority: http::uri::Authority,
@@ -132,7 +132,7 @@ pub struct Conns {
 impl std::fmt::Debug for Conns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conns")
-            .field("target", &self.target)
+            .field("tls", &self.tls)
             .field("http2", &self.http2)
             .field("idle", &self.idle.len())
             .finish()
@@ -174,13 +174,13 @@ type Sending =
 impl Conns {
     pub fn new(
         connector: Connector,
-        target: Uri,
+        tls: bool,
         http2: bool,
         authority: http::uri::Authority,
     ) -> Arc<Self> {
         Arc::new(Conns {
             connector,
-            target,
+            tls,
             http2,
             authority,
             idle: IdleQueue::new(MAX_IDLE),
@@ -396,7 +396,11 @@ impl Conns {
     async fn dial(&self) -> Result<super::http_client::ConnIo, UpstreamError> {
         self.connector
             .clone()
-            .oneshot(self.target.clone())
+            .oneshot(Uri::from_static(if self.tls {
+                "https://backend"
+            } else {
+                "http://backend"
+            }))
             .await
             .map_err(UpstreamError::Connect)
     }

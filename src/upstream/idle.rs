@@ -10,8 +10,8 @@
 //! tiers are used when it is full or empty; what sits there unused, the reaper retires.
 
 use crossbeam_queue::ArrayQueue;
+use once_cell::race::OnceBox;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 
 /// Slots of the first tier; each next tier has twice as many, the last takes the rest.
 const FIRST: usize = 4;
@@ -20,7 +20,9 @@ const TIERS: usize = 8;
 
 pub(crate) struct IdleQueue<T> {
     /// Boxed: an `ArrayQueue` is a few hundred bytes of cache-padded indices by itself.
-    tiers: [OnceLock<Box<ArrayQueue<T>>>; TIERS],
+    /// `OnceBox` is one pointer (a `OnceLock<Box<_>>` is two words): every backend has two
+    /// queues, used or not (issue 15).
+    tiers: [OnceBox<ArrayQueue<T>>; TIERS],
     /// Tiers allocated so far (they are allocated in order).
     allocated: AtomicUsize,
     capacity: usize,
@@ -106,7 +108,7 @@ impl<T> IdleQueue<T> {
     /// The allocated tiers, oldest first.
     fn allocated(&self) -> impl DoubleEndedIterator<Item = &ArrayQueue<T>> {
         let n = self.allocated.load(Ordering::Acquire);
-        self.tiers[..n].iter().filter_map(|t| t.get().map(|q| &**q))
+        self.tiers[..n].iter().filter_map(|t| t.get())
     }
 }
 

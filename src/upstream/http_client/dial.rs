@@ -22,7 +22,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Clone)]
 pub struct Dial {
     pub(super) http: HttpConnector,
-    pub(super) target: Uri,
+    /// The backend's address (the URI for the connector is made at each dial: a connection
+    /// is rare beside what a kept `Uri` costs every backend).
+    pub(super) addr: std::net::SocketAddr,
     pub(super) cuts: Arc<CutSet>,
 }
 
@@ -38,10 +40,11 @@ impl tower::Service<Uri> for Dial {
     }
 
     fn call(&mut self, _dst: Uri) -> Self::Future {
-        let connecting = self.http.call(self.target.clone());
+        let target: Result<Uri, _> = format!("http://{}", self.addr).parse();
+        let connecting = target.map(|t| self.http.call(t));
         let cuts = self.cuts.clone();
         Box::pin(async move {
-            let io = connecting.await?;
+            let io = connecting?.await?;
             Ok(CutIo {
                 inner: io,
                 flag: cuts.register(),

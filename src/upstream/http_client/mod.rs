@@ -104,6 +104,25 @@ impl ClientTemplate {
     }
 }
 
+/// The TCP connector for pools with this connect timeout: one per timeout, shared by their
+/// backends (its settings live behind an `Arc` of 200 bytes that every backend had a copy
+/// of: issue 15). Touched only when clients are built, never by requests.
+fn tcp_connector(connect_timeout: Duration) -> HttpConnector {
+    static BY_TIMEOUT: std::sync::Mutex<Vec<(Duration, HttpConnector)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut all = BY_TIMEOUT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, c)) = all.iter().find(|(t, _)| *t == connect_timeout) {
+        return c.clone();
+    }
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    all.push((connect_timeout, http.clone()));
+    http
+}
+
 /// TLS 1.3 tickets rustls keeps per server (its `MAX_TLS13_TICKETS_PER_SERVER`): a cache of
 /// this size holds one server.
 const TICKETS_PER_SERVER: usize = 8;
@@ -124,18 +143,10 @@ impl UpstreamClient {
         pool: &PoolConfig,
         template: &ClientTemplate,
     ) -> Result<Self, UpstreamTlsError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(pool.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let target = format!("http://{addr}")
-            .parse()
-            .map_err(|_| UpstreamTlsError::BadSni(addr.to_string()))?;
         let cuts = Arc::new(CutSet::default());
         let dial = Dial {
-            http,
-            target,
+            http: tcp_connector(pool.connect_timeout),
+            addr,
             cuts: cuts.clone(),
         };
         let name = crate::tls::upstream_server_name(pool, addr)?;
@@ -154,11 +165,8 @@ impl UpstreamClient {
             }
             .map_err(|_| UpstreamTlsError::BadSni(addr.to_string()))?;
         let scheme = if pool.tls.is_some() { "https" } else { "http" };
-        let target = format!("{scheme}://{addr}")
-            .parse()
-            .map_err(|_| UpstreamTlsError::BadSni(addr.to_string()))?;
         Ok(UpstreamClient {
-            conns: Conns::new(connector, target, http2, authority.clone()),
+            conns: Conns::new(connector, pool.tls.is_some(), http2, authority.clone()),
             scheme,
             authority,
             http2,
