@@ -6,13 +6,12 @@
 
 use super::body::ProxyBody;
 use super::{ConnCtx, Failure};
-use crate::log::access::{Entry, Text};
+use crate::log::access::{self, Entry, Text};
 use crate::log::request_id;
 use crate::upstream::http_client::BodySlot;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use std::sync::Arc;
-use std::time::Instant;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -60,7 +59,7 @@ impl Pending {
         let info = &ctx.1;
         let mut e = log.entry();
         // The one clock read at the start: the writer places it on the wall clock.
-        e.started = Instant::now();
+        e.started = access::now();
         e.client_ip = info.peer.ip();
         e.method = Some(req.method().clone());
         e.version = req.version();
@@ -164,7 +163,7 @@ impl Pending {
             (None, Some(slot)) => slot.received(),
             (None, None) => 0,
         };
-        e.duration = e.started.elapsed();
+        e.duration = std::time::Duration::from_nanos(access::now().saturating_sub(e.started));
         log.submit(e);
     }
 
@@ -274,7 +273,7 @@ pub fn refused(ctx: &ConnCtx, status: u16, why: &'static str) {
         return;
     };
     let mut e = log.entry();
-    e.started = Instant::now();
+    e.started = access::now();
     e.client_ip = ctx.1.peer.ip();
     e.method = None;
     e.tls = ctx.1.tls.clone();

@@ -3,6 +3,7 @@
 //! plain ASCII), and the time strings made once a second.
 
 use super::{protocol, Entry, Text};
+use http::Version;
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -56,7 +57,11 @@ pub(super) fn num(out: &mut Vec<u8>, mut v: u64) {
 /// `micros / 1000.0` (what ryu and `Display` print for it): `1.5`, `0.012`, `3`. `json`
 /// writes a whole number as `3.0`, as serde_json does.
 pub(super) fn millis(out: &mut Vec<u8>, d: Duration, json: bool) {
-    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    // In u64 (as_micros is u128, dearer): exact for the next 584,000 years.
+    let micros = d
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(d.subsec_micros()));
     num(out, micros / 1000);
     let frac = micros % 1000;
     if frac == 0 {
@@ -176,6 +181,12 @@ pub(super) fn plain_ascii(s: &[u8]) -> usize {
 /// UTF-8 become U+FFFD, as `String::from_utf8_lossy` makes them.
 pub fn json_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
+    json_inner(out, s);
+    out.push(b'"');
+}
+
+/// [`json_str`] without the quotes.
+fn json_inner(out: &mut Vec<u8>, s: &[u8]) {
     let plain = plain_ascii(s);
     out.extend_from_slice(&s[..plain]);
     let rest = &s[plain..];
@@ -191,7 +202,6 @@ pub fn json_str(out: &mut Vec<u8>, s: &[u8]) {
             }
         }
     }
-    out.push(b'"');
 }
 
 /// Valid UTF-8, escaped: runs of plain bytes are copied whole, eight bytes checked at a time.
@@ -231,14 +241,6 @@ pub(super) fn json_escape(out: &mut Vec<u8>, s: &[u8]) {
         i += 1;
     }
     out.extend_from_slice(&s[run..]);
-}
-
-/// A JSON string or `null`.
-pub(super) fn json_opt(out: &mut Vec<u8>, s: Option<&[u8]>) {
-    match s {
-        Some(s) => json_str(out, s),
-        None => out.extend_from_slice(b"null"),
-    }
 }
 
 /// Names (route, pool, backend, SNI) as written, escaped once: they are the config's (or
@@ -306,33 +308,71 @@ impl Names {
 /// One JSON object with every field of SPEC.md §8, in this order (compact, as serde_json
 /// writes it).
 pub fn json_line(e: &Entry, out: &mut Vec<u8>) {
-    json_line_cached(e, out, &mut Names::default());
+    json_line_cached(e, unix_ms(e.time), out, &mut Cache::default());
 }
 
-/// [`json_line`] with the names escaped once, in `names`.
-pub(super) fn json_line_cached(e: &Entry, out: &mut Vec<u8>, names: &mut Names) {
-    out.extend_from_slice(b"{\"time\":\"");
-    rfc3339_into(out, e.time);
-    out.extend_from_slice(b"\",\"request_id\":");
-    json_str(out, e.text(Text::RequestId).unwrap_or_default());
-    out.extend_from_slice(b",\"client_ip\":\"");
-    ip(out, e.client_ip);
-    out.extend_from_slice(b"\",\"method\":");
-    json_opt(out, e.method.as_ref().map(|m| m.as_str().as_bytes()));
-    out.extend_from_slice(b",\"host\":");
-    json_opt(out, e.text(Text::Host));
-    out.extend_from_slice(b",\"path\":");
-    match e.method {
-        // A request refused before its head was read has none of these.
-        None => out.extend_from_slice(b"null,\"protocol\":null"),
-        Some(_) => {
-            json_str(out, e.text(Text::Path).unwrap_or(b"/"));
-            out.extend_from_slice(b",\"protocol\":\"");
-            out.extend_from_slice(protocol(e.version).as_bytes());
+/// The request's strings as they stand in a JSON line: copied as they are when `plain`
+/// (one scan of them all said nothing is to be escaped), escaped otherwise.
+fn jtext(out: &mut Vec<u8>, plain: bool, v: &[u8]) {
+    if plain {
+        out.extend_from_slice(v);
+    } else {
+        json_inner(out, v);
+    }
+}
+
+/// A quoted [`jtext`], or `null`.
+fn jtext_opt(out: &mut Vec<u8>, plain: bool, v: Option<&[u8]>) {
+    match v {
+        Some(v) => {
+            out.push(b'"');
+            jtext(out, plain, v);
             out.push(b'"');
         }
+        None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(b",\"status\":");
+}
+
+/// [`json_line`] at `wall_ms` (milliseconds since 1970), with the names and the time
+/// strings made once, in `c`.
+pub(super) fn json_line_cached(e: &Entry, wall_ms: u64, out: &mut Vec<u8>, c: &mut Cache) {
+    // The request's strings lie side by side in one buffer and nearly never hold anything
+    // to escape: one scan over them all, then each is a plain copy.
+    let plain = json_all_plain(&e.text);
+    out.extend_from_slice(b"{\"time\":\"");
+    c.times.rfc3339(out, wall_ms);
+    out.extend_from_slice(b"\",\"request_id\":\"");
+    jtext(out, plain, e.text(Text::RequestId).unwrap_or_default());
+    out.extend_from_slice(b"\",\"client_ip\":\"");
+    ip(out, e.client_ip);
+    match &e.method {
+        // A request refused before its head was read has none of these.
+        None => {
+            out.extend_from_slice(b"\",\"method\":null,\"host\":");
+            jtext_opt(out, plain, e.text(Text::Host));
+            out.extend_from_slice(b",\"path\":null,\"protocol\":null,\"status\":");
+        }
+        Some(m) => {
+            out.extend_from_slice(b"\",\"method\":\"");
+            // A method is an HTTP token (the http crate admits nothing else): no byte of it
+            // is escaped.
+            out.extend_from_slice(m.as_str().as_bytes());
+            out.extend_from_slice(b"\",\"host\":");
+            jtext_opt(out, plain, e.text(Text::Host));
+            out.extend_from_slice(b",\"path\":\"");
+            jtext(out, plain, e.text(Text::Path).unwrap_or(b"/"));
+            let tail: &[u8] = match e.version {
+                Version::HTTP_11 => b"\",\"protocol\":\"HTTP/1.1\",\"status\":",
+                Version::HTTP_2 => b"\",\"protocol\":\"HTTP/2.0\",\"status\":",
+                v => {
+                    out.extend_from_slice(b"\",\"protocol\":\"");
+                    out.extend_from_slice(protocol(v).as_bytes());
+                    b"\",\"status\":"
+                }
+            };
+            out.extend_from_slice(tail);
+        }
+    }
     num(out, e.status.into());
     out.extend_from_slice(b",\"bytes_in\":");
     num(out, e.bytes_in);
@@ -346,22 +386,27 @@ pub(super) fn json_line_cached(e: &Entry, out: &mut Vec<u8>, names: &mut Names) 
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"route\":");
-    names.json(Of::Route, out, &e.route);
+    c.names.json(Of::Route, out, &e.route);
     out.extend_from_slice(b",\"pool\":");
-    names.json(Of::Pool, out, &e.pool);
+    c.names.json(Of::Pool, out, &e.pool);
     out.extend_from_slice(b",\"backend\":");
-    names.json(Of::Backend, out, &e.backend);
+    c.names.json(Of::Backend, out, &e.backend);
     out.extend_from_slice(b",\"attempts\":");
     num(out, e.attempts.into());
     out.extend_from_slice(b",\"tls\":");
-    names.json(Of::Tls, out, &e.tls);
+    c.names.json(Of::Tls, out, &e.tls);
     out.extend_from_slice(b",\"user_agent\":");
-    json_opt(out, e.text(Text::UserAgent));
+    jtext_opt(out, plain, e.text(Text::UserAgent));
     out.extend_from_slice(b",\"referer\":");
-    json_opt(out, e.text(Text::Referer));
-    out.extend_from_slice(b",\"error\":");
-    json_opt(out, e.error.map(str::as_bytes));
-    out.push(b'}');
+    jtext_opt(out, plain, e.text(Text::Referer));
+    match e.error {
+        None => out.extend_from_slice(b",\"error\":null}"),
+        Some(why) => {
+            out.extend_from_slice(b",\"error\":");
+            json_str(out, why.as_bytes());
+            out.push(b'}');
+        }
+    }
 }
 
 /// nginx's escaping: `"`, `\` and bytes outside visible ASCII as `\xHH`, so a field can
@@ -402,28 +447,51 @@ pub(super) fn escape(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&s[run..]);
 }
 
-/// A word with a byte the combined format escapes.
-fn clf_unplain(w: u64) -> bool {
-    has_control(w) || w & HI != 0 || has_byte(w, 0x7f) || has_byte(w, b'"') || has_byte(w, b'\\')
+/// Nothing in `s` that the combined format escapes.
+pub(super) fn clf_plain(s: &[u8]) -> bool {
+    all_words(
+        s,
+        |w| json_flags(w) | del_flags(w),
+        |b| b != b'"' && b != b'\\' && (0x20..0x7f).contains(&b),
+    )
 }
 
-/// Nothing in `s` to escape (eight bytes at a time, the last eight overlapping).
-fn clf_plain(s: &[u8]) -> bool {
+/// The high bit of a byte of the result is set for each byte of `w` that a JSON string
+/// escapes or that is beyond ASCII (and perhaps for bytes above one that is: exact about
+/// whether there is one, the classic SWAR tests), no branch taken.
+fn json_flags(w: u64) -> u64 {
+    let q = w ^ (LO * u64::from(b'"'));
+    let b = w ^ (LO * u64::from(b'\\'));
+    w | (w.wrapping_sub(LO * 0x20) & !w) | (q.wrapping_sub(LO) & !q) | (b.wrapping_sub(LO) & !b)
+}
+
+/// As [`json_flags`], for DEL (escaped by the combined format only).
+fn del_flags(w: u64) -> u64 {
+    let d = w ^ (LO * 0x7f);
+    d.wrapping_sub(LO) & !d
+}
+
+/// Whether no byte of `s` is flagged: `flags` on eight bytes at a time, OR-ed together and
+/// looked at once (the last eight overlapping the ones before), `plain` for fewer than eight.
+fn all_words(s: &[u8], flags: impl Fn(u64) -> u64, plain: impl Fn(u8) -> bool) -> bool {
     if s.len() < 8 {
-        return s
-            .iter()
-            .all(|&b| b != b'"' && b != b'\\' && (0x20..0x7f).contains(&b));
+        return s.iter().all(|&b| plain(b));
     }
     let word = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("eight bytes"));
     let mut words = s.chunks_exact(8);
-    words.all(|w| !clf_unplain(word(w)))
-        && (words.remainder().is_empty() || !clf_unplain(word(&s[s.len() - 8..])))
+    let mut acc = 0;
+    for w in &mut words {
+        acc |= flags(word(w));
+    }
+    if !words.remainder().is_empty() {
+        acc |= flags(word(&s[s.len() - 8..]));
+    }
+    acc & HI == 0
 }
 
-pub(super) fn quoted(out: &mut Vec<u8>, v: Option<&[u8]>) {
-    out.push(b'"');
-    escape(out, v.unwrap_or(b"-"));
-    out.push(b'"');
+/// Nothing in `s` that a JSON string escapes, and all of it ASCII.
+pub(super) fn json_all_plain(s: &[u8]) -> bool {
+    all_words(s, json_flags, |b| json_plain(b) && b < 0x80)
 }
 
 /// ` key=value`, `-` for none (or empty).
@@ -437,46 +505,77 @@ pub(super) fn field(out: &mut Vec<u8>, k: &str, v: Option<&[u8]>) {
     }
 }
 
+/// The request's strings as they stand in a combined line: as they are when `plain`,
+/// escaped otherwise.
+fn ctext(out: &mut Vec<u8>, plain: bool, v: &[u8]) {
+    if plain {
+        out.extend_from_slice(v);
+    } else {
+        escape(out, v);
+    }
+}
+
+/// ` key=value` as [`field`] writes it, for the request's strings.
+fn cfield(out: &mut Vec<u8>, key: &[u8], plain: bool, v: Option<&[u8]>) {
+    out.extend_from_slice(key);
+    match v {
+        Some(v) if !v.is_empty() => ctext(out, plain, v),
+        _ => out.push(b'-'),
+    }
+}
+
 /// Apache/nginx combined (`IP - - [time] "request" status bytes "referer" "agent"`), so
 /// goaccess and existing parsers read it, then veer's fields as `key=value` (`-` for none).
 pub fn combined_line(e: &Entry, out: &mut Vec<u8>) {
-    combined_line_cached(e, out, &mut Names::default());
+    combined_line_cached(e, unix_ms(e.time), out, &mut Cache::default());
 }
 
-/// [`combined_line`] with the names escaped once, in `names`.
-pub(super) fn combined_line_cached(e: &Entry, out: &mut Vec<u8>, names: &mut Names) {
+/// [`combined_line`] at `wall_ms`, with the names and the time strings made once, in `c`.
+pub(super) fn combined_line_cached(e: &Entry, wall_ms: u64, out: &mut Vec<u8>, c: &mut Cache) {
+    // One scan over all the request's strings, as in [`json_line_cached`].
+    let plain = clf_plain(&e.text);
     ip(out, e.client_ip);
     out.extend_from_slice(b" - - [");
-    clf_time_into(out, e.time);
-    out.extend_from_slice(b"] \"");
+    c.times.clf(out, wall_ms / 1000);
     match &e.method {
         // No request line read: `"-"`, as nginx writes it.
-        None => out.push(b'-'),
+        None => out.extend_from_slice(b"] \"-\" "),
         Some(m) => {
-            escape(out, m.as_str().as_bytes());
+            out.extend_from_slice(b"] \"");
+            // An HTTP token: nothing in it is escaped.
+            out.extend_from_slice(m.as_str().as_bytes());
             out.push(b' ');
-            escape(out, e.text(Text::Path).unwrap_or(b"/"));
-            out.push(b' ');
-            out.extend_from_slice(protocol(e.version).as_bytes());
+            ctext(out, plain, e.text(Text::Path).unwrap_or(b"/"));
+            let tail: &[u8] = match e.version {
+                Version::HTTP_11 => b" HTTP/1.1\" ",
+                Version::HTTP_2 => b" HTTP/2.0\" ",
+                v => {
+                    out.push(b' ');
+                    out.extend_from_slice(protocol(v).as_bytes());
+                    b"\" "
+                }
+            };
+            out.extend_from_slice(tail);
         }
     }
-    out.extend_from_slice(b"\" ");
     num(out, e.status.into());
     out.push(b' ');
     num(out, e.bytes_out);
-    out.push(b' ');
-    quoted(out, e.text(Text::Referer));
-    out.push(b' ');
-    quoted(out, e.text(Text::UserAgent));
-    field(
+    out.extend_from_slice(b" \"");
+    ctext(out, plain, e.text(Text::Referer).unwrap_or(b"-"));
+    out.extend_from_slice(b"\" \"");
+    ctext(out, plain, e.text(Text::UserAgent).unwrap_or(b"-"));
+    out.push(b'"');
+    cfield(
         out,
-        "request_id",
+        b" request_id=",
+        plain,
         Some(e.text(Text::RequestId).unwrap_or_default()),
     );
-    field(out, "host", e.text(Text::Host));
-    names.field(Of::Route, out, "route", &e.route);
-    names.field(Of::Pool, out, "pool", &e.pool);
-    names.field(Of::Backend, out, "backend", &e.backend);
+    cfield(out, b" host=", plain, e.text(Text::Host));
+    c.names.field(Of::Route, out, "route", &e.route);
+    c.names.field(Of::Pool, out, "pool", &e.pool);
+    c.names.field(Of::Backend, out, "backend", &e.backend);
     out.extend_from_slice(b" attempts=");
     num(out, e.attempts.into());
     out.extend_from_slice(b" bytes_in=");
@@ -488,7 +587,7 @@ pub(super) fn combined_line_cached(e: &Entry, out: &mut Vec<u8>, names: &mut Nam
         Some(u) => millis(out, u, false),
         None => out.push(b'-'),
     }
-    names.field(Of::Tls, out, "tls", &e.tls);
+    c.names.field(Of::Tls, out, "tls", &e.tls);
     field(out, "error", e.error.map(str::as_bytes));
 }
 
@@ -507,12 +606,12 @@ pub(super) fn civil(days: i64) -> (i64, u32, u32) {
 }
 
 pub(super) struct Parts {
-    y: i64,
-    mo: u32,
-    d: u32,
-    h: u64,
-    mi: u64,
-    s: u64,
+    pub(super) y: i64,
+    pub(super) mo: u32,
+    pub(super) d: u32,
+    pub(super) h: u64,
+    pub(super) mi: u64,
+    pub(super) s: u64,
 }
 
 pub(super) fn parts(t: SystemTime) -> Parts {
@@ -533,64 +632,109 @@ pub(super) fn parts(t: SystemTime) -> Parts {
 /// `2026-12-01T11:50:26.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
     let mut out = Vec::with_capacity(24);
-    rfc3339_into(&mut out, t);
+    Times::default().rfc3339(&mut out, unix_ms(t));
     String::from_utf8(out).unwrap_or_default()
 }
 
-pub(super) fn secs_millis(t: SystemTime) -> (u64, u32) {
+/// Milliseconds since 1970 (0 for a time before).
+pub(super) fn unix_ms(t: SystemTime) -> u64 {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    (since.as_secs(), since.subsec_millis())
+    since.as_secs() * 1000 + u64::from(since.subsec_millis())
 }
 
-thread_local! {
-    /// The second last formatted, as RFC 3339 (milliseconds patched in per line) and as the
-    /// common log format's time: nginx caches its time strings the same way.
-    static TIMES: std::cell::RefCell<(u64, Vec<u8>, Vec<u8>)> =
-        const { std::cell::RefCell::new((u64::MAX, Vec::new(), Vec::new())) };
+/// The second last formatted, as RFC 3339 (milliseconds patched in per line) and as the
+/// common log format's time: nginx caches its time strings the same way.
+pub(super) struct Times {
+    at: u64,
+    rfc: Vec<u8>,
+    clf: Vec<u8>,
 }
 
-/// The cached strings for second `secs`, made when it is not the cached one.
-pub(super) fn with_times<R>(secs: u64, f: impl FnOnce(&[u8], &[u8]) -> R) -> R {
-    TIMES.with_borrow_mut(|(at, rfc, clf)| {
-        if *at != secs {
-            let p = parts(UNIX_EPOCH + Duration::from_secs(secs));
-            rfc.clear();
-            let _ = write!(
-                rfc,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.000Z",
-                p.y, p.mo, p.d, p.h, p.mi, p.s
-            );
-            const MONTHS: [&str; 12] = [
-                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-            ];
-            clf.clear();
-            let _ = write!(
-                clf,
-                "{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000",
-                p.d,
-                MONTHS[(p.mo - 1) as usize],
-                p.y,
-                p.h,
-                p.mi,
-                p.s
-            );
-            *at = secs;
+impl Default for Times {
+    fn default() -> Self {
+        Times {
+            at: u64::MAX,
+            rfc: Vec::new(),
+            clf: Vec::new(),
         }
-        f(rfc, clf)
-    })
+    }
 }
 
-pub(super) fn rfc3339_into(out: &mut Vec<u8>, t: SystemTime) {
-    let (secs, ms) = secs_millis(t);
-    with_times(secs, |rfc, _| out.extend_from_slice(rfc));
-    // `.000Z` ends it: the milliseconds go over the zeros.
-    let at = out.len() - 4;
-    out[at] = b'0' + (ms / 100) as u8;
-    out[at + 1] = b'0' + (ms / 10 % 10) as u8;
-    out[at + 2] = b'0' + (ms % 10) as u8;
+impl Times {
+    /// The strings for second `secs`, made when it is not the one held.
+    fn at(&mut self, secs: u64) -> &Self {
+        if self.at != secs {
+            self.make(secs);
+        }
+        self
+    }
+
+    #[cold]
+    fn make(&mut self, secs: u64) {
+        let p = parts(UNIX_EPOCH + Duration::from_secs(secs));
+        self.rfc.clear();
+        let _ = write!(
+            self.rfc,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.000Z",
+            p.y, p.mo, p.d, p.h, p.mi, p.s
+        );
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        self.clf.clear();
+        let _ = write!(
+            self.clf,
+            "{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000",
+            p.d,
+            MONTHS[(p.mo - 1) as usize],
+            p.y,
+            p.h,
+            p.mi,
+            p.s
+        );
+        self.at = secs;
+    }
+
+    /// `2026-12-01T11:50:26.123Z` for `ms` since 1970.
+    pub(super) fn rfc3339(&mut self, out: &mut Vec<u8>, ms: u64) {
+        let rfc = &self.at(ms / 1000).rfc;
+        let ms = (ms % 1000) as u32;
+        let digits = [
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+        ];
+        // Years of four digits (until 9999) make 24 bytes: copied whole with the
+        // milliseconds over the `000` of `.000Z`, no length to look at.
+        if let Ok(mut a) = <[u8; 24]>::try_from(&rfc[..]) {
+            a[20..23].copy_from_slice(&digits);
+            out.extend_from_slice(&a);
+        } else {
+            let at = out.len() + rfc.len() - 4;
+            out.extend_from_slice(rfc);
+            out[at..at + 3].copy_from_slice(&digits);
+        }
+    }
+
+    /// `01/Dec/2026:11:50:26 +0000` (the common log format's time).
+    pub(super) fn clf(&mut self, out: &mut Vec<u8>, secs: u64) {
+        let clf = &self.at(secs).clf;
+        match <[u8; 26]>::try_from(&clf[..]) {
+            Ok(a) => out.extend_from_slice(&a),
+            Err(_) => out.extend_from_slice(clf),
+        }
+    }
 }
 
-/// `01/Dec/2026:11:50:26 +0000` (the common log format's time).
+/// What the writer makes once and uses line after line: the names escaped, the time strings.
+#[derive(Default)]
+pub(super) struct Cache {
+    names: Names,
+    pub(super) times: Times,
+}
+
+/// `01/Dec/2026:11:50:26 +0000` for `t`.
+#[cfg(test)]
 pub(super) fn clf_time_into(out: &mut Vec<u8>, t: SystemTime) {
-    with_times(secs_millis(t).0, |_, clf| out.extend_from_slice(clf));
+    Times::default().clf(out, unix_ms(t) / 1000);
 }

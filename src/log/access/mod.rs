@@ -13,7 +13,7 @@
 
 mod format;
 pub use format::{combined_line, json_line, json_str, rfc3339};
-use format::{combined_line_cached, json_line_cached, Names};
+use format::{combined_line_cached, json_line_cached, Cache};
 
 use crate::config::{AccessFormat, AccessTarget, LogConfig};
 use crossbeam_queue::ArrayQueue;
@@ -54,8 +54,8 @@ const UNSET: (u32, u32) = (u32::MAX, 0);
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub time: SystemTime,
-    /// When the request began (its `duration` runs from here).
-    pub started: Instant,
+    /// When the request began, by [`now`] (its `duration` runs from here).
+    pub started: u64,
     pub client_ip: IpAddr,
     /// `None` for a request refused before its head was read (its path and protocol are
     /// then unknown too).
@@ -83,7 +83,7 @@ impl Default for Entry {
     fn default() -> Self {
         Entry {
             time: UNIX_EPOCH,
-            started: Instant::now(),
+            started: now(),
             client_ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             method: Some(Method::GET),
             version: Version::HTTP_11,
@@ -260,8 +260,8 @@ impl AccessLog {
             buf: Vec::with_capacity(BUFFER),
             format: config.access_format,
             free: free.clone(),
-            clock: (SystemTime::now(), Instant::now()),
-            names: Names::default(),
+            clock: (0, 0),
+            cache: Cache::default(),
         };
         let thread = std::thread::Builder::new()
             .name("veer-access-log".into())
@@ -352,11 +352,11 @@ struct Writer {
     buf: Vec<u8>,
     format: AccessFormat,
     free: Arc<ArrayQueue<Box<Entry>>>,
-    /// The wall clock and the monotonic one read together (once a batch): a line's time is
-    /// its request's start `Instant` placed on the wall clock, so the request path reads
-    /// one clock, not two.
-    clock: (SystemTime, Instant),
-    names: Names,
+    /// The wall clock and the monotonic one ([`now`]) read together, once a batch, in
+    /// nanoseconds: a line's time is its request's start placed on the wall clock, so the
+    /// request path reads one clock, not two.
+    clock: (u64, u64),
+    cache: Cache,
 }
 
 impl Writer {
@@ -379,7 +379,7 @@ impl Writer {
                 if self.buf.is_empty() {
                     // The first line of a batch starts its wait.
                     first = Instant::now();
-                    self.clock = (SystemTime::now(), first);
+                    self.clock = (wall_now(), now());
                 }
                 self.line(e);
             }
@@ -418,11 +418,11 @@ impl Writer {
         }
     }
 
-    fn line(&mut self, mut e: Box<Entry>) {
-        e.time = wall(self.clock, e.started);
+    fn line(&mut self, e: Box<Entry>) {
+        let ms = wall(self.clock, e.started) / 1_000_000;
         match self.format {
-            AccessFormat::Json => json_line_cached(&e, &mut self.buf, &mut self.names),
-            AccessFormat::Combined => combined_line_cached(&e, &mut self.buf, &mut self.names),
+            AccessFormat::Json => json_line_cached(&e, ms, &mut self.buf, &mut self.cache),
+            AccessFormat::Combined => combined_line_cached(&e, ms, &mut self.buf, &mut self.cache),
         }
         self.buf.push(b'\n');
         recycle(&self.free, e);
@@ -463,12 +463,30 @@ impl Writer {
     }
 }
 
-/// `at` on the wall clock, by its distance from `clock`'s pair of readings.
-fn wall((sys, mono): (SystemTime, Instant), at: Instant) -> SystemTime {
-    match mono.checked_duration_since(at) {
-        Some(before) => sys.checked_sub(before).unwrap_or(UNIX_EPOCH),
-        None => sys + at.duration_since(mono),
+/// `at` (by [`now`]) on the wall clock, in nanoseconds since 1970, by its distance from
+/// `clock`'s pair of readings.
+fn wall((sys, mono): (u64, u64), at: u64) -> u64 {
+    sys.saturating_sub(mono.saturating_sub(at)) + at.saturating_sub(mono)
+}
+
+/// The monotonic clock (`CLOCK_MONOTONIC`, as `Instant` reads it), in nanoseconds: a plain
+/// number, so that a request's duration and the writer's placing of it on the wall clock
+/// are a subtraction each (`Instant`'s cost ~90 instructions apiece).
+pub fn now() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(t) => (t.tv_sec() as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(t.tv_nsec() as u64),
+        Err(_) => 0,
     }
+}
+
+/// The wall clock in nanoseconds since 1970 (0 before it).
+fn wall_now() -> u64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 pub(super) fn protocol(v: Version) -> &'static str {
@@ -711,7 +729,7 @@ mod tests {
             let ua = lossy(e.text(Text::UserAgent));
             let referer = lossy(e.text(Text::Referer));
             let line = JsonLine {
-                time: &rfc3339(e.time),
+                time: &rfc3339_plain(e.time),
                 request_id: &lossy(Some(e.text(Text::RequestId).unwrap_or_default())).unwrap(),
                 client_ip: e.client_ip,
                 method: e.method.as_ref().map(Method::as_str),
@@ -738,6 +756,30 @@ mod tests {
             serde_json::to_vec(&line).unwrap()
         }
 
+        /// The time formatted from nothing, each time.
+        pub fn rfc3339_plain(t: SystemTime) -> String {
+            let p = parts(t);
+            let ms = t
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_millis();
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+                p.y, p.mo, p.d, p.h, p.mi, p.s
+            )
+        }
+
+        pub fn clf_plain_time(t: SystemTime) -> String {
+            let p = parts(t);
+            let month = [
+                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+            ][(p.mo - 1) as usize];
+            format!(
+                "{:02}/{month}/{:04}:{:02}:{:02}:{:02} +0000",
+                p.d, p.y, p.h, p.mi, p.s
+            )
+        }
+
         fn escape(s: &mut String, v: &[u8]) {
             for &b in v {
                 if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
@@ -755,14 +797,7 @@ mod tests {
                 escape(s, v);
                 s.push('"');
             };
-            let mut t = Vec::new();
-            clf_time_into(&mut t, e.time);
-            let _ = write!(
-                s,
-                "{} - - [{}] \"",
-                e.client_ip,
-                String::from_utf8(t).unwrap()
-            );
+            let _ = write!(s, "{} - - [{}] \"", e.client_ip, clf_plain_time(e.time));
             match &e.method {
                 None => s.push('-'),
                 Some(m) => {
@@ -901,6 +936,65 @@ mod tests {
             prop_assert_eq!(&clf, &want);
         }
 
+        /// The writer's way (one cache for a run of lines, times moving on by a few
+        /// milliseconds or across seconds and days, the request's strings plain or not,
+        /// line by line) gives the straightforward versions' bytes, line after line.
+        #[test]
+        fn a_run_of_cached_lines_matches_the_serde_and_format_versions(
+            start in 0u64..8_000_000_000_000,
+            run in proptest::collection::vec(
+                (
+                    prop_oneof![3 => 0u64..3, 1 => 0u64..2_000, 1 => 0u64..200_000_000],
+                    texts(),
+                    0usize..4,
+                    proptest::bool::weighted(0.1),
+                ),
+                1..20,
+            ),
+        ) {
+            let (mut jc, mut cc) = (Cache::default(), Cache::default());
+            let mut at = start;
+            for (step, texts, version, refused) in run {
+                at += step;
+                let mut e = Entry {
+                    time: UNIX_EPOCH + Duration::from_millis(at),
+                    method: if refused { None } else { Some(Method::GET) },
+                    version: [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2, Version::HTTP_09][version],
+                    status: 200,
+                    route: Some("web".into()),
+                    ..Entry::default()
+                };
+                let fields = [Text::RequestId, Text::Host, Text::Path, Text::UserAgent, Text::Referer];
+                for (f, t) in fields.into_iter().zip(&texts) {
+                    e.set_text(f, t.as_deref());
+                }
+                let (mut j, mut c) = (Vec::new(), Vec::new());
+                json_line_cached(&e, at, &mut j, &mut jc);
+                combined_line_cached(&e, at, &mut c, &mut cc);
+                let (wj, wc) = (reference::json(&e), reference::combined(&e));
+                prop_assert_eq!(String::from_utf8_lossy(&j), String::from_utf8_lossy(&wj));
+                prop_assert_eq!(String::from_utf8_lossy(&c), String::from_utf8_lossy(&wc));
+                prop_assert_eq!(j, wj);
+                prop_assert_eq!(c, wc);
+            }
+        }
+
+        /// The word-at-a-time scans that let the request's strings be copied as they are
+        /// say what a look at each byte says (bytes to escape anywhere: first, last, inside
+        /// the overlapping last word).
+        #[test]
+        fn plain_scans_agree_with_each_byte(s in bytes(), at in any::<proptest::sample::Index>(), b in any::<u8>()) {
+            let mut s = s;
+            if !s.is_empty() {
+                let i = at.index(s.len());
+                s[i] = b;
+            }
+            let json = s.iter().all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\');
+            let clf = s.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+            prop_assert_eq!(json_all_plain(&s), json, "{:?}", s);
+            prop_assert_eq!(clf_plain(&s), clf, "{:?}", s);
+        }
+
         /// The escaper alone, against serde_json's writer and reader.
         #[test]
         fn json_strings_are_serde_json_strings(s in bytes()) {
@@ -917,7 +1011,7 @@ mod tests {
     /// name seen again and for names that change line by line (more than it holds).
     #[test]
     fn names_escaped_once_are_the_same_bytes() {
-        let (mut jn, mut cn) = (Names::default(), Names::default());
+        let (mut jc, mut cc) = (Cache::default(), Cache::default());
         let mut e = entry();
         e.backend = Some("b\"1\\é".into());
         e.tls = Some("sni.example".into());
@@ -926,21 +1020,61 @@ mod tests {
                 e.pool = Some(format!("pool-{i}\n").into());
             }
             let (mut j, mut c) = (Vec::new(), Vec::new());
-            json_line_cached(&e, &mut j, &mut jn);
-            combined_line_cached(&e, &mut c, &mut cn);
+            json_line_cached(&e, unix_ms(e.time), &mut j, &mut jc);
+            combined_line_cached(&e, unix_ms(e.time), &mut c, &mut cc);
             assert_eq!(j, reference::json(&e));
             assert_eq!(c, reference::combined(&e));
         }
     }
 
+    /// The time strings made once a second, at the edges: the last millisecond of a second,
+    /// a day, a year, a century's leap day, and years past four digits.
+    #[test]
+    fn cached_times_at_second_day_and_year_boundaries() {
+        let mut t = Times::default();
+        let mut ms = |v: u64| {
+            let mut out = Vec::new();
+            t.rfc3339(&mut out, v);
+            String::from_utf8(out).unwrap()
+        };
+        let cases = [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (999, "1970-01-01T00:00:00.999Z"),
+            (1000, "1970-01-01T00:00:01.000Z"),
+            (86_399_999, "1970-01-01T23:59:59.999Z"),
+            (86_400_000, "1970-01-02T00:00:00.000Z"),
+            (946_684_799_999, "1999-12-31T23:59:59.999Z"),
+            (946_684_800_000, "2000-01-01T00:00:00.000Z"),
+            (951_782_400_001, "2000-02-29T00:00:00.001Z"),
+            (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+            (253_402_300_800_000, "10000-01-01T00:00:00.000Z"),
+            (253_402_300_800_042, "10000-01-01T00:00:00.042Z"),
+            (1_796_125_826_250, "2026-12-01T11:50:26.250Z"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(ms(v), want, "{v}");
+            // And again, from the cache.
+            assert_eq!(ms(v), want, "{v}");
+        }
+        let mut out = Vec::new();
+        t.clf(&mut out, 253_402_300_800);
+        assert_eq!(out, b"01/Jan/10000:00:00:00 +0000");
+    }
+
     #[test]
     fn a_start_instant_is_placed_on_the_wall_clock() {
-        let mono = Instant::now();
-        let sys = UNIX_EPOCH + Duration::from_secs(1_000);
-        let ms = Duration::from_millis;
+        let mono = now();
+        let sys = 1_000_000_000_000;
+        let ms = 1_000_000;
         assert_eq!(wall((sys, mono), mono), sys);
-        assert_eq!(wall((sys, mono + ms(5)), mono), sys - ms(5));
-        assert_eq!(wall((sys, mono), mono + ms(7)), sys + ms(7));
+        assert_eq!(wall((sys, mono + 5 * ms), mono), sys - 5 * ms);
+        assert_eq!(wall((sys, mono), mono + 7 * ms), sys + 7 * ms);
+        // Never before 1970.
+        assert_eq!(wall((ms, mono + 5 * ms), mono), 0);
+        // The clock runs forward.
+        let a = now();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(now() - a >= 2 * ms);
     }
 
     #[test]
