@@ -68,6 +68,8 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
     if workers > 1 {
         b.worker_threads(workers);
     }
+    // A worker with nothing to run gives back what a burst grew its buffer pools to.
+    b.on_thread_park(veer::proxy::trim_pools);
     b.enable_all()
         .build()
         .context("cannot start the tokio runtime")

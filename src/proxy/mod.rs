@@ -12,6 +12,7 @@ pub mod body;
 mod forward;
 pub mod headers;
 mod http1;
+pub use http1::trim_pools;
 mod http2;
 pub mod listeners;
 pub mod mirror;
