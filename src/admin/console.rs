@@ -361,7 +361,9 @@ struct Rings {
     /// Wall clock of the last tick (Unix ms).
     now_ms: u64,
     pools: BTreeMap<String, Tally>,
-    backends: HashMap<(String, String), Tally>,
+    /// B-trees rather than hash maps here and for the pools: no spare slots (a hash table of
+    /// thousands of backends was half empty; issue 15).
+    backends: BTreeMap<(String, String), Tally>,
     routes: BTreeMap<String, RouteSeries>,
     rollouts: HashMap<String, Rollouts>,
 }
@@ -385,7 +387,7 @@ impl Console {
                 ticks: 0,
                 now_ms: 0,
                 pools: BTreeMap::new(),
-                backends: HashMap::new(),
+                backends: BTreeMap::new(),
                 routes: BTreeMap::new(),
                 rollouts: HashMap::new(),
             })),

@@ -110,8 +110,8 @@ pub struct PoolConfig {
     pub lb: LbKind,
     pub connect_timeout: Duration,
     pub protocol: Protocol,
-    pub tls: Option<UpstreamTls>,
-    pub health_check: Option<HealthCheckConfig>,
+    pub tls: Option<Box<UpstreamTls>>,
+    pub health_check: Option<Box<HealthCheckConfig>>,
     pub circuit_breaker: BreakerConfig,
     /// Longest time between two resolutions of a name backend (its TTL may make it shorter).
     pub dns_refresh: Duration,

@@ -4,7 +4,7 @@
 
 use super::reg;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -36,7 +36,8 @@ pub struct Family {
 }
 
 /// A [`Family`]'s series by label values.
-type SeriesMap = HashMap<Box<[Box<str>]>, Arc<AtomicI64>>;
+/// A B-tree: no spare slots for a family of a thousand routes' series (issue 15).
+type SeriesMap = BTreeMap<Box<[Box<str>]>, Arc<AtomicI64>>;
 
 /// One series of a [`Family`].
 #[derive(Debug, Clone)]
@@ -68,7 +69,7 @@ impl Family {
             help,
             labels,
             counter,
-            series: Mutex::new(HashMap::new()),
+            series: Mutex::new(BTreeMap::new()),
         }
     }
 

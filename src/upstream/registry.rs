@@ -262,10 +262,10 @@ impl Registry {
             if let Some(tls) = pc.tls.as_ref().filter(|t| t.sni.is_none()) {
                 let host = name.rsplit_once(':').map_or(name, |(h, _)| h);
                 let mut named = pc.clone();
-                named.tls = Some(crate::config::UpstreamTls {
+                named.tls = Some(Box::new(crate::config::UpstreamTls {
                     sni: Some(host.to_string()),
-                    ..tls.clone()
-                });
+                    ..(**tls).clone()
+                }));
                 return UpstreamClient::new(id.addr, &named, self.base.as_deref()).map_err(err);
             }
         }

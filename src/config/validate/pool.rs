@@ -241,8 +241,8 @@ pub(super) fn build_pool(
         lb,
         connect_timeout,
         protocol,
-        tls,
-        health_check,
+        tls: tls.map(Box::new),
+        health_check: health_check.map(Box::new),
         circuit_breaker,
         dns_refresh,
         slow_start: Some(cx.duration(&raw.slow_start, &field("slow_start"), Duration::ZERO))
