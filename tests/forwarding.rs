@@ -399,33 +399,10 @@ async fn a_reused_request_context_forwards_each_clients_own_address() {
             s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
                 .await
                 .unwrap();
-            let body = read_answer_body(s).await;
+            let body = String::from_utf8_lossy(&read_answer(s).await.2).into_owned();
             let seen = echoed(&body);
             assert_eq!(echoed_get(&seen, "x-forwarded-for"), [ip], "round {round}");
         }
     }
     veer.shutdown().await;
-}
-
-/// Read one HTTP/1.1 answer with a Content-Length body from `s`; its body.
-async fn read_answer_body(s: &mut TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .expect("a content-length");
-            if buf.len() >= end + 4 + len {
-                return String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
-            }
-        }
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed before the answer: {buf:?}");
-        buf.extend_from_slice(&chunk[..n]);
-    }
 }

@@ -10,7 +10,7 @@ mod support;
 
 use std::net::SocketAddr;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const CONNS: usize = 500;
@@ -26,26 +26,8 @@ async fn one_request(s: &mut TcpStream) {
     s.write_all(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed before the answer: {buf:?}");
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        assert!(head.starts_with("http/1.1 200"), "{head}");
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map(|v| v.trim().parse().unwrap())
-            .expect("a content-length");
-        if buf.len() >= end + 4 + len {
-            return;
-        }
-    }
+    let (status, head, _) = read_answer(s).await;
+    assert_eq!(status, 200, "{head}");
 }
 
 async fn open(addr: SocketAddr, n: usize, request: bool) -> Vec<TcpStream> {
